@@ -1,0 +1,119 @@
+//! `margo-broker --config FILE [--revocations FILE] [-v]`: runs the embedded
+//! rumqttd and the device gateway until SIGINT/SIGTERM.
+//!
+//! Prints `margo-broker ready mqtt=ADDR gateway=ADDR` on stdout once both
+//! listeners accept (`gateway=none` without a gateway); logs go to stderr.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use margo_broker::{parse_revocation_list, BrokerFileConfig, EmbeddedBroker, Revocations};
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+
+/// Embedded MQTT broker on loopback plus the margo device gateway.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// TOML configuration file (see margo-broker.example.toml).
+    #[arg(long, short = 'c')]
+    config: PathBuf,
+    /// Revoked client ids, one per line (`#` comments); reloaded on SIGHUP.
+    #[arg(long)]
+    revocations: Option<PathBuf>,
+    /// More logging (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let default_level = match cli.verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    // One process-wide rustls provider (ring) for every rustls user in the tree.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let config = BrokerFileConfig::load(&cli.config)
+        .and_then(BrokerFileConfig::into_config)
+        .with_context(|| format!("configuration {}", cli.config.display()))?;
+
+    let broker = EmbeddedBroker::start(config)
+        .await
+        .context("starting the broker")?;
+    let revocations = broker.revocations();
+    if let Some(path) = &cli.revocations {
+        let n = load_revocations(path, &revocations)?;
+        info!(path = %path.display(), revoked = n, "revocation list loaded");
+    }
+
+    let gateway = broker
+        .gateway_addr()
+        .map_or_else(|| "none".to_string(), |addr| addr.to_string());
+    let mut stdout = std::io::stdout().lock();
+    writeln!(
+        stdout,
+        "margo-broker ready mqtt={} gateway={gateway}",
+        broker.mqtt_addr()
+    )
+    .and_then(|()| stdout.flush())
+    .context("writing the ready line")?;
+    drop(stdout);
+
+    wait_for_exit(cli.revocations.as_deref(), &revocations).await?;
+    info!("shutting down");
+    broker.shutdown().await;
+    Ok(())
+}
+
+fn load_revocations(path: &Path, revocations: &Revocations) -> Result<usize> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading revocation list {}", path.display()))?;
+    let ids = parse_revocation_list(&text)
+        .with_context(|| format!("revocation list {}", path.display()))?;
+    let n = ids.len();
+    let closed = revocations.replace_all(ids);
+    if closed > 0 {
+        info!(closed, "live connections of revoked clients closed");
+    }
+    Ok(n)
+}
+
+#[cfg(unix)]
+async fn wait_for_exit(revocation_file: Option<&Path>, revocations: &Revocations) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => {
+                result.context("SIGINT handler")?;
+                return Ok(());
+            }
+            _ = term.recv() => return Ok(()),
+            _ = hup.recv() => match revocation_file {
+                Some(path) => match load_revocations(path, revocations) {
+                    Ok(n) => info!(revoked = n, "revocation list reloaded"),
+                    Err(e) => error!(error = format!("{e:#}"), "revocation list not reloaded; keeping the previous one"),
+                },
+                None => info!("SIGHUP ignored: no --revocations file"),
+            },
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_exit(_: Option<&Path>, _: &Revocations) -> Result<()> {
+    tokio::signal::ctrl_c().await.context("Ctrl-C handler")
+}

@@ -1,0 +1,450 @@
+//! Configuration: the in-memory form ([`BrokerConfig`]) used by the library,
+//! and the TOML file form ([`BrokerFileConfig`]) used by the `margo-broker` binary.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::BrokerError;
+
+/// Largest remaining length an MQTT 3.1.1 packet can declare.
+pub const MQTT_MAX_REMAINING_LENGTH: usize = 268_435_455;
+
+/// The only `version` of the configuration file this crate understands.
+pub const CONFIG_VERSION: u32 = 1;
+
+/// Everything [`crate::EmbeddedBroker::start`] needs.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerConfig {
+    /// The plain MQTT listener of the embedded rumqttd (loopback only by default).
+    pub mqtt: MqttListenerConfig,
+    /// rumqttd router and connection limits.
+    pub limits: Limits,
+    /// The TLS device gateway in front of rumqttd; `None` runs rumqttd alone.
+    pub gateway: Option<GatewayConfig>,
+}
+
+/// The embedded rumqttd's plain (unencrypted, unauthenticated) listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttListenerConfig {
+    /// Address to listen on; port 0 picks a free port. Default `127.0.0.1:1883`.
+    pub listen: SocketAddr,
+    /// Permit a non-loopback `listen` address. The plain listener has no
+    /// authentication and no ACLs, so this is refused unless set explicitly.
+    pub allow_non_loopback: bool,
+}
+
+impl Default for MqttListenerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1883),
+            allow_non_loopback: false,
+        }
+    }
+}
+
+/// Router and connection limits of the embedded rumqttd.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest MQTT packet (remaining length) accepted. Default 1 MiB.
+    pub max_payload_bytes: usize,
+    /// Most concurrent connections the router holds (devices + manager + operators).
+    pub max_connections: usize,
+    /// Most unacknowledged QoS 1 messages in flight per connection.
+    pub max_inflight: u16,
+    /// Time a new connection has to send its CONNECT (rumqttd: at most 65.535 s).
+    #[serde(with = "humantime_serde")]
+    pub connection_timeout: Duration,
+    /// Size of one in-memory log segment per filter (rumqttd: at least 1 KiB).
+    pub max_segment_bytes: usize,
+    /// Segments kept per filter; when exceeded, the oldest is dropped and slow
+    /// subscribers silently skip ahead (a rumqttd property).
+    pub max_segment_count: usize,
+    /// Most packets the router hands one connection per iteration.
+    pub max_outgoing_packet_count: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_payload_bytes: 1024 * 1024,
+            max_connections: 10_240,
+            max_inflight: 100,
+            connection_timeout: Duration::from_secs(10),
+            max_segment_bytes: 8 * 1024 * 1024,
+            max_segment_count: 10,
+            max_outgoing_packet_count: 1000,
+        }
+    }
+}
+
+/// The gateway's TLS material, as PEM bytes.
+#[derive(Clone)]
+pub struct GatewayTls {
+    /// The fleet CA certificate(s): client certificates must chain to one of these.
+    pub ca_pem: Vec<u8>,
+    /// The gateway's certificate chain, leaf first.
+    pub cert_pem: Vec<u8>,
+    /// The gateway's private key (PKCS#8, SEC1 or PKCS#1).
+    pub key_pem: Vec<u8>,
+}
+
+impl fmt::Debug for GatewayTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GatewayTls")
+            .field("ca_pem", &format_args!("{} bytes", self.ca_pem.len()))
+            .field("cert_pem", &format_args!("{} bytes", self.cert_pem.len()))
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The device gateway: TLS 1.3 with client certificates in front of rumqttd.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Public device port; port 0 picks a free one. Default `0.0.0.0:8883`.
+    pub listen: SocketAddr,
+    /// CA, certificate chain and key.
+    pub tls: GatewayTls,
+    /// A TLS handshake not finished within this is aborted. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// After the handshake, the CONNECT packet must arrive within this. Default 10 s.
+    pub connect_timeout: Duration,
+    /// Most handshakes in progress at once; more connections are closed at once.
+    pub max_pending_handshakes: usize,
+    /// Most handshakes in progress from one source IP address.
+    pub max_pending_per_ip: usize,
+    /// Largest MQTT packet (remaining length) a device may send. Default 1 MiB.
+    pub max_packet_bytes: usize,
+}
+
+impl GatewayConfig {
+    /// Defaults for everything but the TLS material.
+    pub fn new(tls: GatewayTls) -> Self {
+        Self {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 8883),
+            tls,
+            handshake_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            max_pending_handshakes: 1024,
+            max_pending_per_ip: 64,
+            max_packet_bytes: 1024 * 1024,
+        }
+    }
+
+    /// Checks the values that can be checked without parsing the PEM material.
+    pub fn validate(&self) -> Result<(), BrokerError> {
+        positive("gateway.handshake_timeout", self.handshake_timeout)?;
+        positive("gateway.connect_timeout", self.connect_timeout)?;
+        at_least(
+            "gateway.max_pending_handshakes",
+            self.max_pending_handshakes,
+            1,
+        )?;
+        at_least("gateway.max_pending_per_ip", self.max_pending_per_ip, 1)?;
+        at_least("gateway.max_packet_bytes", self.max_packet_bytes, 1)?;
+        at_most(
+            "gateway.max_packet_bytes",
+            self.max_packet_bytes,
+            MQTT_MAX_REMAINING_LENGTH,
+        )
+    }
+}
+
+impl BrokerConfig {
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), BrokerError> {
+        if !self.mqtt.listen.ip().is_loopback() && !self.mqtt.allow_non_loopback {
+            return Err(BrokerError::Config {
+                field: "mqtt.listen",
+                reason: format!(
+                    "{} is not a loopback address; the plain listener has no authentication \
+                     (set mqtt.allow_non_loopback = true to override)",
+                    self.mqtt.listen
+                ),
+            });
+        }
+        self.limits.validate()?;
+        if let Some(gateway) = &self.gateway {
+            gateway.validate()?;
+        }
+        Ok(())
+    }
+}
+
+impl Limits {
+    /// Checks the limits against what rumqttd accepts without panicking.
+    pub fn validate(&self) -> Result<(), BrokerError> {
+        at_least("limits.max_payload_bytes", self.max_payload_bytes, 1)?;
+        at_most(
+            "limits.max_payload_bytes",
+            self.max_payload_bytes,
+            MQTT_MAX_REMAINING_LENGTH,
+        )?;
+        at_least("limits.max_connections", self.max_connections, 1)?;
+        at_least("limits.max_inflight", usize::from(self.max_inflight), 1)?;
+        positive("limits.connection_timeout", self.connection_timeout)?;
+        if self.connection_timeout > Duration::from_millis(u64::from(u16::MAX)) {
+            return Err(BrokerError::Config {
+                field: "limits.connection_timeout",
+                reason: "rumqttd stores it in a u16 of milliseconds; at most 65.535s".into(),
+            });
+        }
+        at_least("limits.max_segment_bytes", self.max_segment_bytes, 1024)?;
+        at_least(
+            "limits.max_segment_bytes",
+            self.max_segment_bytes,
+            self.max_payload_bytes,
+        )?;
+        at_least("limits.max_segment_count", self.max_segment_count, 1)?;
+        if self.max_outgoing_packet_count == 0 {
+            return Err(BrokerError::Config {
+                field: "limits.max_outgoing_packet_count",
+                reason: "must be at least 1".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn positive(field: &'static str, value: Duration) -> Result<(), BrokerError> {
+    if value.is_zero() {
+        return Err(BrokerError::Config {
+            field,
+            reason: "must be greater than zero".into(),
+        });
+    }
+    Ok(())
+}
+
+fn at_least(field: &'static str, value: usize, min: usize) -> Result<(), BrokerError> {
+    if value < min {
+        return Err(BrokerError::Config {
+            field,
+            reason: format!("{value} is below the minimum {min}"),
+        });
+    }
+    Ok(())
+}
+
+fn at_most(field: &'static str, value: usize, max: usize) -> Result<(), BrokerError> {
+    if value > max {
+        return Err(BrokerError::Config {
+            field,
+            reason: format!("{value} is above the maximum {max}"),
+        });
+    }
+    Ok(())
+}
+
+/// The `margo-broker` TOML configuration file (see `margo-broker.example.toml`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerFileConfig {
+    /// File format version; must be [`CONFIG_VERSION`].
+    pub version: u32,
+    /// The plain loopback listener.
+    #[serde(default)]
+    pub mqtt: MqttListenerConfig,
+    /// rumqttd limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// The device gateway; omit the table to run without it.
+    pub gateway: Option<GatewayFileConfig>,
+}
+
+/// The `[gateway]` table: like [`GatewayConfig`] but with paths to PEM files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayFileConfig {
+    /// Public device address. Default `0.0.0.0:8883`.
+    #[serde(default = "default_gateway_listen")]
+    pub listen: SocketAddr,
+    /// Fleet CA certificate (PEM); relative paths are relative to the config file.
+    pub ca: PathBuf,
+    /// Gateway certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Gateway private key (PEM).
+    pub key: PathBuf,
+    /// TLS handshake deadline. Default 10 s.
+    #[serde(default = "default_ten_seconds", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Deadline for the CONNECT after the handshake. Default 10 s.
+    #[serde(default = "default_ten_seconds", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Cap on handshakes in progress. Default 1024.
+    #[serde(default = "default_max_pending")]
+    pub max_pending_handshakes: usize,
+    /// Cap on handshakes in progress per source IP. Default 64.
+    #[serde(default = "default_max_pending_per_ip")]
+    pub max_pending_per_ip: usize,
+}
+
+fn default_gateway_listen() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 8883)
+}
+fn default_ten_seconds() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_pending() -> usize {
+    1024
+}
+fn default_max_pending_per_ip() -> usize {
+    64
+}
+
+impl BrokerFileConfig {
+    /// Parses TOML text (no validation, no file access).
+    pub fn from_toml(text: &str, origin: &Path) -> Result<Self, BrokerError> {
+        toml::from_str(text).map_err(|source| BrokerError::ParseConfig {
+            path: origin.to_path_buf(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Reads, parses and validates a configuration file. Relative PEM paths
+    /// are resolved against the file's directory.
+    pub fn load(path: &Path) -> Result<Self, BrokerError> {
+        let text = std::fs::read_to_string(path).map_err(|source| BrokerError::ReadFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config = Self::from_toml(&text, path)?;
+        if let (Some(gateway), Some(dir)) = (config.gateway.as_mut(), path.parent()) {
+            for p in [&mut gateway.ca, &mut gateway.cert, &mut gateway.key] {
+                if p.is_relative() {
+                    *p = dir.join(&*p);
+                }
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), BrokerError> {
+        if self.version != CONFIG_VERSION {
+            return Err(BrokerError::Config {
+                field: "version",
+                reason: format!(
+                    "{} is not supported; expected {CONFIG_VERSION}",
+                    self.version
+                ),
+            });
+        }
+        self.to_config_with(|_| Ok(Vec::new()))?.validate()
+    }
+
+    /// Reads the PEM files and builds the in-memory configuration.
+    pub fn into_config(self) -> Result<BrokerConfig, BrokerError> {
+        self.validate()?;
+        self.to_config_with(|path| {
+            std::fs::read(path).map_err(|source| BrokerError::ReadFile {
+                path: path.to_path_buf(),
+                source,
+            })
+        })
+    }
+
+    fn to_config_with(
+        &self,
+        read: impl Fn(&Path) -> Result<Vec<u8>, BrokerError>,
+    ) -> Result<BrokerConfig, BrokerError> {
+        let gateway = match &self.gateway {
+            None => None,
+            Some(g) => Some(GatewayConfig {
+                listen: g.listen,
+                tls: GatewayTls {
+                    ca_pem: read(&g.ca)?,
+                    cert_pem: read(&g.cert)?,
+                    key_pem: read(&g.key)?,
+                },
+                handshake_timeout: g.handshake_timeout,
+                connect_timeout: g.connect_timeout,
+                max_pending_handshakes: g.max_pending_handshakes,
+                max_pending_per_ip: g.max_pending_per_ip,
+                max_packet_bytes: self.limits.max_payload_bytes,
+            }),
+        };
+        Ok(BrokerConfig {
+            mqtt: self.mqtt.clone(),
+            limits: self.limits.clone(),
+            gateway,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../margo-broker.example.toml");
+
+    #[test]
+    fn example_config_parses_and_validates() {
+        let config = BrokerFileConfig::from_toml(EXAMPLE, Path::new("example.toml"))
+            .expect("example parses");
+        config.validate().expect("example validates");
+        let gateway = config.gateway.expect("example has a gateway");
+        assert_eq!(gateway.handshake_timeout, Duration::from_secs(10));
+        assert!(config.mqtt.listen.ip().is_loopback());
+    }
+
+    #[test]
+    fn minimal_config_uses_defaults() {
+        let config = BrokerFileConfig::from_toml("version = 1", Path::new("x")).expect("parses");
+        config.validate().expect("validates");
+        let config = config.into_config().expect("no files to read");
+        assert_eq!(config.mqtt.listen.port(), 1883);
+        assert!(config.gateway.is_none());
+    }
+
+    #[test]
+    fn unknown_fields_and_wrong_version_are_rejected() {
+        assert!(BrokerFileConfig::from_toml("version = 1\nlisten = 3", Path::new("x")).is_err());
+        let config = BrokerFileConfig::from_toml("version = 2", Path::new("x")).expect("parses");
+        assert!(matches!(
+            config.validate(),
+            Err(BrokerError::Config {
+                field: "version",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let text = "version = 1\n[mqtt]\nlisten = \"0.0.0.0:1883\"\n";
+        let config = BrokerFileConfig::from_toml(text, Path::new("x")).expect("parses");
+        assert!(matches!(
+            config.validate(),
+            Err(BrokerError::Config {
+                field: "mqtt.listen",
+                ..
+            })
+        ));
+        let text = "version = 1\n[limits]\nconnection_timeout = \"2m\"\n";
+        let config = BrokerFileConfig::from_toml(text, Path::new("x")).expect("parses");
+        assert!(matches!(
+            config.validate(),
+            Err(BrokerError::Config {
+                field: "limits.connection_timeout",
+                ..
+            })
+        ));
+        let text = "version = 1\n[gateway]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\nhandshake_timeout = \"0s\"\n";
+        let config = BrokerFileConfig::from_toml(text, Path::new("x")).expect("parses");
+        assert!(matches!(
+            config.validate(),
+            Err(BrokerError::Config {
+                field: "gateway.handshake_timeout",
+                ..
+            })
+        ));
+    }
+}

@@ -1,0 +1,414 @@
+//! The device gateway: the public device port in front of the broker.
+//!
+//! Each accepted socket runs in its own task: a TLS 1.3 handshake with a
+//! deadline and caps on pending handshakes, mutual TLS against the fleet CA,
+//! identity from the certificate CN, a revocation check, then a plain TCP
+//! connection to the broker with every client → broker packet inspected
+//! ([`crate::inspect`]) and broker → client bytes copied unchanged.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use margo_schemas::ids::ClientId;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::config::GatewayConfig;
+use crate::error::BrokerError;
+use crate::inspect::{Inspector, Violation};
+use crate::revocation::Revocations;
+use crate::stats::{add, bump, GatewayStats};
+use crate::tls;
+
+/// Bytes read from a socket at a time.
+const READ_CHUNK: usize = 16 * 1024;
+/// Pause after a failed `accept` (e.g. out of file descriptors).
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+
+/// A bound device gateway, not yet serving. Build with [`Gateway::bind`],
+/// read [`Gateway::local_addr`], then [`Gateway::run`] it.
+pub struct Gateway {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    acceptor: TlsAcceptor,
+    upstream: SocketAddr,
+    handshake_timeout: Duration,
+    connect_timeout: Duration,
+    max_packet_bytes: usize,
+    revocations: Revocations,
+    stats: Arc<GatewayStats>,
+    pending: PendingHandshakes,
+}
+
+impl Gateway {
+    /// Validates `cfg`, builds the TLS config and binds the listener.
+    /// `upstream` is the plain MQTT broker address the gateway relays to.
+    pub async fn bind(
+        cfg: GatewayConfig,
+        upstream: SocketAddr,
+        revocations: Revocations,
+    ) -> Result<Self, BrokerError> {
+        cfg.validate()?;
+        let server_config = tls::server_config(&cfg.tls)?;
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| BrokerError::Bind {
+                addr: cfg.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr()?;
+        Ok(Self {
+            listener,
+            local_addr,
+            shared: Arc::new(Shared {
+                acceptor: TlsAcceptor::from(server_config),
+                upstream,
+                handshake_timeout: cfg.handshake_timeout,
+                connect_timeout: cfg.connect_timeout,
+                max_packet_bytes: cfg.max_packet_bytes,
+                revocations,
+                stats: Arc::new(GatewayStats::default()),
+                pending: PendingHandshakes::new(cfg.max_pending_handshakes, cfg.max_pending_per_ip),
+            }),
+        })
+    }
+
+    /// The address the gateway listens on (the real port when configured with 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The gateway's counters.
+    pub fn stats(&self) -> Arc<GatewayStats> {
+        Arc::clone(&self.shared.stats)
+    }
+
+    /// Serves devices until `shutdown` is cancelled, then closes every
+    /// connection and returns once their tasks have ended.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), BrokerError> {
+        info!(listen = %self.local_addr, upstream = %self.shared.upstream, "device gateway serving");
+        let tracker = TaskTracker::new();
+        loop {
+            let (socket, peer) = tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(error) => {
+                        warn!(%error, "accept failed");
+                        tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                        continue;
+                    }
+                },
+            };
+            bump(&self.shared.stats.accepted);
+            let Some(permit) = self.shared.pending.try_acquire(peer.ip()) else {
+                bump(&self.shared.stats.refused_pending_cap);
+                debug!(%peer, "pending handshake cap reached; connection closed");
+                drop(socket);
+                continue;
+            };
+            let shared = Arc::clone(&self.shared);
+            let token = shutdown.child_token();
+            tracker.spawn(
+                handle_connection(shared, socket, permit, token)
+                    .instrument(tracing::info_span!("device", %peer)),
+            );
+        }
+        tracker.close();
+        tracker.wait().await;
+        info!("device gateway stopped");
+        Ok(())
+    }
+}
+
+/// Runs a device gateway in front of the MQTT broker at `upstream` until
+/// `shutdown` is cancelled. Use [`Gateway`] instead to learn the bound
+/// address or read the counters.
+pub async fn run_gateway(
+    cfg: GatewayConfig,
+    upstream: SocketAddr,
+    revocations: Revocations,
+    shutdown: CancellationToken,
+) -> Result<(), BrokerError> {
+    Gateway::bind(cfg, upstream, revocations)
+        .await?
+        .run(shutdown)
+        .await
+}
+
+/// Counts handshakes in progress, in total and per source address.
+struct PendingHandshakes {
+    max_total: usize,
+    max_per_ip: usize,
+    state: Arc<Mutex<PendingState>>,
+}
+
+#[derive(Default)]
+struct PendingState {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// One pending handshake; releases its slot on drop.
+struct PendingPermit {
+    ip: IpAddr,
+    state: Arc<Mutex<PendingState>>,
+}
+
+impl PendingHandshakes {
+    fn new(max_total: usize, max_per_ip: usize) -> Self {
+        Self {
+            max_total,
+            max_per_ip,
+            state: Arc::default(),
+        }
+    }
+
+    fn try_acquire(&self, ip: IpAddr) -> Option<PendingPermit> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let from_ip = state.per_ip.get(&ip).copied().unwrap_or(0);
+        if state.total >= self.max_total || from_ip >= self.max_per_ip {
+            return None;
+        }
+        state.total += 1;
+        state.per_ip.insert(ip, from_ip + 1);
+        Some(PendingPermit {
+            ip,
+            state: Arc::clone(&self.state),
+        })
+    }
+}
+
+impl Drop for PendingPermit {
+    fn drop(&mut self) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.total = state.total.saturating_sub(1);
+        if let Some(n) = state.per_ip.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                state.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Decrements `live_connections` on drop.
+struct LiveCount(Arc<GatewayStats>);
+
+impl LiveCount {
+    fn new(stats: &Arc<GatewayStats>) -> Self {
+        bump(&stats.live_connections);
+        Self(Arc::clone(stats))
+    }
+}
+
+impl Drop for LiveCount {
+    fn drop(&mut self) {
+        self.0
+            .live_connections
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+async fn handle_connection(
+    shared: Arc<Shared>,
+    socket: TcpStream,
+    permit: PendingPermit,
+    token: CancellationToken,
+) {
+    let _ = socket.set_nodelay(true);
+    let handshake = tokio::time::timeout(shared.handshake_timeout, shared.acceptor.accept(socket));
+    let tls = tokio::select! {
+        () = token.cancelled() => return,
+        result = handshake => match result {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(error)) => {
+                bump(&shared.stats.handshake_failed);
+                debug!(%error, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                bump(&shared.stats.handshake_timeout);
+                debug!(timeout = ?shared.handshake_timeout, "TLS handshake deadline passed");
+                return;
+            }
+        },
+    };
+    drop(permit);
+    bump(&shared.stats.handshakes_ok);
+
+    let identity = match tls::identity(tls.get_ref().1.peer_certificates()) {
+        Ok(identity) => identity,
+        Err(error) => {
+            bump(&shared.stats.refused_bad_identity);
+            warn!(%error, "client certificate does not name a device");
+            return;
+        }
+    };
+    let span = tracing::info_span!("session", client_id = %identity);
+    relay_device(shared, tls, identity, token)
+        .instrument(span)
+        .await;
+}
+
+/// How a relayed session ended, when it ended without a violation.
+#[derive(Debug)]
+enum End {
+    DeviceClosed,
+    BrokerClosed,
+    Cancelled,
+    ConnectTimeout,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Violation(#[from] Violation),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+async fn relay_device(
+    shared: Arc<Shared>,
+    tls: TlsStream<TcpStream>,
+    identity: ClientId,
+    token: CancellationToken,
+) {
+    let Some(_live) = shared.revocations.register_live(&identity, token.clone()) else {
+        bump(&shared.stats.refused_revoked);
+        warn!("revoked identity refused");
+        return;
+    };
+    let result = tokio::select! {
+        () = token.cancelled() => Ok(End::Cancelled),
+        result = session(&shared, tls, &identity) => result,
+    };
+    match result {
+        Ok(End::Cancelled) if shared.revocations.is_revoked(&identity) => {
+            info!("connection closed: identity revoked");
+        }
+        Ok(end) => debug!(?end, "connection closed"),
+        Err(SessionError::Violation(violation)) => {
+            bump(&shared.stats.acl_violations);
+            warn!(
+                topic = violation.topic().unwrap_or(""),
+                %violation,
+                "device violated the protocol or topic rules; connection closed"
+            );
+        }
+        Err(SessionError::Io(error)) => debug!(%error, "connection closed by I/O error"),
+    }
+}
+
+async fn session(
+    shared: &Shared,
+    tls: TlsStream<TcpStream>,
+    identity: &ClientId,
+) -> Result<End, SessionError> {
+    let (mut device_rx, mut device_tx) = tokio::io::split(tls);
+    let mut inspector = Inspector::new(identity.clone(), shared.max_packet_bytes);
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+
+    // Wait for the CONNECT before touching the broker.
+    let first = tokio::time::timeout(
+        shared.connect_timeout,
+        read_packet(&mut device_rx, &mut buf, &mut inspector),
+    )
+    .await;
+    let connect = match first {
+        Err(_) => return Ok(End::ConnectTimeout),
+        Ok(Ok(Some(connect))) => connect,
+        Ok(Ok(None)) => return Ok(End::DeviceClosed),
+        Ok(Err(e)) => return Err(e),
+    };
+
+    let upstream = TcpStream::connect(shared.upstream).await?;
+    let _ = upstream.set_nodelay(true);
+    let (mut broker_rx, mut broker_tx) = upstream.into_split();
+    broker_tx.write_all(&connect).await?;
+    add(&shared.stats.bytes_up, connect.len());
+    let _live = LiveCount::new(&shared.stats);
+    debug!("device connected");
+
+    let up = async {
+        let mut out = BytesMut::new();
+        loop {
+            while let Some(packet) = inspector.next(&mut buf)? {
+                out.extend_from_slice(&packet);
+            }
+            if !out.is_empty() {
+                broker_tx.write_all(&out).await?;
+                add(&shared.stats.bytes_up, out.len());
+                out.clear();
+            }
+            buf.reserve(READ_CHUNK);
+            if device_rx.read_buf(&mut buf).await? == 0 {
+                return Ok::<_, SessionError>(End::DeviceClosed);
+            }
+        }
+    };
+    let down = async {
+        let mut chunk = vec![0u8; READ_CHUNK];
+        loop {
+            let n = broker_rx.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok::<_, SessionError>(End::BrokerClosed);
+            }
+            device_tx.write_all(&chunk[..n]).await?;
+            device_tx.flush().await?;
+            add(&shared.stats.bytes_down, n);
+        }
+    };
+    tokio::select! {
+        result = up => result,
+        result = down => result,
+    }
+}
+
+/// Reads until `inspector` yields a packet; `None` if the device closed first.
+async fn read_packet<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+    inspector: &mut Inspector,
+) -> Result<Option<bytes::Bytes>, SessionError> {
+    loop {
+        if let Some(packet) = inspector.next(buf)? {
+            return Ok(Some(packet));
+        }
+        buf.reserve(READ_CHUNK);
+        if reader.read_buf(buf).await? == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_caps_total_and_per_ip() {
+        let pending = PendingHandshakes::new(3, 2);
+        let a: IpAddr = [10, 0, 0, 1].into();
+        let b: IpAddr = [10, 0, 0, 2].into();
+        let p1 = pending.try_acquire(a).expect("first");
+        let _p2 = pending.try_acquire(a).expect("second");
+        assert!(pending.try_acquire(a).is_none(), "per-ip cap");
+        let _p3 = pending.try_acquire(b).expect("other ip");
+        assert!(pending.try_acquire(b).is_none(), "total cap");
+        drop(p1);
+        assert!(pending.try_acquire(a).is_some(), "slot released");
+    }
+}

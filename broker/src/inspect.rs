@@ -1,0 +1,386 @@
+//! Client → broker packet inspection: framing with the rumqttc MQTT 3.1.1
+//! codec, authorization against the per-device topic rules of
+//! `margo_schemas::topics`, and the CONNECT rewrite.
+//!
+//! Pure and synchronous (no I/O), so it can be unit-tested and fuzzed.
+
+use bytes::{Bytes, BytesMut};
+use margo_schemas::ids::ClientId;
+use margo_schemas::topics::{device_may_publish, device_may_set_will, device_may_subscribe};
+use rumqttc::mqttbytes::v4::{
+    Connect, PubAck, PubComp, PubRec, PubRel, Publish, Subscribe, Unsubscribe,
+};
+use rumqttc::mqttbytes::{self, check, FixedHeader, PacketType, Protocol};
+
+/// Why a device's connection is closed.
+#[derive(Debug, thiserror::Error)]
+pub enum Violation {
+    /// The first packet was not CONNECT.
+    #[error("first packet is {0:?}, not CONNECT")]
+    NotConnect(PacketType),
+    /// A CONNECT after the first one.
+    #[error("second CONNECT")]
+    SecondConnect,
+    /// CONNECT asked for a protocol other than MQTT 3.1.1.
+    #[error("protocol {0:?} is not MQTT 3.1.1")]
+    Protocol(Protocol),
+    /// A last will on a topic the device may not use.
+    #[error("last will on {0:?} not allowed")]
+    WillTopic(String),
+    /// A SUBSCRIBE with a filter the device may not use.
+    #[error("subscribe to {0:?} not allowed")]
+    Subscribe(String),
+    /// A PUBLISH on a topic the device may not use.
+    #[error("publish on {0:?} not allowed")]
+    Publish(String),
+    /// A packet type only a broker sends.
+    #[error("{0:?} is a broker-to-client packet")]
+    ServerOnly(PacketType),
+    /// Not a well-formed MQTT 3.1.1 packet, or over the size limit.
+    #[error("malformed packet: {0}")]
+    Malformed(mqttbytes::Error),
+}
+
+impl Violation {
+    /// The topic or filter involved, for logging.
+    pub fn topic(&self) -> Option<&str> {
+        match self {
+            Self::WillTopic(t) | Self::Subscribe(t) | Self::Publish(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+/// Per-connection inspector of the client → broker byte stream.
+#[derive(Debug)]
+pub struct Inspector {
+    identity: ClientId,
+    max_packet_bytes: usize,
+    connected: bool,
+    keep_alive: Option<u16>,
+}
+
+impl Inspector {
+    /// An inspector for a device authenticated as `identity`.
+    pub fn new(identity: ClientId, max_packet_bytes: usize) -> Self {
+        Self {
+            identity,
+            max_packet_bytes,
+            connected: false,
+            keep_alive: None,
+        }
+    }
+
+    /// Whether the CONNECT has been seen.
+    pub fn connected(&self) -> bool {
+        self.connected
+    }
+
+    /// The keep-alive the device asked for in its CONNECT, in seconds.
+    pub fn keep_alive(&self) -> Option<u16> {
+        self.keep_alive
+    }
+
+    /// Takes the next complete packet off the front of `buf` and judges it.
+    ///
+    /// `Ok(Some(bytes))`: forward `bytes` to the broker: the packet's original
+    /// bytes, except for CONNECT, which is rewritten. `Ok(None)`: `buf` holds no complete packet yet (read more). Bytes of an
+    /// incomplete packet stay in `buf`. `Err`: close the connection.
+    pub fn next(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, Violation> {
+        let header = match check(buf.iter(), self.max_packet_bytes) {
+            Ok(header) => header,
+            Err(mqttbytes::Error::InsufficientBytes(_)) => return Ok(None),
+            Err(e) => return Err(Violation::Malformed(e)),
+        };
+        let frame = buf.split_to(header.frame_length()).freeze();
+        self.judge(header, frame).map(Some)
+    }
+
+    fn judge(&mut self, header: FixedHeader, frame: Bytes) -> Result<Bytes, Violation> {
+        let kind = header.packet_type().map_err(Violation::Malformed)?;
+        if !self.connected {
+            if kind != PacketType::Connect {
+                return Err(Violation::NotConnect(kind));
+            }
+            return self.connect(header, frame);
+        }
+        let malformed = Violation::Malformed;
+        match kind {
+            PacketType::Connect => return Err(Violation::SecondConnect),
+            PacketType::Publish => {
+                let publish = Publish::read(header, frame.clone()).map_err(malformed)?;
+                if !device_may_publish(&self.identity, &publish.topic) {
+                    return Err(Violation::Publish(publish.topic));
+                }
+            }
+            PacketType::Subscribe => {
+                let subscribe = Subscribe::read(header, frame.clone()).map_err(malformed)?;
+                if let Some(bad) = subscribe
+                    .filters
+                    .into_iter()
+                    .find(|f| !device_may_subscribe(&self.identity, &f.path))
+                {
+                    return Err(Violation::Subscribe(bad.path));
+                }
+            }
+            PacketType::Unsubscribe => {
+                Unsubscribe::read(header, frame.clone()).map_err(malformed)?;
+            }
+            PacketType::PubAck => {
+                PubAck::read(header, frame.clone()).map_err(malformed)?;
+            }
+            PacketType::PubRec => {
+                PubRec::read(header, frame.clone()).map_err(malformed)?;
+            }
+            PacketType::PubRel => {
+                PubRel::read(header, frame.clone()).map_err(malformed)?;
+            }
+            PacketType::PubComp => {
+                PubComp::read(header, frame.clone()).map_err(malformed)?;
+            }
+            PacketType::PingReq | PacketType::Disconnect => {
+                if frame.len() != 2 {
+                    return Err(Violation::Malformed(mqttbytes::Error::MalformedPacket));
+                }
+            }
+            PacketType::ConnAck
+            | PacketType::SubAck
+            | PacketType::UnsubAck
+            | PacketType::PingResp => return Err(Violation::ServerOnly(kind)),
+        }
+        Ok(frame)
+    }
+
+    fn connect(&mut self, header: FixedHeader, frame: Bytes) -> Result<Bytes, Violation> {
+        let mut connect = Connect::read(header, frame).map_err(Violation::Malformed)?;
+        if connect.protocol != Protocol::V4 {
+            return Err(Violation::Protocol(connect.protocol));
+        }
+        if let Some(will) = &connect.last_will {
+            if !device_may_set_will(&self.identity, &will.topic) {
+                return Err(Violation::WillTopic(will.topic.clone()));
+            }
+        }
+        connect.client_id = self.identity.to_string();
+        connect.login = None;
+        let mut out = BytesMut::with_capacity(connect.size());
+        connect.write(&mut out).map_err(Violation::Malformed)?;
+        self.connected = true;
+        self.keep_alive = Some(connect.keep_alive);
+        Ok(out.freeze())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use margo_schemas::topics;
+    use rumqttc::mqttbytes::v4::{LastWill, Packet};
+    use rumqttc::mqttbytes::QoS;
+
+    const MAX: usize = 1024 * 1024;
+
+    fn id(s: &str) -> ClientId {
+        ClientId::new(s).expect("valid id")
+    }
+
+    fn encode(mut packet: Packet) -> BytesMut {
+        match &mut packet {
+            Packet::Publish(p) => p.pkid = 1,
+            Packet::Subscribe(s) => s.pkid = 1,
+            Packet::Unsubscribe(u) => u.pkid = 1,
+            _ => {}
+        }
+        let mut buf = BytesMut::new();
+        packet.write(&mut buf, MAX).expect("encodes");
+        buf
+    }
+
+    fn connected(identity: &str) -> Inspector {
+        let mut inspector = Inspector::new(id(identity), MAX);
+        let mut buf = encode(Packet::Connect(Connect::new(identity)));
+        assert!(inspector.next(&mut buf).expect("connect ok").is_some());
+        inspector
+    }
+
+    fn forwarded(inspector: &mut Inspector, packet: Packet) -> Result<Bytes, Violation> {
+        let mut buf = encode(packet);
+        let original = buf.clone().freeze();
+        match inspector.next(&mut buf)? {
+            Some(bytes) => {
+                assert_eq!(bytes, original, "forwarded bytes differ");
+                assert!(buf.is_empty());
+                Ok(bytes)
+            }
+            None => panic!("complete packet not framed"),
+        }
+    }
+
+    #[test]
+    fn connect_is_rewritten_to_the_certificate_identity() {
+        let mut inspector = Inspector::new(id("aaa"), MAX);
+        let mut connect = Connect::new("bbb");
+        connect.set_login("user", "secret");
+        connect.clean_session = false;
+        connect.keep_alive = 30;
+        let mut buf = encode(Packet::Connect(connect));
+        let Some(out) = inspector.next(&mut buf).expect("allowed") else {
+            panic!("no verdict");
+        };
+        let mut out = BytesMut::from(&out[..]);
+        let Packet::Connect(rewritten) = Packet::read(&mut out, MAX).expect("re-reads") else {
+            panic!("not a connect");
+        };
+        assert_eq!(rewritten.client_id, "aaa");
+        assert_eq!(rewritten.login, None);
+        assert!(!rewritten.clean_session);
+        assert_eq!(rewritten.keep_alive, 30);
+        assert_eq!(inspector.keep_alive(), Some(30));
+    }
+
+    #[test]
+    fn first_packet_must_be_connect_and_only_once() {
+        let mut inspector = Inspector::new(id("aaa"), MAX);
+        let mut buf = encode(Packet::PingReq);
+        assert!(matches!(
+            inspector.next(&mut buf),
+            Err(Violation::NotConnect(PacketType::PingReq))
+        ));
+        let mut inspector = connected("aaa");
+        let mut buf = encode(Packet::Connect(Connect::new("aaa")));
+        assert!(matches!(
+            inspector.next(&mut buf),
+            Err(Violation::SecondConnect)
+        ));
+    }
+
+    #[test]
+    fn mqtt5_connect_is_refused() {
+        let mut inspector = Inspector::new(id("aaa"), MAX);
+        let mut connect = Connect::new("aaa");
+        connect.protocol = Protocol::V5;
+        let mut buf = encode(Packet::Connect(connect));
+        assert!(inspector.next(&mut buf).is_err());
+    }
+
+    #[test]
+    fn will_only_on_own_presence() {
+        let a = id("aaa");
+        let b = id("bbb");
+        let mut ok = Connect::new("aaa");
+        ok.last_will = Some(LastWill::new(
+            topics::presence(&a),
+            "offline",
+            QoS::AtLeastOnce,
+            true,
+        ));
+        let mut buf = encode(Packet::Connect(ok));
+        assert!(Inspector::new(a.clone(), MAX).next(&mut buf).is_ok());
+
+        let mut bad = Connect::new("aaa");
+        bad.last_will = Some(LastWill::new(
+            topics::presence(&b),
+            "offline",
+            QoS::AtLeastOnce,
+            true,
+        ));
+        let mut buf = encode(Packet::Connect(bad));
+        let err = Inspector::new(a, MAX).next(&mut buf).expect_err("refused");
+        assert_eq!(err.topic(), Some("margo/v1/clients/bbb/presence"));
+    }
+
+    #[test]
+    fn publish_and_subscribe_rules() {
+        let a = id("aaa");
+        let b = id("bbb");
+        let mut inspector = connected("aaa");
+        let publish =
+            |topic: String| Packet::Publish(Publish::new(topic, QoS::AtLeastOnce, b"x".to_vec()));
+        forwarded(&mut inspector, publish(topics::state(&a))).expect("own uplink");
+        assert!(matches!(
+            forwarded(&mut inspector, publish(topics::state(&b))),
+            Err(Violation::Publish(_))
+        ));
+        assert!(matches!(
+            forwarded(&mut inspector, publish(topics::desired_manifest(&a))),
+            Err(Violation::Publish(_))
+        ));
+        forwarded(
+            &mut inspector,
+            Packet::Subscribe(Subscribe::new_many([
+                rumqttc::mqttbytes::v4::SubscribeFilter::new(
+                    topics::desired_filter(&a),
+                    QoS::AtLeastOnce,
+                ),
+                rumqttc::mqttbytes::v4::SubscribeFilter::new(topics::ack(&a), QoS::AtLeastOnce),
+            ])),
+        )
+        .expect("own downlink");
+        assert!(matches!(
+            forwarded(
+                &mut inspector,
+                Packet::Subscribe(Subscribe::new_many([
+                    rumqttc::mqttbytes::v4::SubscribeFilter::new(
+                        topics::ack(&a),
+                        QoS::AtLeastOnce
+                    ),
+                    rumqttc::mqttbytes::v4::SubscribeFilter::new("#".into(), QoS::AtLeastOnce),
+                ]))
+            ),
+            Err(Violation::Subscribe(f)) if f == "#"
+        ));
+        forwarded(&mut inspector, Packet::PingReq).expect("ping");
+        forwarded(&mut inspector, Packet::PubAck(PubAck::new(7))).expect("puback");
+        forwarded(
+            &mut inspector,
+            Packet::Unsubscribe(Unsubscribe::new("anything")),
+        )
+        .expect("unsubscribe");
+        forwarded(&mut inspector, Packet::Disconnect).expect("disconnect");
+    }
+
+    #[test]
+    fn server_only_packets_are_refused() {
+        let mut inspector = connected("aaa");
+        assert!(matches!(
+            forwarded(&mut inspector, Packet::PingResp),
+            Err(Violation::ServerOnly(PacketType::PingResp))
+        ));
+    }
+
+    #[test]
+    fn partial_packets_wait_and_pipelined_packets_split() {
+        let mut inspector = connected("aaa");
+        let a = id("aaa");
+        let mut stream = encode(Packet::Publish(Publish::new(
+            topics::state(&a),
+            QoS::AtLeastOnce,
+            vec![7u8; 300],
+        )));
+        stream.extend_from_slice(&encode(Packet::PingReq));
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for byte in stream.iter() {
+            buf.extend_from_slice(&[*byte]);
+            while let Some(bytes) = inspector.next(&mut buf).expect("allowed") {
+                out.extend_from_slice(&bytes);
+            }
+        }
+        assert_eq!(out, stream.to_vec());
+    }
+
+    #[test]
+    fn oversized_and_garbage_input_is_refused() {
+        let mut inspector = Inspector::new(id("aaa"), 16);
+        let mut buf = encode(Packet::Connect(Connect::new("aaaaaaaaaaaaaaaaaaaaaaaa")));
+        assert!(matches!(
+            inspector.next(&mut buf),
+            Err(Violation::Malformed(_))
+        ));
+        let mut inspector = Inspector::new(id("aaa"), MAX);
+        let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".repeat(4)[..]);
+        assert!(inspector.next(&mut buf).is_err());
+        let mut buf = BytesMut::from(&[0x10u8, 0xff, 0xff, 0xff, 0xff, 0x01][..]);
+        assert!(Inspector::new(id("aaa"), MAX).next(&mut buf).is_err());
+    }
+}

@@ -1,0 +1,40 @@
+//! margo-broker: an embedded rumqttd on loopback plus the margo **device
+//! gateway** in front of it.
+//!
+//! Devices never reach rumqttd directly. The gateway terminates TLS 1.3 with
+//! client certificates, takes the device identity from the certificate CN,
+//! rewrites the MQTT client id to it, and checks every CONNECT (will),
+//! SUBSCRIBE and PUBLISH against the per-device rules of
+//! [`margo_schemas::topics`]. See `README.md` for why.
+//!
+//! ```no_run
+//! # async fn demo(tls: margo_broker::GatewayTls) -> Result<(), margo_broker::BrokerError> {
+//! use margo_broker::{BrokerConfig, EmbeddedBroker, GatewayConfig};
+//! let mut config = BrokerConfig::default();
+//! config.gateway = Some(GatewayConfig::new(tls));
+//! let broker = EmbeddedBroker::start(config).await?;
+//! println!("mqtt={} gateway={:?}", broker.mqtt_addr(), broker.gateway_addr());
+//! broker.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+mod config;
+mod embedded;
+mod error;
+mod gateway;
+pub mod inspect;
+mod revocation;
+mod stats;
+pub mod tls;
+
+pub use config::{
+    BrokerConfig, BrokerFileConfig, GatewayConfig, GatewayFileConfig, GatewayTls, Limits,
+    MqttListenerConfig, CONFIG_VERSION, MQTT_MAX_REMAINING_LENGTH,
+};
+pub use embedded::{BrokerHandle, EmbeddedBroker};
+pub use error::BrokerError;
+pub use gateway::{run_gateway, Gateway};
+pub use revocation::{parse_revocation_list, Revocations};
+pub use stats::{GatewayStats, GatewayStatsSnapshot};

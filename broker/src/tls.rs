@@ -1,0 +1,96 @@
+//! TLS for the gateway: a TLS 1.3-only rustls server config (ring provider)
+//! with mandatory client certificates, and the device identity taken from them.
+
+use std::sync::Arc;
+
+use margo_schemas::ids::ClientId;
+use rustls::crypto::ring;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::GatewayTls;
+use crate::error::BrokerError;
+
+/// Session tickets sent after each full handshake, so a reconnecting device
+/// can resume with one and keep the other for the next time.
+const TLS13_TICKETS: usize = 2;
+
+/// Builds the gateway's server config: TLS 1.3 only, client certificate
+/// required and verified against the fleet CA, stateful session cache (the
+/// rustls default) plus stateless tickets for cheap resumption.
+pub fn server_config(tls: &GatewayTls) -> Result<Arc<ServerConfig>, BrokerError> {
+    let provider = Arc::new(ring::default_provider());
+
+    let mut roots = RootCertStore::empty();
+    let ca_certs = parse_certs(&tls.ca_pem, "CA")?;
+    for cert in ca_certs {
+        roots
+            .add(cert)
+            .map_err(|e| BrokerError::Tls(format!("CA certificate rejected: {e}")))?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| BrokerError::Tls(format!("client verifier: {e}")))?;
+
+    let chain = parse_certs(&tls.cert_pem, "server certificate")?;
+    let key = PrivateKeyDer::from_pem_slice(&tls.key_pem)
+        .map_err(|e| BrokerError::Tls(format!("private key: {e}")))?;
+
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| BrokerError::Tls(format!("protocol versions: {e}")))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| BrokerError::Tls(format!("certificate/key: {e}")))?;
+    config.ticketer =
+        ring::Ticketer::new().map_err(|e| BrokerError::Tls(format!("ticketer: {e}")))?;
+    config.send_tls13_tickets = TLS13_TICKETS;
+    Ok(Arc::new(config))
+}
+
+fn parse_certs(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, BrokerError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| BrokerError::Tls(format!("{what} PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(BrokerError::Tls(format!("{what} PEM holds no certificate")));
+    }
+    Ok(certs)
+}
+
+/// Why a verified client certificate does not name a device.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    /// The connection has no peer certificate (cannot happen with the verifier above).
+    #[error("no client certificate")]
+    NoCertificate,
+    /// The certificate is not parseable X.509.
+    #[error("unparseable certificate: {0}")]
+    Unparseable(String),
+    /// The subject has no CN, or more than one.
+    #[error("subject must have exactly one common name, found {0}")]
+    CommonNameCount(usize),
+    /// The CN is not a string or not a valid client id.
+    #[error("common name is not a valid client id: {0}")]
+    InvalidClientId(String),
+}
+
+/// The device identity: the subject CN of the (already verified) leaf
+/// certificate, which must be a valid [`ClientId`].
+pub fn identity(peer_certs: Option<&[CertificateDer<'_>]>) -> Result<ClientId, IdentityError> {
+    let leaf = peer_certs
+        .and_then(|certs| certs.first())
+        .ok_or(IdentityError::NoCertificate)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
+        .map_err(|e| IdentityError::Unparseable(e.to_string()))?;
+    let names: Vec<_> = cert.subject().iter_common_name().collect();
+    let [cn] = names.as_slice() else {
+        return Err(IdentityError::CommonNameCount(names.len()));
+    };
+    let cn = cn
+        .as_str()
+        .map_err(|e| IdentityError::InvalidClientId(e.to_string()))?;
+    ClientId::new(cn).map_err(|e| IdentityError::InvalidClientId(e.to_string()))
+}
