@@ -1,0 +1,428 @@
+//! End-to-end tests of the device gateway over real TLS against the embedded rumqttd.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use margo_schemas::ids::{ClientId, DeploymentId};
+use margo_schemas::topics;
+use rumqttc::{LastWill, QoS};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn id(s: &str) -> ClientId {
+    ClientId::new(s).expect("valid client id")
+}
+
+/// Reads until EOF or error; returns true if the peer closed.
+async fn peer_closes(stream: &mut (impl AsyncReadExt + Unpin)) -> bool {
+    let mut buf = [0u8; 1024];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return true,
+            Ok(_) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn device_gets_retained_desired_state_and_its_uplink_reaches_the_manager() {
+    let pki = Pki::new("fleet ca");
+    let broker = start_broker(&pki, Duration::from_secs(10)).await;
+    let gw = broker.gateway_addr().expect("gateway");
+    let dev = id("dev1");
+
+    let mut manager = Client::plain(broker.mqtt_addr(), "manager");
+    manager.connack().await;
+    manager
+        .client
+        .publish(
+            topics::desired_manifest(&dev),
+            QoS::AtLeastOnce,
+            true,
+            b"manifest-v1".to_vec(),
+        )
+        .await
+        .expect("queue publish");
+    manager.puback().await;
+    manager
+        .client
+        .subscribe(topics::state(&dev), QoS::AtLeastOnce)
+        .await
+        .expect("queue subscribe");
+    manager.suback().await;
+
+    let cert = pki.client("dev1");
+    let mut device = Client::device(gw, client_tls(&pki, Some(&cert)), Options::new("dev1"));
+    device.connack().await;
+    device
+        .client
+        .subscribe(topics::desired_filter(&dev), QoS::AtLeastOnce)
+        .await
+        .expect("queue subscribe");
+    let (payload, retained) = device.publish_on(&topics::desired_manifest(&dev)).await;
+    assert_eq!(payload, b"manifest-v1");
+    assert!(retained, "retained flag kept through the gateway");
+
+    device
+        .client
+        .publish(
+            topics::state(&dev),
+            QoS::AtLeastOnce,
+            false,
+            b"state".to_vec(),
+        )
+        .await
+        .expect("queue publish");
+    let (payload, _) = manager.publish_on(&topics::state(&dev)).await;
+    assert_eq!(payload, b"state");
+
+    let stats = broker.stats().snapshot();
+    assert_eq!(stats.handshakes_ok, 1);
+    assert_eq!(stats.live_connections, 1);
+    assert_eq!(stats.acl_violations, 0);
+    assert!(stats.bytes_up > 0 && stats.bytes_down > 0);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn topic_rule_violations_close_the_connection_and_are_counted() {
+    let pki = Pki::new("fleet ca");
+    let broker = start_broker(&pki, Duration::from_secs(10)).await;
+    let gw = broker.gateway_addr().expect("gateway");
+    let stats = broker.stats();
+    let me = id("dev2");
+    let other = id("other");
+    let dep = DeploymentId::new("d1").expect("deployment id");
+    let tls = client_tls(&pki, Some(&pki.client("dev2")));
+
+    // Subscribing to another client's topic.
+    let mut device = Client::device(gw, tls.clone(), Options::new("dev2"));
+    device.connack().await;
+    device
+        .client
+        .subscribe(topics::desired_filter(&other), QoS::AtLeastOnce)
+        .await
+        .expect("queue");
+    device.closed("subscribe to another client's topic").await;
+    eventually("1 violation counted", || {
+        stats.acl_violations.load(Ordering::Relaxed) == 1
+    })
+    .await;
+
+    // Publishing on another client's topic.
+    let mut device = Client::device(gw, tls.clone(), Options::new("dev2"));
+    device.connack().await;
+    device
+        .client
+        .publish(
+            topics::status(&other, &dep),
+            QoS::AtLeastOnce,
+            false,
+            b"x".to_vec(),
+        )
+        .await
+        .expect("queue");
+    device.closed("publish on another client's topic").await;
+    eventually("2 violations counted", || {
+        stats.acl_violations.load(Ordering::Relaxed) == 2
+    })
+    .await;
+
+    // Publishing on its own downlink topic.
+    let mut device = Client::device(gw, tls.clone(), Options::new("dev2"));
+    device.connack().await;
+    device
+        .client
+        .publish(
+            topics::desired_manifest(&me),
+            QoS::AtLeastOnce,
+            true,
+            b"forged".to_vec(),
+        )
+        .await
+        .expect("queue");
+    device.closed("publish on own downlink topic").await;
+    eventually("3 violations counted", || {
+        stats.acl_violations.load(Ordering::Relaxed) == 3
+    })
+    .await;
+
+    // A will on another client's presence topic: refused at CONNECT.
+    let mut options = Options::new("dev2");
+    options.will = Some(LastWill::new(
+        topics::presence(&other),
+        "offline",
+        QoS::AtLeastOnce,
+        true,
+    ));
+    let mut device = Client::device(gw, tls.clone(), options);
+    device.closed("will on another client's presence").await;
+    eventually("4 violations counted", || {
+        stats.acl_violations.load(Ordering::Relaxed) == 4
+    })
+    .await;
+
+    // A will on its own presence topic is fine.
+    let mut options = Options::new("dev2");
+    options.will = Some(LastWill::new(
+        topics::presence(&me),
+        "offline",
+        QoS::AtLeastOnce,
+        true,
+    ));
+    let mut device = Client::device(gw, tls, options);
+    device.connack().await;
+    device.stays_up(Duration::from_millis(300)).await;
+    assert_eq!(stats.acl_violations.load(Ordering::Relaxed), 4);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn handshake_without_certificate_or_with_foreign_ca_fails() {
+    let pki = Pki::new("fleet ca");
+    let rogue = Pki::new("rogue ca");
+    let broker = start_broker(&pki, Duration::from_secs(10)).await;
+    let gw = broker.gateway_addr().expect("gateway");
+    let stats = broker.stats();
+
+    let mut device = Client::device(gw, client_tls(&pki, None), Options::new("dev3"));
+    device.closed("no client certificate").await;
+    eventually("1 handshake failure", || {
+        stats.handshake_failed.load(Ordering::Relaxed) == 1
+    })
+    .await;
+
+    let foreign = rogue.client("dev3");
+    let mut device = Client::device(gw, client_tls(&pki, Some(&foreign)), Options::new("dev3"));
+    device.closed("certificate from another CA").await;
+    eventually("2 handshake failures", || {
+        stats.handshake_failed.load(Ordering::Relaxed) == 2
+    })
+    .await;
+
+    // A certificate whose CN is not a client id.
+    let bad = pki.client("Not A Client Id");
+    let mut device = Client::device(gw, client_tls(&pki, Some(&bad)), Options::new("dev3"));
+    device.closed("CN is not a client id").await;
+    eventually("bad identity counted", || {
+        stats.refused_bad_identity.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    assert_eq!(stats.handshakes_ok.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.live_connections.load(Ordering::Relaxed), 0);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn client_id_in_connect_is_rewritten_so_sessions_cannot_be_stolen() {
+    let pki = Pki::new("fleet ca");
+    let broker = start_broker(&pki, Duration::from_secs(10)).await;
+    let gw = broker.gateway_addr().expect("gateway");
+    let a = id("deva");
+    let b = id("devb");
+
+    let mut device_a = Client::device(
+        gw,
+        client_tls(&pki, Some(&pki.client("deva"))),
+        Options::new("deva"),
+    );
+    device_a.connack().await;
+    device_a
+        .client
+        .subscribe(topics::desired_filter(&a), QoS::AtLeastOnce)
+        .await
+        .expect("queue");
+    device_a.suback().await;
+
+    // B holds its own certificate but claims A's client id in CONNECT.
+    let mut device_b = Client::device(
+        gw,
+        client_tls(&pki, Some(&pki.client("devb"))),
+        Options::new("deva"),
+    );
+    device_b.connack().await;
+    // B is treated as itself: its own topics work...
+    device_b
+        .client
+        .subscribe(topics::desired_filter(&b), QoS::AtLeastOnce)
+        .await
+        .expect("queue");
+    device_b.suback().await;
+
+    // ...and A was not kicked: it stays connected and keeps receiving.
+    let mut manager = Client::plain(broker.mqtt_addr(), "manager");
+    manager.connack().await;
+    manager
+        .client
+        .publish(
+            topics::desired_manifest(&a),
+            QoS::AtLeastOnce,
+            true,
+            b"for-a".to_vec(),
+        )
+        .await
+        .expect("queue");
+    let (payload, _) = device_a.publish_on(&topics::desired_manifest(&a)).await;
+    assert_eq!(payload, b"for-a");
+    device_a.stays_up(Duration::from_millis(300)).await;
+    assert_eq!(broker.stats().snapshot().live_connections, 2);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn revocation_drops_the_live_connection_and_refuses_reconnects() {
+    let pki = Pki::new("fleet ca");
+    let broker = start_broker(&pki, Duration::from_secs(10)).await;
+    let gw = broker.gateway_addr().expect("gateway");
+    let stats = broker.stats();
+    let tls = client_tls(&pki, Some(&pki.client("devr")));
+
+    let mut device = Client::device(gw, tls.clone(), Options::new("devr"));
+    device.connack().await;
+    assert_eq!(
+        broker.revocations().revoke(&id("devr")),
+        1,
+        "one live connection cut"
+    );
+    device.closed("revoked while connected").await;
+    eventually("no live connections", || {
+        stats.live_connections.load(Ordering::Relaxed) == 0
+    })
+    .await;
+
+    let mut device = Client::device(gw, tls.clone(), Options::new("devr"));
+    device.closed("revoked identity reconnecting").await;
+    eventually("refusal counted", || {
+        stats.refused_revoked.load(Ordering::Relaxed) == 1
+    })
+    .await;
+
+    broker.revocations().unrevoke(&id("devr"));
+    let mut device = Client::device(gw, tls, Options::new("devr"));
+    device.connack().await;
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn stalled_handshakes_do_not_block_others_and_hit_the_deadline() {
+    let pki = Pki::new("fleet ca");
+    let broker = start_broker(&pki, Duration::from_secs(1)).await;
+    let gw = broker.gateway_addr().expect("gateway");
+    let stats = broker.stats();
+
+    // One socket that sends nothing, one that sends a partial ClientHello.
+    let mut silent = TcpStream::connect(gw).await.expect("connect");
+    let mut partial = TcpStream::connect(gw).await.expect("connect");
+    partial
+        .write_all(&[
+            0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+        ])
+        .await
+        .expect("write partial hello");
+
+    // Meanwhile a device connects and subscribes quickly.
+    let dev = id("devs");
+    let started = tokio::time::Instant::now();
+    let mut device = Client::device(
+        gw,
+        client_tls(&pki, Some(&pki.client("devs"))),
+        Options::new("devs"),
+    );
+    within(
+        Duration::from_secs(3),
+        "device connects past stalled handshakes",
+        async {
+            device.connack().await;
+            device
+                .client
+                .subscribe(topics::desired_filter(&dev), QoS::AtLeastOnce)
+                .await
+                .expect("queue");
+            device.suback().await;
+        },
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "device waited for the stalled sockets"
+    );
+
+    within(
+        Duration::from_secs(5),
+        "silent socket closed at the deadline",
+        peer_closes(&mut silent),
+    )
+    .await;
+    within(
+        Duration::from_secs(5),
+        "partial-hello socket closed at the deadline",
+        peer_closes(&mut partial),
+    )
+    .await;
+    eventually("2 handshake timeouts", || {
+        stats.handshake_timeout.load(Ordering::Relaxed) == 2
+    })
+    .await;
+    device.stays_up(Duration::from_millis(200)).await;
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn garbage_after_the_handshake_closes_only_that_connection() {
+    let pki = Pki::new("fleet ca");
+    let broker = start_broker(&pki, Duration::from_secs(10)).await;
+    let gw = broker.gateway_addr().expect("gateway");
+    let stats = broker.stats();
+
+    let mut good = Client::device(
+        gw,
+        client_tls(&pki, Some(&pki.client("devg"))),
+        Options::new("devg"),
+    );
+    good.connack().await;
+
+    let connector = tokio_rustls::TlsConnector::from(client_tls(&pki, Some(&pki.client("devx"))));
+    let tcp = TcpStream::connect(gw).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut tls = within(WAIT, "raw TLS handshake", connector.connect(name, tcp))
+        .await
+        .expect("handshake");
+    tls.write_all(&[0xff; 64]).await.expect("write garbage");
+    within(WAIT, "garbage connection closed", peer_closes(&mut tls)).await;
+    eventually("violation counted", || {
+        stats.acl_violations.load(Ordering::Relaxed) == 1
+    })
+    .await;
+
+    // The other device is unaffected, and new devices still get in.
+    good.stays_up(Duration::from_millis(200)).await;
+    let mut next = Client::device(
+        gw,
+        client_tls(&pki, Some(&pki.client("devh"))),
+        Options::new("devh"),
+    );
+    next.connack().await;
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_device_connections() {
+    let pki = Pki::new("fleet ca");
+    let broker = start_broker(&pki, Duration::from_secs(10)).await;
+    let gw = broker.gateway_addr().expect("gateway");
+    let mut device = Client::device(
+        gw,
+        client_tls(&pki, Some(&pki.client("devq"))),
+        Options::new("devq"),
+    );
+    device.connack().await;
+    within(WAIT, "gateway shutdown", broker.shutdown()).await;
+    device.closed("gateway shut down").await;
+    assert!(
+        TcpStream::connect(gw).await.is_err(),
+        "gateway listener still open"
+    );
+}
