@@ -426,3 +426,90 @@ async fn shutdown_closes_device_connections() {
         "gateway listener still open"
     );
 }
+
+#[tokio::test]
+async fn pending_handshake_cap_per_ip_refuses_excess_connections() {
+    let pki = Pki::new("fleet ca");
+    let mut config = margo_broker::BrokerConfig::default();
+    config.mqtt.listen = "127.0.0.1:0".parse().expect("addr");
+    let mut gateway = margo_broker::GatewayConfig::new(pki.gateway_tls());
+    gateway.listen = "127.0.0.1:0".parse().expect("addr");
+    gateway.handshake_timeout = Duration::from_secs(1);
+    gateway.max_pending_per_ip = 2;
+    config.gateway = Some(gateway);
+    let broker = within(
+        WAIT,
+        "broker start",
+        margo_broker::EmbeddedBroker::start(config),
+    )
+    .await
+    .expect("starts");
+    let gw = broker.gateway_addr().expect("gateway");
+    let stats = broker.stats();
+
+    let _stall1 = TcpStream::connect(gw).await.expect("connect");
+    let _stall2 = TcpStream::connect(gw).await.expect("connect");
+    eventually("two pending accepted", || {
+        stats.accepted.load(Ordering::Relaxed) == 2
+    })
+    .await;
+    let mut third = TcpStream::connect(gw).await.expect("connect");
+    within(WAIT, "third socket closed at once", peer_closes(&mut third)).await;
+    assert_eq!(stats.refused_pending_cap.load(Ordering::Relaxed), 1);
+
+    // After the stalled ones time out, devices get in again.
+    eventually("stalled handshakes timed out", || {
+        stats.handshake_timeout.load(Ordering::Relaxed) == 2
+    })
+    .await;
+    let mut device = Client::device(
+        gw,
+        client_tls(&pki, Some(&pki.client("devp"))),
+        Options::new("devp"),
+    );
+    device.connack().await;
+    broker.shutdown().await;
+}
+
+/// Sends a CONNECT over a raw TLS stream and reads the CONNACK; returns
+/// whether the TLS session was resumed.
+async fn raw_mqtt_session(
+    gw: std::net::SocketAddr,
+    connector: &tokio_rustls::TlsConnector,
+) -> bool {
+    let tcp = TcpStream::connect(gw).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut tls = within(WAIT, "TLS handshake", connector.connect(name, tcp))
+        .await
+        .expect("handshake");
+    let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    let mut connect = bytes::BytesMut::new();
+    rumqttc::mqttbytes::v4::Connect::new("ignored")
+        .write(&mut connect)
+        .expect("encode connect");
+    tls.write_all(&connect).await.expect("send connect");
+    let mut connack = [0u8; 4];
+    within(WAIT, "CONNACK", tls.read_exact(&mut connack))
+        .await
+        .expect("read connack");
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00], "CONNACK accepted");
+    resumed
+}
+
+#[tokio::test]
+async fn reconnects_resume_the_tls_session() {
+    let pki = Pki::new("fleet ca");
+    let broker = start_broker(&pki, Duration::from_secs(10)).await;
+    let gw = broker.gateway_addr().expect("gateway");
+    let connector = tokio_rustls::TlsConnector::from(client_tls(&pki, Some(&pki.client("devt"))));
+    assert!(
+        !raw_mqtt_session(gw, &connector).await,
+        "first handshake is full"
+    );
+    assert!(
+        raw_mqtt_session(gw, &connector).await,
+        "second handshake resumed"
+    );
+    assert_eq!(broker.stats().snapshot().refused_bad_identity, 0);
+    broker.shutdown().await;
+}
