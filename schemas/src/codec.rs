@@ -71,7 +71,10 @@ mod tests {
         let bytes = vec![0u8; 2000];
         assert!(matches!(
             decode::<Sample>(&bytes, 1000),
-            Err(CodecError::TooLarge { len: 2000, max: 1000 })
+            Err(CodecError::TooLarge {
+                len: 2000,
+                max: 1000
+            })
         ));
     }
 

@@ -153,10 +153,7 @@ mod tests {
 
         // Flip one byte of the payload region.
         let mut tampered = signed.clone();
-        let pos = tampered
-            .windows(5)
-            .position(|w| w == b"hello")
-            .unwrap();
+        let pos = tampered.windows(5).position(|w| w == b"hello").unwrap();
         tampered[pos] ^= 1;
         assert!(key.public_key().verify(&tampered).is_err());
         assert!(key.public_key().verify(b"\x00\x01garbage").is_err());

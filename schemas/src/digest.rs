@@ -39,7 +39,11 @@ impl Digest {
                 algorithm.chars().take(40).collect(),
             ));
         }
-        if value.len() != 64 || !value.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        if value.len() != 64
+            || !value
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
             return Err(DigestError::BadHex(value.chars().take(100).collect()));
         }
         let mut out = [0u8; 32];
@@ -122,7 +126,10 @@ mod tests {
             Digest::parse(&format!("sha512:{hex}")),
             Err(DigestError::UnsupportedAlgorithm(_))
         ));
-        assert!(matches!(Digest::parse(hex), Err(DigestError::MissingAlgorithm(_))));
+        assert!(matches!(
+            Digest::parse(hex),
+            Err(DigestError::MissingAlgorithm(_))
+        ));
         assert!(matches!(
             Digest::parse(&format!("sha256:{}", hex.to_uppercase())),
             Err(DigestError::BadHex(_))
@@ -137,7 +144,10 @@ mod tests {
     fn verify_detects_tampering() {
         let d = Digest::of(b"apiVersion: x");
         assert!(d.verify(b"apiVersion: x").is_ok());
-        assert!(matches!(d.verify(b"apiVersion: y"), Err(DigestError::Mismatch { .. })));
+        assert!(matches!(
+            d.verify(b"apiVersion: y"),
+            Err(DigestError::Mismatch { .. })
+        ));
     }
 
     proptest! {

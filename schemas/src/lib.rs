@@ -3,9 +3,16 @@
 //!
 //! This crate does no I/O and runs no async runtime.
 
-pub mod ids;
-pub mod topics;
+pub mod capabilities;
 pub mod codec;
 pub mod cose;
+pub mod deployment;
 pub mod digest;
+pub mod identity;
+pub mod ids;
+pub mod manifest;
+pub mod messages;
+pub mod onboarding;
 pub mod pki;
+pub mod status;
+pub mod topics;

@@ -202,9 +202,16 @@ mod tests {
             (presence(&a), DeviceTopic::Presence),
         ];
         for (topic, leaf) in cases {
-            assert_eq!(parse_device_topic(&topic), Some((a.clone(), leaf)), "{topic}");
+            assert_eq!(
+                parse_device_topic(&topic),
+                Some((a.clone(), leaf)),
+                "{topic}"
+            );
         }
-        assert_eq!(desired_manifest(&a), "margo/v1/clients/abc123/desired/manifest");
+        assert_eq!(
+            desired_manifest(&a),
+            "margo/v1/clients/abc123/desired/manifest"
+        );
     }
 
     #[test]
@@ -229,7 +236,10 @@ mod tests {
         assert!(device_may_subscribe(&a, &desired_filter(&a)));
         assert!(device_may_subscribe(&a, &config(&a)));
         assert!(device_may_subscribe(&a, &ack(&a)));
-        assert!(device_may_subscribe(&a, "margo/v1/clients/aaa/desired/deployments/+"));
+        assert!(device_may_subscribe(
+            &a,
+            "margo/v1/clients/aaa/desired/deployments/+"
+        ));
         for bad in [
             "#",
             "margo/#",
