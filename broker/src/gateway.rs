@@ -334,7 +334,22 @@ async fn session(
         Ok(Err(e)) => return Err(e),
     };
 
-    let upstream = TcpStream::connect(shared.upstream).await?;
+    let upstream = match tokio::time::timeout(
+        shared.connect_timeout,
+        TcpStream::connect(shared.upstream),
+    )
+    .await
+    {
+        Ok(Ok(upstream)) => upstream,
+        Ok(Err(error)) => {
+            warn!(upstream = %shared.upstream, %error, "broker unreachable; device connection closed");
+            return Err(error.into());
+        }
+        Err(_) => {
+            warn!(upstream = %shared.upstream, "broker connect timed out; device connection closed");
+            return Ok(End::ConnectTimeout);
+        }
+    };
     let _ = upstream.set_nodelay(true);
     let (mut broker_rx, mut broker_tx) = upstream.into_split();
     broker_tx.write_all(&connect).await?;

@@ -383,4 +383,36 @@ mod tests {
         let mut buf = BytesMut::from(&[0x10u8, 0xff, 0xff, 0xff, 0xff, 0x01][..]);
         assert!(Inspector::new(id("aaa"), MAX).next(&mut buf).is_err());
     }
+
+    proptest::proptest! {
+        /// Arbitrary bytes in arbitrary chunks never panic the inspector,
+        /// never grow its buffer past one packet plus a chunk, and after the
+        /// CONNECT only whole input frames are forwarded, unchanged.
+        #[test]
+        fn arbitrary_input_never_panics(
+            connected_first in proptest::bool::ANY,
+            chunks in proptest::collection::vec(
+                proptest::collection::vec(proptest::num::u8::ANY, 0..64), 0..16),
+        ) {
+            let mut inspector = if connected_first { connected("aaa") } else { Inspector::new(id("aaa"), 256) };
+            let mut buf = BytesMut::new();
+            let mut input = Vec::new();
+            let mut output = Vec::new();
+            'feed: for chunk in chunks {
+                buf.extend_from_slice(&chunk);
+                input.extend_from_slice(&chunk);
+                loop {
+                    match inspector.next(&mut buf) {
+                        Ok(Some(bytes)) => output.extend_from_slice(&bytes),
+                        Ok(None) => break,
+                        Err(_) => break 'feed,
+                    }
+                }
+                proptest::prop_assert!(buf.len() <= MAX + 5 + 64);
+            }
+            if connected_first {
+                proptest::prop_assert!(input.starts_with(&output));
+            }
+        }
+    }
 }

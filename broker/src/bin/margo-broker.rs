@@ -31,9 +31,10 @@ struct Cli {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
+    // rumqttd logs every accepted connection at info; keep it quieter by default.
     let default_level = match cli.verbose {
-        0 => "info",
-        1 => "debug",
+        0 => "info,rumqttd=warn",
+        1 => "debug,rumqttd=info",
         _ => "trace",
     };
     let filter =
