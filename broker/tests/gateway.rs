@@ -279,8 +279,20 @@ async fn revocation_drops_the_live_connection_and_refuses_reconnects() {
     let gw = broker.gateway_addr().expect("gateway");
     let stats = broker.stats();
     let tls = client_tls(&pki, Some(&pki.client("devr")));
+    let presence = topics::presence(&id("devr"));
 
-    let mut device = Client::device(gw, tls.clone(), Options::new("devr"));
+    let mut manager = Client::plain(broker.mqtt_addr(), "manager");
+    manager.connack().await;
+    manager
+        .client
+        .subscribe(&presence, QoS::AtLeastOnce)
+        .await
+        .expect("queue");
+    manager.suback().await;
+
+    let mut options = Options::new("devr");
+    options.will = Some(LastWill::new(&presence, "offline", QoS::AtLeastOnce, false));
+    let mut device = Client::device(gw, tls.clone(), options);
     device.connack().await;
     assert_eq!(
         broker.revocations().revoke(&id("devr")),
@@ -288,6 +300,9 @@ async fn revocation_drops_the_live_connection_and_refuses_reconnects() {
         "one live connection cut"
     );
     device.closed("revoked while connected").await;
+    // The broker saw the connection drop: the device's will fires.
+    let (payload, _) = manager.publish_on(&presence).await;
+    assert_eq!(payload, b"offline");
     eventually("no live connections", || {
         stats.live_connections.load(Ordering::Relaxed) == 0
     })
