@@ -242,7 +242,7 @@ fn at_most(field: &'static str, value: usize, max: usize) -> Result<(), BrokerEr
     Ok(())
 }
 
-/// The `margo-broker` TOML configuration file (see `margo-broker.example.toml`).
+/// The `margo-broker` TOML configuration file (see `config/margo-broker.toml`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerFileConfig {
@@ -383,7 +383,7 @@ impl BrokerFileConfig {
 mod tests {
     use super::*;
 
-    const EXAMPLE: &str = include_str!("../margo-broker.example.toml");
+    const EXAMPLE: &str = include_str!("../../config/margo-broker.toml");
 
     #[test]
     fn example_config_parses_and_validates() {

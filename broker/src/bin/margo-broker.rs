@@ -17,7 +17,7 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
-    /// TOML configuration file (see margo-broker.example.toml).
+    /// TOML configuration file (see config/margo-broker.toml).
     #[arg(long, short = 'c')]
     config: PathBuf,
     /// Revoked client ids, one per line (`#` comments); reloaded on SIGHUP.

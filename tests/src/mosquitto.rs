@@ -1,0 +1,108 @@
+//! Mosquitto 2.x as a second broker, configured like `config/mosquitto/`.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::{free_port, Proc};
+
+/// Where Debian puts the broker.
+const MOSQUITTO: &str = "/usr/sbin/mosquitto";
+
+/// Whether Mosquitto is installed. When it is not, tests that need it skip
+/// loudly, unless `MARGO_REQUIRE_MOSQUITTO=1` (set by `.ci/run`) makes them fail.
+pub fn available() -> bool {
+    if Path::new(MOSQUITTO).exists() {
+        return true;
+    }
+    if std::env::var("MARGO_REQUIRE_MOSQUITTO").as_deref() == Ok("1") {
+        panic!(
+            "MARGO_REQUIRE_MOSQUITTO=1 but {MOSQUITTO} is missing: apt-get install -y mosquitto"
+        );
+    }
+    eprintln!(
+        "\n*** SKIPPED: {MOSQUITTO} not found; install Debian's mosquitto to run this test ***\n"
+    );
+    false
+}
+
+/// A running Mosquitto with the shipped ACL, TLS with client certificates.
+pub struct Mosquitto {
+    pub port: u16,
+    proc: Proc,
+}
+
+impl Mosquitto {
+    /// Starts Mosquitto on a free port with `ca`, `cert`, `key` (PEM files),
+    /// using the repository's `config/mosquitto/margo.acl`, persistence in `dir`.
+    pub fn start(dir: &Path, ca: &Path, cert: &Path, key: &Path) -> Result<Mosquitto> {
+        let port = free_port();
+        std::fs::create_dir_all(dir)?;
+        let acl = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/mosquitto/margo.acl");
+        if !acl.exists() {
+            bail!("missing {}", acl.display());
+        }
+        let persistence = dir.join("persist");
+        std::fs::create_dir_all(&persistence)?;
+        // Same settings as config/mosquitto/mosquitto.conf, with test paths
+        // and without dropping privileges (the test's files belong to it).
+        let conf = format!(
+            "user {user}\n\
+             persistence true\n\
+             persistence_location {persist}/\n\
+             max_queued_messages 10000\n\
+             message_size_limit 1048576\n\
+             per_listener_settings false\n\
+             allow_anonymous false\n\
+             log_dest stderr\n\
+             log_type error\nlog_type warning\nlog_type notice\nlog_type information\n\
+             listener {port} 127.0.0.1\n\
+             protocol mqtt\n\
+             cafile {ca}\ncertfile {cert}\nkeyfile {key}\n\
+             tls_version tlsv1.3\n\
+             require_certificate true\n\
+             use_identity_as_username true\n\
+             use_username_as_clientid true\n\
+             acl_file {acl}\n",
+            user = whoami(),
+            persist = persistence.display(),
+            ca = ca.display(),
+            cert = cert.display(),
+            key = key.display(),
+            acl = acl.display(),
+        );
+        let conf_path = dir.join("mosquitto.conf");
+        std::fs::write(&conf_path, conf)?;
+        let mut cmd = Command::new(MOSQUITTO);
+        cmd.arg("-c").arg(&conf_path);
+        // Mosquitto logs to stderr; readiness is its port accepting connections.
+        let (proc, _) =
+            Proc::spawn_and_wait_port("mosquitto", cmd, dir, port, Duration::from_secs(10))
+                .context("start mosquitto")?;
+        Ok(Mosquitto { port, proc })
+    }
+
+    pub fn log(&self) -> String {
+        self.proc.log_text()
+    }
+
+    pub fn kill(&mut self) {
+        self.proc.kill();
+    }
+}
+
+fn whoami() -> String {
+    std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .or_else(|| {
+            Command::new("id")
+                .arg("-un")
+                .output()
+                .ok()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        })
+        .unwrap_or_else(|| "root".to_string())
+}

@@ -1,0 +1,146 @@
+//! Every file in `config/` parses with the loader that will read it in production.
+
+use std::path::{Path, PathBuf};
+
+use margo_schemas::deployment::ApplicationDeployment;
+
+fn config_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../config")
+}
+
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display())) {
+        let path = entry.expect("dir entry").path();
+        if path.is_dir() {
+            out.extend(files_in(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn example_deployments_are_valid_application_deployments() {
+    let dir = config_dir().join("examples");
+    let mut seen = 0;
+    for path in files_in(&dir) {
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        let bytes = std::fs::read(&path).expect("read example");
+        ApplicationDeployment::parse(bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        seen += 1;
+    }
+    assert!(
+        seen >= 2,
+        "expected the helm and compose examples, found {seen}"
+    );
+}
+
+#[test]
+fn every_config_file_is_parsed_by_a_test() {
+    // A new file in config/ must be added to one of the loaders below.
+    for path in files_in(&config_dir()) {
+        let rel = path
+            .strip_prefix(config_dir())
+            .expect("under config/")
+            .to_string_lossy()
+            .to_string();
+        let text = std::fs::read_to_string(&path).expect("read config file");
+        match rel.as_str() {
+            "margo-broker.toml" => {
+                margo_broker::BrokerFileConfig::from_toml(&text, &path)
+                    .and_then(|c| c.validate().map(|_| c))
+                    .unwrap_or_else(|e| panic!("{rel}: {e}"));
+            }
+            "mosquitto/mosquitto.conf" => check_mosquitto_conf(&text),
+            "mosquitto/margo.acl" => check_acl(&text),
+            r if r.starts_with("examples/") && r.ends_with(".yaml") => {}
+            other => panic!("config/{other} is not checked by any test: add it here"),
+        }
+    }
+}
+
+/// The settings that keep devices isolated and sessions persistent.
+fn check_mosquitto_conf(text: &str) {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    for required in [
+        "persistence true",
+        "allow_anonymous false",
+        "require_certificate true",
+        "use_identity_as_username true",
+        "use_username_as_clientid true",
+        "tls_version tlsv1.3",
+    ] {
+        assert!(
+            lines.contains(&required),
+            "mosquitto.conf lacks `{required}`"
+        );
+    }
+    assert!(lines.iter().any(|l| l.starts_with("acl_file ")));
+    for line in lines {
+        let key = line.split_whitespace().next().unwrap_or_default();
+        assert!(
+            key.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+            "odd mosquitto.conf line {line:?}"
+        );
+    }
+}
+
+/// The ACL gives each device exactly the topics `margo_schemas::topics` allows.
+fn check_acl(text: &str) {
+    use margo_schemas::ids::{ClientId, DeploymentId};
+    use margo_schemas::topics;
+    let client = ClientId::new("dev1").expect("client id");
+    let dep = DeploymentId::new("d1").expect("deployment id");
+    let mut reads = Vec::new();
+    let mut writes = Vec::new();
+    for line in text.lines().map(str::trim) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["pattern", "read", t] => reads.push(t.replace("%u", client.as_str())),
+            ["pattern", "write", t] => writes.push(t.replace("%u", client.as_str())),
+            _ => {}
+        }
+    }
+    for filter in &reads {
+        assert!(
+            topics::device_may_subscribe(&client, filter),
+            "ACL lets a device read {filter}, which the gateway forbids"
+        );
+    }
+    for topic in &writes {
+        let concrete = topic.replace('+', dep.as_str());
+        assert!(
+            topics::device_may_publish(&client, &concrete),
+            "ACL lets a device write {topic}, which the gateway forbids"
+        );
+    }
+    for needed in [topics::desired_filter(&client), topics::ack(&client)] {
+        assert!(
+            reads.contains(&needed),
+            "ACL does not let devices read {needed}"
+        );
+    }
+    for needed in [
+        topics::status(&client, &dep).replace(dep.as_str(), "+"),
+        topics::presence(&client),
+        topics::sync(&client),
+    ] {
+        assert!(
+            writes.contains(&needed),
+            "ACL does not let devices write {needed}"
+        );
+    }
+    assert!(
+        text.lines().any(|l| l.trim() == "user margo-manager"),
+        "ACL has no rules for the manager"
+    );
+}
