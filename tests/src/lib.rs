@@ -13,6 +13,8 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 
 pub mod mosquitto;
+pub mod mqtt;
+pub mod pki;
 
 /// Logs go to the test output when `RUST_LOG` is set.
 pub fn init_tracing() {
