@@ -1,0 +1,635 @@
+//! Manager configuration: built-in defaults → TOML file → environment
+//! (`MARGO_MANAGER_*`) → command-line flags, then [`ManagerConfig::validate`].
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The only `version` of the configuration file this crate understands.
+pub const CONFIG_VERSION: u32 = 1;
+/// Default public broker URL written into identity bundles.
+pub const DEFAULT_PUBLIC_BROKER_URL: &str = "mqtts://localhost:8883";
+/// Largest MQTT packet payload we will ever accept (MQTT 3.1.1 remaining length).
+const MQTT_MAX_PAYLOAD: usize = 268_435_455;
+
+/// Why a configuration could not be loaded or is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for [`ManagerConfig`] (unknown keys included).
+    #[error("cannot parse {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The TOML error.
+        source: Box<toml::de::Error>,
+    },
+    /// A value is invalid; `field` names it as in the TOML file (or the env variable).
+    #[error("invalid configuration: {field}: {reason}")]
+    Invalid {
+        /// Dotted path of the field, e.g. `broker.url`.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// Where the manager's MQTT broker comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerMode {
+    /// Start the embedded rumqttd plus the TLS device gateway in this process.
+    Embedded,
+    /// Connect to an external broker (Mosquitto, EMQX, ...) at `broker.url`.
+    External,
+}
+
+/// `[broker]`: embedded or external broker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerSettings {
+    /// `embedded` (default) or `external`.
+    pub mode: BrokerMode,
+    /// External broker: `mqtt://host:port` or `mqtts://host:port`.
+    pub url: Option<String>,
+    /// External `mqtts`: the CA the broker's certificate chains to (default: the fleet CA).
+    pub ca_file: Option<PathBuf>,
+    /// Embedded: the plain loopback MQTT listener. Default `127.0.0.1:1883`.
+    pub mqtt_listen: SocketAddr,
+    /// Embedded: the TLS device gateway. Default `0.0.0.0:8883`.
+    pub gateway_listen: SocketAddr,
+    /// Embedded: DNS names / IP addresses put into the gateway certificate
+    /// (`localhost` and `127.0.0.1` are always added). Default `["localhost"]`.
+    pub hostnames: Vec<String>,
+    /// Embedded: rumqttd limits (see margo-broker).
+    pub limits: margo_broker::Limits,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        Self {
+            mode: BrokerMode::Embedded,
+            url: None,
+            ca_file: None,
+            mqtt_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1883),
+            gateway_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 8883),
+            hostnames: vec!["localhost".to_string()],
+            limits: margo_broker::Limits::default(),
+        }
+    }
+}
+
+/// `[ingest]`: uplink batching.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestSettings {
+    /// Most uplink messages stored in one redb transaction. Default 512.
+    pub batch_max: usize,
+    /// Longest time a message waits for its batch to fill. Default 20 ms.
+    #[serde(with = "humantime_serde")]
+    pub batch_interval: Duration,
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        Self {
+            batch_max: 512,
+            batch_interval: Duration::from_millis(20),
+        }
+    }
+}
+
+/// `[pki]`: use a provided fleet CA instead of generating one.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PkiSettings {
+    /// PEM certificate of a CA to use as the fleet CA (with `ca_key_file`).
+    pub ca_cert_file: Option<PathBuf>,
+    /// PEM (PKCS#8) private key of that CA.
+    pub ca_key_file: Option<PathBuf>,
+}
+
+/// The whole manager configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ManagerConfig {
+    /// File format version ([`CONFIG_VERSION`]).
+    pub version: u32,
+    /// Holds `manager.redb`, `pki/` and (by default) `admin.sock`.
+    pub data_dir: PathBuf,
+    /// Broker URL written into identity bundles (what devices connect to).
+    pub public_broker_url: String,
+    /// The admin API's Unix socket. Default `<data_dir>/admin.sock`.
+    pub admin_socket: Option<PathBuf>,
+    /// Largest uplink payload accepted. Default 1 MiB.
+    pub max_payload_bytes: usize,
+    /// The broker.
+    pub broker: BrokerSettings,
+    /// Uplink batching.
+    pub ingest: IngestSettings,
+    /// Provided CA material.
+    pub pki: PkiSettings,
+}
+
+impl Default for ManagerConfig {
+    fn default() -> Self {
+        Self {
+            version: CONFIG_VERSION,
+            data_dir: PathBuf::from("margo-manager-data"),
+            public_broker_url: DEFAULT_PUBLIC_BROKER_URL.to_string(),
+            admin_socket: None,
+            max_payload_bytes: margo_schemas::codec::DEFAULT_MAX_PAYLOAD,
+            broker: BrokerSettings::default(),
+            ingest: IngestSettings::default(),
+            pki: PkiSettings::default(),
+        }
+    }
+}
+
+/// Values given on the command line; each `Some` wins over file and environment.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--broker URL`: switches to an external broker.
+    pub broker_url: Option<String>,
+    /// `--public-broker-url`.
+    pub public_broker_url: Option<String>,
+    /// `--admin-socket`.
+    pub admin_socket: Option<PathBuf>,
+    /// `--hostname` (repeatable): replaces `broker.hostnames`.
+    pub hostnames: Vec<String>,
+}
+
+impl ManagerConfig {
+    /// Defaults with `data_dir` set: what tests and the demo start from.
+    pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Parses TOML text; relative paths are taken relative to `base_dir`.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let mut config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve_relative(base);
+        Ok(config)
+    }
+
+    /// Reads and parses a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// The full layering: defaults, then `file` (if any), then `env`
+    /// (`MARGO_MANAGER_DATA_DIR`, `MARGO_MANAGER_BROKER_URL`,
+    /// `MARGO_MANAGER_PUBLIC_BROKER_URL`, `MARGO_MANAGER_ADMIN_SOCKET`), then
+    /// `overrides`; finally [`validate`](Self::validate).
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: Overrides,
+    ) -> Result<Self, ConfigError> {
+        let mut config = match file {
+            Some(path) => Self::from_file(path)?,
+            None => Self::default(),
+        };
+        config.apply_env(env);
+        config.apply_overrides(overrides);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Applies the `MARGO_MANAGER_*` variables among `env`.
+    pub fn apply_env(&mut self, env: impl IntoIterator<Item = (String, String)>) {
+        for (key, value) in env {
+            match key.as_str() {
+                "MARGO_MANAGER_DATA_DIR" => self.data_dir = PathBuf::from(value),
+                "MARGO_MANAGER_BROKER_URL" => {
+                    self.broker.mode = BrokerMode::External;
+                    self.broker.url = Some(value);
+                }
+                "MARGO_MANAGER_PUBLIC_BROKER_URL" => self.public_broker_url = value,
+                "MARGO_MANAGER_ADMIN_SOCKET" => self.admin_socket = Some(PathBuf::from(value)),
+                _ => {}
+            }
+        }
+    }
+
+    /// Applies command-line values.
+    pub fn apply_overrides(&mut self, o: Overrides) {
+        if let Some(dir) = o.data_dir {
+            self.data_dir = dir;
+        }
+        if let Some(url) = o.broker_url {
+            self.broker.mode = BrokerMode::External;
+            self.broker.url = Some(url);
+        }
+        if let Some(url) = o.public_broker_url {
+            self.public_broker_url = url;
+        }
+        if let Some(socket) = o.admin_socket {
+            self.admin_socket = Some(socket);
+        }
+        if !o.hostnames.is_empty() {
+            self.broker.hostnames = o.hostnames;
+        }
+    }
+
+    fn resolve_relative(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.data_dir);
+        for p in [
+            self.admin_socket.as_mut(),
+            self.broker.ca_file.as_mut(),
+            self.pki.ca_cert_file.as_mut(),
+            self.pki.ca_key_file.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            fix(p);
+        }
+    }
+
+    /// The admin socket path (`admin_socket` or `<data_dir>/admin.sock`).
+    pub fn admin_socket_path(&self) -> PathBuf {
+        self.admin_socket
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("admin.sock"))
+    }
+
+    /// The PKI directory, `<data_dir>/pki`.
+    pub fn pki_dir(&self) -> PathBuf {
+        self.data_dir.join("pki")
+    }
+
+    /// The redb file, `<data_dir>/manager.redb`.
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join("manager.redb")
+    }
+
+    /// The parsed external broker URL, if in external mode.
+    pub fn external_broker(&self) -> Result<Option<BrokerUrl>, ConfigError> {
+        match self.broker.mode {
+            BrokerMode::Embedded => Ok(None),
+            BrokerMode::External => {
+                let url = self
+                    .broker
+                    .url
+                    .as_deref()
+                    .ok_or_else(|| invalid("broker.url", "required when broker.mode = \"external\""))?;
+                BrokerUrl::parse(url)
+                    .map(Some)
+                    .map_err(|reason| invalid("broker.url", reason))
+            }
+        }
+    }
+
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.version != CONFIG_VERSION {
+            return Err(invalid(
+                "version",
+                format!("{} is not supported (expected {CONFIG_VERSION})", self.version),
+            ));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty"));
+        }
+        BrokerUrl::parse(&self.public_broker_url)
+            .map_err(|reason| invalid("public_broker_url", reason))?;
+        if self
+            .admin_socket
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err(invalid("admin_socket", "must not be empty"));
+        }
+        if !(1024..=MQTT_MAX_PAYLOAD).contains(&self.max_payload_bytes) {
+            return Err(invalid(
+                "max_payload_bytes",
+                format!("must be between 1024 and {MQTT_MAX_PAYLOAD}"),
+            ));
+        }
+        if self.ingest.batch_max == 0 || self.ingest.batch_max > 100_000 {
+            return Err(invalid("ingest.batch_max", "must be between 1 and 100000"));
+        }
+        if self.ingest.batch_interval.is_zero()
+            || self.ingest.batch_interval > Duration::from_secs(10)
+        {
+            return Err(invalid(
+                "ingest.batch_interval",
+                "must be greater than 0 and at most 10s",
+            ));
+        }
+        match self.broker.mode {
+            BrokerMode::External => {
+                self.external_broker()?;
+            }
+            BrokerMode::Embedded => {
+                if self.broker.url.is_some() {
+                    return Err(invalid(
+                        "broker.url",
+                        "only used with broker.mode = \"external\"",
+                    ));
+                }
+                if !self.broker.mqtt_listen.ip().is_loopback() {
+                    return Err(invalid(
+                        "broker.mqtt_listen",
+                        format!(
+                            "{} is not a loopback address; the plain listener has no authentication",
+                            self.broker.mqtt_listen
+                        ),
+                    ));
+                }
+                if self.broker.hostnames.is_empty() {
+                    return Err(invalid("broker.hostnames", "must list at least one name"));
+                }
+                for name in &self.broker.hostnames {
+                    if !is_valid_hostname(name) {
+                        return Err(invalid(
+                            "broker.hostnames",
+                            format!("{name:?} is neither a DNS name nor an IP address"),
+                        ));
+                    }
+                }
+                let mut broker = margo_broker::BrokerConfig::default();
+                broker.limits = self.broker.limits.clone();
+                broker.mqtt.listen = self.broker.mqtt_listen;
+                broker.validate().map_err(|e| match e {
+                    margo_broker::BrokerError::Config { field, reason } => ConfigError::Invalid {
+                        field: broker_field(field),
+                        reason,
+                    },
+                    other => invalid("broker", other.to_string()),
+                })?;
+            }
+        }
+        match (&self.pki.ca_cert_file, &self.pki.ca_key_file) {
+            (Some(_), None) => Err(invalid(
+                "pki.ca_key_file",
+                "required when pki.ca_cert_file is set",
+            )),
+            (None, Some(_)) => Err(invalid(
+                "pki.ca_cert_file",
+                "required when pki.ca_key_file is set",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Maps a margo-broker field name onto ours (`limits.x` → `broker.limits.x`).
+fn broker_field(field: &'static str) -> &'static str {
+    match field {
+        "limits.max_payload_bytes" => "broker.limits.max_payload_bytes",
+        "limits.max_connections" => "broker.limits.max_connections",
+        "limits.max_inflight" => "broker.limits.max_inflight",
+        "limits.connection_timeout" => "broker.limits.connection_timeout",
+        "limits.max_segment_bytes" => "broker.limits.max_segment_bytes",
+        "limits.max_segment_count" => "broker.limits.max_segment_count",
+        "limits.max_outgoing_packet_count" => "broker.limits.max_outgoing_packet_count",
+        "mqtt.listen" => "broker.mqtt_listen",
+        _ => "broker.limits",
+    }
+}
+
+fn is_valid_hostname(name: &str) -> bool {
+    if name.parse::<IpAddr>().is_ok() {
+        return true;
+    }
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '*')
+        })
+}
+
+/// A parsed `mqtt://host:port` or `mqtts://host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    /// `mqtts`.
+    pub tls: bool,
+    /// Host name or IP address (without brackets).
+    pub host: String,
+    /// Port (default 1883 for `mqtt`, 8883 for `mqtts`).
+    pub port: u16,
+}
+
+impl BrokerUrl {
+    /// Parses the URL; the error says what is wrong.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| format!("{url:?} is not a URL (expected mqtt://host:port or mqtts://host:port)"))?;
+        let tls = match scheme {
+            "mqtt" | "tcp" => false,
+            "mqtts" | "ssl" => true,
+            other => return Err(format!("scheme {other:?} is not supported (use mqtt or mqtts)")),
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains('/') || rest.contains('?') || rest.contains('@') {
+            return Err(format!("{url:?}: only host and port are allowed"));
+        }
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (host, after) = v6
+                .split_once(']')
+                .ok_or_else(|| format!("{url:?}: unclosed [ in IPv6 address"))?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => Some(p),
+                None if after.is_empty() => None,
+                None => return Err(format!("{url:?}: unexpected {after:?} after the address")),
+            };
+            (host.to_string(), port)
+        } else {
+            match rest.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), Some(p)),
+                None => (rest.to_string(), None),
+            }
+        };
+        if host.is_empty() {
+            return Err(format!("{url:?} has no host"));
+        }
+        let port = match port {
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("{url:?}: port {p:?} is not a number between 1 and 65535"))?,
+            None if tls => 8883,
+            None => 1883,
+        };
+        Ok(Self { tls, host, port })
+    }
+}
+
+impl fmt::Display for BrokerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        if self.host.contains(':') {
+            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{scheme}://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(e: ConfigError) -> &'static str {
+        match e {
+            ConfigError::Invalid { field, .. } => field,
+            other => panic!("not a validation error: {other}"),
+        }
+    }
+
+    #[test]
+    fn defaults_validate() {
+        let c = ManagerConfig::default();
+        c.validate().expect("defaults are valid");
+        assert_eq!(c.ingest.batch_max, 512);
+        assert_eq!(c.ingest.batch_interval, Duration::from_millis(20));
+        assert_eq!(c.max_payload_bytes, 1024 * 1024);
+        assert_eq!(c.admin_socket_path(), c.data_dir.join("admin.sock"));
+    }
+
+    #[test]
+    fn file_env_flags_layer_in_order() {
+        let text = r#"
+version = 1
+data_dir = "data"
+public_broker_url = "mqtts://edge.example.com:8883"
+[broker]
+mqtt_listen = "127.0.0.1:0"
+gateway_listen = "127.0.0.1:0"
+hostnames = ["edge.example.com", "10.0.0.5"]
+[ingest]
+batch_max = 64
+batch_interval = "5ms"
+"#;
+        let mut c = ManagerConfig::from_toml(text, Path::new("/etc/margo/manager.toml"))
+            .expect("parses");
+        assert_eq!(c.data_dir, PathBuf::from("/etc/margo/data"));
+        assert_eq!(c.ingest.batch_interval, Duration::from_millis(5));
+        c.validate().expect("valid");
+        c.apply_env([
+            ("MARGO_MANAGER_DATA_DIR".to_string(), "/var/lib/m".to_string()),
+            ("UNRELATED".to_string(), "x".to_string()),
+        ]);
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/m"));
+        c.apply_overrides(Overrides {
+            data_dir: Some(PathBuf::from("/tmp/flag")),
+            broker_url: Some("mqtt://127.0.0.1:1884".into()),
+            ..Overrides::default()
+        });
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/flag"));
+        assert_eq!(c.broker.mode, BrokerMode::External);
+        c.validate().expect("valid external");
+        assert_eq!(
+            c.external_broker().expect("valid").expect("external"),
+            BrokerUrl {
+                tls: false,
+                host: "127.0.0.1".into(),
+                port: 1884
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_versions_are_rejected() {
+        assert!(ManagerConfig::from_toml("version = 1\nbogus = 1", Path::new("x")).is_err());
+        assert!(
+            ManagerConfig::from_toml("version = 1\n[broker]\nmdoe = \"x\"", Path::new("x"))
+                .is_err()
+        );
+        let c = ManagerConfig::from_toml("version = 2", Path::new("x")).expect("parses");
+        assert_eq!(field_of(c.validate().unwrap_err()), "version");
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let mut c = ManagerConfig::default();
+        c.broker.mode = BrokerMode::External;
+        assert_eq!(field_of(c.validate().unwrap_err()), "broker.url");
+        c.broker.url = Some("http://x:1".into());
+        assert_eq!(field_of(c.validate().unwrap_err()), "broker.url");
+
+        let mut c = ManagerConfig::default();
+        c.public_broker_url = "localhost".into();
+        assert_eq!(field_of(c.validate().unwrap_err()), "public_broker_url");
+
+        let mut c = ManagerConfig::default();
+        c.broker.hostnames = vec!["bad name".into()];
+        assert_eq!(field_of(c.validate().unwrap_err()), "broker.hostnames");
+
+        let mut c = ManagerConfig::default();
+        c.broker.mqtt_listen = "0.0.0.0:1883".parse().expect("addr");
+        assert_eq!(field_of(c.validate().unwrap_err()), "broker.mqtt_listen");
+
+        let mut c = ManagerConfig::default();
+        c.ingest.batch_max = 0;
+        assert_eq!(field_of(c.validate().unwrap_err()), "ingest.batch_max");
+
+        let mut c = ManagerConfig::default();
+        c.pki.ca_cert_file = Some("ca.crt".into());
+        assert_eq!(field_of(c.validate().unwrap_err()), "pki.ca_key_file");
+
+        let mut c = ManagerConfig::default();
+        c.broker.limits.max_segment_bytes = 10;
+        assert_eq!(
+            field_of(c.validate().unwrap_err()),
+            "broker.limits.max_segment_bytes"
+        );
+    }
+
+    #[test]
+    fn broker_urls() {
+        let u = BrokerUrl::parse("mqtts://[::1]:8884").expect("v6");
+        assert_eq!((u.host.as_str(), u.port, u.tls), ("::1", 8884, true));
+        assert_eq!(u.to_string(), "mqtts://[::1]:8884");
+        assert_eq!(BrokerUrl::parse("mqtt://h").expect("default port").port, 1883);
+        assert_eq!(BrokerUrl::parse("mqtts://h").expect("default port").port, 8883);
+        for bad in ["", "h:1", "mqtt://", "mqtt://h:0", "mqtt://h:x", "mqtt://h:1/p", "ws://h:1"] {
+            assert!(BrokerUrl::parse(bad).is_err(), "{bad} accepted");
+        }
+    }
+}

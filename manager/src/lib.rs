@@ -1,0 +1,4 @@
+//! placeholder
+pub mod ca;
+pub mod config;
+pub mod store;

@@ -1,0 +1,1080 @@
+//! The manager's redb store: clients, desired state, uplink, audit.
+//!
+//! Synchronous (redb is); async code calls it through [`Store::run`], which
+//! moves the work onto tokio's blocking pool. Every mutating call is one
+//! write transaction; ingest writes a whole batch in one transaction.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use margo_schemas::deployment::ApplicationDeployment;
+use margo_schemas::digest::Digest;
+use margo_schemas::ids::{ClientId, DeploymentId};
+use margo_schemas::messages::{Ack, Envelope, Message};
+use margo_schemas::status::{ComponentStatus, DeploymentState, StatusError};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+/// clientId → CBOR [`ClientRecord`].
+const CLIENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("clients");
+/// name → clientId (unique names).
+const NAMES: TableDefinition<&str, &str> = TableDefinition::new("client_names");
+/// digest (`sha256:…`) → exact YAML bytes.
+const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
+/// (clientId, deploymentId) → CBOR [`DeploymentEntry`].
+const DEPLOYMENTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("deployments");
+/// clientId → current desired manifest version.
+const MANIFEST_VERSIONS: TableDefinition<&str, u64> = TableDefinition::new("manifest_versions");
+/// clientId → highest contiguous settled uplink seq.
+const HWM: TableDefinition<&str, u64> = TableDefinition::new("uplink_hwm");
+/// (clientId, seq) stored above the high-water mark.
+const ABOVE_HWM: TableDefinition<(&str, u64), ()> = TableDefinition::new("uplink_above_hwm");
+/// (clientId, seq) → CBOR [`StoredUplink`]: the uplink history (status, state, capabilities, sync).
+const UPLINK_LOG: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("uplink_log");
+/// (clientId, deploymentId) → CBOR [`LatestStatus`].
+const STATUS_LATEST: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("status_latest");
+/// clientId → CBOR [`LatestState`].
+const STATE_LATEST: TableDefinition<&str, &[u8]> = TableDefinition::new("state_latest");
+/// (clientId, deviceId) → CBOR [`LatestCapabilities`].
+const CAPS_LATEST: TableDefinition<(&str, &str), &[u8]> =
+    TableDefinition::new("capabilities_latest");
+/// clientId → CBOR [`ClientRuntime`] (presence, last seen, adopted version).
+const RUNTIME: TableDefinition<&str, &[u8]> = TableDefinition::new("client_runtime");
+/// sequence → CBOR [`AuditEvent`].
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+/// audit kind → count.
+const AUDIT_COUNTS: TableDefinition<&str, u64> = TableDefinition::new("audit_counts");
+
+/// Most audit events kept (the oldest are dropped; counters keep counting).
+pub const MAX_AUDIT_EVENTS: u64 = 10_000;
+/// Longest client name.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Everything the store can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// redb failed (I/O, corruption, ...).
+    #[error("database: {0}")]
+    Database(#[from] redb::Error),
+    /// A stored record does not decode (corruption or an incompatible version).
+    #[error("stored {table} record is unreadable: {detail}")]
+    Corrupt {
+        /// Table name.
+        table: &'static str,
+        /// Decoder message.
+        detail: String,
+    },
+    /// A record could not be encoded.
+    #[error("cannot encode a {table} record: {detail}")]
+    Encode {
+        /// Table name.
+        table: &'static str,
+        /// Encoder message.
+        detail: String,
+    },
+    /// No client with that id or name.
+    #[error("no client {0:?}")]
+    UnknownClient(String),
+    /// The client is revoked.
+    #[error("client {0} is revoked")]
+    Revoked(ClientId),
+    /// The name is already used by another client.
+    #[error("the name {0:?} is already taken")]
+    NameTaken(String),
+    /// The name is not acceptable.
+    #[error("name: {0}")]
+    InvalidName(String),
+    /// The client id already exists.
+    #[error("client {0} already exists")]
+    ClientExists(ClientId),
+    /// The deployment is not assigned to the client.
+    #[error("deployment {deployment} is not assigned to client {client}")]
+    NotDeployed {
+        /// The client.
+        client: ClientId,
+        /// The deployment.
+        deployment: DeploymentId,
+    },
+    /// More deployments than a manifest may hold.
+    #[error("client {client} would have {count} deployments, the limit is {max}")]
+    TooManyDeployments {
+        /// The client.
+        client: ClientId,
+        /// How many it would have.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The blocking task running a store call failed.
+    #[error("store task failed: {0}")]
+    Task(String),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                Self::Database(e.into())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+fn encode<T: Serialize>(table: &'static str, value: &T) -> Result<Vec<u8>> {
+    margo_schemas::codec::encode(value).map_err(|e| StoreError::Encode {
+        table,
+        detail: e.to_string(),
+    })
+}
+
+fn decode<T: DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T> {
+    margo_schemas::codec::decode(bytes, usize::MAX).map_err(|e| StoreError::Corrupt {
+        table,
+        detail: e.to_string(),
+    })
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// A client as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientRecord {
+    /// Human-readable unique name.
+    pub name: String,
+    /// Its MQTT client certificate, DER.
+    #[serde(with = "serde_bytes")]
+    pub cert_der: Vec<u8>,
+    /// When it was provisioned (ms since epoch).
+    pub created_ms: u64,
+    /// Whether it is revoked.
+    pub revoked: bool,
+}
+
+/// A client with its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientEntry {
+    /// The id.
+    pub id: ClientId,
+    /// The record.
+    pub record: ClientRecord,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct DeploymentEntry {
+    digest: String,
+    name: String,
+    size: u64,
+}
+
+/// One uplink message as kept in the history.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredUplink {
+    /// Message kind (`status`, `state`, `capabilities`, `sync`).
+    pub kind: String,
+    /// The device's timestamp (ms).
+    pub ts: u64,
+    /// When the manager stored it (ms).
+    pub received_ms: u64,
+    /// The verified envelope, re-encoded as CBOR.
+    #[serde(with = "serde_bytes")]
+    pub envelope: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LatestStatus {
+    seq: u64,
+    received_ms: u64,
+    adopted_manifest_version: u64,
+    state: DeploymentState,
+    error: Option<StatusError>,
+    components: Vec<ComponentStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LatestState {
+    seq: u64,
+    received_ms: u64,
+    adopted_manifest_version: u64,
+    agent_version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LatestCapabilities {
+    seq: u64,
+    received_ms: u64,
+    /// The manifest as JSON text (operator view).
+    json: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct ClientRuntime {
+    presence: Option<String>,
+    last_seen_ms: Option<u64>,
+    /// From the newest `state` report (authoritative).
+    state_adopted: Option<u64>,
+    state_seq: u64,
+    /// Highest `adoptedManifestVersion` seen in status reports (a hint).
+    status_hint: Option<u64>,
+}
+
+/// A security event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEvent {
+    /// When (ms since epoch).
+    pub ts_ms: u64,
+    /// Short kind, e.g. `bad-signature`, `unknown-client`.
+    pub kind: String,
+    /// The client the message claimed to come from, if known.
+    pub client_id: Option<String>,
+    /// The topic it arrived on.
+    pub topic: String,
+    /// What was wrong.
+    pub detail: String,
+}
+
+/// What a deploy call changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeployOutcome {
+    /// The client's desired version after the call.
+    pub manifest_version: u64,
+    /// Deployments added or whose digest changed.
+    pub changed: Vec<DeploymentId>,
+}
+
+/// One desired deployment with its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredDeployment {
+    /// Its id.
+    pub id: DeploymentId,
+    /// Its digest.
+    pub digest: Digest,
+    /// The exact YAML bytes.
+    pub yaml: Vec<u8>,
+}
+
+/// A client's complete desired state plus its ack, read in one transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredState {
+    /// The client.
+    pub client: ClientId,
+    /// Current desired version (0 = never deployed).
+    pub manifest_version: u64,
+    /// Deployments sorted by id.
+    pub deployments: Vec<DesiredDeployment>,
+    /// The ack to publish.
+    pub ack: Ack,
+}
+
+/// One received uplink item, already verified.
+#[derive(Debug, Clone)]
+pub enum UplinkItem {
+    /// A signed, verified, validated message.
+    Message(Envelope),
+    /// A presence payload (`online`/`offline`).
+    Presence {
+        /// The client.
+        client: ClientId,
+        /// `true` for `online`.
+        online: bool,
+    },
+}
+
+/// What happened to one uplink message in a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestOutcome {
+    /// Stored for the first time.
+    Stored,
+    /// Already stored (or settled): not stored again, still acknowledged.
+    Duplicate,
+    /// The client is unknown or revoked (it vanished since verification).
+    Refused,
+}
+
+/// Result of storing a batch.
+#[derive(Debug, Clone, Default)]
+pub struct BatchResult {
+    /// One outcome per item (presence counts as `Stored`).
+    pub outcomes: Vec<IngestOutcome>,
+    /// Clients whose messages were stored or deduplicated: they get an ack.
+    pub ack: BTreeSet<ClientId>,
+    /// Clients that asked for a resync.
+    pub sync: BTreeSet<ClientId>,
+}
+
+/// One stored uplink seq (for `GET /v1/clients/{id}/uplink`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UplinkSummary {
+    /// The seq.
+    pub seq: u64,
+    /// Message kind.
+    pub kind: String,
+    /// Device timestamp (ms).
+    pub ts: u64,
+    /// When stored (ms).
+    pub received_at: u64,
+}
+
+/// Per-deployment view in [`ClientStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentView {
+    /// The deployment id.
+    pub deployment_id: DeploymentId,
+    /// `metadata.name` of the desired document, if desired.
+    pub name: Option<String>,
+    /// Desired digest, `None` if no longer desired (e.g. being removed).
+    pub desired_digest: Option<String>,
+    /// Latest reported overall state.
+    pub state: Option<DeploymentState>,
+    /// Latest reported component states.
+    pub components: Vec<ComponentStatus>,
+    /// Latest reported overall error.
+    pub error: Option<StatusError>,
+    /// The manifest version the device was applying when it reported.
+    pub reported_manifest_version: Option<u64>,
+    /// When the latest status was stored (ms).
+    pub updated_at: Option<u64>,
+}
+
+/// Fleet view of one client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientStatus {
+    /// The id.
+    pub client_id: ClientId,
+    /// The name.
+    pub name: String,
+    /// Whether revoked.
+    pub revoked: bool,
+    /// Current desired manifest version (0 = nothing deployed yet).
+    pub desired_version: u64,
+    /// Adopted version: from the newest `state` report, else the highest
+    /// `adoptedManifestVersion` of status reports; `None` if nothing reported.
+    pub adopted_version: Option<u64>,
+    /// `online`, `offline` or `unknown`.
+    pub presence: String,
+    /// Last time anything was heard from it (ms).
+    pub last_seen: Option<u64>,
+    /// Highest contiguous stored uplink seq.
+    pub acked_seq: u64,
+    /// Agent software version from its last `state` report.
+    pub agent_version: Option<String>,
+    /// Desired and reported deployments, sorted by id.
+    pub deployments: Vec<DeploymentView>,
+}
+
+/// The store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+/// Validates a client name: 1..=128 printable characters, no surrounding spaces.
+pub fn validate_name(name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(StoreError::InvalidName("must not be empty".into()));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(StoreError::InvalidName(format!(
+            "{} bytes, the limit is {MAX_NAME_LEN}",
+            name.len()
+        )));
+    }
+    if name.trim() != name || name.chars().any(char::is_control) {
+        return Err(StoreError::InvalidName(
+            "no control characters or surrounding whitespace".into(),
+        ));
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Opens (or creates) the database file and its tables.
+    pub fn open(path: &Path) -> Result<Self> {
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
+        {
+            txn.open_table(CLIENTS)?;
+            txn.open_table(NAMES)?;
+            txn.open_table(BLOBS)?;
+            txn.open_table(DEPLOYMENTS)?;
+            txn.open_table(MANIFEST_VERSIONS)?;
+            txn.open_table(HWM)?;
+            txn.open_table(ABOVE_HWM)?;
+            txn.open_table(UPLINK_LOG)?;
+            txn.open_table(STATUS_LATEST)?;
+            txn.open_table(STATE_LATEST)?;
+            txn.open_table(CAPS_LATEST)?;
+            txn.open_table(RUNTIME)?;
+            txn.open_table(AUDIT)?;
+            txn.open_table(AUDIT_COUNTS)?;
+        }
+        txn.commit()?;
+        Ok(Self { db: Arc::new(db) })
+    }
+
+    /// Runs `f` on the blocking pool.
+    pub async fn run<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T> + Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    // ---- clients -------------------------------------------------------------
+
+    /// Adds a client. Fails if the id exists or the name is taken.
+    pub fn add_client(&self, id: &ClientId, name: &str, cert_der: &[u8]) -> Result<ClientRecord> {
+        validate_name(name)?;
+        let txn = self.db.begin_write()?;
+        let record = {
+            let mut clients = txn.open_table(CLIENTS)?;
+            let mut names = txn.open_table(NAMES)?;
+            if clients.get(id.as_str())?.is_some() {
+                return Err(StoreError::ClientExists(id.clone()));
+            }
+            if names.get(name)?.is_some() {
+                return Err(StoreError::NameTaken(name.to_string()));
+            }
+            let record = ClientRecord {
+                name: name.to_string(),
+                cert_der: cert_der.to_vec(),
+                created_ms: now_ms(),
+                revoked: false,
+            };
+            clients.insert(id.as_str(), encode("clients", &record)?.as_slice())?;
+            names.insert(name, id.as_str())?;
+            record
+        };
+        txn.commit()?;
+        Ok(record)
+    }
+
+    /// Whether `name` is already used.
+    pub fn name_taken(&self, name: &str) -> Result<bool> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(NAMES)?.get(name)?.is_some())
+    }
+
+    /// The client with this id.
+    pub fn client(&self, id: &ClientId) -> Result<Option<ClientRecord>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CLIENTS)?;
+        let found = table.get(id.as_str())?;
+        found.map(|v| decode("clients", v.value())).transpose()
+    }
+
+    /// Resolves a client id or unique name.
+    pub fn resolve(&self, id_or_name: &str) -> Result<ClientId> {
+        let txn = self.db.begin_read()?;
+        if let Ok(id) = ClientId::new(id_or_name) {
+            if txn.open_table(CLIENTS)?.get(id.as_str())?.is_some() {
+                return Ok(id);
+            }
+        }
+        let names = txn.open_table(NAMES)?;
+        let found = names.get(id_or_name)?;
+        match found {
+            Some(id) => ClientId::new(id.value()).map_err(|e| StoreError::Corrupt {
+                table: "client_names",
+                detail: e.to_string(),
+            }),
+            None => Err(StoreError::UnknownClient(id_or_name.chars().take(140).collect())),
+        }
+    }
+
+    /// Every client, sorted by id.
+    pub fn clients(&self) -> Result<Vec<ClientEntry>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CLIENTS)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            let id = ClientId::new(k.value()).map_err(|e| StoreError::Corrupt {
+                table: "clients",
+                detail: e.to_string(),
+            })?;
+            out.push(ClientEntry {
+                id,
+                record: decode("clients", v.value())?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Marks a client revoked (or not). Returns the updated record.
+    pub fn set_revoked(&self, id: &ClientId, revoked: bool) -> Result<ClientRecord> {
+        let txn = self.db.begin_write()?;
+        let record = {
+            let mut clients = txn.open_table(CLIENTS)?;
+            let found = clients.get(id.as_str())?.map(|v| v.value().to_vec());
+            let mut record: ClientRecord = match found {
+                Some(bytes) => decode("clients", &bytes)?,
+                None => return Err(StoreError::UnknownClient(id.to_string())),
+            };
+            record.revoked = revoked;
+            clients.insert(id.as_str(), encode("clients", &record)?.as_slice())?;
+            record
+        };
+        txn.commit()?;
+        Ok(record)
+    }
+
+    // ---- desired state -------------------------------------------------------
+
+    fn live_client(txn: &redb::WriteTransaction, id: &ClientId) -> Result<ClientRecord> {
+        let clients = txn.open_table(CLIENTS)?;
+        let found = clients.get(id.as_str())?;
+        let record: ClientRecord = match found {
+            Some(v) => decode("clients", v.value())?,
+            None => return Err(StoreError::UnknownClient(id.to_string())),
+        };
+        if record.revoked {
+            return Err(StoreError::Revoked(id.clone()));
+        }
+        Ok(record)
+    }
+
+    /// Adds or updates `docs` for `client` in one transaction and bumps the
+    /// manifest version once if anything changed (an identical re-deploy
+    /// changes nothing and keeps the version).
+    pub fn deploy(&self, client: &ClientId, docs: &[ApplicationDeployment]) -> Result<DeployOutcome> {
+        let txn = self.db.begin_write()?;
+        let outcome = {
+            Self::live_client(&txn, client)?;
+            let mut blobs = txn.open_table(BLOBS)?;
+            let mut deployments = txn.open_table(DEPLOYMENTS)?;
+            let mut versions = txn.open_table(MANIFEST_VERSIONS)?;
+            let mut changed = Vec::new();
+            for doc in docs {
+                let digest = doc.digest().to_string();
+                let existing = deployments
+                    .get((client.as_str(), doc.id.as_str()))?
+                    .map(|v| decode::<DeploymentEntry>("deployments", v.value()))
+                    .transpose()?;
+                if existing.is_some_and(|e| e.digest == digest) {
+                    continue;
+                }
+                if blobs.get(digest.as_str())?.is_none() {
+                    blobs.insert(digest.as_str(), doc.bytes())?;
+                }
+                let entry = DeploymentEntry {
+                    digest,
+                    name: doc.name.clone(),
+                    size: doc.bytes().len() as u64,
+                };
+                deployments.insert(
+                    (client.as_str(), doc.id.as_str()),
+                    encode("deployments", &entry)?.as_slice(),
+                )?;
+                changed.push(doc.id.clone());
+            }
+            let count = deployments
+                .range((client.as_str(), "")..)?
+                .take_while(|r| r.as_ref().map(|(k, _)| k.value().0 == client.as_str()).unwrap_or(true))
+                .count();
+            if count > margo_schemas::manifest::MAX_DEPLOYMENTS {
+                return Err(StoreError::TooManyDeployments {
+                    client: client.clone(),
+                    count,
+                    max: margo_schemas::manifest::MAX_DEPLOYMENTS,
+                });
+            }
+            let current = versions.get(client.as_str())?.map(|v| v.value()).unwrap_or(0);
+            let manifest_version = if changed.is_empty() {
+                current
+            } else {
+                versions.insert(client.as_str(), current + 1)?;
+                current + 1
+            };
+            DeployOutcome {
+                manifest_version,
+                changed,
+            }
+        };
+        txn.commit()?;
+        Ok(outcome)
+    }
+
+    /// Removes one deployment from `client` and bumps the version. Returns the new version.
+    pub fn undeploy(&self, client: &ClientId, deployment: &DeploymentId) -> Result<u64> {
+        let txn = self.db.begin_write()?;
+        let version = {
+            Self::live_client(&txn, client)?;
+            let mut deployments = txn.open_table(DEPLOYMENTS)?;
+            let mut versions = txn.open_table(MANIFEST_VERSIONS)?;
+            let removed = deployments.remove((client.as_str(), deployment.as_str()))?.is_some();
+            if !removed {
+                return Err(StoreError::NotDeployed {
+                    client: client.clone(),
+                    deployment: deployment.clone(),
+                });
+            }
+            let next = versions.get(client.as_str())?.map(|v| v.value()).unwrap_or(0) + 1;
+            versions.insert(client.as_str(), next)?;
+            next
+        };
+        txn.commit()?;
+        Ok(version)
+    }
+
+    /// The complete desired state of `client` and its current ack.
+    pub fn desired_state(&self, client: &ClientId) -> Result<DesiredState> {
+        let txn = self.db.begin_read()?;
+        let deployments = txn.open_table(DEPLOYMENTS)?;
+        let blobs = txn.open_table(BLOBS)?;
+        let mut out = Vec::new();
+        for row in deployments.range((client.as_str(), "")..)? {
+            let (k, v) = row?;
+            let (owner, id) = k.value();
+            if owner != client.as_str() {
+                break;
+            }
+            let entry: DeploymentEntry = decode("deployments", v.value())?;
+            let corrupt = |detail: String| StoreError::Corrupt {
+                table: "deployments",
+                detail,
+            };
+            let id = DeploymentId::new(id).map_err(|e| corrupt(e.to_string()))?;
+            let digest = Digest::parse(&entry.digest).map_err(|e| corrupt(e.to_string()))?;
+            let yaml = blobs
+                .get(entry.digest.as_str())?
+                .map(|b| b.value().to_vec())
+                .ok_or_else(|| corrupt(format!("blob {} is missing", entry.digest)))?;
+            out.push(DesiredDeployment { id, digest, yaml });
+        }
+        let manifest_version = txn
+            .open_table(MANIFEST_VERSIONS)?
+            .get(client.as_str())?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        let acked_seq = txn
+            .open_table(HWM)?
+            .get(client.as_str())?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        Ok(DesiredState {
+            client: client.clone(),
+            manifest_version,
+            deployments: out,
+            ack: Ack {
+                acked_seq,
+                manifest_version,
+            },
+        })
+    }
+
+    /// The ack `client` should see now.
+    pub fn ack_for(&self, client: &ClientId) -> Result<Ack> {
+        let txn = self.db.begin_read()?;
+        let manifest_version = txn
+            .open_table(MANIFEST_VERSIONS)?
+            .get(client.as_str())?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        let acked_seq = txn
+            .open_table(HWM)?
+            .get(client.as_str())?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        Ok(Ack {
+            acked_seq,
+            manifest_version,
+        })
+    }
+
+    // ---- uplink --------------------------------------------------------------
+
+    /// Stores a batch of verified uplink items in one transaction.
+    pub fn ingest(&self, items: &[UplinkItem]) -> Result<BatchResult> {
+        let received_ms = now_ms();
+        let txn = self.db.begin_write()?;
+        let mut result = BatchResult::default();
+        {
+            let clients = txn.open_table(CLIENTS)?;
+            let mut hwm_table = txn.open_table(HWM)?;
+            let mut above = txn.open_table(ABOVE_HWM)?;
+            let mut log = txn.open_table(UPLINK_LOG)?;
+            let mut status_latest = txn.open_table(STATUS_LATEST)?;
+            let mut state_latest = txn.open_table(STATE_LATEST)?;
+            let mut caps_latest = txn.open_table(CAPS_LATEST)?;
+            let mut runtime_table = txn.open_table(RUNTIME)?;
+            let mut runtimes: BTreeMap<ClientId, ClientRuntime> = BTreeMap::new();
+            let mut hwms: BTreeMap<ClientId, u64> = BTreeMap::new();
+
+            for item in items {
+                let client = match item {
+                    UplinkItem::Message(env) => &env.client,
+                    UplinkItem::Presence { client, .. } => client,
+                };
+                let live = match clients.get(client.as_str())? {
+                    Some(v) => !decode::<ClientRecord>("clients", v.value())?.revoked,
+                    None => false,
+                };
+                if !live {
+                    result.outcomes.push(IngestOutcome::Refused);
+                    continue;
+                }
+                if !runtimes.contains_key(client) {
+                    let rt = runtime_table
+                        .get(client.as_str())?
+                        .map(|v| decode::<ClientRuntime>("client_runtime", v.value()))
+                        .transpose()?
+                        .unwrap_or_default();
+                    runtimes.insert(client.clone(), rt);
+                }
+                let Some(rt) = runtimes.get_mut(client) else {
+                    continue;
+                };
+                rt.last_seen_ms = Some(received_ms);
+                let env = match item {
+                    UplinkItem::Presence { online, .. } => {
+                        rt.presence = Some(if *online { "online" } else { "offline" }.into());
+                        result.outcomes.push(IngestOutcome::Stored);
+                        continue;
+                    }
+                    UplinkItem::Message(env) => env,
+                };
+                if !hwms.contains_key(client) {
+                    let h = hwm_table.get(client.as_str())?.map(|v| v.value()).unwrap_or(0);
+                    hwms.insert(client.clone(), h);
+                }
+                let mut hwm = hwms.get(client).copied().unwrap_or(0);
+                let c = client.as_str();
+                // Everything below `low` is settled on the device.
+                if env.low > 0 && env.low - 1 > hwm {
+                    hwm = env.low - 1;
+                    let settled: Vec<u64> = above
+                        .range((c, 0u64)..=(c, hwm))?
+                        .map(|r| r.map(|(k, _)| k.value().1))
+                        .collect::<Result<_, _>>()?;
+                    for seq in settled {
+                        above.remove((c, seq))?;
+                    }
+                }
+                let seq = env.seq;
+                let duplicate = seq <= hwm || above.get((c, seq))?.is_some();
+                if duplicate {
+                    result.outcomes.push(IngestOutcome::Duplicate);
+                } else {
+                    above.insert((c, seq), ())?;
+                    let stored = StoredUplink {
+                        kind: env.msg.kind().to_string(),
+                        ts: env.ts,
+                        received_ms,
+                        envelope: encode("uplink_log", env)?,
+                    };
+                    log.insert((c, seq), encode("uplink_log", &stored)?.as_slice())?;
+                    match &env.msg {
+                        Message::Status(report) => {
+                            let dep = report.status.deployment_id.as_str();
+                            let newer = match status_latest.get((c, dep))? {
+                                Some(v) => decode::<LatestStatus>("status_latest", v.value())?.seq < seq,
+                                None => true,
+                            };
+                            if newer {
+                                let latest = LatestStatus {
+                                    seq,
+                                    received_ms,
+                                    adopted_manifest_version: report.adopted_manifest_version,
+                                    state: report.status.status.state,
+                                    error: report.status.status.error.clone(),
+                                    components: report.status.components.clone(),
+                                };
+                                status_latest
+                                    .insert((c, dep), encode("status_latest", &latest)?.as_slice())?;
+                            }
+                            rt.status_hint = Some(
+                                rt.status_hint
+                                    .unwrap_or(0)
+                                    .max(report.adopted_manifest_version),
+                            );
+                        }
+                        Message::State(report) => {
+                            if seq > rt.state_seq {
+                                rt.state_seq = seq;
+                                rt.state_adopted = Some(report.adopted_manifest_version);
+                                let latest = LatestState {
+                                    seq,
+                                    received_ms,
+                                    adopted_manifest_version: report.adopted_manifest_version,
+                                    agent_version: report.agent_version.clone(),
+                                };
+                                state_latest.insert(c, encode("state_latest", &latest)?.as_slice())?;
+                            }
+                        }
+                        Message::Capabilities(report) => {
+                            let device = report.manifest.properties.id.as_str();
+                            let newer = match caps_latest.get((c, device))? {
+                                Some(v) => {
+                                    decode::<LatestCapabilities>("capabilities_latest", v.value())?.seq
+                                        < seq
+                                }
+                                None => true,
+                            };
+                            if newer {
+                                let latest = LatestCapabilities {
+                                    seq,
+                                    received_ms,
+                                    json: serde_json::to_string(&report.manifest).unwrap_or_default(),
+                                };
+                                caps_latest.insert(
+                                    (c, device),
+                                    encode("capabilities_latest", &latest)?.as_slice(),
+                                )?;
+                            }
+                        }
+                        Message::Sync(_) => {}
+                        // Downlink kinds never reach here (ingest rejects them first).
+                        Message::Manifest(_) | Message::Deployment(_) | Message::Ack(_) => {}
+                    }
+                    result.outcomes.push(IngestOutcome::Stored);
+                }
+                if matches!(env.msg, Message::Sync(_)) {
+                    result.sync.insert(client.clone());
+                }
+                // Advance over contiguous stored seqs.
+                while above.remove((c, hwm + 1))?.is_some() {
+                    hwm += 1;
+                }
+                hwms.insert(client.clone(), hwm);
+                result.ack.insert(client.clone());
+            }
+            for (client, hwm) in &hwms {
+                hwm_table.insert(client.as_str(), *hwm)?;
+            }
+            for (client, rt) in &runtimes {
+                runtime_table.insert(client.as_str(), encode("client_runtime", rt)?.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(result)
+    }
+
+    /// Stored uplink seqs of `client`, ascending.
+    pub fn uplink(&self, client: &ClientId) -> Result<Vec<UplinkSummary>> {
+        let txn = self.db.begin_read()?;
+        let log = txn.open_table(UPLINK_LOG)?;
+        let c = client.as_str();
+        let mut out = Vec::new();
+        for row in log.range((c, 0u64)..=(c, u64::MAX))? {
+            let (k, v) = row?;
+            let stored: StoredUplink = decode("uplink_log", v.value())?;
+            out.push(UplinkSummary {
+                seq: k.value().1,
+                kind: stored.kind,
+                ts: stored.ts,
+                received_at: stored.received_ms,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The latest capabilities reports of `client` as JSON values, by device id.
+    pub fn capabilities(&self, client: &ClientId) -> Result<BTreeMap<String, serde_json::Value>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CAPS_LATEST)?;
+        let c = client.as_str();
+        let mut out = BTreeMap::new();
+        for row in table.range((c, "")..)? {
+            let (k, v) = row?;
+            let (owner, device) = k.value();
+            if owner != c {
+                break;
+            }
+            let latest: LatestCapabilities = decode("capabilities_latest", v.value())?;
+            let json = serde_json::from_str(&latest.json).unwrap_or(serde_json::Value::Null);
+            out.insert(device.to_string(), json);
+        }
+        Ok(out)
+    }
+
+    // ---- fleet view ----------------------------------------------------------
+
+    /// The fleet view of one client.
+    pub fn client_status(&self, client: &ClientId) -> Result<ClientStatus> {
+        let txn = self.db.begin_read()?;
+        Self::status_in(&txn, client)
+    }
+
+    /// The fleet view of every client, sorted by id.
+    pub fn fleet_status(&self) -> Result<Vec<ClientStatus>> {
+        let txn = self.db.begin_read()?;
+        let ids: Vec<ClientId> = {
+            let table = txn.open_table(CLIENTS)?;
+            let mut ids = Vec::new();
+            for row in table.iter()? {
+                let (k, _) = row?;
+                if let Ok(id) = ClientId::new(k.value()) {
+                    ids.push(id);
+                }
+            }
+            ids
+        };
+        ids.iter().map(|id| Self::status_in(&txn, id)).collect()
+    }
+
+    fn status_in(txn: &redb::ReadTransaction, client: &ClientId) -> Result<ClientStatus> {
+        let c = client.as_str();
+        let record: ClientRecord = match txn.open_table(CLIENTS)?.get(c)? {
+            Some(v) => decode("clients", v.value())?,
+            None => return Err(StoreError::UnknownClient(c.to_string())),
+        };
+        let rt: ClientRuntime = txn
+            .open_table(RUNTIME)?
+            .get(c)?
+            .map(|v| decode("client_runtime", v.value()))
+            .transpose()?
+            .unwrap_or_default();
+        let state: Option<LatestState> = txn
+            .open_table(STATE_LATEST)?
+            .get(c)?
+            .map(|v| decode("state_latest", v.value()))
+            .transpose()?;
+        let desired_version = txn
+            .open_table(MANIFEST_VERSIONS)?
+            .get(c)?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        let acked_seq = txn.open_table(HWM)?.get(c)?.map(|v| v.value()).unwrap_or(0);
+
+        let mut views: BTreeMap<String, DeploymentView> = BTreeMap::new();
+        let empty_view = |id: &str| -> Result<DeploymentView> {
+            Ok(DeploymentView {
+                deployment_id: DeploymentId::new(id).map_err(|e| StoreError::Corrupt {
+                    table: "deployments",
+                    detail: e.to_string(),
+                })?,
+                name: None,
+                desired_digest: None,
+                state: None,
+                components: Vec::new(),
+                error: None,
+                reported_manifest_version: None,
+                updated_at: None,
+            })
+        };
+        for row in txn.open_table(DEPLOYMENTS)?.range((c, "")..)? {
+            let (k, v) = row?;
+            let (owner, id) = k.value();
+            if owner != c {
+                break;
+            }
+            let entry: DeploymentEntry = decode("deployments", v.value())?;
+            let mut view = empty_view(id)?;
+            view.name = Some(entry.name);
+            view.desired_digest = Some(entry.digest);
+            views.insert(id.to_string(), view);
+        }
+        for row in txn.open_table(STATUS_LATEST)?.range((c, "")..)? {
+            let (k, v) = row?;
+            let (owner, id) = k.value();
+            if owner != c {
+                break;
+            }
+            let latest: LatestStatus = decode("status_latest", v.value())?;
+            let view = match views.remove(id) {
+                Some(view) => view,
+                None => empty_view(id)?,
+            };
+            views.insert(
+                id.to_string(),
+                DeploymentView {
+                    state: Some(latest.state),
+                    components: latest.components,
+                    error: latest.error,
+                    reported_manifest_version: Some(latest.adopted_manifest_version),
+                    updated_at: Some(latest.received_ms),
+                    ..view
+                },
+            );
+        }
+        Ok(ClientStatus {
+            client_id: client.clone(),
+            name: record.name,
+            revoked: record.revoked,
+            desired_version,
+            adopted_version: rt.state_adopted.or(rt.status_hint),
+            presence: rt.presence.unwrap_or_else(|| "unknown".into()),
+            last_seen: rt.last_seen_ms,
+            acked_seq,
+            agent_version: state.map(|s| s.agent_version),
+            deployments: views.into_values().collect(),
+        })
+    }
+
+    // ---- audit ---------------------------------------------------------------
+
+    /// Appends security events (keeping at most [`MAX_AUDIT_EVENTS`]) and bumps their counters.
+    pub fn record_audit(&self, events: &[AuditEvent]) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write()?;
+        {
+            let mut audit = txn.open_table(AUDIT)?;
+            let mut counts = txn.open_table(AUDIT_COUNTS)?;
+            let mut next = audit.last()?.map(|(k, _)| k.value() + 1).unwrap_or(0);
+            for event in events {
+                audit.insert(next, encode("audit", event)?.as_slice())?;
+                next += 1;
+                let n = counts.get(event.kind.as_str())?.map(|v| v.value()).unwrap_or(0);
+                counts.insert(event.kind.as_str(), n + 1)?;
+            }
+            while audit.len()? > MAX_AUDIT_EVENTS {
+                if audit.pop_first()?.is_none() {
+                    break;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The most recent `limit` audit events, oldest first, and the counters by kind.
+    pub fn audit(&self, limit: usize) -> Result<(Vec<AuditEvent>, BTreeMap<String, u64>)> {
+        let txn = self.db.begin_read()?;
+        let audit = txn.open_table(AUDIT)?;
+        let mut events = Vec::new();
+        for row in audit.iter()?.rev().take(limit) {
+            let (_, v) = row?;
+            events.push(decode("audit", v.value())?);
+        }
+        events.reverse();
+        let mut counts = BTreeMap::new();
+        for row in txn.open_table(AUDIT_COUNTS)?.iter()? {
+            let (k, v) = row?;
+            counts.insert(k.value().to_string(), v.value());
+        }
+        Ok((events, counts))
+    }
+}
