@@ -187,7 +187,9 @@ fn leaf_params(cn: &str, sans: Vec<String>, years: i32) -> Result<CertificatePar
     let mut params = CertificateParams::new(sans).map_err(cert_err("certificate names"))?;
     params.distinguished_name = rcgen::DistinguishedName::new();
     params.distinguished_name.push(DnType::CommonName, cn);
-    params.distinguished_name.push(DnType::OrganizationName, "margo-mqtt fleet");
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "margo-mqtt fleet");
     set_validity(&mut params, years);
     params.serial_number = Some(random_serial());
     params.is_ca = IsCa::ExplicitNoCa;
@@ -304,7 +306,11 @@ impl FleetPki {
         }
         let gateway_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
             .map_err(cert_err("generating the gateway key"))?;
-        let mut params = leaf_params(sans.first().map(String::as_str).unwrap_or("localhost"), sans.clone(), 5)?;
+        let mut params = leaf_params(
+            sans.first().map(String::as_str).unwrap_or("localhost"),
+            sans.clone(),
+            5,
+        )?;
         params.key_usages.push(KeyUsagePurpose::KeyEncipherment);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let gateway = params
@@ -356,8 +362,10 @@ impl FleetPki {
     fn load(paths: PkiPaths) -> Result<Self, CaError> {
         let ca_pem = read_text(&paths.ca_cert)?;
         let ca_key = load_key(&paths.ca_key)?;
-        let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)
-            .map_err(cert_err(format!("CA certificate {}", paths.ca_cert.display())))?;
+        let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(cert_err(format!(
+            "CA certificate {}",
+            paths.ca_cert.display()
+        )))?;
         let signing_pem = read_text(&paths.signing_key)?;
         let pkcs8 = margo_schemas::pki::pkcs8_from_pem(signing_pem.as_bytes(), "signing key")
             .map_err(|e| CaError::BadMaterial {
@@ -370,11 +378,12 @@ impl FleetPki {
         })?;
         let signing_cert_pem = read_text(&paths.signing_cert)?;
         // The signing certificate must carry the signing key's public key.
-        let der = margo_schemas::pki::certs_from_pem(signing_cert_pem.as_bytes(), "signing certificate")
-            .map_err(|e| CaError::BadMaterial {
-                path: paths.signing_cert.clone(),
-                reason: e.to_string(),
-            })?;
+        let der =
+            margo_schemas::pki::certs_from_pem(signing_cert_pem.as_bytes(), "signing certificate")
+                .map_err(|e| CaError::BadMaterial {
+                    path: paths.signing_cert.clone(),
+                    reason: e.to_string(),
+                })?;
         let cert_key = der
             .first()
             .map(|c| margo_schemas::cose::VerifyingKey::from_certificate(c.as_ref()))
@@ -450,7 +459,8 @@ impl FleetPki {
     pub fn gateway_tls(&self) -> Result<margo_broker::GatewayTls, CaError> {
         Ok(margo_broker::GatewayTls {
             ca_pem: self.ca_pem.clone().into_bytes(),
-            cert_pem: fs::read(&self.paths.gateway_cert).map_err(io_err(&self.paths.gateway_cert))?,
+            cert_pem: fs::read(&self.paths.gateway_cert)
+                .map_err(io_err(&self.paths.gateway_cert))?,
             key_pem: fs::read(&self.paths.gateway_key).map_err(io_err(&self.paths.gateway_key))?,
         })
     }
@@ -483,8 +493,8 @@ mod tests {
     fn create_then_load_gives_the_same_ca_and_keys() {
         let dir = tempfile::tempdir().expect("tempdir");
         let pki_dir = dir.path().join("pki");
-        let first = FleetPki::load_or_create(&pki_dir, &["edge.example.com".into()], None)
-            .expect("create");
+        let first =
+            FleetPki::load_or_create(&pki_dir, &["edge.example.com".into()], None).expect("create");
         let second = FleetPki::load_or_create(&pki_dir, &[], None).expect("load");
         assert_eq!(first.ca_pem(), second.ca_pem());
         assert_eq!(
@@ -500,7 +510,10 @@ mod tests {
         assert!(ca.is_ca);
         let client = fs::read_to_string(&first.paths().manager_client_cert).expect("client");
         assert_eq!(
-            cert_info(&der_of(&client)).expect("client").common_name.as_deref(),
+            cert_info(&der_of(&client))
+                .expect("client")
+                .common_name
+                .as_deref(),
             Some(MANAGER_CLIENT_CN)
         );
         // A certificate issued after reloading chains to the same CA: the

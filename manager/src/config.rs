@@ -304,11 +304,9 @@ impl ManagerConfig {
         match self.broker.mode {
             BrokerMode::Embedded => Ok(None),
             BrokerMode::External => {
-                let url = self
-                    .broker
-                    .url
-                    .as_deref()
-                    .ok_or_else(|| invalid("broker.url", "required when broker.mode = \"external\""))?;
+                let url = self.broker.url.as_deref().ok_or_else(|| {
+                    invalid("broker.url", "required when broker.mode = \"external\"")
+                })?;
                 BrokerUrl::parse(url)
                     .map(Some)
                     .map_err(|reason| invalid("broker.url", reason))
@@ -321,7 +319,10 @@ impl ManagerConfig {
         if self.version != CONFIG_VERSION {
             return Err(invalid(
                 "version",
-                format!("{} is not supported (expected {CONFIG_VERSION})", self.version),
+                format!(
+                    "{} is not supported (expected {CONFIG_VERSION})",
+                    self.version
+                ),
             ));
         }
         if self.data_dir.as_os_str().is_empty() {
@@ -456,13 +457,17 @@ pub struct BrokerUrl {
 impl BrokerUrl {
     /// Parses the URL; the error says what is wrong.
     pub fn parse(url: &str) -> Result<Self, String> {
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| format!("{url:?} is not a URL (expected mqtt://host:port or mqtts://host:port)"))?;
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+            format!("{url:?} is not a URL (expected mqtt://host:port or mqtts://host:port)")
+        })?;
         let tls = match scheme {
             "mqtt" | "tcp" => false,
             "mqtts" | "ssl" => true,
-            other => return Err(format!("scheme {other:?} is not supported (use mqtt or mqtts)")),
+            other => {
+                return Err(format!(
+                    "scheme {other:?} is not supported (use mqtt or mqtts)"
+                ))
+            }
         };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         if rest.contains('/') || rest.contains('?') || rest.contains('@') {
@@ -488,11 +493,9 @@ impl BrokerUrl {
             return Err(format!("{url:?} has no host"));
         }
         let port = match port {
-            Some(p) => p
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| format!("{url:?}: port {p:?} is not a number between 1 and 65535"))?,
+            Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
+                format!("{url:?}: port {p:?} is not a number between 1 and 65535")
+            })?,
             None if tls => 8883,
             None => 1883,
         };
@@ -546,13 +549,16 @@ hostnames = ["edge.example.com", "10.0.0.5"]
 batch_max = 64
 batch_interval = "5ms"
 "#;
-        let mut c = ManagerConfig::from_toml(text, Path::new("/etc/margo/manager.toml"))
-            .expect("parses");
+        let mut c =
+            ManagerConfig::from_toml(text, Path::new("/etc/margo/manager.toml")).expect("parses");
         assert_eq!(c.data_dir, PathBuf::from("/etc/margo/data"));
         assert_eq!(c.ingest.batch_interval, Duration::from_millis(5));
         c.validate().expect("valid");
         c.apply_env([
-            ("MARGO_MANAGER_DATA_DIR".to_string(), "/var/lib/m".to_string()),
+            (
+                "MARGO_MANAGER_DATA_DIR".to_string(),
+                "/var/lib/m".to_string(),
+            ),
             ("UNRELATED".to_string(), "x".to_string()),
         ]);
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/m"));
@@ -626,9 +632,23 @@ batch_interval = "5ms"
         let u = BrokerUrl::parse("mqtts://[::1]:8884").expect("v6");
         assert_eq!((u.host.as_str(), u.port, u.tls), ("::1", 8884, true));
         assert_eq!(u.to_string(), "mqtts://[::1]:8884");
-        assert_eq!(BrokerUrl::parse("mqtt://h").expect("default port").port, 1883);
-        assert_eq!(BrokerUrl::parse("mqtts://h").expect("default port").port, 8883);
-        for bad in ["", "h:1", "mqtt://", "mqtt://h:0", "mqtt://h:x", "mqtt://h:1/p", "ws://h:1"] {
+        assert_eq!(
+            BrokerUrl::parse("mqtt://h").expect("default port").port,
+            1883
+        );
+        assert_eq!(
+            BrokerUrl::parse("mqtts://h").expect("default port").port,
+            8883
+        );
+        for bad in [
+            "",
+            "h:1",
+            "mqtt://",
+            "mqtt://h:0",
+            "mqtt://h:x",
+            "mqtt://h:1/p",
+            "ws://h:1",
+        ] {
             assert!(BrokerUrl::parse(bad).is_err(), "{bad} accepted");
         }
     }

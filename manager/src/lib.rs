@@ -1,4 +1,25 @@
-//! placeholder
+//! margo-manager: the fleet manager of margo-mqtt.
+//!
+//! - [`store`]: redb store (clients, desired state, uplink, audit).
+//! - [`ca`]: fleet CA, gateway/manager/signing certificates, device provisioning.
+//! - [`publisher`]: the MQTT connection and the downlink publisher (retained, signed).
+//! - [`ingest`]: verified, deduplicated, batched uplink storage with acks after commit.
+//! - [`admin`]: the admin API on a Unix socket and its [`admin::AdminClient`].
+//! - [`manager`]: wiring; [`Manager::start`] in-process, [`run`] for the binary.
+//!
+//! See `README.md` and `docs/architecture.md` for the protocol.
+
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod bundle;
 pub mod ca;
 pub mod config;
+pub mod ingest;
+pub mod manager;
+pub mod publisher;
 pub mod store;
+
+pub use admin::AdminClient;
+pub use config::ManagerConfig;
+pub use manager::{init, run, Manager, ManagerError, ManagerHandle};

@@ -508,7 +508,9 @@ impl Store {
                 table: "client_names",
                 detail: e.to_string(),
             }),
-            None => Err(StoreError::UnknownClient(id_or_name.chars().take(140).collect())),
+            None => Err(StoreError::UnknownClient(
+                id_or_name.chars().take(140).collect(),
+            )),
         }
     }
 
@@ -567,7 +569,11 @@ impl Store {
     /// Adds or updates `docs` for `client` in one transaction and bumps the
     /// manifest version once if anything changed (an identical re-deploy
     /// changes nothing and keeps the version).
-    pub fn deploy(&self, client: &ClientId, docs: &[ApplicationDeployment]) -> Result<DeployOutcome> {
+    pub fn deploy(
+        &self,
+        client: &ClientId,
+        docs: &[ApplicationDeployment],
+    ) -> Result<DeployOutcome> {
         let txn = self.db.begin_write()?;
         let outcome = {
             Self::live_client(&txn, client)?;
@@ -600,7 +606,11 @@ impl Store {
             }
             let count = deployments
                 .range((client.as_str(), "")..)?
-                .take_while(|r| r.as_ref().map(|(k, _)| k.value().0 == client.as_str()).unwrap_or(true))
+                .take_while(|r| {
+                    r.as_ref()
+                        .map(|(k, _)| k.value().0 == client.as_str())
+                        .unwrap_or(true)
+                })
                 .count();
             if count > margo_schemas::manifest::MAX_DEPLOYMENTS {
                 return Err(StoreError::TooManyDeployments {
@@ -609,7 +619,10 @@ impl Store {
                     max: margo_schemas::manifest::MAX_DEPLOYMENTS,
                 });
             }
-            let current = versions.get(client.as_str())?.map(|v| v.value()).unwrap_or(0);
+            let current = versions
+                .get(client.as_str())?
+                .map(|v| v.value())
+                .unwrap_or(0);
             let manifest_version = if changed.is_empty() {
                 current
             } else {
@@ -632,14 +645,20 @@ impl Store {
             Self::live_client(&txn, client)?;
             let mut deployments = txn.open_table(DEPLOYMENTS)?;
             let mut versions = txn.open_table(MANIFEST_VERSIONS)?;
-            let removed = deployments.remove((client.as_str(), deployment.as_str()))?.is_some();
+            let removed = deployments
+                .remove((client.as_str(), deployment.as_str()))?
+                .is_some();
             if !removed {
                 return Err(StoreError::NotDeployed {
                     client: client.clone(),
                     deployment: deployment.clone(),
                 });
             }
-            let next = versions.get(client.as_str())?.map(|v| v.value()).unwrap_or(0) + 1;
+            let next = versions
+                .get(client.as_str())?
+                .map(|v| v.value())
+                .unwrap_or(0)
+                + 1;
             versions.insert(client.as_str(), next)?;
             next
         };
@@ -765,7 +784,10 @@ impl Store {
                     UplinkItem::Message(env) => env,
                 };
                 if !hwms.contains_key(client) {
-                    let h = hwm_table.get(client.as_str())?.map(|v| v.value()).unwrap_or(0);
+                    let h = hwm_table
+                        .get(client.as_str())?
+                        .map(|v| v.value())
+                        .unwrap_or(0);
                     hwms.insert(client.clone(), h);
                 }
                 let mut hwm = hwms.get(client).copied().unwrap_or(0);
@@ -798,7 +820,9 @@ impl Store {
                         Message::Status(report) => {
                             let dep = report.status.deployment_id.as_str();
                             let newer = match status_latest.get((c, dep))? {
-                                Some(v) => decode::<LatestStatus>("status_latest", v.value())?.seq < seq,
+                                Some(v) => {
+                                    decode::<LatestStatus>("status_latest", v.value())?.seq < seq
+                                }
                                 None => true,
                             };
                             if newer {
@@ -810,8 +834,10 @@ impl Store {
                                     error: report.status.status.error.clone(),
                                     components: report.status.components.clone(),
                                 };
-                                status_latest
-                                    .insert((c, dep), encode("status_latest", &latest)?.as_slice())?;
+                                status_latest.insert(
+                                    (c, dep),
+                                    encode("status_latest", &latest)?.as_slice(),
+                                )?;
                             }
                             rt.status_hint = Some(
                                 rt.status_hint
@@ -829,14 +855,16 @@ impl Store {
                                     adopted_manifest_version: report.adopted_manifest_version,
                                     agent_version: report.agent_version.clone(),
                                 };
-                                state_latest.insert(c, encode("state_latest", &latest)?.as_slice())?;
+                                state_latest
+                                    .insert(c, encode("state_latest", &latest)?.as_slice())?;
                             }
                         }
                         Message::Capabilities(report) => {
                             let device = report.manifest.properties.id.as_str();
                             let newer = match caps_latest.get((c, device))? {
                                 Some(v) => {
-                                    decode::<LatestCapabilities>("capabilities_latest", v.value())?.seq
+                                    decode::<LatestCapabilities>("capabilities_latest", v.value())?
+                                        .seq
                                         < seq
                                 }
                                 None => true,
@@ -845,7 +873,8 @@ impl Store {
                                 let latest = LatestCapabilities {
                                     seq,
                                     received_ms,
-                                    json: serde_json::to_string(&report.manifest).unwrap_or_default(),
+                                    json: serde_json::to_string(&report.manifest)
+                                        .unwrap_or_default(),
                                 };
                                 caps_latest.insert(
                                     (c, device),
@@ -1047,7 +1076,10 @@ impl Store {
             for event in events {
                 audit.insert(next, encode("audit", event)?.as_slice())?;
                 next += 1;
-                let n = counts.get(event.kind.as_str())?.map(|v| v.value()).unwrap_or(0);
+                let n = counts
+                    .get(event.kind.as_str())?
+                    .map(|v| v.value())
+                    .unwrap_or(0);
                 counts.insert(event.kind.as_str(), n + 1)?;
             }
             while audit.len()? > MAX_AUDIT_EVENTS {

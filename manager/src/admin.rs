@@ -1,0 +1,734 @@
+//! The admin API: JSON over HTTP/1.1 on a Unix socket (mode 0600), and the
+//! [`AdminClient`] that `margoctl` and tests use.
+//!
+//! redb allows one process per file, so every operator action goes through
+//! the running manager. Errors are problem bodies (`application/problem+json`)
+//! with a `detail` that says what was wrong.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use margo_schemas::deployment::ApplicationDeployment;
+use margo_schemas::ids::{ClientId, DeploymentId};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+use tracing::{info, instrument};
+
+use crate::ca::{CaError, FleetPki};
+use crate::ingest::{IngestStats, IngestStatsSnapshot, KeyCache};
+use crate::publisher::{Downlink, LinkStats, LinkStatsSnapshot};
+use crate::store::{AuditEvent, ClientStatus, Store, StoreError, UplinkSummary};
+
+/// Why the admin server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminServeError {
+    /// Binding or preparing the socket failed.
+    #[error("admin socket {path}: {source}")]
+    Socket {
+        /// The socket path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// Binds the admin socket: removes a stale socket file, binds, sets mode 0600.
+pub fn bind_socket(path: &Path) -> Result<UnixListener, AdminServeError> {
+    let err = |source| AdminServeError::Socket {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        if !parent.as_os_str().is_empty() {
+            std::fs::create_dir_all(parent).map_err(err)?;
+        }
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) => {
+            use std::os::unix::fs::FileTypeExt;
+            if !meta.file_type().is_socket() {
+                return Err(err(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "exists and is not a socket; refusing to remove it",
+                )));
+            }
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "another manager is serving on this socket",
+                )));
+            }
+            std::fs::remove_file(path).map_err(err)?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    Ok(listener)
+}
+
+// ---- wire types ---------------------------------------------------------------
+
+/// `POST /v1/clients` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AddClientRequest {
+    /// Unique human-readable name.
+    pub name: String,
+    /// Broker URL for the bundle (default: the manager's `public_broker_url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_url: Option<String>,
+}
+
+/// `POST /v1/clients` response: everything an identity bundle holds.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProvisionedBundle {
+    /// The assigned client id.
+    pub client_id: ClientId,
+    /// The name.
+    pub name: String,
+    /// Where the device connects.
+    pub broker_url: String,
+    /// The device's private key (PKCS#8 PEM). The manager does not keep it.
+    pub key_pem: String,
+    /// The device's client certificate (CN = client id).
+    pub cert_pem: String,
+    /// The fleet CA.
+    pub ca_pem: String,
+    /// The manager's signing certificate.
+    pub signing_cert_pem: String,
+}
+
+impl std::fmt::Debug for ProvisionedBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProvisionedBundle")
+            .field("client_id", &self.client_id)
+            .field("name", &self.name)
+            .field("broker_url", &self.broker_url)
+            .field("key_pem", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+/// One client in `GET /v1/clients`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientSummary {
+    /// The id.
+    pub client_id: ClientId,
+    /// The name.
+    pub name: String,
+    /// Whether revoked.
+    pub revoked: bool,
+    /// When provisioned (ms since epoch).
+    pub created_at: u64,
+}
+
+/// Response of deploy and undeploy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeployResponse {
+    /// The client.
+    pub client_id: ClientId,
+    /// Its desired version now.
+    pub manifest_version: u64,
+    /// Deployments added, updated or removed by the call.
+    pub changed: Vec<DeploymentId>,
+}
+
+/// `GET /v1/health`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Health {
+    /// Connected to the broker right now.
+    pub connected: bool,
+    /// Ingest counters.
+    pub ingest: IngestStatsSnapshotWire,
+    /// Link counters.
+    pub link: LinkStatsSnapshotWire,
+}
+
+/// Ingest counters as JSON (same fields as [`IngestStatsSnapshot`]).
+pub type IngestStatsSnapshotWire = BTreeMap<String, u64>;
+/// Link counters as JSON (same fields as [`LinkStatsSnapshot`]).
+pub type LinkStatsSnapshotWire = BTreeMap<String, u64>;
+
+/// `GET /v1/audit`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditReport {
+    /// Most recent events, oldest first.
+    pub events: Vec<AuditEvent>,
+    /// Counters by kind (never reset).
+    pub counts: BTreeMap<String, u64>,
+}
+
+/// A problem body (RFC 9457).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Problem {
+    /// Always `about:blank`.
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    /// Short summary (the HTTP reason).
+    #[serde(default)]
+    pub title: String,
+    /// HTTP status.
+    #[serde(default)]
+    pub status: u16,
+    /// What was wrong.
+    pub detail: String,
+}
+
+// ---- server -------------------------------------------------------------------
+
+/// Everything the handlers need.
+#[derive(Clone)]
+pub struct AdminState {
+    /// The store.
+    pub store: Store,
+    /// The fleet PKI.
+    pub pki: Arc<FleetPki>,
+    /// Publisher requests.
+    pub downlink: Downlink,
+    /// Verifying-key cache of ingest (forgotten on revoke).
+    pub keys: KeyCache,
+    /// The embedded gateway's revocation set, if embedded.
+    pub revocations: Option<margo_broker::Revocations>,
+    /// Default broker URL for bundles.
+    pub public_broker_url: String,
+    /// Ingest counters.
+    pub ingest_stats: Arc<IngestStats>,
+    /// Link counters.
+    pub link_stats: Arc<LinkStats>,
+    /// Broker connection state.
+    pub connected: watch::Receiver<bool>,
+}
+
+/// An API error: a status and a detail.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    detail: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let status = match &e {
+            StoreError::UnknownClient(_) | StoreError::NotDeployed { .. } => StatusCode::NOT_FOUND,
+            StoreError::NameTaken(_) | StoreError::ClientExists(_) | StoreError::Revoked(_) => {
+                StatusCode::CONFLICT
+            }
+            StoreError::InvalidName(_) | StoreError::TooManyDeployments { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %e, "admin request failed in the store");
+        }
+        Self::new(status, e.to_string())
+    }
+}
+
+impl From<CaError> for ApiError {
+    fn from(e: CaError) -> Self {
+        tracing::error!(error = %e, "admin request failed in the CA");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            format!("request body: {}", e.body_text()),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let problem = Problem {
+            kind: "about:blank".into(),
+            title: self
+                .status
+                .canonical_reason()
+                .unwrap_or("Error")
+                .to_string(),
+            status: self.status.as_u16(),
+            detail: self.detail,
+        };
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        (
+            self.status,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            body,
+        )
+            .into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The admin router.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/clients", post(add_client).get(list_clients))
+        .route("/v1/clients/{client}/revoke", post(revoke_client))
+        .route("/v1/clients/{client}/uplink", get(uplink))
+        .route("/v1/clients/{client}/capabilities", get(capabilities))
+        .route("/v1/clients/{client}/deployments", post(deploy))
+        .route(
+            "/v1/clients/{client}/deployments/{deployment}",
+            delete(undeploy),
+        )
+        .route("/v1/status", get(status))
+        .route("/v1/audit", get(audit))
+        .with_state(state)
+}
+
+fn to_map<T: Serialize>(value: &T) -> BTreeMap<String, u64> {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default()
+}
+
+async fn health(State(state): State<AdminState>) -> Json<Health> {
+    let ingest: IngestStatsSnapshot = state.ingest_stats.snapshot();
+    let link: LinkStatsSnapshot = state.link_stats.snapshot();
+    Json(Health {
+        connected: *state.connected.borrow(),
+        ingest: to_map(&ingest),
+        link: to_map(&link),
+    })
+}
+
+async fn resolve(state: &AdminState, client: String) -> ApiResult<ClientId> {
+    Ok(state.store.run(move |s| s.resolve(&client)).await?)
+}
+
+#[instrument(skip_all, fields(name = %req.as_ref().map(|r| r.name.as_str()).unwrap_or("-")))]
+async fn add_client(
+    State(state): State<AdminState>,
+    req: Result<Json<AddClientRequest>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<ProvisionedBundle>)> {
+    let Json(req) = req?;
+    crate::store::validate_name(&req.name)?;
+    let broker_url = req
+        .broker_url
+        .unwrap_or_else(|| state.public_broker_url.clone());
+    crate::config::BrokerUrl::parse(&broker_url)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("brokerUrl: {e}")))?;
+    let name = req.name.clone();
+    if state.store.run(move |s| s.name_taken(&name)).await? {
+        return Err(StoreError::NameTaken(req.name).into());
+    }
+    let client_id = ClientId::generate();
+    let pki = Arc::clone(&state.pki);
+    let id = client_id.clone();
+    let device = tokio::task::spawn_blocking(move || pki.provision_device(&id))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let (id, name, der) = (client_id.clone(), req.name.clone(), device.cert.der.clone());
+    state
+        .store
+        .run(move |s| s.add_client(&id, &name, &der))
+        .await?;
+    info!(client_id = %client_id, name = %req.name, "provisioned a client");
+    Ok((
+        StatusCode::CREATED,
+        Json(ProvisionedBundle {
+            client_id,
+            name: req.name,
+            broker_url,
+            key_pem: device.key_pem,
+            cert_pem: device.cert.pem,
+            ca_pem: state.pki.ca_pem().to_string(),
+            signing_cert_pem: state.pki.signing_cert_pem().to_string(),
+        }),
+    ))
+}
+
+async fn list_clients(State(state): State<AdminState>) -> ApiResult<Json<Vec<ClientSummary>>> {
+    let clients = state.store.run(|s| s.clients()).await?;
+    Ok(Json(
+        clients
+            .into_iter()
+            .map(|c| ClientSummary {
+                client_id: c.id,
+                name: c.record.name,
+                revoked: c.record.revoked,
+                created_at: c.record.created_ms,
+            })
+            .collect(),
+    ))
+}
+
+async fn revoke_client(
+    State(state): State<AdminState>,
+    UrlPath(client): UrlPath<String>,
+) -> ApiResult<Json<ClientSummary>> {
+    let id = resolve(&state, client).await?;
+    let c = id.clone();
+    let record = state.store.run(move |s| s.set_revoked(&c, true)).await?;
+    state.keys.forget(&id);
+    if let Some(revocations) = &state.revocations {
+        revocations.revoke(&id);
+    }
+    state.downlink.revoked(&id);
+    info!(client_id = %id, "revoked a client");
+    Ok(Json(ClientSummary {
+        client_id: id,
+        name: record.name,
+        revoked: record.revoked,
+        created_at: record.created_ms,
+    }))
+}
+
+async fn uplink(
+    State(state): State<AdminState>,
+    UrlPath(client): UrlPath<String>,
+) -> ApiResult<Json<Vec<UplinkSummary>>> {
+    let id = resolve(&state, client).await?;
+    Ok(Json(state.store.run(move |s| s.uplink(&id)).await?))
+}
+
+async fn capabilities(
+    State(state): State<AdminState>,
+    UrlPath(client): UrlPath<String>,
+) -> ApiResult<Json<BTreeMap<String, serde_json::Value>>> {
+    let id = resolve(&state, client).await?;
+    Ok(Json(state.store.run(move |s| s.capabilities(&id)).await?))
+}
+
+/// Parses deployment documents; the error names the document (0-based index) and the field.
+pub fn parse_documents(docs: Vec<String>) -> Result<Vec<ApplicationDeployment>, String> {
+    let mut parsed: Vec<ApplicationDeployment> = Vec::with_capacity(docs.len());
+    let mut seen = BTreeSet::new();
+    for (i, doc) in docs.into_iter().enumerate() {
+        let d = ApplicationDeployment::parse(doc.into_bytes())
+            .map_err(|e| format!("document {i}: {e}"))?;
+        if !seen.insert(d.id.clone()) {
+            return Err(format!(
+                "document {i}: metadata.annotations.id: {} appears twice in this request",
+                d.id
+            ));
+        }
+        parsed.push(d);
+    }
+    Ok(parsed)
+}
+
+#[instrument(skip_all, fields(client_id = %client))]
+async fn deploy(
+    State(state): State<AdminState>,
+    UrlPath(client): UrlPath<String>,
+    docs: Result<Json<Vec<String>>, JsonRejection>,
+) -> ApiResult<Json<DeployResponse>> {
+    let Json(docs) = docs?;
+    if docs.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "the body must list at least one ApplicationDeployment document",
+        ));
+    }
+    let parsed = parse_documents(docs)
+        .map_err(|detail| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, detail))?;
+    let id = resolve(&state, client).await?;
+    let c = id.clone();
+    let outcome = state.store.run(move |s| s.deploy(&c, &parsed)).await?;
+    if !outcome.changed.is_empty() {
+        state.downlink.desired_changed(&id, []);
+    }
+    info!(client_id = %id, manifest_version = outcome.manifest_version, changed = outcome.changed.len(), "deployed");
+    Ok(Json(DeployResponse {
+        client_id: id,
+        manifest_version: outcome.manifest_version,
+        changed: outcome.changed,
+    }))
+}
+
+#[instrument(skip_all, fields(client_id = %client, deployment_id = %deployment))]
+async fn undeploy(
+    State(state): State<AdminState>,
+    UrlPath((client, deployment)): UrlPath<(String, String)>,
+) -> ApiResult<Json<DeployResponse>> {
+    let deployment = DeploymentId::new(deployment)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let id = resolve(&state, client).await?;
+    let (c, d) = (id.clone(), deployment.clone());
+    let manifest_version = state.store.run(move |s| s.undeploy(&c, &d)).await?;
+    state.downlink.desired_changed(&id, [deployment.clone()]);
+    info!(client_id = %id, deployment_id = %deployment, manifest_version, "undeployed");
+    Ok(Json(DeployResponse {
+        client_id: id,
+        manifest_version,
+        changed: vec![deployment],
+    }))
+}
+
+/// `GET /v1/status` query.
+#[derive(Debug, Deserialize)]
+struct StatusQuery {
+    client: Option<String>,
+}
+
+async fn status(
+    State(state): State<AdminState>,
+    Query(q): Query<StatusQuery>,
+) -> ApiResult<Json<Vec<ClientStatus>>> {
+    match q.client.filter(|c| !c.is_empty()) {
+        Some(client) => {
+            let id = resolve(&state, client).await?;
+            Ok(Json(vec![
+                state.store.run(move |s| s.client_status(&id)).await?,
+            ]))
+        }
+        None => Ok(Json(state.store.run(|s| s.fleet_status()).await?)),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct AuditQuery {
+    limit: Option<usize>,
+}
+
+async fn audit(
+    State(state): State<AdminState>,
+    Query(q): Query<AuditQuery>,
+) -> ApiResult<Json<AuditReport>> {
+    let limit = q.limit.unwrap_or(100).min(10_000);
+    let (events, counts) = state.store.run(move |s| s.audit(limit)).await?;
+    Ok(Json(AuditReport { events, counts }))
+}
+
+// ---- client -------------------------------------------------------------------
+
+/// Why an admin call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The socket could not be reached (is the manager running?).
+    #[error("cannot connect to the manager at {path}: {source} (is margo-manager running?)")]
+    Connect {
+        /// The socket path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// HTTP failed.
+    #[error("admin API: {0}")]
+    Http(#[from] hyper::Error),
+    /// Building the request failed.
+    #[error("admin API request: {0}")]
+    Request(#[from] axum::http::Error),
+    /// The manager answered with an error.
+    #[error("{detail} (HTTP {status})")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// The problem detail.
+        detail: String,
+    },
+    /// The response body is not what was expected.
+    #[error("admin API response: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+impl AdminError {
+    /// The HTTP status of an API error.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// Percent-encodes one path segment or query value.
+fn encode_component(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A client of the admin API over its Unix socket (one connection per call).
+#[derive(Debug, Clone)]
+pub struct AdminClient {
+    socket: PathBuf,
+}
+
+impl AdminClient {
+    /// A client for the socket at `socket`.
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Self {
+            socket: socket.into(),
+        }
+    }
+
+    /// The socket path.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: axum::http::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, AdminError> {
+        let stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|source| AdminError::Connect {
+                    path: self.socket.clone(),
+                    source,
+                })?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let driver = tokio::spawn(async move {
+            if let Err(error) = conn.await {
+                tracing::debug!(%error, "admin connection ended");
+            }
+        });
+        let mut builder = axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, "margo-manager");
+        if body.is_some() {
+            builder = builder.header(header::CONTENT_TYPE, "application/json");
+        }
+        let request = builder.body(Full::new(bytes::Bytes::from(body.unwrap_or_default())))?;
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        driver.abort();
+        if !status.is_success() {
+            let detail = serde_json::from_slice::<Problem>(&bytes)
+                .map(|p| p.detail)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).chars().take(500).collect());
+            return Err(AdminError::Api {
+                status: status.as_u16(),
+                detail,
+            });
+        }
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+
+    /// Health and counters.
+    pub async fn health(&self) -> Result<Health, AdminError> {
+        self.call(axum::http::Method::GET, "/v1/health", None).await
+    }
+
+    /// Provisions a client: the manager assigns the id, generates the key,
+    /// issues the certificate and returns the bundle contents.
+    pub async fn add_client(
+        &self,
+        name: &str,
+        broker_url: Option<&str>,
+    ) -> Result<ProvisionedBundle, AdminError> {
+        let body = serde_json::to_vec(&AddClientRequest {
+            name: name.to_string(),
+            broker_url: broker_url.map(str::to_string),
+        })?;
+        self.call(axum::http::Method::POST, "/v1/clients", Some(body))
+            .await
+    }
+
+    /// Every client.
+    pub async fn list_clients(&self) -> Result<Vec<ClientSummary>, AdminError> {
+        self.call(axum::http::Method::GET, "/v1/clients", None)
+            .await
+    }
+
+    /// Revokes a client (by id or name).
+    pub async fn revoke(&self, client: &str) -> Result<ClientSummary, AdminError> {
+        let path = format!("/v1/clients/{}/revoke", encode_component(client));
+        self.call(axum::http::Method::POST, &path, None).await
+    }
+
+    /// Adds or updates deployment documents (YAML text) for a client.
+    pub async fn deploy(
+        &self,
+        client: &str,
+        documents: Vec<String>,
+    ) -> Result<DeployResponse, AdminError> {
+        let path = format!("/v1/clients/{}/deployments", encode_component(client));
+        let body = serde_json::to_vec(&documents)?;
+        self.call(axum::http::Method::POST, &path, Some(body)).await
+    }
+
+    /// Removes one deployment from a client.
+    pub async fn undeploy(
+        &self,
+        client: &str,
+        deployment_id: &str,
+    ) -> Result<DeployResponse, AdminError> {
+        let path = format!(
+            "/v1/clients/{}/deployments/{}",
+            encode_component(client),
+            encode_component(deployment_id)
+        );
+        self.call(axum::http::Method::DELETE, &path, None).await
+    }
+
+    /// Fleet view: one client (by id or name) or all.
+    pub async fn status(&self, client: Option<&str>) -> Result<Vec<ClientStatus>, AdminError> {
+        let path = match client {
+            Some(c) => format!("/v1/status?client={}", encode_component(c)),
+            None => "/v1/status".to_string(),
+        };
+        self.call(axum::http::Method::GET, &path, None).await
+    }
+
+    /// The stored uplink seqs of a client.
+    pub async fn uplink(&self, client: &str) -> Result<Vec<UplinkSummary>, AdminError> {
+        let path = format!("/v1/clients/{}/uplink", encode_component(client));
+        self.call(axum::http::Method::GET, &path, None).await
+    }
+
+    /// The latest capabilities of a client, by device id.
+    pub async fn capabilities(
+        &self,
+        client: &str,
+    ) -> Result<BTreeMap<String, serde_json::Value>, AdminError> {
+        let path = format!("/v1/clients/{}/capabilities", encode_component(client));
+        self.call(axum::http::Method::GET, &path, None).await
+    }
+
+    /// Recent security events and their counters.
+    pub async fn audit(&self, limit: usize) -> Result<AuditReport, AdminError> {
+        let path = format!("/v1/audit?limit={limit}");
+        self.call(axum::http::Method::GET, &path, None).await
+    }
+}

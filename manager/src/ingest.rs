@@ -1,0 +1,429 @@
+//! Uplink ingest: verify, validate, deduplicate, store in batches, then ack.
+//!
+//! Every uplink publish is checked (topic, client, size, signature against
+//! the client's certificate, body), collected into a batch of up to
+//! `batch_max` messages or `batch_interval`, stored in one redb transaction,
+//! and only after the commit are acks requested from the publisher. A bad
+//! message is counted, logged once with its client and dropped; the loop
+//! never stops for one.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use margo_schemas::capabilities::CapabilitiesError;
+use margo_schemas::cose::{CoseError, VerifyingKey};
+use margo_schemas::ids::ClientId;
+use margo_schemas::messages::{Envelope, Message, MessageError};
+use margo_schemas::status::StatusErrorKind;
+use margo_schemas::topics::{self, DeviceTopic};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, warn};
+
+use crate::publisher::Downlink;
+use crate::store::{now_ms, AuditEvent, IngestOutcome, Store, StoreError, UplinkItem};
+
+/// One publish received from the broker.
+#[derive(Debug, Clone)]
+pub struct RawUplink {
+    /// Its topic.
+    pub topic: String,
+    /// Its payload.
+    pub payload: Bytes,
+}
+
+/// Why one uplink message was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// Not a device topic of this protocol.
+    #[error("not a device topic")]
+    NotDeviceTopic,
+    /// A device topic the device does not publish on (e.g. downlink).
+    #[error("not an uplink topic")]
+    NotUplink,
+    /// No client with this id.
+    #[error("unknown client")]
+    UnknownClient,
+    /// The client is revoked.
+    #[error("client is revoked")]
+    Revoked,
+    /// The payload exceeds `max_payload_bytes`.
+    #[error("payload is {len} bytes, the limit is {max}")]
+    TooLarge {
+        /// Its size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A presence payload other than `online` / `offline`.
+    #[error("presence payload must be \"online\" or \"offline\"")]
+    BadPresence,
+    /// The stored certificate has no usable key.
+    #[error("client certificate: {0}")]
+    Certificate(CoseError),
+    /// Signature, encoding, version, kind, client or topic mismatch.
+    #[error(transparent)]
+    Message(#[from] MessageError),
+    /// Uplink seqs start at 1.
+    #[error("uplink seq 0 is not valid")]
+    ZeroSeq,
+    /// `low` above `seq`.
+    #[error("low {low} is above seq {seq}")]
+    LowAboveSeq {
+        /// The low.
+        low: u64,
+        /// The seq.
+        seq: u64,
+    },
+    /// An invalid deployment status.
+    #[error("status: {0}")]
+    Status(#[from] StatusErrorKind),
+    /// An invalid capabilities manifest.
+    #[error("capabilities: {0}")]
+    Capabilities(#[from] CapabilitiesError),
+    /// A store read failed while verifying.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl IngestError {
+    /// Short kind for counters and the audit log.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::NotDeviceTopic | Self::NotUplink => "wrong-topic",
+            Self::UnknownClient => "unknown-client",
+            Self::Revoked => "revoked-client",
+            Self::TooLarge { .. } => "oversized",
+            Self::BadPresence => "malformed",
+            Self::Certificate(_) => "bad-certificate",
+            Self::Message(MessageError::Signature(CoseError::BadSignature))
+            | Self::Message(MessageError::Signature(CoseError::WrongAlgorithm)) => "bad-signature",
+            Self::Message(MessageError::Signature(_)) | Self::Message(MessageError::Codec(_)) => {
+                "malformed"
+            }
+            Self::Message(MessageError::TooLarge { .. }) => "oversized",
+            Self::Message(MessageError::Version(_)) => "wrong-version",
+            Self::Message(MessageError::UnknownKind(_)) => "unknown-kind",
+            Self::Message(MessageError::WrongClient { .. }) => "wrong-client",
+            Self::Message(MessageError::WrongTopic { .. }) => "wrong-topic",
+            Self::ZeroSeq | Self::LowAboveSeq { .. } | Self::Status(_) | Self::Capabilities(_) => {
+                "invalid-body"
+            }
+            Self::Store(_) => "store-error",
+        }
+    }
+}
+
+/// Ingest counters.
+#[derive(Debug, Default)]
+pub struct IngestStats {
+    /// Publishes received.
+    pub received: AtomicU64,
+    /// Messages stored for the first time.
+    pub stored: AtomicU64,
+    /// Duplicates (already stored or settled; acked again).
+    pub duplicates: AtomicU64,
+    /// Presence updates.
+    pub presence: AtomicU64,
+    /// Batches committed.
+    pub batches: AtomicU64,
+    /// Rejected: bad signature.
+    pub bad_signature: AtomicU64,
+    /// Rejected: malformed CBOR/COSE or presence.
+    pub malformed: AtomicU64,
+    /// Rejected: unknown client.
+    pub unknown_client: AtomicU64,
+    /// Rejected: revoked client.
+    pub revoked: AtomicU64,
+    /// Rejected: wrong topic, wrong client, or not uplink.
+    pub wrong_topic: AtomicU64,
+    /// Rejected: oversized.
+    pub oversized: AtomicU64,
+    /// Rejected: unknown kind or protocol version.
+    pub unknown_kind: AtomicU64,
+    /// Rejected: invalid body (status, capabilities, seq).
+    pub invalid_body: AtomicU64,
+    /// Batches that failed to commit (their messages are not acked; devices resend).
+    pub store_errors: AtomicU64,
+}
+
+/// A point-in-time copy of [`IngestStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[allow(missing_docs)]
+pub struct IngestStatsSnapshot {
+    pub received: u64,
+    pub stored: u64,
+    pub duplicates: u64,
+    pub presence: u64,
+    pub batches: u64,
+    pub bad_signature: u64,
+    pub malformed: u64,
+    pub unknown_client: u64,
+    pub revoked: u64,
+    pub wrong_topic: u64,
+    pub oversized: u64,
+    pub unknown_kind: u64,
+    pub invalid_body: u64,
+    pub store_errors: u64,
+}
+
+impl IngestStats {
+    /// Reads every counter.
+    pub fn snapshot(&self) -> IngestStatsSnapshot {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        IngestStatsSnapshot {
+            received: l(&self.received),
+            stored: l(&self.stored),
+            duplicates: l(&self.duplicates),
+            presence: l(&self.presence),
+            batches: l(&self.batches),
+            bad_signature: l(&self.bad_signature),
+            malformed: l(&self.malformed),
+            unknown_client: l(&self.unknown_client),
+            revoked: l(&self.revoked),
+            wrong_topic: l(&self.wrong_topic),
+            oversized: l(&self.oversized),
+            unknown_kind: l(&self.unknown_kind),
+            invalid_body: l(&self.invalid_body),
+            store_errors: l(&self.store_errors),
+        }
+    }
+
+    fn count_rejection(&self, error: &IngestError) {
+        let counter = match error.kind() {
+            "bad-signature" | "bad-certificate" => &self.bad_signature,
+            "malformed" => &self.malformed,
+            "unknown-client" => &self.unknown_client,
+            "revoked-client" => &self.revoked,
+            "oversized" => &self.oversized,
+            "unknown-kind" | "wrong-version" => &self.unknown_kind,
+            "invalid-body" => &self.invalid_body,
+            "store-error" => &self.store_errors,
+            _ => &self.wrong_topic,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Verifying keys of live clients, taken from their stored certificates.
+#[derive(Debug, Clone, Default)]
+pub struct KeyCache {
+    keys: Arc<Mutex<HashMap<ClientId, VerifyingKey>>>,
+}
+
+impl KeyCache {
+    /// Drops a client's cached key (after revocation).
+    pub fn forget(&self, client: &ClientId) {
+        self.keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(client);
+    }
+
+    fn get(&self, store: &Store, client: &ClientId) -> Result<VerifyingKey, IngestError> {
+        if let Some(key) = self
+            .keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(client)
+        {
+            return Ok(key.clone());
+        }
+        let record = store.client(client)?.ok_or(IngestError::UnknownClient)?;
+        if record.revoked {
+            return Err(IngestError::Revoked);
+        }
+        let key =
+            VerifyingKey::from_certificate(&record.cert_der).map_err(IngestError::Certificate)?;
+        self.keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(client.clone(), key.clone());
+        Ok(key)
+    }
+}
+
+/// Verifies one raw publish into a storable item. Synchronous (store reads, crypto).
+pub fn verify(
+    store: &Store,
+    keys: &KeyCache,
+    raw: &RawUplink,
+    max_payload: usize,
+) -> Result<UplinkItem, (Option<ClientId>, IngestError)> {
+    let (client, topic) =
+        topics::parse_device_topic(&raw.topic).ok_or((None, IngestError::NotDeviceTopic))?;
+    let fail = |e: IngestError| (Some(client.clone()), e);
+    if !topic.is_uplink() {
+        return Err(fail(IngestError::NotUplink));
+    }
+    if raw.payload.len() > max_payload {
+        return Err(fail(IngestError::TooLarge {
+            len: raw.payload.len(),
+            max: max_payload,
+        }));
+    }
+    let key = keys.get(store, &client).map_err(fail)?;
+    if topic == DeviceTopic::Presence {
+        let online = match raw.payload.trim_ascii() {
+            b"online" => true,
+            b"offline" => false,
+            _ => return Err(fail(IngestError::BadPresence)),
+        };
+        return Ok(UplinkItem::Presence { client, online });
+    }
+    let env = Envelope::open(&raw.payload, max_payload, &key, &client, &topic)
+        .map_err(|e| fail(e.into()))?;
+    if env.seq == 0 {
+        return Err(fail(IngestError::ZeroSeq));
+    }
+    if env.low > env.seq {
+        return Err(fail(IngestError::LowAboveSeq {
+            low: env.low,
+            seq: env.seq,
+        }));
+    }
+    match &env.msg {
+        Message::Status(report) => report.status.validate().map_err(|e| fail(e.into()))?,
+        Message::Capabilities(report) => report.manifest.validate().map_err(|e| fail(e.into()))?,
+        Message::State(_) | Message::Sync(_) => {}
+        // `fits_topic` already refuses downlink kinds on uplink topics.
+        Message::Manifest(_) | Message::Deployment(_) | Message::Ack(_) => {
+            return Err(fail(IngestError::NotUplink))
+        }
+    }
+    Ok(UplinkItem::Message(env))
+}
+
+/// The ingest task.
+pub struct Ingest {
+    rx: mpsc::Receiver<RawUplink>,
+    store: Store,
+    keys: KeyCache,
+    downlink: Downlink,
+    stats: Arc<IngestStats>,
+    batch_max: usize,
+    batch_interval: Duration,
+    max_payload: usize,
+}
+
+impl Ingest {
+    /// An ingest task reading `rx`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        rx: mpsc::Receiver<RawUplink>,
+        store: Store,
+        keys: KeyCache,
+        downlink: Downlink,
+        stats: Arc<IngestStats>,
+        batch_max: usize,
+        batch_interval: Duration,
+        max_payload: usize,
+    ) -> Self {
+        Self {
+            rx,
+            store,
+            keys,
+            downlink,
+            stats,
+            batch_max: batch_max.max(1),
+            batch_interval,
+            max_payload,
+        }
+    }
+
+    /// Runs until `shutdown` or until the connection task stops sending.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        loop {
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                first = self.rx.recv() => match first {
+                    Some(m) => m,
+                    None => break,
+                },
+            };
+            let mut batch = vec![first];
+            let deadline = tokio::time::Instant::now() + self.batch_interval;
+            while batch.len() < self.batch_max {
+                match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                    Ok(Some(m)) => batch.push(m),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            self.process(batch).await;
+        }
+    }
+
+    async fn process(&self, batch: Vec<RawUplink>) {
+        let keys = self.keys.clone();
+        let stats = Arc::clone(&self.stats);
+        let max = self.max_payload;
+        let outcome = self
+            .store
+            .run(move |store| {
+                let mut items = Vec::with_capacity(batch.len());
+                let mut audit = Vec::new();
+                for raw in &batch {
+                    stats.received.fetch_add(1, Ordering::Relaxed);
+                    match verify(store, &keys, raw, max) {
+                        Ok(item) => items.push(item),
+                        Err((client, err)) => {
+                            stats.count_rejection(&err);
+                            let client_id = client.as_ref().map(ClientId::to_string);
+                            warn!(
+                                client_id = client_id.as_deref().unwrap_or("-"),
+                                topic = %raw.topic,
+                                kind = err.kind(),
+                                error = %err,
+                                "dropped an uplink message"
+                            );
+                            audit.push(AuditEvent {
+                                ts_ms: now_ms(),
+                                kind: err.kind().to_string(),
+                                client_id,
+                                topic: raw.topic.chars().take(256).collect(),
+                                detail: err.to_string().chars().take(512).collect(),
+                            });
+                        }
+                    }
+                }
+                let result = store.ingest(&items)?;
+                if let Err(error) = store.record_audit(&audit) {
+                    error!(%error, "could not record security events");
+                }
+                Ok((items, result))
+            })
+            .await;
+        let (items, result) = match outcome {
+            Ok(v) => v,
+            Err(error) => {
+                self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+                error!(%error, "storing an uplink batch failed; devices will resend");
+                return;
+            }
+        };
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        for (item, outcome) in items.iter().zip(&result.outcomes) {
+            let counter = match (item, outcome) {
+                (UplinkItem::Presence { .. }, IngestOutcome::Stored) => &self.stats.presence,
+                (_, IngestOutcome::Stored) => &self.stats.stored,
+                (_, IngestOutcome::Duplicate) => &self.stats.duplicates,
+                (_, IngestOutcome::Refused) => &self.stats.revoked,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            if let UplinkItem::Message(env) = item {
+                debug!(client_id = %env.client, seq = env.seq, kind = env.msg.kind(), ?outcome, "uplink");
+            }
+        }
+        for client in &result.sync {
+            self.downlink.republish(client);
+        }
+        for client in result.ack.iter().filter(|c| !result.sync.contains(*c)) {
+            self.downlink.ack(client);
+        }
+    }
+}

@@ -1,0 +1,416 @@
+//! Wiring: opens the store, loads the PKI, starts the embedded broker (or
+//! targets an external one), the MQTT connection, publisher, ingest and the
+//! admin API; [`run`] for the binary, [`Manager::start`] in-process.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use margo_broker::{BrokerConfig, BrokerHandle, EmbeddedBroker, GatewayConfig};
+use rumqttc::AsyncClient;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::admin::{self, AdminServeError, AdminState};
+use crate::ca::{CaError, FleetPki};
+use crate::config::{BrokerMode, ConfigError, ManagerConfig};
+use crate::ingest::{Ingest, IngestStats, KeyCache};
+use crate::publisher::{self, Connection, Downlink, LinkStats, MqttTarget, Publisher};
+use crate::store::{Store, StoreError};
+
+/// Capacity of the connection → ingest channel.
+const UPLINK_CHANNEL: usize = 4096;
+/// How long start waits for the first ConnAck.
+const CONNECT_WAIT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for open admin connections.
+const ADMIN_DRAIN: Duration = Duration::from_secs(2);
+
+/// Why the manager could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    /// Invalid configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The data directory could not be prepared.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The store could not be opened.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The PKI could not be created or loaded.
+    #[error("PKI: {0}")]
+    Pki(#[from] CaError),
+    /// The embedded broker did not start.
+    #[error("embedded broker: {0}")]
+    Broker(#[from] margo_broker::BrokerError),
+    /// TLS material for an external broker is unusable.
+    #[error("broker TLS: {0}")]
+    Tls(String),
+    /// The admin socket could not be served.
+    #[error(transparent)]
+    Admin(#[from] AdminServeError),
+    /// The embedded broker did not accept the manager's connection in time.
+    #[error("no connection to the broker at {0} within {CONNECT_WAIT:?}")]
+    NotConnected(String),
+}
+
+/// What `init` created.
+#[derive(Debug)]
+pub struct InitReport {
+    /// The PKI.
+    pub pki: crate::ca::PkiPaths,
+    /// The redb file.
+    pub store: PathBuf,
+}
+
+fn prepare_data_dir(config: &ManagerConfig) -> Result<(), ManagerError> {
+    let dir = &config.data_dir;
+    let err = |source| ManagerError::DataDir {
+        path: dir.clone(),
+        source,
+    };
+    let existed = dir.exists();
+    std::fs::create_dir_all(dir).map_err(err)?;
+    if !existed {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    }
+    Ok(())
+}
+
+fn load_pki(config: &ManagerConfig) -> Result<FleetPki, ManagerError> {
+    let provided = match (&config.pki.ca_cert_file, &config.pki.ca_key_file) {
+        (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+        _ => None,
+    };
+    Ok(FleetPki::load_or_create(
+        &config.pki_dir(),
+        &config.broker.hostnames,
+        provided,
+    )?)
+}
+
+/// Creates the PKI and the store (if missing) and returns their paths. Does not start anything.
+pub fn init(config: &ManagerConfig) -> Result<InitReport, ManagerError> {
+    config.validate()?;
+    prepare_data_dir(config)?;
+    let pki = load_pki(config)?;
+    drop(Store::open(&config.store_path())?);
+    Ok(InitReport {
+        pki: pki.paths().clone(),
+        store: config.store_path(),
+    })
+}
+
+/// The in-process manager.
+pub struct Manager;
+
+/// A running manager.
+pub struct ManagerHandle {
+    admin_socket: PathBuf,
+    mqtt: String,
+    mqtt_addr: Option<SocketAddr>,
+    gateway_addr: Option<SocketAddr>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    admin_task: JoinHandle<()>,
+    broker: Option<BrokerHandle>,
+    ingest_stats: Arc<IngestStats>,
+    link_stats: Arc<LinkStats>,
+    connected: watch::Receiver<bool>,
+    pki: Arc<FleetPki>,
+}
+
+impl std::fmt::Debug for ManagerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManagerHandle")
+            .field("admin_socket", &self.admin_socket)
+            .field("mqtt", &self.mqtt)
+            .field("gateway_addr", &self.gateway_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Manager {
+    /// Starts everything described by `config` and returns once the admin API
+    /// serves and the MQTT connection is up (embedded: required; external: a
+    /// warning after 10 s, the connection keeps retrying).
+    pub async fn start(config: ManagerConfig) -> Result<ManagerHandle, ManagerError> {
+        config.validate()?;
+        margo_schemas::pki::install_crypto_provider();
+        prepare_data_dir(&config)?;
+        let store_path = config.store_path();
+        let store = tokio::task::spawn_blocking(move || Store::open(&store_path))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))??;
+        let pki = Arc::new(load_pki(&config)?);
+
+        let (broker, target, mqtt, mqtt_addr, gateway_addr) = match config.broker.mode {
+            BrokerMode::Embedded => {
+                let mut broker_config = BrokerConfig::default();
+                broker_config.mqtt.listen = config.broker.mqtt_listen;
+                broker_config.limits = config.broker.limits.clone();
+                let mut gateway = GatewayConfig::new(pki.gateway_tls()?);
+                gateway.listen = config.broker.gateway_listen;
+                gateway.max_packet_bytes = config.broker.limits.max_payload_bytes;
+                broker_config.gateway = Some(gateway);
+                let broker = EmbeddedBroker::start(broker_config).await?;
+                let revoked = store
+                    .run(|s| s.clients())
+                    .await?
+                    .into_iter()
+                    .filter(|c| c.record.revoked)
+                    .map(|c| c.id);
+                broker.revocations().replace_all(revoked);
+                let addr = broker.mqtt_addr();
+                let target = MqttTarget {
+                    host: addr.ip().to_string(),
+                    port: addr.port(),
+                    tls: None,
+                };
+                let gateway_addr = broker.gateway_addr();
+                (
+                    Some(broker),
+                    target,
+                    addr.to_string(),
+                    Some(addr),
+                    gateway_addr,
+                )
+            }
+            BrokerMode::External => {
+                let url = config
+                    .external_broker()?
+                    .ok_or_else(|| ManagerError::Tls("no external broker URL".into()))?;
+                let tls = if url.tls {
+                    let ca_pem = match &config.broker.ca_file {
+                        Some(path) => std::fs::read(path).map_err(|e| {
+                            ManagerError::Tls(format!("broker.ca_file {}: {e}", path.display()))
+                        })?,
+                        None => pki.ca_pem().as_bytes().to_vec(),
+                    };
+                    let (cert, key) = pki.manager_client_pem()?;
+                    let tls = margo_schemas::pki::client_tls_config(&ca_pem, Some((&cert, &key)))
+                        .map_err(|e| ManagerError::Tls(e.to_string()))?;
+                    Some(Arc::new(tls))
+                } else {
+                    None
+                };
+                let target = MqttTarget {
+                    host: url.host.clone(),
+                    port: url.port,
+                    tls,
+                };
+                (None, target, url.to_string(), None, None)
+            }
+        };
+
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let ingest_stats = Arc::new(IngestStats::default());
+        let link_stats = Arc::new(LinkStats::default());
+        let (connected_tx, connected) = watch::channel(false);
+        let downlink = Downlink::new();
+        let keys = KeyCache::default();
+        let (client, eventloop) = AsyncClient::new(
+            publisher::mqtt_options(&target),
+            publisher::REQUEST_CAPACITY,
+        );
+        let (uplink_tx, uplink_rx) = mpsc::channel(UPLINK_CHANNEL);
+
+        let connection = Connection::new(
+            eventloop,
+            uplink_tx,
+            downlink.clone(),
+            connected_tx,
+            Arc::clone(&link_stats),
+        );
+        tracker.spawn(connection.run(shutdown.clone()));
+        let publisher = Publisher::new(
+            downlink.clone(),
+            client,
+            store.clone(),
+            pki.signing_key(),
+            Arc::clone(&link_stats),
+        );
+        tracker.spawn(publisher.run(shutdown.clone()));
+        let ingest = Ingest::new(
+            uplink_rx,
+            store.clone(),
+            keys.clone(),
+            downlink.clone(),
+            Arc::clone(&ingest_stats),
+            config.ingest.batch_max,
+            config.ingest.batch_interval,
+            config.max_payload_bytes,
+        );
+        tracker.spawn(ingest.run(shutdown.clone()));
+
+        let admin_socket = config.admin_socket_path();
+        let listener = admin::bind_socket(&admin_socket)?;
+        let state = AdminState {
+            store,
+            pki: Arc::clone(&pki),
+            downlink,
+            keys,
+            revocations: broker.as_ref().map(BrokerHandle::revocations),
+            public_broker_url: config.public_broker_url.clone(),
+            ingest_stats: Arc::clone(&ingest_stats),
+            link_stats: Arc::clone(&link_stats),
+            connected: connected.clone(),
+        };
+        let router = admin::router(state);
+        let admin_shutdown = shutdown.clone();
+        let admin_task = tokio::spawn(async move {
+            let serve = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { admin_shutdown.cancelled().await });
+            if let Err(error) = serve.await {
+                warn!(%error, "admin API stopped");
+            }
+        });
+
+        let handle = ManagerHandle {
+            admin_socket,
+            mqtt,
+            mqtt_addr,
+            gateway_addr,
+            shutdown,
+            tracker,
+            admin_task,
+            broker,
+            ingest_stats,
+            link_stats,
+            connected,
+            pki,
+        };
+        let mut connected = handle.connected.clone();
+        let up = tokio::time::timeout(CONNECT_WAIT, connected.wait_for(|c| *c)).await;
+        if !matches!(up, Ok(Ok(_))) {
+            if handle.broker.is_some() {
+                let mqtt = handle.mqtt.clone();
+                handle.shutdown().await;
+                return Err(ManagerError::NotConnected(mqtt));
+            }
+            warn!(broker = %handle.mqtt, "not connected to the external broker yet; retrying in the background");
+        }
+        info!(
+            admin = %handle.admin_socket.display(),
+            mqtt = %handle.mqtt,
+            gateway = ?handle.gateway_addr,
+            "margo-manager ready"
+        );
+        Ok(handle)
+    }
+}
+
+impl ManagerHandle {
+    /// The admin socket.
+    pub fn admin_socket(&self) -> &std::path::Path {
+        &self.admin_socket
+    }
+
+    /// An admin client for this manager.
+    pub fn admin(&self) -> crate::admin::AdminClient {
+        crate::admin::AdminClient::new(&self.admin_socket)
+    }
+
+    /// The broker: the embedded loopback address, or the external URL.
+    pub fn mqtt(&self) -> &str {
+        &self.mqtt
+    }
+
+    /// The embedded broker's plain loopback address.
+    pub fn mqtt_addr(&self) -> Option<SocketAddr> {
+        self.mqtt_addr
+    }
+
+    /// The embedded device gateway's address.
+    pub fn gateway_addr(&self) -> Option<SocketAddr> {
+        self.gateway_addr
+    }
+
+    /// The fleet PKI.
+    pub fn pki(&self) -> &FleetPki {
+        &self.pki
+    }
+
+    /// Ingest counters.
+    pub fn ingest_stats(&self) -> Arc<IngestStats> {
+        Arc::clone(&self.ingest_stats)
+    }
+
+    /// Link counters.
+    pub fn link_stats(&self) -> Arc<LinkStats> {
+        Arc::clone(&self.link_stats)
+    }
+
+    /// Whether the MQTT connection is up.
+    pub fn is_connected(&self) -> bool {
+        *self.connected.borrow()
+    }
+
+    /// A token that stops the manager when cancelled (then call [`shutdown`](Self::shutdown)).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// The ready line: `margo-manager ready admin=<socket> mqtt=<addr|url> gateway=<addr|->`.
+    pub fn ready_line(&self) -> String {
+        format!(
+            "margo-manager ready admin={} mqtt={} gateway={}",
+            self.admin_socket.display(),
+            self.mqtt,
+            self.gateway_addr
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "-".into())
+        )
+    }
+
+    /// Stops every task, waits for them, closes the store and the gateway.
+    /// (The embedded rumqttd cannot be stopped; it lives until the process exits.)
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+        let mut admin_task = self.admin_task;
+        if tokio::time::timeout(ADMIN_DRAIN, &mut admin_task)
+            .await
+            .is_err()
+        {
+            admin_task.abort();
+            let _ = admin_task.await;
+        }
+        if let Some(broker) = self.broker {
+            broker.shutdown().await;
+        }
+        let _ = std::fs::remove_file(&self.admin_socket);
+        info!("margo-manager stopped");
+    }
+}
+
+/// Runs the manager until `shutdown` is cancelled. Prints the ready line on
+/// stdout (flushed) once serving.
+pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(), ManagerError> {
+    let handle = Manager::start(config).await?;
+    {
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "{}", handle.ready_line());
+        let _ = stdout.flush();
+    }
+    let internal = handle.shutdown_token();
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = internal.cancelled() => {}
+    }
+    handle.shutdown().await;
+    Ok(())
+}

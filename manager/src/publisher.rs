@@ -1,0 +1,553 @@
+//! The manager's one MQTT connection (rumqttc) and the downlink publisher.
+//!
+//! [`Connection`] owns the rumqttc event loop: it reconnects with exponential
+//! backoff and jitter, hands every uplink publish to ingest over a bounded
+//! channel, and after every ConnAck asks the [`Publisher`] to resubscribe and
+//! republish all retained desired state. [`Publisher`] is the only task that
+//! publishes, so a client's deployments, manifest and ack always go out in
+//! order and from a fresh read of the store; everyone else asks for work
+//! through a [`Downlink`] handle, which never blocks (requests coalesce).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::mem;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use margo_schemas::cose::SigningKey;
+use margo_schemas::digest::Digest;
+use margo_schemas::ids::{ClientId, DeploymentId};
+use margo_schemas::manifest::{DeploymentRef, StateManifest};
+use margo_schemas::messages::{DeploymentBody, Envelope, Message, MessageError};
+use margo_schemas::topics;
+use rumqttc::{AsyncClient, ClientError, Event, EventLoop, MqttOptions, Packet, QoS};
+use serde::Serialize;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, instrument, warn};
+
+use crate::ingest::RawUplink;
+use crate::store::{now_ms, DesiredState, Store, StoreError};
+
+/// MQTT client id of the manager.
+pub const MANAGER_CLIENT_ID: &str = "margo-manager";
+/// Keep-alive of the manager's connection.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(30);
+/// Capacity of rumqttc's request channel.
+pub const REQUEST_CAPACITY: usize = 10_000;
+/// Most unacknowledged QoS 1 publishes in flight.
+pub const INFLIGHT: u16 = 100;
+/// First reconnect delay.
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+/// Longest reconnect delay.
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Why publishing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The store could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A message could not be encoded or signed.
+    #[error("sealing a message: {0}")]
+    Seal(#[from] MessageError),
+    /// The MQTT client's event loop is gone.
+    #[error("MQTT client: {0}")]
+    Client(#[from] ClientError),
+}
+
+/// Where the manager's MQTT connection goes.
+#[derive(Clone)]
+pub struct MqttTarget {
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// TLS (trust anchors and the manager's client certificate), or plain MQTT.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for MqttTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttTarget")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// rumqttc options for the manager: persistent session, QoS 1, large request channel.
+pub fn mqtt_options(target: &MqttTarget) -> MqttOptions {
+    let mut opts = MqttOptions::new(MANAGER_CLIENT_ID, target.host.clone(), target.port);
+    opts.set_keep_alive(KEEP_ALIVE);
+    opts.set_clean_session(false);
+    opts.set_request_channel_capacity(REQUEST_CAPACITY);
+    opts.set_inflight(INFLIGHT);
+    // Never let one oversized packet kill the connection (it would be
+    // redelivered forever on a persistent session): accept what MQTT allows
+    // and let ingest reject it by size.
+    opts.set_max_packet_size(268_435_455, 268_435_455);
+    if let Some(tls) = &target.tls {
+        opts.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(Arc::clone(tls)),
+        ));
+    }
+    opts
+}
+
+/// Counters of the MQTT link and the publisher.
+#[derive(Debug, Default)]
+pub struct LinkStats {
+    /// ConnAcks received.
+    pub connects: AtomicU64,
+    /// Failed connection attempts and dropped connections.
+    pub connection_errors: AtomicU64,
+    /// Messages published (including clears).
+    pub published: AtomicU64,
+    /// Full republishes of every client.
+    pub republish_all: AtomicU64,
+    /// Publish work that failed (retried on the next request or reconnect).
+    pub publish_errors: AtomicU64,
+}
+
+/// A point-in-time copy of [`LinkStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkStatsSnapshot {
+    /// ConnAcks received.
+    pub connects: u64,
+    /// Failed connection attempts and dropped connections.
+    pub connection_errors: u64,
+    /// Messages published.
+    pub published: u64,
+    /// Full republishes.
+    pub republish_all: u64,
+    /// Failed publish work.
+    pub publish_errors: u64,
+}
+
+impl LinkStats {
+    /// Reads every counter.
+    pub fn snapshot(&self) -> LinkStatsSnapshot {
+        LinkStatsSnapshot {
+            connects: self.connects.load(Ordering::Relaxed),
+            connection_errors: self.connection_errors.load(Ordering::Relaxed),
+            published: self.published.load(Ordering::Relaxed),
+            republish_all: self.republish_all.load(Ordering::Relaxed),
+            publish_errors: self.publish_errors.load(Ordering::Relaxed),
+        }
+    }
+}
+
+// ---- the event loop -----------------------------------------------------------
+
+/// Owns the rumqttc event loop.
+pub struct Connection {
+    eventloop: EventLoop,
+    uplink: mpsc::Sender<RawUplink>,
+    downlink: Downlink,
+    connected: watch::Sender<bool>,
+    stats: Arc<LinkStats>,
+}
+
+impl Connection {
+    /// Wraps `eventloop`; uplink publishes go to `uplink`.
+    pub fn new(
+        eventloop: EventLoop,
+        uplink: mpsc::Sender<RawUplink>,
+        downlink: Downlink,
+        connected: watch::Sender<bool>,
+        stats: Arc<LinkStats>,
+    ) -> Self {
+        Self {
+            eventloop,
+            uplink,
+            downlink,
+            connected,
+            stats,
+        }
+    }
+
+    /// Polls until `shutdown`; reconnects with exponential backoff and jitter.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let event = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                event = self.eventloop.poll() => event,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    backoff = BACKOFF_MIN;
+                    self.stats.connects.fetch_add(1, Ordering::Relaxed);
+                    info!(
+                        session_present = ack.session_present,
+                        "connected to the broker"
+                    );
+                    self.connected.send_replace(true);
+                    self.downlink.on_connected();
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    let raw = RawUplink {
+                        topic: publish.topic,
+                        payload: publish.payload,
+                    };
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        sent = self.uplink.send(raw) => {
+                            if sent.is_err() {
+                                debug!("ingest stopped; connection task ends");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    self.stats.connection_errors.fetch_add(1, Ordering::Relaxed);
+                    self.connected.send_replace(false);
+                    // Jitter: between half and the full delay.
+                    let millis = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX);
+                    let delay = Duration::from_millis(millis / 2 + fastrand::u64(0..=millis / 2));
+                    warn!(%error, retry_in = ?delay, "MQTT connection failed");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+        self.connected.send_replace(false);
+    }
+}
+
+// ---- the downlink handle ------------------------------------------------------
+
+#[derive(Debug, Default)]
+struct ClientWork {
+    /// Republish every deployment (not only changed ones).
+    full: bool,
+    /// Publish changed deployments, clears and the manifest.
+    desired: bool,
+    /// Publish the ack.
+    ack: bool,
+    /// Deployment topics to clear (if not desired again by then).
+    clears: BTreeSet<DeploymentId>,
+    /// The client was revoked: clear all of its retained topics.
+    revoked: bool,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    resubscribe: bool,
+    all: bool,
+    clients: BTreeMap<ClientId, ClientWork>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    pending: Mutex<Pending>,
+    notify: Notify,
+}
+
+/// Asks the [`Publisher`] for work. Never blocks; repeated requests coalesce.
+#[derive(Debug, Clone, Default)]
+pub struct Downlink {
+    shared: Arc<Shared>,
+}
+
+impl Downlink {
+    /// A handle with no publisher yet (pair it with [`Publisher::new`]).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Pending)) {
+        {
+            let mut pending = self
+                .shared
+                .pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            f(&mut pending);
+        }
+        self.shared.notify.notify_one();
+    }
+
+    /// After a ConnAck: resubscribe, then republish everything.
+    pub fn on_connected(&self) {
+        self.update(|p| {
+            p.resubscribe = true;
+            p.all = true;
+        });
+    }
+
+    /// Republish every client's retained state.
+    pub fn republish_all(&self) {
+        self.update(|p| p.all = true);
+    }
+
+    /// The desired state of `client` changed: publish changed deployments,
+    /// clear `removed`, then the manifest and the ack.
+    pub fn desired_changed(
+        &self,
+        client: &ClientId,
+        removed: impl IntoIterator<Item = DeploymentId>,
+    ) {
+        self.update(|p| {
+            let work = p.clients.entry(client.clone()).or_default();
+            work.desired = true;
+            work.ack = true;
+            work.clears.extend(removed);
+        });
+    }
+
+    /// Republish all of `client`'s retained state and its ack (on `sync`).
+    pub fn republish(&self, client: &ClientId) {
+        self.update(|p| {
+            let work = p.clients.entry(client.clone()).or_default();
+            work.full = true;
+            work.desired = true;
+            work.ack = true;
+        });
+    }
+
+    /// Publish `client`'s current ack.
+    pub fn ack(&self, client: &ClientId) {
+        self.update(|p| p.clients.entry(client.clone()).or_default().ack = true);
+    }
+
+    /// `client` was revoked: clear its retained manifest, deployments and ack.
+    pub fn revoked(&self, client: &ClientId) {
+        self.update(|p| p.clients.entry(client.clone()).or_default().revoked = true);
+    }
+}
+
+// ---- the publisher ------------------------------------------------------------
+
+/// The task that publishes all downlink traffic.
+pub struct Publisher {
+    downlink: Downlink,
+    client: AsyncClient,
+    store: Store,
+    key: Arc<SigningKey>,
+    stats: Arc<LinkStats>,
+    /// What was last published per client (deployment id → digest).
+    published: HashMap<ClientId, BTreeMap<DeploymentId, Digest>>,
+}
+
+impl Publisher {
+    /// A publisher serving `downlink`'s requests through `client`.
+    pub fn new(
+        downlink: Downlink,
+        client: AsyncClient,
+        store: Store,
+        key: Arc<SigningKey>,
+        stats: Arc<LinkStats>,
+    ) -> Self {
+        Self {
+            downlink,
+            client,
+            store,
+            key,
+            stats,
+            published: HashMap::new(),
+        }
+    }
+
+    /// Serves requests until `shutdown`.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let shared = Arc::clone(&self.downlink.shared);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = shared.notify.notified() => {}
+            }
+            let pending = mem::take(
+                &mut *shared
+                    .pending
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner),
+            );
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                result = self.serve(pending) => {
+                    if let Err(error) = result {
+                        self.stats.publish_errors.fetch_add(1, Ordering::Relaxed);
+                        warn!(%error, "publishing failed");
+                        if matches!(error, PublishError::Client(_)) {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn serve(&mut self, mut pending: Pending) -> Result<(), PublishError> {
+        if pending.resubscribe {
+            let filters = topics::manager_uplink_filters()
+                .into_iter()
+                .map(|f| rumqttc::SubscribeFilter::new(f, QoS::AtLeastOnce));
+            self.client.subscribe_many(filters).await?;
+        }
+        if pending.all {
+            self.stats.republish_all.fetch_add(1, Ordering::Relaxed);
+            let clients = self.store.run(|s| s.clients()).await?;
+            info!(
+                clients = clients.len(),
+                "republishing all retained desired state"
+            );
+            for entry in clients {
+                if entry.record.revoked {
+                    continue;
+                }
+                let work = pending.clients.entry(entry.id).or_default();
+                work.full = true;
+                work.desired = true;
+                work.ack = true;
+            }
+        }
+        for (client, work) in pending.clients {
+            if let Err(error) = self.serve_client(&client, work).await {
+                if matches!(error, PublishError::Client(_)) {
+                    return Err(error);
+                }
+                self.stats.publish_errors.fetch_add(1, Ordering::Relaxed);
+                warn!(client_id = %client, %error, "publishing to a client failed");
+            }
+        }
+        Ok(())
+    }
+
+    #[instrument(skip_all, fields(client_id = %client))]
+    async fn serve_client(
+        &mut self,
+        client: &ClientId,
+        work: ClientWork,
+    ) -> Result<(), PublishError> {
+        if work.revoked {
+            return self.clear_client(client).await;
+        }
+        let id = client.clone();
+        if !(work.desired || work.full) {
+            let ack = self.store.run(move |s| s.ack_for(&id)).await?;
+            let (seq, manifest_version) = (ack.acked_seq, ack.manifest_version);
+            self.send(client, topics::ack(client), Message::Ack(ack))
+                .await?;
+            debug!(seq, manifest_version, "published ack");
+            return Ok(());
+        }
+        let state: DesiredState = self.store.run(move |s| s.desired_state(&id)).await?;
+        {
+            let published = self.published.remove(client).unwrap_or_default();
+            let mut now_published = BTreeMap::new();
+            for d in &state.deployments {
+                if work.full || published.get(&d.id) != Some(&d.digest) {
+                    let body = Message::Deployment(DeploymentBody {
+                        deployment_id: d.id.clone(),
+                        digest: d.digest,
+                        yaml: d.yaml.clone(),
+                    });
+                    self.send(client, topics::desired_deployment(client, &d.id), body)
+                        .await?;
+                    debug!(deployment_id = %d.id, digest = %d.digest, "published deployment");
+                }
+                now_published.insert(d.id.clone(), d.digest);
+            }
+            let stale = work
+                .clears
+                .iter()
+                .chain(published.keys())
+                .filter(|id| !now_published.contains_key(*id))
+                .cloned()
+                .collect::<BTreeSet<_>>();
+            for id in stale {
+                self.clear(topics::desired_deployment(client, &id)).await?;
+                debug!(deployment_id = %id, "cleared deployment");
+            }
+            self.published.insert(client.clone(), now_published);
+            if state.manifest_version > 0 {
+                let manifest = StateManifest {
+                    manifest_version: state.manifest_version,
+                    bundle: None,
+                    deployments: state
+                        .deployments
+                        .iter()
+                        .map(|d| DeploymentRef {
+                            deployment_id: d.id.clone(),
+                            digest: d.digest,
+                            size_bytes: Some(d.yaml.len() as u64),
+                            url: None,
+                        })
+                        .collect(),
+                };
+                self.send(
+                    client,
+                    topics::desired_manifest(client),
+                    Message::Manifest(manifest),
+                )
+                .await?;
+                debug!(
+                    manifest_version = state.manifest_version,
+                    "published manifest"
+                );
+            }
+        }
+        // The ack carries the (possibly new) manifest version, so it goes out
+        // after every desired-state change too.
+        let ack = state.ack.clone();
+        self.send(client, topics::ack(client), Message::Ack(ack))
+            .await?;
+        debug!(
+            seq = state.ack.acked_seq,
+            manifest_version = state.ack.manifest_version,
+            "published ack"
+        );
+        Ok(())
+    }
+
+    async fn clear_client(&mut self, client: &ClientId) -> Result<(), PublishError> {
+        let id = client.clone();
+        let state = self.store.run(move |s| s.desired_state(&id)).await?;
+        let mut ids: BTreeSet<DeploymentId> = state.deployments.into_iter().map(|d| d.id).collect();
+        ids.extend(
+            self.published
+                .remove(client)
+                .unwrap_or_default()
+                .into_keys(),
+        );
+        for id in ids {
+            self.clear(topics::desired_deployment(client, &id)).await?;
+        }
+        self.clear(topics::desired_manifest(client)).await?;
+        self.clear(topics::ack(client)).await?;
+        info!(client_id = %client, "cleared the retained state of a revoked client");
+        Ok(())
+    }
+
+    async fn send(
+        &self,
+        client: &ClientId,
+        topic: String,
+        msg: Message,
+    ) -> Result<(), PublishError> {
+        let envelope = Envelope::new(client.clone(), 0, now_ms(), msg);
+        let payload = envelope.seal(&self.key)?;
+        self.client
+            .publish(topic, QoS::AtLeastOnce, true, payload)
+            .await?;
+        self.stats.published.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn clear(&self, topic: String) -> Result<(), PublishError> {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, true, Vec::new())
+            .await?;
+        self.stats.published.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
