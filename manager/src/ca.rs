@@ -522,8 +522,8 @@ mod tests {
         let id = ClientId::generate();
         let device = second.provision_device(&id).expect("provision");
         let (_, parsed) = x509_parser::parse_x509_certificate(&device.cert.der).expect("x509");
-        let (_, ca_parsed) =
-            x509_parser::parse_x509_certificate(&der_of(first.ca_pem())).expect("x509");
+        let ca_der = der_of(first.ca_pem());
+        let (_, ca_parsed) = x509_parser::parse_x509_certificate(&ca_der).expect("x509");
         assert_eq!(parsed.issuer(), ca_parsed.subject());
     }
 

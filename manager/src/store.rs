@@ -1110,3 +1110,289 @@ impl Store {
         Ok((events, counts))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use margo_schemas::messages::{StateReport, StatusReport, SyncReason, SyncRequest};
+    use margo_schemas::status::DeploymentStatus;
+
+    fn doc(id: &str, revision: &str) -> ApplicationDeployment {
+        let yaml = format!(
+            "apiVersion: application.margo.org/v1alpha1\nkind: ApplicationDeployment\n\
+             metadata:\n  annotations:\n    id: {id}\n  name: app-{id}\n\
+             spec:\n  deploymentProfile:\n    type: compose\n    components:\n\
+             \x20     - name: web\n        properties:\n          revision: \"{revision}\"\n"
+        );
+        ApplicationDeployment::parse(yaml.into_bytes()).expect("valid test document")
+    }
+
+    fn open() -> (tempfile::TempDir, Store, ClientId) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("m.redb")).expect("open");
+        let id = ClientId::generate();
+        store.add_client(&id, "dev-1", b"cert").expect("add");
+        (dir, store, id)
+    }
+
+    fn state(client: &ClientId, seq: u64, low: u64, adopted: u64) -> UplinkItem {
+        let mut env = Envelope::new(
+            client.clone(),
+            seq,
+            1,
+            Message::State(StateReport {
+                adopted_manifest_version: adopted,
+                agent_version: "test".into(),
+                deployments: vec![],
+            }),
+        );
+        env.low = low;
+        UplinkItem::Message(env)
+    }
+
+    #[test]
+    fn clients_are_unique_and_resolvable_by_name() {
+        let (_dir, store, id) = open();
+        assert!(matches!(
+            store.add_client(&ClientId::generate(), "dev-1", b"x"),
+            Err(StoreError::NameTaken(_))
+        ));
+        assert!(matches!(
+            store.add_client(&id, "other", b"x"),
+            Err(StoreError::ClientExists(_))
+        ));
+        assert_eq!(store.resolve("dev-1").expect("by name"), id);
+        assert_eq!(store.resolve(id.as_str()).expect("by id"), id);
+        assert!(matches!(
+            store.resolve("nope"),
+            Err(StoreError::UnknownClient(_))
+        ));
+        assert!(matches!(
+            store.add_client(&ClientId::generate(), " padded", b"x"),
+            Err(StoreError::InvalidName(_))
+        ));
+    }
+
+    #[test]
+    fn deploy_bumps_the_version_once_and_only_on_change() {
+        let (_dir, store, id) = open();
+        let out = store
+            .deploy(&id, &[doc("a", "1"), doc("b", "1")])
+            .expect("deploy");
+        assert_eq!(out.manifest_version, 1);
+        assert_eq!(out.changed.len(), 2);
+        let again = store.deploy(&id, &[doc("a", "1")]).expect("same again");
+        assert_eq!(again.manifest_version, 1);
+        assert!(again.changed.is_empty());
+        let update = store
+            .deploy(&id, &[doc("a", "2"), doc("b", "1")])
+            .expect("update");
+        assert_eq!(update.manifest_version, 2);
+        assert_eq!(update.changed, vec![DeploymentId::new("a").expect("id")]);
+
+        let desired = store.desired_state(&id).expect("desired");
+        assert_eq!(desired.manifest_version, 2);
+        assert_eq!(desired.deployments.len(), 2);
+        assert_eq!(desired.deployments[0].id.as_str(), "a");
+        assert_eq!(desired.deployments[0].yaml, doc("a", "2").bytes());
+        assert_eq!(desired.deployments[0].digest, doc("a", "2").digest());
+    }
+
+    #[test]
+    fn undeploy_removes_and_bumps() {
+        let (_dir, store, id) = open();
+        store
+            .deploy(&id, &[doc("a", "1"), doc("b", "1")])
+            .expect("deploy");
+        let a = DeploymentId::new("a").expect("id");
+        assert_eq!(store.undeploy(&id, &a).expect("undeploy"), 2);
+        assert!(matches!(
+            store.undeploy(&id, &a),
+            Err(StoreError::NotDeployed { .. })
+        ));
+        let desired = store.desired_state(&id).expect("desired");
+        assert_eq!(desired.manifest_version, 2);
+        assert_eq!(desired.deployments.len(), 1);
+        assert_eq!(desired.ack.manifest_version, 2);
+    }
+
+    #[test]
+    fn revoked_clients_get_no_deployments_and_no_uplink() {
+        let (_dir, store, id) = open();
+        store.set_revoked(&id, true).expect("revoke");
+        assert!(matches!(
+            store.deploy(&id, &[doc("a", "1")]),
+            Err(StoreError::Revoked(_))
+        ));
+        let r = store.ingest(&[state(&id, 1, 0, 0)]).expect("ingest");
+        assert_eq!(r.outcomes, vec![IngestOutcome::Refused]);
+        assert!(r.ack.is_empty());
+    }
+
+    #[test]
+    fn uplink_is_deduplicated_by_client_and_seq() {
+        let (_dir, store, id) = open();
+        let other = ClientId::generate();
+        store.add_client(&other, "dev-2", b"cert").expect("add");
+        let r = store
+            .ingest(&[
+                state(&id, 1, 0, 0),
+                state(&id, 1, 0, 0),
+                state(&other, 1, 0, 0),
+            ])
+            .expect("ingest");
+        assert_eq!(
+            r.outcomes,
+            vec![
+                IngestOutcome::Stored,
+                IngestOutcome::Duplicate,
+                IngestOutcome::Stored
+            ]
+        );
+        assert_eq!(r.ack.len(), 2);
+        // A later batch with the same seq is a duplicate too, and still acked.
+        let r = store.ingest(&[state(&id, 1, 0, 0)]).expect("ingest");
+        assert_eq!(r.outcomes, vec![IngestOutcome::Duplicate]);
+        assert!(r.ack.contains(&id));
+        assert_eq!(store.uplink(&id).expect("uplink").len(), 1);
+        assert_eq!(store.ack_for(&id).expect("ack").acked_seq, 1);
+    }
+
+    #[test]
+    fn high_water_mark_follows_gaps_and_low() {
+        let (_dir, store, id) = open();
+        store
+            .ingest(&[state(&id, 1, 1, 0), state(&id, 3, 1, 0)])
+            .expect("ingest");
+        assert_eq!(store.ack_for(&id).expect("ack").acked_seq, 1, "gap at 2");
+        store.ingest(&[state(&id, 2, 1, 0)]).expect("ingest");
+        assert_eq!(store.ack_for(&id).expect("ack").acked_seq, 3, "gap filled");
+        // 4 was dropped by the device's overflow policy: low = 5 settles it.
+        store.ingest(&[state(&id, 6, 5, 0)]).expect("ingest");
+        assert_eq!(
+            store.ack_for(&id).expect("ack").acked_seq,
+            4,
+            "5 still missing"
+        );
+        store.ingest(&[state(&id, 5, 5, 0)]).expect("ingest");
+        assert_eq!(store.ack_for(&id).expect("ack").acked_seq, 6);
+        // low jumping past stored seqs above the mark clears them.
+        store
+            .ingest(&[state(&id, 9, 1, 0), state(&id, 12, 11, 0)])
+            .expect("ingest");
+        assert_eq!(store.ack_for(&id).expect("ack").acked_seq, 10);
+        let seqs: Vec<u64> = store
+            .uplink(&id)
+            .expect("uplink")
+            .iter()
+            .map(|u| u.seq)
+            .collect();
+        assert_eq!(seqs, vec![1, 2, 3, 5, 6, 9, 12]);
+        // Below the mark = duplicate.
+        let r = store.ingest(&[state(&id, 4, 0, 0)]).expect("ingest");
+        assert_eq!(r.outcomes, vec![IngestOutcome::Duplicate]);
+    }
+
+    #[test]
+    fn status_state_and_sync_update_the_fleet_view() {
+        let (_dir, store, id) = open();
+        store.deploy(&id, &[doc("a", "1")]).expect("deploy");
+        let status = |seq: u64, s: DeploymentState| {
+            UplinkItem::Message(Envelope::new(
+                id.clone(),
+                seq,
+                1,
+                Message::Status(StatusReport {
+                    adopted_manifest_version: 1,
+                    status: DeploymentStatus::new(
+                        DeploymentId::new("a").expect("id"),
+                        vec![ComponentStatus {
+                            name: "web".into(),
+                            state: s,
+                            error: None,
+                        }],
+                        None,
+                    ),
+                }),
+            ))
+        };
+        let sync = UplinkItem::Message(Envelope::new(
+            id.clone(),
+            4,
+            1,
+            Message::Sync(SyncRequest {
+                reason: SyncReason::Startup,
+                adopted_manifest_version: 0,
+            }),
+        ));
+        // Out of order: the newer status (seq 2) arrives before the older one.
+        let r = store
+            .ingest(&[
+                status(2, DeploymentState::Installed),
+                status(1, DeploymentState::Installing),
+                UplinkItem::Presence {
+                    client: id.clone(),
+                    online: true,
+                },
+                sync,
+            ])
+            .expect("ingest");
+        assert!(r.sync.contains(&id));
+        let view = store.client_status(&id).expect("status");
+        assert_eq!(view.presence, "online");
+        assert_eq!(view.desired_version, 1);
+        assert_eq!(view.adopted_version, Some(1), "status hint");
+        assert_eq!(view.acked_seq, 2);
+        assert_eq!(view.deployments.len(), 1);
+        let d = &view.deployments[0];
+        assert_eq!(d.state, Some(DeploymentState::Installed));
+        assert_eq!(d.name.as_deref(), Some("app-a"));
+        assert_eq!(d.desired_digest, Some(doc("a", "1").digest().to_string()));
+        // A state report is authoritative over the status hint.
+        store.ingest(&[state(&id, 3, 0, 0)]).expect("ingest");
+        let view = store.client_status(&id).expect("status");
+        assert_eq!(view.adopted_version, Some(0));
+        assert_eq!(view.acked_seq, 4);
+        assert_eq!(view.agent_version.as_deref(), Some("test"));
+    }
+
+    #[test]
+    fn audit_is_counted_and_bounded() {
+        let (_dir, store, _id) = open();
+        let event = |kind: &str| AuditEvent {
+            ts_ms: 1,
+            kind: kind.into(),
+            client_id: None,
+            topic: "t".into(),
+            detail: "d".into(),
+        };
+        store
+            .record_audit(&[
+                event("bad-signature"),
+                event("bad-signature"),
+                event("malformed"),
+            ])
+            .expect("audit");
+        let (events, counts) = store.audit(10).expect("read");
+        assert_eq!(events.len(), 3);
+        assert_eq!(counts.get("bad-signature"), Some(&2));
+        assert_eq!(counts.get("malformed"), Some(&1));
+    }
+
+    #[test]
+    fn data_survives_reopening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("m.redb");
+        let id = ClientId::generate();
+        {
+            let store = Store::open(&path).expect("open");
+            store.add_client(&id, "dev", b"cert").expect("add");
+            store.deploy(&id, &[doc("a", "1")]).expect("deploy");
+            store.ingest(&[state(&id, 1, 0, 1)]).expect("ingest");
+        }
+        let store = Store::open(&path).expect("reopen");
+        let desired = store.desired_state(&id).expect("desired");
+        assert_eq!(desired.manifest_version, 1);
+        assert_eq!(desired.ack.acked_seq, 1);
+    }
+}
