@@ -599,8 +599,10 @@ batch_interval = "5ms"
         c.broker.url = Some("http://x:1".into());
         assert_eq!(field_of(c.validate().unwrap_err()), "broker.url");
 
-        let mut c = ManagerConfig::default();
-        c.public_broker_url = "localhost".into();
+        let c = ManagerConfig {
+            public_broker_url: "localhost".into(),
+            ..ManagerConfig::default()
+        };
         assert_eq!(field_of(c.validate().unwrap_err()), "public_broker_url");
 
         let mut c = ManagerConfig::default();

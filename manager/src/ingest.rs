@@ -296,7 +296,7 @@ pub fn verify(
             return Err(fail(IngestError::NotUplink))
         }
     }
-    Ok(UplinkItem::Message(env))
+    Ok(UplinkItem::Message(Box::new(env)))
 }
 
 /// The ingest task.

@@ -287,7 +287,7 @@ pub struct DesiredState {
 #[derive(Debug, Clone)]
 pub enum UplinkItem {
     /// A signed, verified, validated message.
-    Message(Envelope),
+    Message(Box<Envelope>),
     /// A presence payload (`online`/`offline`).
     Presence {
         /// The client.
@@ -1072,10 +1072,9 @@ impl Store {
         {
             let mut audit = txn.open_table(AUDIT)?;
             let mut counts = txn.open_table(AUDIT_COUNTS)?;
-            let mut next = audit.last()?.map(|(k, _)| k.value() + 1).unwrap_or(0);
-            for event in events {
-                audit.insert(next, encode("audit", event)?.as_slice())?;
-                next += 1;
+            let first = audit.last()?.map(|(k, _)| k.value() + 1).unwrap_or(0);
+            for (key, event) in (first..).zip(events) {
+                audit.insert(key, encode("audit", event)?.as_slice())?;
                 let n = counts
                     .get(event.kind.as_str())?
                     .map(|v| v.value())
@@ -1147,7 +1146,7 @@ mod tests {
             }),
         );
         env.low = low;
-        UplinkItem::Message(env)
+        UplinkItem::Message(Box::new(env))
     }
 
     #[test]
@@ -1298,7 +1297,7 @@ mod tests {
         let (_dir, store, id) = open();
         store.deploy(&id, &[doc("a", "1")]).expect("deploy");
         let status = |seq: u64, s: DeploymentState| {
-            UplinkItem::Message(Envelope::new(
+            UplinkItem::Message(Box::new(Envelope::new(
                 id.clone(),
                 seq,
                 1,
@@ -1314,9 +1313,9 @@ mod tests {
                         None,
                     ),
                 }),
-            ))
+            )))
         };
-        let sync = UplinkItem::Message(Envelope::new(
+        let sync = UplinkItem::Message(Box::new(Envelope::new(
             id.clone(),
             4,
             1,
@@ -1324,7 +1323,7 @@ mod tests {
                 reason: SyncReason::Startup,
                 adopted_manifest_version: 0,
             }),
-        ));
+        )));
         // Out of order: the newer status (seq 2) arrives before the older one.
         let r = store
             .ingest(&[

@@ -113,8 +113,8 @@ fn ago(ms: Option<u64>) -> String {
 
 fn print_status(clients: &[ClientStatus]) {
     println!(
-        "{:<28} {:<20} {:<9} {:>7} {:>7} {:>8}  {}",
-        "CLIENT", "NAME", "PRESENCE", "DESIRED", "ADOPTED", "ACKED", "LAST SEEN"
+        "{:<28} {:<20} {:<9} {:>7} {:>7} {:>8}  LAST SEEN",
+        "CLIENT", "NAME", "PRESENCE", "DESIRED", "ADOPTED", "ACKED"
     );
     for c in clients {
         let presence = if c.revoked {
@@ -209,7 +209,7 @@ async fn main() -> anyhow::Result<()> {
                 if json {
                     println!("{}", serde_json::to_string_pretty(&clients)?);
                 } else {
-                    println!("{:<28} {:<24} {}", "CLIENT", "NAME", "REVOKED");
+                    println!("{:<28} {:<24} REVOKED", "CLIENT", "NAME");
                     for c in clients {
                         println!("{:<28} {:<24} {}", c.client_id, c.name, c.revoked);
                     }
