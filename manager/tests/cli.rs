@@ -1,0 +1,220 @@
+//! The binaries as child processes: `margo-manager init`, `margo-manager
+//! serve` (ready line, SIGTERM), and `margoctl` against it.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(30);
+const MANAGER: &str = env!("CARGO_BIN_EXE_margo-manager");
+const MARGOCTL: &str = env!("CARGO_BIN_EXE_margoctl");
+
+const DOC: &str = "apiVersion: application.margo.org/v1alpha1
+kind: ApplicationDeployment
+metadata:
+  annotations:
+    id: 0f6a4a38-1f7e-4d36-9a52-3c1d1b0d9f11
+  name: cli-app
+spec:
+  deploymentProfile:
+    type: compose
+    components:
+      - name: web
+        properties:
+          packageLocation: https://example.com/web.tar.gz
+";
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn margoctl(data_dir: &Path, args: &[&str]) -> Output {
+    Command::new(MARGOCTL)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .output()
+        .expect("margoctl runs")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn init_then_serve_then_margoctl() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+
+    let init = Command::new(MANAGER)
+        .args(["init", "--data-dir"])
+        .arg(&data)
+        .args(["--hostname", "edge.example.com"])
+        .output()
+        .expect("init runs");
+    assert!(init.status.success(), "{}", text(&init));
+    let stdout = String::from_utf8_lossy(&init.stdout);
+    assert!(stdout.contains("gateway_cert="), "{stdout}");
+    assert!(data.join("pki/ca.crt").exists());
+    assert!(data.join("pki/gateway.key").exists());
+    assert!(data.join("manager.redb").exists());
+
+    let config = dir.path().join("manager.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "version = 1\ndata_dir = {:?}\n[broker]\nmqtt_listen = \"127.0.0.1:0\"\ngateway_listen = \"127.0.0.1:0\"\n",
+            data.display().to_string()
+        ),
+    )
+    .expect("write config");
+    let mut child = Command::new(MANAGER)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("serve starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let child = Running(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let ready = rx
+        .recv_timeout(WAIT)
+        .expect("timed out waiting for the ready line of margo-manager serve");
+    assert!(ready.starts_with("margo-manager ready admin="), "{ready}");
+    assert!(ready.contains(" mqtt=127.0.0.1:"), "{ready}");
+    assert!(ready.contains(" gateway=127.0.0.1:"), "{ready}");
+
+    let bundle = dir.path().join("bundle");
+    let out = margoctl(
+        &data,
+        &[
+            "clients",
+            "add",
+            "line-3",
+            "--out",
+            bundle.to_str().expect("utf8"),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    for file in [
+        "identity.toml",
+        "client.key",
+        "client.crt",
+        "ca.crt",
+        "manager-signing.crt",
+    ] {
+        assert!(bundle.join(file).exists(), "{file} missing");
+    }
+    let index: margo_schemas::identity::IdentityIndex =
+        toml::from_str(&std::fs::read_to_string(bundle.join("identity.toml")).expect("index"))
+            .expect("identity.toml parses");
+    assert_eq!(index.name, "line-3");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(bundle.join("client.key"))
+            .expect("key")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let again = margoctl(
+        &data,
+        &[
+            "clients",
+            "add",
+            "line-4",
+            "--out",
+            bundle.to_str().expect("utf8"),
+        ],
+    );
+    assert!(
+        !again.status.success(),
+        "overwrote a bundle: {}",
+        text(&again)
+    );
+
+    let good = dir.path().join("app.yaml");
+    std::fs::write(&good, DOC).expect("write");
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, DOC.replace("type: compose", "type: k8s")).expect("write");
+    let out = margoctl(&data, &["deploy", "line-3", bad.to_str().expect("utf8")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.yaml") && err.contains("spec.deploymentProfile.type"),
+        "{}",
+        text(&out)
+    );
+    let out = margoctl(&data, &["deploy", "line-3", good.to_str().expect("utf8")]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("manifest version 1"),
+        "{}",
+        text(&out)
+    );
+
+    let out = margoctl(&data, &["status", "line-3", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(status[0]["name"], "line-3");
+    assert_eq!(status[0]["desiredVersion"], 1);
+    assert_eq!(
+        status[0]["deployments"][0]["deploymentId"],
+        "0f6a4a38-1f7e-4d36-9a52-3c1d1b0d9f11"
+    );
+    let out = margoctl(&data, &["status"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("line-3"));
+
+    let out = margoctl(
+        &data,
+        &["undeploy", "line-3", "0f6a4a38-1f7e-4d36-9a52-3c1d1b0d9f11"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let out = margoctl(&data, &["clients", "list"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("line-3"));
+
+    // SIGTERM → clean exit 0.
+    let mut child = child;
+    let child = &mut child.0;
+    let pid = child.id().to_string();
+    let kill = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(kill.success());
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "margo-manager did not exit within {WAIT:?} after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status:?}");
+    assert!(!data.join("admin.sock").exists(), "socket left behind");
+}
