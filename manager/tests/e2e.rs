@@ -453,3 +453,92 @@ async fn sync_republishes_and_unknown_topics_are_dropped() {
     assert!(manager.is_connected());
     manager.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_broker_mode_uses_the_same_code_path() {
+    // A bare rumqttd (no gateway) stands in for an external broker.
+    let mut broker_config = margo_broker::BrokerConfig::default();
+    broker_config.mqtt.listen = "127.0.0.1:0".parse().expect("addr");
+    let broker = within(
+        "external broker start",
+        margo_broker::EmbeddedBroker::start(broker_config),
+    )
+    .await
+    .expect("broker starts");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = config(dir.path());
+    config.broker.mode = margo_manager::config::BrokerMode::External;
+    config.broker.url = Some(format!("mqtt://{}", broker.mqtt_addr()));
+    let manager = within("manager start", Manager::start(config))
+        .await
+        .expect("manager starts against the external broker");
+    assert!(manager.gateway_addr().is_none());
+    assert!(manager.is_connected());
+    let admin = manager.admin();
+    let bundle = admin.add_client("ext-1", None).await.expect("add");
+    admin
+        .deploy("ext-1", vec![yaml("2")])
+        .await
+        .expect("deploy");
+
+    // The device connects in plain MQTT (no gateway here); signatures still rule.
+    let id = bundle.client_id.clone();
+    let mut opts = MqttOptions::new(id.as_str(), "127.0.0.1", broker.mqtt_addr().port());
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (client, mut eventloop) = AsyncClient::new(opts, 64);
+    let (tx, events) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if tx.send(Ok(p)).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                    return;
+                }
+            }
+        }
+    });
+    client
+        .subscribe(topics::desired_filter(&id), QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    client
+        .subscribe(topics::ack(&id), QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    let pkcs8 = pkcs8_from_pem(bundle.key_pem.as_bytes(), "key").expect("key");
+    let signing_der = certs_from_pem(bundle.signing_cert_pem.as_bytes(), "signing")
+        .expect("cert")
+        .remove(0);
+    let mut device = Device {
+        id: id.clone(),
+        client,
+        key: SigningKey::from_pkcs8(&pkcs8).expect("key"),
+        manager_key: VerifyingKey::from_certificate(signing_der.as_ref()).expect("key"),
+        events,
+    };
+    device
+        .expect("retained manifest from the external broker", |m| match m {
+            Message::Manifest(m) if m.manifest_version == 1 => Some(()),
+            _ => None,
+        })
+        .await;
+    let status = device.status(1, DeploymentState::Installing);
+    device
+        .publish_signed(
+            topics::status(&id, &DeploymentId::new(DEPLOYMENT_ID).expect("id")),
+            &status,
+            &device.key,
+        )
+        .await;
+    device
+        .expect_ack("ack through the external broker", |a| a.acked_seq == 1)
+        .await;
+    manager.shutdown().await;
+    broker.shutdown().await;
+}
