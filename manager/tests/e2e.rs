@@ -542,3 +542,37 @@ async fn external_broker_mode_uses_the_same_code_path() {
     manager.shutdown().await;
     broker.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_clients_are_cut_off_and_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manager = start(dir.path()).await;
+    let admin = manager.admin();
+    let bundle = admin.add_client("old-1", None).await.expect("add");
+    admin
+        .deploy("old-1", vec![yaml("1")])
+        .await
+        .expect("deploy");
+    let mut device = Device::connect(manager.gateway_addr().expect("gateway"), &bundle, true).await;
+    device
+        .expect_ack("ack before revocation", |a| a.manifest_version == 1)
+        .await;
+    let revoked = admin.revoke("old-1").await.expect("revoke");
+    assert!(revoked.revoked);
+    within("gateway closes the revoked device", async {
+        while let Some(event) = device.events.recv().await {
+            if event.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let err = admin
+        .deploy("old-1", vec![yaml("2")])
+        .await
+        .expect_err("deploy to a revoked client");
+    assert_eq!(err.status(), Some(409));
+    let view = admin.status(Some("old-1")).await.expect("status");
+    assert!(view[0].revoked);
+    manager.shutdown().await;
+}
