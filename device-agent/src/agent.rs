@@ -1,0 +1,309 @@
+//! The library entry point: [`Agent::new`] → [`Agent::handle`] → [`Agent::run`].
+//!
+//! For in-process use (demo, fleet simulator) everything the agent depends
+//! on can be injected through [`AgentOptions`]: an in-memory store, an
+//! identity built from PEM, a shared simulated runtime, a clock.
+
+use std::sync::Arc;
+
+use margo_schemas::ids::ClientId;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::{AdapterKind, AgentConfig, BrokerUrl, ConfigError};
+use crate::connection::{Connection, ConnectionDeps, ConnectionSettings, ConnectionSetupError};
+use crate::identity::{Identity, IdentityError};
+use crate::outbox::{Outbox, OutboxError, Uplink};
+use crate::reconcile::{ReconcileContext, ReconcileError, Reconciler, RetryPolicy};
+use crate::runtime::{ExecRuntime, Runtime, SimulatedRuntime};
+use crate::snapshot::{AgentSnapshot, DeploymentView, Snapshots};
+use crate::stats::AgentStats;
+use crate::store::{Store, StoreError};
+use crate::sync::{Downlink, DownlinkDeps, DownlinkSettings};
+
+/// Why the agent could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("identity: {0}")]
+    Identity(#[from] IdentityError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("outbox: {0}")]
+    Outbox(#[from] OutboxError),
+    #[error("connection: {0}")]
+    Connection(#[from] ConnectionSetupError),
+    #[error("reconcile: {0}")]
+    Reconcile(#[from] ReconcileError),
+    #[error("the reconcile task panicked")]
+    TaskPanicked,
+}
+
+/// Optional replacements for what [`Agent::new`] would otherwise build from the config.
+#[derive(Debug, Default, Clone)]
+pub struct AgentOptions {
+    /// Use this store instead of `data_dir/agent.redb` (e.g. [`Store::in_memory`]).
+    pub store: Option<Store>,
+    /// Use this identity instead of loading `identity_dir`.
+    pub identity: Option<Identity>,
+    /// Use this runtime adapter instead of the configured one.
+    pub runtime: Option<Arc<dyn Runtime>>,
+    /// Use this clock instead of the system clock.
+    pub clock: Option<Arc<dyn Clock>>,
+}
+
+/// Observes a running agent.
+#[derive(Debug, Clone)]
+pub struct AgentHandle {
+    /// The client id.
+    pub client_id: ClientId,
+    /// Snapshots, updated on every change.
+    pub snapshots: watch::Receiver<AgentSnapshot>,
+    /// Live counters.
+    pub stats: Arc<AgentStats>,
+}
+
+/// A configured agent, ready to run.
+#[derive(Debug)]
+pub struct Agent {
+    config: AgentConfig,
+    broker: BrokerUrl,
+    identity: Identity,
+    store: Store,
+    runtime: Arc<dyn Runtime>,
+    clock: Arc<dyn Clock>,
+    stats: Arc<AgentStats>,
+    snapshots: Snapshots,
+}
+
+/// The agent's parts before they run: lets tests drive the downlink
+/// handler and the reconciler without a broker.
+pub struct AgentParts {
+    pub downlink: Downlink,
+    pub reconciler: Reconciler,
+    pub reconcile: ReconcileContext,
+    pub uplink: Uplink,
+    pub store: Store,
+    pub snapshots: Snapshots,
+}
+
+impl Agent {
+    /// Validates `config`, loads the identity (unless given), opens the store
+    /// (unless given) and builds the runtime adapter (unless given).
+    pub fn new(config: AgentConfig, options: AgentOptions) -> Result<Self, AgentError> {
+        config.validate()?;
+        margo_schemas::pki::install_crypto_provider();
+        let clock: Arc<dyn Clock> = options.clock.unwrap_or_else(|| Arc::new(SystemClock));
+        let identity = match options.identity {
+            Some(identity) => identity,
+            None => Identity::load(&config.identity_dir)?,
+        };
+        let url = config
+            .broker_url
+            .clone()
+            .unwrap_or_else(|| identity.broker_url.clone());
+        let field = if config.broker_url.is_some() {
+            "broker_url"
+        } else {
+            "identity.toml broker_url"
+        };
+        let broker = BrokerUrl::parse(&url, field)?;
+        if !broker.tls && !config.allow_plain_mqtt {
+            return Err(ConfigError::Invalid {
+                field: field.to_string(),
+                reason: "mqtt:// (no TLS) is only allowed with allow_plain_mqtt = true (tests)"
+                    .into(),
+            }
+            .into());
+        }
+        let store = match options.store {
+            Some(store) => store,
+            None => Store::open(&config.store_path())?,
+        };
+        let runtime: Arc<dyn Runtime> = match options.runtime {
+            Some(runtime) => runtime,
+            None => match config.runtime.adapter {
+                AdapterKind::Simulated => Arc::new(SimulatedRuntime::new(
+                    &config.runtime.simulated,
+                    Arc::clone(&clock),
+                )),
+                AdapterKind::Exec => Arc::new(ExecRuntime::new(
+                    &config.runtime.exec,
+                    config.deployments_dir(),
+                    Arc::clone(&clock),
+                )),
+            },
+        };
+        let stats = Arc::new(AgentStats::default());
+        let initial = initial_snapshot(&identity.client_id, &store)?;
+        let snapshots = Snapshots::new(initial, Arc::clone(&stats));
+        Ok(Self {
+            config,
+            broker,
+            identity,
+            store,
+            runtime,
+            clock,
+            stats,
+            snapshots,
+        })
+    }
+
+    /// The client id this agent runs as.
+    pub fn client_id(&self) -> &ClientId {
+        &self.identity.client_id
+    }
+
+    /// The store (shared handle).
+    pub fn store(&self) -> Store {
+        self.store.clone()
+    }
+
+    /// A handle for observing the agent while it runs.
+    pub fn handle(&self) -> AgentHandle {
+        AgentHandle {
+            client_id: self.identity.client_id.clone(),
+            snapshots: self.snapshots.subscribe(),
+            stats: Arc::clone(&self.stats),
+        }
+    }
+
+    /// Builds the downlink handler, reconciler and outbox without starting anything.
+    pub fn parts(&self) -> Result<AgentParts, AgentError> {
+        let outbox = Outbox::open(
+            self.store.clone(),
+            self.identity.client_id.clone(),
+            Arc::clone(&self.identity.signing_key),
+            Arc::clone(&self.clock),
+            self.config.outbox.clone(),
+            Arc::clone(&self.stats),
+        )?;
+        let uplink = Uplink::new(outbox, self.snapshots.clone());
+        let initial = self.store.accepted_manifest()?.map(Arc::new);
+        let (targets_tx, targets_rx) = watch::channel(initial);
+        let downlink = Downlink::new(
+            DownlinkDeps {
+                client: self.identity.client_id.clone(),
+                manager_key: self.identity.manager_key.clone(),
+                settings: DownlinkSettings {
+                    max_message_bytes: self.config.max_message_bytes,
+                    content_timeout: self.config.content_timeout,
+                },
+                store: self.store.clone(),
+                uplink: uplink.clone(),
+                clock: Arc::clone(&self.clock),
+                stats: Arc::clone(&self.stats),
+                snapshots: self.snapshots.clone(),
+            },
+            targets_tx,
+        )?;
+        let reconcile = ReconcileContext {
+            client: self.identity.client_id.clone(),
+            store: self.store.clone(),
+            runtime: Arc::clone(&self.runtime),
+            uplink: uplink.clone(),
+            clock: Arc::clone(&self.clock),
+            stats: Arc::clone(&self.stats),
+            snapshots: self.snapshots.clone(),
+        };
+        let reconciler = Reconciler::new(
+            reconcile.clone(),
+            targets_rx,
+            RetryPolicy {
+                first: self.config.retry_failed_after,
+                max: self.config.retry_failed_max,
+            },
+        );
+        Ok(AgentParts {
+            downlink,
+            reconciler,
+            reconcile,
+            uplink,
+            store: self.store.clone(),
+            snapshots: self.snapshots.clone(),
+        })
+    }
+
+    /// Runs the connection and the reconciler until `shutdown`, then says
+    /// `offline`, disconnects cleanly and returns. Every outbox and state
+    /// write is committed when made, so nothing is left to flush.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), AgentError> {
+        let parts = self.parts()?;
+        let connection = Connection::new(
+            ConnectionSettings {
+                broker: self.broker.clone(),
+                keep_alive: self.config.keep_alive,
+                ack_timeout: self.config.ack_timeout,
+                reconnect_min: self.config.reconnect_min,
+                reconnect_max: self.config.reconnect_max,
+                state_interval: self.config.state_interval,
+                max_message_bytes: self.config.max_message_bytes,
+            },
+            ConnectionDeps {
+                identity: self.identity.clone(),
+                downlink: parts.downlink,
+                uplink: parts.uplink.clone(),
+                store: self.store.clone(),
+                clock: Arc::clone(&self.clock),
+                stats: Arc::clone(&self.stats),
+                snapshots: self.snapshots.clone(),
+            },
+        )?;
+        info!(
+            client_id = %self.identity.client_id,
+            broker = %format!("{}:{}", self.broker.host, self.broker.port),
+            runtime = self.runtime.supported().name,
+            "agent starting"
+        );
+        // The reconciler stops with the agent; if it stops on its own (a store
+        // error), it stops the connection too.
+        let inner = shutdown.child_token();
+        let token = inner.clone();
+        let reconciler = tokio::spawn(async move {
+            let result = parts.reconciler.run(token.clone()).await;
+            token.cancel();
+            result
+        });
+        connection.run(inner.clone()).await;
+        inner.cancel();
+        let result = match reconciler.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(AgentError::Reconcile(e)),
+            Err(_) => Err(AgentError::TaskPanicked),
+        };
+        parts.uplink.refresh();
+        let pending = parts.uplink.lock().len();
+        if pending > 0 {
+            warn!(client_id = %self.identity.client_id, pending, "stopping with unacknowledged uplink messages (kept in the outbox)");
+        }
+        info!(client_id = %self.identity.client_id, "agent stopped");
+        result
+    }
+}
+
+fn initial_snapshot(client: &ClientId, store: &Store) -> Result<AgentSnapshot, StoreError> {
+    let deployments = store
+        .applied()?
+        .into_iter()
+        .map(|(id, r)| {
+            (
+                id.to_string(),
+                DeploymentView {
+                    state: r.state,
+                    running: r.running,
+                    error: r.error.map(|e| e.message),
+                },
+            )
+        })
+        .collect();
+    Ok(AgentSnapshot {
+        client_id: client.to_string(),
+        accepted_manifest_version: store.accepted_manifest()?.map_or(0, |m| m.version()),
+        adopted_manifest_version: store.adopted_version()?,
+        deployments,
+        ..AgentSnapshot::default()
+    })
+}

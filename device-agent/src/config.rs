@@ -1,0 +1,633 @@
+//! Agent configuration: built-in defaults → TOML file → environment → CLI.
+//!
+//! The file carries `version = 1` and rejects unknown keys; [`AgentConfig::validate`]
+//! names the offending field. Relative paths in a file are relative to the
+//! file's directory.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The only configuration `version` this build understands.
+pub const CONFIG_VERSION: u32 = 1;
+/// Prefix of the environment variables that override the file.
+pub const ENV_PREFIX: &str = "MARGO_AGENT_";
+
+/// Why a configuration was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("could not read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid TOML in {path}: {source}")]
+    Toml {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+fn invalid(field: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Everything the agent needs to run.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Configuration format version ([`CONFIG_VERSION`]); required in files.
+    pub version: u32,
+    /// The identity bundle (identity.toml, client.key, client.crt, ca.crt, manager-signing.crt).
+    pub identity_dir: PathBuf,
+    /// Where the agent keeps its redb file (`agent.redb`) and deployment files.
+    pub data_dir: PathBuf,
+    /// Overrides the bundle's broker URL (`mqtts://host:port`).
+    pub broker_url: Option<String>,
+    /// Permit `mqtt://` (no TLS). Only for tests against a loopback broker.
+    pub allow_plain_mqtt: bool,
+    /// MQTT keep-alive.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// Resend an outbox entry not acknowledged by the manager within this.
+    #[serde(with = "humantime_serde")]
+    pub ack_timeout: Duration,
+    /// How long to wait for deployments a new manifest references before asking for a sync.
+    #[serde(with = "humantime_serde")]
+    pub content_timeout: Duration,
+    /// First reconnect delay (jittered, doubling).
+    #[serde(with = "humantime_serde")]
+    pub reconnect_min: Duration,
+    /// Longest reconnect delay.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max: Duration,
+    /// First retry of a failed apply (doubling).
+    #[serde(with = "humantime_serde")]
+    pub retry_failed_after: Duration,
+    /// Longest delay between retries of a failed apply.
+    #[serde(with = "humantime_serde")]
+    pub retry_failed_max: Duration,
+    /// How often to send a `state` report besides the one after each reconcile.
+    #[serde(with = "humantime_serde")]
+    pub state_interval: Duration,
+    /// Largest downlink payload accepted.
+    pub max_message_bytes: usize,
+    /// Outbox bounds.
+    pub outbox: OutboxConfig,
+    /// Runtime adapter.
+    pub runtime: RuntimeConfig,
+}
+
+/// Bounds of the durable uplink outbox.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// Most pending entries.
+    pub max_entries: usize,
+    /// Most pending bytes (sealed payloads plus topics).
+    pub max_bytes: usize,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            max_entries: 10_000,
+            max_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// Which runtime adapter applies deployments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdapterKind {
+    /// In-process simulation (delays, injected failures).
+    Simulated,
+    /// Runs a program per component action.
+    Exec,
+}
+
+/// `[runtime]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    pub adapter: AdapterKind,
+    pub simulated: SimulatedConfig,
+    pub exec: ExecConfig,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            adapter: AdapterKind::Simulated,
+            simulated: SimulatedConfig::default(),
+            exec: ExecConfig::default(),
+        }
+    }
+}
+
+/// `[runtime.simulated]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SimulatedConfig {
+    /// Time one component action takes (a component property `simulatedDelayMs` overrides it).
+    #[serde(with = "humantime_serde")]
+    pub delay: Duration,
+    /// Deployment ids or component names whose actions fail.
+    pub fail: Vec<String>,
+}
+
+/// `[runtime.exec]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExecConfig {
+    /// The program run as `<program> install|update|remove`.
+    pub program: PathBuf,
+    /// Kill the program after this.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Profile types the program handles (`helm.v3`, `compose`).
+    pub profiles: Vec<String>,
+}
+
+impl Default for ExecConfig {
+    fn default() -> Self {
+        Self {
+            program: PathBuf::new(),
+            timeout: Duration::from_secs(600),
+            profiles: vec!["helm.v3".into(), "compose".into()],
+        }
+    }
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            version: CONFIG_VERSION,
+            identity_dir: PathBuf::from("/etc/margo-agent/identity"),
+            data_dir: PathBuf::from("/var/lib/margo-agent"),
+            broker_url: None,
+            allow_plain_mqtt: false,
+            keep_alive: Duration::from_secs(60),
+            ack_timeout: Duration::from_secs(30),
+            content_timeout: Duration::from_secs(30),
+            reconnect_min: Duration::from_secs(1),
+            reconnect_max: Duration::from_secs(300),
+            retry_failed_after: Duration::from_secs(300),
+            retry_failed_max: Duration::from_secs(3600),
+            state_interval: Duration::from_secs(900),
+            max_message_bytes: margo_schemas::codec::DEFAULT_MAX_PAYLOAD,
+            outbox: OutboxConfig::default(),
+            runtime: RuntimeConfig::default(),
+        }
+    }
+}
+
+/// Where a broker is, parsed from a URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    /// Host name or IP address (also the TLS server name).
+    pub host: String,
+    pub port: u16,
+    /// `mqtts` (true) or `mqtt` (false).
+    pub tls: bool,
+}
+
+impl BrokerUrl {
+    /// Parses `mqtts://host:port` or `mqtt://host:port` (default ports 8883 / 1883).
+    pub fn parse(url: &str, field: &str) -> Result<Self, ConfigError> {
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("mqtt://") {
+            (false, rest)
+        } else {
+            return Err(invalid(
+                field,
+                format!("{url:?} must start with mqtts:// (or mqtt:// for tests)"),
+            ));
+        };
+        let rest = rest.trim_end_matches('/');
+        if rest.contains('/') || rest.contains('@') || rest.is_empty() {
+            return Err(invalid(
+                field,
+                format!("{url:?} must be scheme://host:port"),
+            ));
+        }
+        let default_port = if tls { 8883 } else { 1883 };
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (host, after) = v6
+                .split_once(']')
+                .ok_or_else(|| invalid(field, format!("{url:?}: unterminated [")))?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => parse_port(p, field)?,
+                None if after.is_empty() => default_port,
+                None => return Err(invalid(field, format!("{url:?}: junk after ]"))),
+            };
+            (host.to_string(), port)
+        } else {
+            match rest.rsplit_once(':') {
+                Some((host, port)) => (host.to_string(), parse_port(port, field)?),
+                None => (rest.to_string(), default_port),
+            }
+        };
+        if host.is_empty() {
+            return Err(invalid(field, format!("{url:?} has no host")));
+        }
+        Ok(Self { host, port, tls })
+    }
+}
+
+fn parse_port(p: &str, field: &str) -> Result<u16, ConfigError> {
+    p.parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| invalid(field, format!("port {p:?} is not a number in 1..=65535")))
+}
+
+impl AgentConfig {
+    /// Reads a TOML file over the defaults; relative paths become relative to the file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config = Self::from_toml(&text).map_err(|e| match e {
+            ConfigError::Toml { source, .. } => ConfigError::Toml {
+                path: path.to_path_buf(),
+                source,
+            },
+            other => other,
+        })?;
+        if let Some(dir) = path.parent() {
+            config.resolve_relative(dir);
+        }
+        Ok(config)
+    }
+
+    /// Parses TOML text over the defaults. `version` is required.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        #[derive(Deserialize)]
+        struct VersionOnly {
+            version: Option<toml::Value>,
+        }
+        let toml_err = |source| ConfigError::Toml {
+            path: PathBuf::from("<text>"),
+            source: Box::new(source),
+        };
+        // Check the version first so a future format gets a clear error, not "unknown field".
+        let peek: toml::Table = toml::from_str(text).map_err(toml_err)?;
+        let version = toml::Value::try_into::<VersionOnly>(toml::Value::Table(peek))
+            .ok()
+            .and_then(|v| v.version);
+        match version {
+            None => return Err(invalid("version", "missing (expected version = 1)")),
+            Some(toml::Value::Integer(v)) if v == i64::from(CONFIG_VERSION) => {}
+            Some(other) => {
+                return Err(invalid(
+                    "version",
+                    format!(
+                        "{other} is not supported (this build reads version = {CONFIG_VERSION})"
+                    ),
+                ))
+            }
+        }
+        toml::from_str(text).map_err(toml_err)
+    }
+
+    fn resolve_relative(&mut self, base: &Path) {
+        for path in [&mut self.identity_dir, &mut self.data_dir] {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        }
+        // A bare program name is looked up in PATH; `dir/prog` is relative to the file.
+        let program = &mut self.runtime.exec.program;
+        if program.is_relative() && program.components().count() > 1 {
+            *program = base.join(&*program);
+        }
+    }
+
+    /// Applies `MARGO_AGENT_*` variables from the process environment.
+    pub fn apply_env(&mut self) -> Result<(), ConfigError> {
+        self.apply_env_from(std::env::vars())
+    }
+
+    /// Applies `MARGO_AGENT_*` variables from `vars` (testable form of [`Self::apply_env`]).
+    ///
+    /// Recognised: `IDENTITY_DIR`, `DATA_DIR`, `BROKER_URL`, `ALLOW_PLAIN_MQTT`,
+    /// `KEEP_ALIVE`, `ACK_TIMEOUT`, `CONTENT_TIMEOUT`, `RECONNECT_MIN`,
+    /// `RECONNECT_MAX`, `RETRY_FAILED_AFTER`, `RETRY_FAILED_MAX`,
+    /// `STATE_INTERVAL`, `OUTBOX_MAX_ENTRIES`, `OUTBOX_MAX_BYTES`,
+    /// `RUNTIME_ADAPTER`, `EXEC_PROGRAM`, `EXEC_TIMEOUT`. Others with the prefix are errors.
+    pub fn apply_env_from(
+        &mut self,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), ConfigError> {
+        for (key, value) in vars {
+            let Some(name) = key.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let field = key.as_str();
+            match name {
+                "IDENTITY_DIR" => self.identity_dir = PathBuf::from(value),
+                "DATA_DIR" => self.data_dir = PathBuf::from(value),
+                "BROKER_URL" => self.broker_url = Some(value),
+                "ALLOW_PLAIN_MQTT" => self.allow_plain_mqtt = parse_bool(field, &value)?,
+                "KEEP_ALIVE" => self.keep_alive = parse_duration(field, &value)?,
+                "ACK_TIMEOUT" => self.ack_timeout = parse_duration(field, &value)?,
+                "CONTENT_TIMEOUT" => self.content_timeout = parse_duration(field, &value)?,
+                "RECONNECT_MIN" => self.reconnect_min = parse_duration(field, &value)?,
+                "RECONNECT_MAX" => self.reconnect_max = parse_duration(field, &value)?,
+                "RETRY_FAILED_AFTER" => self.retry_failed_after = parse_duration(field, &value)?,
+                "RETRY_FAILED_MAX" => self.retry_failed_max = parse_duration(field, &value)?,
+                "STATE_INTERVAL" => self.state_interval = parse_duration(field, &value)?,
+                "OUTBOX_MAX_ENTRIES" => self.outbox.max_entries = parse_number(field, &value)?,
+                "OUTBOX_MAX_BYTES" => self.outbox.max_bytes = parse_number(field, &value)?,
+                "RUNTIME_ADAPTER" => {
+                    self.runtime.adapter = match value.as_str() {
+                        "simulated" => AdapterKind::Simulated,
+                        "exec" => AdapterKind::Exec,
+                        other => {
+                            return Err(invalid(
+                                field,
+                                format!("{other:?} is not one of simulated, exec"),
+                            ))
+                        }
+                    }
+                }
+                "EXEC_PROGRAM" => self.runtime.exec.program = PathBuf::from(value),
+                "EXEC_TIMEOUT" => self.runtime.exec.timeout = parse_duration(field, &value)?,
+                _ => return Err(invalid(field, "unknown setting")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.version != CONFIG_VERSION {
+            return Err(invalid(
+                "version",
+                format!(
+                    "{} is not supported (expected {CONFIG_VERSION})",
+                    self.version
+                ),
+            ));
+        }
+        if self.identity_dir.as_os_str().is_empty() {
+            return Err(invalid("identity_dir", "must not be empty"));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty"));
+        }
+        if let Some(url) = &self.broker_url {
+            let parsed = BrokerUrl::parse(url, "broker_url")?;
+            if !parsed.tls && !self.allow_plain_mqtt {
+                return Err(invalid(
+                    "broker_url",
+                    "mqtt:// (no TLS) is only allowed with allow_plain_mqtt = true (tests)",
+                ));
+            }
+        }
+        if self.keep_alive < Duration::from_secs(1) || self.keep_alive > Duration::from_secs(65_535)
+        {
+            return Err(invalid("keep_alive", "must be between 1s and 65535s"));
+        }
+        for (field, value) in [
+            ("ack_timeout", self.ack_timeout),
+            ("content_timeout", self.content_timeout),
+            ("reconnect_min", self.reconnect_min),
+            ("reconnect_max", self.reconnect_max),
+            ("retry_failed_after", self.retry_failed_after),
+            ("retry_failed_max", self.retry_failed_max),
+            ("state_interval", self.state_interval),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(field, "must be greater than zero"));
+            }
+        }
+        if self.reconnect_max < self.reconnect_min {
+            return Err(invalid(
+                "reconnect_max",
+                "must not be less than reconnect_min",
+            ));
+        }
+        if self.retry_failed_max < self.retry_failed_after {
+            return Err(invalid(
+                "retry_failed_max",
+                "must not be less than retry_failed_after",
+            ));
+        }
+        if self.max_message_bytes < 1024 || self.max_message_bytes > 64 * 1024 * 1024 {
+            return Err(invalid(
+                "max_message_bytes",
+                "must be between 1 KiB and 64 MiB",
+            ));
+        }
+        if self.outbox.max_entries == 0 {
+            return Err(invalid("outbox.max_entries", "must be at least 1"));
+        }
+        if self.outbox.max_bytes < 64 * 1024 {
+            return Err(invalid("outbox.max_bytes", "must be at least 64 KiB"));
+        }
+        if self.runtime.adapter == AdapterKind::Exec {
+            let exec = &self.runtime.exec;
+            if exec.program.as_os_str().is_empty() {
+                return Err(invalid(
+                    "runtime.exec.program",
+                    "required when runtime.adapter = \"exec\"",
+                ));
+            }
+            if exec.timeout.is_zero() {
+                return Err(invalid("runtime.exec.timeout", "must be greater than zero"));
+            }
+        }
+        for p in &self.runtime.exec.profiles {
+            if p != "helm.v3" && p != "compose" {
+                return Err(invalid(
+                    "runtime.exec.profiles",
+                    format!("{p:?} is not one of helm.v3, compose"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The redb file inside `data_dir`.
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join("agent.redb")
+    }
+
+    /// Where the exec adapter writes deployment documents.
+    pub fn deployments_dir(&self) -> PathBuf {
+        self.data_dir.join("deployments")
+    }
+}
+
+fn parse_duration(field: &str, value: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(value)
+        .map_err(|e| invalid(field, format!("{value:?} is not a duration ({e})")))
+}
+
+fn parse_bool(field: &str, value: &str) -> Result<bool, ConfigError> {
+    match value {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        other => Err(invalid(field, format!("{other:?} is not true or false"))),
+    }
+}
+
+fn parse_number(field: &str, value: &str) -> Result<usize, ConfigError> {
+    value
+        .parse()
+        .map_err(|_| invalid(field, format!("{value:?} is not a number")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(e: ConfigError) -> String {
+        match e {
+            ConfigError::Invalid { field, .. } => field,
+            other => panic!("expected a field error, got {other}"),
+        }
+    }
+
+    #[test]
+    fn defaults_validate_and_match_the_brief() {
+        let c = AgentConfig::default();
+        c.validate().unwrap();
+        assert_eq!(c.keep_alive, Duration::from_secs(60));
+        assert_eq!(c.ack_timeout, Duration::from_secs(30));
+        assert_eq!(c.content_timeout, Duration::from_secs(30));
+        assert_eq!(c.reconnect_max, Duration::from_secs(300));
+        assert_eq!(c.outbox.max_entries, 10_000);
+        assert_eq!(c.outbox.max_bytes, 16 << 20);
+    }
+
+    #[test]
+    fn file_overrides_defaults_and_unknown_keys_fail() {
+        let c = AgentConfig::from_toml(
+            r#"
+version = 1
+identity_dir = "/id"
+keep_alive = "10s"
+[outbox]
+max_entries = 5
+[runtime]
+adapter = "exec"
+[runtime.exec]
+program = "/bin/true"
+timeout = "3s"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.identity_dir, PathBuf::from("/id"));
+        assert_eq!(c.keep_alive, Duration::from_secs(10));
+        assert_eq!(c.outbox.max_entries, 5);
+        assert_eq!(c.outbox.max_bytes, 16 << 20);
+        assert_eq!(c.runtime.adapter, AdapterKind::Exec);
+        c.validate().unwrap();
+
+        assert!(matches!(
+            AgentConfig::from_toml("version = 1\nkeepalive = \"1s\"\n"),
+            Err(ConfigError::Toml { .. })
+        ));
+        assert_eq!(
+            field_of(AgentConfig::from_toml("identity_dir = \"/x\"\n").unwrap_err()),
+            "version"
+        );
+        assert_eq!(
+            field_of(AgentConfig::from_toml("version = 2\n").unwrap_err()),
+            "version"
+        );
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let mut c = AgentConfig::default();
+        c.apply_env_from([
+            ("MARGO_AGENT_ACK_TIMEOUT".to_string(), "5s".to_string()),
+            ("MARGO_AGENT_DATA_DIR".to_string(), "/d".to_string()),
+            ("PATH".to_string(), "/bin".to_string()),
+        ])
+        .unwrap();
+        assert_eq!(c.ack_timeout, Duration::from_secs(5));
+        assert_eq!(c.data_dir, PathBuf::from("/d"));
+        let err = c
+            .apply_env_from([("MARGO_AGENT_KEEP_ALIVE".to_string(), "soon".to_string())])
+            .unwrap_err();
+        assert_eq!(field_of(err), "MARGO_AGENT_KEEP_ALIVE");
+        let err = c
+            .apply_env_from([("MARGO_AGENT_NOPE".to_string(), "1".to_string())])
+            .unwrap_err();
+        assert_eq!(field_of(err), "MARGO_AGENT_NOPE");
+    }
+
+    #[test]
+    fn validate_names_the_field() {
+        type Change = Box<dyn Fn(&mut AgentConfig)>;
+        let cases: Vec<(Change, &str)> = vec![
+            (
+                Box::new(|c| c.broker_url = Some("http://x".into())),
+                "broker_url",
+            ),
+            (
+                Box::new(|c| c.broker_url = Some("mqtt://127.0.0.1:1883".into())),
+                "broker_url",
+            ),
+            (Box::new(|c| c.ack_timeout = Duration::ZERO), "ack_timeout"),
+            (
+                Box::new(|c| c.reconnect_max = Duration::from_millis(1)),
+                "reconnect_max",
+            ),
+            (Box::new(|c| c.outbox.max_entries = 0), "outbox.max_entries"),
+            (
+                Box::new(|c| c.runtime.adapter = AdapterKind::Exec),
+                "runtime.exec.program",
+            ),
+            (Box::new(|c| c.keep_alive = Duration::ZERO), "keep_alive"),
+        ];
+        for (change, field) in cases {
+            let mut c = AgentConfig::default();
+            change(&mut c);
+            assert_eq!(field_of(c.validate().unwrap_err()), field);
+        }
+        let mut c = AgentConfig {
+            broker_url: Some("mqtt://127.0.0.1:1883".into()),
+            allow_plain_mqtt: true,
+            ..AgentConfig::default()
+        };
+        c.validate().unwrap();
+        c.broker_url = Some("mqtts://gw.example.com".into());
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn broker_urls() {
+        let u = BrokerUrl::parse("mqtts://gw.example.com:8884", "f").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.tls),
+            ("gw.example.com", 8884, true)
+        );
+        let u = BrokerUrl::parse("mqtt://[::1]:1883", "f").unwrap();
+        assert_eq!((u.host.as_str(), u.port, u.tls), ("::1", 1883, false));
+        assert_eq!(BrokerUrl::parse("mqtts://h", "f").unwrap().port, 8883);
+        for bad in [
+            "mqtts://",
+            "mqtts://h:0",
+            "mqtts://h:x",
+            "mqtts://u@h:1",
+            "mqtts://h:1/p",
+        ] {
+            assert!(BrokerUrl::parse(bad, "f").is_err(), "{bad} accepted");
+        }
+    }
+}

@@ -1,0 +1,413 @@
+//! The MQTT connection: one rumqttc `EventLoop` driven from one `select!`
+//! loop together with the outbox sender, the timers and shutdown.
+//!
+//! - Persistent session (`clean_session = false`), client id = clientId,
+//!   last will = retained `offline` on the presence topic.
+//! - TLS: the rustls client configuration is built once and reused for every
+//!   reconnect, so TLS 1.3 session resumption works.
+//! - Reconnect with exponential backoff and jitter (rumqttc would retry at
+//!   once): after a failed poll the loop is in [`ConnState::Backoff`] and does
+//!   not poll until the timer arm fires; the backoff resets on ConnAck.
+//! - On every ConnAck: subscribe to the desired-state filter and the ack
+//!   topic, publish retained `online`, resend the whole outbox, and ask for a
+//!   `sync` on first start or when the broker did not resume the session.
+//! - Outbox entries not acked by the manager within the ack timeout are
+//!   resent on the live connection.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use margo_schemas::ids::ClientId;
+use margo_schemas::messages::{Message, SyncReason};
+use margo_schemas::pki::{self, PkiError};
+use margo_schemas::topics;
+use rumqttc::{
+    AsyncClient, ClientError, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing,
+    Packet, QoS, Request, SubscribeFilter, TlsConfiguration, Transport,
+};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, instrument, warn};
+
+use crate::clock::{Backoff, Clock};
+use crate::config::BrokerUrl;
+use crate::identity::Identity;
+use crate::outbox::Uplink;
+use crate::reconcile::state_report;
+use crate::snapshot::{ConnectionStatus, Snapshots};
+use crate::stats::AgentStats;
+use crate::store::Store;
+use crate::sync::Downlink;
+
+/// Presence payload while connected.
+pub const ONLINE: &[u8] = b"online";
+/// Presence payload of the last will and of a clean shutdown.
+pub const OFFLINE: &[u8] = b"offline";
+/// Requests the MQTT client buffers before `try_publish` reports full.
+const REQUEST_CAPACITY: usize = 64;
+/// How long a clean disconnect may take at shutdown.
+const DISCONNECT_GRACE: Duration = Duration::from_secs(2);
+
+/// Why the connection could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionSetupError {
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] PkiError),
+}
+
+/// Where the connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnState {
+    /// Polling the event loop until ConnAck.
+    Connecting,
+    /// ConnAck received; sending and receiving.
+    Connected,
+    /// A connection attempt failed or the connection dropped; waiting until the instant.
+    Backoff(Instant),
+}
+
+/// Connection settings.
+#[derive(Debug, Clone)]
+pub struct ConnectionSettings {
+    pub broker: BrokerUrl,
+    pub keep_alive: Duration,
+    pub ack_timeout: Duration,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    pub state_interval: Duration,
+    pub max_message_bytes: usize,
+}
+
+/// The connection task.
+pub struct Connection {
+    client_id: ClientId,
+    settings: ConnectionSettings,
+    options: MqttOptions,
+    downlink: Downlink,
+    uplink: Uplink,
+    store: Store,
+    clock: Arc<dyn Clock>,
+    stats: Arc<AgentStats>,
+    snapshots: Snapshots,
+}
+
+/// Everything [`Connection::new`] needs besides settings.
+pub struct ConnectionDeps {
+    pub identity: Identity,
+    pub downlink: Downlink,
+    pub uplink: Uplink,
+    pub store: Store,
+    pub clock: Arc<dyn Clock>,
+    pub stats: Arc<AgentStats>,
+    pub snapshots: Snapshots,
+}
+
+impl Connection {
+    /// Builds the MQTT options (and the TLS configuration, once).
+    pub fn new(
+        settings: ConnectionSettings,
+        deps: ConnectionDeps,
+    ) -> Result<Self, ConnectionSetupError> {
+        let client_id = deps.identity.client_id.clone();
+        let mut options = MqttOptions::new(
+            client_id.as_str(),
+            settings.broker.host.clone(),
+            settings.broker.port,
+        );
+        options
+            .set_clean_session(false)
+            .set_keep_alive(settings.keep_alive)
+            .set_max_packet_size(
+                settings.max_message_bytes + 4096,
+                settings.max_message_bytes + 4096,
+            )
+            .set_last_will(LastWill::new(
+                topics::presence(&client_id),
+                OFFLINE,
+                QoS::AtLeastOnce,
+                true,
+            ));
+        if settings.broker.tls {
+            let pem = &deps.identity.pem;
+            let tls = pki::client_tls_config(&pem.ca_pem, Some((&pem.cert_pem, &pem.key_pem)))?;
+            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                Arc::new(tls),
+            )));
+        }
+        Ok(Self {
+            client_id,
+            settings,
+            options,
+            downlink: deps.downlink,
+            uplink: deps.uplink,
+            store: deps.store,
+            clock: deps.clock,
+            stats: deps.stats,
+            snapshots: deps.snapshots,
+        })
+    }
+
+    /// Runs until `shutdown`, then says `offline` and disconnects cleanly (if connected).
+    #[instrument(skip_all, fields(client_id = %self.client_id))]
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let (client, mut eventloop) = AsyncClient::new(self.options.clone(), REQUEST_CAPACITY);
+        let notify = self.uplink.notifier();
+        let mut state = ConnState::Connecting;
+        let mut backoff = Backoff::new(self.settings.reconnect_min, self.settings.reconnect_max);
+        let mut sent: HashMap<u64, Instant> = HashMap::new();
+        let mut first_connack = true;
+        let mut state_due = self.clock.now() + self.settings.state_interval;
+        self.set_status(ConnectionStatus::Connecting);
+        loop {
+            let wake = self.next_wake(&sent, state_due);
+            match state {
+                ConnState::Backoff(until) => {
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = self.clock.sleep_until(until) => {
+                            state = ConnState::Connecting;
+                            self.set_status(ConnectionStatus::Connecting);
+                        }
+                        () = self.clock.sleep_until(wake) => {
+                            self.on_timer(&client, &mut sent, &mut state_due, false);
+                        }
+                    }
+                }
+                ConnState::Connecting | ConnState::Connected => {
+                    let connected = state == ConnState::Connected;
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        event = eventloop.poll() => match event {
+                            Ok(event) => {
+                                if let Some(session_present) = self.on_event(&client, &mut eventloop, event, connected, &mut sent) {
+                                    state = ConnState::Connected;
+                                    backoff.reset();
+                                    self.on_connack(&client, session_present, first_connack, &mut sent);
+                                    first_connack = false;
+                                }
+                            }
+                            Err(error) => {
+                                let delay = backoff.next_delay();
+                                self.on_error(&error, connected, backoff.attempts(), delay);
+                                state = ConnState::Backoff(self.clock.now() + delay);
+                            }
+                        },
+                        () = notify.notified(), if connected => {
+                            self.pump(&client, &mut sent);
+                        }
+                        () = self.clock.sleep_until(wake) => {
+                            self.on_timer(&client, &mut sent, &mut state_due, connected);
+                        }
+                    }
+                }
+            }
+        }
+        if state == ConnState::Connected {
+            self.disconnect(&client, &mut eventloop).await;
+        }
+        self.set_status(ConnectionStatus::Stopped);
+        info!("connection stopped");
+    }
+
+    fn set_status(&self, status: ConnectionStatus) {
+        self.snapshots.update(|s| {
+            s.connection = status;
+            s.connected = status == ConnectionStatus::Connected;
+        });
+    }
+
+    /// Handles one event; returns `Some(session_present)` on ConnAck.
+    fn on_event(
+        &mut self,
+        client: &AsyncClient,
+        eventloop: &mut EventLoop,
+        event: Event,
+        connected: bool,
+        sent: &mut HashMap<u64, Instant>,
+    ) -> Option<bool> {
+        match event {
+            Event::Incoming(Packet::ConnAck(ack)) => {
+                // rumqttc replays its own unacked publishes on a resumed session;
+                // the outbox resends everything anyway, so drop rumqttc's copies.
+                eventloop
+                    .pending
+                    .retain(|r| !matches!(r, Request::Publish(_)));
+                Some(ack.session_present)
+            }
+            Event::Incoming(Packet::Publish(publish)) => {
+                // Errors are counted and logged inside.
+                let _ = self
+                    .downlink
+                    .handle_publish(&publish.topic, &publish.payload);
+                None
+            }
+            Event::Incoming(Packet::PubAck(_)) if connected => {
+                self.pump(client, sent);
+                None
+            }
+            Event::Incoming(Packet::SubAck(ack)) => {
+                debug!(codes = ?ack.return_codes, "subscribed");
+                None
+            }
+            _ => None,
+        }
+    }
+
+    fn on_connack(
+        &mut self,
+        client: &AsyncClient,
+        session_present: bool,
+        first: bool,
+        sent: &mut HashMap<u64, Instant>,
+    ) {
+        AgentStats::bump(&self.stats.connects);
+        info!(session_present, "connected");
+        self.set_status(ConnectionStatus::Connected);
+        let filters = [
+            SubscribeFilter::new(topics::desired_filter(&self.client_id), QoS::AtLeastOnce),
+            SubscribeFilter::new(topics::ack(&self.client_id), QoS::AtLeastOnce),
+        ];
+        if let Err(error) = client.try_subscribe_many(filters) {
+            warn!(%error, "could not queue the subscription");
+        }
+        if let Err(error) = client.try_publish(
+            topics::presence(&self.client_id),
+            QoS::AtLeastOnce,
+            true,
+            ONLINE,
+        ) {
+            warn!(%error, "could not queue the presence message");
+        }
+        let reason = if first {
+            Some(SyncReason::Startup)
+        } else if !session_present {
+            Some(SyncReason::SessionLost)
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            // Logged inside; the outbox is the only thing that can fail here.
+            let _ = self.downlink.request_sync(reason);
+        }
+        sent.clear();
+        self.pump(client, sent);
+    }
+
+    fn on_error(
+        &self,
+        error: &ConnectionError,
+        was_connected: bool,
+        attempt: u32,
+        delay: Duration,
+    ) {
+        AgentStats::bump(&self.stats.connection_errors);
+        self.set_status(ConnectionStatus::Backoff);
+        if was_connected {
+            warn!(%error, ?delay, "connection lost; reconnecting");
+        } else if attempt <= 1 {
+            warn!(%error, ?delay, "could not connect; retrying with backoff");
+        } else {
+            debug!(%error, attempt, ?delay, "still cannot connect");
+        }
+    }
+
+    /// The earliest of: pending-content deadline, state report, ack timeouts.
+    fn next_wake(&self, sent: &HashMap<u64, Instant>, state_due: Instant) -> Instant {
+        let mut wake = state_due;
+        if let Some(d) = self.downlink.next_deadline() {
+            wake = wake.min(d);
+        }
+        if let Some(oldest) = sent.values().min() {
+            wake = wake.min(*oldest + self.settings.ack_timeout);
+        }
+        wake
+    }
+
+    fn on_timer(
+        &mut self,
+        client: &AsyncClient,
+        sent: &mut HashMap<u64, Instant>,
+        state_due: &mut Instant,
+        connected: bool,
+    ) {
+        let now = self.clock.now();
+        let _ = self.downlink.on_timer();
+        if now >= *state_due {
+            *state_due = now + self.settings.state_interval;
+            match state_report(&self.store) {
+                Ok(report) => {
+                    if let Err(error) = self.uplink.send(Message::State(report)) {
+                        warn!(%error, "could not enqueue the state report");
+                    }
+                }
+                Err(error) => warn!(%error, "could not read state for the report"),
+            }
+        }
+        if connected {
+            self.pump(client, sent);
+        } else {
+            // Nothing can be acked while disconnected; everything is resent on connect.
+            sent.clear();
+        }
+    }
+
+    /// Publishes every pending entry not sent on this connection, or sent
+    /// longer than the ack timeout ago, until the client's queue is full.
+    fn pump(&mut self, client: &AsyncClient, sent: &mut HashMap<u64, Instant>) {
+        let now = self.clock.now();
+        let pending = self.uplink.lock().pending();
+        sent.retain(|seq, _| pending.binary_search(seq).is_ok());
+        for seq in pending {
+            let resend = match sent.get(&seq) {
+                Some(at) if now < *at + self.settings.ack_timeout => continue,
+                Some(_) => true,
+                None => false,
+            };
+            let item = self.uplink.lock().payload_for_send(seq);
+            let (topic, payload) = match item {
+                Ok(Some(item)) => item,
+                Ok(None) => continue,
+                Err(error) => {
+                    warn!(seq, %error, "could not read an outbox entry");
+                    continue;
+                }
+            };
+            match client.try_publish(topic, QoS::AtLeastOnce, false, payload) {
+                Ok(()) => {
+                    sent.insert(seq, now);
+                    AgentStats::bump(&self.stats.published);
+                    if resend {
+                        AgentStats::bump(&self.stats.resent);
+                        debug!(seq, "resent (not acked in time)");
+                    }
+                }
+                Err(ClientError::TryRequest(_) | ClientError::Request(_)) => break,
+            }
+        }
+    }
+
+    async fn disconnect(&self, client: &AsyncClient, eventloop: &mut EventLoop) {
+        let _ = client.try_publish(
+            topics::presence(&self.client_id),
+            QoS::AtLeastOnce,
+            true,
+            OFFLINE,
+        );
+        let _ = client.try_disconnect();
+        let drained = tokio::time::timeout(DISCONNECT_GRACE, async {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            debug!("broker did not take the disconnect in time");
+        } else {
+            info!("disconnected cleanly");
+        }
+    }
+}

@@ -1,0 +1,463 @@
+//! Desired-state sync: the downlink message handler.
+//!
+//! [`Downlink::handle_publish`] takes one MQTT publish (topic + payload) and
+//! needs no broker, so tests drive it directly. It verifies every message
+//! with the manager's signing key through [`Envelope::open`] (bounded size,
+//! this client, kind fitting the topic), then:
+//!
+//! - `deployment`: checks the digest over the exact bytes and that the
+//!   YAML's `metadata.annotations.id` is the topic's id, and caches it by digest;
+//! - `manifest`: a lower version than the accepted one, or an equal version
+//!   with different content, is a security event; the same manifest again is
+//!   ignored quietly; a newer one waits until every referenced digest is
+//!   cached (asking for a `sync` if that takes longer than the content
+//!   timeout), is stored as accepted, and goes to the reconciler;
+//! - `ack`: trims the outbox, and asks for a `sync` if the manager announces
+//!   a manifest version this agent does not have.
+//!
+//! An empty retained payload on a deployment topic means the manager cleared
+//! it; it is ignored (deletion comes only from the manifest).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use margo_schemas::cose::VerifyingKey;
+use margo_schemas::deployment::{ApplicationDeployment, VerifiedParseError};
+use margo_schemas::digest::Digest;
+use margo_schemas::ids::{ClientId, DeploymentId};
+use margo_schemas::manifest::{ManifestError, StateManifest};
+use margo_schemas::messages::{
+    Ack, DeploymentBody, Envelope, Message, MessageError, SyncReason, SyncRequest,
+};
+use margo_schemas::topics::{self, DeviceTopic};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::clock::Clock;
+use crate::outbox::{OutboxError, Uplink};
+use crate::snapshot::Snapshots;
+use crate::stats::AgentStats;
+use crate::store::{manifest_digest, AcceptedManifest, Store, StoreError};
+
+/// Why a downlink message was dropped.
+#[derive(Debug, thiserror::Error)]
+pub enum DownlinkError {
+    #[error("topic {0:?} is not one this agent handles")]
+    UnexpectedTopic(String),
+    #[error(transparent)]
+    Message(#[from] MessageError),
+    #[error("invalid manifest: {0}")]
+    InvalidManifest(ManifestError),
+    #[error("manifest version {offered} is lower than the accepted {accepted} (rollback)")]
+    Rollback { offered: u64, accepted: u64 },
+    #[error("manifest version {version} was already received with different content (replay or forgery)")]
+    Conflict { version: u64 },
+    #[error("deployment {topic_id}: {source}")]
+    Deployment {
+        topic_id: DeploymentId,
+        source: VerifiedParseError,
+    },
+    #[error("deployment on topic {topic_id} carries a document whose id is {doc_id}")]
+    IdMismatch {
+        topic_id: DeploymentId,
+        doc_id: DeploymentId,
+    },
+    #[error("manifest {version} lists {listed} with digest {digest}, but that document's id is {doc_id}")]
+    ContentMismatch {
+        version: u64,
+        listed: DeploymentId,
+        digest: Digest,
+        doc_id: DeploymentId,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+}
+
+impl DownlinkError {
+    /// Whether this is a security event (validly shaped but not acceptable
+    /// content: rollback, conflicting replay, tampering, forged signatures, ids that disagree).
+    pub fn is_security_event(&self) -> bool {
+        matches!(
+            self,
+            Self::Rollback { .. }
+                | Self::Conflict { .. }
+                | Self::IdMismatch { .. }
+                | Self::ContentMismatch { .. }
+                | Self::Deployment {
+                    source: VerifiedParseError::Digest(_),
+                    ..
+                }
+                | Self::Message(MessageError::Signature(_) | MessageError::WrongClient { .. })
+        )
+    }
+
+    /// Whether the message was bad (as opposed to a local store failure).
+    pub fn is_rejection(&self) -> bool {
+        !matches!(self, Self::Store(_) | Self::Outbox(_))
+    }
+}
+
+/// What a handled publish did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handled {
+    /// Empty retained payload (a cleared topic).
+    Cleared,
+    /// A verified document was cached.
+    Cached(Digest),
+    /// The manifest is newer; waiting for `missing` documents.
+    Waiting { version: u64, missing: usize },
+    /// A manifest was accepted and handed to the reconciler.
+    Accepted(u64),
+    /// The same manifest again (retained redelivery), or one older than a pending one.
+    Ignored(u64),
+    /// An ack: `removed` outbox entries; `sync` if a resync was requested.
+    Acked { removed: usize, sync: bool },
+}
+
+/// A newer manifest waiting for its documents.
+#[derive(Debug, Clone)]
+struct Pending {
+    manifest: StateManifest,
+    digest: Digest,
+    deadline: Instant,
+}
+
+/// Settings of the downlink handler.
+#[derive(Debug, Clone)]
+pub struct DownlinkSettings {
+    pub max_message_bytes: usize,
+    pub content_timeout: Duration,
+}
+
+/// The downlink message handler (see the module docs).
+pub struct Downlink {
+    client: ClientId,
+    manager_key: VerifyingKey,
+    settings: DownlinkSettings,
+    store: Store,
+    uplink: Uplink,
+    clock: Arc<dyn Clock>,
+    stats: Arc<AgentStats>,
+    snapshots: Snapshots,
+    targets: watch::Sender<Option<Arc<AcceptedManifest>>>,
+    accepted: Option<AcceptedManifest>,
+    pending: Option<Pending>,
+    last_sync: Option<Instant>,
+}
+
+impl std::fmt::Debug for Downlink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Downlink")
+            .field("client", &self.client)
+            .field(
+                "accepted",
+                &self.accepted.as_ref().map(AcceptedManifest::version),
+            )
+            .field(
+                "pending",
+                &self.pending.as_ref().map(|p| p.manifest.manifest_version),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything [`Downlink::new`] needs.
+#[derive(Debug, Clone)]
+pub struct DownlinkDeps {
+    pub client: ClientId,
+    pub manager_key: VerifyingKey,
+    pub settings: DownlinkSettings,
+    pub store: Store,
+    pub uplink: Uplink,
+    pub clock: Arc<dyn Clock>,
+    pub stats: Arc<AgentStats>,
+    pub snapshots: Snapshots,
+}
+
+impl Downlink {
+    /// A handler starting from the accepted manifest in the store; accepted
+    /// manifests are sent on `targets`.
+    pub fn new(
+        deps: DownlinkDeps,
+        targets: watch::Sender<Option<Arc<AcceptedManifest>>>,
+    ) -> Result<Self, StoreError> {
+        let accepted = deps.store.accepted_manifest()?;
+        Ok(Self {
+            client: deps.client,
+            manager_key: deps.manager_key,
+            settings: deps.settings,
+            store: deps.store,
+            uplink: deps.uplink,
+            clock: deps.clock,
+            stats: deps.stats,
+            snapshots: deps.snapshots,
+            targets,
+            accepted,
+            pending: None,
+            last_sync: None,
+        })
+    }
+
+    /// The highest manifest version known: pending, else accepted, else 0.
+    pub fn known_version(&self) -> u64 {
+        self.pending
+            .as_ref()
+            .map(|p| p.manifest.manifest_version)
+            .or(self.accepted.as_ref().map(AcceptedManifest::version))
+            .unwrap_or(0)
+    }
+
+    /// The accepted manifest version (0 = none).
+    pub fn accepted_version(&self) -> u64 {
+        self.accepted.as_ref().map_or(0, AcceptedManifest::version)
+    }
+
+    /// Handles one publish. Errors are already counted and logged; they are
+    /// returned for tests and callers that want to know.
+    pub fn handle_publish(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+    ) -> Result<Handled, DownlinkError> {
+        AgentStats::bump(&self.stats.received);
+        let result = self.dispatch(topic, payload);
+        if let Err(error) = &result {
+            if error.is_rejection() {
+                AgentStats::bump(&self.stats.rejected);
+            }
+            if error.is_security_event() {
+                AgentStats::bump(&self.stats.security_events);
+                warn!(client_id = %self.client, topic, %error, "security event: message rejected");
+            } else if error.is_rejection() {
+                warn!(client_id = %self.client, topic, %error, "message rejected");
+            } else {
+                warn!(client_id = %self.client, topic, %error, "could not handle message");
+            }
+        }
+        result
+    }
+
+    fn dispatch(&mut self, topic: &str, payload: &[u8]) -> Result<Handled, DownlinkError> {
+        let leaf = match topics::parse_device_topic(topic) {
+            Some((client, leaf)) if client == self.client => leaf,
+            _ => {
+                return Err(DownlinkError::UnexpectedTopic(
+                    topic.chars().take(200).collect(),
+                ))
+            }
+        };
+        if !matches!(
+            leaf,
+            DeviceTopic::DesiredManifest | DeviceTopic::DesiredDeployment(_) | DeviceTopic::Ack
+        ) {
+            return Err(DownlinkError::UnexpectedTopic(topic.to_string()));
+        }
+        if payload.is_empty() {
+            debug!(client_id = %self.client, topic, "cleared retained topic");
+            return Ok(Handled::Cleared);
+        }
+        let envelope = Envelope::open(
+            payload,
+            self.settings.max_message_bytes,
+            &self.manager_key,
+            &self.client,
+            &leaf,
+        )?;
+        match (envelope.msg, leaf) {
+            (Message::Manifest(m), _) => self.on_manifest(m),
+            (Message::Deployment(d), DeviceTopic::DesiredDeployment(id)) => {
+                self.on_deployment(id, d)
+            }
+            (Message::Ack(a), _) => self.on_ack(a),
+            (other, _) => Err(DownlinkError::Message(MessageError::WrongTopic {
+                kind: other.kind(),
+            })),
+        }
+    }
+
+    fn on_manifest(&mut self, manifest: StateManifest) -> Result<Handled, DownlinkError> {
+        manifest
+            .validate()
+            .map_err(DownlinkError::InvalidManifest)?;
+        let version = manifest.manifest_version;
+        let digest = manifest_digest(&manifest)?;
+        if let Some(accepted) = &self.accepted {
+            if version < accepted.version() {
+                return Err(DownlinkError::Rollback {
+                    offered: version,
+                    accepted: accepted.version(),
+                });
+            }
+            if version == accepted.version() {
+                return if digest == accepted.digest {
+                    debug!(client_id = %self.client, manifest_version = version, "same manifest again");
+                    Ok(Handled::Ignored(version))
+                } else {
+                    Err(DownlinkError::Conflict { version })
+                };
+            }
+        }
+        if let Some(pending) = &self.pending {
+            let pending_version = pending.manifest.manifest_version;
+            if version == pending_version {
+                return if digest == pending.digest {
+                    self.try_accept()
+                } else {
+                    Err(DownlinkError::Conflict { version })
+                };
+            }
+            if version < pending_version {
+                debug!(client_id = %self.client, manifest_version = version, pending_version, "older than the pending manifest");
+                return Ok(Handled::Ignored(version));
+            }
+        }
+        info!(client_id = %self.client, manifest_version = version, deployments = manifest.deployments.len(), "newer manifest received");
+        self.pending = Some(Pending {
+            manifest,
+            digest,
+            deadline: self.clock.now() + self.settings.content_timeout,
+        });
+        self.try_accept()
+    }
+
+    /// Accepts the pending manifest if every document is cached.
+    fn try_accept(&mut self) -> Result<Handled, DownlinkError> {
+        let Some(pending) = &self.pending else {
+            return Ok(Handled::Ignored(self.accepted_version()));
+        };
+        let version = pending.manifest.manifest_version;
+        let mut missing = 0;
+        for r in &pending.manifest.deployments {
+            if !self.store.cache_contains(&r.digest)? {
+                missing += 1;
+            }
+        }
+        if missing > 0 {
+            debug!(client_id = %self.client, manifest_version = version, missing, "waiting for deployment documents");
+            return Ok(Handled::Waiting { version, missing });
+        }
+        for r in &pending.manifest.deployments {
+            let doc = self.store.cache_get(&r.digest)?;
+            if let Some(doc) = doc {
+                if doc.id != r.deployment_id {
+                    let error = DownlinkError::ContentMismatch {
+                        version,
+                        listed: r.deployment_id.clone(),
+                        digest: r.digest,
+                        doc_id: doc.id,
+                    };
+                    self.pending = None;
+                    return Err(error);
+                }
+            }
+        }
+        let Some(pending) = self.pending.take() else {
+            return Ok(Handled::Ignored(version));
+        };
+        let accepted = AcceptedManifest {
+            manifest: pending.manifest,
+            digest: pending.digest,
+        };
+        self.store.set_accepted_manifest(&accepted)?;
+        AgentStats::bump(&self.stats.manifests_accepted);
+        info!(client_id = %self.client, manifest_version = version, "manifest accepted");
+        self.snapshots
+            .update(|s| s.accepted_manifest_version = version);
+        self.targets.send_replace(Some(Arc::new(accepted.clone())));
+        self.accepted = Some(accepted);
+        Ok(Handled::Accepted(version))
+    }
+
+    fn on_deployment(
+        &mut self,
+        topic_id: DeploymentId,
+        body: DeploymentBody,
+    ) -> Result<Handled, DownlinkError> {
+        let doc =
+            ApplicationDeployment::parse_verified(body.yaml, &body.digest).map_err(|source| {
+                DownlinkError::Deployment {
+                    topic_id: topic_id.clone(),
+                    source,
+                }
+            })?;
+        if doc.id != topic_id {
+            return Err(DownlinkError::IdMismatch {
+                topic_id,
+                doc_id: doc.id,
+            });
+        }
+        let digest = doc.digest();
+        self.store.cache_put(&doc, self.clock.unix_ms())?;
+        AgentStats::bump(&self.stats.deployments_cached);
+        debug!(client_id = %self.client, deployment_id = %topic_id, %digest, "deployment cached");
+        if self.pending.is_some() {
+            if let Handled::Accepted(v) = self.try_accept()? {
+                return Ok(Handled::Accepted(v));
+            }
+        }
+        Ok(Handled::Cached(digest))
+    }
+
+    fn on_ack(&mut self, ack: Ack) -> Result<Handled, DownlinkError> {
+        let removed = self.uplink.ack(ack.acked_seq)?;
+        let mut sync = false;
+        if ack.manifest_version > self.known_version() {
+            info!(
+                client_id = %self.client,
+                manifest_version = ack.manifest_version,
+                known = self.known_version(),
+                "manager announces a newer manifest"
+            );
+            sync = self.request_sync(SyncReason::MissingContent)?;
+        }
+        Ok(Handled::Acked { removed, sync })
+    }
+
+    /// Enqueues a `sync`. Content-driven requests are rate-limited to one
+    /// per content timeout; session and startup requests always go.
+    pub fn request_sync(&mut self, reason: SyncReason) -> Result<bool, DownlinkError> {
+        let now = self.clock.now();
+        let limited = matches!(reason, SyncReason::MissingContent | SyncReason::Check);
+        if limited {
+            if let Some(last) = self.last_sync {
+                if now < last + self.settings.content_timeout {
+                    debug!(client_id = %self.client, ?reason, "sync already requested recently");
+                    return Ok(false);
+                }
+            }
+        }
+        let adopted = self.store.adopted_version()?;
+        let seq = self.uplink.send(Message::Sync(SyncRequest {
+            reason,
+            adopted_manifest_version: adopted,
+        }))?;
+        self.last_sync = Some(now);
+        AgentStats::bump(&self.stats.syncs);
+        info!(client_id = %self.client, seq, ?reason, "sync requested");
+        Ok(true)
+    }
+
+    /// When [`Downlink::on_timer`] next needs to run.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.pending.as_ref().map(|p| p.deadline)
+    }
+
+    /// Asks for a sync if a pending manifest's documents are overdue.
+    pub fn on_timer(&mut self) -> Result<(), DownlinkError> {
+        let now = self.clock.now();
+        let Some(pending) = &mut self.pending else {
+            return Ok(());
+        };
+        if now < pending.deadline {
+            return Ok(());
+        }
+        pending.deadline = now + self.settings.content_timeout;
+        let version = pending.manifest.manifest_version;
+        warn!(client_id = %self.client, manifest_version = version, "deployment documents did not arrive in time");
+        self.request_sync(SyncReason::MissingContent)?;
+        Ok(())
+    }
+}
