@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 
+pub mod fleet;
 pub mod mosquitto;
 pub mod mqtt;
 pub mod pki;

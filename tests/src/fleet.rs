@@ -1,0 +1,280 @@
+//! A fleet under test: the real `margo-manager`, `margoctl` and `margo-agent`
+//! binaries as child processes, each with its own directory in a temp dir.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::{bin, free_port, ready_field, Proc};
+
+/// How long a process may take to print its ready line.
+pub const START: Duration = Duration::from_secs(30);
+
+/// A `margo-manager serve` process.
+pub struct ManagerProc {
+    pub proc: Proc,
+    pub data_dir: PathBuf,
+    pub socket: PathBuf,
+    /// The embedded broker's loopback listener (None with an external broker).
+    pub mqtt: Option<SocketAddr>,
+    /// The embedded device gateway (None with an external broker).
+    pub gateway: Option<SocketAddr>,
+    config: PathBuf,
+    log_dir: PathBuf,
+    restarts: u32,
+}
+
+impl ManagerProc {
+    /// Writes `manager.toml` under `dir` (embedded broker on fixed free
+    /// loopback ports, so a restart reuses them) plus `extra` TOML, and starts it.
+    pub fn start(dir: &Path, extra: &str) -> Result<ManagerProc> {
+        let data_dir = dir.join("manager");
+        std::fs::create_dir_all(&data_dir)?;
+        let config = dir.join("manager.toml");
+        let toml = format!(
+            "version = 1\n\
+             data_dir = {data:?}\n\
+             {extra}\n",
+            data = data_dir.display().to_string(),
+        );
+        let toml = if extra.contains("[broker]") {
+            toml
+        } else {
+            format!(
+                "{toml}\n[broker]\nmode = \"embedded\"\nmqtt_listen = \"127.0.0.1:{}\"\ngateway_listen = \"127.0.0.1:{}\"\nhostnames = [\"localhost\"]\n",
+                free_port(),
+                free_port()
+            )
+        };
+        std::fs::write(&config, toml)?;
+        let (proc, line) = spawn_manager(&config, &dir.join("logs"), 0)?;
+        let mut m = ManagerProc {
+            proc,
+            socket: PathBuf::new(),
+            data_dir,
+            mqtt: None,
+            gateway: None,
+            config,
+            log_dir: dir.join("logs"),
+            restarts: 0,
+        };
+        m.read_ready(&line)?;
+        Ok(m)
+    }
+
+    fn read_ready(&mut self, line: &str) -> Result<()> {
+        self.socket = PathBuf::from(ready_field(line, "admin").context("admin= in ready line")?);
+        self.mqtt = ready_field(line, "mqtt").and_then(|v| v.parse().ok());
+        self.gateway = ready_field(line, "gateway").and_then(|v| v.parse().ok());
+        Ok(())
+    }
+
+    /// SIGKILL, as a crash or power loss would.
+    pub fn kill(&mut self) {
+        self.proc.kill();
+    }
+
+    /// Starts the manager again on the same data directory and ports.
+    pub fn restart(&mut self) -> Result<()> {
+        self.proc.kill();
+        self.restarts += 1;
+        let (proc, line) = spawn_manager(&self.config, &self.log_dir, self.restarts)?;
+        self.proc = proc;
+        self.read_ready(&line)
+    }
+
+    /// Runs `margoctl --socket S args...`; returns stdout, or an error with stderr.
+    pub fn ctl(&self, args: &[&str]) -> Result<String> {
+        margoctl(&self.socket, args)
+    }
+
+    /// `margoctl clients add NAME --out DIR [--broker-url URL]`, returning the bundle dir.
+    pub fn provision(&self, name: &str, out: &Path, broker_url: Option<&str>) -> Result<PathBuf> {
+        let out_s = out.display().to_string();
+        let mut args = vec!["clients", "add", name, "--out", out_s.as_str()];
+        if let Some(url) = broker_url {
+            args.extend(["--broker-url", url]);
+        }
+        self.ctl(&args)?;
+        Ok(out.to_path_buf())
+    }
+
+    /// `margoctl status --json`, parsed.
+    pub fn status(&self) -> Result<serde_json::Value> {
+        let out = self.ctl(&["status", "--json"])?;
+        serde_json::from_str(&out).with_context(|| format!("status --json is not JSON: {out}"))
+    }
+}
+
+fn spawn_manager(config: &Path, log_dir: &Path, n: u32) -> Result<(Proc, String)> {
+    let mut cmd = Command::new(bin("margo-manager"));
+    cmd.arg("serve").arg("--config").arg(config);
+    Proc::spawn(
+        &format!("manager-{n}"),
+        cmd,
+        log_dir,
+        "margo-manager ready",
+        START,
+    )
+}
+
+/// Runs margoctl against `socket`.
+pub fn margoctl(socket: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new(bin("margoctl"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .context("run margoctl")?;
+    if !out.status.success() {
+        bail!(
+            "margoctl {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+/// A `margo-agent run` process.
+pub struct AgentProc {
+    pub proc: Proc,
+    pub name: String,
+    config: PathBuf,
+    log_dir: PathBuf,
+    starts: u32,
+}
+
+impl AgentProc {
+    /// Writes `<dir>/<name>.toml` for the bundle in `identity_dir` (simulated
+    /// runtime, fast timeouts) plus `extra` TOML, and starts the agent.
+    pub fn start(dir: &Path, name: &str, identity_dir: &Path, extra: &str) -> Result<AgentProc> {
+        let data_dir = dir.join(format!("{name}-data"));
+        std::fs::create_dir_all(&data_dir)?;
+        let config = dir.join(format!("{name}.toml"));
+        let runtime = if extra.contains("[runtime") {
+            String::new()
+        } else {
+            "[runtime]\nadapter = \"simulated\"\n[runtime.simulated]\ndelay = \"50ms\"\n"
+                .to_string()
+        };
+        std::fs::write(
+            &config,
+            format!(
+                "version = 1\n\
+                 identity_dir = {id:?}\n\
+                 data_dir = {data:?}\n\
+                 ack_timeout = \"3s\"\n\
+                 content_timeout = \"3s\"\n\
+                 reconnect_min = \"200ms\"\n\
+                 reconnect_max = \"2s\"\n\
+                 retry_failed_after = \"2s\"\n\
+                 {extra}\n{runtime}",
+                id = identity_dir.display().to_string(),
+                data = data_dir.display().to_string(),
+            ),
+        )?;
+        let log_dir = dir.join("logs");
+        let proc = spawn_agent(name, &config, &log_dir, 0)?;
+        Ok(AgentProc {
+            proc,
+            name: name.to_string(),
+            config,
+            log_dir,
+            starts: 0,
+        })
+    }
+
+    pub fn kill(&mut self) {
+        self.proc.kill();
+    }
+
+    /// Graceful stop (SIGTERM).
+    pub fn stop(&mut self) -> bool {
+        self.proc.stop(Duration::from_secs(15))
+    }
+
+    /// Starts the agent again with the same config and data.
+    pub fn restart(&mut self) -> Result<()> {
+        self.proc.kill();
+        self.starts += 1;
+        self.proc = spawn_agent(&self.name, &self.config, &self.log_dir, self.starts)?;
+        Ok(())
+    }
+}
+
+fn spawn_agent(name: &str, config: &Path, log_dir: &Path, n: u32) -> Result<Proc> {
+    let mut cmd = Command::new(bin("margo-agent"));
+    cmd.arg("run").arg("--config").arg(config);
+    Ok(Proc::spawn(
+        &format!("{name}-{n}"),
+        cmd,
+        log_dir,
+        "margo-agent ready",
+        START,
+    )?
+    .0)
+}
+
+/// An ApplicationDeployment document (compose, `components` components) whose
+/// content changes with `revision`.
+pub fn deployment_yaml(id: &str, name: &str, components: &[&str], revision: u32) -> String {
+    let mut comps = String::new();
+    for c in components {
+        comps.push_str(&format!(
+            "      - name: {c}\n        properties:\n          packageLocation: https://packages.example.com/{c}-{revision}.tar.gz\n"
+        ));
+    }
+    format!(
+        "apiVersion: application.margo.org/v1alpha1\n\
+         kind: ApplicationDeployment\n\
+         metadata:\n  annotations:\n    id: {id}\n    applicationId: app-{name}\n  name: {name}\n\
+         spec:\n  deploymentProfile:\n    type: compose\n    components:\n{comps}\
+         \x20 parameters:\n    revision:\n      value: {revision}\n      targets:\n        - pointer: ENV.REVISION\n          components: [\"{first}\"]\n",
+        first = components.first().copied().unwrap_or("main"),
+    )
+}
+
+/// Writes `yaml` to `dir/<file>` and returns the path as a string.
+pub fn write_file(dir: &Path, file: &str, yaml: &str) -> Result<String> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(file);
+    std::fs::write(&path, yaml)?;
+    Ok(path.display().to_string())
+}
+
+/// The status entry of `client` (by name or id) in `margoctl status --json`.
+pub fn client_status<'a>(
+    status: &'a serde_json::Value,
+    client: &str,
+) -> Option<&'a serde_json::Value> {
+    status
+        .as_array()?
+        .iter()
+        .find(|c| c["name"].as_str() == Some(client) || c["clientId"].as_str() == Some(client))
+}
+
+/// Whether `client` has adopted at least `version` and every `(deploymentId, state)` holds.
+pub fn converged(
+    status: &serde_json::Value,
+    client: &str,
+    version: u64,
+    expect: &[(&str, &str)],
+) -> bool {
+    let Some(c) = client_status(status, client) else {
+        return false;
+    };
+    if c["adoptedVersion"].as_u64().unwrap_or(0) < version {
+        return false;
+    }
+    let deployments = c["deployments"].as_array().cloned().unwrap_or_default();
+    expect.iter().all(|(id, state)| {
+        deployments
+            .iter()
+            .any(|d| d["deploymentId"].as_str() == Some(id) && d["state"].as_str() == Some(state))
+    })
+}
