@@ -35,7 +35,7 @@ struct SimState {
 /// The simulated runtime. Clone-free: share it as `Arc<SimulatedRuntime>`.
 #[derive(Debug)]
 pub struct SimulatedRuntime {
-    delay: Duration,
+    delay: Mutex<Duration>,
     clock: Arc<dyn Clock>,
     state: Mutex<SimState>,
 }
@@ -44,7 +44,7 @@ impl SimulatedRuntime {
     /// A simulated runtime with `config`'s delay and failure list.
     pub fn new(config: &SimulatedConfig, clock: Arc<dyn Clock>) -> Self {
         Self {
-            delay: config.delay,
+            delay: Mutex::new(config.delay),
             clock,
             state: Mutex::new(SimState {
                 fail: config.fail.iter().cloned().collect(),
@@ -60,6 +60,11 @@ impl SimulatedRuntime {
     /// Replaces the failure list (deployment ids or component names).
     pub fn set_fail<I: IntoIterator<Item = S>, S: Into<String>>(&self, names: I) {
         self.state().fail = names.into_iter().map(Into::into).collect();
+    }
+
+    /// Replaces the default per-component delay.
+    pub fn set_delay(&self, delay: Duration) {
+        *self.delay.lock().unwrap_or_else(PoisonError::into_inner) = delay;
     }
 
     /// How often `apply` ran for (deployment id, component).
@@ -95,7 +100,10 @@ impl SimulatedRuntime {
             .properties
             .get(DELAY_PROPERTY)
             .and_then(serde_json::Value::as_u64)
-            .map_or(self.delay, Duration::from_millis)
+            .map_or_else(
+                || *self.delay.lock().unwrap_or_else(PoisonError::into_inner),
+                Duration::from_millis,
+            )
     }
 
     fn failure_for(

@@ -1,0 +1,332 @@
+//! Manifest and deployment acceptance rules, driven by feeding signed
+//! messages into the downlink handler directly (no broker).
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use margo_agent::sync::{DownlinkError, Handled};
+use margo_agent::Store;
+use margo_schemas::cose::SigningKey;
+use margo_schemas::messages::{Message, MessageError, SyncReason};
+
+const CLIENT: &str = "dev1";
+
+struct Setup {
+    fleet: Fleet,
+    identity: margo_agent::identity::Identity,
+    store: Store,
+    agent: margo_agent::Agent,
+}
+
+fn setup() -> Setup {
+    let fleet = Fleet::new();
+    let identity = fleet.identity(CLIENT, "mqtts://localhost:8883");
+    let store = Store::in_memory().expect("store");
+    let agent = agent(identity.clone(), store.clone(), sim(), |c| {
+        c.content_timeout = Duration::from_millis(200);
+    });
+    Setup {
+        fleet,
+        identity,
+        store,
+        agent,
+    }
+}
+
+fn syncs(
+    uplink: &margo_agent::outbox::Uplink,
+    identity: &margo_agent::identity::Identity,
+) -> Vec<SyncReason> {
+    pending_messages(uplink, identity)
+        .into_iter()
+        .filter_map(|(_, m)| match m {
+            Message::Sync(s) => Some(s.reason),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn manifest_waits_for_content_in_any_order_then_is_accepted_once() {
+    let s = setup();
+    let mut parts = s.agent.parts().expect("parts");
+    let client = s.identity.client_id.clone();
+    let key = &s.fleet.signer;
+    let a = yaml("dep-a", "app-a", &[("web", "")]);
+    let b = yaml("dep-b", "app-b", &[("db", "")]);
+    let m1 = manifest(1, &[&a, &b]);
+
+    // One document before the manifest, one after.
+    let (t, p) = deployment_msg(key, &client, &a);
+    assert!(matches!(
+        parts.downlink.handle_publish(&t, &p),
+        Ok(Handled::Cached(_))
+    ));
+    let (mt, mp) = manifest_msg(key, &client, &m1);
+    assert_eq!(
+        parts.downlink.handle_publish(&mt, &mp).expect("manifest"),
+        Handled::Waiting {
+            version: 1,
+            missing: 1
+        }
+    );
+    assert!(
+        s.store.accepted_manifest().expect("read").is_none(),
+        "not accepted while content is missing"
+    );
+    let (t, p) = deployment_msg(key, &client, &b);
+    assert_eq!(
+        parts.downlink.handle_publish(&t, &p).expect("deployment"),
+        Handled::Accepted(1)
+    );
+    assert_eq!(
+        s.store
+            .accepted_manifest()
+            .expect("read")
+            .expect("accepted")
+            .version(),
+        1
+    );
+
+    // Retained redelivery of the same manifest: ignored quietly.
+    assert_eq!(
+        parts.downlink.handle_publish(&mt, &mp).expect("again"),
+        Handled::Ignored(1)
+    );
+    // A cleared deployment topic is not a removal.
+    assert_eq!(
+        parts.downlink.handle_publish(&t, b"").expect("cleared"),
+        Handled::Cleared
+    );
+    let stats = s.agent.handle().stats;
+    assert_eq!(stats.security_events.load(Ordering::Relaxed), 0);
+    assert_eq!(stats.rejected.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn rollback_and_conflicting_replay_are_security_events() {
+    let s = setup();
+    let mut parts = s.agent.parts().expect("parts");
+    let client = s.identity.client_id.clone();
+    let key = &s.fleet.signer;
+    let a = yaml("dep-a", "app-a", &[("web", "")]);
+    let a2 = yaml("dep-a", "app-a", &[("web", "image: v2")]);
+    for (t, p) in [
+        deployment_msg(key, &client, &a),
+        deployment_msg(key, &client, &a2),
+    ] {
+        parts.downlink.handle_publish(&t, &p).expect("cached");
+    }
+    let (t, p) = manifest_msg(key, &client, &manifest(5, &[&a]));
+    assert_eq!(
+        parts.downlink.handle_publish(&t, &p).expect("v5"),
+        Handled::Accepted(5)
+    );
+
+    let (t, p) = manifest_msg(key, &client, &manifest(4, &[&a2]));
+    assert!(matches!(
+        parts.downlink.handle_publish(&t, &p),
+        Err(DownlinkError::Rollback {
+            offered: 4,
+            accepted: 5
+        })
+    ));
+    let (t, p) = manifest_msg(key, &client, &manifest(5, &[&a2]));
+    assert!(matches!(
+        parts.downlink.handle_publish(&t, &p),
+        Err(DownlinkError::Conflict { version: 5 })
+    ));
+    let stats = s.agent.handle().stats;
+    assert_eq!(stats.security_events.load(Ordering::Relaxed), 2);
+    assert_eq!(
+        s.store
+            .accepted_manifest()
+            .expect("read")
+            .expect("accepted")
+            .version(),
+        5
+    );
+
+    // The accepted version survives a restart: a fresh agent on the same store still refuses v4.
+    let again = agent(s.identity.clone(), s.store.clone(), sim(), |_| {});
+    let mut parts = again.parts().expect("parts");
+    let (t, p) = manifest_msg(key, &client, &manifest(4, &[&a2]));
+    assert!(matches!(
+        parts.downlink.handle_publish(&t, &p),
+        Err(DownlinkError::Rollback { .. })
+    ));
+}
+
+#[tokio::test]
+async fn forged_tampered_and_misdirected_messages_are_dropped() {
+    let s = setup();
+    let mut parts = s.agent.parts().expect("parts");
+    let client = s.identity.client_id.clone();
+    let key = &s.fleet.signer;
+    let (forger, _) = SigningKey::generate().expect("key");
+    let a = yaml("dep-a", "app-a", &[("web", "")]);
+
+    // Signed by a key that is not the manager's.
+    let (t, p) = manifest_msg(&forger, &client, &manifest(1, &[&a]));
+    assert!(matches!(
+        parts.downlink.handle_publish(&t, &p),
+        Err(DownlinkError::Message(MessageError::Signature(_)))
+    ));
+    let (t, p) = deployment_msg(&forger, &client, &a);
+    assert!(parts.downlink.handle_publish(&t, &p).is_err());
+
+    // Validly signed, but the bytes do not hash to the announced digest.
+    let mut body = margo_schemas::messages::DeploymentBody {
+        deployment_id: dep("dep-a"),
+        digest: margo_schemas::digest::Digest::of(&a),
+        yaml: a.clone(),
+    };
+    body.yaml = yaml("dep-a", "app-a", &[("evil", "")]);
+    let payload = seal(key, &client, Message::Deployment(body));
+    let topic = margo_schemas::topics::desired_deployment(&client, &dep("dep-a"));
+    assert!(matches!(
+        parts.downlink.handle_publish(&topic, &payload),
+        Err(DownlinkError::Deployment { .. })
+    ));
+
+    // A document whose own id differs from the topic's id.
+    let other = yaml("dep-b", "app-b", &[("web", "")]);
+    let body = margo_schemas::messages::DeploymentBody {
+        deployment_id: dep("dep-a"),
+        digest: margo_schemas::digest::Digest::of(&other),
+        yaml: other.clone(),
+    };
+    let payload = seal(key, &client, Message::Deployment(body));
+    assert!(matches!(
+        parts.downlink.handle_publish(&topic, &payload),
+        Err(DownlinkError::IdMismatch { .. })
+    ));
+
+    // A manifest sealed for another client, replayed onto ours.
+    let other_client = margo_schemas::ids::ClientId::new("dev2").expect("id");
+    let payload = seal(key, &other_client, Message::Manifest(manifest(1, &[&a])));
+    assert!(matches!(
+        parts
+            .downlink
+            .handle_publish(&margo_schemas::topics::desired_manifest(&client), &payload),
+        Err(DownlinkError::Message(MessageError::WrongClient { .. }))
+    ));
+    // A manifest on the ack topic.
+    let payload = seal(key, &client, Message::Manifest(manifest(1, &[&a])));
+    assert!(matches!(
+        parts
+            .downlink
+            .handle_publish(&margo_schemas::topics::ack(&client), &payload),
+        Err(DownlinkError::Message(MessageError::WrongTopic { .. }))
+    ));
+    // Garbage and oversized payloads.
+    assert!(parts.downlink.handle_publish(&t, b"\x00garbage").is_err());
+    assert!(parts
+        .downlink
+        .handle_publish(&t, &vec![0u8; 2 << 20])
+        .is_err());
+
+    // Nothing was cached or accepted; every drop was counted.
+    assert!(!s
+        .store
+        .cache_contains(&margo_schemas::digest::Digest::of(&a))
+        .expect("read"));
+    assert!(s.store.accepted_manifest().expect("read").is_none());
+    let stats = s.agent.handle().stats.snapshot();
+    assert_eq!(stats.rejected, 8);
+    assert!(stats.security_events >= 5, "{stats:?}");
+
+    // The handler goes on: the genuine messages are still accepted.
+    let (t, p) = deployment_msg(key, &client, &a);
+    parts
+        .downlink
+        .handle_publish(&t, &p)
+        .expect("genuine deployment");
+    let (t, p) = manifest_msg(key, &client, &manifest(1, &[&a]));
+    assert_eq!(
+        parts
+            .downlink
+            .handle_publish(&t, &p)
+            .expect("genuine manifest"),
+        Handled::Accepted(1)
+    );
+}
+
+#[tokio::test]
+async fn manifest_listing_a_digest_under_another_id_is_refused() {
+    let s = setup();
+    let mut parts = s.agent.parts().expect("parts");
+    let client = s.identity.client_id.clone();
+    let key = &s.fleet.signer;
+    let a = yaml("dep-a", "app-a", &[("web", "")]);
+    let (t, p) = deployment_msg(key, &client, &a);
+    parts.downlink.handle_publish(&t, &p).expect("cached");
+    let mut m = manifest(1, &[&a]);
+    m.deployments[0].deployment_id = dep("dep-z");
+    let (t, p) = manifest_msg(key, &client, &m);
+    assert!(matches!(
+        parts.downlink.handle_publish(&t, &p),
+        Err(DownlinkError::ContentMismatch { .. })
+    ));
+    assert!(s.store.accepted_manifest().expect("read").is_none());
+}
+
+#[tokio::test]
+async fn missing_content_and_newer_acks_ask_for_sync_and_acks_trim_the_outbox() {
+    let s = setup();
+    let mut parts = s.agent.parts().expect("parts");
+    let client = s.identity.client_id.clone();
+    let key = &s.fleet.signer;
+    let a = yaml("dep-a", "app-a", &[("web", "")]);
+
+    // A manifest whose document never arrives: after the content timeout, sync.
+    let (t, p) = manifest_msg(key, &client, &manifest(1, &[&a]));
+    parts.downlink.handle_publish(&t, &p).expect("waiting");
+    parts.downlink.on_timer().expect("timer");
+    assert!(
+        syncs(&parts.uplink, &s.identity).is_empty(),
+        "not before the timeout"
+    );
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    parts.downlink.on_timer().expect("timer");
+    assert_eq!(
+        syncs(&parts.uplink, &s.identity),
+        vec![SyncReason::MissingContent]
+    );
+
+    // The ack covers the sync; it also announces version 2, which we do not have.
+    let (t, p) = ack_msg(key, &client, 1, 2);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(
+        parts.downlink.handle_publish(&t, &p).expect("ack"),
+        Handled::Acked {
+            removed: 1,
+            sync: true
+        }
+    );
+    assert_eq!(
+        syncs(&parts.uplink, &s.identity),
+        vec![SyncReason::MissingContent]
+    );
+    // Repeated acks within the content timeout do not flood the manager with syncs.
+    let (t, p) = ack_msg(key, &client, 1, 2);
+    assert_eq!(
+        parts.downlink.handle_publish(&t, &p).expect("ack"),
+        Handled::Acked {
+            removed: 0,
+            sync: false
+        }
+    );
+    let (t, p) = ack_msg(key, &client, 2, 1);
+    assert_eq!(
+        parts.downlink.handle_publish(&t, &p).expect("ack"),
+        Handled::Acked {
+            removed: 1,
+            sync: false
+        }
+    );
+    assert!(parts.uplink.lock().is_empty());
+}
