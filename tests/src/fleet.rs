@@ -278,3 +278,113 @@ pub fn converged(
             .any(|d| d["deploymentId"].as_str() == Some(id) && d["state"].as_str() == Some(state))
     })
 }
+
+/// A runtime program for the agent's `exec` adapter that records every
+/// action in a log file (`start`/`done` lines) and, for deployments listed in
+/// `gated`, waits after `start` until the gate file exists. Lets tests count
+/// what a real runtime was asked to do across agent crashes.
+pub struct RecordingRuntime {
+    pub script: PathBuf,
+    pub log: PathBuf,
+    pub gate: PathBuf,
+    pub pids: PathBuf,
+}
+
+impl RecordingRuntime {
+    pub fn create(dir: &Path, gated: &[&str]) -> Result<RecordingRuntime> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(dir)?;
+        let log = dir.join("runtime.log");
+        let gate = dir.join("gate");
+        let pids = dir.join("pids");
+        let script = dir.join("runtime.sh");
+        let gated = gated.join(" ");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\n\
+                 echo \"start $1 $MARGO_DEPLOYMENT_ID $MARGO_COMPONENT\" >> {log:?}\n\
+                 echo $$ >> {pids:?}\n\
+                 for g in {gated}; do\n\
+                 \x20 if [ \"$g\" = \"$MARGO_DEPLOYMENT_ID\" ]; then\n\
+                 \x20   n=0; while [ ! -f {gate:?} ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n+1)); done\n\
+                 \x20 fi\n\
+                 done\n\
+                 echo \"done $1 $MARGO_DEPLOYMENT_ID $MARGO_COMPONENT\" >> {log:?}\n",
+                log = log.display().to_string(),
+                pids = pids.display().to_string(),
+                gate = gate.display().to_string(),
+            ),
+        )?;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+        Ok(RecordingRuntime {
+            script,
+            log,
+            gate,
+            pids,
+        })
+    }
+
+    /// The agent config section that selects this program.
+    pub fn agent_toml(&self) -> String {
+        format!(
+            "[runtime]\nadapter = \"exec\"\n[runtime.exec]\nprogram = {:?}\ntimeout = \"90s\"\n",
+            self.script.display().to_string()
+        )
+    }
+
+    /// Every recorded line.
+    pub fn lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// How many lines equal `line`.
+    pub fn count(&self, line: &str) -> usize {
+        self.lines().iter().filter(|l| l.as_str() == line).count()
+    }
+
+    /// Kills the runtime programs still running (orphans of a killed agent).
+    pub fn kill_running(&self) {
+        for pid in std::fs::read_to_string(&self.pids)
+            .unwrap_or_default()
+            .lines()
+        {
+            let _ = Command::new("kill").arg("-9").arg(pid.trim()).status();
+        }
+    }
+
+    pub fn open_gate(&self) -> Result<()> {
+        std::fs::write(&self.gate, b"open")?;
+        Ok(())
+    }
+}
+
+/// The uplink seqs the manager stored for `client`, sorted.
+pub async fn uplink_seqs(manager: &ManagerProc, client: &str) -> Result<Vec<u64>> {
+    let admin = margo_manager::admin::AdminClient::new(&manager.socket);
+    let mut seqs: Vec<u64> = admin
+        .uplink(client)
+        .await
+        .map_err(|e| anyhow::anyhow!("uplink of {client}: {e}"))?
+        .into_iter()
+        .map(|u| u.seq)
+        .collect();
+    seqs.sort_unstable();
+    Ok(seqs)
+}
+
+/// Asserts that `seqs` is exactly 1..=n with no gap and no duplicate, and returns n.
+pub fn assert_contiguous(seqs: &[u64], what: &str) -> u64 {
+    let n = seqs.len() as u64;
+    let expected: Vec<u64> = (1..=n).collect();
+    assert_eq!(
+        seqs,
+        expected.as_slice(),
+        "{what}: uplink seqs are not exactly 1..={n}"
+    );
+    n
+}
