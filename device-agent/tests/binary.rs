@@ -1,0 +1,85 @@
+//! The `margo-agent` binary: config file + identity bundle on disk, ready
+//! line on stdout, clean exit on SIGTERM (even while it cannot reach a broker).
+
+#![cfg(unix)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn prints_ready_and_exits_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fleet = Fleet::new();
+    // Nothing listens on port 9 (discard): the agent keeps backing off.
+    let pem = fleet.device("bin1", "mqtts://127.0.0.1:9");
+    fleet.write_bundle(&pem, &dir.path().join("identity"));
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        "version = 1\nidentity_dir = \"identity\"\ndata_dir = \"data\"\nreconnect_min = \"100ms\"\n\n[runtime]\nadapter = \"simulated\"\n",
+    )
+    .expect("config");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_margo-agent"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn margo-agent");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(WAIT)
+        .expect("ready line within the deadline");
+    assert_eq!(line.trim(), "margo-agent ready client=bin1");
+    assert!(
+        dir.path().join("data/agent.redb").exists(),
+        "store created under data_dir"
+    );
+
+    std::thread::sleep(Duration::from_millis(300));
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert!(status.success(), "exit status {status}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "margo-agent did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn bad_config_names_the_field_and_fails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, "version = 1\nack_timeout = \"0s\"\n").expect("config");
+    let out = Command::new(env!("CARGO_BIN_EXE_margo-agent"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run margo-agent");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("ack_timeout"), "{stderr}");
+}
