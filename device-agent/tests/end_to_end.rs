@@ -46,13 +46,16 @@ fn spawn_manager(
     signer: Arc<SigningKey>,
     manifest_version: u64,
     retained: Vec<(String, Vec<u8>)>,
-) -> Arc<Mutex<Seen>> {
+) -> Manager {
     let seen = Arc::new(Mutex::new(Seen::default()));
     let out = Arc::clone(&seen);
     let mut options = MqttOptions::new("test-manager", mqtt.ip().to_string(), mqtt.port());
     options.set_keep_alive(Duration::from_secs(5));
     options.set_max_packet_size(2 << 20, 2 << 20);
     let (mqtt_client, mut eventloop) = AsyncClient::new(options, 64);
+    let handle = mqtt_client.clone();
+    let manifest_version = Arc::new(std::sync::atomic::AtomicU64::new(manifest_version));
+    let announced = Arc::clone(&manifest_version);
     tokio::spawn(async move {
         loop {
             let event = match eventloop.poll().await {
@@ -118,14 +121,41 @@ fn spawn_manager(
                         hwm += 1;
                     }
                     s.acked = hwm;
-                    let (topic, payload) = ack_msg(&signer, &client, hwm, manifest_version);
+                    let announced = announced.load(std::sync::atomic::Ordering::Relaxed);
+                    let (topic, payload) = ack_msg(&signer, &client, hwm, announced);
                     let _ = mqtt_client.try_publish(topic, QoS::AtLeastOnce, true, payload);
                 }
                 _ => {}
             }
         }
     });
-    seen
+    Manager {
+        seen,
+        mqtt: handle,
+        announced: manifest_version,
+    }
+}
+
+/// The fake manager's handles.
+struct Manager {
+    seen: Arc<Mutex<Seen>>,
+    mqtt: AsyncClient,
+    /// The manifest version announced in acks.
+    announced: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Manager {
+    /// Publishes retained desired state and announces `version` in later acks.
+    async fn publish(&self, version: u64, messages: Vec<(String, Vec<u8>)>) {
+        self.announced
+            .store(version, std::sync::atomic::Ordering::Relaxed);
+        for (topic, payload) in messages {
+            self.mqtt
+                .publish(topic, QoS::AtLeastOnce, true, payload)
+                .await
+                .expect("queue publish");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,7 +189,7 @@ async fn agent_installs_reports_and_empties_its_outbox_through_the_gateway() {
         manifest_msg(&signer, &client, &m1),
         ack_msg(&signer, &client, 0, 1),
     ];
-    let seen = spawn_manager(
+    let manager = spawn_manager(
         broker.mqtt_addr(),
         client.clone(),
         device_key,
@@ -167,6 +197,7 @@ async fn agent_installs_reports_and_empties_its_outbox_through_the_gateway() {
         1,
         retained,
     );
+    let seen = Arc::clone(&manager.seen);
     // The retained desired state is in the broker before the device connects.
     eventually("manager published the retained desired state", || {
         seen.lock().expect("lock").pubacks >= 3
@@ -264,5 +295,172 @@ async fn agent_installs_reports_and_empties_its_outbox_through_the_gateway() {
     let store = Store::open(&dir.path().join("data/agent.redb")).expect("reopen");
     assert_eq!(store.adopted_version().expect("read"), 1);
     assert!(store.outbox_load().expect("read").1.is_empty());
+    broker.shutdown().await;
+}
+
+/// Waits until the snapshot satisfies `cond`.
+async fn until(
+    handle: &margo_agent::AgentHandle,
+    what: &str,
+    cond: impl Fn(&margo_agent::AgentSnapshot) -> bool,
+) {
+    let mut snapshots = handle.snapshots.clone();
+    within(WAIT, what, async {
+        loop {
+            if cond(&snapshots.borrow_and_update()) {
+                return;
+            }
+            if snapshots.changed().await.is_err() {
+                panic!("agent stopped while waiting for: {what}");
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_reconnects_with_backoff_and_catches_up_after_an_outage() {
+    use margo_broker::{Gateway, Revocations};
+    margo_schemas::pki::install_crypto_provider();
+    let fleet = Fleet::new();
+    let mut config = BrokerConfig::default();
+    config.mqtt.listen = "127.0.0.1:0".parse().expect("addr");
+    let broker = within(WAIT, "broker start", EmbeddedBroker::start(config))
+        .await
+        .expect("broker starts");
+    let mut gateway_config = GatewayConfig::new(fleet.gateway_tls());
+    gateway_config.listen = "127.0.0.1:0".parse().expect("addr");
+    let gateway = Gateway::bind(
+        gateway_config.clone(),
+        broker.mqtt_addr(),
+        Revocations::new(),
+    )
+    .await
+    .expect("gateway binds");
+    let gw = gateway.local_addr();
+    let outage = CancellationToken::new();
+    let first_gateway = tokio::spawn(gateway.run(outage.clone()));
+
+    let pem = fleet.device("dev43", &format!("mqtts://127.0.0.1:{}", gw.port()));
+    let client = pem.client_id.clone();
+    let cert = pki::certs_from_pem(&pem.cert_pem, "client cert").expect("cert");
+    let device_key = VerifyingKey::from_certificate(&cert[0]).expect("device key");
+    let signer = Arc::new(fleet.signer);
+    let a = yaml("dep-a", "app-a", &[("web", "")]);
+    let manager = spawn_manager(
+        broker.mqtt_addr(),
+        client.clone(),
+        device_key,
+        Arc::clone(&signer),
+        1,
+        vec![
+            deployment_msg(&signer, &client, &a),
+            manifest_msg(&signer, &client, &manifest(1, &[&a])),
+        ],
+    );
+    eventually("retained v1 published", || {
+        manager.seen.lock().expect("lock").pubacks >= 2
+    })
+    .await;
+
+    let config = AgentConfig {
+        reconnect_min: Duration::from_millis(100),
+        reconnect_max: Duration::from_millis(400),
+        keep_alive: Duration::from_secs(5),
+        ack_timeout: Duration::from_secs(2),
+        ..AgentConfig::default()
+    };
+    let runtime = sim();
+    let agent = Agent::new(
+        config,
+        AgentOptions {
+            identity: Some(margo_agent::identity::Identity::from_pem(pem).expect("identity")),
+            runtime: Some(runtime.clone()),
+            store: Some(Store::in_memory().expect("store")),
+            ..AgentOptions::default()
+        },
+    )
+    .expect("agent");
+    let handle = agent.handle();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(agent.run(shutdown.clone()));
+    until(&handle, "v1 adopted, outbox empty", |s| {
+        s.connected && s.adopted_manifest_version == 1 && s.outbox_len == 0
+    })
+    .await;
+
+    // Outage: the gateway goes away; the manager publishes v2 meanwhile.
+    outage.cancel();
+    first_gateway.await.expect("join").expect("gateway stops");
+    until(&handle, "connection lost", |s| !s.connected).await;
+    let b = yaml("dep-b", "app-b", &[("db", "")]);
+    manager
+        .publish(
+            2,
+            vec![
+                deployment_msg(&signer, &client, &b),
+                manifest_msg(&signer, &client, &manifest(2, &[&a, &b])),
+            ],
+        )
+        .await;
+    eventually("a few failed reconnects with backoff", || {
+        handle
+            .stats
+            .connection_errors
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 3
+    })
+    .await;
+
+    // The gateway comes back on the same port; the agent resumes and catches up.
+    let gateway_config = GatewayConfig {
+        listen: gw,
+        ..gateway_config
+    };
+    let gateway = Gateway::bind(gateway_config, broker.mqtt_addr(), Revocations::new())
+        .await
+        .expect("gateway rebinds");
+    let recovery = CancellationToken::new();
+    let second_gateway = tokio::spawn(gateway.run(recovery.clone()));
+    until(&handle, "v2 adopted after the outage, outbox empty", |s| {
+        s.connected
+            && s.adopted_manifest_version == 2
+            && s.outbox_len == 0
+            && s.deployments
+                .get("dep-b")
+                .is_some_and(|d| d.state == DeploymentState::Installed)
+    })
+    .await;
+    {
+        let s = manager.seen.lock().expect("lock");
+        let b_states: Vec<_> = s
+            .statuses
+            .iter()
+            .filter(|(id, _, _)| id == "dep-b")
+            .map(|(_, st, v)| (*st, *v))
+            .collect();
+        assert_eq!(
+            b_states,
+            vec![
+                (DeploymentState::Installing, 2),
+                (DeploymentState::Installed, 2)
+            ]
+        );
+    }
+    assert_eq!(
+        runtime.apply_count("dep-a", "web"),
+        1,
+        "unchanged deployment not reapplied"
+    );
+    assert_eq!(runtime.apply_count("dep-b", "db"), 1);
+    assert!(handle.stats.snapshot().connects >= 2);
+
+    shutdown.cancel();
+    within(WAIT, "agent stops", task)
+        .await
+        .expect("join")
+        .expect("clean stop");
+    recovery.cancel();
+    second_gateway.await.expect("join").expect("gateway stops");
     broker.shutdown().await;
 }
