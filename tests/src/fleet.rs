@@ -388,3 +388,72 @@ pub fn assert_contiguous(seqs: &[u64], what: &str) -> u64 {
     );
     n
 }
+
+/// A `margo-broker` process (embedded rumqttd + device gateway) using the
+/// manager's PKI, on fixed ports so a restart reuses them.
+pub struct BrokerProc {
+    pub proc: Proc,
+    pub mqtt_port: u16,
+    pub gateway_port: u16,
+    config: PathBuf,
+    log_dir: PathBuf,
+    starts: u32,
+}
+
+impl BrokerProc {
+    pub fn start(dir: &Path, pki_dir: &Path) -> Result<BrokerProc> {
+        Self::start_on(dir, pki_dir, free_port())
+    }
+
+    /// Like [`BrokerProc::start`] with the plain MQTT listener on `mqtt_port`.
+    pub fn start_on(dir: &Path, pki_dir: &Path, mqtt_port: u16) -> Result<BrokerProc> {
+        let gateway_port = free_port();
+        let config = dir.join("broker.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "version = 1\n[mqtt]\nlisten = \"127.0.0.1:{mqtt_port}\"\n\
+                 [gateway]\nlisten = \"127.0.0.1:{gateway_port}\"\n\
+                 ca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\nhandshake_timeout = \"5s\"\n",
+                ca = pki_dir.join("ca.crt").display().to_string(),
+                cert = pki_dir.join("gateway.crt").display().to_string(),
+                key = pki_dir.join("gateway.key").display().to_string(),
+            ),
+        )?;
+        let log_dir = dir.join("logs");
+        let proc = spawn_broker(&config, &log_dir, 0)?;
+        Ok(BrokerProc {
+            proc,
+            mqtt_port,
+            gateway_port,
+            config,
+            log_dir,
+            starts: 0,
+        })
+    }
+
+    pub fn kill(&mut self) {
+        self.proc.kill();
+    }
+
+    /// Starts it again: sessions, queues and retained messages are gone (rumqttd keeps them in memory only).
+    pub fn restart(&mut self) -> Result<()> {
+        self.proc.kill();
+        self.starts += 1;
+        self.proc = spawn_broker(&self.config, &self.log_dir, self.starts)?;
+        Ok(())
+    }
+}
+
+fn spawn_broker(config: &Path, log_dir: &Path, n: u32) -> Result<Proc> {
+    let mut cmd = Command::new(bin("margo-broker"));
+    cmd.arg("--config").arg(config);
+    Ok(Proc::spawn(
+        &format!("broker-{n}"),
+        cmd,
+        log_dir,
+        "margo-broker ready",
+        START,
+    )?
+    .0)
+}

@@ -1,0 +1,85 @@
+//! The broker is an optimisation, not the store: `margo-broker` (embedded
+//! rumqttd + device gateway) is killed and restarted with every session,
+//! queue and retained message gone; the manager republishes from redb and the
+//! agents converge, including on a version deployed while the broker was down.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use margo_tests::eventually;
+use margo_tests::fleet::{
+    converged, deployment_yaml, write_file, AgentProc, BrokerProc, ManagerProc,
+};
+
+const CONVERGE: Duration = Duration::from_secs(90);
+const D1: &str = "11111111-1111-4111-8111-111111111111";
+const D2: &str = "22222222-2222-4222-8222-222222222222";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_loses_nothing() -> Result<()> {
+    margo_tests::init_tracing();
+    let dir = tempfile::tempdir()?;
+    let mqtt_port = margo_tests::free_port();
+    // The manager starts first (it creates the PKI the broker uses) and keeps
+    // retrying until the broker is there.
+    let manager = ManagerProc::start(
+        dir.path(),
+        &format!("[broker]\nmode = \"external\"\nurl = \"mqtt://127.0.0.1:{mqtt_port}\"\n"),
+    )?;
+    let mut broker = BrokerProc::start_on(dir.path(), &manager.data_dir.join("pki"), mqtt_port)?;
+    let url = format!("mqtts://localhost:{}", broker.gateway_port);
+    let names = ["site-a", "site-b"];
+    let mut agents = Vec::new();
+    for n in names {
+        let bundle = manager.provision(n, &dir.path().join(format!("{n}-id")), Some(&url))?;
+        agents.push(AgentProc::start(dir.path(), n, &bundle, "")?);
+    }
+    let files = dir.path().join("yaml");
+    let a = write_file(&files, "a.yaml", &deployment_yaml(D1, "alpha", &["web"], 1))?;
+    for n in names {
+        manager.ctl(&["deploy", n, &a])?;
+    }
+    let wait =
+        |version: u64, expect: &'static [(&'static str, &'static str)], what: &'static str| {
+            let manager = &manager;
+            async move {
+                eventually(CONVERGE, what, || async {
+                    let s = manager.status()?;
+                    Ok(names
+                        .iter()
+                        .all(|n| converged(&s, n, version, expect))
+                        .then_some(()))
+                })
+                .await
+                .map_err(|e| e.context(manager.status().map(|s| s.to_string()).unwrap_or_default()))
+            }
+        };
+    wait(1, &[(D1, "installed")], "v1 everywhere before the restart").await?;
+
+    // Kill the broker, deploy while it is down, bring it back empty.
+    broker.kill();
+    let b = write_file(
+        &files,
+        "b.yaml",
+        &deployment_yaml(D2, "beta", &["sensor"], 1),
+    )?;
+    for n in names {
+        manager.ctl(&["deploy", n, &b])?;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    broker.restart()?;
+    wait(
+        2,
+        &[(D1, "installed"), (D2, "installed")],
+        "v2 everywhere after the restart",
+    )
+    .await?;
+
+    // And the link keeps working: a later change still flows.
+    for n in names {
+        manager.ctl(&["undeploy", n, D1])?;
+    }
+    wait(3, &[(D1, "removed"), (D2, "installed")], "v3 everywhere").await?;
+    drop(agents);
+    Ok(())
+}
