@@ -38,7 +38,17 @@ impl Mosquitto {
     /// Starts Mosquitto on a free port with `ca`, `cert`, `key` (PEM files),
     /// using the repository's `config/mosquitto/margo.acl`, persistence in `dir`.
     pub fn start(dir: &Path, ca: &Path, cert: &Path, key: &Path) -> Result<Mosquitto> {
-        let port = free_port();
+        Self::start_on(free_port(), dir, ca, cert, key)
+    }
+
+    /// Like [`Mosquitto::start`], listening on `port`.
+    pub fn start_on(
+        port: u16,
+        dir: &Path,
+        ca: &Path,
+        cert: &Path,
+        key: &Path,
+    ) -> Result<Mosquitto> {
         std::fs::create_dir_all(dir)?;
         let acl = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/mosquitto/margo.acl");
         if !acl.exists() {
