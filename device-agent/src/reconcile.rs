@@ -694,16 +694,13 @@ impl Reconciler {
         outcome: Result<PassOutcome, ReconcileError>,
     ) -> Result<Option<Instant>, ReconcileError> {
         let ctx = &self.ctx;
-        let failed = match outcome {
-            Ok(PassOutcome::Adopted(_)) => return Ok(None),
-            Ok(PassOutcome::Superseded) => return Ok(None),
-            Ok(PassOutcome::Failed { .. }) => true,
+        match outcome {
+            Ok(PassOutcome::Adopted(_) | PassOutcome::Superseded) => return Ok(None),
+            Ok(PassOutcome::Failed { .. }) => {}
             Err(e) => {
                 error!(client_id = %ctx.client, manifest_version = version, error = %e, "reconcile pass failed");
-                true
             }
-        };
-        debug_assert!(failed);
+        }
         let attempts = match ctx.store.retry_state()? {
             Some(r) if r.manifest_version == version => r.attempts.saturating_add(1),
             _ => 1,

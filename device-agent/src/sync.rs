@@ -237,6 +237,8 @@ impl Downlink {
                 warn!(client_id = %self.client, topic, %error, "could not handle message");
             }
         }
+        // Refresh the counters in the snapshot.
+        self.snapshots.update(|_| {});
         result
     }
 
