@@ -160,7 +160,16 @@ impl Identity {
         if cert_key != signing_key.public_key() {
             return Err(IdentityError::KeyMismatch);
         }
-        pki::certs_from_pem(&pem.ca_pem, CA_FILE).map_err(pki_err("ca.crt"))?;
+        let ca = pki::certs_from_pem(&pem.ca_pem, CA_FILE)
+            .map_err(pki_err("ca.crt"))?
+            .into_iter()
+            .next()
+            .ok_or(IdentityError::Pki {
+                what: "ca.crt",
+                source: PkiError::NoCertificate {
+                    what: CA_FILE.into(),
+                },
+            })?;
         let manager_cert =
             pki::certs_from_pem(&pem.manager_signing_cert_pem, MANAGER_SIGNING_CERT_FILE)
                 .map_err(pki_err("manager-signing.crt"))?
@@ -172,6 +181,8 @@ impl Identity {
                         what: MANAGER_SIGNING_CERT_FILE.into(),
                     },
                 })?;
+        // Downlink is trusted only if the fleet CA vouches for the signing key.
+        pki::verify_issued_by(&manager_cert, &ca).map_err(pki_err("manager-signing.crt"))?;
         let manager_key =
             VerifyingKey::from_certificate(&manager_cert).map_err(|source| IdentityError::Key {
                 what: "manager-signing.crt",

@@ -413,7 +413,7 @@ impl Downlink {
                 known = self.known_version(),
                 "manager announces a newer manifest"
             );
-            sync = self.request_sync(SyncReason::MissingContent)?;
+            sync = self.request_sync(SyncReason::Behind)?;
         }
         Ok(Handled::Acked { removed, sync })
     }
@@ -422,7 +422,10 @@ impl Downlink {
     /// per content timeout; session and startup requests always go.
     pub fn request_sync(&mut self, reason: SyncReason) -> Result<bool, DownlinkError> {
         let now = self.clock.now();
-        let limited = matches!(reason, SyncReason::MissingContent | SyncReason::Check);
+        let limited = matches!(
+            reason,
+            SyncReason::MissingContent | SyncReason::Check | SyncReason::Behind
+        );
         if limited {
             if let Some(last) = self.last_sync {
                 if now < last + self.settings.content_timeout {

@@ -307,10 +307,7 @@ async fn missing_content_and_newer_acks_ask_for_sync_and_acks_trim_the_outbox() 
             sync: true
         }
     );
-    assert_eq!(
-        syncs(&parts.uplink, &s.identity),
-        vec![SyncReason::MissingContent]
-    );
+    assert_eq!(syncs(&parts.uplink, &s.identity), vec![SyncReason::Behind]);
     // Repeated acks within the content timeout do not flood the manager with syncs.
     let (t, p) = ack_msg(key, &client, 1, 2);
     assert_eq!(
@@ -329,4 +326,20 @@ async fn missing_content_and_newer_acks_ask_for_sync_and_acks_trim_the_outbox() 
         }
     );
     assert!(parts.uplink.lock().is_empty());
+}
+
+#[test]
+fn a_bundle_whose_signing_certificate_the_fleet_ca_did_not_issue_is_refused() {
+    let fleet = Fleet::new();
+    let other = Fleet::new();
+    let mut pem = fleet.device("abc123", "mqtts://localhost:8883");
+    assert!(margo_agent::identity::Identity::from_pem(pem.clone()).is_ok());
+    // A signing certificate from another CA: downlink signed with it must never be trusted.
+    pem.manager_signing_cert_pem = other.device("abc123", "x").manager_signing_cert_pem;
+    let err = margo_agent::identity::Identity::from_pem(pem)
+        .expect_err("foreign signing certificate accepted");
+    assert!(
+        err.to_string().contains("manager-signing.crt"),
+        "error does not name the file: {err}"
+    );
 }

@@ -98,6 +98,8 @@ pub enum SyncReason {
     Startup,
     /// Periodic in-band check.
     Check,
+    /// An ack announced a newer desired version than the device has seen.
+    Behind,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

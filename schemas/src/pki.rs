@@ -24,6 +24,8 @@ pub enum PkiError {
     NoCommonName,
     #[error("certificate key is not an ECDSA P-256 key")]
     NotP256,
+    #[error("certificate was not issued by the given CA: {0}")]
+    NotIssuedBy(String),
     #[error("TLS configuration: {0}")]
     Tls(String),
 }
@@ -126,6 +128,27 @@ pub fn cert_info(cert_der: &[u8]) -> Result<CertInfo, PkiError> {
     })
 }
 
+/// Checks that `cert_der` is signed by `ca_der`'s key and names it as issuer.
+///
+/// Used for certificates that arrive beside the CA (the manager's signing
+/// certificate in an identity bundle), so a bundle cannot carry a signing key
+/// the fleet CA never vouched for.
+pub fn verify_issued_by(cert_der: &[u8], ca_der: &[u8]) -> Result<(), PkiError> {
+    let (_, cert) =
+        X509Certificate::from_der(cert_der).map_err(|e| PkiError::BadCertificate(e.to_string()))?;
+    let (_, ca) =
+        X509Certificate::from_der(ca_der).map_err(|e| PkiError::BadCertificate(e.to_string()))?;
+    if cert.issuer() != ca.subject() {
+        return Err(PkiError::NotIssuedBy(format!(
+            "issuer is {}, the CA is {}",
+            cert.issuer(),
+            ca.subject()
+        )));
+    }
+    cert.verify_signature(Some(ca.public_key()))
+        .map_err(|e| PkiError::NotIssuedBy(e.to_string()))
+}
+
 /// The crypto provider every TLS configuration in the project uses (ring).
 pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -161,5 +184,41 @@ pub fn client_tls_config(
             )
             .map_err(|e| PkiError::Tls(e.to_string())),
         None => Ok(builder.with_no_client_auth()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+
+    fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn issued_by_checks_the_signature_not_just_the_name() {
+        let fleet = ca("fleet");
+        let impostor = ca("fleet"); // same name, different key
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "margo-manager-signing");
+        let leaf = params
+            .signed_by(&KeyPair::generate().unwrap(), &fleet)
+            .unwrap();
+        assert!(verify_issued_by(leaf.der(), fleet.der()).is_ok());
+        assert!(matches!(
+            verify_issued_by(leaf.der(), impostor.der()),
+            Err(PkiError::NotIssuedBy(_))
+        ));
+        assert!(verify_issued_by(leaf.der(), ca("other").der()).is_err());
+        let info = cert_info(leaf.der()).unwrap();
+        assert_eq!(info.common_name.as_deref(), Some("margo-manager-signing"));
+        assert!(info.p256_public_key.is_some());
+        assert!(!info.is_ca);
     }
 }
