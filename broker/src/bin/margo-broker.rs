@@ -42,6 +42,8 @@ async fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal, not in log files and journals.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // One process-wide rustls provider (ring) for every rustls user in the tree.
     let _ = rustls::crypto::ring::default_provider().install_default();
