@@ -110,7 +110,7 @@ impl Agent {
         } else {
             "identity.toml broker_url"
         };
-        let broker = BrokerUrl::parse(&url, field)?;
+        let broker = crate::config::parse_broker_url(&url, field)?;
         if !broker.tls && !config.allow_plain_mqtt {
             return Err(ConfigError::Invalid {
                 field: field.to_string(),

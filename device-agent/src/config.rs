@@ -189,65 +189,11 @@ impl Default for AgentConfig {
     }
 }
 
-/// Where a broker is, parsed from a URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BrokerUrl {
-    /// Host name or IP address (also the TLS server name).
-    pub host: String,
-    pub port: u16,
-    /// `mqtts` (true) or `mqtt` (false).
-    pub tls: bool,
-}
+pub use margo_schemas::broker_url::BrokerUrl;
 
-impl BrokerUrl {
-    /// Parses `mqtts://host:port` or `mqtt://host:port` (default ports 8883 / 1883).
-    pub fn parse(url: &str, field: &str) -> Result<Self, ConfigError> {
-        let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
-            (true, rest)
-        } else if let Some(rest) = url.strip_prefix("mqtt://") {
-            (false, rest)
-        } else {
-            return Err(invalid(
-                field,
-                format!("{url:?} must start with mqtts:// (or mqtt:// for tests)"),
-            ));
-        };
-        let rest = rest.trim_end_matches('/');
-        if rest.contains('/') || rest.contains('@') || rest.is_empty() {
-            return Err(invalid(
-                field,
-                format!("{url:?} must be scheme://host:port"),
-            ));
-        }
-        let default_port = if tls { 8883 } else { 1883 };
-        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-            let (host, after) = v6
-                .split_once(']')
-                .ok_or_else(|| invalid(field, format!("{url:?}: unterminated [")))?;
-            let port = match after.strip_prefix(':') {
-                Some(p) => parse_port(p, field)?,
-                None if after.is_empty() => default_port,
-                None => return Err(invalid(field, format!("{url:?}: junk after ]"))),
-            };
-            (host.to_string(), port)
-        } else {
-            match rest.rsplit_once(':') {
-                Some((host, port)) => (host.to_string(), parse_port(port, field)?),
-                None => (rest.to_string(), default_port),
-            }
-        };
-        if host.is_empty() {
-            return Err(invalid(field, format!("{url:?} has no host")));
-        }
-        Ok(Self { host, port, tls })
-    }
-}
-
-fn parse_port(p: &str, field: &str) -> Result<u16, ConfigError> {
-    p.parse::<u16>()
-        .ok()
-        .filter(|p| *p != 0)
-        .ok_or_else(|| invalid(field, format!("port {p:?} is not a number in 1..=65535")))
+/// Parses a broker URL, naming `field` in the error.
+pub fn parse_broker_url(url: &str, field: &str) -> Result<BrokerUrl, ConfigError> {
+    BrokerUrl::parse(url).map_err(|e| invalid(field, e.to_string()))
 }
 
 impl AgentConfig {
@@ -387,7 +333,7 @@ impl AgentConfig {
             return Err(invalid("data_dir", "must not be empty"));
         }
         if let Some(url) = &self.broker_url {
-            let parsed = BrokerUrl::parse(url, "broker_url")?;
+            let parsed = parse_broker_url(url, "broker_url")?;
             if !parsed.tls && !self.allow_plain_mqtt {
                 return Err(invalid(
                     "broker_url",
@@ -612,14 +558,14 @@ timeout = "3s"
 
     #[test]
     fn broker_urls() {
-        let u = BrokerUrl::parse("mqtts://gw.example.com:8884", "f").unwrap();
+        let u = parse_broker_url("mqtts://gw.example.com:8884", "f").unwrap();
         assert_eq!(
             (u.host.as_str(), u.port, u.tls),
             ("gw.example.com", 8884, true)
         );
-        let u = BrokerUrl::parse("mqtt://[::1]:1883", "f").unwrap();
+        let u = parse_broker_url("mqtt://[::1]:1883", "f").unwrap();
         assert_eq!((u.host.as_str(), u.port, u.tls), ("::1", 1883, false));
-        assert_eq!(BrokerUrl::parse("mqtts://h", "f").unwrap().port, 8883);
+        assert_eq!(parse_broker_url("mqtts://h", "f").unwrap().port, 8883);
         for bad in [
             "mqtts://",
             "mqtts://h:0",
@@ -627,7 +573,7 @@ timeout = "3s"
             "mqtts://u@h:1",
             "mqtts://h:1/p",
         ] {
-            assert!(BrokerUrl::parse(bad, "f").is_err(), "{bad} accepted");
+            assert!(parse_broker_url(bad, "f").is_err(), "{bad} accepted");
         }
     }
 }

@@ -1,7 +1,6 @@
 //! Manager configuration: built-in defaults → TOML file → environment
 //! (`MARGO_MANAGER_*`) → command-line flags, then [`ManagerConfig::validate`].
 
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -309,7 +308,7 @@ impl ManagerConfig {
                 })?;
                 BrokerUrl::parse(url)
                     .map(Some)
-                    .map_err(|reason| invalid("broker.url", reason))
+                    .map_err(|e| invalid("broker.url", e.to_string()))
             }
         }
     }
@@ -329,7 +328,7 @@ impl ManagerConfig {
             return Err(invalid("data_dir", "must not be empty"));
         }
         BrokerUrl::parse(&self.public_broker_url)
-            .map_err(|reason| invalid("public_broker_url", reason))?;
+            .map_err(|e| invalid("public_broker_url", e.to_string()))?;
         if self
             .admin_socket
             .as_ref()
@@ -443,76 +442,8 @@ fn is_valid_hostname(name: &str) -> bool {
         })
 }
 
-/// A parsed `mqtt://host:port` or `mqtts://host:port`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BrokerUrl {
-    /// `mqtts`.
-    pub tls: bool,
-    /// Host name or IP address (without brackets).
-    pub host: String,
-    /// Port (default 1883 for `mqtt`, 8883 for `mqtts`).
-    pub port: u16,
-}
-
-impl BrokerUrl {
-    /// Parses the URL; the error says what is wrong.
-    pub fn parse(url: &str) -> Result<Self, String> {
-        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
-            format!("{url:?} is not a URL (expected mqtt://host:port or mqtts://host:port)")
-        })?;
-        let tls = match scheme {
-            "mqtt" | "tcp" => false,
-            "mqtts" | "ssl" => true,
-            other => {
-                return Err(format!(
-                    "scheme {other:?} is not supported (use mqtt or mqtts)"
-                ))
-            }
-        };
-        let rest = rest.strip_suffix('/').unwrap_or(rest);
-        if rest.contains('/') || rest.contains('?') || rest.contains('@') {
-            return Err(format!("{url:?}: only host and port are allowed"));
-        }
-        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-            let (host, after) = v6
-                .split_once(']')
-                .ok_or_else(|| format!("{url:?}: unclosed [ in IPv6 address"))?;
-            let port = match after.strip_prefix(':') {
-                Some(p) => Some(p),
-                None if after.is_empty() => None,
-                None => return Err(format!("{url:?}: unexpected {after:?} after the address")),
-            };
-            (host.to_string(), port)
-        } else {
-            match rest.rsplit_once(':') {
-                Some((h, p)) => (h.to_string(), Some(p)),
-                None => (rest.to_string(), None),
-            }
-        };
-        if host.is_empty() {
-            return Err(format!("{url:?} has no host"));
-        }
-        let port = match port {
-            Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
-                format!("{url:?}: port {p:?} is not a number between 1 and 65535")
-            })?,
-            None if tls => 8883,
-            None => 1883,
-        };
-        Ok(Self { tls, host, port })
-    }
-}
-
-impl fmt::Display for BrokerUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let scheme = if self.tls { "mqtts" } else { "mqtt" };
-        if self.host.contains(':') {
-            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{scheme}://{}:{}", self.host, self.port)
-        }
-    }
-}
+/// Broker URLs are parsed by `margo_schemas::broker_url` (shared with the agent).
+pub use margo_schemas::broker_url::BrokerUrl;
 
 #[cfg(test)]
 mod tests {
@@ -627,31 +558,5 @@ batch_interval = "5ms"
             field_of(c.validate().unwrap_err()),
             "broker.limits.max_segment_bytes"
         );
-    }
-
-    #[test]
-    fn broker_urls() {
-        let u = BrokerUrl::parse("mqtts://[::1]:8884").expect("v6");
-        assert_eq!((u.host.as_str(), u.port, u.tls), ("::1", 8884, true));
-        assert_eq!(u.to_string(), "mqtts://[::1]:8884");
-        assert_eq!(
-            BrokerUrl::parse("mqtt://h").expect("default port").port,
-            1883
-        );
-        assert_eq!(
-            BrokerUrl::parse("mqtts://h").expect("default port").port,
-            8883
-        );
-        for bad in [
-            "",
-            "h:1",
-            "mqtt://",
-            "mqtt://h:0",
-            "mqtt://h:x",
-            "mqtt://h:1/p",
-            "ws://h:1",
-        ] {
-            assert!(BrokerUrl::parse(bad).is_err(), "{bad} accepted");
-        }
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! This crate does no I/O and runs no async runtime.
 
+pub mod broker_url;
 pub mod capabilities;
 pub mod codec;
 pub mod cose;
