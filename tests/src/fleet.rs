@@ -457,3 +457,28 @@ fn spawn_broker(config: &Path, log_dir: &Path, n: u32) -> Result<Proc> {
     )?
     .0)
 }
+
+/// Waits until every client in `names` has adopted `version` and every
+/// `(deploymentId, state)` in `expect` holds for it, per the manager's status.
+/// On timeout the error carries the last status seen.
+pub async fn wait_converged(
+    manager: &ManagerProc,
+    names: &[&str],
+    version: u64,
+    expect: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<()> {
+    let what = format!("{names:?} at v{version} with {expect:?}");
+    crate::eventually(timeout, &what, || async {
+        let status = manager.status()?;
+        Ok(names
+            .iter()
+            .all(|n| converged(&status, n, version, expect))
+            .then_some(()))
+    })
+    .await
+    .map_err(|e| {
+        let last = manager.status().map(|s| s.to_string()).unwrap_or_default();
+        e.context(format!("last status: {last}"))
+    })
+}

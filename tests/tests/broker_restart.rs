@@ -6,9 +6,8 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use margo_tests::eventually;
 use margo_tests::fleet::{
-    converged, deployment_yaml, write_file, AgentProc, BrokerProc, ManagerProc,
+    deployment_yaml, wait_converged, write_file, AgentProc, BrokerProc, ManagerProc,
 };
 
 const CONVERGE: Duration = Duration::from_secs(90);
@@ -39,22 +38,7 @@ async fn broker_restart_loses_nothing() -> Result<()> {
     for n in names {
         manager.ctl(&["deploy", n, &a])?;
     }
-    let wait =
-        |version: u64, expect: &'static [(&'static str, &'static str)], what: &'static str| {
-            let manager = &manager;
-            async move {
-                eventually(CONVERGE, what, || async {
-                    let s = manager.status()?;
-                    Ok(names
-                        .iter()
-                        .all(|n| converged(&s, n, version, expect))
-                        .then_some(()))
-                })
-                .await
-                .map_err(|e| e.context(manager.status().map(|s| s.to_string()).unwrap_or_default()))
-            }
-        };
-    wait(1, &[(D1, "installed")], "v1 everywhere before the restart").await?;
+    wait_converged(&manager, &names, 1, &[(D1, "installed")], CONVERGE).await?;
 
     // Kill the broker, deploy while it is down, bring it back empty.
     broker.kill();
@@ -68,10 +52,12 @@ async fn broker_restart_loses_nothing() -> Result<()> {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     broker.restart()?;
-    wait(
+    wait_converged(
+        &manager,
+        &names,
         2,
         &[(D1, "installed"), (D2, "installed")],
-        "v2 everywhere after the restart",
+        CONVERGE,
     )
     .await?;
 
@@ -79,7 +65,14 @@ async fn broker_restart_loses_nothing() -> Result<()> {
     for n in names {
         manager.ctl(&["undeploy", n, D1])?;
     }
-    wait(3, &[(D1, "removed"), (D2, "installed")], "v3 everywhere").await?;
+    wait_converged(
+        &manager,
+        &names,
+        3,
+        &[(D1, "removed"), (D2, "installed")],
+        CONVERGE,
+    )
+    .await?;
     drop(agents);
     Ok(())
 }

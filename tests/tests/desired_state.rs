@@ -6,8 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
-use margo_tests::eventually;
-use margo_tests::fleet::{converged, deployment_yaml, write_file, AgentProc, ManagerProc};
+use margo_tests::fleet::{deployment_yaml, wait_converged, write_file, AgentProc, ManagerProc};
 
 const CONVERGE: Duration = Duration::from_secs(60);
 
@@ -34,27 +33,6 @@ fn provision_agents(
         .collect()
 }
 
-async fn wait_all(
-    manager: &ManagerProc,
-    names: &[&str],
-    version: u64,
-    expect: &[(&str, &str)],
-    what: &str,
-) -> Result<()> {
-    eventually(CONVERGE, what, || async {
-        let status = manager.status()?;
-        Ok(names
-            .iter()
-            .all(|n| converged(&status, n, version, expect))
-            .then_some(()))
-    })
-    .await
-    .map_err(|e| {
-        let status = manager.status().map(|s| s.to_string()).unwrap_or_default();
-        e.context(format!("last status: {status}"))
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_update_undeploy_on_three_agents() -> Result<()> {
     margo_tests::init_tracing();
@@ -78,12 +56,12 @@ async fn deploy_update_undeploy_on_three_agents() -> Result<()> {
     for n in names {
         manager.ctl(&["deploy", n, &a1, &b1])?;
     }
-    wait_all(
+    wait_converged(
         &manager,
         &names,
         1,
         &[(D1, "installed"), (D2, "installed")],
-        "version 1 installed everywhere",
+        CONVERGE,
     )
     .await?;
 
@@ -96,12 +74,12 @@ async fn deploy_update_undeploy_on_three_agents() -> Result<()> {
     for n in names {
         manager.ctl(&["deploy", n, &a2])?;
     }
-    wait_all(
+    wait_converged(
         &manager,
         &names,
         2,
         &[(D1, "installed"), (D2, "installed")],
-        "version 2 installed everywhere",
+        CONVERGE,
     )
     .await?;
 
@@ -109,12 +87,12 @@ async fn deploy_update_undeploy_on_three_agents() -> Result<()> {
     for n in names {
         manager.ctl(&["undeploy", n, D2])?;
     }
-    wait_all(
+    wait_converged(
         &manager,
         &names,
         3,
         &[(D1, "installed"), (D2, "removed")],
-        "beta removed everywhere",
+        CONVERGE,
     )
     .await?;
 

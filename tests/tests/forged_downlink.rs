@@ -14,7 +14,7 @@ use margo_schemas::messages::{DeploymentBody, Envelope, Message};
 use margo_schemas::topics;
 use margo_tests::eventually;
 use margo_tests::fleet::{
-    client_status, converged, deployment_yaml, write_file, AgentProc, ManagerProc,
+    client_status, deployment_yaml, wait_converged, write_file, AgentProc, ManagerProc,
 };
 use margo_tests::mqtt::TestClient;
 
@@ -33,16 +33,6 @@ async fn forged_replayed_and_tampered_downlink_is_rejected() -> Result<()> {
     let bundle = manager.provision("line-9", &dir.path().join("id"), Some(&url))?;
     let agent = AgentProc::start(dir.path(), "line-9", &bundle, "")?;
     let files = dir.path().join("yaml");
-    let wait = |version: u64, what: &'static str| {
-        let manager = &manager;
-        async move {
-            eventually(CONVERGE, what, || async {
-                let s = manager.status()?;
-                Ok(converged(&s, "line-9", version, &[(D1, "installed")]).then_some(()))
-            })
-            .await
-        }
-    };
 
     // v1, captured off the broker by a rogue local client.
     let mqtt_port = manager.mqtt.context("embedded mqtt")?.port();
@@ -53,7 +43,7 @@ async fn forged_replayed_and_tampered_downlink_is_rejected() -> Result<()> {
         &deployment_yaml(D1, "alpha", &["web"], 1),
     )?;
     manager.ctl(&["deploy", "line-9", &v1])?;
-    wait(1, "v1 installed").await?;
+    wait_converged(&manager, &["line-9"], 1, &[(D1, "installed")], CONVERGE).await?;
     let client = ClientId::new(
         client_status(&manager.status()?, "line-9").context("client")?["clientId"]
             .as_str()
@@ -85,7 +75,7 @@ async fn forged_replayed_and_tampered_downlink_is_rejected() -> Result<()> {
         &deployment_yaml(D1, "alpha", &["web"], 2),
     )?;
     manager.ctl(&["deploy", "line-9", &v2])?;
-    wait(2, "v2 installed").await?;
+    wait_converged(&manager, &["line-9"], 2, &[(D1, "installed")], CONVERGE).await?;
 
     // 1. Replay of the validly signed v1 manifest (rollback).
     rogue
@@ -171,6 +161,6 @@ async fn forged_replayed_and_tampered_downlink_is_rejected() -> Result<()> {
         &deployment_yaml(D1, "alpha", &["web"], 3),
     )?;
     manager.ctl(&["deploy", "line-9", &v3])?;
-    wait(3, "v3 installed after the attack").await?;
+    wait_converged(&manager, &["line-9"], 3, &[(D1, "installed")], CONVERGE).await?;
     Ok(())
 }

@@ -5,8 +5,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use margo_tests::eventually;
-use margo_tests::fleet::{converged, deployment_yaml, write_file, AgentProc, ManagerProc};
+use margo_tests::fleet::{deployment_yaml, wait_converged, write_file, AgentProc, ManagerProc};
 use margo_tests::mosquitto::{self, Mosquitto};
 
 const CONVERGE: Duration = Duration::from_secs(90);
@@ -41,21 +40,6 @@ async fn deploy_update_undeploy_through_mosquitto() -> Result<()> {
         let bundle = manager.provision(n, &dir.path().join(format!("{n}-id")), Some(&url))?;
         agents.push(AgentProc::start(dir.path(), n, &bundle, "")?);
     }
-    let wait =
-        |version: u64, expect: &'static [(&'static str, &'static str)], what: &'static str| {
-            let manager = &manager;
-            async move {
-                eventually(CONVERGE, what, || async {
-                    let s = manager.status()?;
-                    Ok(names
-                        .iter()
-                        .all(|n| converged(&s, n, version, expect))
-                        .then_some(()))
-                })
-                .await
-                .map_err(|e| e.context(manager.status().map(|s| s.to_string()).unwrap_or_default()))
-            }
-        };
     let files = dir.path().join("yaml");
     let a1 = write_file(
         &files,
@@ -70,10 +54,12 @@ async fn deploy_update_undeploy_through_mosquitto() -> Result<()> {
     for n in names {
         manager.ctl(&["deploy", n, &a1, &b1])?;
     }
-    wait(
+    wait_converged(
+        &manager,
+        &names,
         1,
         &[(D1, "installed"), (D2, "installed")],
-        "v1 through Mosquitto",
+        CONVERGE,
     )
     .await?;
 
@@ -85,20 +71,24 @@ async fn deploy_update_undeploy_through_mosquitto() -> Result<()> {
     for n in names {
         manager.ctl(&["deploy", n, &a2])?;
     }
-    wait(
+    wait_converged(
+        &manager,
+        &names,
         2,
         &[(D1, "installed"), (D2, "installed")],
-        "v2 through Mosquitto",
+        CONVERGE,
     )
     .await?;
 
     for n in names {
         manager.ctl(&["undeploy", n, D2])?;
     }
-    wait(
+    wait_converged(
+        &manager,
+        &names,
         3,
         &[(D1, "installed"), (D2, "removed")],
-        "v3 through Mosquitto",
+        CONVERGE,
     )
     .await?;
     drop(agents);

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Result;
 use margo_tests::eventually;
 use margo_tests::fleet::{
-    assert_contiguous, client_status, converged, deployment_yaml, uplink_seqs, write_file,
+    assert_contiguous, client_status, deployment_yaml, uplink_seqs, wait_converged, write_file,
     AgentProc, ManagerProc, RecordingRuntime,
 };
 
@@ -23,27 +23,6 @@ fn provision(dir: &Path, manager: &ManagerProc, name: &str, extra: &str) -> Resu
     );
     let bundle = manager.provision(name, &dir.join(format!("{name}-identity")), Some(&url))?;
     AgentProc::start(dir, name, &bundle, extra)
-}
-
-async fn wait_converged(
-    manager: &ManagerProc,
-    name: &str,
-    version: u64,
-    expect: &[(&str, &str)],
-) -> Result<()> {
-    eventually(
-        CONVERGE,
-        &format!("{name} at v{version} with {expect:?}"),
-        || async {
-            let status = manager.status()?;
-            Ok(converged(&status, name, version, expect).then_some(()))
-        },
-    )
-    .await
-    .map_err(|e| {
-        let status = manager.status().map(|s| s.to_string()).unwrap_or_default();
-        e.context(format!("last status: {status}"))
-    })
 }
 
 /// Waits until the manager has acknowledged everything `name` sent, and
@@ -80,7 +59,7 @@ async fn agent_away_while_two_versions_are_deployed_converges_to_the_latest() ->
         &deployment_yaml(D1, "alpha", &["web"], 1),
     )?;
     manager.ctl(&["deploy", "field-1", &v1])?;
-    wait_converged(&manager, "field-1", 1, &[(D1, "installed")]).await?;
+    wait_converged(&manager, &["field-1"], 1, &[(D1, "installed")], CONVERGE).await?;
     let before = wait_all_acked(&manager, "field-1").await?;
 
     // The device goes away; two versions are deployed meanwhile.
@@ -101,9 +80,10 @@ async fn agent_away_while_two_versions_are_deployed_converges_to_the_latest() ->
     agent.restart()?;
     wait_converged(
         &manager,
-        "field-1",
+        &["field-1"],
         3,
         &[(D1, "installed"), (D2, "installed")],
+        CONVERGE,
     )
     .await?;
     let after = wait_all_acked(&manager, "field-1").await?;
@@ -127,7 +107,7 @@ async fn agent_killed_mid_apply_redoes_only_the_unfinished_work() -> Result<()> 
         &deployment_yaml(D1, "alpha", &["web", "db"], 1),
     )?;
     manager.ctl(&["deploy", "cell-1", &a])?;
-    wait_converged(&manager, "cell-1", 1, &[(D1, "installed")]).await?;
+    wait_converged(&manager, &["cell-1"], 1, &[(D1, "installed")], CONVERGE).await?;
 
     // D2's runtime program blocks at the gate; the agent is killed meanwhile.
     let b = write_file(
@@ -147,9 +127,10 @@ async fn agent_killed_mid_apply_redoes_only_the_unfinished_work() -> Result<()> 
 
     wait_converged(
         &manager,
-        "cell-1",
+        &["cell-1"],
         2,
         &[(D1, "installed"), (D2, "installed")],
+        CONVERGE,
     )
     .await?;
     // Finished work was not redone; the interrupted install ran again to completion once.
@@ -207,7 +188,7 @@ async fn manager_killed_between_deploy_and_ack_loses_nothing() -> Result<()> {
     .await?;
 
     manager.restart()?;
-    wait_converged(&manager, "cell-2", 1, &[(D1, "installed")]).await?;
+    wait_converged(&manager, &["cell-2"], 1, &[(D1, "installed")], CONVERGE).await?;
     wait_all_acked(&manager, "cell-2").await?;
     for comp in ["web", "db"] {
         assert_eq!(
