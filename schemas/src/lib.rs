@@ -9,6 +9,7 @@ pub mod codec;
 pub mod cose;
 pub mod deployment;
 pub mod digest;
+pub mod http_sig;
 pub mod identity;
 pub mod ids;
 pub mod manifest;
