@@ -6,6 +6,8 @@
 //! - [`ingest`]: verified, deduplicated, batched uplink storage with acks after commit.
 //! - [`admin`]: the admin API on a Unix socket and its [`admin::AdminClient`].
 //! - [`manager`]: wiring; [`Manager::start`] in-process, [`run`] for the binary.
+//! - [`status_table`]: the fleet table of `margoctl status` and the demo.
+//! - [`demo`]: `margo-manager demo`, a manager and simulated agents in one process.
 //!
 //! See `README.md` and `docs/architecture.md` for the protocol.
 
@@ -15,9 +17,11 @@ pub mod admin;
 pub mod bundle;
 pub mod ca;
 pub mod config;
+pub mod demo;
 pub mod ingest;
 pub mod manager;
 pub mod publisher;
+pub mod status_table;
 pub mod store;
 
 pub use admin::AdminClient;

@@ -2,12 +2,15 @@
 //!
 //!     margo-manager serve [--config FILE] [--data-dir D] [--broker URL] [-v]
 //!     margo-manager init  [--config FILE] [--data-dir D] [--hostname H]...
+//!     margo-manager demo  [--devices N] [--data-dir D [--keep]] [--delay 300ms] [--exit-when-converged]
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use margo_manager::config::{ManagerConfig, Overrides};
+use margo_manager::demo::{run_demo, DemoOptions};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -26,6 +29,32 @@ enum Command {
     Serve(Common),
     /// Create the PKI and the store, print their paths, and exit.
     Init(Common),
+    /// Run a manager and N simulated devices in this process, deploy the
+    /// examples, and show the fleet converging (loopback only).
+    Demo(DemoArgs),
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Number of simulated devices.
+    #[arg(long, default_value_t = 5)]
+    devices: usize,
+    /// Demo directory (manager data, device bundles and stores); kept on exit.
+    /// Default: a fresh temporary directory, removed on exit.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Keep the temporary demo directory on exit.
+    #[arg(long)]
+    keep: bool,
+    /// Simulated time of one component action (e.g. 300ms, 2s).
+    #[arg(long, default_value = "300ms", value_parser = humantime::parse_duration)]
+    delay: Duration,
+    /// Fail if the fleet has not converged within this.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Exit 0 as soon as every device converged instead of serving until Ctrl-C.
+    #[arg(long)]
+    exit_when_converged: bool,
 }
 
 #[derive(Args)]
@@ -64,10 +93,14 @@ impl Common {
     }
 }
 
-fn init_tracing(verbose: u8) {
-    let default = match verbose {
-        0 => "info,rumqttd=warn",
-        1 => "debug,rumqttd=info",
+fn init_tracing(verbose: u8, quiet: bool) {
+    // The demo prints its own progress on stdout; its logs stay at warn unless
+    // asked, without rumqttd's errors about connections closing (the broker's
+    // probe at start, every client at exit).
+    let default = match (verbose, quiet) {
+        (0, true) => "warn,rumqttd=off",
+        (0, false) | (1, true) => "info,rumqttd=warn",
+        (1, false) | (2, true) => "debug,rumqttd=info",
         _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -75,6 +108,7 @@ fn init_tracing(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -94,7 +128,7 @@ async fn shutdown_signal(token: CancellationToken) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing(cli.verbose);
+    init_tracing(cli.verbose, matches!(cli.command, Command::Demo(_)));
     match cli.command {
         Command::Init(common) => {
             let config = common.load()?;
@@ -120,6 +154,24 @@ async fn main() -> anyhow::Result<()> {
             token.cancel();
             signals.await.context("signal task")??;
             result.context("margo-manager failed")
+        }
+        Command::Demo(args) => {
+            let opts = DemoOptions {
+                devices: args.devices,
+                data_dir: args.data_dir,
+                keep: args.keep,
+                delay: args.delay,
+                timeout: args.timeout,
+                exit_when_converged: args.exit_when_converged,
+                ..DemoOptions::default()
+            };
+            let token = CancellationToken::new();
+            let signals = tokio::spawn(shutdown_signal(token.clone()));
+            let result = run_demo(opts, token.clone()).await;
+            token.cancel();
+            signals.await.context("signal task")??;
+            result.context("demo failed")?;
+            Ok(())
         }
     }
 }

@@ -1,13 +1,12 @@
 //! `margoctl`: operate a running margo-manager through its admin socket.
 
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use margo_manager::admin::{parse_documents, AdminClient};
 use margo_manager::bundle::write_bundle;
-use margo_manager::store::ClientStatus;
+use margo_manager::status_table;
 
 #[derive(Parser)]
 #[command(name = "margoctl", version, about = "Operate a running margo-manager")]
@@ -91,74 +90,6 @@ fn socket_path(cli: &Cli) -> PathBuf {
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("margo-manager-data"))
             .join("admin.sock"),
-    }
-}
-
-fn ago(ms: Option<u64>) -> String {
-    let Some(ms) = ms else {
-        return "never".into();
-    };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    let secs = now.saturating_sub(ms) / 1000;
-    match secs {
-        0..=59 => format!("{secs}s ago"),
-        60..=3599 => format!("{}m ago", secs / 60),
-        3600..=86_399 => format!("{}h ago", secs / 3600),
-        _ => format!("{}d ago", secs / 86_400),
-    }
-}
-
-fn print_status(clients: &[ClientStatus]) {
-    println!(
-        "{:<28} {:<20} {:<9} {:>7} {:>7} {:>8}  LAST SEEN",
-        "CLIENT", "NAME", "PRESENCE", "DESIRED", "ADOPTED", "ACKED"
-    );
-    for c in clients {
-        let presence = if c.revoked {
-            "revoked"
-        } else {
-            c.presence.as_str()
-        };
-        println!(
-            "{:<28} {:<20} {:<9} {:>7} {:>7} {:>8}  {}",
-            c.client_id,
-            c.name,
-            presence,
-            c.desired_version,
-            c.adopted_version
-                .map(|v| v.to_string())
-                .unwrap_or_else(|| "-".into()),
-            c.acked_seq,
-            ago(c.last_seen)
-        );
-        for d in &c.deployments {
-            let state = d.state.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
-            let desired = if d.desired_digest.is_some() {
-                ""
-            } else {
-                " (not desired)"
-            };
-            let error = d
-                .error
-                .as_ref()
-                .map(|e| format!("  error {}: {}", e.code, e.message))
-                .unwrap_or_default();
-            println!(
-                "    {:<38} {:<28} {:<10} v{}{desired}{error}",
-                d.deployment_id,
-                d.name.as_deref().unwrap_or("-"),
-                state,
-                d.reported_manifest_version
-                    .map(|v| v.to_string())
-                    .unwrap_or_else(|| "-".into()),
-            );
-            for comp in &d.components {
-                println!("        {:<34} {}", comp.name, comp.state);
-            }
-        }
     }
 }
 
@@ -264,7 +195,7 @@ async fn main() -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
-                print_status(&status);
+                print!("{}", status_table::render(&status, status_table::now_ms()));
             }
         }
     }

@@ -1,0 +1,131 @@
+//! The human-readable fleet table of `margoctl status` and the demo: one line
+//! per client, then one per deployment and one per component.
+
+use std::fmt::Write;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::store::ClientStatus;
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// `12s ago`, `3m ago`, ..., or `never`.
+fn ago(ms: Option<u64>, now_ms: u64) -> String {
+    let Some(ms) = ms else {
+        return "never".into();
+    };
+    let secs = now_ms.saturating_sub(ms) / 1000;
+    match secs {
+        0..=59 => format!("{secs}s ago"),
+        60..=3599 => format!("{}m ago", secs / 60),
+        3600..=86_399 => format!("{}h ago", secs / 3600),
+        _ => format!("{}d ago", secs / 86_400),
+    }
+}
+
+fn or_dash(v: Option<impl ToString>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+}
+
+/// Renders `clients` as a table; "last seen" is relative to `now_ms`.
+pub fn render(clients: &[ClientStatus], now_ms: u64) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = writeln!(
+        out,
+        "{:<28} {:<20} {:<9} {:>7} {:>7} {:>8}  LAST SEEN",
+        "CLIENT", "NAME", "PRESENCE", "DESIRED", "ADOPTED", "ACKED"
+    );
+    for c in clients {
+        let presence = if c.revoked {
+            "revoked"
+        } else {
+            c.presence.as_str()
+        };
+        let _ = writeln!(
+            out,
+            "{:<28} {:<20} {:<9} {:>7} {:>7} {:>8}  {}",
+            c.client_id,
+            c.name,
+            presence,
+            c.desired_version,
+            or_dash(c.adopted_version),
+            c.acked_seq,
+            ago(c.last_seen, now_ms)
+        );
+        for d in &c.deployments {
+            let desired = if d.desired_digest.is_some() {
+                ""
+            } else {
+                " (not desired)"
+            };
+            let error = d
+                .error
+                .as_ref()
+                .map(|e| format!("  error {}: {}", e.code, e.message))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "    {:<38} {:<28} {:<10} v{}{desired}{error}",
+                d.deployment_id,
+                d.name.as_deref().unwrap_or("-"),
+                or_dash(d.state),
+                or_dash(d.reported_manifest_version),
+            );
+            for comp in &d.components {
+                let _ = writeln!(out, "        {:<34} {}", comp.name, comp.state);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use margo_schemas::ids::{ClientId, DeploymentId};
+    use margo_schemas::status::{ComponentStatus, DeploymentState};
+
+    use super::*;
+    use crate::store::DeploymentView;
+
+    #[test]
+    fn renders_clients_deployments_and_components() {
+        let client = ClientStatus {
+            client_id: ClientId::new("abc").expect("id"),
+            name: "press-7".into(),
+            revoked: false,
+            desired_version: 2,
+            adopted_version: Some(1),
+            presence: "online".into(),
+            last_seen: Some(10_000),
+            acked_seq: 9,
+            agent_version: None,
+            deployments: vec![DeploymentView {
+                deployment_id: DeploymentId::new("d1").expect("id"),
+                name: Some("line-monitor".into()),
+                desired_digest: Some("sha256:00".into()),
+                state: Some(DeploymentState::Installing),
+                components: vec![ComponentStatus {
+                    name: "timeseries-db".into(),
+                    state: DeploymentState::Installed,
+                    error: None,
+                }],
+                error: None,
+                reported_manifest_version: Some(2),
+                updated_at: Some(10_000),
+            }],
+        };
+        let text = render(&[client], 75_000);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(lines[0].starts_with("CLIENT"));
+        assert!(lines[1].contains("press-7") && lines[1].ends_with("1m ago"));
+        assert!(lines[2].contains("line-monitor") && lines[2].contains("installing"));
+        assert!(lines[3].contains("timeseries-db") && lines[3].ends_with("installed"));
+    }
+}
