@@ -56,12 +56,55 @@ fn every_config_file_is_parsed_by_a_test() {
                     .and_then(|c| c.validate().map(|_| c))
                     .unwrap_or_else(|e| panic!("{rel}: {e}"));
             }
+            // Both validators check values only; neither touches the paths
+            // (/var/lib/..., /etc/margo-agent/identity, the exec program), so
+            // the production paths in the examples validate on any machine.
+            "margo-manager.toml" => {
+                margo_manager::config::ManagerConfig::from_file(&path)
+                    .and_then(|c| c.validate().map(|_| c))
+                    .unwrap_or_else(|e| panic!("{rel}: {e}"));
+            }
+            "margo-agent.toml" => {
+                margo_agent::AgentConfig::load(&path)
+                    .and_then(|c| c.validate().map(|_| c))
+                    .unwrap_or_else(|e| panic!("{rel}: {e}"));
+            }
             "mosquitto/mosquitto.conf" => check_mosquitto_conf(&text),
             "mosquitto/margo.acl" => check_acl(&text),
             r if r.starts_with("examples/") && r.ends_with(".yaml") => {}
             other => panic!("config/{other} is not checked by any test: add it here"),
         }
     }
+}
+
+/// The examples say "every value is the built-in default unless it says
+/// otherwise": hold them to it, so a changed default shows up here.
+#[test]
+fn example_configs_state_the_real_defaults() {
+    use margo_agent::config::AdapterKind;
+    use margo_manager::config::ManagerConfig;
+
+    let path = config_dir().join("margo-manager.toml");
+    let file = ManagerConfig::from_file(&path).expect("margo-manager.toml parses");
+    let mut expected = ManagerConfig::with_data_dir("/var/lib/margo-manager");
+    expected.public_broker_url = "mqtts://fleet.example.com:8883".into();
+    expected.broker.hostnames = vec!["fleet.example.com".into(), "10.0.0.5".into()];
+    // ManagerConfig has no PartialEq; its Debug form shows every field.
+    assert_eq!(
+        format!("{file:#?}"),
+        format!("{expected:#?}"),
+        "margo-manager.toml differs from the defaults in more than data_dir, public_broker_url and broker.hostnames"
+    );
+
+    let path = config_dir().join("margo-agent.toml");
+    let file = margo_agent::AgentConfig::load(&path).expect("margo-agent.toml parses");
+    let mut expected = margo_agent::AgentConfig::default();
+    expected.runtime.adapter = AdapterKind::Exec;
+    expected.runtime.exec.program = "/usr/local/lib/margo-agent/apply".into();
+    assert_eq!(
+        file, expected,
+        "margo-agent.toml differs from the defaults in more than runtime.adapter and runtime.exec.program"
+    );
 }
 
 /// The settings that keep devices isolated and sessions persistent.
