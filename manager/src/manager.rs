@@ -293,8 +293,13 @@ impl Manager {
             pki,
         };
         let mut connected = handle.connected.clone();
-        let up = tokio::time::timeout(CONNECT_WAIT, connected.wait_for(|c| *c)).await;
-        if !matches!(up, Ok(Ok(_))) {
+        // A bool, not the watch guard: holding the guard across the awaits
+        // below would make this future !Send (it could not be spawned).
+        let up = matches!(
+            tokio::time::timeout(CONNECT_WAIT, connected.wait_for(|c| *c)).await,
+            Ok(Ok(_))
+        );
+        if !up {
             if handle.broker.is_some() {
                 let mqtt = handle.mqtt.clone();
                 handle.shutdown().await;

@@ -101,6 +101,7 @@ mod tests {
             revoked: false,
             desired_version: 2,
             adopted_version: Some(1),
+            applying_version: Some(1),
             presence: "online".into(),
             last_seen: Some(10_000),
             acked_seq: 9,

@@ -367,9 +367,14 @@ pub struct ClientStatus {
     pub revoked: bool,
     /// Current desired manifest version (0 = nothing deployed yet).
     pub desired_version: u64,
-    /// Adopted version: from the newest `state` report, else the highest
-    /// `adoptedManifestVersion` of status reports; `None` if nothing reported.
+    /// The last manifest version the device fully applied, from its newest
+    /// `state` report; `None` before the first one.
     pub adopted_version: Option<u64>,
+    /// The highest manifest version the device reported applying in a
+    /// `status` (Margo's `adoptedManifestVersion` names the version being
+    /// applied, so it can run ahead of `adopted_version` while an apply is in
+    /// progress or has failed).
+    pub applying_version: Option<u64>,
     /// `online`, `offline` or `unknown`.
     pub presence: String,
     /// Last time anything was heard from it (ms).
@@ -1052,7 +1057,8 @@ impl Store {
             name: record.name,
             revoked: record.revoked,
             desired_version,
-            adopted_version: rt.state_adopted.or(rt.status_hint),
+            adopted_version: rt.state_adopted,
+            applying_version: rt.status_hint,
             presence: rt.presence.unwrap_or_else(|| "unknown".into()),
             last_seen: rt.last_seen_ms,
             acked_seq,
@@ -1340,7 +1346,8 @@ mod tests {
         let view = store.client_status(&id).expect("status");
         assert_eq!(view.presence, "online");
         assert_eq!(view.desired_version, 1);
-        assert_eq!(view.adopted_version, Some(1), "status hint");
+        assert_eq!(view.adopted_version, None, "only a state report adopts");
+        assert_eq!(view.applying_version, Some(1));
         assert_eq!(view.acked_seq, 2);
         assert_eq!(view.deployments.len(), 1);
         let d = &view.deployments[0];
