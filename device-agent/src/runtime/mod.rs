@@ -10,6 +10,7 @@ use std::pin::Pin;
 use margo_schemas::deployment::{ApplicationDeployment, Component, ProfileType};
 
 pub mod exec;
+pub mod process;
 pub mod simulated;
 
 pub use exec::ExecRuntime;
@@ -44,13 +45,20 @@ pub enum RuntimeError {
     },
     #[error("{0}")]
     Failed(String),
-    #[error("exited with {code}: {stderr}")]
-    Exit { code: String, stderr: String },
-    #[error("did not finish within {0:?}; killed")]
-    Timeout(std::time::Duration),
+    #[error("{command} exited with {code}: {stderr}")]
+    Exit {
+        command: String,
+        code: String,
+        stderr: String,
+    },
+    #[error("{command} did not finish within {after:?}; killed")]
+    Timeout {
+        command: String,
+        after: std::time::Duration,
+    },
     #[error("could not run {program}: {reason}")]
     Spawn { program: String, reason: String },
-    #[error("could not write the deployment file {path}: {reason}")]
+    #[error("could not write {path}: {reason}")]
     File { path: String, reason: String },
 }
 
@@ -61,7 +69,7 @@ impl RuntimeError {
             Self::Unsupported { .. } => "UNSUPPORTED_PROFILE",
             Self::Failed(_) => "RUNTIME_FAILED",
             Self::Exit { .. } => "RUNTIME_EXIT",
-            Self::Timeout(_) => "RUNTIME_TIMEOUT",
+            Self::Timeout { .. } => "RUNTIME_TIMEOUT",
             Self::Spawn { .. } => "RUNTIME_SPAWN",
             Self::File { .. } => "RUNTIME_FILE",
         }
