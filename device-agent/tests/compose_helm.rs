@@ -521,6 +521,10 @@ async fn compose_without_a_fetch_command_or_with_bad_env_names_fails_clearly() {
         error.message
     );
     assert!(f.calls().is_empty(), "docker never ran: {:?}", f.calls());
+    assert!(
+        !f.compose_dir().exists(),
+        "nothing written before the location was found unusable"
+    );
 
     let rt = f.compose(Duration::from_secs(20), true);
     f.clear_calls();

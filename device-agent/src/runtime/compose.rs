@@ -146,6 +146,11 @@ impl ComposeRuntime {
         check_path_segment(&component.name)?;
         let location = string_property(component, PACKAGE_LOCATION)?;
         let source = Location::parse(location)?;
+        if let Location::Remote(url) = &source {
+            if self.fetch_command.is_empty() {
+                return Err(RuntimeError::FetchUnsupported { url: url.clone() });
+            }
+        }
         let env = render_env(deployment, component)?;
         if let Some(key) = component.properties.get(KEY_LOCATION) {
             warn!(key_location = %key, "keyLocation is not verified by the compose adapter");
@@ -724,6 +729,20 @@ spec:
         assert_ne!(project_name("a-b", "c"), project_name("a", "b-c"));
         assert_ne!(project_name("a", "b.c"), project_name("a", "b-c"));
         assert_eq!(project_name("a", "b"), project_name("a", "b"));
+    }
+
+    #[tokio::test]
+    async fn a_package_env_file_is_kept_and_parameters_appended() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".env");
+        write_env(&path, "A=1\n").await.unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "A=1\n");
+        std::fs::write(&path, "LOG_LEVEL=info\nA=0").unwrap();
+        write_env(&path, "A=1\n").await.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "LOG_LEVEL=info\nA=0\n# parameters from the ApplicationDeployment\nA=1\n"
+        );
     }
 
     #[test]
