@@ -17,7 +17,9 @@ use crate::connection::{Connection, ConnectionDeps, ConnectionSettings, Connecti
 use crate::identity::{Identity, IdentityError};
 use crate::outbox::{Outbox, OutboxError, Uplink};
 use crate::reconcile::{ReconcileContext, ReconcileError, Reconciler, RetryPolicy};
-use crate::runtime::{ExecRuntime, Runtime, SimulatedRuntime};
+use crate::runtime::{
+    ComposeRuntime, ExecRuntime, HelmRuntime, NativeRuntime, Runtime, SimulatedRuntime,
+};
 use crate::snapshot::{AgentSnapshot, DeploymentView, Snapshots};
 use crate::stats::AgentStats;
 use crate::store::{Store, StoreError};
@@ -134,6 +136,24 @@ impl Agent {
                     &config.runtime.exec,
                     config.deployments_dir(),
                     Arc::clone(&clock),
+                )),
+                AdapterKind::Compose => Arc::new(ComposeRuntime::new(
+                    &config.runtime.compose,
+                    &config.data_dir,
+                    Arc::clone(&clock),
+                )),
+                AdapterKind::Helm => Arc::new(HelmRuntime::new(
+                    &config.runtime.helm,
+                    &config.data_dir,
+                    Arc::clone(&clock),
+                )),
+                AdapterKind::Native => Arc::new(NativeRuntime::new(
+                    ComposeRuntime::new(
+                        &config.runtime.compose,
+                        &config.data_dir,
+                        Arc::clone(&clock),
+                    ),
+                    HelmRuntime::new(&config.runtime.helm, &config.data_dir, Arc::clone(&clock)),
                 )),
             },
         };
@@ -256,6 +276,7 @@ impl Agent {
             client_id = %self.identity.client_id,
             broker = %format!("{}:{}", self.broker.host, self.broker.port),
             runtime = self.runtime.supported().name,
+            profiles = ?self.runtime.supported().profiles,
             "agent starting"
         );
         // The reconciler stops with the agent; if it stops on its own (a store

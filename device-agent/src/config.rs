@@ -111,6 +111,29 @@ pub enum AdapterKind {
     Simulated,
     /// Runs a program per component action.
     Exec,
+    /// `docker compose` for `compose` deployments.
+    Compose,
+    /// `helm` for `helm.v3` deployments.
+    Helm,
+    /// `compose` for `compose` deployments and `helm` for `helm.v3` ones.
+    Native,
+}
+
+impl AdapterKind {
+    /// Every accepted value, as written in the file.
+    pub const NAMES: &'static str = "simulated, exec, compose, helm, native";
+
+    /// Parses the value written in a file or `MARGO_AGENT_RUNTIME_ADAPTER`.
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "simulated" => Some(Self::Simulated),
+            "exec" => Some(Self::Exec),
+            "compose" => Some(Self::Compose),
+            "helm" => Some(Self::Helm),
+            "native" => Some(Self::Native),
+            _ => None,
+        }
+    }
 }
 
 /// `[runtime]`.
@@ -120,6 +143,8 @@ pub struct RuntimeConfig {
     pub adapter: AdapterKind,
     pub simulated: SimulatedConfig,
     pub exec: ExecConfig,
+    pub compose: ComposeConfig,
+    pub helm: HelmConfig,
 }
 
 impl Default for RuntimeConfig {
@@ -128,6 +153,61 @@ impl Default for RuntimeConfig {
             adapter: AdapterKind::Simulated,
             simulated: SimulatedConfig::default(),
             exec: ExecConfig::default(),
+            compose: ComposeConfig::default(),
+            helm: HelmConfig::default(),
+        }
+    }
+}
+
+/// `[runtime.compose]`: the compose adapter (also used by `native`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ComposeConfig {
+    /// The docker CLI (with the compose plugin): a path, or a name looked up in `PATH`.
+    pub docker: PathBuf,
+    /// Kill a `docker compose`, `tar` or fetch command still running after this.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How to download http(s) package locations, e.g.
+    /// `["curl", "-fsSL", "-o", "{dest}", "{url}"]`. `{url}` and `{dest}` are
+    /// replaced in every argument. Empty: http(s) locations fail with
+    /// `package-fetch-unsupported`.
+    pub fetch_command: Vec<String>,
+}
+
+impl Default for ComposeConfig {
+    fn default() -> Self {
+        Self {
+            docker: PathBuf::from("docker"),
+            timeout: Duration::from_secs(600),
+            fetch_command: Vec::new(),
+        }
+    }
+}
+
+/// `[runtime.helm]`: the helm adapter (also used by `native`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HelmConfig {
+    /// The helm CLI: a path, or a name looked up in `PATH`.
+    pub helm: PathBuf,
+    /// Kill a helm command still running after this (or after the component's
+    /// own `timeout` plus a minute, when that is longer).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Passed as `--kube-context`.
+    pub kube_context: Option<String>,
+    /// Passed as `--kubeconfig`.
+    pub kubeconfig: Option<PathBuf>,
+}
+
+impl Default for HelmConfig {
+    fn default() -> Self {
+        Self {
+            helm: PathBuf::from("helm"),
+            timeout: Duration::from_secs(600),
+            kube_context: None,
+            kubeconfig: None,
         }
     }
 }
@@ -253,9 +333,19 @@ impl AgentConfig {
             }
         }
         // A bare program name is looked up in PATH; `dir/prog` is relative to the file.
-        let program = &mut self.runtime.exec.program;
-        if program.is_relative() && program.components().count() > 1 {
-            *program = base.join(&*program);
+        for program in [
+            &mut self.runtime.exec.program,
+            &mut self.runtime.compose.docker,
+            &mut self.runtime.helm.helm,
+        ] {
+            if program.is_relative() && program.components().count() > 1 {
+                *program = base.join(&*program);
+            }
+        }
+        if let Some(kubeconfig) = &mut self.runtime.helm.kubeconfig {
+            if kubeconfig.is_relative() {
+                *kubeconfig = base.join(&*kubeconfig);
+            }
         }
     }
 
@@ -270,7 +360,9 @@ impl AgentConfig {
     /// `KEEP_ALIVE`, `ACK_TIMEOUT`, `CONTENT_TIMEOUT`, `RECONNECT_MIN`,
     /// `RECONNECT_MAX`, `RETRY_FAILED_AFTER`, `RETRY_FAILED_MAX`,
     /// `STATE_INTERVAL`, `OUTBOX_MAX_ENTRIES`, `OUTBOX_MAX_BYTES`,
-    /// `RUNTIME_ADAPTER`, `EXEC_PROGRAM`, `EXEC_TIMEOUT`. Others with the prefix are errors.
+    /// `RUNTIME_ADAPTER`, `EXEC_PROGRAM`, `EXEC_TIMEOUT`, `COMPOSE_DOCKER`,
+    /// `COMPOSE_TIMEOUT`, `HELM_PROGRAM`, `HELM_TIMEOUT`, `HELM_KUBE_CONTEXT`,
+    /// `HELM_KUBECONFIG`. Others with the prefix are errors.
     pub fn apply_env_from(
         &mut self,
         vars: impl IntoIterator<Item = (String, String)>,
@@ -296,19 +388,23 @@ impl AgentConfig {
                 "OUTBOX_MAX_ENTRIES" => self.outbox.max_entries = parse_number(field, &value)?,
                 "OUTBOX_MAX_BYTES" => self.outbox.max_bytes = parse_number(field, &value)?,
                 "RUNTIME_ADAPTER" => {
-                    self.runtime.adapter = match value.as_str() {
-                        "simulated" => AdapterKind::Simulated,
-                        "exec" => AdapterKind::Exec,
-                        other => {
-                            return Err(invalid(
-                                field,
-                                format!("{other:?} is not one of simulated, exec"),
-                            ))
-                        }
-                    }
+                    self.runtime.adapter = AdapterKind::parse(&value).ok_or_else(|| {
+                        invalid(
+                            field,
+                            format!("{value:?} is not one of {}", AdapterKind::NAMES),
+                        )
+                    })?;
                 }
                 "EXEC_PROGRAM" => self.runtime.exec.program = PathBuf::from(value),
                 "EXEC_TIMEOUT" => self.runtime.exec.timeout = parse_duration(field, &value)?,
+                "COMPOSE_DOCKER" => self.runtime.compose.docker = PathBuf::from(value),
+                "COMPOSE_TIMEOUT" => {
+                    self.runtime.compose.timeout = parse_duration(field, &value)?;
+                }
+                "HELM_PROGRAM" => self.runtime.helm.helm = PathBuf::from(value),
+                "HELM_TIMEOUT" => self.runtime.helm.timeout = parse_duration(field, &value)?,
+                "HELM_KUBE_CONTEXT" => self.runtime.helm.kube_context = Some(value),
+                "HELM_KUBECONFIG" => self.runtime.helm.kubeconfig = Some(PathBuf::from(value)),
                 _ => return Err(invalid(field, "unknown setting")),
             }
         }
@@ -402,6 +498,8 @@ impl AgentConfig {
                 ));
             }
         }
+        self.runtime.compose.validate()?;
+        self.runtime.helm.validate()?;
         Ok(())
     }
 
@@ -413,6 +511,60 @@ impl AgentConfig {
     /// Where the exec adapter writes deployment documents.
     pub fn deployments_dir(&self) -> PathBuf {
         self.data_dir.join("deployments")
+    }
+}
+
+impl ComposeConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.docker.as_os_str().is_empty() {
+            return Err(invalid("runtime.compose.docker", "must not be empty"));
+        }
+        if self.timeout.is_zero() {
+            return Err(invalid(
+                "runtime.compose.timeout",
+                "must be greater than zero",
+            ));
+        }
+        if let Some(first) = self.fetch_command.first() {
+            let field = "runtime.compose.fetch_command";
+            if first.is_empty() || first.contains('{') {
+                return Err(invalid(field, "the first element must name a program"));
+            }
+            for placeholder in ["{url}", "{dest}"] {
+                if !self.fetch_command.iter().any(|a| a.contains(placeholder)) {
+                    return Err(invalid(
+                        field,
+                        format!("must contain {placeholder} in some argument"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl HelmConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.helm.as_os_str().is_empty() {
+            return Err(invalid("runtime.helm.helm", "must not be empty"));
+        }
+        if self.timeout.is_zero() {
+            return Err(invalid("runtime.helm.timeout", "must be greater than zero"));
+        }
+        if let Some(context) = &self.kube_context {
+            if context.is_empty() || context.starts_with('-') {
+                return Err(invalid(
+                    "runtime.helm.kube_context",
+                    "must be a non-empty context name not starting with '-'",
+                ));
+            }
+        }
+        if let Some(path) = &self.kubeconfig {
+            if path.as_os_str().is_empty() {
+                return Err(invalid("runtime.helm.kubeconfig", "must not be empty"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -497,6 +649,64 @@ timeout = "3s"
     }
 
     #[test]
+    fn compose_and_helm_sections() {
+        let c = AgentConfig::from_toml(
+            r#"
+version = 1
+[runtime]
+adapter = "native"
+[runtime.compose]
+docker = "/usr/bin/docker"
+timeout = "2m"
+fetch_command = ["curl", "-fsSL", "-o", "{dest}", "{url}"]
+[runtime.helm]
+helm = "helm"
+timeout = "15m"
+kube_context = "edge"
+kubeconfig = "/etc/rancher/k3s/k3s.yaml"
+"#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.runtime.adapter, AdapterKind::Native);
+        assert_eq!(c.runtime.compose.timeout, Duration::from_secs(120));
+        assert_eq!(c.runtime.compose.fetch_command.len(), 5);
+        assert_eq!(c.runtime.helm.kube_context.as_deref(), Some("edge"));
+        let d = AgentConfig::default();
+        assert_eq!(d.runtime.compose.docker, PathBuf::from("docker"));
+        assert_eq!(d.runtime.helm.helm, PathBuf::from("helm"));
+        assert!(d.runtime.compose.fetch_command.is_empty());
+        for adapter in ["compose", "helm"] {
+            let text = format!("version = 1\n[runtime]\nadapter = \"{adapter}\"\n");
+            AgentConfig::from_toml(&text).unwrap().validate().unwrap();
+        }
+        assert!(matches!(
+            AgentConfig::from_toml("version = 1\n[runtime.helm]\nhelmet = \"x\"\n"),
+            Err(ConfigError::Toml { .. })
+        ));
+        let mut e = AgentConfig::default();
+        e.apply_env_from([
+            (
+                "MARGO_AGENT_RUNTIME_ADAPTER".to_string(),
+                "helm".to_string(),
+            ),
+            ("MARGO_AGENT_HELM_TIMEOUT".to_string(), "1m".to_string()),
+            (
+                "MARGO_AGENT_COMPOSE_DOCKER".to_string(),
+                "/opt/docker".to_string(),
+            ),
+        ])
+        .unwrap();
+        assert_eq!(e.runtime.adapter, AdapterKind::Helm);
+        assert_eq!(e.runtime.helm.timeout, Duration::from_secs(60));
+        assert_eq!(e.runtime.compose.docker, PathBuf::from("/opt/docker"));
+        let err = e
+            .apply_env_from([("MARGO_AGENT_RUNTIME_ADAPTER".to_string(), "k8s".to_string())])
+            .unwrap_err();
+        assert_eq!(field_of(err), "MARGO_AGENT_RUNTIME_ADAPTER");
+    }
+
+    #[test]
     fn env_overrides_file() {
         let mut c = AgentConfig::default();
         c.apply_env_from([
@@ -540,6 +750,26 @@ timeout = "3s"
                 "runtime.exec.program",
             ),
             (Box::new(|c| c.keep_alive = Duration::ZERO), "keep_alive"),
+            (
+                Box::new(|c| c.runtime.compose.timeout = Duration::ZERO),
+                "runtime.compose.timeout",
+            ),
+            (
+                Box::new(|c| c.runtime.compose.docker = PathBuf::new()),
+                "runtime.compose.docker",
+            ),
+            (
+                Box::new(|c| c.runtime.compose.fetch_command = vec!["curl".into(), "{url}".into()]),
+                "runtime.compose.fetch_command",
+            ),
+            (
+                Box::new(|c| c.runtime.helm.timeout = Duration::ZERO),
+                "runtime.helm.timeout",
+            ),
+            (
+                Box::new(|c| c.runtime.helm.kube_context = Some(String::new())),
+                "runtime.helm.kube_context",
+            ),
         ];
         for (change, field) in cases {
             let mut c = AgentConfig::default();

@@ -297,18 +297,18 @@ impl ReconcileContext {
             );
             return self.fail(step, version, &previous_doc, None, Vec::new(), error);
         };
-        let info = self.runtime.supported();
-        if !info.supports(doc.profile) {
-            let error = StatusError::new(
-                "UNSUPPORTED_PROFILE",
-                doc.name.as_str(),
-                format!(
-                    "{} deployments are not supported by the {} adapter",
-                    doc.profile.as_str(),
-                    info.name
-                ),
-            );
-            let comps = components_in(Some(&doc), DeploymentState::Failed);
+        if let Err(e) = self.runtime.check_profile(doc.profile) {
+            // Unsupported profile or missing tool: every component fails with the reason.
+            let error = StatusError::new(e.code(), doc.name.as_str(), e.to_string());
+            let comps = doc
+                .components
+                .iter()
+                .map(|c| ComponentStatus {
+                    name: c.name.clone(),
+                    state: DeploymentState::Failed,
+                    error: Some(StatusError::new(e.code(), c.name.as_str(), e.to_string())),
+                })
+                .collect();
             return self.fail(step, version, &previous_doc, Some(&doc), comps, error);
         }
         self.record(

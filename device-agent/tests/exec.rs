@@ -124,7 +124,7 @@ async fn non_zero_exit_fails_with_code_and_stderr_tail() {
         .await
         .expect_err("fails");
     match &err {
-        RuntimeError::Exit { code, stderr } => {
+        RuntimeError::Exit { code, stderr, .. } => {
             assert!(code.contains('3'), "{code}");
             assert!(stderr.ends_with("helm: chart not found"), "{stderr}");
             assert!(
@@ -149,7 +149,7 @@ async fn hanging_program_is_killed_at_the_timeout() {
         .apply(&d, &d.components[0], ApplyKind::Install)
         .await
         .expect_err("times out");
-    assert!(matches!(err, RuntimeError::Timeout(_)), "{err:?}");
+    assert!(matches!(err, RuntimeError::Timeout { .. }), "{err:?}");
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "killed promptly"

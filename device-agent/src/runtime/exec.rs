@@ -19,23 +19,19 @@
 //! clean them up) and the action fails.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use margo_schemas::deployment::{ApplicationDeployment, Component, ProfileType};
-use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 use tracing::debug;
 
-use super::{ApplyKind, Runtime, RuntimeError, RuntimeFuture, RuntimeInfo};
+use super::{process, ApplyKind, Runtime, RuntimeError, RuntimeFuture, RuntimeInfo};
 use crate::clock::Clock;
 use crate::config::ExecConfig;
 
 /// How much of stderr goes into an error message.
-pub const STDERR_TAIL: usize = 2048;
-/// How long to wait for output pipes after the program exited.
-const PIPE_GRACE: Duration = Duration::from_secs(1);
+pub const STDERR_TAIL: usize = process::STDERR_TAIL;
 
 /// Runs `<program> install|update|remove` per component.
 #[derive(Debug)]
@@ -117,97 +113,24 @@ impl ExecRuntime {
                 "MARGO_PARAMETERS",
                 serde_json::Value::Object(parameters).to_string(),
             )
-            .env("MARGO_COMPONENT_PROPERTIES", properties)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|e| RuntimeError::Spawn {
-            program: self.program.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        let stdout = child
-            .stdout
-            .take()
-            .map(|s| tokio::spawn(tail(s, STDERR_TAIL)));
-        let stderr = child
-            .stderr
-            .take()
-            .map(|s| tokio::spawn(tail(s, STDERR_TAIL)));
-        let deadline = self.clock.now() + self.timeout;
-        let status = tokio::select! {
-            status = child.wait() => status,
-            () = self.clock.sleep_until(deadline) => {
-                let _ = child.start_kill();
-                let _ = child.wait().await;
-                for handle in [stdout, stderr].into_iter().flatten() {
-                    handle.abort();
-                }
-                return Err(RuntimeError::Timeout(self.timeout));
-            }
-        };
-        let status = status.map_err(|e| RuntimeError::Spawn {
-            program: self.program.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        let out = collect(stdout).await;
-        let err = collect(stderr).await;
+            .env("MARGO_COMPONENT_PROPERTIES", properties);
+        let label = format!("{} {action}", self.program.display());
+        let done = process::run(cmd, &label, self.timeout, self.clock.as_ref()).await?;
         debug!(
             deployment_id = %deployment.id,
             component = %component.name,
             action,
-            %status,
-            stdout = %String::from_utf8_lossy(&out),
+            status = %done.status,
+            stdout = %String::from_utf8_lossy(&done.stdout),
             "exec adapter finished"
         );
-        if status.success() {
-            Ok(())
-        } else {
-            Err(RuntimeError::Exit {
-                code: status.to_string(),
-                stderr: String::from_utf8_lossy(&err).trim().to_string(),
-            })
-        }
+        done.check(&label).map(|_| ())
     }
 
     /// The directory deployment files are written to.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
-}
-
-async fn collect(handle: Option<tokio::task::JoinHandle<Vec<u8>>>) -> Vec<u8> {
-    let Some(mut handle) = handle else {
-        return Vec::new();
-    };
-    match tokio::time::timeout(PIPE_GRACE, &mut handle).await {
-        Ok(Ok(bytes)) => bytes,
-        Ok(Err(_)) => Vec::new(),
-        Err(_) => {
-            // A descendant still holds the pipe open; stop reading.
-            handle.abort();
-            Vec::new()
-        }
-    }
-}
-
-/// Reads `reader` to the end, keeping the last `keep` bytes.
-async fn tail(mut reader: impl AsyncRead + Unpin, keep: usize) -> Vec<u8> {
-    let mut kept = Vec::with_capacity(keep);
-    let mut buf = [0u8; 4096];
-    loop {
-        match reader.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                kept.extend_from_slice(&buf[..n]);
-                if kept.len() > keep {
-                    let cut = kept.len() - keep;
-                    kept.drain(..cut);
-                }
-            }
-        }
-    }
-    kept
 }
 
 impl Runtime for ExecRuntime {
