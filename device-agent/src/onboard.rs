@@ -196,6 +196,8 @@ struct PendingRequest {
     location: String,
     /// The CA fingerprint checked (or trusted on first use) when the request was made.
     ca_fingerprint: Digest,
+    /// Fingerprint of the certificate the request carried (`onboarding.crt`).
+    certificate: Digest,
 }
 
 /// Whether `dir` holds an identity bundle (its index exists).
@@ -271,10 +273,11 @@ impl Onboarding {
                 reason: e.to_string(),
             })?;
         let body = self.request_body(&request_cert)?;
-        let local_id = pki::fingerprint(&request_cert).hex();
+        let request_fingerprint = pki::fingerprint(&request_cert);
+        let local_id = request_fingerprint.hex();
 
         let mut step = match pending {
-            Some(p) if p.request_id == local_id => {
+            Some(p) if p.certificate == request_fingerprint => {
                 info!(request_id = %p.request_id, "resuming a pending onboarding request");
                 Step::Poll(p.location)
             }
@@ -351,11 +354,12 @@ impl Onboarding {
                                         request_id: ext.request_id.clone(),
                                         location: location.clone(),
                                         ca_fingerprint,
+                                        certificate: request_fingerprint,
                                     },
                                 )?;
                                 info!(
                                     request_id = %ext.request_id,
-                                    fingerprint = %pki::fingerprint(&request_cert),
+                                    fingerprint = %request_fingerprint,
                                     approve = %format!("margoctl onboarding approve {}", ext.request_id),
                                     "waiting for approval by the fleet operator"
                                 );
