@@ -800,6 +800,50 @@ timeout = "3s"
     }
 
     #[test]
+    fn onboarding_section_and_fingerprints() {
+        let c = AgentConfig::from_toml(
+            "version = 1\n[onboarding]\nmanager_url = \"https://wfm:8443\"\nca_fingerprint = \"sha256:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let o = c.onboarding.as_ref().unwrap();
+        assert_eq!(o.poll_min, Duration::from_secs(5));
+        assert_eq!(o.poll_max, Duration::from_secs(300));
+        let colon = "00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF";
+        assert_eq!(
+            parse_fingerprint(colon).unwrap(),
+            o.fingerprint().unwrap().unwrap()
+        );
+        assert!(parse_fingerprint("sha256:abc").is_err());
+        let mut c = AgentConfig::default();
+        c.onboarding_mut().manager_url = "https://wfm".into();
+        assert_eq!(
+            field_of(c.validate().unwrap_err()),
+            "onboarding.ca_fingerprint"
+        );
+        c.onboarding_mut().insecure_tofu = true;
+        c.validate().unwrap();
+        c.onboarding_mut().manager_url = "http://wfm".into();
+        assert_eq!(
+            field_of(c.validate().unwrap_err()),
+            "onboarding.manager_url"
+        );
+        let mut c = AgentConfig::default();
+        c.apply_env_from([("MARGO_AGENT_ONBOARDING_TOKEN".to_string(), "t".to_string())])
+            .unwrap();
+        assert_eq!(c.onboarding.unwrap().token.as_deref(), Some("t"));
+        let mut c = AgentConfig::default();
+        c.capabilities.cpu_cores = Some(0.0);
+        assert_eq!(
+            field_of(c.validate().unwrap_err()),
+            "capabilities.cpu_cores"
+        );
+        c.capabilities.cpu_cores = Some(0.5);
+        c.capabilities.memory = Some("2GB".into());
+        assert_eq!(field_of(c.validate().unwrap_err()), "capabilities.memory");
+    }
+
+    #[test]
     fn broker_urls() {
         let u = parse_broker_url("mqtts://gw.example.com:8884", "f").unwrap();
         assert_eq!(
