@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::capabilities::{CapabilitiesError, CapabilitiesReporter, CapabilitiesSource, HostProbe};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{AdapterKind, AgentConfig, BrokerUrl, ConfigError};
 use crate::connection::{Connection, ConnectionDeps, ConnectionSettings, ConnectionSetupError};
@@ -40,6 +41,8 @@ pub enum AgentError {
     Connection(#[from] ConnectionSetupError),
     #[error("reconcile: {0}")]
     Reconcile(#[from] ReconcileError),
+    #[error("{0}")]
+    Capabilities(#[from] CapabilitiesError),
     #[error("the reconcile task panicked")]
     TaskPanicked,
 }
@@ -55,6 +58,8 @@ pub struct AgentOptions {
     pub runtime: Option<Arc<dyn Runtime>>,
     /// Use this clock instead of the system clock.
     pub clock: Option<Arc<dyn Clock>>,
+    /// Read host facts for capabilities from here instead of `/` (tests).
+    pub host: Option<HostProbe>,
 }
 
 /// Observes a running agent.
@@ -79,6 +84,8 @@ pub struct Agent {
     clock: Arc<dyn Clock>,
     stats: Arc<AgentStats>,
     snapshots: Snapshots,
+    /// `None` when `capabilities.enabled = false`.
+    capabilities: Option<CapabilitiesSource>,
 }
 
 /// The agent's parts before they run: lets tests drive the downlink
@@ -157,6 +164,20 @@ impl Agent {
                 )),
             },
         };
+        let capabilities = if config.capabilities.enabled {
+            let source = CapabilitiesSource {
+                config: config.capabilities.clone(),
+                identity_name: identity.name.clone(),
+                client_id: identity.client_id.clone(),
+                runtime: runtime.supported(),
+                probe: options.host.unwrap_or_default(),
+            };
+            // A configuration mistake is a start error that names the field.
+            source.build()?;
+            Some(source)
+        } else {
+            None
+        };
         let stats = Arc::new(AgentStats::default());
         let initial = initial_snapshot(&identity.client_id, &store)?;
         let snapshots = Snapshots::new(initial, Arc::clone(&stats));
@@ -169,6 +190,7 @@ impl Agent {
             clock,
             stats,
             snapshots,
+            capabilities,
         })
     }
 
@@ -288,8 +310,22 @@ impl Agent {
             token.cancel();
             result
         });
+        let reporter = self.capabilities.clone().map(|source| {
+            let reporter = CapabilitiesReporter::new(
+                source,
+                self.store.clone(),
+                parts.uplink.clone(),
+                Arc::clone(&self.clock),
+                Arc::clone(&self.stats),
+                self.config.capabilities_interval,
+            );
+            tokio::spawn(reporter.run(inner.clone()))
+        });
         connection.run(inner.clone()).await;
         inner.cancel();
+        if let Some(reporter) = reporter {
+            let _ = reporter.await;
+        }
         let result = match reconciler.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(AgentError::Reconcile(e)),

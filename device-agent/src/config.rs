@@ -4,9 +4,12 @@
 //! names the offending field. Relative paths in a file are relative to the
 //! file's directory.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use margo_schemas::capabilities::{Architecture, InterfaceType, Peripheral};
+use margo_schemas::digest::Digest;
 use serde::Deserialize;
 
 /// The only configuration `version` this build understands.
@@ -82,6 +85,130 @@ pub struct AgentConfig {
     pub outbox: OutboxConfig,
     /// Runtime adapter.
     pub runtime: RuntimeConfig,
+    /// How often to re-check the device capabilities (sent only when they changed).
+    #[serde(with = "humantime_serde")]
+    pub capabilities_interval: Duration,
+    /// What the device reports as its Margo capabilities.
+    pub capabilities: CapabilitiesConfig,
+    /// HTTPS onboarding with the fleet manager (`margo-agent onboard`, or
+    /// before `run` when no identity bundle exists yet).
+    pub onboarding: Option<OnboardingConfig>,
+}
+
+/// `[onboarding]`: where and how to onboard over HTTPS.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OnboardingConfig {
+    /// `https://host[:port]` of the fleet manager's HTTP API.
+    pub manager_url: String,
+    /// SHA-256 fingerprint of the fleet CA (`sha256:<hex>`), given out of band.
+    pub ca_fingerprint: Option<String>,
+    /// Enrollment token for automatic approval (`margoctl tokens create`).
+    pub token: Option<String>,
+    /// Trust the CA the manager presents without a fingerprint (warns loudly).
+    pub insecure_tofu: bool,
+    /// The fleet name to ask for (default: the host name).
+    pub name: Option<String>,
+    /// First delay between polls while waiting for approval (doubling, jittered).
+    #[serde(with = "humantime_serde")]
+    pub poll_min: Duration,
+    /// Longest delay between polls.
+    #[serde(with = "humantime_serde")]
+    pub poll_max: Duration,
+}
+
+impl Default for OnboardingConfig {
+    fn default() -> Self {
+        Self {
+            manager_url: String::new(),
+            ca_fingerprint: None,
+            token: None,
+            insecure_tofu: false,
+            name: None,
+            poll_min: Duration::from_secs(5),
+            poll_max: Duration::from_secs(300),
+        }
+    }
+}
+
+/// `[capabilities]`: the device's Margo capabilities. Unset fields are
+/// detected (DMI, devicetree, `/proc/meminfo`, `/sys/class/net`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CapabilitiesConfig {
+    /// Report capabilities at all (Margo requires it; off only for simulators).
+    pub enabled: bool,
+    /// `properties.id` (default: the bundle's name, reduced to RFC 3986 unreserved characters).
+    pub device_id: Option<String>,
+    pub vendor: Option<String>,
+    pub model_number: Option<String>,
+    pub serial_number: Option<String>,
+    /// Cores delegated to Margo workloads; may be fractional (0.5). Default: all available.
+    pub cpu_cores: Option<f64>,
+    /// CPU architecture (default: the build's architecture).
+    pub architecture: Option<Architecture>,
+    /// Memory delegated to Margo workloads (`2Gi`). Default: MemTotal.
+    pub memory: Option<String>,
+    /// Storage delegated to Margo workloads (`64Gi`). Not detected: omitted unless set.
+    pub storage: Option<String>,
+    /// Detect network interfaces from `/sys/class/net`.
+    pub detect_interfaces: bool,
+    /// Interfaces to report besides the detected ones.
+    pub interfaces: Vec<InterfaceType>,
+    pub peripherals: Vec<Peripheral>,
+    pub otel_collector: Option<bool>,
+    /// Vendor extensions, `[capabilities.extensions."x-acme-extensions"]`.
+    pub extensions: BTreeMap<String, serde_json::Value>,
+    /// Devices behind this gateway, reported after it (`[[capabilities.children]]`).
+    pub children: Vec<ChildCapabilities>,
+}
+
+impl Default for CapabilitiesConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            device_id: None,
+            vendor: None,
+            model_number: None,
+            serial_number: None,
+            cpu_cores: None,
+            architecture: None,
+            memory: None,
+            storage: None,
+            detect_interfaces: true,
+            interfaces: Vec::new(),
+            peripherals: Vec::new(),
+            otel_collector: None,
+            extensions: BTreeMap::new(),
+            children: Vec::new(),
+        }
+    }
+}
+
+/// `[[capabilities.children]]`: a device behind a see-through gateway.
+/// Nothing is detected for children; hosting fields are optional.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChildCapabilities {
+    /// `<parent id>/<child>`.
+    pub id: String,
+    pub vendor: String,
+    pub model_number: String,
+    pub serial_number: String,
+    #[serde(default)]
+    pub cpu_cores: Option<f64>,
+    #[serde(default)]
+    pub architecture: Option<Architecture>,
+    #[serde(default)]
+    pub memory: Option<String>,
+    #[serde(default)]
+    pub storage: Option<String>,
+    #[serde(default)]
+    pub interfaces: Vec<InterfaceType>,
+    #[serde(default)]
+    pub peripherals: Vec<Peripheral>,
+    #[serde(default)]
+    pub extensions: BTreeMap<String, serde_json::Value>,
 }
 
 /// Bounds of the durable uplink outbox.
@@ -265,6 +392,9 @@ impl Default for AgentConfig {
             max_message_bytes: margo_schemas::codec::DEFAULT_MAX_PAYLOAD,
             outbox: OutboxConfig::default(),
             runtime: RuntimeConfig::default(),
+            capabilities_interval: Duration::from_secs(3600),
+            capabilities: CapabilitiesConfig::default(),
+            onboarding: None,
         }
     }
 }
@@ -362,7 +492,9 @@ impl AgentConfig {
     /// `STATE_INTERVAL`, `OUTBOX_MAX_ENTRIES`, `OUTBOX_MAX_BYTES`,
     /// `RUNTIME_ADAPTER`, `EXEC_PROGRAM`, `EXEC_TIMEOUT`, `COMPOSE_DOCKER`,
     /// `COMPOSE_TIMEOUT`, `HELM_PROGRAM`, `HELM_TIMEOUT`, `HELM_KUBE_CONTEXT`,
-    /// `HELM_KUBECONFIG`. Others with the prefix are errors.
+    /// `HELM_KUBECONFIG`, `CAPABILITIES_INTERVAL`, `ONBOARDING_MANAGER_URL`,
+    /// `ONBOARDING_CA_FINGERPRINT`, `ONBOARDING_TOKEN`, `ONBOARDING_NAME`,
+    /// `ONBOARDING_INSECURE_TOFU`. Others with the prefix are errors.
     pub fn apply_env_from(
         &mut self,
         vars: impl IntoIterator<Item = (String, String)>,
@@ -405,10 +537,26 @@ impl AgentConfig {
                 "HELM_TIMEOUT" => self.runtime.helm.timeout = parse_duration(field, &value)?,
                 "HELM_KUBE_CONTEXT" => self.runtime.helm.kube_context = Some(value),
                 "HELM_KUBECONFIG" => self.runtime.helm.kubeconfig = Some(PathBuf::from(value)),
+                "CAPABILITIES_INTERVAL" => {
+                    self.capabilities_interval = parse_duration(field, &value)?
+                }
+                "ONBOARDING_MANAGER_URL" => self.onboarding_mut().manager_url = value,
+                "ONBOARDING_CA_FINGERPRINT" => self.onboarding_mut().ca_fingerprint = Some(value),
+                "ONBOARDING_TOKEN" => self.onboarding_mut().token = Some(value),
+                "ONBOARDING_NAME" => self.onboarding_mut().name = Some(value),
+                "ONBOARDING_INSECURE_TOFU" => {
+                    self.onboarding_mut().insecure_tofu = parse_bool(field, &value)?
+                }
                 _ => return Err(invalid(field, "unknown setting")),
             }
         }
         Ok(())
+    }
+
+    /// The `[onboarding]` section, created with defaults if absent.
+    pub fn onboarding_mut(&mut self) -> &mut OnboardingConfig {
+        self.onboarding
+            .get_or_insert_with(OnboardingConfig::default)
     }
 
     /// Checks every field; the error names the first bad one.
@@ -449,6 +597,7 @@ impl AgentConfig {
             ("retry_failed_after", self.retry_failed_after),
             ("retry_failed_max", self.retry_failed_max),
             ("state_interval", self.state_interval),
+            ("capabilities_interval", self.capabilities_interval),
         ] {
             if value.is_zero() {
                 return Err(invalid(field, "must be greater than zero"));
@@ -490,6 +639,10 @@ impl AgentConfig {
                 return Err(invalid("runtime.exec.timeout", "must be greater than zero"));
             }
         }
+        if let Some(onboarding) = &self.onboarding {
+            onboarding.validate()?;
+        }
+        self.validate_capabilities()?;
         for p in &self.runtime.exec.profiles {
             if p != "helm.v3" && p != "compose" {
                 return Err(invalid(
@@ -543,6 +696,37 @@ impl ComposeConfig {
     }
 }
 
+impl AgentConfig {
+    fn validate_capabilities(&self) -> Result<(), ConfigError> {
+        let c = &self.capabilities;
+        if let Some(cores) = c.cpu_cores {
+            if !cores.is_finite() || cores <= 0.0 || cores > 4096.0 {
+                return Err(invalid(
+                    "capabilities.cpu_cores",
+                    format!("{cores} is not a plausible core count (e.g. 0.5, 4)"),
+                ));
+            }
+        }
+        for (field, value) in [
+            ("capabilities.memory", &c.memory),
+            ("capabilities.storage", &c.storage),
+        ] {
+            if let Some(v) = value {
+                match margo_schemas::capabilities::parse_binary_quantity(v) {
+                    Some(n) if n > 0 => {}
+                    _ => {
+                        return Err(invalid(
+                            field,
+                            format!("{v:?} is not a binary quantity (e.g. 512Mi, 2Gi)"),
+                        ))
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl HelmConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.helm.as_os_str().is_empty() {
@@ -566,6 +750,65 @@ impl HelmConfig {
         }
         Ok(())
     }
+}
+
+impl OnboardingConfig {
+    /// Checks the section; errors name `onboarding.<field>`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        crate::http::ManagerUrl::parse(&self.manager_url)
+            .map_err(|e| invalid("onboarding.manager_url", e.to_string()))?;
+        match &self.ca_fingerprint {
+            Some(fp) => {
+                parse_fingerprint(fp)?;
+            }
+            None if !self.insecure_tofu => return Err(invalid(
+                "onboarding.ca_fingerprint",
+                "required (sha256:<hex> as printed by `margoctl ca`), unless insecure_tofu = true",
+            )),
+            None => {}
+        }
+        if self.poll_min.is_zero() {
+            return Err(invalid("onboarding.poll_min", "must be greater than zero"));
+        }
+        if self.poll_max < self.poll_min {
+            return Err(invalid(
+                "onboarding.poll_max",
+                "must not be less than poll_min",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The pinned CA fingerprint, if any.
+    pub fn fingerprint(&self) -> Result<Option<Digest>, ConfigError> {
+        self.ca_fingerprint
+            .as_deref()
+            .map(parse_fingerprint)
+            .transpose()
+    }
+}
+
+/// Parses a CA fingerprint: `sha256:<hex>`, also accepting upper case and
+/// `AB:CD:…` colon-separated hex (as `openssl x509 -fingerprint` prints it).
+pub fn parse_fingerprint(text: &str) -> Result<Digest, ConfigError> {
+    let trimmed = text.trim();
+    let hex_part = trimmed
+        .strip_prefix("sha256:")
+        .or_else(|| trimmed.strip_prefix("SHA256:"))
+        .or_else(|| trimmed.strip_prefix("sha256="))
+        .or_else(|| trimmed.strip_prefix("SHA256="))
+        .unwrap_or(trimmed);
+    let normalised: String = hex_part
+        .chars()
+        .filter(|c| *c != ':')
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    Digest::parse(&format!("sha256:{normalised}")).map_err(|_| {
+        invalid(
+            "onboarding.ca_fingerprint",
+            format!("{text:?} is not a SHA-256 fingerprint (sha256:<64 hex digits>)"),
+        )
+    })
 }
 
 fn parse_duration(field: &str, value: &str) -> Result<Duration, ConfigError> {
@@ -784,6 +1027,50 @@ kubeconfig = "/etc/rancher/k3s/k3s.yaml"
         c.validate().unwrap();
         c.broker_url = Some("mqtts://gw.example.com".into());
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn onboarding_section_and_fingerprints() {
+        let c = AgentConfig::from_toml(
+            "version = 1\n[onboarding]\nmanager_url = \"https://wfm:8443\"\nca_fingerprint = \"sha256:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let o = c.onboarding.as_ref().unwrap();
+        assert_eq!(o.poll_min, Duration::from_secs(5));
+        assert_eq!(o.poll_max, Duration::from_secs(300));
+        let colon = "00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF";
+        assert_eq!(
+            parse_fingerprint(colon).unwrap(),
+            o.fingerprint().unwrap().unwrap()
+        );
+        assert!(parse_fingerprint("sha256:abc").is_err());
+        let mut c = AgentConfig::default();
+        c.onboarding_mut().manager_url = "https://wfm".into();
+        assert_eq!(
+            field_of(c.validate().unwrap_err()),
+            "onboarding.ca_fingerprint"
+        );
+        c.onboarding_mut().insecure_tofu = true;
+        c.validate().unwrap();
+        c.onboarding_mut().manager_url = "http://wfm".into();
+        assert_eq!(
+            field_of(c.validate().unwrap_err()),
+            "onboarding.manager_url"
+        );
+        let mut c = AgentConfig::default();
+        c.apply_env_from([("MARGO_AGENT_ONBOARDING_TOKEN".to_string(), "t".to_string())])
+            .unwrap();
+        assert_eq!(c.onboarding.unwrap().token.as_deref(), Some("t"));
+        let mut c = AgentConfig::default();
+        c.capabilities.cpu_cores = Some(0.0);
+        assert_eq!(
+            field_of(c.validate().unwrap_err()),
+            "capabilities.cpu_cores"
+        );
+        c.capabilities.cpu_cores = Some(0.5);
+        c.capabilities.memory = Some("2GB".into());
+        assert_eq!(field_of(c.validate().unwrap_err()), "capabilities.memory");
     }
 
     #[test]

@@ -13,6 +13,12 @@
 //!   `sync` on first start or when the broker did not resume the session.
 //! - Outbox entries not acked by the manager within the ack timeout are
 //!   resent on the live connection.
+//! - Revoked: a CONNACK "not authorized" / "bad user name or password", or
+//!   a TLS alert "certificate revoked" / "certificate unknown", means the
+//!   fleet manager revoked this device. The status becomes
+//!   [`ConnectionStatus::Revoked`], one error is logged, and the only
+//!   retries are slow ones (about every `reconnect_max`) in case the
+//!   operator takes it back; the reconciler applies nothing meanwhile.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,14 +29,16 @@ use margo_schemas::messages::{Message, SyncReason};
 use margo_schemas::pki::{self, PkiError};
 use margo_schemas::topics;
 use rumqttc::{
-    AsyncClient, ClientError, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing,
-    Packet, QoS, Request, SubscribeFilter, TlsConfiguration, Transport,
+    AsyncClient, ClientError, ConnectReturnCode, ConnectionError, Event, EventLoop, LastWill,
+    MqttOptions, Outgoing, Packet, QoS, Request, SubscribeFilter, TlsConfiguration, TlsError,
+    Transport,
 };
+use rustls::AlertDescription;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, instrument, warn};
+use tracing::{debug, error, info, instrument, warn};
 
-use crate::clock::{Backoff, Clock};
+use crate::clock::{jitter, Backoff, Clock};
 use crate::config::BrokerUrl;
 use crate::identity::Identity;
 use crate::outbox::Uplink;
@@ -158,6 +166,7 @@ impl Connection {
         let mut sent: HashMap<u64, Instant> = HashMap::new();
         let mut first_connack = true;
         let mut state_due = self.clock.now() + self.settings.state_interval;
+        let mut revoked = false;
         self.set_status(ConnectionStatus::Connecting);
         loop {
             let wake = self.next_wake(&sent, state_due);
@@ -167,7 +176,9 @@ impl Connection {
                         () = shutdown.cancelled() => break,
                         () = self.clock.sleep_until(until) => {
                             state = ConnState::Connecting;
-                            self.set_status(ConnectionStatus::Connecting);
+                            if !revoked {
+                                self.set_status(ConnectionStatus::Connecting);
+                            }
                         }
                         () = self.clock.sleep_until(wake) => {
                             self.on_timer(&client, &mut sent, &mut state_due, false);
@@ -183,13 +194,27 @@ impl Connection {
                                 if let Some(session_present) = self.on_event(&client, &mut eventloop, event, connected, &mut sent) {
                                     state = ConnState::Connected;
                                     backoff.reset();
+                                    if revoked {
+                                        revoked = false;
+                                        info!("the gateway accepts this device again (no longer revoked)");
+                                    }
                                     self.on_connack(&client, session_present, first_connack, &mut sent);
                                     first_connack = false;
                                 }
                             }
                             Err(error) => {
-                                let delay = backoff.next_delay();
-                                self.on_error(&error, connected, backoff.attempts(), delay);
+                                let delay = if is_revocation(&error) {
+                                    // Slow retries only, in case the revocation is undone.
+                                    let delay = jitter(self.settings.reconnect_max);
+                                    self.on_revoked(&error, revoked, delay);
+                                    revoked = true;
+                                    delay
+                                } else {
+                                    let delay = backoff.next_delay();
+                                    self.on_error(&error, connected, backoff.attempts(), delay);
+                                    revoked = false;
+                                    delay
+                                };
                                 state = ConnState::Backoff(self.clock.now() + delay);
                             }
                         },
@@ -312,6 +337,22 @@ impl Connection {
         }
     }
 
+    fn on_revoked(&self, error: &ConnectionError, already: bool, delay: Duration) {
+        AgentStats::bump(&self.stats.connection_errors);
+        AgentStats::bump(&self.stats.revoked_refusals);
+        self.set_status(ConnectionStatus::Revoked);
+        if already {
+            debug!(%error, ?delay, "still revoked");
+        } else {
+            error!(
+                %error,
+                ?delay,
+                "the fleet manager revoked this device's certificate; re-onboard it \
+                 (retrying only slowly in case the revocation is undone)"
+            );
+        }
+    }
+
     /// The earliest of: pending-content deadline, state report, ack timeouts.
     fn next_wake(&self, sent: &HashMap<u64, Instant>, state_due: Instant) -> Instant {
         let mut wake = state_due;
@@ -410,4 +451,32 @@ impl Connection {
             info!("disconnected cleanly");
         }
     }
+}
+
+/// Whether `error` means the gateway refuses this device's identity:
+/// CONNACK "not authorized" or "bad user name or password", or a TLS alert
+/// "certificate revoked" / "certificate unknown" (TLS 1.3 reports a refused
+/// client certificate on the first read, so it can arrive as an I/O error).
+pub fn is_revocation(error: &ConnectionError) -> bool {
+    match error {
+        ConnectionError::ConnectionRefused(code) => matches!(
+            code,
+            ConnectReturnCode::NotAuthorized | ConnectReturnCode::BadUserNamePassword
+        ),
+        ConnectionError::Tls(TlsError::TLS(e)) => is_revoked_alert(e),
+        ConnectionError::Tls(TlsError::Io(e)) | ConnectionError::Io(e) => e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .is_some_and(is_revoked_alert),
+        _ => false,
+    }
+}
+
+fn is_revoked_alert(error: &rustls::Error) -> bool {
+    matches!(
+        error,
+        rustls::Error::AlertReceived(
+            AlertDescription::CertificateRevoked | AlertDescription::CertificateUnknown
+        )
+    )
 }

@@ -7,10 +7,13 @@
 //! See `README.md` and `docs/architecture.md` in the workspace.
 
 pub mod agent;
+pub mod capabilities;
 pub mod clock;
 pub mod config;
 pub mod connection;
+pub mod http;
 pub mod identity;
+pub mod onboard;
 pub mod outbox;
 pub mod reconcile;
 pub mod runtime;

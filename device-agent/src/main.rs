@@ -1,13 +1,18 @@
 //! `margo-agent run --config FILE [-v]`: loads the configuration (defaults →
-//! file → `MARGO_AGENT_*` environment → flags), starts the agent, prints
-//! `margo-agent ready client=<id>` once started, and exits cleanly on
-//! SIGINT/SIGTERM.
+//! file → `MARGO_AGENT_*` environment → flags), onboards first when
+//! `[onboarding]` is set and there is no identity bundle yet, starts the
+//! agent, prints `margo-agent ready client=<id>` once started, and exits
+//! cleanly on SIGINT/SIGTERM.
+//!
+//! `margo-agent onboard --manager URL --ca-fingerprint sha256:HEX [...]`:
+//! onboards over HTTPS and writes the identity bundle (see `onboard.rs`).
 
 use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use margo_agent::onboard::{self, OnboardOutcome, OnboardSettings, Onboarding};
 use margo_agent::{Agent, AgentConfig, AgentOptions};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -23,6 +28,36 @@ struct Cli {
 enum Command {
     /// Run the agent.
     Run(RunArgs),
+    /// Onboard with the fleet manager over HTTPS and write the identity bundle.
+    Onboard(OnboardArgs),
+}
+
+#[derive(clap::Args)]
+struct OnboardArgs {
+    /// Configuration file (optional; its [onboarding] and [capabilities] are used).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// The fleet manager's HTTPS API, `https://host:port`.
+    #[arg(long)]
+    manager: Option<String>,
+    /// The fleet CA's fingerprint, `sha256:<hex>` (from `margoctl ca`).
+    #[arg(long)]
+    ca_fingerprint: Option<String>,
+    /// Enrollment token for automatic approval (or MARGO_AGENT_ONBOARDING_TOKEN).
+    #[arg(long)]
+    token: Option<String>,
+    /// The name to ask for in the fleet (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Where to write the identity bundle (overrides the file and environment).
+    #[arg(long)]
+    identity_dir: Option<PathBuf>,
+    /// Trust the CA the manager presents without a fingerprint (insecure; warns).
+    #[arg(long)]
+    insecure_tofu: bool,
+    /// More logging (-v debug, -vv trace); RUST_LOG takes precedence.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
 }
 
 #[derive(clap::Args)]
@@ -92,13 +127,102 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
+fn load_onboard_config(args: &OnboardArgs) -> anyhow::Result<AgentConfig> {
+    let mut config = match &args.config {
+        Some(path) => AgentConfig::load(path)?,
+        None => AgentConfig::default(),
+    };
+    config.apply_env()?;
+    if let Some(dir) = &args.identity_dir {
+        config.identity_dir = dir.clone();
+    }
+    let onboarding = config.onboarding_mut();
+    if let Some(url) = &args.manager {
+        onboarding.manager_url = url.clone();
+    }
+    if let Some(fp) = &args.ca_fingerprint {
+        onboarding.ca_fingerprint = Some(fp.clone());
+    }
+    if let Some(token) = &args.token {
+        onboarding.token = Some(token.clone());
+    }
+    if let Some(name) = &args.name {
+        onboarding.name = Some(name.clone());
+    }
+    if args.insecure_tofu {
+        onboarding.insecure_tofu = true;
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+/// Runs onboarding until done or rejected; `None` after a signal.
+async fn onboard_until_signal(config: &AgentConfig) -> anyhow::Result<Option<OnboardOutcome>> {
+    let settings = OnboardSettings::from_config(config)?;
+    let shutdown = CancellationToken::new();
+    let task = Onboarding::new(
+        settings,
+        std::sync::Arc::new(margo_agent::clock::SystemClock),
+    )
+    .run(shutdown.clone());
+    tokio::pin!(task);
+    tokio::select! {
+        r = &mut task => Ok(Some(r?)),
+        r = wait_for_signal() => {
+            r?;
+            shutdown.cancel();
+            match task.await {
+                Ok(outcome) => Ok(Some(outcome)),
+                Err(onboard::OnboardError::Cancelled) => {
+                    tracing::info!("signal received; onboarding stopped (run again to resume)");
+                    Ok(None)
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
+}
+
+fn say(line: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").context("writing to stdout")?;
+    out.flush().context("flushing stdout")
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let Command::Run(args) = cli.command;
+    let args = match cli.command {
+        Command::Run(args) => args,
+        Command::Onboard(args) => {
+            init_logging(args.verbose);
+            let config = load_onboard_config(&args).context("onboarding configuration")?;
+            match onboard_until_signal(&config).await.context("onboarding")? {
+                None => {}
+                Some(OnboardOutcome::AlreadyOnboarded(client_id)) => {
+                    say(&format!("already onboarded as {client_id}"))?
+                }
+                Some(OnboardOutcome::Onboarded { client_id, name }) => say(&format!(
+                    "onboarded as {client_id} (name {name}); identity bundle in {}",
+                    config.identity_dir.display()
+                ))?,
+            }
+            return Ok(());
+        }
+    };
     init_logging(args.verbose);
     let config =
         load_config(&args).with_context(|| format!("configuration {}", args.config.display()))?;
+    if config.onboarding.is_some() && !onboard::bundle_present(&config.identity_dir) {
+        tracing::info!(identity_dir = %config.identity_dir.display(), "no identity bundle yet; onboarding first");
+        if onboard_until_signal(&config)
+            .await
+            .context("onboarding")?
+            .is_none()
+        {
+            return Ok(());
+        }
+    }
     let agent = Agent::new(config, AgentOptions::default()).context("starting the agent")?;
     let client_id = agent.client_id().clone();
     let shutdown = CancellationToken::new();

@@ -31,7 +31,7 @@ use tracing::{debug, error, info, instrument, warn};
 use crate::clock::Clock;
 use crate::outbox::{OutboxError, Uplink};
 use crate::runtime::{ApplyKind, Runtime};
-use crate::snapshot::{DeploymentView, Snapshots};
+use crate::snapshot::{AgentSnapshot, ConnectionStatus, DeploymentView, Snapshots};
 use crate::stats::AgentStats;
 use crate::store::{
     AcceptedManifest, Action, AppliedRecord, Intent, RetryState, Store, StoreError,
@@ -620,9 +620,19 @@ impl Reconciler {
         let ctx = self.ctx.clone();
         let mut target = self.targets.borrow_and_update().clone();
         let mut next_pass: Option<Instant> = self.initial_pass(target.as_deref())?;
+        let mut snapshots = ctx.snapshots.subscribe();
         loop {
             if let (Some(when), Some(t)) = (next_pass, target.clone()) {
                 if when <= ctx.clock.now() {
+                    if is_revoked(&snapshots.borrow_and_update()) {
+                        // A revoked device applies nothing until the gateway accepts it again.
+                        info!(client_id = %ctx.client, manifest_version = t.version(), "apply held: this device's certificate is revoked");
+                        tokio::select! {
+                            () = shutdown.cancelled() => return Ok(()),
+                            () = wait_until_not_revoked(&mut snapshots) => {}
+                        }
+                        continue;
+                    }
                     let targets = self.targets.clone();
                     let superseded = move || targets.has_changed().unwrap_or(false);
                     let outcome = tokio::select! {
@@ -724,6 +734,23 @@ async fn sleep_opt(clock: &Arc<dyn Clock>, when: Option<Instant>) {
     match when {
         Some(when) => clock.sleep_until(when).await,
         None => std::future::pending().await,
+    }
+}
+
+fn is_revoked(snapshot: &AgentSnapshot) -> bool {
+    snapshot.connection == ConnectionStatus::Revoked
+}
+
+/// Completes once the snapshot no longer says revoked.
+async fn wait_until_not_revoked(snapshots: &mut watch::Receiver<AgentSnapshot>) {
+    loop {
+        if snapshots.changed().await.is_err() {
+            // The agent is going away; shutdown ends the wait.
+            std::future::pending::<()>().await;
+        }
+        if !is_revoked(&snapshots.borrow_and_update()) {
+            return;
+        }
     }
 }
 

@@ -24,6 +24,9 @@ pub enum ConnectionStatus {
     Connected,
     /// Waiting before the next attempt.
     Backoff,
+    /// The gateway refused this device's certificate (revoked): no normal
+    /// reconnects, only a slow retry every `reconnect_max`; nothing is applied.
+    Revoked,
     /// Shut down.
     Stopped,
 }

@@ -62,6 +62,10 @@ counters!(
     apply_failures,
     /// Reconcile passes retried after a failure.
     retries,
+    /// Connection attempts refused because this device's certificate was revoked.
+    revoked_refusals,
+    /// Capabilities reports enqueued (one per device, children included).
+    capabilities_sent,
 );
 
 impl AgentStats {

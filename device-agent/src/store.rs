@@ -31,6 +31,7 @@ const KEY_NEXT_SEQ: &str = "next_seq";
 const KEY_ADOPTED: &str = "adopted_version";
 const KEY_ACCEPTED: &str = "accepted_manifest";
 const KEY_RETRY: &str = "retry";
+const KEY_CAPABILITIES: &str = "capabilities_digest";
 
 /// Largest record we decode from our own store (a YAML document is at most 512 KiB).
 const MAX_RECORD: usize = 2 * 1024 * 1024;
@@ -283,6 +284,21 @@ impl Store {
         let txn = self.db.begin_write()?;
         txn.open_table(META)?.insert(KEY_ADOPTED, version)?;
         txn.open_table(DOCS)?.remove(KEY_RETRY)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Digest of the capabilities reports last enqueued, if any.
+    pub fn capabilities_digest(&self) -> Result<Option<Digest>, StoreError> {
+        self.doc(KEY_CAPABILITIES)
+    }
+
+    /// Records the digest of the capabilities reports just enqueued.
+    pub fn set_capabilities_digest(&self, digest: &Digest) -> Result<(), StoreError> {
+        let bytes = encode("capabilities digest", digest)?;
+        let txn = self.db.begin_write()?;
+        txn.open_table(DOCS)?
+            .insert(KEY_CAPABILITIES, bytes.as_slice())?;
         txn.commit()?;
         Ok(())
     }

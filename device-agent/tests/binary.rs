@@ -21,7 +21,7 @@ fn prints_ready_and_exits_cleanly_on_sigterm() {
     let config = dir.path().join("agent.toml");
     std::fs::write(
         &config,
-        "version = 1\nidentity_dir = \"identity\"\ndata_dir = \"data\"\nreconnect_min = \"100ms\"\n\n[runtime]\nadapter = \"simulated\"\n",
+        "version = 1\nidentity_dir = \"identity\"\ndata_dir = \"data\"\nreconnect_min = \"100ms\"\n\n[runtime]\nadapter = \"simulated\"\n\n[capabilities]\nvendor = \"Acme\"\nmodel_number = \"E1\"\nserial_number = \"1\"\n",
     )
     .expect("config");
 

@@ -241,6 +241,7 @@ impl Bed {
         let config = AgentConfig {
             broker_url: Some("mqtt://127.0.0.1:9".into()),
             allow_plain_mqtt: true,
+            capabilities: test_capabilities(),
             ..AgentConfig::default()
         };
         let agent = Agent::new(
@@ -250,6 +251,7 @@ impl Bed {
                 identity: Some(identity.clone()),
                 runtime: Some(runtime),
                 clock: None,
+                host: None,
             },
         )
         .expect("agent");

@@ -30,6 +30,8 @@ struct Seen {
     statuses: Vec<(String, DeploymentState, u64)>,
     syncs: Vec<SyncReason>,
     states: usize,
+    /// Device ids of the capabilities reports, in arrival order.
+    capabilities: Vec<String>,
     presence: Vec<String>,
     seqs: BTreeSet<u64>,
     acked: u64,
@@ -67,7 +69,7 @@ fn spawn_manager(
             };
             match event {
                 Event::Incoming(Packet::ConnAck(_)) => {
-                    for leaf in ["status/+", "state", "sync", "presence"] {
+                    for leaf in ["status/+", "state", "sync", "presence", "capabilities"] {
                         let filter = format!(
                             "{}/{leaf}",
                             topics::presence(&client).trim_end_matches("/presence")
@@ -113,6 +115,9 @@ fn spawn_manager(
                         )),
                         Message::Sync(r) => s.syncs.push(r.reason),
                         Message::State(_) => s.states += 1,
+                        Message::Capabilities(r) => {
+                            s.capabilities.push(r.manifest.properties.id.to_string())
+                        }
                         _ => {}
                     }
                     s.seqs.insert(env.seq);
@@ -210,6 +215,7 @@ async fn agent_installs_reports_and_empties_its_outbox_through_the_gateway() {
         data_dir: dir.path().join("data"),
         keep_alive: Duration::from_secs(5),
         ack_timeout: Duration::from_secs(2),
+        capabilities: test_capabilities(),
         ..AgentConfig::default()
     };
     let runtime = sim();
@@ -264,6 +270,12 @@ async fn agent_installs_reports_and_empties_its_outbox_through_the_gateway() {
         assert_eq!(s.presence.first().map(String::as_str), Some("online"));
         assert_eq!(s.rejected, 0);
         assert!(s.acked >= 4);
+        // Capabilities are reported once on start (id: the bundle name, sanitised).
+        assert_eq!(
+            s.capabilities,
+            vec!["test-device-dev42".to_string()],
+            "{s:?}"
+        );
     }
     assert_eq!(runtime.apply_count("dep-e2e", "web"), 1);
     assert_eq!(runtime.apply_count("dep-e2e", "db"), 1);
@@ -368,6 +380,7 @@ async fn agent_reconnects_with_backoff_and_catches_up_after_an_outage() {
         reconnect_max: Duration::from_millis(400),
         keep_alive: Duration::from_secs(5),
         ack_timeout: Duration::from_secs(2),
+        capabilities: test_capabilities(),
         ..AgentConfig::default()
     };
     let runtime = sim();

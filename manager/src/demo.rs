@@ -25,7 +25,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use margo_agent::config::{AdapterKind, RuntimeConfig, SimulatedConfig};
+use margo_agent::config::{AdapterKind, CapabilitiesConfig, RuntimeConfig, SimulatedConfig};
 use margo_agent::{Agent, AgentConfig, AgentError, AgentOptions};
 use margo_schemas::deployment::ApplicationDeployment;
 use margo_schemas::identity::INDEX_FILE;
@@ -448,6 +448,13 @@ fn new_agent(
                 fail: Vec::new(),
             },
             ..RuntimeConfig::default()
+        },
+        // Simulated devices have no DMI data to read; say what they are.
+        capabilities: CapabilitiesConfig {
+            vendor: Some("margo-mqtt demo".to_string()),
+            model_number: Some("simulated-edge-1".to_string()),
+            serial_number: Some(name.to_string()),
+            ..CapabilitiesConfig::default()
         },
         ..AgentConfig::default()
     };

@@ -162,6 +162,14 @@ impl AgentProc {
             "[runtime]\nadapter = \"simulated\"\n[runtime.simulated]\ndelay = \"50ms\"\n"
                 .to_string()
         };
+        // Test machines may have no DMI data: say what the device is.
+        let capabilities = if extra.contains("[capabilities") {
+            String::new()
+        } else {
+            format!(
+                "[capabilities]\nvendor = \"Test Vendor\"\nmodel_number = \"T1\"\nserial_number = \"{name}\"\n"
+            )
+        };
         std::fs::write(
             &config,
             format!(
@@ -173,7 +181,7 @@ impl AgentProc {
                  reconnect_min = \"200ms\"\n\
                  reconnect_max = \"2s\"\n\
                  retry_failed_after = \"2s\"\n\
-                 {extra}\n{runtime}",
+                 {extra}\n{runtime}{capabilities}",
                 id = identity_dir.display().to_string(),
                 data = data_dir.display().to_string(),
             ),

@@ -267,6 +267,7 @@ pub fn agent(
     let mut config = margo_agent::AgentConfig {
         broker_url: Some("mqtt://127.0.0.1:9".into()),
         allow_plain_mqtt: true,
+        capabilities: test_capabilities(),
         ..margo_agent::AgentConfig::default()
     };
     tweak(&mut config);
@@ -277,6 +278,7 @@ pub fn agent(
             identity: Some(identity),
             runtime: Some(runtime),
             clock: None,
+            host: None,
         },
     )
     .expect("agent")
@@ -288,4 +290,14 @@ pub fn sim() -> Sim {
         &margo_agent::config::SimulatedConfig::default(),
         Arc::new(margo_agent::clock::SystemClock),
     ))
+}
+
+/// Capabilities identity for test agents (CI machines may have no readable DMI).
+pub fn test_capabilities() -> margo_agent::config::CapabilitiesConfig {
+    margo_agent::config::CapabilitiesConfig {
+        vendor: Some("Test Vendor".into()),
+        model_number: Some("T1".into()),
+        serial_number: Some("0001".into()),
+        ..margo_agent::config::CapabilitiesConfig::default()
+    }
 }

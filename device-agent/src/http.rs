@@ -1,0 +1,356 @@
+//! A minimal HTTPS client for the onboarding API: hyper's low-level HTTP/1.1
+//! connection over tokio-rustls (ring), one connection per request.
+//!
+//! Two TLS modes: [`unverified_tls`] for the single request that fetches the
+//! fleet CA (nothing to verify against yet; the answer is pinned by
+//! fingerprint before it is used), and [`verified_tls`] with the pinned CA
+//! as the only root, TLS 1.3, for everything else.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE, HOST, USER_AGENT};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use margo_schemas::pki;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+/// Largest response body read.
+pub const MAX_BODY: usize = 1024 * 1024;
+/// Limit for one whole request (connect, TLS, send, read).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a request did not produce an answer (all retryable).
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("TLS handshake with {addr}: {source}")]
+    Tls {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("HTTP: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("building the request: {0}")]
+    Request(#[from] hyper::http::Error),
+    #[error("response body: {0}")]
+    Body(String),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// An `https://host[:port]` base URL (no path, no credentials).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagerUrl {
+    pub host: String,
+    pub port: u16,
+}
+
+/// Why a manager URL was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    #[error("must start with https:// (onboarding is only done over TLS)")]
+    Scheme,
+    #[error("has no host")]
+    NoHost,
+    #[error("port {0:?} is not a number from 1 to 65535")]
+    Port(String),
+    #[error("must be https://host[:port] without user, path or query")]
+    Extra,
+}
+
+impl ManagerUrl {
+    /// Parses `https://host[:port][/]`; the port defaults to 443.
+    pub fn parse(url: &str) -> Result<Self, UrlError> {
+        let rest = url
+            .trim()
+            .strip_prefix("https://")
+            .ok_or(UrlError::Scheme)?;
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains(['/', '@', '?', '#']) {
+            return Err(UrlError::Extra);
+        }
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (host, after) = v6.split_once(']').ok_or(UrlError::NoHost)?;
+            match after.strip_prefix(':') {
+                Some(p) => (host, Some(p)),
+                None if after.is_empty() => (host, None),
+                None => return Err(UrlError::Extra),
+            }
+        } else {
+            match rest.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (rest, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(UrlError::NoHost);
+        }
+        let port = match port {
+            None => 443,
+            Some(p) => match p.parse::<u16>() {
+                Ok(n) if n > 0 => n,
+                _ => return Err(UrlError::Port(p.chars().take(20).collect())),
+            },
+        };
+        Ok(Self {
+            host: host.to_string(),
+            port,
+        })
+    }
+
+    /// The `Host` header value.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl std::fmt::Display for ManagerUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "https://{}", self.authority())
+    }
+}
+
+/// Accepts any server certificate but still checks the handshake signature
+/// with the presented key. Used only to fetch the CA, which is then pinned.
+#[derive(Debug)]
+struct AcceptAnyServer(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// TLS 1.3 configuration that does not verify the server (CA fetch only).
+pub fn unverified_tls() -> Result<rustls::ClientConfig, pki::PkiError> {
+    let provider = pki::crypto_provider();
+    Ok(
+        rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| pki::PkiError::Tls(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyServer(provider)))
+            .with_no_client_auth(),
+    )
+}
+
+/// TLS 1.3 configuration trusting only `ca_pem`.
+pub fn verified_tls(ca_pem: &[u8]) -> Result<rustls::ClientConfig, pki::PkiError> {
+    pki::client_tls_config(ca_pem, None)
+}
+
+/// A response: status, headers, body (at most [`MAX_BODY`]).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    /// The `Retry-After` header in seconds (the HTTP-date form is ignored).
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.headers
+            .get(hyper::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs)
+    }
+
+    /// The first 300 characters of the body, for error messages.
+    pub fn excerpt(&self) -> String {
+        String::from_utf8_lossy(&self.body)
+            .chars()
+            .take(300)
+            .collect()
+    }
+}
+
+/// A JSON request body with extra headers (e.g. its signatures).
+#[derive(Debug, Clone)]
+pub struct JsonBody {
+    pub bytes: Vec<u8>,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+/// An HTTPS client for one manager.
+#[derive(Debug, Clone)]
+pub struct HttpsClient {
+    url: ManagerUrl,
+    tls: Arc<rustls::ClientConfig>,
+    server_name: ServerName<'static>,
+}
+
+impl HttpsClient {
+    pub fn new(url: ManagerUrl, tls: rustls::ClientConfig) -> Result<Self, pki::PkiError> {
+        let server_name = ServerName::try_from(url.host.clone())
+            .map_err(|e| pki::PkiError::Tls(format!("server name {:?}: {e}", url.host)))?;
+        Ok(Self {
+            url,
+            tls: Arc::new(tls),
+            server_name,
+        })
+    }
+
+    pub fn url(&self) -> &ManagerUrl {
+        &self.url
+    }
+
+    /// Sends one request over a new connection.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<JsonBody>,
+    ) -> Result<Answer, HttpError> {
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.send_inner(method, path, body)).await {
+            Ok(result) => result,
+            Err(_) => Err(HttpError::Timeout(REQUEST_TIMEOUT)),
+        }
+    }
+
+    async fn send_inner(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<JsonBody>,
+    ) -> Result<Answer, HttpError> {
+        let addr = self.url.authority();
+        let tcp = TcpStream::connect((self.url.host.as_str(), self.url.port))
+            .await
+            .map_err(|source| HttpError::Connect {
+                addr: addr.clone(),
+                source,
+            })?;
+        let tls = TlsConnector::from(Arc::clone(&self.tls))
+            .connect(self.server_name.clone(), tcp)
+            .await
+            .map_err(|source| HttpError::Tls {
+                addr: addr.clone(),
+                source,
+            })?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        let driver = tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "HTTPS connection ended with an error");
+            }
+        });
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(HOST, addr)
+            .header(
+                USER_AGENT,
+                concat!("margo-agent/", env!("CARGO_PKG_VERSION")),
+            );
+        let payload = match body {
+            Some(JsonBody { bytes, headers }) => {
+                builder =
+                    builder.header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                for (name, value) in headers {
+                    builder = builder.header(name, value);
+                }
+                Bytes::from(bytes)
+            }
+            None => Bytes::new(),
+        };
+        let request = builder.body(Full::new(payload))?;
+        let result = async {
+            let response = sender.send_request(request).await?;
+            let (parts, body) = response.into_parts();
+            let body = Limited::new(body, MAX_BODY)
+                .collect()
+                .await
+                .map_err(|e| HttpError::Body(e.to_string()))?
+                .to_bytes();
+            Ok(Answer {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            })
+        }
+        .await;
+        driver.abort();
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manager_urls() {
+        let u = ManagerUrl::parse("https://wfm.example.com:8443/").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("wfm.example.com", 8443));
+        assert_eq!(u.authority(), "wfm.example.com:8443");
+        assert_eq!(ManagerUrl::parse("https://h").unwrap().port, 443);
+        let v6 = ManagerUrl::parse("https://[::1]:8443").unwrap();
+        assert_eq!((v6.host.as_str(), v6.port), ("::1", 8443));
+        assert_eq!(v6.authority(), "[::1]:8443");
+        assert_eq!(ManagerUrl::parse("http://h"), Err(UrlError::Scheme));
+        assert_eq!(ManagerUrl::parse("https://"), Err(UrlError::NoHost));
+        assert!(matches!(
+            ManagerUrl::parse("https://h:0"),
+            Err(UrlError::Port(_))
+        ));
+        assert_eq!(ManagerUrl::parse("https://h/api"), Err(UrlError::Extra));
+        assert_eq!(ManagerUrl::parse("https://u@h"), Err(UrlError::Extra));
+    }
+}
