@@ -315,8 +315,15 @@ async fn deploy_status_ack_bad_signature_and_restart() {
         stats.bad_signature.load(Ordering::Relaxed) == 1
     })
     .await;
-    let report = admin.audit(10).await.expect("audit");
-    assert_eq!(report.counts.get("bad-signature"), Some(&1));
+    // The counter moves when the message is judged; the audit row lands with
+    // the next committed batch, so wait for it rather than racing it.
+    eventually("bad signature audited", async || {
+        admin
+            .audit(10)
+            .await
+            .is_ok_and(|r| r.counts.get("bad-signature") == Some(&1))
+    })
+    .await;
     let seqs: Vec<u64> = admin
         .uplink("press-7")
         .await
