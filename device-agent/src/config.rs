@@ -277,7 +277,7 @@ pub struct RuntimeConfig {
 impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
-            adapter: AdapterKind::Simulated,
+            adapter: AdapterKind::Native,
             simulated: SimulatedConfig::default(),
             exec: ExecConfig::default(),
             compose: ComposeConfig::default(),

@@ -81,7 +81,6 @@ fn every_config_file_is_parsed_by_a_test() {
 /// otherwise": hold them to it, so a changed default shows up here.
 #[test]
 fn example_configs_state_the_real_defaults() {
-    use margo_agent::config::AdapterKind;
     use margo_manager::config::ManagerConfig;
 
     let path = config_dir().join("margo-manager.toml");
@@ -99,11 +98,12 @@ fn example_configs_state_the_real_defaults() {
     let path = config_dir().join("margo-agent.toml");
     let file = margo_agent::AgentConfig::load(&path).expect("margo-agent.toml parses");
     let mut expected = margo_agent::AgentConfig::default();
-    expected.runtime.adapter = AdapterKind::Exec;
-    expected.runtime.exec.program = "/usr/local/lib/margo-agent/apply".into();
+    expected.capabilities.vendor = Some("Acme Industrial".into());
+    expected.capabilities.model_number = Some("EdgeBox 3".into());
+    expected.capabilities.serial_number = Some("EB3-000123".into());
     assert_eq!(
         file, expected,
-        "margo-agent.toml differs from the defaults in more than runtime.adapter and runtime.exec.program"
+        "margo-agent.toml differs from the defaults in more than the capabilities vendor, model and serial"
     );
 }
 
