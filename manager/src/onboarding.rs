@@ -685,7 +685,7 @@ impl Store {
                 decode("onboarding_requests", v.value())?,
             ));
         }
-        out.sort_by(|a, b| b.last_seen.cmp(&a.last_seen));
+        out.sort_by_key(|r| std::cmp::Reverse(r.last_seen));
         Ok(out)
     }
 

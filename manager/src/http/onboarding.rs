@@ -382,11 +382,12 @@ async fn decide(
         .map_err(|e| decision_refusal(e, &request_id))?;
     Ok(match outcome {
         Submitted::Approved(approved) => {
-            let counter = match approved.decided_by.as_str() {
-                _ if !approved.now => &state.stats.approved_earlier,
-                "allowlist" => &state.stats.approved_allowlist,
-                "known key" => &state.stats.approved_earlier,
-                _ => &state.stats.approved_token,
+            let counter = if !approved.now || approved.decided_by == "known key" {
+                &state.stats.approved_earlier
+            } else if approved.decided_by == "allowlist" {
+                &state.stats.approved_allowlist
+            } else {
+                &state.stats.approved_token
             };
             counter.fetch_add(1, Ordering::Relaxed);
             if approved.now {
