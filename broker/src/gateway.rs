@@ -2,9 +2,11 @@
 //!
 //! Each accepted socket runs in its own task: a TLS 1.3 handshake with a
 //! deadline and caps on pending handshakes, mutual TLS against the fleet CA,
-//! identity from the certificate CN, a revocation check, then a plain TCP
-//! connection to the broker with every client → broker packet inspected
-//! ([`crate::inspect`]) and broker → client bytes copied unchanged.
+//! identity from the certificate CN, a revocation check (a revoked identity
+//! gets CONNACK "not authorized" to its CONNECT, then the connection
+//! closes), then a plain TCP connection to the broker with every client →
+//! broker packet inspected ([`crate::inspect`]) and broker → client bytes
+//! copied unchanged.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -288,7 +290,14 @@ async fn relay_device(
 ) {
     let Some(_live) = shared.revocations.register_live(&identity, token.clone()) else {
         bump(&shared.stats.refused_revoked);
-        warn!("revoked identity refused");
+        let answered = tokio::select! {
+            () = token.cancelled() => false,
+            answered = refuse_not_authorized(&shared, tls, &identity) => answered,
+        };
+        warn!(
+            connack_sent = answered,
+            "revoked identity refused (CONNACK not authorized)"
+        );
         return;
     };
     let result = tokio::select! {
@@ -389,6 +398,48 @@ async fn session(
     tokio::select! {
         result = up => result,
         result = down => result,
+    }
+}
+
+/// MQTT 3.1.1 CONNACK: session present 0, return code 5 (not authorized).
+const CONNACK_NOT_AUTHORIZED: [u8; 4] = [0x20, 0x02, 0x00, 0x05];
+
+/// Answers a revoked identity's CONNECT with CONNACK "not authorized" and
+/// closes, so its agent can tell "revoked" from a network problem. Returns
+/// whether the CONNACK was sent (the device may send garbage or nothing).
+async fn refuse_not_authorized(
+    shared: &Shared,
+    tls: TlsStream<TcpStream>,
+    identity: &ClientId,
+) -> bool {
+    let (mut device_rx, mut device_tx) = tokio::io::split(tls);
+    let mut inspector = Inspector::new(identity.clone(), shared.max_packet_bytes);
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let first = tokio::time::timeout(
+        shared.connect_timeout,
+        read_packet(&mut device_rx, &mut buf, &mut inspector),
+    )
+    .await;
+    match first {
+        Ok(Ok(Some(_connect))) => {}
+        Ok(Ok(None)) | Err(_) => return false,
+        Ok(Err(error)) => {
+            debug!(%error, "revoked identity sent no valid CONNECT");
+            return false;
+        }
+    }
+    let sent = async {
+        device_tx.write_all(&CONNACK_NOT_AUTHORIZED).await?;
+        device_tx.flush().await?;
+        device_tx.shutdown().await
+    };
+    match tokio::time::timeout(shared.connect_timeout, sent).await {
+        Ok(Ok(())) => true,
+        Ok(Err(error)) => {
+            debug!(%error, "could not send CONNACK to a revoked identity");
+            false
+        }
+        Err(_) => false,
     }
 }
 

@@ -12,7 +12,7 @@ use crate::error::BrokerError;
 /// Shared handle to the set of revoked client identities.
 ///
 /// Cloning is cheap; every clone sees the same set. A revoked identity is
-/// refused by the gateway right after its TLS handshake, and
+/// refused by the gateway (CONNACK "not authorized" to its CONNECT), and
 /// [`Revocations::revoke`] also closes that client's live connections.
 #[derive(Debug, Clone, Default)]
 pub struct Revocations {

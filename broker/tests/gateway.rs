@@ -308,8 +308,28 @@ async fn revocation_drops_the_live_connection_and_refuses_reconnects() {
     })
     .await;
 
-    let mut device = Client::device(gw, tls.clone(), Options::new("devr"));
-    device.closed("revoked identity reconnecting").await;
+    // Reconnecting: CONNACK "not authorized", not a bare close.
+    let mut opts = rumqttc::MqttOptions::new("devr", gw.ip().to_string(), gw.port());
+    opts.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(tls.clone()),
+    ));
+    let (_client, mut eventloop) = rumqttc::AsyncClient::new(opts, 8);
+    let refused = within(WAIT, "revoked identity's CONNACK", async {
+        loop {
+            match eventloop.poll().await {
+                Ok(_) => {}
+                Err(e) => return e,
+            }
+        }
+    })
+    .await;
+    assert!(
+        matches!(
+            refused,
+            rumqttc::ConnectionError::ConnectionRefused(rumqttc::ConnectReturnCode::NotAuthorized)
+        ),
+        "expected CONNACK not authorized, got {refused:?}"
+    );
     eventually("refusal counted", || {
         stats.refused_revoked.load(Ordering::Relaxed) == 1
     })

@@ -27,9 +27,11 @@ use tokio::sync::watch;
 use tracing::{info, instrument};
 
 use crate::ca::{CaError, FleetPki};
+use crate::http::{HttpStats, OnboardingStats};
 use crate::ingest::{IngestStats, IngestStatsSnapshot, KeyCache};
+use crate::onboarding::{CreatedToken, OnboardingError, RequestView, TokenView};
 use crate::publisher::{Downlink, LinkStats, LinkStatsSnapshot};
-use crate::store::{AuditEvent, ClientStatus, Store, StoreError, UplinkSummary};
+use crate::store::{AuditEvent, CapabilitiesEntry, ClientStatus, Store, StoreError, UplinkSummary};
 
 /// Why the admin server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +140,86 @@ pub struct ClientSummary {
     pub created_at: u64,
 }
 
+/// `POST /v1/clients/{client}/revoke` response: what happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RevokeResponse {
+    /// The id.
+    pub client_id: ClientId,
+    /// The name.
+    pub name: String,
+    /// Always true after the call.
+    pub revoked: bool,
+    /// When provisioned (ms since epoch).
+    pub created_at: u64,
+    /// It was revoked already before this call.
+    pub already_revoked: bool,
+    /// Live gateway connections cut (embedded gateway only).
+    pub connections_closed: Option<usize>,
+}
+
+/// `GET /v1/ca`: what devices pin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CaInfo {
+    /// `sha256:<hex>` of the CA certificate's DER.
+    pub fingerprint: String,
+    /// The CA certificate, PEM.
+    pub certificate_pem: String,
+}
+
+/// `POST /v1/onboarding/requests/{id}/approve` body.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApproveRequest {
+    /// The fleet name to give the device (default: what it claimed, else `device-<id>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// `POST /v1/onboarding/requests/{id}/approve` response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApproveResponse {
+    /// The request after approval.
+    pub request: RequestView,
+    /// The client it became.
+    pub client_id: ClientId,
+    /// The client's name.
+    pub name: String,
+    /// Who approved (`operator`, or `known key` when the key was a client already).
+    pub decided_by: String,
+}
+
+/// `POST /v1/tokens` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateTokenRequest {
+    /// How many devices it may approve.
+    pub uses: u32,
+    /// Seconds until it expires.
+    pub expires_in_secs: u64,
+    /// Operator's note.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// `GET /v1/clients/{client}`: one client in full.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientDetails {
+    /// Identity.
+    pub client: ClientSummary,
+    /// `sha256:<hex>` of its client certificate.
+    pub cert_fingerprint: String,
+    /// Its client certificate's expiry (seconds since epoch).
+    pub cert_not_after: Option<i64>,
+    /// Presence, versions, deployments.
+    pub status: ClientStatus,
+    /// Latest capabilities per device id.
+    pub capabilities: Vec<CapabilitiesEntry>,
+}
+
 /// Response of deploy and undeploy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -160,6 +242,12 @@ pub struct Health {
     pub ingest: IngestStatsSnapshotWire,
     /// Link counters.
     pub link: LinkStatsSnapshotWire,
+    /// Onboarding counters (HTTPS API).
+    #[serde(default)]
+    pub onboarding: BTreeMap<String, u64>,
+    /// HTTPS connection counters.
+    #[serde(default)]
+    pub http: BTreeMap<String, u64>,
 }
 
 /// Ingest counters as JSON (same fields as [`IngestStatsSnapshot`]).
@@ -216,6 +304,10 @@ pub struct AdminState {
     pub link_stats: Arc<LinkStats>,
     /// Broker connection state.
     pub connected: watch::Receiver<bool>,
+    /// Onboarding counters.
+    pub onboarding_stats: Arc<OnboardingStats>,
+    /// HTTPS connection counters.
+    pub http_stats: Arc<HttpStats>,
 }
 
 /// An API error: a status and a detail.
@@ -260,6 +352,32 @@ impl From<CaError> for ApiError {
     }
 }
 
+impl From<OnboardingError> for ApiError {
+    fn from(e: OnboardingError) -> Self {
+        let detail = e.to_string();
+        let status = match e {
+            OnboardingError::Store(store) => return store.into(),
+            OnboardingError::UnknownRequest(_) | OnboardingError::UnknownToken(_) => {
+                StatusCode::NOT_FOUND
+            }
+            OnboardingError::AmbiguousRequest(_) | OnboardingError::InvalidToken(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            OnboardingError::Decided { .. }
+            | OnboardingError::Revoked(_)
+            | OnboardingError::Rejected(_)
+            | OnboardingError::NoFreeName(_)
+            | OnboardingError::Token(_)
+            | OnboardingError::PendingFull { .. } => StatusCode::CONFLICT,
+            OnboardingError::Ca(_) | OnboardingError::Random => {
+                tracing::error!(error = %detail, "admin onboarding request failed");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        Self::new(status, detail)
+    }
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(e: JsonRejection) -> Self {
         Self::new(
@@ -298,7 +416,17 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/clients", post(add_client).get(list_clients))
+        .route("/v1/clients/{client}", get(client_details))
         .route("/v1/clients/{client}/revoke", post(revoke_client))
+        .route("/v1/ca", get(ca_info))
+        .route("/v1/onboarding/requests", get(onboarding_requests))
+        .route(
+            "/v1/onboarding/requests/{id}/approve",
+            post(approve_request),
+        )
+        .route("/v1/onboarding/requests/{id}/reject", post(reject_request))
+        .route("/v1/tokens", post(create_token).get(list_tokens))
+        .route("/v1/tokens/{id}", delete(revoke_token))
         .route("/v1/clients/{client}/uplink", get(uplink))
         .route("/v1/clients/{client}/capabilities", get(capabilities))
         .route("/v1/clients/{client}/deployments", post(deploy))
@@ -325,6 +453,8 @@ async fn health(State(state): State<AdminState>) -> Json<Health> {
         connected: *state.connected.borrow(),
         ingest: to_map(&ingest),
         link: to_map(&link),
+        onboarding: to_map(&state.onboarding_stats.snapshot()),
+        http: to_map(&state.http_stats.snapshot()),
     })
 }
 
@@ -389,25 +519,149 @@ async fn list_clients(State(state): State<AdminState>) -> ApiResult<Json<Vec<Cli
     ))
 }
 
+#[instrument(skip_all, fields(client_id = %client))]
 async fn revoke_client(
     State(state): State<AdminState>,
     UrlPath(client): UrlPath<String>,
-) -> ApiResult<Json<ClientSummary>> {
+) -> ApiResult<Json<RevokeResponse>> {
     let id = resolve(&state, client).await?;
     let c = id.clone();
-    let record = state.store.run(move |s| s.set_revoked(&c, true)).await?;
+    let (already_revoked, record) = state
+        .store
+        .run(move |s| {
+            let before = s.client(&c)?.is_some_and(|r| r.revoked);
+            Ok((before, s.set_revoked(&c, true)?))
+        })
+        .await?;
     state.keys.forget(&id);
-    if let Some(revocations) = &state.revocations {
-        revocations.revoke(&id);
-    }
+    let connections_closed = state.revocations.as_ref().map(|r| r.revoke(&id));
     state.downlink.revoked(&id);
-    info!(client_id = %id, "revoked a client");
-    Ok(Json(ClientSummary {
+    info!(client_id = %id, already_revoked, ?connections_closed, "revoked a client");
+    Ok(Json(RevokeResponse {
         client_id: id,
         name: record.name,
         revoked: record.revoked,
         created_at: record.created_ms,
+        already_revoked,
+        connections_closed,
     }))
+}
+
+async fn client_details(
+    State(state): State<AdminState>,
+    UrlPath(client): UrlPath<String>,
+) -> ApiResult<Json<ClientDetails>> {
+    let id = resolve(&state, client).await?;
+    let details = state
+        .store
+        .run(move |s| {
+            let record = s
+                .client(&id)?
+                .ok_or_else(|| StoreError::UnknownClient(id.to_string()))?;
+            let status = s.client_status(&id)?;
+            let capabilities = s.capabilities_detail(&id)?;
+            let info = margo_schemas::pki::cert_info(&record.cert_der).ok();
+            Ok(ClientDetails {
+                cert_fingerprint: margo_schemas::pki::fingerprint(&record.cert_der).to_string(),
+                cert_not_after: info.map(|i| i.not_after),
+                client: ClientSummary {
+                    client_id: id,
+                    name: record.name,
+                    revoked: record.revoked,
+                    created_at: record.created_ms,
+                },
+                status,
+                capabilities,
+            })
+        })
+        .await?;
+    Ok(Json(details))
+}
+
+async fn ca_info(State(state): State<AdminState>) -> ApiResult<Json<CaInfo>> {
+    Ok(Json(CaInfo {
+        fingerprint: state.pki.ca_fingerprint()?.to_string(),
+        certificate_pem: state.pki.ca_pem().to_string(),
+    }))
+}
+
+async fn onboarding_requests(State(state): State<AdminState>) -> ApiResult<Json<Vec<RequestView>>> {
+    let requests = state.store.run(|s| Ok(s.onboarding_requests())).await??;
+    Ok(Json(requests))
+}
+
+#[instrument(skip_all, fields(request_id = %id))]
+async fn approve_request(
+    State(state): State<AdminState>,
+    UrlPath(id): UrlPath<String>,
+    req: Result<Json<ApproveRequest>, JsonRejection>,
+) -> ApiResult<Json<ApproveResponse>> {
+    let Json(req) = req?;
+    let pki = Arc::clone(&state.pki);
+    let (view, approved) = state
+        .store
+        .run(move |s| {
+            Ok(
+                s.onboarding_approve(&id, req.name.as_deref(), |client, der| {
+                    pki.issue_for_device_cert(client, der)
+                }),
+            )
+        })
+        .await??;
+    state.downlink.republish(&approved.client_id);
+    info!(
+        request_id = %view.request_id,
+        client_id = %approved.client_id,
+        name = %approved.client.name,
+        decided_by = %approved.decided_by,
+        "onboarding request approved"
+    );
+    Ok(Json(ApproveResponse {
+        request: view,
+        client_id: approved.client_id,
+        name: approved.client.name,
+        decided_by: approved.decided_by,
+    }))
+}
+
+#[instrument(skip_all, fields(request_id = %id))]
+async fn reject_request(
+    State(state): State<AdminState>,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult<Json<RequestView>> {
+    let view = state
+        .store
+        .run(move |s| Ok(s.onboarding_reject(&id)))
+        .await??;
+    info!(request_id = %view.request_id, "onboarding request rejected");
+    Ok(Json(view))
+}
+
+async fn create_token(
+    State(state): State<AdminState>,
+    req: Result<Json<CreateTokenRequest>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<CreatedToken>)> {
+    let Json(req) = req?;
+    let ttl_ms = req.expires_in_secs.saturating_mul(1000);
+    let created = state
+        .store
+        .run(move |s| Ok(s.token_create(req.uses, ttl_ms, req.note)))
+        .await??;
+    info!(token_id = %created.view.id, uses = created.view.uses, expires_at = created.view.expires_at, "enrollment token created");
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+async fn list_tokens(State(state): State<AdminState>) -> ApiResult<Json<Vec<TokenView>>> {
+    Ok(Json(state.store.run(|s| Ok(s.tokens())).await??))
+}
+
+async fn revoke_token(
+    State(state): State<AdminState>,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult<Json<TokenView>> {
+    let view = state.store.run(move |s| Ok(s.token_revoke(&id))).await??;
+    info!(token_id = %view.id, "enrollment token revoked");
+    Ok(Json(view))
 }
 
 async fn uplink(
@@ -671,8 +925,77 @@ impl AdminClient {
             .await
     }
 
+    /// One client in full: identity, status, capabilities.
+    pub async fn client(&self, client: &str) -> Result<ClientDetails, AdminError> {
+        let path = format!("/v1/clients/{}", encode_component(client));
+        self.call(axum::http::Method::GET, &path, None).await
+    }
+
+    /// The fleet CA and its fingerprint.
+    pub async fn ca(&self) -> Result<CaInfo, AdminError> {
+        self.call(axum::http::Method::GET, "/v1/ca", None).await
+    }
+
+    /// Every onboarding request, most recently seen first.
+    pub async fn onboarding_requests(&self) -> Result<Vec<RequestView>, AdminError> {
+        self.call(axum::http::Method::GET, "/v1/onboarding/requests", None)
+            .await
+    }
+
+    /// Approves an onboarding request (id, `sha256:<id>` or a unique prefix).
+    pub async fn approve(
+        &self,
+        request: &str,
+        name: Option<&str>,
+    ) -> Result<ApproveResponse, AdminError> {
+        let path = format!(
+            "/v1/onboarding/requests/{}/approve",
+            encode_component(request)
+        );
+        let body = serde_json::to_vec(&ApproveRequest {
+            name: name.map(str::to_string),
+        })?;
+        self.call(axum::http::Method::POST, &path, Some(body)).await
+    }
+
+    /// Rejects an onboarding request.
+    pub async fn reject(&self, request: &str) -> Result<RequestView, AdminError> {
+        let path = format!(
+            "/v1/onboarding/requests/{}/reject",
+            encode_component(request)
+        );
+        self.call(axum::http::Method::POST, &path, None).await
+    }
+
+    /// Creates an enrollment token; the returned token text is shown only now.
+    pub async fn create_token(
+        &self,
+        uses: u32,
+        expires_in: std::time::Duration,
+        note: Option<&str>,
+    ) -> Result<CreatedToken, AdminError> {
+        let body = serde_json::to_vec(&CreateTokenRequest {
+            uses,
+            expires_in_secs: expires_in.as_secs(),
+            note: note.map(str::to_string),
+        })?;
+        self.call(axum::http::Method::POST, "/v1/tokens", Some(body))
+            .await
+    }
+
+    /// Every enrollment token (never the token text).
+    pub async fn tokens(&self) -> Result<Vec<TokenView>, AdminError> {
+        self.call(axum::http::Method::GET, "/v1/tokens", None).await
+    }
+
+    /// Deletes an enrollment token.
+    pub async fn revoke_token(&self, id: &str) -> Result<TokenView, AdminError> {
+        let path = format!("/v1/tokens/{}", encode_component(id));
+        self.call(axum::http::Method::DELETE, &path, None).await
+    }
+
     /// Revokes a client (by id or name).
-    pub async fn revoke(&self, client: &str) -> Result<ClientSummary, AdminError> {
+    pub async fn revoke(&self, client: &str) -> Result<RevokeResponse, AdminError> {
         let path = format!("/v1/clients/{}/revoke", encode_component(client));
         self.call(axum::http::Method::POST, &path, None).await
     }

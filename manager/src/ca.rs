@@ -13,7 +13,7 @@ use margo_schemas::cose::SigningKey;
 use margo_schemas::ids::ClientId;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, PublicKeyData, SerialNumber,
+    KeyUsagePurpose, PublicKeyData, SerialNumber, SubjectPublicKeyInfo,
 };
 use tracing::info;
 
@@ -47,6 +47,9 @@ pub enum CaError {
         /// Why.
         reason: String,
     },
+    /// A device's certificate cannot be used to issue it an identity.
+    #[error("{0}")]
+    Device(String),
     /// Some files of the PKI exist and others do not.
     #[error("{dir} is incomplete: {missing} is missing (remove the directory to start over, or restore the file)")]
     Incomplete {
@@ -120,6 +123,19 @@ impl PkiPaths {
             &self.signing_key,
         ]
     }
+}
+
+/// PEM text of one DER certificate.
+pub fn cert_pem(der: &[u8]) -> String {
+    let b64 = data_encoding::BASE64.encode(der);
+    let mut out = String::with_capacity(b64.len() + b64.len() / 64 + 64);
+    out.push_str("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
 }
 
 /// A certificate issued by the fleet CA.
@@ -444,6 +460,45 @@ impl FleetPki {
         })
     }
 
+    /// Onboarding: issues a client certificate (CN = `client_id`) for the
+    /// public key of `device_cert_der`, the device's self-signed certificate.
+    /// The device's key never leaves the device.
+    pub fn issue_for_device_cert(
+        &self,
+        client_id: &ClientId,
+        device_cert_der: &[u8],
+    ) -> Result<IssuedCert, CaError> {
+        let (_, cert) = x509_parser::parse_x509_certificate(device_cert_der)
+            .map_err(|e| CaError::Device(format!("the device certificate does not parse: {e}")))?;
+        let spki = SubjectPublicKeyInfo::from_der(cert.public_key().raw)
+            .map_err(cert_err("the device certificate's public key"))?;
+        self.issue_client_cert(client_id, &spki)
+    }
+
+    /// SHA-256 fingerprint of the fleet CA's DER (`sha256:<hex>`): what devices pin.
+    pub fn ca_fingerprint(&self) -> Result<margo_schemas::digest::Digest, CaError> {
+        let der = margo_schemas::pki::certs_from_pem(self.ca_pem.as_bytes(), "CA certificate")
+            .map_err(|e| CaError::BadMaterial {
+                path: self.paths.ca_cert.clone(),
+                reason: e.to_string(),
+            })?;
+        der.first()
+            .map(|c| margo_schemas::pki::fingerprint(c.as_ref()))
+            .ok_or_else(|| CaError::BadMaterial {
+                path: self.paths.ca_cert.clone(),
+                reason: "holds no certificate".to_string(),
+            })
+    }
+
+    /// TLS material of the server certificate (the gateway's: it carries the
+    /// configured hostnames), for the HTTPS listener.
+    pub fn server_pem(&self) -> Result<(Vec<u8>, Vec<u8>), CaError> {
+        Ok((
+            fs::read(&self.paths.gateway_cert).map_err(io_err(&self.paths.gateway_cert))?,
+            fs::read(&self.paths.gateway_key).map_err(io_err(&self.paths.gateway_key))?,
+        ))
+    }
+
     /// Factory provisioning: generates the device key here and issues its certificate.
     pub fn provision_device(&self, client_id: &ClientId) -> Result<ProvisionedDevice, CaError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
@@ -553,6 +608,33 @@ mod tests {
         let signed = key.sign(b"status".to_vec()).expect("sign");
         let verifying = VerifyingKey::from_certificate(&device.cert.der).expect("verifying");
         assert_eq!(verifying.verify(&signed).expect("verifies"), b"status");
+    }
+
+    #[test]
+    fn onboarding_issues_for_the_device_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = FleetPki::load_or_create(dir.path(), &[], None).expect("create");
+        let device_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let self_signed = CertificateParams::new(vec!["press-7".into()])
+            .expect("params")
+            .self_signed(&device_key)
+            .expect("self-signed");
+        let id = ClientId::generate();
+        let issued = pki
+            .issue_for_device_cert(&id, self_signed.der())
+            .expect("issued");
+        let info = cert_info(&issued.der).expect("cert");
+        assert_eq!(info.common_name.as_deref(), Some(id.as_str()));
+        assert_eq!(
+            info.p256_public_key,
+            cert_info(self_signed.der())
+                .expect("device")
+                .p256_public_key
+        );
+        assert_eq!(cert_pem(&issued.der), issued.pem.replace("\r\n", "\n"));
+        assert!(pki.issue_for_device_cert(&id, b"junk").is_err());
+        let fp = pki.ca_fingerprint().expect("fingerprint");
+        assert_eq!(fp, margo_schemas::pki::fingerprint(&der_of(pki.ca_pem())));
     }
 
     #[test]

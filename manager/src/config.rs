@@ -125,6 +125,81 @@ pub struct PkiSettings {
     pub ca_key_file: Option<PathBuf>,
 }
 
+/// `[http]`: the HTTPS listener (Margo HTTP API: onboarding now, the rest later).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Serve HTTPS at all. Default `true`.
+    pub enabled: bool,
+    /// Listen address. Default `0.0.0.0:8443`; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Longest time a TLS handshake may take. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Most concurrent connections (handshaking or open). Default 1024.
+    pub max_connections: usize,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 8443),
+            handshake_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+        }
+    }
+}
+
+/// `[onboarding]`: who gets approved automatically, and abuse limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OnboardingSettings {
+    /// Device certificate fingerprints (`sha256:<64 hex>`) approved on sight.
+    pub allow_fingerprints: Vec<String>,
+    /// Sustained onboarding requests per minute from one source address. Default 10.
+    pub rate_per_minute: u32,
+    /// Requests one source address may make in a burst. Default 20.
+    pub rate_burst: u32,
+    /// Most requests waiting for an operator; new ones get 503 beyond it. Default 1000.
+    pub max_pending: usize,
+    /// Poll interval suggested to waiting devices (`Retry-After`). Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+impl Default for OnboardingSettings {
+    fn default() -> Self {
+        Self {
+            allow_fingerprints: Vec::new(),
+            rate_per_minute: 10,
+            rate_burst: 20,
+            max_pending: 1000,
+            poll_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+impl OnboardingSettings {
+    /// The allow-listed fingerprints as lowercase hex (the request ids).
+    pub fn allowed_request_ids(&self) -> Vec<String> {
+        self.allow_fingerprints
+            .iter()
+            .filter_map(|f| normalize_fingerprint(f))
+            .collect()
+    }
+}
+
+/// `sha256:<hex>` or bare hex (any case) → 64 lowercase hex characters.
+pub fn normalize_fingerprint(text: &str) -> Option<String> {
+    let hex = text.trim();
+    let hex = hex
+        .strip_prefix("sha256:")
+        .unwrap_or(hex)
+        .to_ascii_lowercase();
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hex)
+}
+
 /// The whole manager configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -145,6 +220,10 @@ pub struct ManagerConfig {
     pub ingest: IngestSettings,
     /// Provided CA material.
     pub pki: PkiSettings,
+    /// The HTTPS listener.
+    pub http: HttpSettings,
+    /// Onboarding policy and limits.
+    pub onboarding: OnboardingSettings,
 }
 
 impl Default for ManagerConfig {
@@ -158,6 +237,8 @@ impl Default for ManagerConfig {
             broker: BrokerSettings::default(),
             ingest: IngestSettings::default(),
             pki: PkiSettings::default(),
+            http: HttpSettings::default(),
+            onboarding: OnboardingSettings::default(),
         }
     }
 }
@@ -396,6 +477,54 @@ impl ManagerConfig {
                 })?;
             }
         }
+        if self.http.handshake_timeout.is_zero()
+            || self.http.handshake_timeout > Duration::from_secs(60)
+        {
+            return Err(invalid(
+                "http.handshake_timeout",
+                "must be greater than 0 and at most 60s",
+            ));
+        }
+        if self.http.max_connections == 0 || self.http.max_connections > 100_000 {
+            return Err(invalid(
+                "http.max_connections",
+                "must be between 1 and 100000",
+            ));
+        }
+        for f in &self.onboarding.allow_fingerprints {
+            if normalize_fingerprint(f).is_none() {
+                return Err(invalid(
+                    "onboarding.allow_fingerprints",
+                    format!("{f:?} is not sha256:<64 hex digits>"),
+                ));
+            }
+        }
+        if self.onboarding.rate_per_minute == 0 || self.onboarding.rate_per_minute > 100_000 {
+            return Err(invalid(
+                "onboarding.rate_per_minute",
+                "must be between 1 and 100000",
+            ));
+        }
+        if self.onboarding.rate_burst == 0 || self.onboarding.rate_burst > 100_000 {
+            return Err(invalid(
+                "onboarding.rate_burst",
+                "must be between 1 and 100000",
+            ));
+        }
+        if self.onboarding.max_pending == 0 || self.onboarding.max_pending > 1_000_000 {
+            return Err(invalid(
+                "onboarding.max_pending",
+                "must be between 1 and 1000000",
+            ));
+        }
+        if self.onboarding.poll_interval.is_zero()
+            || self.onboarding.poll_interval > Duration::from_secs(3600)
+        {
+            return Err(invalid(
+                "onboarding.poll_interval",
+                "must be greater than 0 and at most 1h",
+            ));
+        }
         match (&self.pki.ca_cert_file, &self.pki.ca_key_file) {
             (Some(_), None) => Err(invalid(
                 "pki.ca_key_file",
@@ -512,6 +641,27 @@ batch_interval = "5ms"
     }
 
     #[test]
+    fn http_and_onboarding_sections() {
+        let hex = "AB".repeat(32);
+        let text = format!(
+            "version = 1\n[http]\nlisten = \"127.0.0.1:0\"\nenabled = false\n\
+             [onboarding]\nallow_fingerprints = [\"sha256:{hex}\"]\nrate_burst = 3\n\
+             poll_interval = \"5s\"\n"
+        );
+        let c = ManagerConfig::from_toml(&text, Path::new("x")).expect("parses");
+        c.validate().expect("valid");
+        assert!(!c.http.enabled);
+        assert_eq!(c.http.listen.port(), 0);
+        assert_eq!(c.onboarding.rate_burst, 3);
+        assert_eq!(c.onboarding.poll_interval, Duration::from_secs(5));
+        assert_eq!(c.onboarding.allowed_request_ids(), vec!["ab".repeat(32)]);
+        let d = ManagerConfig::default();
+        assert!(d.http.enabled);
+        assert_eq!(d.http.listen.port(), 8443);
+        assert_eq!(d.onboarding.max_pending, 1000);
+    }
+
+    #[test]
     fn unknown_keys_and_versions_are_rejected() {
         assert!(ManagerConfig::from_toml("version = 1\nbogus = 1", Path::new("x")).is_err());
         assert!(
@@ -551,6 +701,27 @@ batch_interval = "5ms"
         let mut c = ManagerConfig::default();
         c.pki.ca_cert_file = Some("ca.crt".into());
         assert_eq!(field_of(c.validate().unwrap_err()), "pki.ca_key_file");
+
+        let mut c = ManagerConfig::default();
+        c.onboarding.allow_fingerprints = vec!["sha256:abc".into()];
+        assert_eq!(
+            field_of(c.validate().unwrap_err()),
+            "onboarding.allow_fingerprints"
+        );
+
+        let mut c = ManagerConfig::default();
+        c.onboarding.rate_per_minute = 0;
+        assert_eq!(
+            field_of(c.validate().unwrap_err()),
+            "onboarding.rate_per_minute"
+        );
+
+        let mut c = ManagerConfig::default();
+        c.http.handshake_timeout = Duration::ZERO;
+        assert_eq!(
+            field_of(c.validate().unwrap_err()),
+            "http.handshake_timeout"
+        );
 
         let mut c = ManagerConfig::default();
         c.broker.limits.max_segment_bytes = 10;

@@ -280,6 +280,7 @@ async fn run_in(
     let mut config = ManagerConfig::with_data_dir(dir);
     config.broker.mqtt_listen = loopback_any;
     config.broker.gateway_listen = loopback_any;
+    config.http.listen = loopback_any;
     let manager = Manager::start(config).await?;
     let agents_token = CancellationToken::new();
     let mut agents = JoinSet::new();

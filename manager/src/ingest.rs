@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use margo_schemas::capabilities::CapabilitiesError;
 use margo_schemas::cose::{CoseError, VerifyingKey};
 use margo_schemas::ids::ClientId;
 use margo_schemas::messages::{Envelope, Message, MessageError};
@@ -24,6 +23,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
+use crate::capabilities::CapabilitiesRejection;
 use crate::publisher::Downlink;
 use crate::store::{now_ms, AuditEvent, IngestOutcome, Store, StoreError, UplinkItem};
 
@@ -82,9 +82,6 @@ pub enum IngestError {
     /// An invalid deployment status.
     #[error("status: {0}")]
     Status(#[from] StatusErrorKind),
-    /// An invalid capabilities manifest.
-    #[error("capabilities: {0}")]
-    Capabilities(#[from] CapabilitiesError),
     /// A store read failed while verifying.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -110,9 +107,7 @@ impl IngestError {
             Self::Message(MessageError::UnknownKind(_)) => "unknown-kind",
             Self::Message(MessageError::WrongClient { .. }) => "wrong-client",
             Self::Message(MessageError::WrongTopic { .. }) => "wrong-topic",
-            Self::ZeroSeq | Self::LowAboveSeq { .. } | Self::Status(_) | Self::Capabilities(_) => {
-                "invalid-body"
-            }
+            Self::ZeroSeq | Self::LowAboveSeq { .. } | Self::Status(_) => "invalid-body",
             Self::Store(_) => "store-error",
         }
     }
@@ -145,8 +140,12 @@ pub struct IngestStats {
     pub oversized: AtomicU64,
     /// Rejected: unknown kind or protocol version.
     pub unknown_kind: AtomicU64,
-    /// Rejected: invalid body (status, capabilities, seq).
+    /// Rejected: invalid body (status, seq).
     pub invalid_body: AtomicU64,
+    /// Capabilities refused as invalid (settled and acked, not stored).
+    pub invalid_capabilities: AtomicU64,
+    /// Capabilities of a gateway child before its parent's (settled and acked, not stored).
+    pub child_before_parent: AtomicU64,
     /// Batches that failed to commit (their messages are not acked; devices resend).
     pub store_errors: AtomicU64,
 }
@@ -169,6 +168,8 @@ pub struct IngestStatsSnapshot {
     pub oversized: u64,
     pub unknown_kind: u64,
     pub invalid_body: u64,
+    pub invalid_capabilities: u64,
+    pub child_before_parent: u64,
     pub store_errors: u64,
 }
 
@@ -190,6 +191,8 @@ impl IngestStats {
             oversized: l(&self.oversized),
             unknown_kind: l(&self.unknown_kind),
             invalid_body: l(&self.invalid_body),
+            invalid_capabilities: l(&self.invalid_capabilities),
+            child_before_parent: l(&self.child_before_parent),
             store_errors: l(&self.store_errors),
         }
     }
@@ -289,8 +292,10 @@ pub fn verify(
     }
     match &env.msg {
         Message::Status(report) => report.status.validate().map_err(|e| fail(e.into()))?,
-        Message::Capabilities(report) => report.manifest.validate().map_err(|e| fail(e.into()))?,
-        Message::State(_) | Message::Sync(_) => {}
+        // Checked in the store transaction (`crate::capabilities`): a child
+        // needs its parent's stored capabilities, and a refused report is
+        // still acknowledged so the device's outbox drains.
+        Message::Capabilities(_) | Message::State(_) | Message::Sync(_) => {}
         // `fits_topic` already refuses downlink kinds on uplink topics.
         Message::Manifest(_) | Message::Deployment(_) | Message::Ack(_) => {
             return Err(fail(IngestError::NotUplink))
@@ -392,6 +397,35 @@ impl Ingest {
                     }
                 }
                 let result = store.ingest(&items)?;
+                for (item, outcome) in items.iter().zip(&result.outcomes) {
+                    let (UplinkItem::Message(env), IngestOutcome::Rejected(rejection)) =
+                        (item, outcome)
+                    else {
+                        continue;
+                    };
+                    let counter = match rejection {
+                        CapabilitiesRejection::Invalid { .. } => &stats.invalid_capabilities,
+                        CapabilitiesRejection::ChildBeforeParent { .. } => {
+                            &stats.child_before_parent
+                        }
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    let topic = topics::capabilities(&env.client);
+                    warn!(
+                        client_id = %env.client,
+                        seq = env.seq,
+                        kind = rejection.kind(),
+                        error = %rejection,
+                        "refused a capabilities report (acknowledged, not stored)"
+                    );
+                    audit.push(AuditEvent {
+                        ts_ms: now_ms(),
+                        kind: rejection.kind().to_string(),
+                        client_id: Some(env.client.to_string()),
+                        topic,
+                        detail: rejection.to_string().chars().take(512).collect(),
+                    });
+                }
                 if let Err(error) = store.record_audit(&audit) {
                     error!(%error, "could not record security events");
                 }
@@ -413,6 +447,8 @@ impl Ingest {
                 (_, IngestOutcome::Stored) => &self.stats.stored,
                 (_, IngestOutcome::Duplicate) => &self.stats.duplicates,
                 (_, IngestOutcome::Refused) => &self.stats.revoked,
+                // Counted by kind when the batch was stored.
+                (_, IngestOutcome::Rejected(_)) => continue,
             };
             counter.fetch_add(1, Ordering::Relaxed);
             if let UplinkItem::Message(env) = item {

@@ -5,6 +5,9 @@
 //! - [`publisher`]: the MQTT connection and the downlink publisher (retained, signed).
 //! - [`ingest`]: verified, deduplicated, batched uplink storage with acks after commit.
 //! - [`admin`]: the admin API on a Unix socket and its [`admin::AdminClient`].
+//! - [`http`]: the HTTPS listener serving the Margo HTTP API (onboarding).
+//! - [`onboarding`]: onboarding requests, approval and enrollment tokens.
+//! - [`capabilities`]: acceptance of capabilities reports (MQTT and HTTP).
 //! - [`manager`]: wiring; [`Manager::start`] in-process, [`run`] for the binary.
 //! - [`status_table`]: the fleet table of `margoctl status` and the demo.
 //! - [`demo`]: `margo-manager demo`, a manager and simulated agents in one process.
@@ -16,10 +19,13 @@
 pub mod admin;
 pub mod bundle;
 pub mod ca;
+pub mod capabilities;
 pub mod config;
 pub mod demo;
+pub mod http;
 pub mod ingest;
 pub mod manager;
+pub mod onboarding;
 pub mod publisher;
 pub mod status_table;
 pub mod store;

@@ -20,6 +20,7 @@ use tracing::{info, warn};
 use crate::admin::{self, AdminServeError, AdminState};
 use crate::ca::{CaError, FleetPki};
 use crate::config::{BrokerMode, ConfigError, ManagerConfig};
+use crate::http::{self, ApiState, HttpError, HttpStats, HttpsServer, OnboardingStats};
 use crate::ingest::{Ingest, IngestStats, KeyCache};
 use crate::publisher::{self, Connection, Downlink, LinkStats, MqttTarget, Publisher};
 use crate::store::{Store, StoreError};
@@ -60,6 +61,9 @@ pub enum ManagerError {
     /// The admin socket could not be served.
     #[error(transparent)]
     Admin(#[from] AdminServeError),
+    /// The HTTPS listener could not start.
+    #[error(transparent)]
+    Http(#[from] HttpError),
     /// The embedded broker did not accept the manager's connection in time.
     #[error("no connection to the broker at {0} within {CONNECT_WAIT:?}")]
     NotConnected(String),
@@ -72,6 +76,8 @@ pub struct InitReport {
     pub pki: crate::ca::PkiPaths,
     /// The redb file.
     pub store: PathBuf,
+    /// `sha256:<hex>` of the fleet CA's DER: what devices pin.
+    pub ca_fingerprint: margo_schemas::digest::Digest,
 }
 
 fn prepare_data_dir(config: &ManagerConfig) -> Result<(), ManagerError> {
@@ -109,6 +115,7 @@ pub fn init(config: &ManagerConfig) -> Result<InitReport, ManagerError> {
     Ok(InitReport {
         pki: pki.paths().clone(),
         store: config.store_path(),
+        ca_fingerprint: pki.ca_fingerprint()?,
     })
 }
 
@@ -121,12 +128,15 @@ pub struct ManagerHandle {
     mqtt: String,
     mqtt_addr: Option<SocketAddr>,
     gateway_addr: Option<SocketAddr>,
+    http_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     admin_task: JoinHandle<()>,
     broker: Option<BrokerHandle>,
     ingest_stats: Arc<IngestStats>,
     link_stats: Arc<LinkStats>,
+    onboarding_stats: Arc<OnboardingStats>,
+    http_stats: Arc<HttpStats>,
     connected: watch::Receiver<bool>,
     pki: Arc<FleetPki>,
 }
@@ -137,6 +147,7 @@ impl std::fmt::Debug for ManagerHandle {
             .field("admin_socket", &self.admin_socket)
             .field("mqtt", &self.mqtt)
             .field("gateway_addr", &self.gateway_addr)
+            .field("http_addr", &self.http_addr)
             .finish_non_exhaustive()
     }
 }
@@ -221,6 +232,50 @@ impl Manager {
         let (connected_tx, connected) = watch::channel(false);
         let downlink = Downlink::new();
         let keys = KeyCache::default();
+        let onboarding_stats = Arc::new(OnboardingStats::default());
+        let http_stats = Arc::new(HttpStats::default());
+
+        // Bind the HTTPS listener before any task runs, so a taken port fails
+        // the start cleanly.
+        let https = if config.http.enabled {
+            let bound = async {
+                let (cert, key) = pki.server_pem()?;
+                let tls = http::server_tls_config(&cert, &key)?;
+                let api = ApiState::new(
+                    store.clone(),
+                    Arc::clone(&pki),
+                    downlink.clone(),
+                    config.onboarding.clone(),
+                    config.public_broker_url.clone(),
+                    Arc::clone(&onboarding_stats),
+                );
+                let router = http::router(api, Arc::clone(&http_stats));
+                Ok::<_, ManagerError>(
+                    HttpsServer::bind(
+                        config.http.listen,
+                        tls,
+                        router,
+                        config.http.handshake_timeout,
+                        config.http.max_connections,
+                        Arc::clone(&http_stats),
+                    )
+                    .await?,
+                )
+            }
+            .await;
+            match bound {
+                Ok(server) => Some(server),
+                Err(error) => {
+                    if let Some(broker) = broker {
+                        broker.shutdown().await;
+                    }
+                    return Err(error);
+                }
+            }
+        } else {
+            None
+        };
+        let http_addr = https.as_ref().map(HttpsServer::local_addr);
         let (client, eventloop) = AsyncClient::new(
             publisher::mqtt_options(&target),
             publisher::REQUEST_CAPACITY,
@@ -254,6 +309,9 @@ impl Manager {
             config.max_payload_bytes,
         );
         tracker.spawn(ingest.run(shutdown.clone()));
+        if let Some(server) = https {
+            tracker.spawn(server.run(shutdown.clone()));
+        }
 
         let admin_socket = config.admin_socket_path();
         let listener = admin::bind_socket(&admin_socket)?;
@@ -267,6 +325,8 @@ impl Manager {
             ingest_stats: Arc::clone(&ingest_stats),
             link_stats: Arc::clone(&link_stats),
             connected: connected.clone(),
+            onboarding_stats: Arc::clone(&onboarding_stats),
+            http_stats: Arc::clone(&http_stats),
         };
         let router = admin::router(state);
         let admin_shutdown = shutdown.clone();
@@ -283,12 +343,15 @@ impl Manager {
             mqtt,
             mqtt_addr,
             gateway_addr,
+            http_addr,
             shutdown,
             tracker,
             admin_task,
             broker,
             ingest_stats,
             link_stats,
+            onboarding_stats,
+            http_stats,
             connected,
             pki,
         };
@@ -311,6 +374,7 @@ impl Manager {
             admin = %handle.admin_socket.display(),
             mqtt = %handle.mqtt,
             gateway = ?handle.gateway_addr,
+            http = ?handle.http_addr,
             "margo-manager ready"
         );
         Ok(handle)
@@ -343,6 +407,21 @@ impl ManagerHandle {
         self.gateway_addr
     }
 
+    /// The HTTPS API's address, if enabled.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// Onboarding counters.
+    pub fn onboarding_stats(&self) -> Arc<OnboardingStats> {
+        Arc::clone(&self.onboarding_stats)
+    }
+
+    /// HTTPS connection counters.
+    pub fn http_stats(&self) -> Arc<HttpStats> {
+        Arc::clone(&self.http_stats)
+    }
+
     /// The fleet PKI.
     pub fn pki(&self) -> &FleetPki {
         &self.pki
@@ -368,15 +447,17 @@ impl ManagerHandle {
         self.shutdown.clone()
     }
 
-    /// The ready line: `margo-manager ready admin=<socket> mqtt=<addr|url> gateway=<addr|->`.
+    /// The ready line:
+    /// `margo-manager ready admin=<socket> mqtt=<addr|url> gateway=<addr|-> http=<addr|->`.
     pub fn ready_line(&self) -> String {
+        let or_dash =
+            |a: Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_else(|| "-".into());
         format!(
-            "margo-manager ready admin={} mqtt={} gateway={}",
+            "margo-manager ready admin={} mqtt={} gateway={} http={}",
             self.admin_socket.display(),
             self.mqtt,
-            self.gateway_addr
-                .map(|a| a.to_string())
-                .unwrap_or_else(|| "-".into())
+            or_dash(self.gateway_addr),
+            or_dash(self.http_addr),
         )
     }
 
@@ -406,6 +487,12 @@ impl ManagerHandle {
 /// stdout (flushed) once serving.
 pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(), ManagerError> {
     let handle = Manager::start(config).await?;
+    match handle.pki().ca_fingerprint() {
+        Ok(fp) => {
+            info!(ca_fingerprint = %fp, "fleet CA fingerprint (devices pin it: --ca-fingerprint)")
+        }
+        Err(error) => warn!(%error, "cannot compute the fleet CA fingerprint"),
+    }
     {
         let mut stdout = std::io::stdout().lock();
         let _ = writeln!(stdout, "{}", handle.ready_line());

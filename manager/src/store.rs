@@ -13,14 +13,20 @@ use margo_schemas::deployment::ApplicationDeployment;
 use margo_schemas::digest::Digest;
 use margo_schemas::ids::{ClientId, DeploymentId};
 use margo_schemas::messages::{Ack, Envelope, Message};
+use margo_schemas::pki::cert_info;
+
+use crate::capabilities::{check_capabilities, CapabilitiesRejection};
 use margo_schemas::status::{ComponentStatus, DeploymentState, StatusError};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// clientId → CBOR [`ClientRecord`].
-const CLIENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("clients");
+pub(crate) const CLIENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("clients");
 /// name → clientId (unique names).
-const NAMES: TableDefinition<&str, &str> = TableDefinition::new("client_names");
+pub(crate) const NAMES: TableDefinition<&str, &str> = TableDefinition::new("client_names");
+/// hex SHA-256 of a client certificate's public key (P-256 point) → clientId,
+/// so a key stays bound to its client (and its revocation) across re-onboarding.
+pub(crate) const CLIENT_KEYS: TableDefinition<&str, &str> = TableDefinition::new("client_keys");
 /// digest (`sha256:…`) → exact YAML bytes.
 const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
 /// (clientId, deploymentId) → CBOR [`DeploymentEntry`].
@@ -40,6 +46,10 @@ const STATE_LATEST: TableDefinition<&str, &[u8]> = TableDefinition::new("state_l
 /// (clientId, deviceId) → CBOR [`LatestCapabilities`].
 const CAPS_LATEST: TableDefinition<(&str, &str), &[u8]> =
     TableDefinition::new("capabilities_latest");
+/// (clientId, deviceId, seq) → CBOR [`LatestCapabilities`]: the last
+/// [`MAX_CAPABILITIES_HISTORY`] reports per device.
+const CAPS_HISTORY: TableDefinition<(&str, &str, u64), &[u8]> =
+    TableDefinition::new("capabilities_history");
 /// clientId → CBOR [`ClientRuntime`] (presence, last seen, adopted version).
 const RUNTIME: TableDefinition<&str, &[u8]> = TableDefinition::new("client_runtime");
 /// sequence → CBOR [`AuditEvent`].
@@ -51,6 +61,8 @@ const AUDIT_COUNTS: TableDefinition<&str, u64> = TableDefinition::new("audit_cou
 pub const MAX_AUDIT_EVENTS: u64 = 10_000;
 /// Longest client name.
 pub const MAX_NAME_LEN: usize = 128;
+/// Capabilities reports kept per (client, device id) besides the latest.
+pub const MAX_CAPABILITIES_HISTORY: usize = 16;
 
 /// Everything the store can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -216,7 +228,7 @@ struct LatestState {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct LatestCapabilities {
+pub(crate) struct LatestCapabilities {
     seq: u64,
     received_ms: u64,
     /// The manifest as JSON text (operator view).
@@ -298,7 +310,7 @@ pub enum UplinkItem {
 }
 
 /// What happened to one uplink message in a batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IngestOutcome {
     /// Stored for the first time.
     Stored,
@@ -306,6 +318,10 @@ pub enum IngestOutcome {
     Duplicate,
     /// The client is unknown or revoked (it vanished since verification).
     Refused,
+    /// Verified but refused on content (capabilities checks that need the
+    /// store): not stored, yet its seq counts as settled and is acknowledged,
+    /// so the device's outbox drains instead of resending it for ever.
+    Rejected(CapabilitiesRejection),
 }
 
 /// Result of storing a batch.
@@ -331,6 +347,22 @@ pub struct UplinkSummary {
     pub ts: u64,
     /// When stored (ms).
     pub received_at: u64,
+}
+
+/// The latest capabilities of one device (`GET /v1/clients/{client}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CapabilitiesEntry {
+    /// The device id (`properties.id`; `gw/child` for gateway children).
+    pub device_id: String,
+    /// Uplink seq of the report.
+    pub seq: u64,
+    /// When it was stored (ms).
+    pub received_at: u64,
+    /// Reports of this device kept in the history (at most [`MAX_CAPABILITIES_HISTORY`]).
+    pub history_len: usize,
+    /// The manifest.
+    pub manifest: margo_schemas::capabilities::DeviceCapabilitiesManifest,
 }
 
 /// Per-deployment view in [`ClientStatus`].
@@ -390,7 +422,7 @@ pub struct ClientStatus {
 /// The store. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    pub(crate) db: Arc<Database>,
 }
 
 impl std::fmt::Debug for Store {
@@ -418,6 +450,19 @@ pub fn validate_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Identifies a public key: hex SHA-256 of its uncompressed P-256 point.
+pub fn key_id(p256_point: &[u8]) -> String {
+    Digest::of(p256_point).hex()
+}
+
+/// [`key_id`] of a certificate's key, if it is a P-256 certificate.
+pub fn key_id_of_cert(cert_der: &[u8]) -> Option<String> {
+    cert_info(cert_der)
+        .ok()
+        .and_then(|info| info.p256_public_key)
+        .map(|point| key_id(&point))
+}
+
 impl Store {
     /// Opens (or creates) the database file and its tables.
     pub fn open(path: &Path) -> Result<Self> {
@@ -426,6 +471,8 @@ impl Store {
         {
             txn.open_table(CLIENTS)?;
             txn.open_table(NAMES)?;
+            txn.open_table(CLIENT_KEYS)?;
+            txn.open_table(CAPS_HISTORY)?;
             txn.open_table(BLOBS)?;
             txn.open_table(DEPLOYMENTS)?;
             txn.open_table(MANIFEST_VERSIONS)?;
@@ -438,6 +485,7 @@ impl Store {
             txn.open_table(RUNTIME)?;
             txn.open_table(AUDIT)?;
             txn.open_table(AUDIT_COUNTS)?;
+            crate::onboarding::open_tables(&txn)?;
         }
         txn.commit()?;
         Ok(Self { db: Arc::new(db) })
@@ -459,29 +507,67 @@ impl Store {
 
     /// Adds a client. Fails if the id exists or the name is taken.
     pub fn add_client(&self, id: &ClientId, name: &str, cert_der: &[u8]) -> Result<ClientRecord> {
-        validate_name(name)?;
         let txn = self.db.begin_write()?;
-        let record = {
-            let mut clients = txn.open_table(CLIENTS)?;
-            let mut names = txn.open_table(NAMES)?;
-            if clients.get(id.as_str())?.is_some() {
-                return Err(StoreError::ClientExists(id.clone()));
-            }
-            if names.get(name)?.is_some() {
-                return Err(StoreError::NameTaken(name.to_string()));
-            }
-            let record = ClientRecord {
-                name: name.to_string(),
-                cert_der: cert_der.to_vec(),
-                created_ms: now_ms(),
-                revoked: false,
-            };
-            clients.insert(id.as_str(), encode("clients", &record)?.as_slice())?;
-            names.insert(name, id.as_str())?;
-            record
-        };
+        let record = Self::insert_client(&txn, id, name, cert_der)?;
         txn.commit()?;
         Ok(record)
+    }
+
+    /// Adds a client inside `txn` (provisioning and onboarding approval both
+    /// use this): unique id and name, and its public key bound to it.
+    pub(crate) fn insert_client(
+        txn: &redb::WriteTransaction,
+        id: &ClientId,
+        name: &str,
+        cert_der: &[u8],
+    ) -> Result<ClientRecord> {
+        validate_name(name)?;
+        let mut clients = txn.open_table(CLIENTS)?;
+        let mut names = txn.open_table(NAMES)?;
+        if clients.get(id.as_str())?.is_some() {
+            return Err(StoreError::ClientExists(id.clone()));
+        }
+        if names.get(name)?.is_some() {
+            return Err(StoreError::NameTaken(name.to_string()));
+        }
+        let record = ClientRecord {
+            name: name.to_string(),
+            cert_der: cert_der.to_vec(),
+            created_ms: now_ms(),
+            revoked: false,
+        };
+        clients.insert(id.as_str(), encode("clients", &record)?.as_slice())?;
+        names.insert(name, id.as_str())?;
+        if let Some(key) = key_id_of_cert(cert_der) {
+            txn.open_table(CLIENT_KEYS)?
+                .insert(key.as_str(), id.as_str())?;
+        }
+        Ok(record)
+    }
+
+    /// The client whose certificate carries the public key with this
+    /// [`key_id`], with its record.
+    pub(crate) fn client_by_key(
+        txn: &redb::WriteTransaction,
+        key_id: &str,
+    ) -> Result<Option<ClientEntry>> {
+        let found = txn
+            .open_table(CLIENT_KEYS)?
+            .get(key_id)?
+            .map(|v| v.value().to_string());
+        let Some(id) = found else {
+            return Ok(None);
+        };
+        let id = ClientId::new(id).map_err(|e| StoreError::Corrupt {
+            table: "client_keys",
+            detail: e.to_string(),
+        })?;
+        let record = txn
+            .open_table(CLIENTS)?
+            .get(id.as_str())?
+            .map(|v| decode::<ClientRecord>("clients", v.value()))
+            .transpose()?;
+        Ok(record.map(|record| ClientEntry { id, record }))
     }
 
     /// Whether `name` is already used.
@@ -751,6 +837,7 @@ impl Store {
             let mut status_latest = txn.open_table(STATUS_LATEST)?;
             let mut state_latest = txn.open_table(STATE_LATEST)?;
             let mut caps_latest = txn.open_table(CAPS_LATEST)?;
+            let mut caps_history = txn.open_table(CAPS_HISTORY)?;
             let mut runtime_table = txn.open_table(RUNTIME)?;
             let mut runtimes: BTreeMap<ClientId, ClientRuntime> = BTreeMap::new();
             let mut hwms: BTreeMap<ClientId, u64> = BTreeMap::new();
@@ -810,8 +897,23 @@ impl Store {
                 }
                 let seq = env.seq;
                 let duplicate = seq <= hwm || above.get((c, seq))?.is_some();
+                // Capabilities checks that need the store (a child needs its
+                // parent's capabilities first), in the same transaction so a
+                // parent earlier in this batch counts.
+                let rejection = match (&env.msg, duplicate) {
+                    (Message::Capabilities(report), false) => {
+                        check_capabilities(&report.manifest, |parent| {
+                            Ok::<_, StoreError>(caps_latest.get((c, parent.as_str()))?.is_some())
+                        })?
+                    }
+                    _ => None,
+                };
                 if duplicate {
                     result.outcomes.push(IngestOutcome::Duplicate);
+                } else if let Some(rejection) = rejection {
+                    // Settled (acknowledged) but not stored.
+                    above.insert((c, seq), ())?;
+                    result.outcomes.push(IngestOutcome::Rejected(rejection));
                 } else {
                     above.insert((c, seq), ())?;
                     let stored = StoredUplink {
@@ -874,17 +976,28 @@ impl Store {
                                 }
                                 None => true,
                             };
+                            let latest = LatestCapabilities {
+                                seq,
+                                received_ms,
+                                json: serde_json::to_string(&report.manifest).map_err(|e| {
+                                    StoreError::Encode {
+                                        table: "capabilities_latest",
+                                        detail: e.to_string(),
+                                    }
+                                })?,
+                            };
+                            let encoded = encode("capabilities_latest", &latest)?;
                             if newer {
-                                let latest = LatestCapabilities {
-                                    seq,
-                                    received_ms,
-                                    json: serde_json::to_string(&report.manifest)
-                                        .unwrap_or_default(),
-                                };
-                                caps_latest.insert(
-                                    (c, device),
-                                    encode("capabilities_latest", &latest)?.as_slice(),
-                                )?;
+                                caps_latest.insert((c, device), encoded.as_slice())?;
+                            }
+                            caps_history.insert((c, device, seq), encoded.as_slice())?;
+                            let kept: Vec<u64> = caps_history
+                                .range((c, device, 0u64)..=(c, device, u64::MAX))?
+                                .map(|r| r.map(|(k, _)| k.value().2))
+                                .collect::<Result<_, _>>()?;
+                            let excess = kept.len().saturating_sub(MAX_CAPABILITIES_HISTORY);
+                            for old in kept.iter().take(excess) {
+                                caps_history.remove((c, device, *old))?;
                             }
                         }
                         Message::Sync(_) => {}
@@ -948,6 +1061,39 @@ impl Store {
             let latest: LatestCapabilities = decode("capabilities_latest", v.value())?;
             let json = serde_json::from_str(&latest.json).unwrap_or(serde_json::Value::Null);
             out.insert(device.to_string(), json);
+        }
+        Ok(out)
+    }
+
+    /// The latest capabilities of `client` per device id, with when they
+    /// arrived, and how many reports of each device are kept in the history.
+    pub fn capabilities_detail(&self, client: &ClientId) -> Result<Vec<CapabilitiesEntry>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CAPS_LATEST)?;
+        let history = txn.open_table(CAPS_HISTORY)?;
+        let c = client.as_str();
+        let mut out = Vec::new();
+        for row in table.range((c, "")..)? {
+            let (k, v) = row?;
+            let (owner, device) = k.value();
+            if owner != c {
+                break;
+            }
+            let latest: LatestCapabilities = decode("capabilities_latest", v.value())?;
+            let manifest = serde_json::from_str(&latest.json).map_err(|e| StoreError::Corrupt {
+                table: "capabilities_latest",
+                detail: e.to_string(),
+            })?;
+            let history_len = history
+                .range((c, device, 0u64)..=(c, device, u64::MAX))?
+                .count();
+            out.push(CapabilitiesEntry {
+                device_id: device.to_string(),
+                seq: latest.seq,
+                received_at: latest.received_ms,
+                history_len,
+                manifest,
+            });
         }
         Ok(out)
     }

@@ -75,7 +75,7 @@ fn init_then_serve_then_margoctl() {
     std::fs::write(
         &config,
         format!(
-            "version = 1\ndata_dir = {:?}\n[broker]\nmqtt_listen = \"127.0.0.1:0\"\ngateway_listen = \"127.0.0.1:0\"\n",
+            "version = 1\ndata_dir = {:?}\n[broker]\nmqtt_listen = \"127.0.0.1:0\"\ngateway_listen = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n",
             data.display().to_string()
         ),
     )
@@ -104,6 +104,7 @@ fn init_then_serve_then_margoctl() {
     assert!(ready.starts_with("margo-manager ready admin="), "{ready}");
     assert!(ready.contains(" mqtt=127.0.0.1:"), "{ready}");
     assert!(ready.contains(" gateway=127.0.0.1:"), "{ready}");
+    assert!(ready.contains(" http=127.0.0.1:"), "{ready}");
 
     let bundle = dir.path().join("bundle");
     let out = margoctl(

@@ -44,6 +44,7 @@ fn config(dir: &Path) -> ManagerConfig {
     let mut config = ManagerConfig::with_data_dir(dir);
     config.broker.mqtt_listen = "127.0.0.1:0".parse().expect("addr");
     config.broker.gateway_listen = "127.0.0.1:0".parse().expect("addr");
+    config.http.listen = "127.0.0.1:0".parse().expect("addr");
     config.ingest.batch_interval = Duration::from_millis(5);
     config
 }

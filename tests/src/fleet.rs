@@ -49,6 +49,12 @@ impl ManagerProc {
                 free_port()
             )
         };
+        // The HTTPS API on a free loopback port too (its default is 0.0.0.0:8443).
+        let toml = if toml.contains("[http]") {
+            toml
+        } else {
+            format!("{toml}\n[http]\nlisten = \"127.0.0.1:0\"\n")
+        };
         std::fs::write(&config, toml)?;
         let (proc, line) = spawn_manager(&config, &dir.join("logs"), 0)?;
         let mut m = ManagerProc {

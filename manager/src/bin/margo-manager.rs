@@ -144,6 +144,7 @@ async fn main() -> anyhow::Result<()> {
             println!("manager_client_key={}", p.manager_client_key.display());
             println!("signing_cert={}", p.signing_cert.display());
             println!("signing_key={}", p.signing_key.display());
+            println!("ca_fingerprint={}", report.ca_fingerprint);
             Ok(())
         }
         Command::Serve(common) => {

@@ -46,6 +46,21 @@ enum Command {
         /// Deployment id.
         deployment_id: String,
     },
+    /// Devices onboarding over HTTPS: list, approve, reject.
+    Onboarding {
+        #[command(subcommand)]
+        command: OnboardingCommand,
+    },
+    /// Enrollment tokens: devices presenting one are approved at once.
+    Tokens {
+        #[command(subcommand)]
+        command: TokensCommand,
+    },
+    /// The fleet CA.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
     /// Show the fleet (or one client).
     Status {
         /// Client id or name.
@@ -75,11 +90,153 @@ enum ClientsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Revoke a client.
+    /// Show one client: identity, presence, versions, capabilities, deployments.
+    Show {
+        /// Client id or name.
+        client: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a client: refused at the gateway and by ingest, retained state cleared.
     Revoke {
         /// Client id or name.
         client: String,
     },
+}
+
+#[derive(Subcommand)]
+enum OnboardingCommand {
+    /// List onboarding requests, most recently seen first.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a request: the device becomes a client.
+    Approve {
+        /// Request id (fingerprint, with or without sha256:, or a unique prefix of 8+).
+        id: String,
+        /// Fleet name (default: the name the device asked for, else device-<id>).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Reject a request: the device is refused from now on.
+    Reject {
+        /// Request id (or a unique prefix of 8+).
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokensCommand {
+    /// Create a token and print it (once: only its hash is stored).
+    Create {
+        /// How many devices it may approve.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// Lifetime, e.g. 24h, 7d.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires: std::time::Duration,
+        /// A note shown by `tokens list`.
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// List tokens (id, uses left, expiry, note; never the token).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by id.
+    Revoke {
+        /// Token id (from `tokens list`).
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Print the CA fingerprint devices pin (sha256:<hex> of its DER).
+    Fingerprint,
+}
+
+/// `2025-01-31T12:00:00Z` for milliseconds since the epoch.
+fn when(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn or_dash(v: Option<&str>) -> &str {
+    v.filter(|s| !s.is_empty()).unwrap_or("-")
+}
+
+fn print_client(d: &margo_manager::admin::ClientDetails) {
+    let c = &d.client;
+    let s = &d.status;
+    println!("client       {}", c.client_id);
+    println!("name         {}", c.name);
+    println!("revoked      {}", c.revoked);
+    println!("created      {}", when(c.created_at));
+    println!("certificate  {}", d.cert_fingerprint);
+    if let Some(not_after) = d.cert_not_after.and_then(|t| u64::try_from(t).ok()) {
+        println!("cert expires {}", when(not_after.saturating_mul(1000)));
+    }
+    println!("presence     {}", s.presence);
+    println!(
+        "last seen    {}",
+        s.last_seen.map(when).unwrap_or_else(|| "-".into())
+    );
+    println!(
+        "versions     desired {}, adopted {}, agent {}",
+        s.desired_version,
+        s.adopted_version
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| "-".into()),
+        or_dash(s.agent_version.as_deref())
+    );
+    println!("acked seq    {}", s.acked_seq);
+    if d.capabilities.is_empty() {
+        println!("capabilities -");
+    }
+    for cap in &d.capabilities {
+        let p = &cap.manifest.properties;
+        let cpus: Vec<String> = p
+            .cpu
+            .iter()
+            .map(|c| format!("{}x{:?}", c.cores, c.architecture).to_lowercase())
+            .collect();
+        println!(
+            "capabilities {}: {} {} serial {}; cpu {}; memory {}; storage {}; runtimes {:?}; types {:?} (seq {}, {})",
+            cap.device_id,
+            p.vendor,
+            p.model_number,
+            p.serial_number,
+            if cpus.is_empty() { "-".to_string() } else { cpus.join(",") },
+            or_dash(p.memory.as_deref()),
+            or_dash(p.storage.as_deref()),
+            p.supported_runtimes,
+            p.supported_deployment_types,
+            cap.seq,
+            when(cap.received_at)
+        );
+    }
+    if s.deployments.is_empty() {
+        println!("deployments  -");
+    }
+    for dep in &s.deployments {
+        println!(
+            "deployment   {} {} state {} (reported for v{})",
+            dep.deployment_id,
+            or_dash(dep.name.as_deref()),
+            dep.state
+                .map(|st| format!("{st:?}").to_lowercase())
+                .unwrap_or_else(|| "-".into()),
+            dep.reported_manifest_version
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "-".into())
+        );
+    }
 }
 
 fn socket_path(cli: &Cli) -> PathBuf {
@@ -104,6 +261,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let admin = AdminClient::new(socket_path(&cli));
+    let data_dir = cli.data_dir.clone();
     match cli.command {
         Command::Clients { command } => match command {
             ClientsCommand::Add {
@@ -146,9 +304,131 @@ async fn main() -> anyhow::Result<()> {
                     }
                 }
             }
+            ClientsCommand::Show { client, json } => {
+                let details = admin.client(&client).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&details)?);
+                } else {
+                    print_client(&details);
+                }
+            }
             ClientsCommand::Revoke { client } => {
                 let c = admin.revoke(&client).await?;
-                println!("client {} ({}) revoked", c.client_id, c.name);
+                if c.already_revoked {
+                    println!("client {} ({}) was already revoked", c.client_id, c.name);
+                } else {
+                    println!(
+                        "client {} ({}) revoked: its messages are refused, its retained topics cleared",
+                        c.client_id, c.name
+                    );
+                }
+                match c.connections_closed {
+                    Some(n) => println!(
+                        "gateway: {n} live connection(s) closed; new connections get CONNACK not authorized"
+                    ),
+                    None => println!(
+                        "external broker: remove the client's access there too (its certificate stays valid)"
+                    ),
+                }
+            }
+        },
+        Command::Onboarding { command } => match command {
+            OnboardingCommand::List { json } => {
+                let requests = admin.onboarding_requests().await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&requests)?);
+                } else {
+                    println!(
+                        "{:<64}  {:<8}  {:<20}  {:<12}  {:<12}  {:<12}  {:<22}  {:<20}  {:<20}  CLIENT",
+                        "REQUEST", "STATE", "NAME", "VENDOR", "MODEL", "SERIAL", "SOURCE", "FIRST SEEN", "LAST SEEN"
+                    );
+                    for r in requests {
+                        println!(
+                            "{:<64}  {:<8}  {:<20}  {:<12}  {:<12}  {:<12}  {:<22}  {:<20}  {:<20}  {}",
+                            r.request_id,
+                            format!("{:?}", r.state).to_lowercase(),
+                            or_dash(r.claims.name.as_deref()),
+                            or_dash(r.claims.vendor.as_deref()),
+                            or_dash(r.claims.model_number.as_deref()),
+                            or_dash(r.claims.serial_number.as_deref()),
+                            r.source,
+                            when(r.first_seen),
+                            when(r.last_seen),
+                            r.client_id.map(|c| c.to_string()).unwrap_or_else(|| "-".into())
+                        );
+                    }
+                }
+            }
+            OnboardingCommand::Approve { id, name } => {
+                let r = admin.approve(&id, name.as_deref()).await?;
+                println!(
+                    "request {} approved ({}): client {} ({})",
+                    r.request.request_id, r.decided_by, r.client_id, r.name
+                );
+            }
+            OnboardingCommand::Reject { id } => {
+                let r = admin.reject(&id).await?;
+                println!("request {} rejected", r.request_id);
+            }
+        },
+        Command::Tokens { command } => match command {
+            TokensCommand::Create {
+                uses,
+                expires,
+                note,
+            } => {
+                let t = admin.create_token(uses, expires, note.as_deref()).await?;
+                println!("{}", t.token);
+                eprintln!(
+                    "token {} created: {} use(s), expires {}; shown only now, keep it secret",
+                    t.view.id,
+                    t.view.uses,
+                    when(t.view.expires_at)
+                );
+            }
+            TokensCommand::List { json } => {
+                let tokens = admin.tokens().await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&tokens)?);
+                } else {
+                    println!("{:<14} {:>9} {:<22} NOTE", "ID", "USES LEFT", "EXPIRES");
+                    for t in tokens {
+                        println!(
+                            "{:<14} {:>9} {:<22} {}",
+                            t.id,
+                            format!("{}/{}", t.uses_left, t.uses),
+                            if t.expired {
+                                format!("{} (expired)", when(t.expires_at))
+                            } else {
+                                when(t.expires_at)
+                            },
+                            or_dash(t.note.as_deref())
+                        );
+                    }
+                }
+            }
+            TokensCommand::Revoke { id } => {
+                let t = admin.revoke_token(&id).await?;
+                println!(
+                    "token {} revoked ({} of {} uses were left)",
+                    t.id, t.uses_left, t.uses
+                );
+            }
+        },
+        Command::Ca { command } => match command {
+            CaCommand::Fingerprint => {
+                // With --data-dir this works while the manager is stopped.
+                let local = data_dir.map(|d| d.join("pki").join("ca.crt"));
+                match local.filter(|p| p.exists()) {
+                    Some(path) => {
+                        let pem = std::fs::read(&path)
+                            .with_context(|| format!("reading {}", path.display()))?;
+                        let der = margo_schemas::pki::certs_from_pem(&pem, "CA certificate")?;
+                        let first = der.first().context("the CA file holds no certificate")?;
+                        println!("{}", margo_schemas::pki::fingerprint(first.as_ref()));
+                    }
+                    None => println!("{}", admin.ca().await?.fingerprint),
+                }
             }
         },
         Command::Deploy { client, files } => {

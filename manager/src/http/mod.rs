@@ -1,0 +1,370 @@
+//! The HTTPS listener: the Margo HTTP API (onboarding now; deployments,
+//! bundles, status and capabilities join the same [`router`]).
+//!
+//! Each accepted socket runs in its own task: a TLS 1.3 handshake with a
+//! deadline (a slow or stalled client delays nobody else), then HTTP/1.1
+//! served by hyper with the axum router, a header-read deadline and a
+//! per-request deadline. Connections beyond `max_connections` are closed at
+//! once and counted. On shutdown every connection finishes its request in
+//! flight (bounded) and closes.
+
+pub mod onboarding;
+pub mod problem;
+pub mod rate_limit;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Request};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::{Extension, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use serde::Serialize;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::ca::FleetPki;
+use crate::config::OnboardingSettings;
+use crate::publisher::Downlink;
+use crate::store::Store;
+
+pub use onboarding::OnboardingStats;
+use rate_limit::RateLimiter;
+
+/// Longest time a client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest time one request may take, body included.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long shutdown lets a connection finish its request in flight.
+const DRAIN: Duration = Duration::from_secs(5);
+/// Pause after a failed `accept` (e.g. out of file descriptors).
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Why the HTTPS listener could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// Binding the listen address failed.
+    #[error("HTTPS listener {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The server certificate or key is unusable.
+    #[error("HTTPS TLS: {0}")]
+    Tls(String),
+}
+
+/// Connection-level counters of the HTTPS listener.
+#[derive(Debug, Default)]
+pub struct HttpStats {
+    /// Sockets accepted.
+    pub accepted: AtomicU64,
+    /// Closed at once: `max_connections` reached.
+    pub refused_connection_cap: AtomicU64,
+    /// TLS handshakes that failed.
+    pub handshake_failed: AtomicU64,
+    /// TLS handshakes that hit the deadline.
+    pub handshake_timeout: AtomicU64,
+    /// Requests that hit the request deadline.
+    pub request_timeout: AtomicU64,
+}
+
+/// A point-in-time copy of [`HttpStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[allow(missing_docs)]
+pub struct HttpStatsSnapshot {
+    pub accepted: u64,
+    pub refused_connection_cap: u64,
+    pub handshake_failed: u64,
+    pub handshake_timeout: u64,
+    pub request_timeout: u64,
+}
+
+impl HttpStats {
+    /// Reads every counter.
+    pub fn snapshot(&self) -> HttpStatsSnapshot {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        HttpStatsSnapshot {
+            accepted: l(&self.accepted),
+            refused_connection_cap: l(&self.refused_connection_cap),
+            handshake_failed: l(&self.handshake_failed),
+            handshake_timeout: l(&self.handshake_timeout),
+            request_timeout: l(&self.request_timeout),
+        }
+    }
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The server's TLS configuration: TLS 1.3 only, no client certificate
+/// (devices have none yet), HTTP/1.1 by ALPN.
+pub fn server_tls_config(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<Arc<rustls::ServerConfig>, HttpError> {
+    let chain = margo_schemas::pki::certs_from_pem(cert_pem, "server certificate")
+        .map_err(|e| HttpError::Tls(e.to_string()))?;
+    let key = margo_schemas::pki::key_from_pem(key_pem, "server key")
+        .map_err(|e| HttpError::Tls(e.to_string()))?;
+    let mut config =
+        rustls::ServerConfig::builder_with_provider(margo_schemas::pki::crypto_provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| HttpError::Tls(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| HttpError::Tls(e.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Everything the API handlers need.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The store.
+    pub store: Store,
+    /// The fleet PKI.
+    pub pki: Arc<FleetPki>,
+    /// Publisher requests (a newly approved client gets its retained ack).
+    pub downlink: Downlink,
+    /// Onboarding policy and limits.
+    pub onboarding: Arc<OnboardingSettings>,
+    /// Allow-listed request ids (normalized fingerprints).
+    pub allowlist: Arc<Vec<String>>,
+    /// Broker URL handed to approved devices.
+    pub public_broker_url: String,
+    /// Per-source-address limiter.
+    pub limiter: Arc<RateLimiter>,
+    /// Onboarding counters.
+    pub stats: Arc<OnboardingStats>,
+}
+
+impl ApiState {
+    /// State for `settings`, with fresh counters and limiter.
+    pub fn new(
+        store: Store,
+        pki: Arc<FleetPki>,
+        downlink: Downlink,
+        settings: OnboardingSettings,
+        public_broker_url: String,
+        stats: Arc<OnboardingStats>,
+    ) -> Self {
+        let limiter = RateLimiter::new(settings.rate_per_minute, settings.rate_burst);
+        Self {
+            store,
+            pki,
+            downlink,
+            allowlist: Arc::new(settings.allowed_request_ids()),
+            onboarding: Arc::new(settings),
+            public_broker_url,
+            limiter: Arc::new(limiter),
+            stats,
+        }
+    }
+}
+
+/// The public API router. Unknown paths and methods get problem bodies.
+pub fn router(state: ApiState, http_stats: Arc<HttpStats>) -> Router {
+    Router::new()
+        .merge(onboarding::routes())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+        .layer(middleware::from_fn(move |req, next| {
+            request_deadline(Arc::clone(&http_stats), req, next)
+        }))
+}
+
+async fn not_found() -> Response {
+    problem::problem(StatusCode::NOT_FOUND, "no such resource")
+}
+
+async fn method_not_allowed() -> Response {
+    problem::problem(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this resource",
+    )
+}
+
+async fn request_deadline(stats: Arc<HttpStats>, req: Request, next: Next) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.to_string())
+        .unwrap_or_default();
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => {
+            bump(&stats.request_timeout);
+            info!(%peer, timeout = ?REQUEST_TIMEOUT, "request deadline passed");
+            problem::problem(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request took too long to arrive",
+            )
+        }
+    }
+}
+
+/// A bound HTTPS listener, not yet serving.
+pub struct HttpsServer {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    acceptor: TlsAcceptor,
+    router: Router,
+    handshake_timeout: Duration,
+    connections: Arc<Semaphore>,
+    stats: Arc<HttpStats>,
+}
+
+impl std::fmt::Debug for HttpsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpsServer")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpsServer {
+    /// Binds `listen` and prepares to serve `router` over `tls`.
+    pub async fn bind(
+        listen: SocketAddr,
+        tls: Arc<rustls::ServerConfig>,
+        router: Router,
+        handshake_timeout: Duration,
+        max_connections: usize,
+        stats: Arc<HttpStats>,
+    ) -> Result<Self, HttpError> {
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|source| HttpError::Bind {
+                addr: listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| HttpError::Bind {
+            addr: listen,
+            source,
+        })?;
+        Ok(Self {
+            listener,
+            local_addr,
+            acceptor: TlsAcceptor::from(tls),
+            router,
+            handshake_timeout,
+            connections: Arc::new(Semaphore::new(max_connections.max(1))),
+            stats,
+        })
+    }
+
+    /// The bound address (the real port when configured with 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown`, then lets open connections finish (bounded).
+    pub async fn run(self, shutdown: CancellationToken) {
+        info!(listen = %self.local_addr, "HTTPS API serving");
+        let tracker = TaskTracker::new();
+        loop {
+            let (socket, peer) = tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(error) => {
+                        warn!(%error, "HTTPS accept failed");
+                        tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                        continue;
+                    }
+                },
+            };
+            bump(&self.stats.accepted);
+            let Ok(permit) = Arc::clone(&self.connections).try_acquire_owned() else {
+                bump(&self.stats.refused_connection_cap);
+                warn!(%peer, "HTTPS connection cap reached; connection closed");
+                drop(socket);
+                continue;
+            };
+            let conn = Connection {
+                acceptor: self.acceptor.clone(),
+                router: self.router.clone(),
+                handshake_timeout: self.handshake_timeout,
+                stats: Arc::clone(&self.stats),
+            };
+            tracker.spawn(
+                conn.serve(socket, peer, permit, shutdown.clone())
+                    .instrument(tracing::debug_span!("https", %peer)),
+            );
+        }
+        tracker.close();
+        tracker.wait().await;
+        info!("HTTPS API stopped");
+    }
+}
+
+struct Connection {
+    acceptor: TlsAcceptor,
+    router: Router,
+    handshake_timeout: Duration,
+    stats: Arc<HttpStats>,
+}
+
+impl Connection {
+    async fn serve(
+        self,
+        socket: TcpStream,
+        peer: SocketAddr,
+        _permit: OwnedSemaphorePermit,
+        shutdown: CancellationToken,
+    ) {
+        let _ = socket.set_nodelay(true);
+        let handshake = tokio::time::timeout(self.handshake_timeout, self.acceptor.accept(socket));
+        let tls = tokio::select! {
+            () = shutdown.cancelled() => return,
+            result = handshake => match result {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(error)) => {
+                    bump(&self.stats.handshake_failed);
+                    debug!(%error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    bump(&self.stats.handshake_timeout);
+                    debug!(timeout = ?self.handshake_timeout, "TLS handshake deadline passed");
+                    return;
+                }
+            },
+        };
+        let service = TowerToHyperService::new(self.router.layer(Extension(ConnectInfo(peer))));
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
+        let conn = builder.serve_connection(TokioIo::new(tls), service);
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            result = conn.as_mut() => result,
+            () = shutdown.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                match tokio::time::timeout(DRAIN, conn.as_mut()).await {
+                    Ok(result) => result,
+                    Err(_) => return,
+                }
+            }
+        };
+        if let Err(error) = result {
+            debug!(%error, "HTTPS connection ended with an error");
+        }
+    }
+}

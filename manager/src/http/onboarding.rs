@@ -1,0 +1,469 @@
+//! Margo onboarding over HTTPS (`docs/onboarding.md`):
+//!
+//! - `GET /api/v1/onboarding/certificate` → `200 {"certificate": base64(CA PEM)}`
+//! - `POST /api/v1/onboarding` → `201` approved (token, allow-list, or
+//!   earlier), `202` pending (`Location`, `Retry-After`), `400` unusable
+//!   request or certificate or digest, `401` signature, `403` rejected,
+//!   revoked or bad token, `429` rate limit, `503` too many pending
+//! - `GET /api/v1/onboarding/requests/{id}` → `200` pending/approved, `403`
+//!   rejected or revoked, `404` unknown
+//!
+//! Every refusal is counted and logged once with the source address.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use margo_schemas::http_sig::{self, CONTENT_DIGEST, PAYLOAD_SIGNATURE};
+use margo_schemas::onboarding::{
+    IssuedIdentity, OnboardingRequest, OnboardingResponse, OnboardingState, ResponseExtensions,
+};
+use serde::Serialize;
+use tracing::{error, info, instrument, warn};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use super::problem::Refusal;
+use super::ApiState;
+use crate::onboarding::{
+    Approved, Claims, Lookup, OnboardingError, Submission, Submitted, TokenProblem,
+};
+
+/// Largest onboarding request body.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Path of the CA certificate endpoint.
+pub const CERTIFICATE_PATH: &str = "/api/v1/onboarding/certificate";
+/// Path of the onboarding endpoint.
+pub const ONBOARDING_PATH: &str = "/api/v1/onboarding";
+/// Prefix of a request's poll location.
+pub const REQUESTS_PATH: &str = "/api/v1/onboarding/requests";
+
+/// Onboarding counters.
+#[derive(Debug, Default)]
+pub struct OnboardingStats {
+    /// `POST /api/v1/onboarding` received.
+    pub requests: AtomicU64,
+    /// Polls received.
+    pub polls: AtomicU64,
+    /// CA certificate downloads.
+    pub certificate: AtomicU64,
+    /// Approved by an enrollment token.
+    pub approved_token: AtomicU64,
+    /// Approved by the allow-list.
+    pub approved_allowlist: AtomicU64,
+    /// Answered with an identity already issued (approved earlier or known key).
+    pub approved_earlier: AtomicU64,
+    /// New pending requests.
+    pub pending_created: AtomicU64,
+    /// 400: malformed request, unusable certificate, bad digest.
+    pub bad_request: AtomicU64,
+    /// 401: signature.
+    pub bad_signature: AtomicU64,
+    /// 403: rejected, revoked, bad token.
+    pub forbidden: AtomicU64,
+    /// 404 on polls.
+    pub not_found: AtomicU64,
+    /// 429: rate limit.
+    pub rate_limited: AtomicU64,
+    /// 503: pending cap.
+    pub pending_full: AtomicU64,
+    /// 413: body too large.
+    pub too_large: AtomicU64,
+    /// 500.
+    pub internal_errors: AtomicU64,
+}
+
+/// A point-in-time copy of [`OnboardingStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[allow(missing_docs)]
+pub struct OnboardingStatsSnapshot {
+    pub requests: u64,
+    pub polls: u64,
+    pub certificate: u64,
+    pub approved_token: u64,
+    pub approved_allowlist: u64,
+    pub approved_earlier: u64,
+    pub pending_created: u64,
+    pub bad_request: u64,
+    pub bad_signature: u64,
+    pub forbidden: u64,
+    pub not_found: u64,
+    pub rate_limited: u64,
+    pub pending_full: u64,
+    pub too_large: u64,
+    pub internal_errors: u64,
+}
+
+impl OnboardingStats {
+    /// Reads every counter.
+    pub fn snapshot(&self) -> OnboardingStatsSnapshot {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        OnboardingStatsSnapshot {
+            requests: l(&self.requests),
+            polls: l(&self.polls),
+            certificate: l(&self.certificate),
+            approved_token: l(&self.approved_token),
+            approved_allowlist: l(&self.approved_allowlist),
+            approved_earlier: l(&self.approved_earlier),
+            pending_created: l(&self.pending_created),
+            bad_request: l(&self.bad_request),
+            bad_signature: l(&self.bad_signature),
+            forbidden: l(&self.forbidden),
+            not_found: l(&self.not_found),
+            rate_limited: l(&self.rate_limited),
+            pending_full: l(&self.pending_full),
+            too_large: l(&self.too_large),
+            internal_errors: l(&self.internal_errors),
+        }
+    }
+
+    fn count_refusal(&self, status: StatusCode) {
+        let counter = match status {
+            StatusCode::BAD_REQUEST => &self.bad_request,
+            StatusCode::UNAUTHORIZED => &self.bad_signature,
+            StatusCode::FORBIDDEN => &self.forbidden,
+            StatusCode::NOT_FOUND => &self.not_found,
+            StatusCode::TOO_MANY_REQUESTS => &self.rate_limited,
+            StatusCode::SERVICE_UNAVAILABLE => &self.pending_full,
+            StatusCode::PAYLOAD_TOO_LARGE => &self.too_large,
+            _ => &self.internal_errors,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The onboarding routes.
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route(CERTIFICATE_PATH, get(certificate))
+        .route(
+            ONBOARDING_PATH,
+            post(submit).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
+        )
+        .route(&format!("{REQUESTS_PATH}/{{id}}"), get(poll))
+}
+
+/// Counts and logs a refusal once (warn for 401/403/429/503/5xx, info
+/// otherwise), then answers it.
+fn refused(state: &ApiState, peer: SocketAddr, what: &str, refusal: Refusal) -> Response {
+    state.stats.count_refusal(refusal.status);
+    let request_id = refusal.request_id.as_deref().unwrap_or("-");
+    let status = refusal.status.as_u16();
+    match refusal.status {
+        StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND | StatusCode::PAYLOAD_TOO_LARGE => {
+            info!(%peer, request_id, status, detail = %refusal.detail, "{what} refused");
+        }
+        _ => warn!(%peer, request_id, status, detail = %refusal.detail, "{what} refused"),
+    }
+    refusal.into_response()
+}
+
+fn rate_limit(state: &ApiState, peer: SocketAddr) -> Result<(), Refusal> {
+    state
+        .limiter
+        .check(peer.ip(), Instant::now())
+        .map_err(|wait| {
+            Refusal::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "too many onboarding requests from {}; retry later",
+                    peer.ip()
+                ),
+            )
+            .retry_after(wait.as_secs_f64().ceil() as u64)
+        })
+}
+
+/// `{"certificate": "<base64 of the CA PEM>"}`.
+#[derive(Debug, Serialize)]
+struct CertificateBody {
+    certificate: String,
+}
+
+async fn certificate(
+    State(state): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    if let Err(refusal) = rate_limit(&state, peer) {
+        return refused(&state, peer, "CA certificate request", refusal);
+    }
+    state.stats.certificate.fetch_add(1, Ordering::Relaxed);
+    Json(CertificateBody {
+        certificate: data_encoding::BASE64.encode(state.pki.ca_pem().as_bytes()),
+    })
+    .into_response()
+}
+
+fn location(request_id: &str) -> String {
+    format!("{REQUESTS_PATH}/{request_id}")
+}
+
+fn identity(state: &ApiState, approved: &Approved) -> IssuedIdentity {
+    IssuedIdentity {
+        name: approved.client.name.clone(),
+        client_certificate: crate::ca::cert_pem(&approved.client.cert_der),
+        ca_certificate: state.pki.ca_pem().to_string(),
+        manager_signing_certificate: state.pki.signing_cert_pem().to_string(),
+        broker_url: state.public_broker_url.clone(),
+    }
+}
+
+fn approved_response(state: &ApiState, approved: &Approved, status: StatusCode) -> Response {
+    let loc = location(&approved.request_id);
+    let body = OnboardingResponse {
+        client_id: Some(approved.client_id.clone()),
+        extensions: ResponseExtensions {
+            request_id: approved.request_id.clone(),
+            state: OnboardingState::Approved,
+            location: loc.clone(),
+            retry_after_secs: None,
+            identity: Some(identity(state, approved)),
+        },
+    };
+    let mut response = (status, Json(body)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&loc) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+fn pending_response(state: &ApiState, request_id: &str, status: StatusCode) -> Response {
+    let loc = location(request_id);
+    let retry = state.onboarding.poll_interval.as_secs().max(1);
+    let body = OnboardingResponse {
+        client_id: None,
+        extensions: ResponseExtensions {
+            request_id: request_id.to_string(),
+            state: OnboardingState::Pending,
+            location: loc.clone(),
+            retry_after_secs: Some(retry),
+            identity: None,
+        },
+    };
+    let mut response = (status, Json(body)).into_response();
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&loc) {
+        headers.insert(header::LOCATION, value);
+    }
+    headers.insert(header::RETRY_AFTER, HeaderValue::from(retry));
+    response
+}
+
+/// What the device's self-signed certificate must be: parseable, P-256,
+/// not a CA, valid now. Returns its public key point.
+fn check_device_certificate(der: &[u8]) -> Result<Vec<u8>, String> {
+    let info = margo_schemas::pki::cert_info(der).map_err(|e| format!("certificate: {e}"))?;
+    let point = info
+        .p256_public_key
+        .ok_or("certificate: the key must be ECDSA P-256")?;
+    if info.is_ca {
+        return Err("certificate: a CA certificate cannot be a device certificate".into());
+    }
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| format!("certificate: {e}"))?;
+    let validity = cert.validity();
+    if !validity.is_valid() {
+        return Err(format!(
+            "certificate: not valid now (valid from {} to {})",
+            validity.not_before, validity.not_after
+        ));
+    }
+    Ok(point)
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Maps a decision error to its refusal.
+fn decision_refusal(error: OnboardingError, request_id: &str) -> Refusal {
+    let refusal = match error {
+        OnboardingError::Rejected(_) => {
+            Refusal::forbidden("this onboarding request was rejected by an operator")
+        }
+        OnboardingError::Revoked(client) => Refusal::forbidden(format!(
+            "this device's key belongs to client {client}, which is revoked"
+        )),
+        OnboardingError::Token(problem) => Refusal::forbidden(match problem {
+            TokenProblem::Unknown => "enrollment token is unknown or revoked",
+            TokenProblem::Expired => "enrollment token has expired",
+            TokenProblem::UsedUp => "enrollment token is used up",
+        }),
+        OnboardingError::PendingFull { max } => Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{max} onboarding requests are waiting for an operator; retry later"),
+        )
+        .retry_after(300),
+        other => {
+            error!(request_id, error = %other, "onboarding decision failed");
+            Refusal::internal()
+        }
+    };
+    refusal.for_request(request_id)
+}
+
+#[instrument(skip_all, fields(%peer))]
+async fn submit(
+    State(state): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    state.stats.requests.fetch_add(1, Ordering::Relaxed);
+    match decide(&state, peer, &headers, body).await {
+        Ok(response) => response,
+        Err(refusal) => refused(&state, peer, "onboarding request", refusal),
+    }
+}
+
+async fn decide(
+    state: &ApiState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Refusal> {
+    rate_limit(state, peer)?;
+    let body =
+        body.map_err(|e| Refusal::new(e.status(), format!("request body: {}", e.body_text())))?;
+    let request: OnboardingRequest = serde_json::from_slice(&body).map_err(|e| {
+        Refusal::bad_request(format!("request body is not an OnboardingRequest: {e}"))
+    })?;
+    let cert_der = request
+        .certificate_der()
+        .map_err(|e| Refusal::bad_request(e.to_string()))?;
+    let request_id = margo_schemas::pki::fingerprint(&cert_der).hex();
+    let point = check_device_certificate(&cert_der)
+        .map_err(|detail| Refusal::bad_request(detail).for_request(&request_id))?;
+    http_sig::verify_request(
+        header_str(headers, CONTENT_DIGEST),
+        header_str(headers, PAYLOAD_SIGNATURE),
+        &body,
+        &point,
+    )
+    .map_err(|e| {
+        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+        Refusal::new(status, e.to_string()).for_request(&request_id)
+    })?;
+
+    let ext = request.extensions.unwrap_or_default();
+    let submission = Submission {
+        request_id: request_id.clone(),
+        key_id: crate::store::key_id(&point),
+        cert_der,
+        claims: Claims {
+            name: ext.name,
+            vendor: ext.vendor,
+            model_number: ext.model_number,
+            serial_number: ext.serial_number,
+        },
+        token: ext.enrollment_token,
+        source: peer.to_string(),
+        allowlisted: state.allowlist.iter().any(|id| id == &request_id),
+        max_pending: state.onboarding.max_pending,
+    };
+    let pki = Arc::clone(&state.pki);
+    let outcome = state
+        .store
+        .run(move |store| {
+            Ok(store.onboarding_submit(submission, |id, der| pki.issue_for_device_cert(id, der)))
+        })
+        .await
+        .map_err(|e| {
+            error!(request_id, error = %e, "onboarding store call failed");
+            Refusal::internal().for_request(&request_id)
+        })?
+        .map_err(|e| decision_refusal(e, &request_id))?;
+    Ok(match outcome {
+        Submitted::Approved(approved) => {
+            let counter = if !approved.now || approved.decided_by == "known key" {
+                &state.stats.approved_earlier
+            } else if approved.decided_by == "allowlist" {
+                &state.stats.approved_allowlist
+            } else {
+                &state.stats.approved_token
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            if approved.now {
+                state.downlink.republish(&approved.client_id);
+                info!(
+                    %peer,
+                    request_id,
+                    client_id = %approved.client_id,
+                    name = %approved.client.name,
+                    decided_by = %approved.decided_by,
+                    "device onboarded"
+                );
+            }
+            approved_response(state, &approved, StatusCode::CREATED)
+        }
+        Submitted::Pending {
+            request_id,
+            created,
+        } => {
+            if created {
+                state.stats.pending_created.fetch_add(1, Ordering::Relaxed);
+                info!(%peer, request_id, "onboarding request waits for an operator");
+            }
+            pending_response(state, &request_id, StatusCode::ACCEPTED)
+        }
+    })
+}
+
+fn is_request_id(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+#[instrument(skip_all, fields(%peer))]
+async fn poll(
+    State(state): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+) -> Response {
+    state.stats.polls.fetch_add(1, Ordering::Relaxed);
+    match lookup(&state, peer, id).await {
+        Ok(response) => response,
+        Err(refusal) => refused(&state, peer, "onboarding poll", refusal),
+    }
+}
+
+async fn lookup(state: &ApiState, peer: SocketAddr, id: String) -> Result<Response, Refusal> {
+    rate_limit(state, peer)?;
+    if !is_request_id(&id) {
+        return Err(Refusal::not_found(
+            "no such onboarding request (ids are 64 lowercase hex digits)",
+        ));
+    }
+    let key = id.clone();
+    let found = state
+        .store
+        .run(move |store| Ok(store.onboarding_lookup(&key)))
+        .await
+        .map_err(|e| {
+            error!(request_id = %id, error = %e, "onboarding store call failed");
+            Refusal::internal().for_request(&id)
+        })?
+        .map_err(|e| {
+            error!(request_id = %id, error = %e, "onboarding lookup failed");
+            Refusal::internal().for_request(&id)
+        })?;
+    match found {
+        None => Err(Refusal::not_found("no such onboarding request").for_request(&id)),
+        Some(Lookup::Rejected) => Err(Refusal::forbidden(
+            "this onboarding request was rejected by an operator",
+        )
+        .for_request(&id)),
+        Some(Lookup::Revoked(client)) => Err(Refusal::forbidden(format!(
+            "this device was onboarded as client {client}, which is revoked"
+        ))
+        .for_request(&id)),
+        Some(Lookup::Pending(_)) => Ok(pending_response(state, &id, StatusCode::OK)),
+        Some(Lookup::Approved(approved)) => Ok(approved_response(state, &approved, StatusCode::OK)),
+    }
+}

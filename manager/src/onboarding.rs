@@ -1,0 +1,912 @@
+//! Device onboarding state: requests, decisions and enrollment tokens, in
+//! the manager's redb store.
+//!
+//! A request is keyed by its id, the hex SHA-256 fingerprint of the device's
+//! self-signed certificate, so re-posting is idempotent. Approval (by an
+//! operator, an enrollment token or the allow-list) happens in one write
+//! transaction: assign a [`ClientId`], issue the client certificate for the
+//! device's own key, add the client exactly as provisioning does, use up the
+//! token, and mark the request approved. The HTTP side is `crate::http`.
+
+use data_encoding::BASE64URL_NOPAD;
+use margo_schemas::digest::Digest;
+use margo_schemas::ids::ClientId;
+use margo_schemas::onboarding::OnboardingState;
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+
+use crate::ca::{CaError, IssuedCert};
+use crate::store::{now_ms, validate_name, ClientEntry, ClientRecord, Store, StoreError, NAMES};
+
+/// request id → CBOR [`RequestRecord`].
+const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("onboarding_requests");
+/// request ids in state pending (its length is the pending count).
+const PENDING: TableDefinition<&str, ()> = TableDefinition::new("onboarding_pending");
+/// token id → CBOR [`TokenRecord`].
+const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("enrollment_tokens");
+/// hex SHA-256 of a token → token id.
+const TOKEN_HASHES: TableDefinition<&str, &str> = TableDefinition::new("enrollment_token_hashes");
+
+/// Random bytes in an enrollment token (256 bits).
+const TOKEN_BYTES: usize = 32;
+/// Random bytes in a token id (shown by `tokens list`, used by `tokens revoke`).
+const TOKEN_ID_BYTES: usize = 6;
+/// Most uses of one token.
+pub const MAX_TOKEN_USES: u32 = 1_000_000;
+/// Longest token lifetime (one year).
+pub const MAX_TOKEN_TTL_MS: u64 = 366 * 24 * 3600 * 1000;
+/// Longest token note.
+pub const MAX_NOTE_LEN: usize = 256;
+/// Shortest request-id prefix an operator may type.
+pub const MIN_ID_PREFIX: usize = 8;
+/// Most tries at a unique `name-N` before giving up.
+const NAME_SUFFIX_TRIES: u32 = 1000;
+
+pub(crate) fn open_tables(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    txn.open_table(REQUESTS)?;
+    txn.open_table(PENDING)?;
+    txn.open_table(TOKENS)?;
+    txn.open_table(TOKEN_HASHES)?;
+    Ok(())
+}
+
+/// Why an onboarding operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OnboardingError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Issuing the client certificate failed.
+    #[error("issuing the client certificate: {0}")]
+    Ca(#[from] CaError),
+    /// An operator rejected the request.
+    #[error("onboarding request {0} was rejected by an operator")]
+    Rejected(String),
+    /// The device's key belongs to a revoked client.
+    #[error("the device's key belongs to client {0}, which is revoked")]
+    Revoked(ClientId),
+    /// The enrollment token cannot be used.
+    #[error("enrollment token: {0}")]
+    Token(TokenProblem),
+    /// Too many requests wait for an operator.
+    #[error("{max} onboarding requests are already waiting for an operator; try again later")]
+    PendingFull {
+        /// The configured cap.
+        max: usize,
+    },
+    /// No request with this id (or prefix).
+    #[error("no onboarding request {0:?}")]
+    UnknownRequest(String),
+    /// A prefix matches more than one request.
+    #[error("{0:?} matches more than one onboarding request; give more of the id")]
+    AmbiguousRequest(String),
+    /// The request is already decided the other way.
+    #[error("onboarding request {id} is {state}: {hint}")]
+    Decided {
+        /// The request.
+        id: String,
+        /// Its state.
+        state: &'static str,
+        /// What to do instead.
+        hint: String,
+    },
+    /// No token with this id.
+    #[error("no enrollment token {0:?}")]
+    UnknownToken(String),
+    /// Token parameters out of range.
+    #[error("{0}")]
+    InvalidToken(String),
+    /// No suitable unique name could be found.
+    #[error("no free name based on {0:?}")]
+    NoFreeName(String),
+    /// The system random source failed.
+    #[error("the system random number generator failed")]
+    Random,
+}
+
+/// Why an enrollment token was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenProblem {
+    /// Not a token this manager issued (or it was revoked).
+    #[error("unknown or revoked")]
+    Unknown,
+    /// Past its expiry.
+    #[error("expired")]
+    Expired,
+    /// Every use is spent.
+    #[error("used up")]
+    UsedUp,
+}
+
+/// What a device claims to be (from the request's extensions).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Claims {
+    /// The name it would like.
+    pub name: Option<String>,
+    /// Vendor.
+    pub vendor: Option<String>,
+    /// Model number.
+    pub model_number: Option<String>,
+    /// Serial number.
+    pub serial_number: Option<String>,
+}
+
+/// One onboarding request as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    /// Pending, approved or rejected.
+    pub state: OnboardingState,
+    /// The device's self-signed certificate.
+    #[serde(with = "serde_bytes")]
+    pub cert_der: Vec<u8>,
+    /// What it claims to be (latest request).
+    pub claims: Claims,
+    /// Source address of the latest request.
+    pub source: String,
+    /// First request (ms since epoch).
+    pub first_seen_ms: u64,
+    /// Latest request (ms since epoch).
+    pub last_seen_ms: u64,
+    /// The client it became, once approved.
+    pub client_id: Option<ClientId>,
+    /// `operator`, `token <id>`, `allowlist` or `known key`.
+    pub decided_by: Option<String>,
+    /// When approved or rejected (ms since epoch).
+    pub decided_ms: Option<u64>,
+}
+
+/// One request as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestView {
+    /// The request id (hex SHA-256 of the device certificate).
+    pub request_id: String,
+    /// The same as `sha256:<hex>`.
+    pub fingerprint: String,
+    /// Its state.
+    pub state: OnboardingState,
+    /// Claims.
+    #[serde(flatten)]
+    pub claims: Claims,
+    /// Source address of the latest request.
+    pub source: String,
+    /// First request (ms).
+    pub first_seen: u64,
+    /// Latest request (ms).
+    pub last_seen: u64,
+    /// The client, once approved.
+    pub client_id: Option<ClientId>,
+    /// Who decided.
+    pub decided_by: Option<String>,
+    /// When decided (ms).
+    pub decided_at: Option<u64>,
+}
+
+impl RequestView {
+    fn new(id: &str, r: RequestRecord) -> Self {
+        Self {
+            request_id: id.to_string(),
+            fingerprint: format!("sha256:{id}"),
+            state: r.state,
+            claims: r.claims,
+            source: r.source,
+            first_seen: r.first_seen_ms,
+            last_seen: r.last_seen_ms,
+            client_id: r.client_id,
+            decided_by: r.decided_by,
+            decided_at: r.decided_ms,
+        }
+    }
+}
+
+/// A verified onboarding request, ready for a decision.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    /// Hex SHA-256 of `cert_der`.
+    pub request_id: String,
+    /// The device's self-signed certificate (checked: P-256, not a CA, valid).
+    pub cert_der: Vec<u8>,
+    /// [`crate::store::key_id`] of its public key.
+    pub key_id: String,
+    /// What it claims.
+    pub claims: Claims,
+    /// Enrollment token, if any.
+    pub token: Option<String>,
+    /// Source address.
+    pub source: String,
+    /// Whether the fingerprint is in `[onboarding] allow_fingerprints`.
+    pub allowlisted: bool,
+    /// `[onboarding] max_pending`.
+    pub max_pending: usize,
+}
+
+/// An approved request and its client.
+#[derive(Debug, Clone)]
+pub struct Approved {
+    /// The request id.
+    pub request_id: String,
+    /// The client.
+    pub client_id: ClientId,
+    /// The client's record (name, issued certificate).
+    pub client: ClientRecord,
+    /// Who approved.
+    pub decided_by: String,
+    /// Whether this call approved it (false: approved earlier).
+    pub now: bool,
+}
+
+/// The answer to a submission.
+#[derive(Debug, Clone)]
+pub enum Submitted {
+    /// Approved (now or earlier).
+    Approved(Approved),
+    /// Waiting for an operator.
+    Pending {
+        /// The request id.
+        request_id: String,
+        /// Whether this call created it.
+        created: bool,
+    },
+}
+
+/// Where a polled request stands.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    /// Waiting.
+    Pending(RequestRecord),
+    /// Approved, with its client.
+    Approved(Approved),
+    /// Rejected.
+    Rejected,
+    /// Approved, but the client is revoked since.
+    Revoked(ClientId),
+}
+
+/// An enrollment token as stored (never the token itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct TokenRecord {
+    hash: String,
+    uses_total: u32,
+    uses_left: u32,
+    expires_ms: u64,
+    note: Option<String>,
+    created_ms: u64,
+}
+
+/// A token as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenView {
+    /// Its id.
+    pub id: String,
+    /// Uses it was created with.
+    pub uses: u32,
+    /// Uses left.
+    pub uses_left: u32,
+    /// Expiry (ms since epoch).
+    pub expires_at: u64,
+    /// Whether it has expired.
+    pub expired: bool,
+    /// Operator's note.
+    pub note: Option<String>,
+    /// When created (ms).
+    pub created_at: u64,
+}
+
+impl TokenView {
+    fn new(id: &str, r: &TokenRecord, now: u64) -> Self {
+        Self {
+            id: id.to_string(),
+            uses: r.uses_total,
+            uses_left: r.uses_left,
+            expires_at: r.expires_ms,
+            expired: now >= r.expires_ms,
+            note: r.note.clone(),
+            created_at: r.created_ms,
+        }
+    }
+}
+
+/// A freshly created token: the only time the token text exists outside the device.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreatedToken {
+    /// The token (URL-safe base64, 256 bits). Shown once; only its hash is stored.
+    pub token: String,
+    /// Its listing.
+    #[serde(flatten)]
+    pub view: TokenView,
+}
+
+impl std::fmt::Debug for CreatedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedToken")
+            .field("token", &"<redacted>")
+            .field("view", &self.view)
+            .finish()
+    }
+}
+
+type Result<T, E = OnboardingError> = std::result::Result<T, E>;
+
+fn encode<T: Serialize>(table: &'static str, value: &T) -> Result<Vec<u8>> {
+    margo_schemas::codec::encode(value).map_err(|e| {
+        StoreError::Encode {
+            table,
+            detail: e.to_string(),
+        }
+        .into()
+    })
+}
+
+fn decode<T: serde::de::DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T> {
+    margo_schemas::codec::decode(bytes, usize::MAX).map_err(|e| {
+        StoreError::Corrupt {
+            table,
+            detail: e.to_string(),
+        }
+        .into()
+    })
+}
+
+fn db_err(e: impl Into<redb::Error>) -> OnboardingError {
+    OnboardingError::Store(StoreError::Database(e.into()))
+}
+
+/// The hex SHA-256 of an enrollment token, as stored.
+fn token_hash(token: &str) -> String {
+    Digest::of(token.as_bytes()).hex()
+}
+
+fn random(len: usize) -> Result<Vec<u8>> {
+    let mut bytes = vec![0u8; len];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| OnboardingError::Random)?;
+    Ok(bytes)
+}
+
+fn client_record(txn: &redb::WriteTransaction, id: &ClientId) -> Result<ClientRecord> {
+    let table = txn.open_table(crate::store::CLIENTS).map_err(db_err)?;
+    let found = table.get(id.as_str()).map_err(db_err)?;
+    match found {
+        Some(v) => decode("clients", v.value()),
+        None => Err(StoreError::Corrupt {
+            table: "onboarding_requests",
+            detail: format!("approved request names client {id}, which does not exist"),
+        }
+        .into()),
+    }
+}
+
+/// The name an approved device gets: the operator's (must be free), else
+/// the claimed one, else `device-<first 8 of clientId>`; the last two get a
+/// `-2`, `-3`, ... suffix when taken.
+fn choose_name(
+    txn: &redb::WriteTransaction,
+    operator: Option<&str>,
+    claimed: Option<&str>,
+    client: &ClientId,
+) -> Result<String> {
+    let names = txn.open_table(NAMES).map_err(db_err)?;
+    let taken = |n: &str| -> Result<bool> { Ok(names.get(n).map_err(db_err)?.is_some()) };
+    if let Some(name) = operator {
+        validate_name(name)?;
+        if taken(name)? {
+            return Err(StoreError::NameTaken(name.to_string()).into());
+        }
+        return Ok(name.to_string());
+    }
+    let base = claimed
+        .map(str::trim)
+        .filter(|n| validate_name(n).is_ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            format!(
+                "device-{}",
+                &client.as_str()[..8.min(client.as_str().len())]
+            )
+        });
+    if !taken(&base)? {
+        return Ok(base);
+    }
+    for n in 2..NAME_SUFFIX_TRIES {
+        let suffix = format!("-{n}");
+        let mut stem = base.clone();
+        while stem.len() + suffix.len() > crate::store::MAX_NAME_LEN {
+            stem.pop();
+        }
+        let candidate = format!("{}{suffix}", stem.trim_end());
+        if validate_name(&candidate).is_ok() && !taken(&candidate)? {
+            return Ok(candidate);
+        }
+    }
+    Err(OnboardingError::NoFreeName(base))
+}
+
+/// Approves `record` (id `request_id`) inside `txn`: new client id, client
+/// certificate for the device's key, client record, request marked approved.
+fn approve_in(
+    txn: &redb::WriteTransaction,
+    request_id: &str,
+    record: &mut RequestRecord,
+    operator_name: Option<&str>,
+    decided_by: String,
+    issue: impl FnOnce(&ClientId, &[u8]) -> Result<IssuedCert, CaError>,
+) -> Result<Approved> {
+    let client_id = ClientId::generate();
+    let name = choose_name(
+        txn,
+        operator_name,
+        record.claims.name.as_deref(),
+        &client_id,
+    )?;
+    let issued = issue(&client_id, &record.cert_der)?;
+    let client = Store::insert_client(txn, &client_id, &name, &issued.der)?;
+    mark_approved(txn, request_id, record, &client_id, &decided_by)?;
+    Ok(Approved {
+        request_id: request_id.to_string(),
+        client_id,
+        client,
+        decided_by,
+        now: true,
+    })
+}
+
+fn mark_approved(
+    txn: &redb::WriteTransaction,
+    request_id: &str,
+    record: &mut RequestRecord,
+    client_id: &ClientId,
+    decided_by: &str,
+) -> Result<()> {
+    record.state = OnboardingState::Approved;
+    record.client_id = Some(client_id.clone());
+    record.decided_by = Some(decided_by.to_string());
+    record.decided_ms = Some(now_ms());
+    put_request(txn, request_id, record)
+}
+
+fn put_request(txn: &redb::WriteTransaction, id: &str, record: &RequestRecord) -> Result<()> {
+    txn.open_table(REQUESTS)
+        .map_err(db_err)?
+        .insert(id, encode("onboarding_requests", record)?.as_slice())
+        .map_err(db_err)?;
+    let mut pending = txn.open_table(PENDING).map_err(db_err)?;
+    if record.state == OnboardingState::Pending {
+        pending.insert(id, ()).map_err(db_err)?;
+    } else {
+        pending.remove(id).map_err(db_err)?;
+    }
+    Ok(())
+}
+
+fn get_request(txn: &redb::WriteTransaction, id: &str) -> Result<Option<RequestRecord>> {
+    let table = txn.open_table(REQUESTS).map_err(db_err)?;
+    let found = table.get(id).map_err(db_err)?;
+    found
+        .map(|v| decode("onboarding_requests", v.value()))
+        .transpose()
+}
+
+/// Uses one use of `token` inside `txn`, or says why it cannot be used.
+fn spend_token(txn: &redb::WriteTransaction, token: &str, now: u64) -> Result<String> {
+    let hash = token_hash(token);
+    let id = txn
+        .open_table(TOKEN_HASHES)
+        .map_err(db_err)?
+        .get(hash.as_str())
+        .map_err(db_err)?
+        .map(|v| v.value().to_string())
+        .ok_or(OnboardingError::Token(TokenProblem::Unknown))?;
+    let mut tokens = txn.open_table(TOKENS).map_err(db_err)?;
+    let found = tokens
+        .get(id.as_str())
+        .map_err(db_err)?
+        .map(|v| v.value().to_vec());
+    let mut record: TokenRecord = match found {
+        Some(bytes) => decode("enrollment_tokens", &bytes)?,
+        None => return Err(OnboardingError::Token(TokenProblem::Unknown)),
+    };
+    if now >= record.expires_ms {
+        return Err(OnboardingError::Token(TokenProblem::Expired));
+    }
+    if record.uses_left == 0 {
+        return Err(OnboardingError::Token(TokenProblem::UsedUp));
+    }
+    record.uses_left -= 1;
+    tokens
+        .insert(
+            id.as_str(),
+            encode("enrollment_tokens", &record)?.as_slice(),
+        )
+        .map_err(db_err)?;
+    Ok(id)
+}
+
+impl Store {
+    /// Decides a verified onboarding request (`POST /api/v1/onboarding`) in
+    /// one write transaction; `issue` issues the client certificate for the
+    /// device certificate's key when the request is approved now.
+    ///
+    /// Order: decided earlier (approved → that identity, rejected → refused),
+    /// a key already bound to a client (revoked → refused, live → that
+    /// identity), an enrollment token (bad → refused, nothing stored), the
+    /// allow-list, else pending (refused when `max_pending` wait already).
+    pub fn onboarding_submit(
+        &self,
+        sub: Submission,
+        issue: impl FnOnce(&ClientId, &[u8]) -> Result<IssuedCert, CaError>,
+    ) -> Result<Submitted> {
+        let now = now_ms();
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let existing = get_request(&txn, &sub.request_id)?;
+        let created = existing.is_none();
+        let mut record = match existing {
+            Some(r) if r.state == OnboardingState::Rejected => {
+                return Err(OnboardingError::Rejected(sub.request_id));
+            }
+            Some(mut record) if record.state == OnboardingState::Approved => {
+                let client_id = record.client_id.clone().ok_or(StoreError::Corrupt {
+                    table: "onboarding_requests",
+                    detail: format!("approved request {} has no client", sub.request_id),
+                })?;
+                let client = client_record(&txn, &client_id)?;
+                if client.revoked {
+                    return Err(OnboardingError::Revoked(client_id));
+                }
+                record.last_seen_ms = now;
+                record.source = sub.source;
+                put_request(&txn, &sub.request_id, &record)?;
+                txn.commit().map_err(db_err)?;
+                return Ok(Submitted::Approved(Approved {
+                    request_id: sub.request_id,
+                    client_id,
+                    client,
+                    decided_by: record.decided_by.unwrap_or_default(),
+                    now: false,
+                }));
+            }
+            Some(pending) => pending,
+            None => RequestRecord {
+                state: OnboardingState::Pending,
+                cert_der: sub.cert_der,
+                claims: Claims::default(),
+                source: String::new(),
+                first_seen_ms: now,
+                last_seen_ms: now,
+                client_id: None,
+                decided_by: None,
+                decided_ms: None,
+            },
+        };
+        record.claims = sub.claims;
+        record.source = sub.source;
+        record.last_seen_ms = now;
+
+        if let Some(ClientEntry { id, record: client }) = Store::client_by_key(&txn, &sub.key_id)? {
+            if client.revoked {
+                return Err(OnboardingError::Revoked(id));
+            }
+            // The same device key with a new self-signed certificate: it is
+            // already a client, and proved possession of the key.
+            mark_approved(&txn, &sub.request_id, &mut record, &id, "known key")?;
+            txn.commit().map_err(db_err)?;
+            return Ok(Submitted::Approved(Approved {
+                request_id: sub.request_id,
+                client_id: id,
+                client,
+                decided_by: "known key".into(),
+                now: true,
+            }));
+        }
+        let decided_by = match &sub.token {
+            Some(token) => Some(format!("token {}", spend_token(&txn, token, now)?)),
+            None if sub.allowlisted => Some("allowlist".to_string()),
+            None => None,
+        };
+        if let Some(decided_by) = decided_by {
+            let approved = approve_in(&txn, &sub.request_id, &mut record, None, decided_by, issue)?;
+            txn.commit().map_err(db_err)?;
+            return Ok(Submitted::Approved(approved));
+        }
+        if created {
+            let waiting = txn
+                .open_table(PENDING)
+                .map_err(db_err)?
+                .len()
+                .map_err(db_err)?;
+            if waiting >= sub.max_pending as u64 {
+                return Err(OnboardingError::PendingFull {
+                    max: sub.max_pending,
+                });
+            }
+        }
+        put_request(&txn, &sub.request_id, &record)?;
+        txn.commit().map_err(db_err)?;
+        Ok(Submitted::Pending {
+            request_id: sub.request_id,
+            created,
+        })
+    }
+
+    /// Where request `id` (exact id) stands, for polling devices.
+    pub fn onboarding_lookup(&self, id: &str) -> Result<Option<Lookup>> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(REQUESTS).map_err(db_err)?;
+        let found = table.get(id).map_err(db_err)?;
+        let Some(record) = found
+            .map(|v| decode::<RequestRecord>("onboarding_requests", v.value()))
+            .transpose()?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(match record.state {
+            OnboardingState::Pending => Lookup::Pending(record),
+            OnboardingState::Rejected => Lookup::Rejected,
+            OnboardingState::Approved => {
+                let client_id = record.client_id.clone().ok_or(StoreError::Corrupt {
+                    table: "onboarding_requests",
+                    detail: format!("approved request {id} has no client"),
+                })?;
+                let clients = txn.open_table(crate::store::CLIENTS).map_err(db_err)?;
+                let client: ClientRecord = match clients.get(client_id.as_str()).map_err(db_err)? {
+                    Some(v) => decode("clients", v.value())?,
+                    None => {
+                        return Err(StoreError::UnknownClient(client_id.to_string()).into());
+                    }
+                };
+                if client.revoked {
+                    Lookup::Revoked(client_id)
+                } else {
+                    Lookup::Approved(Approved {
+                        request_id: id.to_string(),
+                        client_id,
+                        client,
+                        decided_by: record.decided_by.unwrap_or_default(),
+                        now: false,
+                    })
+                }
+            }
+        }))
+    }
+
+    /// Every onboarding request, most recently seen first.
+    pub fn onboarding_requests(&self) -> Result<Vec<RequestView>> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(REQUESTS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            out.push(RequestView::new(
+                k.value(),
+                decode("onboarding_requests", v.value())?,
+            ));
+        }
+        out.sort_by_key(|r| std::cmp::Reverse(r.last_seen));
+        Ok(out)
+    }
+
+    /// Resolves an operator-typed request id: the full id, `sha256:<id>`,
+    /// or a unique prefix of at least [`MIN_ID_PREFIX`] characters.
+    fn resolve_request(txn: &redb::WriteTransaction, typed: &str) -> Result<String> {
+        let wanted = typed.trim();
+        let wanted = wanted
+            .strip_prefix("sha256:")
+            .unwrap_or(wanted)
+            .to_ascii_lowercase();
+        let unknown = || OnboardingError::UnknownRequest(typed.chars().take(80).collect());
+        if wanted.len() < MIN_ID_PREFIX || !wanted.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(unknown());
+        }
+        let table = txn.open_table(REQUESTS).map_err(db_err)?;
+        let mut matches = Vec::new();
+        for row in table.range(wanted.as_str()..).map_err(db_err)? {
+            let (k, _) = row.map_err(db_err)?;
+            let id = k.value();
+            if !id.starts_with(&wanted) {
+                break;
+            }
+            matches.push(id.to_string());
+            if matches.len() > 1 {
+                return Err(OnboardingError::AmbiguousRequest(wanted));
+            }
+        }
+        matches.pop().ok_or_else(unknown)
+    }
+
+    /// An operator approves a request (pending or rejected); `name` overrides
+    /// the claimed name. A key that belongs to a client already is not
+    /// issued a second identity.
+    pub fn onboarding_approve(
+        &self,
+        typed_id: &str,
+        name: Option<&str>,
+        issue: impl FnOnce(&ClientId, &[u8]) -> Result<IssuedCert, CaError>,
+    ) -> Result<(RequestView, Approved)> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let id = Self::resolve_request(&txn, typed_id)?;
+        let mut record =
+            get_request(&txn, &id)?.ok_or_else(|| OnboardingError::UnknownRequest(id.clone()))?;
+        if record.state == OnboardingState::Approved {
+            return Err(OnboardingError::Decided {
+                id,
+                state: "approved",
+                hint: format!(
+                    "it is client {}",
+                    record
+                        .client_id
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default()
+                ),
+            });
+        }
+        let known = match crate::store::key_id_of_cert(&record.cert_der) {
+            Some(key) => Store::client_by_key(&txn, &key)?,
+            None => None,
+        };
+        let approved = match known {
+            Some(ClientEntry {
+                id: client_id,
+                record: client,
+            }) => {
+                if client.revoked {
+                    return Err(OnboardingError::Revoked(client_id));
+                }
+                mark_approved(&txn, &id, &mut record, &client_id, "known key")?;
+                Approved {
+                    request_id: id.clone(),
+                    client_id,
+                    client,
+                    decided_by: "known key".into(),
+                    now: true,
+                }
+            }
+            None => approve_in(&txn, &id, &mut record, name, "operator".into(), issue)?,
+        };
+        txn.commit().map_err(db_err)?;
+        Ok((RequestView::new(&id, record), approved))
+    }
+
+    /// An operator rejects a request (pending; rejecting again is a no-op).
+    pub fn onboarding_reject(&self, typed_id: &str) -> Result<RequestView> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let id = Self::resolve_request(&txn, typed_id)?;
+        let mut record =
+            get_request(&txn, &id)?.ok_or_else(|| OnboardingError::UnknownRequest(id.clone()))?;
+        match record.state {
+            OnboardingState::Approved => {
+                return Err(OnboardingError::Decided {
+                    id,
+                    state: "approved",
+                    hint: format!(
+                        "revoke client {} instead (margoctl clients revoke)",
+                        record
+                            .client_id
+                            .as_ref()
+                            .map(ToString::to_string)
+                            .unwrap_or_default()
+                    ),
+                });
+            }
+            OnboardingState::Rejected => {}
+            OnboardingState::Pending => {
+                record.state = OnboardingState::Rejected;
+                record.decided_by = Some("operator".into());
+                record.decided_ms = Some(now_ms());
+                put_request(&txn, &id, &record)?;
+            }
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(RequestView::new(&id, record))
+    }
+
+    /// How many requests wait for an operator.
+    pub fn onboarding_pending_count(&self) -> Result<u64> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(PENDING).map_err(db_err)?;
+        table.len().map_err(db_err)
+    }
+
+    /// Creates an enrollment token good for `uses` approvals within `ttl_ms`.
+    pub fn token_create(
+        &self,
+        uses: u32,
+        ttl_ms: u64,
+        note: Option<String>,
+    ) -> Result<CreatedToken> {
+        if uses == 0 || uses > MAX_TOKEN_USES {
+            return Err(OnboardingError::InvalidToken(format!(
+                "uses must be between 1 and {MAX_TOKEN_USES}"
+            )));
+        }
+        if ttl_ms == 0 || ttl_ms > MAX_TOKEN_TTL_MS {
+            return Err(OnboardingError::InvalidToken(
+                "expiry must be more than 0 and at most 366 days away".into(),
+            ));
+        }
+        if let Some(n) = &note {
+            if n.len() > MAX_NOTE_LEN || n.chars().any(char::is_control) {
+                return Err(OnboardingError::InvalidToken(format!(
+                    "note must be at most {MAX_NOTE_LEN} printable characters"
+                )));
+            }
+        }
+        let token = BASE64URL_NOPAD.encode(&random(TOKEN_BYTES)?);
+        let id = data_encoding::HEXLOWER.encode(&random(TOKEN_ID_BYTES)?);
+        let now = now_ms();
+        let record = TokenRecord {
+            hash: token_hash(&token),
+            uses_total: uses,
+            uses_left: uses,
+            expires_ms: now.saturating_add(ttl_ms),
+            note,
+            created_ms: now,
+        };
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut tokens = txn.open_table(TOKENS).map_err(db_err)?;
+            if tokens.get(id.as_str()).map_err(db_err)?.is_some() {
+                // 48 random bits colliding: refuse rather than overwrite.
+                return Err(OnboardingError::Random);
+            }
+            tokens
+                .insert(
+                    id.as_str(),
+                    encode("enrollment_tokens", &record)?.as_slice(),
+                )
+                .map_err(db_err)?;
+            txn.open_table(TOKEN_HASHES)
+                .map_err(db_err)?
+                .insert(record.hash.as_str(), id.as_str())
+                .map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(CreatedToken {
+            token,
+            view: TokenView::new(&id, &record, now),
+        })
+    }
+
+    /// Every enrollment token (never the token text), oldest first.
+    pub fn tokens(&self) -> Result<Vec<TokenView>> {
+        let now = now_ms();
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(TOKENS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            let record: TokenRecord = decode("enrollment_tokens", v.value())?;
+            out.push(TokenView::new(k.value(), &record, now));
+        }
+        out.sort_by_key(|t| t.created_at);
+        Ok(out)
+    }
+
+    /// Deletes a token; devices presenting it are refused from now on.
+    pub fn token_revoke(&self, id: &str) -> Result<TokenView> {
+        let now = now_ms();
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let view = {
+            let mut tokens = txn.open_table(TOKENS).map_err(db_err)?;
+            let removed = tokens
+                .remove(id.trim())
+                .map_err(db_err)?
+                .map(|v| v.value().to_vec());
+            let record: TokenRecord = match removed {
+                Some(bytes) => decode("enrollment_tokens", &bytes)?,
+                None => return Err(OnboardingError::UnknownToken(id.chars().take(40).collect())),
+            };
+            txn.open_table(TOKEN_HASHES)
+                .map_err(db_err)?
+                .remove(record.hash.as_str())
+                .map_err(db_err)?;
+            TokenView::new(id.trim(), &record, now)
+        };
+        txn.commit().map_err(db_err)?;
+        Ok(view)
+    }
+}
