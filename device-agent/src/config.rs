@@ -763,7 +763,7 @@ impl OnboardingConfig {
             }
             None if !self.insecure_tofu => return Err(invalid(
                 "onboarding.ca_fingerprint",
-                "required (sha256:<hex> as printed by `margoctl ca`), unless insecure_tofu = true",
+                "required (sha256:<hex> as printed by `margoctl ca fingerprint`), unless insecure_tofu = true",
             )),
             None => {}
         }

@@ -138,8 +138,8 @@ pub enum DemoError {
     Agent {
         /// The device name.
         name: String,
-        /// What failed.
-        source: AgentError,
+        /// What failed (boxed: agent errors are large).
+        source: Box<AgentError>,
     },
     /// An agent stopped on its own before the demo ended.
     #[error("agent {0} stopped on its own")]
@@ -461,7 +461,7 @@ fn new_agent(
     };
     Agent::new(config, AgentOptions::default()).map_err(|source| DemoError::Agent {
         name: name.to_string(),
-        source,
+        source: Box::new(source),
     })
 }
 
@@ -556,7 +556,10 @@ async fn wait_converged(
             Some(joined) = agents.join_next() => {
                 if tty { println!(); }
                 return Err(match joined {
-                    Ok((name, Err(source))) => DemoError::Agent { name, source },
+                    Ok((name, Err(source))) => DemoError::Agent {
+                        name,
+                        source: Box::new(source),
+                    },
                     Ok((name, Ok(()))) => DemoError::AgentStopped(name),
                     Err(e) => DemoError::AgentPanicked(e.to_string()),
                 });
