@@ -204,10 +204,10 @@ fn print_client(d: &margo_manager::admin::ClientDetails) {
         let cpus: Vec<String> = p
             .cpu
             .iter()
-            .map(|c| format!("{}x{:?}", c.cores, c.architecture).to_lowercase())
+            .map(|c| format!("{}x{}", c.cores, wire_name(&c.architecture)))
             .collect();
         println!(
-            "capabilities {}: {} {} serial {}; cpu {}; memory {}; storage {}; runtimes {:?}; types {:?} (seq {}, {})",
+            "capabilities {}: {} {} serial {}; cpu {}; memory {}; storage {}; runtimes [{}]; types [{}] (seq {}, {})",
             cap.device_id,
             p.vendor,
             p.model_number,
@@ -215,8 +215,8 @@ fn print_client(d: &margo_manager::admin::ClientDetails) {
             if cpus.is_empty() { "-".to_string() } else { cpus.join(",") },
             or_dash(p.memory.as_deref()),
             or_dash(p.storage.as_deref()),
-            p.supported_runtimes,
-            p.supported_deployment_types,
+            wire_names(&p.supported_runtimes),
+            wire_names(&p.supported_deployment_types),
             cap.seq,
             when(cap.received_at)
         );
@@ -346,7 +346,7 @@ async fn main() -> anyhow::Result<()> {
                         println!(
                             "{:<64}  {:<8}  {:<20}  {:<12}  {:<12}  {:<12}  {:<22}  {:<20}  {:<20}  {}",
                             r.request_id,
-                            format!("{:?}", r.state).to_lowercase(),
+                            wire_name(&r.state),
                             or_dash(r.claims.name.as_deref()),
                             or_dash(r.claims.vendor.as_deref()),
                             or_dash(r.claims.model_number.as_deref()),
@@ -480,4 +480,18 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// How an enum value is spelled on the wire (`arm64`, `compose`), for display.
+fn wire_name<T: serde::Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => "?".to_string(),
+    }
+}
+
+/// Wire names of a list, comma-separated.
+fn wire_names<T: serde::Serialize>(values: &[T]) -> String {
+    values.iter().map(wire_name).collect::<Vec<_>>().join(",")
 }
