@@ -28,7 +28,7 @@ use crate::error::BrokerError;
 use crate::inspect::{Inspector, Violation};
 use crate::revocation::Revocations;
 use crate::stats::{add, bump, GatewayStats};
-use crate::tls;
+use crate::tls::{self, accept_with_deadline, Handshake};
 
 /// Bytes read from a socket at a time.
 const READ_CHUNK: usize = 16 * 1024;
@@ -230,23 +230,21 @@ async fn handle_connection(
     permit: PendingPermit,
     token: CancellationToken,
 ) {
-    let _ = socket.set_nodelay(true);
-    let handshake = tokio::time::timeout(shared.handshake_timeout, shared.acceptor.accept(socket));
-    let tls = tokio::select! {
-        () = token.cancelled() => return,
-        result = handshake => match result {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(error)) => {
-                bump(&shared.stats.handshake_failed);
-                debug!(%error, "TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                bump(&shared.stats.handshake_timeout);
-                debug!(timeout = ?shared.handshake_timeout, "TLS handshake deadline passed");
-                return;
-            }
-        },
+    let tls = match accept_with_deadline(&shared.acceptor, socket, shared.handshake_timeout, &token)
+        .await
+    {
+        Handshake::Done(tls) => *tls,
+        Handshake::Cancelled => return,
+        Handshake::Failed(error) => {
+            bump(&shared.stats.handshake_failed);
+            debug!(%error, "TLS handshake failed");
+            return;
+        }
+        Handshake::TimedOut => {
+            bump(&shared.stats.handshake_timeout);
+            debug!(timeout = ?shared.handshake_timeout, "TLS handshake deadline passed");
+            return;
+        }
     };
     drop(permit);
     bump(&shared.stats.handshakes_ok);

@@ -2,6 +2,7 @@
 //! with mandatory client certificates, and the device identity taken from them.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use margo_schemas::ids::ClientId;
 use rustls::crypto::ring;
@@ -9,6 +10,11 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::GatewayTls;
 use crate::error::BrokerError;
@@ -93,4 +99,40 @@ pub fn identity(peer_certs: Option<&[CertificateDer<'_>]>) -> Result<ClientId, I
         .as_str()
         .map_err(|e| IdentityError::InvalidClientId(e.to_string()))?;
     ClientId::new(cn).map_err(|e| IdentityError::InvalidClientId(e.to_string()))
+}
+
+/// How a server-side TLS handshake ended.
+#[derive(Debug)]
+pub enum Handshake {
+    /// Done: the encrypted stream.
+    Done(Box<TlsStream<TcpStream>>),
+    /// The peer or rustls broke it off.
+    Failed(std::io::Error),
+    /// Not finished within the deadline.
+    TimedOut,
+    /// Shutdown came first.
+    Cancelled,
+}
+
+/// Runs one server handshake on its own socket with a deadline, giving up on
+/// shutdown. Each connection gets its own task and its own deadline, so a
+/// peer that stalls mid-handshake delays nobody else (rumqttd's listener
+/// handshakes serially with no deadline). Shared by the device gateway and
+/// the manager's HTTPS listener.
+pub async fn accept_with_deadline(
+    acceptor: &TlsAcceptor,
+    socket: TcpStream,
+    deadline: Duration,
+    shutdown: &CancellationToken,
+) -> Handshake {
+    let _ = socket.set_nodelay(true);
+    let handshake = tokio::time::timeout(deadline, acceptor.accept(socket));
+    tokio::select! {
+        () = shutdown.cancelled() => Handshake::Cancelled,
+        result = handshake => match result {
+            Ok(Ok(tls)) => Handshake::Done(Box::new(tls)),
+            Ok(Err(error)) => Handshake::Failed(error),
+            Err(_) => Handshake::TimedOut,
+        },
+    }
 }

@@ -32,6 +32,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
+use margo_broker::tls::{accept_with_deadline, Handshake};
+
 use crate::ca::FleetPki;
 use crate::config::OnboardingSettings;
 use crate::publisher::Downlink;
@@ -328,24 +330,23 @@ impl Connection {
         _permit: OwnedSemaphorePermit,
         shutdown: CancellationToken,
     ) {
-        let _ = socket.set_nodelay(true);
-        let handshake = tokio::time::timeout(self.handshake_timeout, self.acceptor.accept(socket));
-        let tls = tokio::select! {
-            () = shutdown.cancelled() => return,
-            result = handshake => match result {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(error)) => {
+        let tls =
+            match accept_with_deadline(&self.acceptor, socket, self.handshake_timeout, &shutdown)
+                .await
+            {
+                Handshake::Done(tls) => *tls,
+                Handshake::Cancelled => return,
+                Handshake::Failed(error) => {
                     bump(&self.stats.handshake_failed);
                     debug!(%error, "TLS handshake failed");
                     return;
                 }
-                Err(_) => {
+                Handshake::TimedOut => {
                     bump(&self.stats.handshake_timeout);
                     debug!(timeout = ?self.handshake_timeout, "TLS handshake deadline passed");
                     return;
                 }
-            },
-        };
+            };
         let service = TowerToHyperService::new(self.router.layer(Extension(ConnectInfo(peer))));
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
