@@ -22,6 +22,8 @@ pub struct ManagerProc {
     pub mqtt: Option<SocketAddr>,
     /// The embedded device gateway (None with an external broker).
     pub gateway: Option<SocketAddr>,
+    /// The HTTPS API (device onboarding); None when disabled.
+    pub http: Option<SocketAddr>,
     config: PathBuf,
     log_dir: PathBuf,
     restarts: u32,
@@ -63,6 +65,7 @@ impl ManagerProc {
             data_dir,
             mqtt: None,
             gateway: None,
+            http: None,
             config,
             log_dir: dir.join("logs"),
             restarts: 0,
@@ -75,7 +78,117 @@ impl ManagerProc {
         self.socket = PathBuf::from(ready_field(line, "admin").context("admin= in ready line")?);
         self.mqtt = ready_field(line, "mqtt").and_then(|v| v.parse().ok());
         self.gateway = ready_field(line, "gateway").and_then(|v| v.parse().ok());
+        self.http = ready_field(line, "http").and_then(|v| v.parse().ok());
         Ok(())
+    }
+
+    /// Starts a manager ready for devices that onboard themselves: the
+    /// gateway on a fixed free port that `public_broker_url` (written into
+    /// every issued bundle) names as `mqtts://localhost:<port>`, a short
+    /// `Retry-After` for waiting devices and a rate limit no test reaches.
+    /// `extra` may only hold sections (not `[broker]`).
+    pub fn start_for_onboarding(dir: &Path, extra: &str) -> Result<ManagerProc> {
+        let gateway = free_port();
+        let onboarding = if extra.contains("[onboarding]") {
+            String::new()
+        } else {
+            "[onboarding]\npoll_interval = \"1s\"\nrate_per_minute = 600\nrate_burst = 200\n"
+                .to_string()
+        };
+        ManagerProc::start(
+            dir,
+            &format!(
+                "public_broker_url = \"mqtts://localhost:{gateway}\"\n\
+                 [broker]\nmode = \"embedded\"\nmqtt_listen = \"127.0.0.1:{mqtt}\"\n\
+                 gateway_listen = \"127.0.0.1:{gateway}\"\nhostnames = [\"localhost\"]\n\
+                 {onboarding}{extra}\n",
+                mqtt = free_port(),
+            ),
+        )
+    }
+
+    /// The HTTPS API as devices address it (`https://localhost:<port>`; the
+    /// API presents the gateway certificate, whose names are `broker.hostnames`).
+    pub fn https_url(&self) -> Result<String> {
+        let http = self.http.context("the manager reported no http= address")?;
+        Ok(format!("https://localhost:{}", http.port()))
+    }
+
+    /// `margoctl ca fingerprint`: the `sha256:<hex>` devices pin.
+    pub fn ca_fingerprint(&self) -> Result<String> {
+        let fp = self.ctl(&["ca", "fingerprint"])?.trim().to_string();
+        if !fp.starts_with("sha256:") {
+            bail!("margoctl ca fingerprint printed {fp:?}");
+        }
+        Ok(fp)
+    }
+
+    /// `margoctl onboarding list --json`, parsed.
+    pub fn onboarding_requests(&self) -> Result<Vec<serde_json::Value>> {
+        self.ctl_json(&["onboarding", "list", "--json"])
+    }
+
+    /// `margoctl clients list --json`, parsed.
+    pub fn clients(&self) -> Result<Vec<serde_json::Value>> {
+        self.ctl_json(&["clients", "list", "--json"])
+    }
+
+    /// `margoctl clients show CLIENT --json`, parsed.
+    pub fn client_details(&self, client: &str) -> Result<serde_json::Value> {
+        self.ctl_json(&["clients", "show", client, "--json"])
+    }
+
+    /// `margoctl tokens create --uses N --expires E`: the token (printed once).
+    pub fn create_token(&self, uses: u32, expires: &str) -> Result<String> {
+        let token = self
+            .ctl(&[
+                "tokens",
+                "create",
+                "--uses",
+                &uses.to_string(),
+                "--expires",
+                expires,
+            ])?
+            .trim()
+            .to_string();
+        if token.is_empty() || token.contains(char::is_whitespace) {
+            bail!("margoctl tokens create printed {token:?}");
+        }
+        Ok(token)
+    }
+
+    /// Runs margoctl with `args` and parses its stdout as JSON.
+    pub fn ctl_json<T: serde::de::DeserializeOwned>(&self, args: &[&str]) -> Result<T> {
+        let out = self.ctl(args)?;
+        serde_json::from_str(&out).with_context(|| {
+            format!(
+                "margoctl {} is not the JSON expected: {out}",
+                args.join(" ")
+            )
+        })
+    }
+
+    /// Runs margoctl expecting it to fail; returns its stderr.
+    pub fn ctl_fails(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(bin("margoctl"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .context("run margoctl")?;
+        if out.status.success() {
+            bail!(
+                "margoctl {} succeeded but should have failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stderr).to_string())
+    }
+
+    /// The manager's whole stderr log (of the current process).
+    pub fn log_text(&self) -> String {
+        self.proc.log_text()
     }
 
     /// SIGKILL, as a crash or power loss would.
@@ -150,57 +263,91 @@ pub fn margoctl(socket: &Path, args: &[&str]) -> Result<String> {
 pub struct AgentProc {
     pub proc: Proc,
     pub name: String,
+    /// Where its identity bundle is (or, while onboarding, will be).
+    pub identity_dir: PathBuf,
+    pub data_dir: PathBuf,
     config: PathBuf,
     log_dir: PathBuf,
     starts: u32,
+}
+
+/// The `[onboarding]` section of an agent config, with fast polling.
+pub fn onboarding_toml(
+    manager_url: &str,
+    ca_fingerprint: &str,
+    name: Option<&str>,
+    token: Option<&str>,
+) -> String {
+    let mut s = format!(
+        "[onboarding]\nmanager_url = {manager_url:?}\nca_fingerprint = {ca_fingerprint:?}\n\
+         poll_min = \"200ms\"\npoll_max = \"1s\"\n"
+    );
+    if let Some(name) = name {
+        s.push_str(&format!("name = {name:?}\n"));
+    }
+    if let Some(token) = token {
+        s.push_str(&format!("token = {token:?}\n"));
+    }
+    s
 }
 
 impl AgentProc {
     /// Writes `<dir>/<name>.toml` for the bundle in `identity_dir` (simulated
     /// runtime, fast timeouts) plus `extra` TOML, and starts the agent.
     pub fn start(dir: &Path, name: &str, identity_dir: &Path, extra: &str) -> Result<AgentProc> {
-        let data_dir = dir.join(format!("{name}-data"));
-        std::fs::create_dir_all(&data_dir)?;
-        let config = dir.join(format!("{name}.toml"));
-        let runtime = if extra.contains("[runtime") {
-            String::new()
-        } else {
-            "[runtime]\nadapter = \"simulated\"\n[runtime.simulated]\ndelay = \"50ms\"\n"
-                .to_string()
-        };
-        // Test machines may have no DMI data: say what the device is.
-        let capabilities = if extra.contains("[capabilities") {
-            String::new()
-        } else {
-            format!(
-                "[capabilities]\nvendor = \"Test Vendor\"\nmodel_number = \"T1\"\nserial_number = \"{name}\"\n"
-            )
-        };
-        std::fs::write(
-            &config,
-            format!(
-                "version = 1\n\
-                 identity_dir = {id:?}\n\
-                 data_dir = {data:?}\n\
-                 ack_timeout = \"3s\"\n\
-                 content_timeout = \"3s\"\n\
-                 reconnect_min = \"200ms\"\n\
-                 reconnect_max = \"2s\"\n\
-                 retry_failed_after = \"2s\"\n\
-                 {extra}\n{runtime}{capabilities}",
-                id = identity_dir.display().to_string(),
-                data = data_dir.display().to_string(),
-            ),
-        )?;
+        let (config, data_dir) = write_agent_config(dir, name, identity_dir, extra)?;
         let log_dir = dir.join("logs");
         let proc = spawn_agent(name, &config, &log_dir, 0)?;
         Ok(AgentProc {
             proc,
             name: name.to_string(),
+            identity_dir: identity_dir.to_path_buf(),
+            data_dir,
             config,
             log_dir,
             starts: 0,
         })
+    }
+
+    /// `margo-agent run` with `extra` holding an [`onboarding_toml`] section
+    /// and no bundle yet in `<dir>/<name>-identity`: the agent onboards
+    /// first, so this does not wait for its ready line (see
+    /// [`AgentProc::wait_ready`]; it may never come if it is refused).
+    pub fn start_onboarding(dir: &Path, name: &str, extra: &str) -> Result<AgentProc> {
+        let identity_dir = dir.join(format!("{name}-identity"));
+        let (config, data_dir) = write_agent_config(dir, name, &identity_dir, extra)?;
+        let log_dir = dir.join("logs");
+        let mut cmd = Command::new(bin("margo-agent"));
+        cmd.arg("run").arg("--config").arg(&config);
+        let proc = Proc::spawn_unready(&format!("{name}-0"), cmd, &log_dir)?;
+        Ok(AgentProc {
+            proc,
+            name: name.to_string(),
+            identity_dir,
+            data_dir,
+            config,
+            log_dir,
+            starts: 0,
+        })
+    }
+
+    /// Waits for `margo-agent ready client=<id>` and returns the client id.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<String> {
+        let line = self.proc.wait_line("margo-agent ready", timeout)?;
+        ready_field(&line, "client").with_context(|| format!("no client= in {line:?}"))
+    }
+
+    /// Rewrites its config file with `edit` (takes effect on the next restart).
+    pub fn edit_config(&self, edit: impl FnOnce(String) -> String) -> Result<()> {
+        let text = std::fs::read_to_string(&self.config)
+            .with_context(|| format!("read {}", self.config.display()))?;
+        std::fs::write(&self.config, edit(text))?;
+        Ok(())
+    }
+
+    /// The whole stderr log of its current process.
+    pub fn log_text(&self) -> String {
+        self.proc.log_text()
     }
 
     pub fn kill(&mut self) {
@@ -219,6 +366,50 @@ impl AgentProc {
         self.proc = spawn_agent(&self.name, &self.config, &self.log_dir, self.starts)?;
         Ok(())
     }
+}
+
+/// Writes `<dir>/<name>.toml` (simulated runtime unless `extra` has a
+/// `[runtime]`, fast timeouts, test capabilities unless `extra` has
+/// `[capabilities]`); returns it and the data directory.
+fn write_agent_config(
+    dir: &Path,
+    name: &str,
+    identity_dir: &Path,
+    extra: &str,
+) -> Result<(PathBuf, PathBuf)> {
+    let data_dir = dir.join(format!("{name}-data"));
+    std::fs::create_dir_all(&data_dir)?;
+    let config = dir.join(format!("{name}.toml"));
+    let runtime = if extra.contains("[runtime") {
+        String::new()
+    } else {
+        "[runtime]\nadapter = \"simulated\"\n[runtime.simulated]\ndelay = \"50ms\"\n".to_string()
+    };
+    // Test machines may have no DMI data: say what the device is.
+    let capabilities = if extra.contains("[capabilities") {
+        String::new()
+    } else {
+        format!(
+            "[capabilities]\nvendor = \"Test Vendor\"\nmodel_number = \"T1\"\nserial_number = \"{name}\"\n"
+        )
+    };
+    std::fs::write(
+        &config,
+        format!(
+            "version = 1\n\
+             identity_dir = {id:?}\n\
+             data_dir = {data:?}\n\
+             ack_timeout = \"3s\"\n\
+             content_timeout = \"3s\"\n\
+             reconnect_min = \"200ms\"\n\
+             reconnect_max = \"2s\"\n\
+             retry_failed_after = \"2s\"\n\
+             {extra}\n{runtime}{capabilities}",
+            id = identity_dir.display().to_string(),
+            data = data_dir.display().to_string(),
+        ),
+    )?;
+    Ok((config, data_dir))
 }
 
 fn spawn_agent(name: &str, config: &Path, log_dir: &Path, n: u32) -> Result<Proc> {

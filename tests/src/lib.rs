@@ -6,7 +6,7 @@ use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -194,6 +194,77 @@ impl Proc {
             },
             rx,
         ))
+    }
+
+    /// Starts `cmd` without waiting for anything (a process whose ready line
+    /// comes late, e.g. an agent that onboards first, or never, e.g. one that
+    /// is refused).
+    pub fn spawn_unready(name: &str, cmd: Command, log_dir: &Path) -> Result<Proc> {
+        Ok(Self::start(name, cmd, log_dir, "\u{0}never")?.0)
+    }
+
+    /// Waits until a stdout line starts with `prefix` and returns it; fails
+    /// early, with the log tail, when the process exits first.
+    pub fn wait_line(&mut self, prefix: &str, timeout: Duration) -> Result<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(line) = self
+                .stdout_lines()
+                .into_iter()
+                .find(|l| l.starts_with(prefix))
+            {
+                return Ok(line);
+            }
+            if let Some(status) = self.exit_status() {
+                // Lines printed just before exiting may still be in the reader thread.
+                std::thread::sleep(Duration::from_millis(200));
+                if let Some(line) = self
+                    .stdout_lines()
+                    .into_iter()
+                    .find(|l| l.starts_with(prefix))
+                {
+                    return Ok(line);
+                }
+                bail!(
+                    "{} exited ({status}) without printing {prefix:?}; log tail:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            if std::time::Instant::now() >= deadline {
+                bail!(
+                    "{} did not print {prefix:?} within {timeout:?}; log tail:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The exit status if the process has exited (without reaping it twice).
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exit_status() {
+                return Ok(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                bail!(
+                    "{} still running after {timeout:?}; log tail:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The stdout lines seen so far.
