@@ -213,6 +213,15 @@ impl Answer {
     }
 
     /// The first 300 characters of the body, for error messages.
+    /// The `detail` of an RFC 9457 problem body, if the body is one.
+    pub fn problem_detail(&self) -> Option<String> {
+        let value: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
+        value
+            .get("detail")
+            .and_then(|d| d.as_str())
+            .map(|d| d.chars().take(300).collect())
+    }
+
     pub fn excerpt(&self) -> String {
         String::from_utf8_lossy(&self.body)
             .chars()

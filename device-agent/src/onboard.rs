@@ -81,10 +81,10 @@ pub enum OnboardError {
     #[error("the manager's CA certificate is unusable: {0}")]
     BadCa(String),
     #[error(
-        "the fleet manager rejected this device's onboarding request {request_id}; ask the \
-         operator (`margoctl onboarding list`) or onboard with a valid enrollment token"
+        "the fleet manager rejected this device's onboarding request {request_id}: {reason}; ask \
+         the operator (`margoctl onboarding list`) or onboard with a valid enrollment token"
     )]
-    Rejected { request_id: String },
+    Rejected { request_id: String, reason: String },
     #[error("the manager refused the request as invalid (400): {0}")]
     BadRequest(String),
     #[error("the manager refused the payload signature (401): {0}")]
@@ -340,6 +340,7 @@ impl Onboarding {
                             remove_if_exists(&dir.join(PENDING_FILE))?;
                             return Err(OnboardError::Rejected {
                                 request_id: ext.request_id.clone(),
+                                reason: "rejected by the operator".to_string(),
                             });
                         }
                         OnboardingState::Pending => {
@@ -383,7 +384,11 @@ impl Onboarding {
                             .to_string(),
                         Step::Post => local_id.clone(),
                     };
-                    return Err(OnboardError::Rejected { request_id });
+                    // The manager says why (rejected, revoked, token used up or expired).
+                    let reason = answer
+                        .problem_detail()
+                        .unwrap_or_else(|| "403 Forbidden".to_string());
+                    return Err(OnboardError::Rejected { request_id, reason });
                 }
                 StatusCode::NOT_FOUND if matches!(step, Step::Poll(_)) => {
                     warn!(%path, "the manager no longer knows this request; sending it again");

@@ -216,6 +216,10 @@ async fn enrollment_token_approves_at_once_and_only_as_often_as_allowed() -> Res
         "no clear rejection in the agent's log:\n{log}"
     );
     assert!(
+        log.contains("used up"),
+        "the agent does not say the token is used up:\n{log}"
+    );
+    assert!(
         second
             .proc
             .stdout_lines()
