@@ -687,3 +687,58 @@ pub async fn wait_converged(
         e.context(format!("last status: {last}"))
     })
 }
+
+/// Deployment ids the shared scenarios use.
+pub const SCENARIO_D1: &str = "11111111-1111-4111-8111-111111111111";
+pub const SCENARIO_D2: &str = "22222222-2222-4222-8222-222222222222";
+
+/// The desired-state loop on every client in `names`: deploy two deployments
+/// (v1), update one (v2), undeploy the other (v3), waiting after each step
+/// until the manager's status shows every device converged. Document files
+/// go to `files`. Shared by the embedded-broker and Mosquitto tests so both
+/// brokers are held to the same scenario.
+pub async fn deploy_update_undeploy(
+    manager: &ManagerProc,
+    names: &[&str],
+    files: &Path,
+    timeout: Duration,
+) -> Result<()> {
+    let (d1, d2) = (SCENARIO_D1, SCENARIO_D2);
+    let a1 = write_file(
+        files,
+        "a1.yaml",
+        &deployment_yaml(d1, "alpha", &["web", "db"], 1),
+    )?;
+    let b1 = write_file(
+        files,
+        "b1.yaml",
+        &deployment_yaml(d2, "beta", &["sensor"], 1),
+    )?;
+    for n in names {
+        manager.ctl(&["deploy", n, &a1, &b1])?;
+    }
+    let both = [(d1, "installed"), (d2, "installed")];
+    wait_converged(manager, names, 1, &both, timeout).await?;
+
+    let a2 = write_file(
+        files,
+        "a2.yaml",
+        &deployment_yaml(d1, "alpha", &["web", "db"], 2),
+    )?;
+    for n in names {
+        manager.ctl(&["deploy", n, &a2])?;
+    }
+    wait_converged(manager, names, 2, &both, timeout).await?;
+
+    for n in names {
+        manager.ctl(&["undeploy", n, d2])?;
+    }
+    wait_converged(
+        manager,
+        names,
+        3,
+        &[(d1, "installed"), (d2, "removed")],
+        timeout,
+    )
+    .await
+}

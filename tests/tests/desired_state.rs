@@ -6,12 +6,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
-use margo_tests::fleet::{deployment_yaml, wait_converged, write_file, AgentProc, ManagerProc};
+use margo_tests::fleet::{deploy_update_undeploy, AgentProc, ManagerProc};
 
 const CONVERGE: Duration = Duration::from_secs(60);
-
-const D1: &str = "11111111-1111-4111-8111-111111111111";
-const D2: &str = "22222222-2222-4222-8222-222222222222";
 
 fn provision_agents(
     dir: &Path,
@@ -40,61 +37,8 @@ async fn deploy_update_undeploy_on_three_agents() -> Result<()> {
     let manager = ManagerProc::start(dir.path(), "")?;
     let names = ["press-1", "press-2", "press-3"];
     let _agents = provision_agents(dir.path(), &manager, &names, "")?;
-    let files = dir.path().join("yaml");
 
-    // Deploy two deployments to every agent: version 1.
-    let a1 = write_file(
-        &files,
-        "a1.yaml",
-        &deployment_yaml(D1, "alpha", &["web", "db"], 1),
-    )?;
-    let b1 = write_file(
-        &files,
-        "b1.yaml",
-        &deployment_yaml(D2, "beta", &["sensor"], 1),
-    )?;
-    for n in names {
-        manager.ctl(&["deploy", n, &a1, &b1])?;
-    }
-    wait_converged(
-        &manager,
-        &names,
-        1,
-        &[(D1, "installed"), (D2, "installed")],
-        CONVERGE,
-    )
-    .await?;
-
-    // Update alpha: version 2.
-    let a2 = write_file(
-        &files,
-        "a2.yaml",
-        &deployment_yaml(D1, "alpha", &["web", "db"], 2),
-    )?;
-    for n in names {
-        manager.ctl(&["deploy", n, &a2])?;
-    }
-    wait_converged(
-        &manager,
-        &names,
-        2,
-        &[(D1, "installed"), (D2, "installed")],
-        CONVERGE,
-    )
-    .await?;
-
-    // Undeploy beta: version 3, beta removed.
-    for n in names {
-        manager.ctl(&["undeploy", n, D2])?;
-    }
-    wait_converged(
-        &manager,
-        &names,
-        3,
-        &[(D1, "installed"), (D2, "removed")],
-        CONVERGE,
-    )
-    .await?;
+    deploy_update_undeploy(&manager, &names, &dir.path().join("yaml"), CONVERGE).await?;
 
     // The human-readable status agrees.
     let table = manager.ctl(&["status"])?;
