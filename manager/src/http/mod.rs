@@ -16,6 +16,7 @@ pub mod deployments;
 pub mod onboarding;
 pub mod problem;
 pub mod rate_limit;
+pub mod uplink;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,7 +27,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, Request};
 use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post, MethodRouter};
+use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::{Extension, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -200,8 +201,7 @@ impl ApiState {
 /// `max_body_bytes` bounds the report bodies.
 pub fn api_routes(max_body_bytes: usize) -> Vec<(Method, &'static str, MethodRouter<ApiState>)> {
     use onboarding::{CERTIFICATE_PATH, ONBOARDING_PATH, POLL_ROUTE};
-    // Report bodies (status, capabilities) will be bounded by this.
-    let _ = max_body_bytes;
+    let limit = || DefaultBodyLimit::max(max_body_bytes);
     vec![
         (Method::GET, CERTIFICATE_PATH, get(onboarding::certificate)),
         (
@@ -224,6 +224,36 @@ pub fn api_routes(max_body_bytes: usize) -> Vec<(Method, &'static str, MethodRou
             Method::GET,
             deployments::BUNDLE_ROUTE,
             get(deployments::bundle),
+        ),
+        (
+            Method::POST,
+            uplink::STATUS_ROUTE,
+            post(uplink::status).layer(limit()),
+        ),
+        (
+            Method::POST,
+            uplink::DEVICE_CAPABILITIES_ROUTE,
+            post(uplink::put_device_capabilities).layer(limit()),
+        ),
+        (
+            Method::PUT,
+            uplink::DEVICE_CAPABILITIES_ROUTE,
+            put(uplink::put_device_capabilities).layer(limit()),
+        ),
+        (
+            Method::DELETE,
+            uplink::DEVICE_CAPABILITIES_ROUTE,
+            delete(uplink::delete_capabilities).layer(limit()),
+        ),
+        (
+            Method::POST,
+            uplink::CAPABILITIES_ROUTE,
+            post(uplink::put_body_capabilities).layer(limit()),
+        ),
+        (
+            Method::PUT,
+            uplink::CAPABILITIES_ROUTE,
+            put(uplink::put_body_capabilities).layer(limit()),
         ),
     ]
 }
