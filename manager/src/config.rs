@@ -125,7 +125,7 @@ pub struct PkiSettings {
     pub ca_key_file: Option<PathBuf>,
 }
 
-/// `[http]`: the HTTPS listener (Margo HTTP API: onboarding now, the rest later).
+/// `[http]`: the HTTPS listener (the Margo HTTP API, `docs/http-api.md`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpSettings {

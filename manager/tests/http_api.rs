@@ -263,11 +263,16 @@ async fn http_manifest(device: &Device) -> (Reply, StateManifest) {
     (reply, manifest)
 }
 
-fn untar(bytes: &[u8]) -> BTreeMap<String, Vec<u8>> {
-    let mut tar = Vec::new();
+fn gunzip(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
     flate2::read::GzDecoder::new(bytes)
-        .read_to_end(&mut tar)
+        .read_to_end(&mut out)
         .expect("gzip");
+    out
+}
+
+fn untar(bytes: &[u8]) -> BTreeMap<String, Vec<u8>> {
+    let tar = gunzip(bytes);
     let mut archive = tar::Archive::new(tar.as_slice());
     let mut files = BTreeMap::new();
     for entry in archive.entries().expect("tar") {
@@ -376,6 +381,19 @@ async fn desired_state_over_http_matches_mqtt() {
         .await
         .ok();
 
+    // gzip content coding on request: same ETag (of the decoded bytes),
+    // decoded body equal to the identity one, Vary either way.
+    assert_eq!(reply.header("vary").as_deref(), Some("accept-encoding"));
+    assert!(reply.header("content-encoding").is_none());
+    let zipped = device
+        .get(&device.path("/deployments"), &[("accept-encoding", "gzip")])
+        .await;
+    zipped.ok();
+    assert_eq!(zipped.header("content-encoding").as_deref(), Some("gzip"));
+    assert_eq!(zipped.header("vary").as_deref(), Some("accept-encoding"));
+    assert_eq!(zipped.header("etag").as_deref(), Some(etag.as_str()));
+    assert_eq!(gunzip(&zipped.body), reply.body);
+
     // Accept negotiation.
     for accept in [
         "application/json",
@@ -414,6 +432,9 @@ async fn desired_state_over_http_matches_mqtt() {
             r.header("cache-control").as_deref(),
             Some("public, max-age=31536000, immutable")
         );
+        let zipped = device.get(&url, &[("accept-encoding", "gzip")]).await;
+        assert_eq!(zipped.header("content-encoding").as_deref(), Some("gzip"));
+        assert_eq!(gunzip(&zipped.body), r.body);
         by_id.insert(format!("{}.yaml", d.deployment_id), r.body);
     }
     let expected: BTreeSet<&str> = docs.iter().map(String::as_str).collect();

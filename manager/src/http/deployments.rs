@@ -12,7 +12,9 @@
 //!   (`application/vnd.margo.bundle.v1+tar+gzip`), `404` unless it is the
 //!   client's current bundle
 //!
-//! All: `400` malformed path ids or digest, `404` unknown client, `403`
+//! The manifest and YAML are gzip-encoded when `Accept-Encoding` admits it
+//! (`Vary: Accept-Encoding`); ETags and digests stay those of the decoded
+//! bytes. All: `400` malformed path ids or digest, `404` unknown client, `403`
 //! revoked client, and with `http.require_signed_reads` `400`/`401` for the
 //! signature headers over the empty body.
 
@@ -72,6 +74,62 @@ pub fn accepts(accept: Option<&str>, media_type: &str) -> bool {
         });
         !excluded && (name == "*/*" || name == format!("{top}/*") || name == media_type)
     })
+}
+
+/// Whether `Accept-Encoding` admits gzip (`gzip`, `x-gzip` or `*` with a
+/// q-value above 0).
+pub fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|item| {
+            let mut parts = item.split(';').map(str::trim);
+            let coding = parts.next().unwrap_or("").to_ascii_lowercase();
+            let excluded = parts.any(|p| {
+                p.split_once('=')
+                    .filter(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+                    .and_then(|(_, v)| v.trim().parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            !excluded && matches!(coding.as_str(), "gzip" | "x-gzip" | "*")
+        })
+}
+
+/// `body` gzip-encoded (mtime 0, fixed level: equal input, equal output).
+fn gzip(body: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Write;
+    let mut gz = flate2::GzBuilder::new()
+        .mtime(0)
+        .write(Vec::new(), flate2::Compression::new(6));
+    gz.write_all(body)?;
+    gz.finish()
+}
+
+/// A `200` for a text representation (manifest, YAML): gzip-encoded when
+/// the client accepts it, `Vary: Accept-Encoding` either way. The ETag and
+/// the digests stay those of the decoded bytes, which is what clients
+/// verify and send back in `If-None-Match`.
+fn ok_text(
+    headers: &HeaderMap,
+    content_type: &'static str,
+    etag: HeaderValue,
+    extra: &[(header::HeaderName, &'static str)],
+    body: Vec<u8>,
+) -> Response {
+    let mut extra = extra.to_vec();
+    extra.push((header::VARY, "accept-encoding"));
+    if accepts_gzip(headers) {
+        match gzip(&body) {
+            Ok(encoded) => {
+                extra.push((header::CONTENT_ENCODING, "gzip"));
+                return ok(content_type, etag, &extra, encoded);
+            }
+            Err(e) => warn!(error = %e, "gzip failed; answering uncompressed"),
+        }
+    }
+    ok(content_type, etag, &extra, body)
 }
 
 /// Whether `If-None-Match` names `etag` (quoted) or is `*` (weak comparison,
@@ -184,13 +242,13 @@ async fn serve_manifest(
             manifest_version = desired.manifest_version,
             "manifest not modified"
         );
-        return Ok(not_modified(&etag, &[]));
+        return Ok(not_modified(&etag, &[(header::VARY, "accept-encoding")]));
     }
     debug!(
         manifest_version = desired.manifest_version,
         "manifest served"
     );
-    Ok(ok(MANIFEST_MEDIA_TYPE, etag, &[], body))
+    Ok(ok_text(headers, MANIFEST_MEDIA_TYPE, etag, &[], body))
 }
 
 #[instrument(skip_all, fields(client_id = %raw.0, deployment_id = %raw.1))]
@@ -225,11 +283,20 @@ async fn serve_deployment(
         )));
     };
     let etag = quoted(&digest.to_string())?;
-    let extra = [(header::CACHE_CONTROL, IMMUTABLE)];
+    let extra = [
+        (header::CACHE_CONTROL, IMMUTABLE),
+        (header::VARY, "accept-encoding"),
+    ];
     if none_match(headers, etag.to_str().unwrap_or_default()) {
         return Ok(not_modified(&etag, &extra));
     }
-    Ok(ok(YAML_MEDIA_TYPE, etag, &extra, doc.yaml))
+    Ok(ok_text(
+        headers,
+        YAML_MEDIA_TYPE,
+        etag,
+        &extra[..1],
+        doc.yaml,
+    ))
 }
 
 #[instrument(skip_all, fields(client_id = %raw.0))]
@@ -290,6 +357,23 @@ mod tests {
             Some("application/vnd.margo.manifest.v1+json;q=0"),
             m
         ));
+    }
+
+    #[test]
+    fn accept_encoding() {
+        let mut h = HeaderMap::new();
+        assert!(!accepts_gzip(&h));
+        for (value, want) in [
+            ("gzip", true),
+            ("br, gzip;q=0.5", true),
+            ("*", true),
+            ("identity", false),
+            ("gzip;q=0", false),
+        ] {
+            h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static(value));
+            assert_eq!(accepts_gzip(&h), want, "{value}");
+        }
+        assert_eq!(gzip(b"abc").unwrap(), gzip(b"abc").unwrap());
     }
 
     #[test]
