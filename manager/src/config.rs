@@ -125,7 +125,7 @@ pub struct PkiSettings {
     pub ca_key_file: Option<PathBuf>,
 }
 
-/// `[http]`: the HTTPS listener (Margo HTTP API: onboarding now, the rest later).
+/// `[http]`: the HTTPS listener (the Margo HTTP API, `docs/http-api.md`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpSettings {
@@ -138,6 +138,13 @@ pub struct HttpSettings {
     pub handshake_timeout: Duration,
     /// Most concurrent connections (handshaking or open). Default 1024.
     pub max_connections: usize,
+    /// Largest JSON body of a status or capabilities request; larger ones get
+    /// 413. Default 64 KiB.
+    pub max_body_bytes: usize,
+    /// Require the payload signature headers (over the empty body) on the
+    /// deployment and bundle `GET`s, as the Margo OpenAPI lists
+    /// `PayloadSignature` for them. Default `true`.
+    pub require_signed_reads: bool,
 }
 
 impl Default for HttpSettings {
@@ -147,6 +154,8 @@ impl Default for HttpSettings {
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 8443),
             handshake_timeout: Duration::from_secs(10),
             max_connections: 1024,
+            max_body_bytes: 64 * 1024,
+            require_signed_reads: true,
         }
     }
 }
@@ -489,6 +498,12 @@ impl ManagerConfig {
             return Err(invalid(
                 "http.max_connections",
                 "must be between 1 and 100000",
+            ));
+        }
+        if self.http.max_body_bytes < 1024 || self.http.max_body_bytes > 16 * 1024 * 1024 {
+            return Err(invalid(
+                "http.max_body_bytes",
+                "must be between 1024 and 16777216",
             ));
         }
         for f in &self.onboarding.allow_fingerprints {

@@ -5,7 +5,9 @@
 //! - [`publisher`]: the MQTT connection and the downlink publisher (retained, signed).
 //! - [`ingest`]: verified, deduplicated, batched uplink storage with acks after commit.
 //! - [`admin`]: the admin API on a Unix socket and its [`admin::AdminClient`].
-//! - [`http`]: the HTTPS listener serving the Margo HTTP API (onboarding).
+//! - [`http`]: the HTTPS listener serving the Margo HTTP API (onboarding,
+//!   desired state, bundles, status and capabilities; `docs/http-api.md`).
+//! - [`state_manifest`]: the state manifest, one builder for MQTT and HTTP.
 //! - [`onboarding`]: onboarding requests, approval and enrollment tokens.
 //! - [`capabilities`]: acceptance of capabilities reports (MQTT and HTTP).
 //! - [`manager`]: wiring; [`Manager::start`] in-process, [`run`] for the binary.
@@ -27,6 +29,7 @@ pub mod ingest;
 pub mod manager;
 pub mod onboarding;
 pub mod publisher;
+pub mod state_manifest;
 pub mod status_table;
 pub mod store;
 

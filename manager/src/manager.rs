@@ -246,6 +246,7 @@ impl Manager {
                     Arc::clone(&pki),
                     downlink.clone(),
                     config.onboarding.clone(),
+                    &config.http,
                     config.public_broker_url.clone(),
                     Arc::clone(&onboarding_stats),
                 );

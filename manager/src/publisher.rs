@@ -17,7 +17,6 @@ use std::time::Duration;
 use margo_schemas::cose::SigningKey;
 use margo_schemas::digest::Digest;
 use margo_schemas::ids::{ClientId, DeploymentId};
-use margo_schemas::manifest::{DeploymentRef, StateManifest};
 use margo_schemas::messages::{DeploymentBody, Envelope, Message, MessageError};
 use margo_schemas::topics;
 use rumqttc::{AsyncClient, ClientError, Event, EventLoop, MqttOptions, Packet, QoS};
@@ -27,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, instrument, warn};
 
 use crate::ingest::RawUplink;
+use crate::state_manifest;
 use crate::store::{now_ms, DesiredState, Store, StoreError};
 
 /// MQTT client id of the manager.
@@ -470,20 +470,7 @@ impl Publisher {
             }
             self.published.insert(client.clone(), now_published);
             if state.manifest_version > 0 {
-                let manifest = StateManifest {
-                    manifest_version: state.manifest_version,
-                    bundle: None,
-                    deployments: state
-                        .deployments
-                        .iter()
-                        .map(|d| DeploymentRef {
-                            deployment_id: d.id.clone(),
-                            digest: d.digest,
-                            size_bytes: Some(d.yaml.len() as u64),
-                            url: None,
-                        })
-                        .collect(),
-                };
+                let manifest = state_manifest::build(&state, state_manifest::Form::Mqtt);
                 self.send(
                     client,
                     topics::desired_manifest(client),

@@ -9,14 +9,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use margo_schemas::capabilities::DeviceCapabilitiesManifest;
 use margo_schemas::deployment::ApplicationDeployment;
 use margo_schemas::digest::Digest;
-use margo_schemas::ids::{ClientId, DeploymentId};
-use margo_schemas::messages::{Ack, Envelope, Message};
+use margo_schemas::ids::{ClientId, DeploymentId, DeviceId};
+use margo_schemas::messages::{Ack, Envelope, Message, StatusReport};
 use margo_schemas::pki::cert_info;
 
 use crate::capabilities::{check_capabilities, CapabilitiesRejection};
-use margo_schemas::status::{ComponentStatus, DeploymentState, StatusError};
+use margo_schemas::status::{ComponentStatus, DeploymentState, DeploymentStatus, StatusError};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
@@ -235,6 +236,32 @@ pub(crate) struct LatestCapabilities {
     json: String,
 }
 
+impl LatestStatus {
+    fn of(report: &StatusReport, seq: u64, received_ms: u64) -> Self {
+        Self {
+            seq,
+            received_ms,
+            adopted_manifest_version: report.adopted_manifest_version,
+            state: report.status.status.state,
+            error: report.status.status.error.clone(),
+            components: report.status.components.clone(),
+        }
+    }
+}
+
+impl LatestCapabilities {
+    fn of(manifest: &DeviceCapabilitiesManifest, seq: u64, received_ms: u64) -> Result<Self> {
+        Ok(Self {
+            seq,
+            received_ms,
+            json: serde_json::to_string(manifest).map_err(|e| StoreError::Encode {
+                table: "capabilities_latest",
+                detail: e.to_string(),
+            })?,
+        })
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct ClientRuntime {
     presence: Option<String>,
@@ -418,6 +445,79 @@ pub struct ClientStatus {
     /// Desired and reported deployments, sorted by id.
     pub deployments: Vec<DeploymentView>,
 }
+
+/// What an HTTP-delivered report did to the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportOutcome {
+    /// Nothing was stored for it before.
+    Created,
+    /// It replaced the stored one.
+    Replaced,
+}
+
+/// Why an HTTP-delivered report was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// No such client.
+    #[error("unknown client")]
+    UnknownClient,
+    /// The client is revoked.
+    #[error("client is revoked")]
+    Revoked,
+    /// The capabilities were refused (invalid, or a child before its parent).
+    #[error(transparent)]
+    Capabilities(CapabilitiesRejection),
+    /// A status for an older manifest version than the stored one.
+    #[error("status for manifest version {offered} is older than the stored status for version {stored} (stale or replayed)")]
+    Stale {
+        /// `adoptedManifestVersion` of the request.
+        offered: u64,
+        /// That of the stored status.
+        stored: u64,
+    },
+    /// A status for a manifest version the manager never issued.
+    #[error(
+        "adoptedManifestVersion {offered} is above the client's desired manifest version {desired}"
+    )]
+    AheadOfDesired {
+        /// `adoptedManifestVersion` of the request.
+        offered: u64,
+        /// The client's current desired version.
+        desired: u64,
+    },
+    /// No capabilities stored for the device.
+    #[error("no capabilities stored for device {0}")]
+    NoCapabilities(DeviceId),
+    /// A gateway with children that still have capabilities.
+    #[error(
+        "device {device} still has a child with capabilities ({child}); delete the children first"
+    )]
+    HasChildren {
+        /// The gateway.
+        device: DeviceId,
+        /// One of its children.
+        child: String,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+macro_rules! report_from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for ReportError {
+            fn from(e: $t) -> Self {
+                Self::Store(e.into())
+            }
+        }
+    )*};
+}
+report_from_redb!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
 
 /// The store. Cheap to clone.
 #[derive(Clone)]
@@ -933,14 +1033,7 @@ impl Store {
                                 None => true,
                             };
                             if newer {
-                                let latest = LatestStatus {
-                                    seq,
-                                    received_ms,
-                                    adopted_manifest_version: report.adopted_manifest_version,
-                                    state: report.status.status.state,
-                                    error: report.status.status.error.clone(),
-                                    components: report.status.components.clone(),
-                                };
+                                let latest = LatestStatus::of(report, seq, received_ms);
                                 status_latest.insert(
                                     (c, dep),
                                     encode("status_latest", &latest)?.as_slice(),
@@ -976,29 +1069,20 @@ impl Store {
                                 }
                                 None => true,
                             };
-                            let latest = LatestCapabilities {
-                                seq,
-                                received_ms,
-                                json: serde_json::to_string(&report.manifest).map_err(|e| {
-                                    StoreError::Encode {
-                                        table: "capabilities_latest",
-                                        detail: e.to_string(),
-                                    }
-                                })?,
-                            };
-                            let encoded = encode("capabilities_latest", &latest)?;
+                            let encoded = encode(
+                                "capabilities_latest",
+                                &LatestCapabilities::of(&report.manifest, seq, received_ms)?,
+                            )?;
                             if newer {
                                 caps_latest.insert((c, device), encoded.as_slice())?;
                             }
-                            caps_history.insert((c, device, seq), encoded.as_slice())?;
-                            let kept: Vec<u64> = caps_history
-                                .range((c, device, 0u64)..=(c, device, u64::MAX))?
-                                .map(|r| r.map(|(k, _)| k.value().2))
-                                .collect::<Result<_, _>>()?;
-                            let excess = kept.len().saturating_sub(MAX_CAPABILITIES_HISTORY);
-                            for old in kept.iter().take(excess) {
-                                caps_history.remove((c, device, *old))?;
-                            }
+                            Self::keep_capabilities_history(
+                                &mut caps_history,
+                                c,
+                                device,
+                                seq,
+                                &encoded,
+                            )?;
                         }
                         Message::Sync(_) => {}
                         // Downlink kinds never reach here (ingest rejects them first).
@@ -1025,6 +1109,200 @@ impl Store {
         }
         txn.commit()?;
         Ok(result)
+    }
+
+    /// Adds `encoded` to the capabilities history of `device` under `seq`
+    /// and drops the oldest beyond [`MAX_CAPABILITIES_HISTORY`].
+    fn keep_capabilities_history(
+        caps_history: &mut redb::Table<'_, (&str, &str, u64), &[u8]>,
+        c: &str,
+        device: &str,
+        seq: u64,
+        encoded: &[u8],
+    ) -> Result<()> {
+        caps_history.insert((c, device, seq), encoded)?;
+        let kept: Vec<u64> = caps_history
+            .range((c, device, 0u64)..=(c, device, u64::MAX))?
+            .map(|r| r.map(|(k, _)| k.value().2))
+            .collect::<Result<_, _>>()?;
+        let excess = kept.len().saturating_sub(MAX_CAPABILITIES_HISTORY);
+        for old in kept.iter().take(excess) {
+            caps_history.remove((c, device, *old))?;
+        }
+        Ok(())
+    }
+
+    /// The live client for an HTTP-delivered report, and marks it seen.
+    fn http_reporter(
+        txn: &redb::WriteTransaction,
+        client: &ClientId,
+        received_ms: u64,
+        f: impl FnOnce(&mut ClientRuntime),
+    ) -> Result<(), ReportError> {
+        let record: ClientRecord = match txn.open_table(CLIENTS)?.get(client.as_str())? {
+            Some(v) => decode("clients", v.value())?,
+            None => return Err(ReportError::UnknownClient),
+        };
+        if record.revoked {
+            return Err(ReportError::Revoked);
+        }
+        let mut runtime = txn.open_table(RUNTIME)?;
+        let mut rt: ClientRuntime = runtime
+            .get(client.as_str())?
+            .map(|v| decode("client_runtime", v.value()))
+            .transpose()?
+            .unwrap_or_default();
+        rt.last_seen_ms = Some(received_ms);
+        f(&mut rt);
+        runtime.insert(client.as_str(), encode("client_runtime", &rt)?.as_slice())?;
+        Ok(())
+    }
+
+    /// Stores a deployment status delivered over HTTP, into the same tables
+    /// as MQTT status (so `margoctl status` shows it alike). HTTP requests
+    /// carry no uplink seq: the record keeps the seq of the one it replaces
+    /// (0 if none), so any later MQTT status still supersedes it.
+    ///
+    /// With `adopted` (Margo's `adoptedManifestVersion`), a status for an
+    /// older manifest version than the stored one is refused as stale (a
+    /// replayed request), and one for a version never desired is refused.
+    pub fn record_http_status(
+        &self,
+        client: &ClientId,
+        status: &DeploymentStatus,
+        adopted: Option<u64>,
+    ) -> Result<ReportOutcome, ReportError> {
+        let received_ms = now_ms();
+        let c = client.as_str();
+        let dep = status.deployment_id.as_str();
+        let txn = self.db.begin_write()?;
+        let outcome = {
+            let desired = txn
+                .open_table(MANIFEST_VERSIONS)?
+                .get(c)?
+                .map(|v| v.value())
+                .unwrap_or(0);
+            let mut status_latest = txn.open_table(STATUS_LATEST)?;
+            let previous = status_latest
+                .get((c, dep))?
+                .map(|v| decode::<LatestStatus>("status_latest", v.value()))
+                .transpose()?;
+            if let Some(offered) = adopted {
+                if offered > desired {
+                    return Err(ReportError::AheadOfDesired { offered, desired });
+                }
+                if let Some(p) = previous.as_ref() {
+                    if offered < p.adopted_manifest_version {
+                        return Err(ReportError::Stale {
+                            offered,
+                            stored: p.adopted_manifest_version,
+                        });
+                    }
+                }
+            }
+            let report = StatusReport {
+                adopted_manifest_version: adopted.unwrap_or(0),
+                status: status.clone(),
+            };
+            let seq = previous.as_ref().map_or(0, |p| p.seq);
+            let latest = LatestStatus::of(&report, seq, received_ms);
+            status_latest.insert((c, dep), encode("status_latest", &latest)?.as_slice())?;
+            Self::http_reporter(&txn, client, received_ms, |rt| {
+                if let Some(v) = adopted {
+                    rt.status_hint = Some(rt.status_hint.unwrap_or(0).max(v));
+                }
+            })?;
+            if previous.is_some() {
+                ReportOutcome::Replaced
+            } else {
+                ReportOutcome::Created
+            }
+        };
+        txn.commit()?;
+        Ok(outcome)
+    }
+
+    /// Stores a capabilities report delivered over HTTP after the same
+    /// acceptance checks as MQTT ([`check_capabilities`]), into the same
+    /// tables. Stored with seq 0 (no uplink seq), so a later MQTT report
+    /// supersedes it; it replaces the previous HTTP entry of the history.
+    pub fn record_http_capabilities(
+        &self,
+        client: &ClientId,
+        manifest: &DeviceCapabilitiesManifest,
+    ) -> Result<ReportOutcome, ReportError> {
+        let received_ms = now_ms();
+        let c = client.as_str();
+        let device = manifest.properties.id.as_str();
+        let txn = self.db.begin_write()?;
+        let outcome = {
+            Self::http_reporter(&txn, client, received_ms, |_| {})?;
+            let mut caps_latest = txn.open_table(CAPS_LATEST)?;
+            let mut caps_history = txn.open_table(CAPS_HISTORY)?;
+            if let Some(rejection) = check_capabilities(manifest, |parent| {
+                Ok::<_, StoreError>(caps_latest.get((c, parent.as_str()))?.is_some())
+            })? {
+                return Err(ReportError::Capabilities(rejection));
+            }
+            let existed = caps_latest.get((c, device))?.is_some();
+            let encoded = encode(
+                "capabilities_latest",
+                &LatestCapabilities::of(manifest, 0, received_ms)?,
+            )?;
+            caps_latest.insert((c, device), encoded.as_slice())?;
+            Self::keep_capabilities_history(&mut caps_history, c, device, 0, &encoded)?;
+            if existed {
+                ReportOutcome::Replaced
+            } else {
+                ReportOutcome::Created
+            }
+        };
+        txn.commit()?;
+        Ok(outcome)
+    }
+
+    /// Deletes the stored capabilities (latest and history) of `device`.
+    /// A gateway whose children still have capabilities is refused.
+    pub fn delete_capabilities(
+        &self,
+        client: &ClientId,
+        device: &DeviceId,
+    ) -> Result<(), ReportError> {
+        let received_ms = now_ms();
+        let c = client.as_str();
+        let d = device.as_str();
+        let txn = self.db.begin_write()?;
+        {
+            Self::http_reporter(&txn, client, received_ms, |_| {})?;
+            let mut caps_latest = txn.open_table(CAPS_LATEST)?;
+            let mut caps_history = txn.open_table(CAPS_HISTORY)?;
+            if caps_latest.get((c, d))?.is_none() {
+                return Err(ReportError::NoCapabilities(device.clone()));
+            }
+            let prefix = format!("{d}/");
+            let child = caps_latest
+                .range((c, prefix.as_str())..)?
+                .next()
+                .transpose()?
+                .map(|(k, _)| k.value().1.to_string())
+                .filter(|id| id.starts_with(&prefix));
+            if let Some(child) = child {
+                return Err(ReportError::HasChildren {
+                    device: device.clone(),
+                    child,
+                });
+            }
+            caps_latest.remove((c, d))?;
+            let seqs: Vec<u64> = caps_history
+                .range((c, d, 0u64)..=(c, d, u64::MAX))?
+                .map(|r| r.map(|(k, _)| k.value().2))
+                .collect::<Result<_, _>>()?;
+            for seq in seqs {
+                caps_history.remove((c, d, seq))?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
     }
 
     /// Stored uplink seqs of `client`, ascending.

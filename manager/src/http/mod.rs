@@ -1,5 +1,7 @@
-//! The HTTPS listener: the Margo HTTP API (onboarding now; deployments,
-//! bundles, status and capabilities join the same [`router`]).
+//! The HTTPS listener: the Margo HTTP API (onboarding, desired state,
+//! bundles, status and capabilities; `docs/http-api.md`). Every route is
+//! listed once in [`api_routes`]; [`route_table`] exposes the list so a test
+//! keeps `manager/openapi.yaml` in step with the router.
 //!
 //! Each accepted socket runs in its own task: a TLS 1.3 handshake with a
 //! deadline (a slow or stalled client delays nobody else), then HTTP/1.1
@@ -8,19 +10,24 @@
 //! once and counted. On shutdown every connection finishes its request in
 //! flight (bounded) and closes.
 
+pub mod access;
+pub mod archive;
+pub mod deployments;
 pub mod onboarding;
 pub mod problem;
 pub mod rate_limit;
+pub mod uplink;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Request};
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request};
+use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
+use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::{Extension, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -35,10 +42,11 @@ use tracing::{debug, info, warn, Instrument};
 use margo_broker::tls::{accept_with_deadline, Handshake};
 
 use crate::ca::FleetPki;
-use crate::config::OnboardingSettings;
+use crate::config::{HttpSettings, OnboardingSettings};
 use crate::publisher::Downlink;
 use crate::store::Store;
 
+use archive::BundleCache;
 pub use onboarding::OnboardingStats;
 use rate_limit::RateLimiter;
 
@@ -152,6 +160,12 @@ pub struct ApiState {
     pub limiter: Arc<RateLimiter>,
     /// Onboarding counters.
     pub stats: Arc<OnboardingStats>,
+    /// Built deployment bundles.
+    pub bundles: BundleCache,
+    /// Largest status or capabilities body.
+    pub max_body_bytes: usize,
+    /// Whether the manifest, deployment and bundle GETs must be signed.
+    pub require_signed_reads: bool,
 }
 
 impl ApiState {
@@ -161,6 +175,7 @@ impl ApiState {
         pki: Arc<FleetPki>,
         downlink: Downlink,
         settings: OnboardingSettings,
+        http: &HttpSettings,
         public_broker_url: String,
         stats: Arc<OnboardingStats>,
     ) -> Self {
@@ -174,14 +189,91 @@ impl ApiState {
             public_broker_url,
             limiter: Arc::new(limiter),
             stats,
+            bundles: BundleCache::default(),
+            max_body_bytes: http.max_body_bytes,
+            require_signed_reads: http.require_signed_reads,
         }
     }
 }
 
+/// Every route of the public API: method, path (axum syntax, which is the
+/// OpenAPI syntax but for the `*` of a catch-all parameter) and handler.
+/// `max_body_bytes` bounds the report bodies.
+pub fn api_routes(max_body_bytes: usize) -> Vec<(Method, &'static str, MethodRouter<ApiState>)> {
+    use onboarding::{CERTIFICATE_PATH, ONBOARDING_PATH, POLL_ROUTE};
+    let limit = || DefaultBodyLimit::max(max_body_bytes);
+    vec![
+        (Method::GET, CERTIFICATE_PATH, get(onboarding::certificate)),
+        (
+            Method::POST,
+            ONBOARDING_PATH,
+            post(onboarding::submit).layer(DefaultBodyLimit::max(onboarding::MAX_BODY_BYTES)),
+        ),
+        (Method::GET, POLL_ROUTE, get(onboarding::poll)),
+        (
+            Method::GET,
+            deployments::MANIFEST_ROUTE,
+            get(deployments::manifest),
+        ),
+        (
+            Method::GET,
+            deployments::DEPLOYMENT_ROUTE,
+            get(deployments::deployment),
+        ),
+        (
+            Method::GET,
+            deployments::BUNDLE_ROUTE,
+            get(deployments::bundle),
+        ),
+        (
+            Method::POST,
+            uplink::STATUS_ROUTE,
+            post(uplink::status).layer(limit()),
+        ),
+        (
+            Method::POST,
+            uplink::DEVICE_CAPABILITIES_ROUTE,
+            post(uplink::put_device_capabilities).layer(limit()),
+        ),
+        (
+            Method::PUT,
+            uplink::DEVICE_CAPABILITIES_ROUTE,
+            put(uplink::put_device_capabilities).layer(limit()),
+        ),
+        (
+            Method::DELETE,
+            uplink::DEVICE_CAPABILITIES_ROUTE,
+            delete(uplink::delete_capabilities).layer(limit()),
+        ),
+        (
+            Method::POST,
+            uplink::CAPABILITIES_ROUTE,
+            post(uplink::put_body_capabilities).layer(limit()),
+        ),
+        (
+            Method::PUT,
+            uplink::CAPABILITIES_ROUTE,
+            put(uplink::put_body_capabilities).layer(limit()),
+        ),
+    ]
+}
+
+/// `(method, OpenAPI path)` of every route the router serves.
+pub fn route_table() -> Vec<(Method, String)> {
+    api_routes(64 * 1024)
+        .into_iter()
+        .map(|(method, path, _)| (method, path.replace("{*", "{")))
+        .collect()
+}
+
 /// The public API router. Unknown paths and methods get problem bodies.
 pub fn router(state: ApiState, http_stats: Arc<HttpStats>) -> Router {
-    Router::new()
-        .merge(onboarding::routes())
+    let mut router = Router::new();
+    for (_, path, method_router) in api_routes(state.max_body_bytes) {
+        // Routes of one path merge their methods.
+        router = router.route(path, method_router);
+    }
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

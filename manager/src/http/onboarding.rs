@@ -17,11 +17,10 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use margo_schemas::http_sig::{self, CONTENT_DIGEST, PAYLOAD_SIGNATURE};
 use margo_schemas::onboarding::{
     IssuedIdentity, OnboardingRequest, OnboardingResponse, OnboardingState, ResponseExtensions,
@@ -140,16 +139,8 @@ impl OnboardingStats {
     }
 }
 
-/// The onboarding routes.
-pub fn routes() -> Router<ApiState> {
-    Router::new()
-        .route(CERTIFICATE_PATH, get(certificate))
-        .route(
-            ONBOARDING_PATH,
-            post(submit).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
-        )
-        .route(&format!("{REQUESTS_PATH}/{{id}}"), get(poll))
-}
+/// Route of a request's poll location.
+pub const POLL_ROUTE: &str = "/api/v1/onboarding/requests/{id}";
 
 /// Counts and logs a refusal once (warn for 401/403/429/503/5xx, info
 /// otherwise), then answers it.
@@ -188,7 +179,7 @@ struct CertificateBody {
     certificate: String,
 }
 
-async fn certificate(
+pub(super) async fn certificate(
     State(state): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Response {
@@ -310,7 +301,7 @@ fn decision_refusal(error: OnboardingError, request_id: &str) -> Refusal {
 }
 
 #[instrument(skip_all, fields(%peer))]
-async fn submit(
+pub(super) async fn submit(
     State(state): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
@@ -421,7 +412,7 @@ fn is_request_id(id: &str) -> bool {
 }
 
 #[instrument(skip_all, fields(%peer))]
-async fn poll(
+pub(super) async fn poll(
     State(state): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(id): Path<String>,

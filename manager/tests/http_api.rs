@@ -1,0 +1,908 @@
+//! The Margo HTTP API of the manager end to end: a real manager (embedded
+//! broker, HTTPS listener, redb in a temp dir), a provisioned client whose
+//! key signs every request, a hyper client over tokio-rustls trusting only
+//! the fleet CA, and an MQTT subscriber on the embedded broker's loopback
+//! listener to compare the HTTP manifest with the retained, signed MQTT one.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{HeaderMap, Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use margo_manager::admin::ProvisionedBundle;
+use margo_manager::{Manager, ManagerConfig, ManagerHandle};
+use margo_schemas::cose::VerifyingKey;
+use margo_schemas::digest::Digest;
+use margo_schemas::http_sig::{PayloadSigner, CONTENT_DIGEST, PAYLOAD_SIGNATURE};
+use margo_schemas::ids::ClientId;
+use margo_schemas::manifest::{StateManifest, MEDIA_TYPE};
+use margo_schemas::messages::{Envelope, Message};
+use margo_schemas::pki::{certs_from_pem, client_tls_config, pkcs8_from_pem};
+use margo_schemas::topics;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::net::TcpStream;
+
+const WAIT: Duration = Duration::from_secs(20);
+const DEP_A: &str = "a3e2f5dc-912e-494f-8395-52cf3769bc06";
+const DEP_B: &str = "b7e2f5dc-912e-494f-8395-52cf3769bc06";
+
+async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(WAIT, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {WAIT:?} waiting for: {what}"),
+    }
+}
+
+fn config(dir: &Path) -> ManagerConfig {
+    let mut config = ManagerConfig::with_data_dir(dir);
+    let any = "127.0.0.1:0".parse().expect("addr");
+    config.broker.mqtt_listen = any;
+    config.broker.gateway_listen = any;
+    config.http.listen = any;
+    config.http.max_body_bytes = 4096;
+    config.ingest.batch_interval = Duration::from_millis(5);
+    config
+}
+
+fn yaml(id: &str, name: &str, image: &str) -> String {
+    format!(
+        "apiVersion: application.margo.org/v1alpha1\nkind: ApplicationDeployment\n\
+         metadata:\n  annotations:\n    id: {id}\n    applicationId: com-example-app\n  name: {name}\n\
+         spec:\n  deploymentProfile:\n    type: compose\n    components:\n\
+         \x20     - name: web\n        properties:\n          packageLocation: {image}\n"
+    )
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    }
+
+    /// Asserts `status` and an RFC 9457 problem body; returns its detail.
+    fn problem(&self, status: StatusCode) -> String {
+        assert_eq!(
+            self.status,
+            status,
+            "expected {status}, got {}: {}",
+            self.status,
+            String::from_utf8_lossy(&self.body)
+        );
+        assert_eq!(
+            self.header("content-type").as_deref(),
+            Some("application/problem+json")
+        );
+        let j: serde_json::Value = serde_json::from_slice(&self.body).expect("problem JSON");
+        assert_eq!(j["status"], status.as_u16());
+        assert!(j["title"].is_string() && j["type"].is_string(), "{j}");
+        j["detail"].as_str().expect("detail").to_string()
+    }
+
+    fn ok(&self) -> &Self {
+        assert!(
+            self.status.is_success(),
+            "HTTP {}: {}",
+            self.status,
+            String::from_utf8_lossy(&self.body)
+        );
+        self
+    }
+}
+
+/// An HTTPS client that trusts only the fleet CA and signs with a device key.
+struct Device {
+    addr: SocketAddr,
+    connector: tokio_rustls::TlsConnector,
+    id: ClientId,
+    signer: PayloadSigner,
+}
+
+enum Sign {
+    Yes,
+    No,
+    /// Signature headers computed over other bytes than sent.
+    Over(Vec<u8>),
+}
+
+impl Device {
+    fn new(addr: SocketAddr, bundle: &ProvisionedBundle) -> Self {
+        let tls = client_tls_config(bundle.ca_pem.as_bytes(), None).expect("client TLS config");
+        let pkcs8 = pkcs8_from_pem(bundle.key_pem.as_bytes(), "device key").expect("pkcs8");
+        Self {
+            addr,
+            connector: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+            id: bundle.client_id.clone(),
+            signer: PayloadSigner::from_pkcs8(&pkcs8).expect("signer"),
+        }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+        sign: Sign,
+    ) -> Reply {
+        within(&format!("{method} {path}"), async {
+            let tcp = TcpStream::connect(self.addr).await.expect("TCP connect");
+            let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+            let tls = self
+                .connector
+                .connect(name, tcp)
+                .await
+                .expect("TLS handshake");
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .expect("HTTP handshake");
+            let driver = tokio::spawn(conn);
+            let mut builder = Request::builder()
+                .method(method)
+                .uri(path)
+                .header("host", "localhost");
+            let signed = match sign {
+                Sign::Yes => Some(self.signer.headers(&body).expect("sign")),
+                Sign::Over(other) => Some(self.signer.headers(&other).expect("sign")),
+                Sign::No => None,
+            };
+            if let Some((digest, signature)) = signed {
+                builder = builder
+                    .header(CONTENT_DIGEST, digest)
+                    .header(PAYLOAD_SIGNATURE, signature);
+            }
+            for (k, v) in headers {
+                builder = builder.header(*k, *v);
+            }
+            let request = builder.body(Full::new(Bytes::from(body))).expect("request");
+            let response = sender.send_request(request).await.expect("response");
+            let status = response.status();
+            let headers = response.headers().clone();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .expect("body")
+                .to_bytes()
+                .to_vec();
+            driver.abort();
+            Reply {
+                status,
+                headers,
+                body,
+            }
+        })
+        .await
+    }
+
+    async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        self.send(Method::GET, path, headers, Vec::new(), Sign::Yes)
+            .await
+    }
+
+    async fn post_json(&self, method: Method, path: &str, body: &serde_json::Value) -> Reply {
+        let bytes = serde_json::to_vec(body).expect("json");
+        self.send(
+            method,
+            path,
+            &[("content-type", "application/json")],
+            bytes,
+            Sign::Yes,
+        )
+        .await
+    }
+
+    fn path(&self, rest: &str) -> String {
+        format!("/api/v1/clients/{}{rest}", self.id)
+    }
+}
+
+/// The retained, signed MQTT manifest of `client` with `version`, read on
+/// the embedded broker's loopback listener.
+async fn mqtt_manifest(
+    manager: &ManagerHandle,
+    client: &ClientId,
+    signing_pem: &str,
+    version: u64,
+) -> StateManifest {
+    let addr = manager.mqtt_addr().expect("embedded broker");
+    let mut opts = MqttOptions::new(
+        format!("http-api-test-{}", fastrand::u32(..)),
+        "127.0.0.1",
+        addr.port(),
+    );
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (mqtt, mut eventloop) = AsyncClient::new(opts, 16);
+    mqtt.subscribe(topics::desired_manifest(client), QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    let signing = certs_from_pem(signing_pem.as_bytes(), "signing cert")
+        .expect("signing cert")
+        .remove(0);
+    let key = VerifyingKey::from_certificate(signing.as_ref()).expect("signing key");
+    within(&format!("MQTT manifest version {version}"), async {
+        loop {
+            let event = eventloop.poll().await.expect("MQTT connection");
+            let Event::Incoming(Packet::Publish(p)) = event else {
+                continue;
+            };
+            if p.payload.is_empty() {
+                continue;
+            }
+            let (_, topic) = topics::parse_device_topic(&p.topic).expect("topic");
+            let env = Envelope::open(&p.payload, 1 << 20, &key, client, &topic)
+                .expect("the MQTT manifest verifies");
+            if let Message::Manifest(m) = env.msg {
+                if m.manifest_version == version {
+                    return m;
+                }
+            }
+        }
+    })
+    .await
+}
+
+async fn http_manifest(device: &Device) -> (Reply, StateManifest) {
+    let reply = device.get(&device.path("/deployments"), &[]).await;
+    reply.ok();
+    let manifest = serde_json::from_slice(&reply.body).expect("manifest JSON");
+    (reply, manifest)
+}
+
+fn gunzip(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(bytes)
+        .read_to_end(&mut out)
+        .expect("gzip");
+    out
+}
+
+fn untar(bytes: &[u8]) -> BTreeMap<String, Vec<u8>> {
+    let tar = gunzip(bytes);
+    let mut archive = tar::Archive::new(tar.as_slice());
+    let mut files = BTreeMap::new();
+    for entry in archive.entries().expect("tar") {
+        let mut entry = entry.expect("entry");
+        let name = entry.path().expect("path").display().to_string();
+        let mut body = Vec::new();
+        entry.read_to_end(&mut body).expect("read entry");
+        files.insert(name, body);
+    }
+    files
+}
+
+fn status_body(deployment: &str, state: &str, adopted: Option<u64>) -> serde_json::Value {
+    let mut body = serde_json::json!({
+        "apiVersion": "deployment.margo.org/v1alpha1",
+        "kind": "DeploymentStatusManifest",
+        "deploymentId": deployment,
+        "status": {"state": state},
+        "components": [{"name": "web", "state": state}],
+    });
+    if let Some(v) = adopted {
+        body["adoptedManifestVersion"] = v.into();
+    }
+    body
+}
+
+fn capabilities_body(id: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "device.margo.org/v1alpha1",
+        "kind": "DeviceCapabilitiesManifest",
+        "properties": {
+            "id": id,
+            "vendor": "Acme",
+            "modelNumber": "E1",
+            "serialNumber": "sn-1",
+            "cpu": [{"cores": 2, "architecture": "arm64"}],
+            "memory": "4Gi",
+            "storage": "32Gi"
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn desired_state_over_http_matches_mqtt() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manager = within("manager start", Manager::start(config(dir.path())))
+        .await
+        .expect("manager starts");
+    let admin = manager.admin();
+    let bundle = admin.add_client("press-1", None).await.expect("provision");
+    let device = Device::new(manager.http_addr().expect("HTTPS"), &bundle);
+
+    // Nothing deployed yet: no manifest (versions start at 1).
+    device
+        .get(&device.path("/deployments"), &[])
+        .await
+        .problem(StatusCode::NOT_FOUND);
+
+    let docs = [
+        yaml(DEP_B, "app-b", "https://example.com/b.tar.gz"),
+        yaml(DEP_A, "app-a", "https://example.com/a.tar.gz"),
+    ];
+    let deployed = admin
+        .deploy(bundle.client_id.as_str(), docs.to_vec())
+        .await
+        .expect("deploy");
+    let (reply, manifest) = http_manifest(&device).await;
+
+    // Same version, ids, digests and sizes as the retained MQTT manifest.
+    let mqtt = mqtt_manifest(
+        &manager,
+        &bundle.client_id,
+        &bundle.signing_cert_pem,
+        deployed.manifest_version,
+    )
+    .await;
+    assert_eq!(manifest.manifest_version, mqtt.manifest_version);
+    let strip = |m: &StateManifest| {
+        m.deployments
+            .iter()
+            .map(|d| (d.deployment_id.to_string(), d.digest, d.size_bytes))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(&manifest), strip(&mqtt));
+    assert_eq!(manifest.deployments.len(), 2);
+
+    // Headers: media type, strong ETag over the exact bytes, deterministic.
+    assert_eq!(reply.header("content-type").as_deref(), Some(MEDIA_TYPE));
+    let etag = reply.header("etag").expect("ETag");
+    assert_eq!(etag, format!("\"{}\"", Digest::of(&reply.body)));
+    let (again, _) = http_manifest(&device).await;
+    assert_eq!(again.body, reply.body, "manifest bytes are deterministic");
+
+    // If-None-Match → 304 without a body; another tag → 200.
+    let not_modified = device
+        .get(&device.path("/deployments"), &[("if-none-match", &etag)])
+        .await;
+    assert_eq!(not_modified.status, StatusCode::NOT_MODIFIED);
+    assert!(not_modified.body.is_empty());
+    assert_eq!(not_modified.header("etag").as_deref(), Some(etag.as_str()));
+    device
+        .get(
+            &device.path("/deployments"),
+            &[("if-none-match", "\"sha256:00\"")],
+        )
+        .await
+        .ok();
+
+    // gzip content coding on request: same ETag (of the decoded bytes),
+    // decoded body equal to the identity one, Vary either way.
+    assert_eq!(reply.header("vary").as_deref(), Some("accept-encoding"));
+    assert!(reply.header("content-encoding").is_none());
+    let zipped = device
+        .get(&device.path("/deployments"), &[("accept-encoding", "gzip")])
+        .await;
+    zipped.ok();
+    assert_eq!(zipped.header("content-encoding").as_deref(), Some("gzip"));
+    assert_eq!(zipped.header("vary").as_deref(), Some("accept-encoding"));
+    assert_eq!(zipped.header("etag").as_deref(), Some(etag.as_str()));
+    assert_eq!(gunzip(&zipped.body), reply.body);
+
+    // Accept negotiation.
+    for accept in [
+        "application/json",
+        "text/html",
+        "application/vnd.margo.manifest.v1+json;q=0",
+    ] {
+        device
+            .get(&device.path("/deployments"), &[("accept", accept)])
+            .await
+            .problem(StatusCode::NOT_ACCEPTABLE);
+    }
+    for accept in ["*/*", "application/*", MEDIA_TYPE] {
+        device
+            .get(&device.path("/deployments"), &[("accept", accept)])
+            .await
+            .ok();
+    }
+
+    // Each YAML by its URL: exact bytes and headers.
+    let mut by_id = BTreeMap::new();
+    for d in &manifest.deployments {
+        let url = d.url.clone().expect("url");
+        assert_eq!(
+            url,
+            device.path(&format!("/deployments/{}/{}", d.deployment_id, d.digest))
+        );
+        let r = device.get(&url, &[]).await;
+        r.ok();
+        assert_eq!(Digest::of(&r.body), d.digest);
+        assert_eq!(
+            r.header("content-type").as_deref(),
+            Some("application/yaml")
+        );
+        assert_eq!(r.header("etag"), Some(format!("\"{}\"", d.digest)));
+        assert_eq!(
+            r.header("cache-control").as_deref(),
+            Some("public, max-age=31536000, immutable")
+        );
+        let zipped = device.get(&url, &[("accept-encoding", "gzip")]).await;
+        assert_eq!(zipped.header("content-encoding").as_deref(), Some("gzip"));
+        assert_eq!(gunzip(&zipped.body), r.body);
+        by_id.insert(format!("{}.yaml", d.deployment_id), r.body);
+    }
+    let expected: BTreeSet<&str> = docs.iter().map(String::as_str).collect();
+    let served: BTreeSet<&str> = by_id
+        .values()
+        .map(|b| std::str::from_utf8(b).expect("utf-8"))
+        .collect();
+    assert_eq!(served, expected, "served YAML equals the deployed bytes");
+
+    // Unknown digest, another deployment's digest, malformed digests.
+    let a = &manifest.deployments[0];
+    let b = &manifest.deployments[1];
+    let unknown = Digest::of(b"nothing");
+    device
+        .get(
+            &device.path(&format!("/deployments/{}/{unknown}", a.deployment_id)),
+            &[],
+        )
+        .await
+        .problem(StatusCode::NOT_FOUND);
+    device
+        .get(
+            &device.path(&format!("/deployments/{}/{}", a.deployment_id, b.digest)),
+            &[],
+        )
+        .await
+        .problem(StatusCode::NOT_FOUND);
+    for bad in [
+        format!("sha512:{}", unknown.hex()),
+        "sha256:XYZ".to_string(),
+        unknown.hex(),
+    ] {
+        let detail = device
+            .get(
+                &device.path(&format!("/deployments/{}/{bad}", a.deployment_id)),
+                &[],
+            )
+            .await
+            .problem(StatusCode::BAD_REQUEST);
+        assert!(detail.contains("digest"), "{detail}");
+    }
+
+    // The bundle: its digest is the digest of the served bytes, and it holds
+    // exactly the referenced YAMLs.
+    let bref = manifest.bundle.clone().expect("bundle with deployments");
+    assert_eq!(
+        bref.media_type.as_deref(),
+        Some("application/vnd.margo.bundle.v1+tar+gzip")
+    );
+    let url = bref.url.clone().expect("bundle url");
+    assert_eq!(url, device.path(&format!("/bundles/{}", bref.digest)));
+    let archive = device.get(&url, &[]).await;
+    archive.ok();
+    assert_eq!(Digest::of(&archive.body), bref.digest);
+    assert_eq!(bref.size_bytes, Some(archive.body.len() as u64));
+    assert_eq!(
+        archive.header("content-type").as_deref(),
+        Some("application/vnd.margo.bundle.v1+tar+gzip")
+    );
+    assert_eq!(untar(&archive.body), by_id);
+    let second = device.get(&url, &[]).await;
+    assert_eq!(second.body, archive.body, "bundle bytes are deterministic");
+    device
+        .get(&device.path(&format!("/bundles/{unknown}")), &[])
+        .await
+        .problem(StatusCode::NOT_FOUND);
+    device
+        .get(&device.path("/bundles/md5:abc"), &[])
+        .await
+        .problem(StatusCode::BAD_REQUEST);
+
+    // An update: new version on both transports, the old bundle is gone.
+    let changed = admin
+        .deploy(
+            bundle.client_id.as_str(),
+            vec![yaml(DEP_A, "app-a", "https://example.com/a2.tar.gz")],
+        )
+        .await
+        .expect("update");
+    let (_, updated) = http_manifest(&device).await;
+    let mqtt = mqtt_manifest(
+        &manager,
+        &bundle.client_id,
+        &bundle.signing_cert_pem,
+        changed.manifest_version,
+    )
+    .await;
+    assert_eq!(updated.manifest_version, changed.manifest_version);
+    assert_eq!(strip(&updated), strip(&mqtt));
+    device.get(&url, &[]).await.problem(StatusCode::NOT_FOUND);
+    let stale = device
+        .get(&device.path("/deployments"), &[("if-none-match", &etag)])
+        .await;
+    assert_eq!(stale.status, StatusCode::OK, "a new version has a new ETag");
+
+    // Zero deployments: bundle is present and null.
+    for id in [DEP_A, DEP_B] {
+        admin
+            .undeploy(bundle.client_id.as_str(), id)
+            .await
+            .expect("undeploy");
+    }
+    let empty = device.get(&device.path("/deployments"), &[]).await;
+    empty.ok();
+    let json: serde_json::Value = serde_json::from_slice(&empty.body).expect("json");
+    assert!(json.as_object().expect("object").contains_key("bundle"));
+    assert!(json["bundle"].is_null());
+    assert_eq!(json["deployments"], serde_json::json!([]));
+
+    manager.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_over_http_show_like_mqtt_and_every_refusal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manager = within("manager start", Manager::start(config(dir.path())))
+        .await
+        .expect("manager starts");
+    let admin = manager.admin();
+    let bundle = admin.add_client("press-2", None).await.expect("provision");
+    let other = admin.add_client("press-3", None).await.expect("provision");
+    let addr = manager.http_addr().expect("HTTPS");
+    let device = Device::new(addr, &bundle);
+    let deployed = admin
+        .deploy(
+            bundle.client_id.as_str(),
+            vec![yaml(DEP_A, "app-a", "https://example.com/a.tar.gz")],
+        )
+        .await
+        .expect("deploy");
+    let v = deployed.manifest_version;
+    let status_path = device.path(&format!("/deployments/{DEP_A}/status"));
+
+    // A status over HTTP shows in the admin status API like an MQTT one.
+    device
+        .post_json(
+            Method::POST,
+            &status_path,
+            &status_body(DEP_A, "installed", Some(v)),
+        )
+        .await
+        .ok();
+    let fleet = admin
+        .status(Some(bundle.client_id.as_str()))
+        .await
+        .expect("status");
+    let view = fleet[0]
+        .deployments
+        .iter()
+        .find(|d| d.deployment_id.as_str() == DEP_A)
+        .expect("deployment view");
+    assert_eq!(view.state.map(|s| s.as_str()), Some("installed"));
+    assert_eq!(view.reported_manifest_version, Some(v));
+    assert_eq!(view.components.len(), 1);
+    assert!(view.updated_at.is_some());
+    assert_eq!(fleet[0].applying_version, Some(v));
+    assert!(fleet[0].last_seen.is_some());
+
+    // Capabilities: gateway first (201), child before parent refused (404),
+    // then the child (201), a replacement (200), shown by `clients show`.
+    let caps = device.path("/capabilities");
+    device
+        .post_json(
+            Method::POST,
+            &format!("{caps}/gw/child"),
+            &capabilities_body("gw/child"),
+        )
+        .await
+        .problem(StatusCode::NOT_FOUND);
+    let created = device
+        .post_json(
+            Method::POST,
+            &format!("{caps}/gw"),
+            &capabilities_body("gw"),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let child = device
+        .post_json(
+            Method::POST,
+            &format!("{caps}/gw%2Fchild"),
+            &capabilities_body("gw/child"),
+        )
+        .await;
+    assert_eq!(child.status, StatusCode::CREATED);
+    let replaced = device
+        .post_json(Method::PUT, &format!("{caps}/gw"), &capabilities_body("gw"))
+        .await;
+    assert_eq!(replaced.status, StatusCode::OK);
+    let body_path = device
+        .post_json(Method::POST, &caps, &capabilities_body("gw"))
+        .await;
+    assert_eq!(
+        body_path.status,
+        StatusCode::OK,
+        "Margo 1.0.0 path, id from the body"
+    );
+    let details = admin
+        .client(bundle.client_id.as_str())
+        .await
+        .expect("client");
+    let devices: Vec<&str> = details
+        .capabilities
+        .iter()
+        .map(|c| c.device_id.as_str())
+        .collect();
+    assert_eq!(devices, ["gw", "gw/child"]);
+    // Deleting a gateway with a child is refused; the child, then the gateway, go.
+    let delete = |path: String| {
+        let device = &device;
+        async move {
+            device
+                .send(Method::DELETE, &path, &[], Vec::new(), Sign::Yes)
+                .await
+        }
+    };
+    delete(format!("{caps}/gw"))
+        .await
+        .problem(StatusCode::CONFLICT);
+    assert_eq!(
+        delete(format!("{caps}/gw/child")).await.status,
+        StatusCode::NO_CONTENT
+    );
+    delete(format!("{caps}/gw/child"))
+        .await
+        .problem(StatusCode::NOT_FOUND);
+
+    // ---- every refusal, nothing stored ---------------------------------------
+    let before = admin
+        .status(Some(bundle.client_id.as_str()))
+        .await
+        .expect("status");
+    let good = serde_json::to_vec(&status_body(DEP_A, "failed", Some(v))).expect("json");
+    let json_ct: &[(&str, &str)] = &[("content-type", "application/json")];
+
+    // 400: missing and wrong Content-Digest.
+    device
+        .send(Method::POST, &status_path, json_ct, good.clone(), Sign::No)
+        .await
+        .problem(StatusCode::BAD_REQUEST);
+    device
+        .send(
+            Method::POST,
+            &status_path,
+            json_ct,
+            good.clone(),
+            Sign::Over(b"other".to_vec()),
+        )
+        .await
+        .problem(StatusCode::BAD_REQUEST);
+    // 401: right digest, signature by another key.
+    let stranger = Device::new(addr, &other);
+    let (digest, _) = device.signer.headers(&good).expect("sign");
+    let (_, foreign) = stranger.signer.headers(&good).expect("sign");
+    device
+        .send(
+            Method::POST,
+            &status_path,
+            &[
+                ("content-type", "application/json"),
+                (CONTENT_DIGEST, &digest),
+                (PAYLOAD_SIGNATURE, &foreign),
+            ],
+            good.clone(),
+            Sign::No,
+        )
+        .await
+        .problem(StatusCode::UNAUTHORIZED);
+    // 404: unknown client (well formed id).
+    let ghost = format!("/api/v1/clients/zzzzzzzz/deployments/{DEP_A}/status");
+    device
+        .send(Method::POST, &ghost, json_ct, good.clone(), Sign::Yes)
+        .await
+        .problem(StatusCode::NOT_FOUND);
+    // 400: malformed path ids, traversal.
+    for path in [
+        format!("/api/v1/clients/UPPER/deployments/{DEP_A}/status"),
+        device.path("/deployments/a%2Fb/status"),
+        device.path("/deployments/..%2F..%2Fx/status"),
+        device.path("/deployments/%2e%2e/status"),
+    ] {
+        device
+            .send(Method::POST, &path, json_ct, good.clone(), Sign::Yes)
+            .await
+            .problem(StatusCode::BAD_REQUEST);
+    }
+    device
+        .send(
+            Method::POST,
+            &format!("{caps}/gw/../x"),
+            json_ct,
+            serde_json::to_vec(&capabilities_body("gw")).expect("json"),
+            Sign::Yes,
+        )
+        .await
+        .problem(StatusCode::BAD_REQUEST);
+    // 413: over http.max_body_bytes.
+    let mut huge = status_body(DEP_A, "failed", Some(v));
+    huge["padding"] = "x".repeat(8192).into();
+    device
+        .post_json(Method::POST, &status_path, &huge)
+        .await
+        .problem(StatusCode::PAYLOAD_TOO_LARGE);
+    // 415: not JSON.
+    device
+        .send(
+            Method::POST,
+            &status_path,
+            &[("content-type", "text/plain")],
+            good.clone(),
+            Sign::Yes,
+        )
+        .await
+        .problem(StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // 400: malformed JSON.
+    device
+        .send(
+            Method::POST,
+            &status_path,
+            json_ct,
+            b"{not json".to_vec(),
+            Sign::Yes,
+        )
+        .await
+        .problem(StatusCode::BAD_REQUEST);
+    // 422: status rules, id mismatch, wrong shape, a version never issued,
+    // invalid capabilities, capabilities id mismatch.
+    let mut mismatch = status_body(DEP_A, "installed", Some(v));
+    mismatch["status"]["state"] = "failed".into();
+    let unprocessable = [
+        (status_path.clone(), mismatch),
+        (
+            status_path.clone(),
+            status_body(DEP_B, "installed", Some(v)),
+        ),
+        (
+            status_path.clone(),
+            serde_json::json!({"deploymentId": DEP_A}),
+        ),
+        (
+            status_path.clone(),
+            status_body(DEP_A, "installed", Some(v + 5)),
+        ),
+        (
+            format!("{caps}/gw"),
+            serde_json::json!({"apiVersion": "device.margo.org/v1alpha1", "kind": "DeviceCapabilitiesManifest",
+                "properties": {"id": "gw", "vendor": "", "modelNumber": "E1", "serialNumber": "1", "memory": "lots"}}),
+        ),
+        (format!("{caps}/gw"), capabilities_body("other")),
+    ];
+    for (path, body) in unprocessable {
+        device
+            .post_json(Method::POST, &path, &body)
+            .await
+            .problem(StatusCode::UNPROCESSABLE_ENTITY);
+    }
+    // 409: a stale (replayed) status for an older manifest version.
+    admin
+        .deploy(
+            bundle.client_id.as_str(),
+            vec![yaml(DEP_A, "app-a", "https://example.com/a3.tar.gz")],
+        )
+        .await
+        .expect("update");
+    device
+        .post_json(
+            Method::POST,
+            &status_path,
+            &status_body(DEP_A, "installed", Some(v + 1)),
+        )
+        .await
+        .ok();
+    let after_update = admin
+        .status(Some(bundle.client_id.as_str()))
+        .await
+        .expect("status");
+    device
+        .post_json(
+            Method::POST,
+            &status_path,
+            &status_body(DEP_A, "failed", Some(v)),
+        )
+        .await
+        .problem(StatusCode::CONFLICT);
+    let still = admin
+        .status(Some(bundle.client_id.as_str()))
+        .await
+        .expect("status");
+    assert_eq!(
+        still[0].deployments, after_update[0].deployments,
+        "nothing stored on refusal"
+    );
+    assert_ne!(before[0].deployments, after_update[0].deployments);
+
+    // Reads: unsigned → 400 (require_signed_reads), malformed client id → 400,
+    // unknown client → 404, unknown route → 404 problem, wrong method → 405.
+    device
+        .send(
+            Method::GET,
+            &device.path("/deployments"),
+            &[],
+            Vec::new(),
+            Sign::No,
+        )
+        .await
+        .problem(StatusCode::BAD_REQUEST);
+    device
+        .get("/api/v1/clients/Bad-Id/deployments", &[])
+        .await
+        .problem(StatusCode::BAD_REQUEST);
+    device
+        .get("/api/v1/clients/zzzzzzzz/deployments", &[])
+        .await
+        .problem(StatusCode::NOT_FOUND);
+    device
+        .send(
+            Method::DELETE,
+            &device.path("/deployments"),
+            &[],
+            Vec::new(),
+            Sign::Yes,
+        )
+        .await
+        .problem(StatusCode::METHOD_NOT_ALLOWED);
+
+    // 403: revoked client, on reads and reports.
+    admin
+        .revoke(bundle.client_id.as_str())
+        .await
+        .expect("revoke");
+    device
+        .get(&device.path("/deployments"), &[])
+        .await
+        .problem(StatusCode::FORBIDDEN);
+    device
+        .post_json(
+            Method::POST,
+            &status_path,
+            &status_body(DEP_A, "installed", Some(v + 1)),
+        )
+        .await
+        .problem(StatusCode::FORBIDDEN);
+
+    manager.shutdown().await;
+}
+
+/// Every route the router serves is in `manager/openapi.yaml`, and every
+/// path and method there is served.
+#[test]
+fn openapi_document_matches_the_router() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml"))
+        .expect("manager/openapi.yaml");
+    let doc: serde_json::Value = serde_norway::from_str(&text).expect("OpenAPI YAML");
+    assert!(doc["openapi"]
+        .as_str()
+        .is_some_and(|v| v.starts_with("3.0")));
+    let mut documented = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for method in item.as_object().expect("path item").keys() {
+            documented.insert((method.to_uppercase(), path.clone()));
+        }
+    }
+    let served: BTreeSet<(String, String)> = margo_manager::http::route_table()
+        .into_iter()
+        .map(|(m, p)| (m.as_str().to_string(), p))
+        .collect();
+    assert_eq!(
+        documented, served,
+        "manager/openapi.yaml and http::api_routes list different routes"
+    );
+}
