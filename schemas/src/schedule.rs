@@ -324,8 +324,12 @@ fn parse_time_of_day(value: &str, allow_24: bool) -> Option<u16> {
 }
 
 fn parse_window(field: &str, start: &str, end: &str) -> Result<MinuteWindow, ScheduleError> {
-    let s = parse_time_of_day(start, false)
-        .ok_or_else(|| err(format!("{field}.start"), Problem::MalformedTime(start.into())))?;
+    let s = parse_time_of_day(start, false).ok_or_else(|| {
+        err(
+            format!("{field}.start"),
+            Problem::MalformedTime(start.into()),
+        )
+    })?;
     let e = parse_time_of_day(end, true)
         .ok_or_else(|| err(format!("{field}.end"), Problem::MalformedTime(end.into())))?;
     if s == e {
@@ -369,8 +373,12 @@ impl TryFrom<Schedule> for ValidSchedule {
     type Error = ScheduleError;
 
     fn try_from(source: Schedule) -> Result<Self, Self::Error> {
-        let tz = TimeZone::get(&source.time_zone)
-            .map_err(|_| err("time_zone", Problem::UnknownTimeZone(source.time_zone.clone())))?;
+        let tz = TimeZone::get(&source.time_zone).map_err(|_| {
+            err(
+                "time_zone",
+                Problem::UnknownTimeZone(source.time_zone.clone()),
+            )
+        })?;
 
         let rate_text = source.polling.rate.as_str();
         let rate = humantime::parse_duration(rate_text).map_err(|e| {
@@ -425,7 +433,10 @@ impl TryFrom<Schedule> for ValidSchedule {
                     let mut set = 0u8;
                     for (k, day) in days.iter().enumerate() {
                         let bit = parse_day(day).ok_or_else(|| {
-                            err(format!("{field}.days[{k}]"), Problem::UnknownDay(day.clone()))
+                            err(
+                                format!("{field}.days[{k}]"),
+                                Problem::UnknownDay(day.clone()),
+                            )
                         })?;
                         if set & (1 << bit) != 0 {
                             return Err(err(
@@ -449,7 +460,8 @@ impl TryFrom<Schedule> for ValidSchedule {
         }
 
         Ok(ValidSchedule {
-            rate_nanos: i128::from(rate.as_secs()) * NANOS_PER_SEC + i128::from(rate.subsec_nanos()),
+            rate_nanos: i128::from(rate.as_secs()) * NANOS_PER_SEC
+                + i128::from(rate.subsec_nanos()),
             source,
             tz,
             period,
@@ -542,7 +554,9 @@ impl ValidSchedule {
         match self.tz.to_ambiguous_timestamp(dt).offset() {
             AmbiguousOffset::Unambiguous { offset } => offset.to_timestamp(dt).ok(),
             AmbiguousOffset::Fold { before, .. } => before.to_timestamp(dt).ok(),
-            AmbiguousOffset::Gap { after, .. } => self.transition_after(after.to_timestamp(dt).ok()?),
+            AmbiguousOffset::Gap { after, .. } => {
+                self.transition_after(after.to_timestamp(dt).ok()?)
+            }
         }
     }
 
@@ -553,7 +567,9 @@ impl ValidSchedule {
         match self.tz.to_ambiguous_timestamp(dt).offset() {
             AmbiguousOffset::Unambiguous { offset } => offset.to_timestamp(dt).ok(),
             AmbiguousOffset::Fold { after, .. } => after.to_timestamp(dt).ok(),
-            AmbiguousOffset::Gap { after, .. } => self.transition_after(after.to_timestamp(dt).ok()?),
+            AmbiguousOffset::Gap { after, .. } => {
+                self.transition_after(after.to_timestamp(dt).ok()?)
+            }
         }
     }
 
@@ -661,9 +677,13 @@ impl ValidSchedule {
             if found_on.is_some_and(|f| i > f + 3) {
                 break;
             }
-            let Some(date) = add_days(first, i) else { break };
+            let Some(date) = add_days(first, i) else {
+                break;
+            };
             for &w in &self.period {
-                let Some((a, e)) = self.occurrence(date, w) else { continue };
+                let Some((a, e)) = self.occurrence(date, w) else {
+                    continue;
+                };
                 let (a, e) = (a.as_nanosecond(), e.as_nanosecond());
                 if e <= tn {
                     continue;
@@ -696,9 +716,13 @@ impl ValidSchedule {
             if found_on.is_some_and(|f| i > f + 3) {
                 break;
             }
-            let Some(date) = add_days(last, -i) else { break };
+            let Some(date) = add_days(last, -i) else {
+                break;
+            };
             for &w in &self.period {
-                let Some((a, e)) = self.occurrence(date, w) else { continue };
+                let Some((a, e)) = self.occurrence(date, w) else {
+                    continue;
+                };
                 let (a, e) = (a.as_nanosecond(), e.as_nanosecond());
                 if a >= tn {
                     continue;

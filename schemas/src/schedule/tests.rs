@@ -45,16 +45,13 @@ fn checks(s: &ValidSchedule, from: Timestamp, to: Timestamp) -> Vec<Timestamp> {
             break;
         }
         out.push(c);
-        t = c + SignedDurationExt::nanos(1);
+        t = c + nanos(1);
     }
     out
 }
 
-struct SignedDurationExt;
-impl SignedDurationExt {
-    fn nanos(n: i64) -> jiff::SignedDuration {
-        jiff::SignedDuration::from_nanos(n)
-    }
+fn nanos(n: i64) -> jiff::SignedDuration {
+    jiff::SignedDuration::from_nanos(n)
 }
 
 fn mins(n: i64) -> jiff::SignedDuration {
@@ -85,8 +82,14 @@ fn defaults_are_all_day_every_15_minutes_persistent() {
     assert_eq!(s.to_string(), "UTC; polling all day every 15m; persistent");
     let t = utc("2026-05-05T10:07:00Z");
     assert!(s.may_communicate(t));
-    assert_eq!(s.next_check_at_or_after(t), Some(utc("2026-05-05T10:15:00Z")));
-    assert_eq!(s.last_expected_check_before(t), Some(utc("2026-05-05T10:00:00Z")));
+    assert_eq!(
+        s.next_check_at_or_after(t),
+        Some(utc("2026-05-05T10:15:00Z"))
+    );
+    assert_eq!(
+        s.last_expected_check_before(t),
+        Some(utc("2026-05-05T10:00:00Z"))
+    );
     assert_eq!(s.next_change_after(t), None);
 }
 
@@ -206,7 +209,10 @@ fn validation_errors_name_the_field() {
     let e = invalid(
         "time_zone = \"UTC\"\n[[downtime]]\nkind = \"one-off\"\nstart = \"2026-06-02T00:00:00\"\nend = \"2026-06-03T00:00:00Z\"",
     );
-    assert_eq!(e.field, "downtime[0].start", "an instant needs an offset: {e}");
+    assert_eq!(
+        e.field, "downtime[0].start",
+        "an instant needs an offset: {e}"
+    );
     assert!(matches!(e.problem, Problem::MalformedInstant { .. }), "{e}");
 }
 
@@ -255,7 +261,7 @@ fn office_hours_give_40_checks_per_weekday_and_none_at_weekends() {
     // 18:00 is the end, excluded.
     let six = local(&s, date(2026, 6, 3).at(18, 0, 0, 0));
     assert!(!s.may_communicate(six));
-    assert!(s.may_communicate(six - SignedDurationExt::nanos(1)));
+    assert!(s.may_communicate(six - nanos(1)));
     assert_eq!(s.in_downtime(fri), None);
     let sat = local(&s, date(2026, 6, 6).at(10, 0, 0, 0));
     assert_eq!(s.in_downtime(sat).map(|d| d.index), Some(0));
@@ -271,7 +277,11 @@ fn night_only_window_crosses_midnight() {
         "time_zone = \"America/New_York\"\n[polling]\nperiod = [{ start = \"22:00\", end = \"05:00\" }]\nrate = \"1h\"",
     );
     let d = date(2026, 6, 10);
-    let got = checks(&s, local(&s, d.at(12, 0, 0, 0)), local(&s, d.at(12, 0, 0, 0)) + mins(24 * 60));
+    let got = checks(
+        &s,
+        local(&s, d.at(12, 0, 0, 0)),
+        local(&s, d.at(12, 0, 0, 0)) + mins(24 * 60),
+    );
     let want: Vec<Timestamp> = [22, 23]
         .iter()
         .map(|h| local(&s, d.at(*h, 0, 0, 0)))
@@ -320,7 +330,11 @@ end = "06:00"
         s.last_expected_check_before(mon6),
         Some(local(&s, date(2026, 6, 5).at(23, 30, 0, 0)))
     );
-    assert_eq!(s.in_downtime(local(&s, date(2026, 6, 8).at(5, 59, 0, 0))).map(|d| d.index), Some(1));
+    assert_eq!(
+        s.in_downtime(local(&s, date(2026, 6, 8).at(5, 59, 0, 0)))
+            .map(|d| d.index),
+        Some(1)
+    );
 
     // The same with a weekly window that crosses midnight: Sunday 12:00 to
     // Monday 06:00.
@@ -370,18 +384,27 @@ end = "2026-07-03T12:00:00+02:00"
     );
     let start = utc("2026-07-01T10:00:00Z");
     let end = utc("2026-07-03T10:00:00Z");
-    assert!(s.may_communicate(start - SignedDurationExt::nanos(1)));
+    assert!(s.may_communicate(start - nanos(1)));
     assert!(!s.may_communicate(start));
     assert!(s.in_downtime(start).is_some());
     assert!(s.in_downtime(end).is_none());
     assert_eq!(s.next_change_after(start - mins(10)), Some(start));
     assert_eq!(s.next_change_after(start), Some(end));
     assert_eq!(s.next_check_at_or_after(start), Some(end));
-    assert_eq!(s.last_expected_check_before(end), Some(utc("2026-07-01T09:45:00Z")));
+    assert_eq!(
+        s.last_expected_check_before(end),
+        Some(utc("2026-07-01T09:45:00Z"))
+    );
     assert!(checks(&s, start, end).is_empty());
     // Before and after it the downtime changes nothing.
-    assert_eq!(checks(&s, utc("2026-06-30T00:00:00Z"), utc("2026-07-01T00:00:00Z")).len(), 40);
-    assert_eq!(checks(&s, utc("2026-07-04T00:00:00Z"), utc("2026-07-05T00:00:00Z")).len(), 40);
+    assert_eq!(
+        checks(&s, utc("2026-06-30T00:00:00Z"), utc("2026-07-01T00:00:00Z")).len(),
+        40
+    );
+    assert_eq!(
+        checks(&s, utc("2026-07-04T00:00:00Z"), utc("2026-07-05T00:00:00Z")).len(),
+        40
+    );
 }
 
 // ----- DST ---------------------------------------------------------------
@@ -559,13 +582,15 @@ impl Gen {
                     start: hhmm(s),
                     end: hhmm(e),
                 })
-                .chain(self.weekly.iter().map(|&(days, s, e)| Downtime::Weekly {
-                    days: (0..7)
-                        .filter(|i| days & (1 << i) != 0)
-                        .map(|i| DAY_NAMES[i].to_string())
-                        .collect(),
-                    start: hhmm(s),
-                    end: hhmm(e),
+                .chain(self.weekly.iter().map(|&(days, s, e)| {
+                    Downtime::Weekly {
+                        days: (0..7)
+                            .filter(|i| days & (1 << i) != 0)
+                            .map(|i| DAY_NAMES[i].to_string())
+                            .collect(),
+                        start: hhmm(s),
+                        end: hhmm(e),
+                    }
                 }))
                 .chain(self.one_off.map(|(s, len)| {
                     let start = utc("2026-01-01T00:00:00Z") + jiff::SignedDuration::from_mins(s);
@@ -616,7 +641,13 @@ fn gen() -> impl Strategy<Value = Gen> {
     (
         prop::sample::select(ZONES),
         prop::collection::vec(window(), 0..4),
-        prop_oneof![Just(60u64), Just(900), Just(3600), Just(7 * 60 + 13), 1u64..20_000],
+        prop_oneof![
+            Just(60u64),
+            Just(900),
+            Just(3600),
+            Just(7 * 60 + 13),
+            1u64..20_000
+        ],
         prop::collection::vec(window(), 0..2),
         prop::collection::vec((1u8..128, minute(), minute()), 0..2),
         prop::option::of((0i64..(800 * 24 * 60), 1i64..(3 * 24 * 60))),
@@ -677,7 +708,7 @@ proptest! {
             prop_assert!(s.may_communicate(c1), "check {} is not allowed", c1);
             // It is a fixed point, and the previous check before just after it is itself.
             prop_assert_eq!(s.next_check_at_or_after(c1), Some(c1));
-            prop_assert_eq!(s.last_expected_check_before(c1 + SignedDurationExt::nanos(1)), Some(c1));
+            prop_assert_eq!(s.last_expected_check_before(c1 + nanos(1)), Some(c1));
             // Nothing between t1 and c1 is a check.
             if let Some(prev) = s.last_expected_check_before(c1) {
                 prop_assert!(prev < t1, "check {} lies between {} and {}", prev, t1, c1);
@@ -700,7 +731,7 @@ proptest! {
         if let Some(c) = s.last_expected_check_before(t) {
             prop_assert!(c < t);
             prop_assert!(s.may_communicate(c));
-            let next = s.next_check_at_or_after(c + SignedDurationExt::nanos(1));
+            let next = s.next_check_at_or_after(c + nanos(1));
             prop_assert!(next.is_none_or(|n| n >= t), "check {:?} between {} and {}", next, c, t);
         }
     }
@@ -718,7 +749,7 @@ proptest! {
                 let probe = ts_from_nanos(t.as_nanosecond() + span * i / 64).expect("probe");
                 prop_assert_eq!(s.may_communicate(probe), now, "flipped early at {}", probe);
             }
-            prop_assert_eq!(s.may_communicate(c - SignedDurationExt::nanos(1)), now);
+            prop_assert_eq!(s.may_communicate(c - nanos(1)), now);
         } else {
             // Never changes again: sample the next three days.
             for h in 0..72 {
