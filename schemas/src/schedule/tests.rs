@@ -758,3 +758,44 @@ proptest! {
         }
     }
 }
+
+// ----- the example files in config/schedules -------------------------------
+
+#[test]
+fn example_files_behave_as_their_comments_say() {
+    let office = valid(include_str!("../../../config/schedules/office-hours.toml"));
+    let d = date(2026, 12, 23); // Wednesday
+    let day = |s: &ValidSchedule, d: Date| {
+        checks(s, local(s, d.at(0, 0, 0, 0)), local(s, d.at(23, 59, 0, 0)))
+    };
+    assert_eq!(day(&office, d).len(), 40);
+    assert_eq!(day(&office, date(2026, 12, 24)).len(), 0, "holiday");
+    assert_eq!(day(&office, date(2026, 12, 26)).len(), 0, "Saturday");
+    assert_eq!(day(&office, date(2026, 12, 28)).len(), 40, "Monday");
+
+    let night = valid(include_str!("../../../config/schedules/night-only.toml"));
+    let from = local(&night, date(2026, 6, 10).at(12, 0, 0, 0));
+    let got = checks(&night, from, from + mins(24 * 60));
+    assert_eq!(got.len(), 13);
+    assert_eq!(got[0], local(&night, date(2026, 6, 10).at(22, 0, 0, 0)));
+    assert!(got.contains(&local(&night, date(2026, 6, 11).at(1, 30, 0, 0))));
+    assert!(!got.contains(&local(&night, date(2026, 6, 11).at(2, 0, 0, 0))));
+    assert_eq!(got[12], local(&night, date(2026, 6, 11).at(4, 30, 0, 0)));
+
+    let weekend = valid(include_str!("../../../config/schedules/maintenance-weekend.toml"));
+    assert_eq!(weekend.connection(), ConnectionMode::Persistent);
+    let fri = local(&weekend, date(2026, 9, 11).at(23, 57, 0, 0));
+    let sat = local(&weekend, date(2026, 9, 12).at(0, 0, 0, 0));
+    let mon6 = local(&weekend, date(2026, 9, 14).at(6, 0, 0, 0));
+    assert_eq!(weekend.next_change_after(fri), Some(sat));
+    assert_eq!(weekend.next_change_after(sat), Some(mon6));
+    assert_eq!(weekend.next_check_at_or_after(sat), Some(mon6));
+    let mon = date(2026, 9, 14);
+    assert_eq!(day(&weekend, mon).len(), 18 * 12, "06:00 to 24:00 every 5 minutes");
+    let shutdown = utc("2027-01-19T07:00:00Z");
+    assert_eq!(weekend.in_downtime(shutdown).map(|d| d.index), Some(2));
+    assert_eq!(
+        weekend.next_change_after(shutdown),
+        Some(utc("2027-01-21T07:00:00Z"))
+    );
+}
