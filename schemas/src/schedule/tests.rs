@@ -782,7 +782,9 @@ fn example_files_behave_as_their_comments_say() {
     assert!(!got.contains(&local(&night, date(2026, 6, 11).at(2, 0, 0, 0))));
     assert_eq!(got[12], local(&night, date(2026, 6, 11).at(4, 30, 0, 0)));
 
-    let weekend = valid(include_str!("../../../config/schedules/maintenance-weekend.toml"));
+    let weekend = valid(include_str!(
+        "../../../config/schedules/maintenance-weekend.toml"
+    ));
     assert_eq!(weekend.connection(), ConnectionMode::Persistent);
     let fri = local(&weekend, date(2026, 9, 11).at(23, 57, 0, 0));
     let sat = local(&weekend, date(2026, 9, 12).at(0, 0, 0, 0));
@@ -791,7 +793,11 @@ fn example_files_behave_as_their_comments_say() {
     assert_eq!(weekend.next_change_after(sat), Some(mon6));
     assert_eq!(weekend.next_check_at_or_after(sat), Some(mon6));
     let mon = date(2026, 9, 14);
-    assert_eq!(day(&weekend, mon).len(), 18 * 12, "06:00 to 24:00 every 5 minutes");
+    assert_eq!(
+        day(&weekend, mon).len(),
+        18 * 12,
+        "06:00 to 24:00 every 5 minutes"
+    );
     let shutdown = utc("2027-01-19T07:00:00Z");
     assert_eq!(weekend.in_downtime(shutdown).map(|d| d.index), Some(2));
     assert_eq!(
