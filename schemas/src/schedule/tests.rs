@@ -230,6 +230,23 @@ fn adjacent_windows_and_full_day_ends_are_accepted() {
     assert!(!s.may_communicate(utc("2026-01-02T00:00:00Z")));
 }
 
+#[test]
+fn all_day_checks_restart_at_local_midnight() {
+    let s = valid("time_zone = \"UTC\"\n[polling]\nrate = \"7h\"");
+    let got = checks(&s, utc("2026-05-05T00:00:00Z"), utc("2026-05-06T00:00:01Z"));
+    let want: Vec<Timestamp> = [
+        "2026-05-05T00:00:00Z",
+        "2026-05-05T07:00:00Z",
+        "2026-05-05T14:00:00Z",
+        "2026-05-05T21:00:00Z",
+        "2026-05-06T00:00:00Z",
+    ]
+    .iter()
+    .map(|t| utc(t))
+    .collect();
+    assert_eq!(got, want);
+}
+
 // ----- worked examples -----------------------------------------------------
 
 #[test]
@@ -781,6 +798,16 @@ fn example_files_behave_as_their_comments_say() {
     assert!(got.contains(&local(&night, date(2026, 6, 11).at(1, 30, 0, 0))));
     assert!(!got.contains(&local(&night, date(2026, 6, 11).at(2, 0, 0, 0))));
     assert_eq!(got[12], local(&night, date(2026, 6, 11).at(4, 30, 0, 0)));
+
+    let noon = local(&night, date(2026, 6, 10).at(12, 0, 0, 0));
+    assert_eq!(
+        night.next_change_after(noon),
+        Some(local(&night, date(2026, 6, 10).at(22, 0, 0, 0)))
+    );
+    assert_eq!(
+        night.next_change_after(local(&night, date(2026, 6, 10).at(23, 0, 0, 0))),
+        Some(local(&night, date(2026, 6, 11).at(2, 0, 0, 0)))
+    );
 
     let weekend = valid(include_str!(
         "../../../config/schedules/maintenance-weekend.toml"
