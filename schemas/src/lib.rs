@@ -1,5 +1,6 @@
 //! Margo wire and domain types for margo-mqtt: identifiers, topics, digests,
-//! the Margo objects, the bounded CBOR codec and COSE_Sign1 signing.
+//! the Margo objects, the bounded CBOR codec, COSE_Sign1 signing and the
+//! communication schedule.
 //!
 //! This crate does no I/O and runs no async runtime.
 
@@ -16,5 +17,6 @@ pub mod manifest;
 pub mod messages;
 pub mod onboarding;
 pub mod pki;
+pub mod schedule;
 pub mod status;
 pub mod topics;

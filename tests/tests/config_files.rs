@@ -72,6 +72,11 @@ fn every_config_file_is_parsed_by_a_test() {
             "mosquitto/mosquitto.conf" => check_mosquitto_conf(&text),
             "mosquitto/margo.acl" => check_acl(&text),
             r if r.starts_with("examples/") && r.ends_with(".yaml") => {}
+            // Schedules: the table embedded in the agent's config and sent
+            // by `margoctl clients schedule --file`.
+            r if r.starts_with("schedules/") && r.ends_with(".toml") => {
+                check_schedule(&rel, &text);
+            }
             other => panic!("config/{other} is not checked by any test: add it here"),
         }
     }
@@ -105,6 +110,27 @@ fn example_configs_state_the_real_defaults() {
         file, expected,
         "margo-agent.toml differs from the defaults in more than the capabilities vendor, model and serial"
     );
+}
+
+#[test]
+fn the_three_example_schedules_are_there() {
+    for name in [
+        "office-hours.toml",
+        "night-only.toml",
+        "maintenance-weekend.toml",
+    ] {
+        let path = config_dir().join("schedules").join(name);
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        check_schedule(name, &text);
+    }
+}
+
+/// Parses a schedule file as `margo_schemas::schedule::Schedule` and validates it.
+fn check_schedule(rel: &str, text: &str) {
+    use margo_schemas::schedule::{Schedule, ValidSchedule};
+    let schedule: Schedule = toml::from_str(text).unwrap_or_else(|e| panic!("{rel}: {e}"));
+    ValidSchedule::try_from(schedule).unwrap_or_else(|e| panic!("{rel}: {e}"));
 }
 
 /// The settings that keep devices isolated and sessions persistent.
