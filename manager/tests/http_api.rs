@@ -5,17 +5,12 @@
 //! listener to compare the HTTP manifest with the retained, signed MQTT one.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{HeaderMap, Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::{Method, StatusCode};
 use margo_manager::admin::ProvisionedBundle;
 use margo_manager::{Manager, ManagerConfig, ManagerHandle};
 use margo_schemas::cose::VerifyingKey;
@@ -24,21 +19,15 @@ use margo_schemas::http_sig::{PayloadSigner, CONTENT_DIGEST, PAYLOAD_SIGNATURE};
 use margo_schemas::ids::ClientId;
 use margo_schemas::manifest::{StateManifest, MEDIA_TYPE};
 use margo_schemas::messages::{Envelope, Message};
-use margo_schemas::pki::{certs_from_pem, client_tls_config, pkcs8_from_pem};
+use margo_schemas::pki::{certs_from_pem, pkcs8_from_pem};
 use margo_schemas::topics;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use tokio::net::TcpStream;
 
-const WAIT: Duration = Duration::from_secs(20);
+mod common;
+use common::{within, Https, Reply};
+
 const DEP_A: &str = "a3e2f5dc-912e-494f-8395-52cf3769bc06";
 const DEP_B: &str = "b7e2f5dc-912e-494f-8395-52cf3769bc06";
-
-async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(WAIT, fut).await {
-        Ok(v) => v,
-        Err(_) => panic!("timed out after {WAIT:?} waiting for: {what}"),
-    }
-}
 
 fn config(dir: &Path) -> ManagerConfig {
     let mut config = ManagerConfig::with_data_dir(dir);
@@ -60,20 +49,7 @@ fn yaml(id: &str, name: &str, image: &str) -> String {
     )
 }
 
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Vec<u8>,
-}
-
 impl Reply {
-    fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    }
-
     /// Asserts `status` and an RFC 9457 problem body; returns its detail.
     fn problem(&self, status: StatusCode) -> String {
         assert_eq!(
@@ -106,8 +82,7 @@ impl Reply {
 
 /// An HTTPS client that trusts only the fleet CA and signs with a device key.
 struct Device {
-    addr: SocketAddr,
-    connector: tokio_rustls::TlsConnector,
+    https: Https,
     id: ClientId,
     signer: PayloadSigner,
 }
@@ -121,11 +96,9 @@ enum Sign {
 
 impl Device {
     fn new(addr: SocketAddr, bundle: &ProvisionedBundle) -> Self {
-        let tls = client_tls_config(bundle.ca_pem.as_bytes(), None).expect("client TLS config");
         let pkcs8 = pkcs8_from_pem(bundle.key_pem.as_bytes(), "device key").expect("pkcs8");
         Self {
-            addr,
-            connector: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+            https: Https::new(addr, &bundle.ca_pem),
             id: bundle.client_id.clone(),
             signer: PayloadSigner::from_pkcs8(&pkcs8).expect("signer"),
         }
@@ -139,54 +112,18 @@ impl Device {
         body: Vec<u8>,
         sign: Sign,
     ) -> Reply {
-        within(&format!("{method} {path}"), async {
-            let tcp = TcpStream::connect(self.addr).await.expect("TCP connect");
-            let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
-            let tls = self
-                .connector
-                .connect(name, tcp)
-                .await
-                .expect("TLS handshake");
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-                .await
-                .expect("HTTP handshake");
-            let driver = tokio::spawn(conn);
-            let mut builder = Request::builder()
-                .method(method)
-                .uri(path)
-                .header("host", "localhost");
-            let signed = match sign {
-                Sign::Yes => Some(self.signer.headers(&body).expect("sign")),
-                Sign::Over(other) => Some(self.signer.headers(&other).expect("sign")),
-                Sign::No => None,
-            };
-            if let Some((digest, signature)) = signed {
-                builder = builder
-                    .header(CONTENT_DIGEST, digest)
-                    .header(PAYLOAD_SIGNATURE, signature);
-            }
-            for (k, v) in headers {
-                builder = builder.header(*k, *v);
-            }
-            let request = builder.body(Full::new(Bytes::from(body))).expect("request");
-            let response = sender.send_request(request).await.expect("response");
-            let status = response.status();
-            let headers = response.headers().clone();
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .expect("body")
-                .to_bytes()
-                .to_vec();
-            driver.abort();
-            Reply {
-                status,
-                headers,
-                body,
-            }
-        })
-        .await
+        let signed = match sign {
+            Sign::Yes => Some(self.signer.headers(&body).expect("sign")),
+            Sign::Over(other) => Some(self.signer.headers(&other).expect("sign")),
+            Sign::No => None,
+        };
+        let mut all: Vec<(&str, String)> = Vec::new();
+        if let Some((digest, signature)) = signed {
+            all.push((CONTENT_DIGEST, digest));
+            all.push((PAYLOAD_SIGNATURE, signature));
+        }
+        all.extend(headers.iter().map(|(k, v)| (*k, v.to_string())));
+        self.https.send(method, path, &all, body).await
     }
 
     async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {

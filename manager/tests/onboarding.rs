@@ -5,16 +5,12 @@
 //! gateway with the issued identity.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{HeaderMap, Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::{Method, StatusCode};
 use margo_manager::{Manager, ManagerConfig, ManagerHandle};
 use margo_schemas::capabilities::{DeviceCapabilitiesManifest, DeviceProperties};
 use margo_schemas::cose::{SigningKey, VerifyingKey};
@@ -28,18 +24,12 @@ use margo_schemas::pki::{cert_info, certs_from_pem, client_tls_config, pkcs8_fro
 use margo_schemas::topics;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-const WAIT: Duration = Duration::from_secs(20);
-const DEPLOYMENT_ID: &str = "b7e2f5dc-912e-494f-8395-52cf3769bc06";
+mod common;
+use common::{within, Https, Reply};
 
-async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(WAIT, fut).await {
-        Ok(v) => v,
-        Err(_) => panic!("timed out after {WAIT:?} waiting for: {what}"),
-    }
-}
+const DEPLOYMENT_ID: &str = "b7e2f5dc-912e-494f-8395-52cf3769bc06";
 
 fn config(dir: &Path) -> ManagerConfig {
     let mut config = ManagerConfig::with_data_dir(dir);
@@ -61,12 +51,6 @@ async fn start(config: ManagerConfig) -> ManagerHandle {
 }
 
 // ---- HTTPS client ---------------------------------------------------------------
-
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Vec<u8>,
-}
 
 impl Reply {
     fn json(&self) -> serde_json::Value {
@@ -96,88 +80,33 @@ impl Reply {
         assert!(j["title"].is_string() && j["type"].is_string(), "{j}");
         j["detail"].as_str().expect("detail").to_string()
     }
-
-    fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    }
 }
 
-/// A hyper HTTP/1.1 client over tokio-rustls that trusts only `ca_pem`.
-struct Https {
-    addr: SocketAddr,
-    connector: tokio_rustls::TlsConnector,
-}
-
+/// Onboarding requests on top of the shared HTTPS client.
 impl Https {
-    fn new(addr: SocketAddr, ca_pem: &str) -> Self {
-        let tls = client_tls_config(ca_pem.as_bytes(), None).expect("client TLS config");
-        Self {
-            addr,
-            connector: tokio_rustls::TlsConnector::from(Arc::new(tls)),
-        }
-    }
-
-    async fn send(
+    /// Like [`Https::send`], adding `content-type: application/json` to a body.
+    async fn send_json(
         &self,
         method: Method,
         path: &str,
         headers: &[(&str, String)],
         body: Vec<u8>,
     ) -> Reply {
-        within(&format!("{method} {path}"), async {
-            let tcp = TcpStream::connect(self.addr).await.expect("TCP connect");
-            let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
-            let tls = self
-                .connector
-                .connect(name, tcp)
-                .await
-                .expect("TLS handshake");
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-                .await
-                .expect("HTTP handshake");
-            let driver = tokio::spawn(conn);
-            let mut builder = Request::builder()
-                .method(method)
-                .uri(path)
-                .header("host", "localhost");
-            for (k, v) in headers {
-                builder = builder.header(*k, v.as_str());
-            }
-            if !body.is_empty() {
-                builder = builder.header("content-type", "application/json");
-            }
-            let request = builder.body(Full::new(Bytes::from(body))).expect("request");
-            let response = sender.send_request(request).await.expect("response");
-            let status = response.status();
-            let headers = response.headers().clone();
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .expect("body")
-                .to_bytes()
-                .to_vec();
-            driver.abort();
-            Reply {
-                status,
-                headers,
-                body,
-            }
-        })
-        .await
+        let mut all = headers.to_vec();
+        if !body.is_empty() {
+            all.push(("content-type", "application/json".to_string()));
+        }
+        self.send(method, path, &all, body).await
     }
 
     async fn get(&self, path: &str) -> Reply {
-        self.send(Method::GET, path, &[], Vec::new()).await
+        self.send_json(Method::GET, path, &[], Vec::new()).await
     }
 
     /// POSTs `body` to /api/v1/onboarding with both signature headers.
     async fn post_signed(&self, body: Vec<u8>, signer: &PayloadSigner) -> Reply {
         let (digest, signature) = signer.headers(&body).expect("sign");
-        self.send(
+        self.send_json(
             Method::POST,
             "/api/v1/onboarding",
             &[(CONTENT_DIGEST, digest), (PAYLOAD_SIGNATURE, signature)],
@@ -848,7 +777,7 @@ async fn bad_requests_signatures_and_rejection() {
     let payload = body(&cert, None);
     let (_, signature) = device.signer.headers(&payload).expect("sign");
     let r = https
-        .send(
+        .send_json(
             Method::POST,
             "/api/v1/onboarding",
             &[(PAYLOAD_SIGNATURE, signature.clone())],
@@ -858,7 +787,7 @@ async fn bad_requests_signatures_and_rejection() {
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert!(r.detail().contains("Content-Digest"));
     let r = https
-        .send(
+        .send_json(
             Method::POST,
             "/api/v1/onboarding",
             &[
