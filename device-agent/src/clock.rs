@@ -1,13 +1,24 @@
-//! Time, read through one small trait so schedules and retries can later be
+//! Time, read through one small trait so schedules and retries can be
 //! driven by a simulated clock in tests.
 //!
-//! Monotonic instants are `tokio::time::Instant`, so tests using tokio's
-//! paused time work with [`SystemClock`] too.
+//! Two kinds of time:
+//! - Monotonic instants (`tokio::time::Instant`) for timeouts, keep-alive,
+//!   backoff and acks. Tests using tokio's paused time work with
+//!   [`SystemClock`] too.
+//! - Wall-clock time (Unix milliseconds) for message timestamps and for the
+//!   schedule: polling windows, checks and downtime are wall-clock facts.
+//!   [`Clock::sleep_until_unix_ms`] waits for a wall-clock instant.
+//!
+//! [`SimulatedClock`] keeps real monotonic time (so network timeouts behave)
+//! but lets a test set the wall clock, so days of schedule run in seconds.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// A boxed sleep future returned by [`Clock::sleep_until`].
@@ -25,7 +36,15 @@ pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
     fn sleep(&self, duration: Duration) -> Sleep {
         self.sleep_until(self.now() + duration)
     }
+    /// Completes once the wall clock reads `unix_ms` or later.
+    fn sleep_until_unix_ms(&self, unix_ms: u64) -> Sleep;
 }
+
+/// The longest single timer [`SystemClock::sleep_until_unix_ms`] arms before
+/// it reads the wall clock again: a device without a battery-backed clock
+/// may jump by years when NTP first syncs, and a suspended one stops
+/// monotonic time; neither may leave a schedule sleeping for the wrong span.
+pub const WALL_RECHECK: Duration = Duration::from_secs(60);
 
 /// The real clock (tokio timers, system wall clock).
 #[derive(Debug, Default, Clone, Copy)]
@@ -45,6 +64,120 @@ impl Clock for SystemClock {
 
     fn sleep_until(&self, deadline: Instant) -> Sleep {
         Box::pin(tokio::time::sleep_until(deadline))
+    }
+
+    fn sleep_until_unix_ms(&self, unix_ms: u64) -> Sleep {
+        let clock = *self;
+        Box::pin(async move {
+            loop {
+                let now = clock.unix_ms();
+                if now >= unix_ms {
+                    return;
+                }
+                let left = Duration::from_millis(unix_ms - now);
+                tokio::time::sleep(left.min(WALL_RECHECK)).await;
+            }
+        })
+    }
+}
+
+/// A clock whose wall time is set by the test; monotonic time is real.
+///
+/// [`SimulatedClock::next_wake`] tells the earliest wall-clock instant some
+/// task is sleeping for, so a test can run a schedule as a discrete-event
+/// simulation: wait until the agent is idle, then jump to its next wake-up.
+#[derive(Debug, Clone)]
+pub struct SimulatedClock {
+    inner: Arc<SimInner>,
+}
+
+#[derive(Debug)]
+struct SimInner {
+    wall: watch::Sender<u64>,
+    /// Pending wall-clock sleepers: deadline → how many.
+    sleepers: Mutex<BTreeMap<u64, usize>>,
+}
+
+impl SimulatedClock {
+    /// A clock whose wall time starts at `unix_ms`.
+    pub fn starting_at(unix_ms: u64) -> Self {
+        Self {
+            inner: Arc::new(SimInner {
+                wall: watch::Sender::new(unix_ms),
+                sleepers: Mutex::new(BTreeMap::new()),
+            }),
+        }
+    }
+
+    /// Sets the wall clock (forwards or backwards: real clocks jump too).
+    pub fn set_unix_ms(&self, unix_ms: u64) {
+        self.inner.wall.send_replace(unix_ms);
+    }
+
+    /// Moves the wall clock forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        let ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
+        self.inner.wall.send_modify(|now| *now = now.saturating_add(ms));
+    }
+
+    /// The earliest wall-clock instant a task sleeps for, if any.
+    pub fn next_wake(&self) -> Option<u64> {
+        lock(&self.inner.sleepers).keys().next().copied()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Unregisters a simulated sleeper when its future completes or is dropped.
+struct SleeperGuard {
+    inner: Arc<SimInner>,
+    deadline: u64,
+}
+
+impl Drop for SleeperGuard {
+    fn drop(&mut self) {
+        let mut sleepers = lock(&self.inner.sleepers);
+        if let Some(n) = sleepers.get_mut(&self.deadline) {
+            *n -= 1;
+            if *n == 0 {
+                sleepers.remove(&self.deadline);
+            }
+        }
+    }
+}
+
+impl Clock for SimulatedClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn unix_ms(&self) -> u64 {
+        *self.inner.wall.borrow()
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Sleep {
+        Box::pin(tokio::time::sleep_until(deadline))
+    }
+
+    fn sleep_until_unix_ms(&self, unix_ms: u64) -> Sleep {
+        let inner = Arc::clone(&self.inner);
+        let mut rx = inner.wall.subscribe();
+        *lock(&inner.sleepers).entry(unix_ms).or_insert(0) += 1;
+        let guard = SleeperGuard {
+            inner,
+            deadline: unix_ms,
+        };
+        Box::pin(async move {
+            let _guard = guard;
+            // The sender lives in `_guard.inner`, so `changed` never fails.
+            while *rx.borrow_and_update() < unix_ms {
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
     }
 }
 
@@ -101,6 +234,35 @@ pub fn jitter(d: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn simulated_wall_sleep_wakes_when_the_clock_reaches_it() {
+        let clock = SimulatedClock::starting_at(1_000);
+        assert_eq!(clock.next_wake(), None);
+        let sleep = clock.sleep_until_unix_ms(5_000);
+        let task = tokio::spawn(sleep);
+        tokio::task::yield_now().await;
+        assert_eq!(clock.next_wake(), Some(5_000));
+        clock.advance(Duration::from_millis(3_999));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!task.is_finished(), "woke before its wall-clock instant");
+        clock.set_unix_ms(5_000);
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("woke")
+            .expect("no panic");
+        assert_eq!(clock.next_wake(), None, "a finished sleeper unregisters");
+        // A dropped sleeper unregisters too.
+        drop(clock.sleep_until_unix_ms(9_000));
+        assert_eq!(clock.next_wake(), None);
+        // Already due: completes at once.
+        clock.sleep_until_unix_ms(10).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn system_wall_sleep_completes_for_a_past_instant() {
+        SystemClock.sleep_until_unix_ms(0).await;
+    }
 
     #[test]
     fn backoff_doubles_caps_and_resets() {
