@@ -274,6 +274,17 @@ impl Agent {
     /// write is committed when made, so nothing is left to flush.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), AgentError> {
         let parts = self.parts()?;
+        let local_schedule = self.config.local_schedule()?;
+        if let Some(schedule) = &local_schedule {
+            info!(
+                time_zone = schedule.time_zone_name(),
+                connection = %schedule.connection(),
+                rate = ?schedule.rate(),
+                downtime_windows = schedule.schedule().downtime.len(),
+                "communication follows the configured schedule"
+            );
+        }
+        let (_schedule_tx, schedule_rx) = watch::channel(local_schedule);
         let connection = Connection::new(
             ConnectionSettings {
                 broker: self.broker.clone(),
@@ -283,6 +294,9 @@ impl Agent {
                 reconnect_max: self.config.reconnect_max,
                 state_interval: self.config.state_interval,
                 max_message_bytes: self.config.max_message_bytes,
+                wake_spread: self.config.wake_spread,
+                check_timeout: self.config.check_timeout,
+                check_settle: self.config.check_settle,
             },
             ConnectionDeps {
                 identity: self.identity.clone(),
@@ -292,6 +306,7 @@ impl Agent {
                 clock: Arc::clone(&self.clock),
                 stats: Arc::clone(&self.stats),
                 snapshots: self.snapshots.clone(),
+                schedule: schedule_rx,
             },
         )?;
         info!(

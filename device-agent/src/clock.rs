@@ -117,7 +117,9 @@ impl SimulatedClock {
     /// Moves the wall clock forward by `by`.
     pub fn advance(&self, by: Duration) {
         let ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
-        self.inner.wall.send_modify(|now| *now = now.saturating_add(ms));
+        self.inner
+            .wall
+            .send_modify(|now| *now = now.saturating_add(ms));
     }
 
     /// The earliest wall-clock instant a task sleeps for, if any.
@@ -259,7 +261,7 @@ mod tests {
         clock.sleep_until_unix_ms(10).await;
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn system_wall_sleep_completes_for_a_past_instant() {
         SystemClock.sleep_until_unix_ms(0).await;
     }

@@ -93,6 +93,26 @@ pub struct AgentConfig {
     /// HTTPS onboarding with the fleet manager (`margo-agent onboard`, or
     /// before `run` when no identity bundle exists yet).
     pub onboarding: Option<OnboardingConfig>,
+    /// When the agent may communicate: polling period and rate, connection
+    /// mode, downtime (docs/schedule.md). None (and no `schedule_file`):
+    /// connected all the time. A schedule sent by the manager wins.
+    pub schedule: Option<margo_schemas::schedule::Schedule>,
+    /// Read the schedule from this TOML file instead (not with `[schedule]`).
+    pub schedule_file: Option<PathBuf>,
+    /// Each connection the schedule starts (a check, a polling period or
+    /// the end of a downtime window) waits a random extra delay up to this
+    /// (at most half the polling rate), so a fleet does not connect at
+    /// once. `0s` keeps exact check times.
+    #[serde(with = "humantime_serde")]
+    pub wake_spread: Duration,
+    /// In `per-check` mode, the longest a check may stay connected waiting
+    /// for the desired state and the outbox to settle.
+    #[serde(with = "humantime_serde")]
+    pub check_timeout: Duration,
+    /// In `per-check` mode, the quiet time (nothing received, outbox empty)
+    /// after which a check counts as synchronised.
+    #[serde(with = "humantime_serde")]
+    pub check_settle: Duration,
 }
 
 /// `[onboarding]`: where and how to onboard over HTTPS.
@@ -395,6 +415,11 @@ impl Default for AgentConfig {
             capabilities_interval: Duration::from_secs(3600),
             capabilities: CapabilitiesConfig::default(),
             onboarding: None,
+            schedule: None,
+            schedule_file: None,
+            wake_spread: Duration::from_secs(60),
+            check_timeout: Duration::from_secs(120),
+            check_settle: Duration::from_secs(2),
         }
     }
 }
@@ -458,6 +483,11 @@ impl AgentConfig {
 
     fn resolve_relative(&mut self, base: &Path) {
         for path in [&mut self.identity_dir, &mut self.data_dir] {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        }
+        if let Some(path) = &mut self.schedule_file {
             if path.is_relative() {
                 *path = base.join(&*path);
             }
@@ -653,7 +683,50 @@ impl AgentConfig {
         }
         self.runtime.compose.validate()?;
         self.runtime.helm.validate()?;
+        for (field, value) in [
+            ("check_timeout", self.check_timeout),
+            ("check_settle", self.check_settle),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(field, "must be greater than zero"));
+            }
+        }
+        if self.check_settle >= self.check_timeout {
+            return Err(invalid("check_settle", "must be less than check_timeout"));
+        }
+        self.local_schedule()?;
         Ok(())
+    }
+
+    /// The validated local schedule (`[schedule]` or `schedule_file`), if any.
+    pub fn local_schedule(
+        &self,
+    ) -> Result<Option<margo_schemas::schedule::ValidSchedule>, ConfigError> {
+        use margo_schemas::schedule::{Schedule, ValidSchedule};
+        let (schedule, field): (Schedule, String) = match (&self.schedule, &self.schedule_file) {
+            (None, None) => return Ok(None),
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "schedule_file",
+                    "set either [schedule] or schedule_file, not both",
+                ))
+            }
+            (Some(schedule), None) => (schedule.clone(), "schedule.".into()),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                let schedule = toml::from_str(&text).map_err(|source| ConfigError::Toml {
+                    path: path.clone(),
+                    source: Box::new(source),
+                })?;
+                (schedule, format!("schedule_file {}: ", path.display()))
+            }
+        };
+        ValidSchedule::try_from(schedule)
+            .map(Some)
+            .map_err(|e| invalid(&format!("{field}{}", e.field), e.problem.to_string()))
     }
 
     /// The redb file inside `data_dir`.
@@ -1013,6 +1086,10 @@ kubeconfig = "/etc/rancher/k3s/k3s.yaml"
                 Box::new(|c| c.runtime.helm.kube_context = Some(String::new())),
                 "runtime.helm.kube_context",
             ),
+            (
+                Box::new(|c| c.check_settle = c.check_timeout),
+                "check_settle",
+            ),
         ];
         for (change, field) in cases {
             let mut c = AgentConfig::default();
@@ -1027,6 +1104,44 @@ kubeconfig = "/etc/rancher/k3s/k3s.yaml"
         c.validate().unwrap();
         c.broker_url = Some("mqtts://gw.example.com".into());
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn schedule_inline_or_from_a_file_with_errors_naming_the_field() {
+        let c = AgentConfig::from_toml(
+            "version = 1\n[schedule]\ntime_zone = \"Europe/Berlin\"\nconnection = \"per-check\"\n[schedule.polling]\nperiod = [{ start = \"08:00\", end = \"18:00\" }]\nrate = \"15m\"\n",
+        )
+        .unwrap();
+        let schedule = c.local_schedule().unwrap().expect("a schedule");
+        assert_eq!(schedule.rate(), Duration::from_secs(900));
+
+        let bad = AgentConfig::from_toml("version = 1\n[schedule]\ntime_zone = \"Mars/Olympus\"\n")
+            .unwrap();
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.starts_with("schedule.time_zone:"), "{err}");
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("night.toml"),
+            "time_zone = \"UTC\"\n[polling]\nperiod = [{ start = \"22:00\", end = \"04:00\" }]\nrate = \"0s\"\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("agent.toml"),
+            "version = 1\nschedule_file = \"night.toml\"\n",
+        )
+        .unwrap();
+        let from_file = AgentConfig::load(&dir.path().join("agent.toml")).unwrap();
+        let err = from_file.validate().unwrap_err().to_string();
+        assert!(err.contains("night.toml: polling.rate"), "{err}");
+
+        let both = AgentConfig {
+            schedule: c.schedule.clone(),
+            schedule_file: Some(PathBuf::from("x.toml")),
+            ..AgentConfig::default()
+        };
+        assert_eq!(field_of(both.validate().unwrap_err()), "schedule_file");
+        assert!(AgentConfig::default().local_schedule().unwrap().is_none());
     }
 
     #[test]

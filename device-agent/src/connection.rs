@@ -27,6 +27,7 @@ use std::time::Duration;
 use margo_schemas::ids::ClientId;
 use margo_schemas::messages::{Message, SyncReason};
 use margo_schemas::pki::{self, PkiError};
+use margo_schemas::schedule::ValidSchedule;
 use margo_schemas::topics;
 use rumqttc::{
     AsyncClient, ClientError, ConnectReturnCode, ConnectionError, Event, EventLoop, LastWill,
@@ -34,6 +35,7 @@ use rumqttc::{
     Transport,
 };
 use rustls::AlertDescription;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, instrument, warn};
@@ -42,6 +44,7 @@ use crate::clock::{jitter, Backoff, Clock};
 use crate::config::BrokerUrl;
 use crate::identity::Identity;
 use crate::outbox::Uplink;
+use crate::plan::{AwayReason, Phase, Planner};
 use crate::reconcile::state_report;
 use crate::snapshot::{ConnectionStatus, Snapshots};
 use crate::stats::AgentStats;
@@ -85,6 +88,76 @@ pub struct ConnectionSettings {
     pub reconnect_max: Duration,
     pub state_interval: Duration,
     pub max_message_bytes: usize,
+    /// Random extra delay (at most) before a scheduled connect.
+    pub wake_spread: Duration,
+    /// `per-check`: longest time connected for one check.
+    pub check_timeout: Duration,
+    /// `per-check`: quiet time after which a check counts as settled.
+    pub check_settle: Duration,
+}
+
+/// What a session is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SessionKind {
+    /// Connected through a stretch the schedule allows (or for good).
+    Online,
+    /// One `per-check` check.
+    Check,
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SessionEnd {
+    Shutdown,
+    /// The schedule ended the stretch (downtime, end of the period).
+    Scheduled,
+    /// A `per-check` check settled or reached its bound.
+    CheckDone,
+}
+
+/// How a stretch away ended.
+#[derive(Debug)]
+enum AwayEnd {
+    Shutdown,
+    Woke,
+    ScheduleChanged(Option<ValidSchedule>),
+}
+
+/// What an event was, for the session loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Incoming {
+    ConnAck {
+        session_present: bool,
+    },
+    SubAck,
+    /// A message received or an ack of ours.
+    Exchange,
+    Other,
+}
+
+/// State carried across sessions.
+#[derive(Debug)]
+struct RunState {
+    state_due: Instant,
+    /// No session has ended yet since the process started.
+    first: bool,
+    revoked: bool,
+}
+
+/// Completes at the wall-clock instant, or never.
+async fn wall_sleep(clock: &Arc<dyn Clock>, until: Option<u64>) {
+    match until {
+        Some(at) => clock.sleep_until_unix_ms(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Completes at the instant, or never.
+async fn sleep_opt(clock: &Arc<dyn Clock>, at: Option<Instant>) {
+    match at {
+        Some(at) => clock.sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The connection task.
@@ -98,6 +171,7 @@ pub struct Connection {
     clock: Arc<dyn Clock>,
     stats: Arc<AgentStats>,
     snapshots: Snapshots,
+    schedule: watch::Receiver<Option<ValidSchedule>>,
 }
 
 /// Everything [`Connection::new`] needs besides settings.
@@ -109,6 +183,8 @@ pub struct ConnectionDeps {
     pub clock: Arc<dyn Clock>,
     pub stats: Arc<AgentStats>,
     pub snapshots: Snapshots,
+    /// The schedule in force (None: always connected); a new value re-plans.
+    pub schedule: watch::Receiver<Option<ValidSchedule>>,
 }
 
 impl Connection {
@@ -153,66 +229,223 @@ impl Connection {
             clock: deps.clock,
             stats: deps.stats,
             snapshots: deps.snapshots,
+            schedule: deps.schedule,
         })
     }
 
-    /// Runs until `shutdown`, then says `offline` and disconnects cleanly (if connected).
+    /// Runs until `shutdown`, following the schedule: connected while it
+    /// allows (or for each check), away otherwise. At shutdown it says
+    /// `offline` and disconnects cleanly (if connected).
     #[instrument(skip_all, fields(client_id = %self.client_id))]
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let (client, mut eventloop) = AsyncClient::new(self.options.clone(), REQUEST_CAPACITY);
+        let mut planner = Planner::new(self.schedule.borrow_and_update().clone());
+        let mut run = RunState {
+            state_due: self.clock.now() + self.settings.state_interval,
+            first: true,
+            revoked: false,
+        };
+        self.set_status(ConnectionStatus::Connecting);
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let now = self.clock.unix_ms();
+            let (kind, until) = match planner.phase(now) {
+                Phase::Online { until } => (SessionKind::Online, until),
+                Phase::Check { until } => (SessionKind::Check, until),
+                Phase::Away { until, why } => {
+                    match self.away(until, why, &shutdown, &mut run).await {
+                        AwayEnd::Shutdown => break,
+                        AwayEnd::ScheduleChanged(schedule) => planner.set_schedule(schedule),
+                        AwayEnd::Woke => {
+                            let delay = planner.wake_delay(self.settings.wake_spread);
+                            if !delay.is_zero() {
+                                debug!(?delay, "spreading the scheduled connect");
+                                tokio::select! {
+                                    () = shutdown.cancelled() => break,
+                                    () = self.clock.sleep(delay) => {}
+                                }
+                            }
+                        }
+                    }
+                    continue;
+                }
+            };
+            let end = self
+                .session(kind, until, &mut planner, &shutdown, &mut run)
+                .await;
+            run.first = false;
+            if kind == SessionKind::Check {
+                planner.check_done(now, self.clock.unix_ms());
+            }
+            if end == SessionEnd::Shutdown {
+                break;
+            }
+        }
+        self.set_status(ConnectionStatus::Stopped);
+        info!("connection stopped");
+    }
+
+    /// Not communicating until `until` (or a new schedule): no connection
+    /// attempt, nothing sent, nothing above `debug` logged about it. State
+    /// reports still go into the outbox and wait there.
+    async fn away(
+        &mut self,
+        until: Option<u64>,
+        why: AwayReason,
+        shutdown: &CancellationToken,
+        run: &mut RunState,
+    ) -> AwayEnd {
+        self.set_status(match why {
+            AwayReason::Downtime => ConnectionStatus::Downtime,
+            AwayReason::OutsidePollingPeriod | AwayReason::BetweenChecks => {
+                ConnectionStatus::Scheduled
+            }
+        });
+        self.snapshots.update(|s| s.next_contact_ms = until);
+        debug!(?why, until_ms = ?until, "not communicating until the schedule allows");
+        let result = loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break AwayEnd::Shutdown,
+                () = wall_sleep(&self.clock, until) => break AwayEnd::Woke,
+                changed = self.schedule.changed() => {
+                    if changed.is_ok() {
+                        break AwayEnd::ScheduleChanged(self.schedule.borrow_and_update().clone());
+                    }
+                    // The sender is gone: keep the schedule in force.
+                    std::future::pending::<()>().await;
+                }
+                () = self.clock.sleep_until(run.state_due) => {
+                    self.enqueue_state_report(&mut run.state_due);
+                }
+            }
+        };
+        self.snapshots.update(|s| s.next_contact_ms = None);
+        result
+    }
+
+    /// One stretch of communication: connect (with backoff), exchange, and
+    /// end at `until`, when a `per-check` check has settled or timed out, or
+    /// at shutdown. The first session of the process resumes the persistent
+    /// session and asks for a sync; later ones start clean, because the
+    /// retained topics hold exactly the current desired state and a device
+    /// away for days should fetch that once, not every intermediate version
+    /// a persistent session would have queued (docs/schedule.md).
+    async fn session(
+        &mut self,
+        kind: SessionKind,
+        mut until: Option<u64>,
+        planner: &mut Planner,
+        shutdown: &CancellationToken,
+        run: &mut RunState,
+    ) -> SessionEnd {
+        let mut options = self.options.clone();
+        options.set_clean_session(!run.first);
+        let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
         let notify = self.uplink.notifier();
         let mut state = ConnState::Connecting;
         let mut backoff = Backoff::new(self.settings.reconnect_min, self.settings.reconnect_max);
         let mut sent: HashMap<u64, Instant> = HashMap::new();
         let mut first_connack = true;
-        let mut state_due = self.clock.now() + self.settings.state_interval;
-        let mut revoked = false;
-        self.set_status(ConnectionStatus::Connecting);
-        loop {
-            let wake = self.next_wake(&sent, state_due);
+        let check_deadline = self.clock.now() + self.settings.check_timeout;
+        // `per-check`: when the check may count as settled (armed on SubAck,
+        // pushed back by every exchange).
+        let mut settle_at: Option<Instant> = None;
+        let quiet = !run.first;
+        if kind == SessionKind::Check {
+            debug!(until_ms = ?until, "scheduled check");
+        }
+        if !run.revoked {
+            self.set_status(ConnectionStatus::Connecting);
+        }
+        let end = loop {
+            let wake = self.next_wake(&sent, run.state_due);
+            let checking = kind == SessionKind::Check;
             match state {
-                ConnState::Backoff(until) => {
+                ConnState::Backoff(at) => {
                     tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = self.clock.sleep_until(until) => {
+                        () = shutdown.cancelled() => break SessionEnd::Shutdown,
+                        () = wall_sleep(&self.clock, until) => break SessionEnd::Scheduled,
+                        () = self.clock.sleep_until(check_deadline), if checking => {
+                            debug!("check ended at check_timeout without a connection");
+                            break SessionEnd::CheckDone;
+                        }
+                        () = self.clock.sleep_until(at) => {
                             state = ConnState::Connecting;
-                            if !revoked {
+                            if !run.revoked {
                                 self.set_status(ConnectionStatus::Connecting);
                             }
                         }
                         () = self.clock.sleep_until(wake) => {
-                            self.on_timer(&client, &mut sent, &mut state_due, false);
+                            self.on_timer(&client, &mut sent, &mut run.state_due, false);
                         }
                     }
                 }
                 ConnState::Connecting | ConnState::Connected => {
                     let connected = state == ConnState::Connected;
                     tokio::select! {
-                        () = shutdown.cancelled() => break,
+                        () = shutdown.cancelled() => break SessionEnd::Shutdown,
+                        () = wall_sleep(&self.clock, until) => break SessionEnd::Scheduled,
+                        () = self.clock.sleep_until(check_deadline), if checking => {
+                            let pending = self.uplink.lock().len();
+                            debug!(pending, "check ended at check_timeout before it settled");
+                            break SessionEnd::CheckDone;
+                        }
+                        () = sleep_opt(&self.clock, settle_at), if checking && connected && settle_at.is_some() => {
+                            if self.downlink.next_deadline().is_none() && self.uplink.lock().is_empty() {
+                                break SessionEnd::CheckDone;
+                            }
+                            settle_at = Some(self.clock.now() + self.settings.check_settle);
+                        }
+                        changed = self.schedule.changed() => {
+                            if changed.is_ok() {
+                                planner.set_schedule(self.schedule.borrow_and_update().clone());
+                                match (kind, planner.phase(self.clock.unix_ms())) {
+                                    (SessionKind::Online, Phase::Online { until: next }) => until = next,
+                                    // A check finishes under the new schedule; its next check follows it.
+                                    (SessionKind::Check, _) => {}
+                                    _ => break SessionEnd::Scheduled,
+                                }
+                            } else {
+                                // The sender is gone: the schedule in force stays.
+                                self.schedule = watch::channel(planner.schedule().cloned()).1;
+                            }
+                        }
                         event = eventloop.poll() => match event {
-                            Ok(event) => {
-                                if let Some(session_present) = self.on_event(&client, &mut eventloop, event, connected, &mut sent) {
+                            Ok(event) => match self.on_event(&client, &mut eventloop, event, connected, &mut sent) {
+                                Incoming::ConnAck { session_present } => {
                                     state = ConnState::Connected;
                                     backoff.reset();
-                                    if revoked {
-                                        revoked = false;
+                                    if run.revoked {
+                                        run.revoked = false;
                                         info!("the gateway accepts this device again (no longer revoked)");
                                     }
-                                    self.on_connack(&client, session_present, first_connack, &mut sent);
+                                    let ask_sync = if run.first && first_connack {
+                                        Some(SyncReason::Startup)
+                                    } else if run.first && !session_present {
+                                        Some(SyncReason::SessionLost)
+                                    } else {
+                                        None
+                                    };
+                                    self.on_connack(&client, session_present, ask_sync, quiet, &mut sent);
                                     first_connack = false;
                                 }
-                            }
+                                Incoming::SubAck | Incoming::Exchange if checking => {
+                                    settle_at = Some(self.clock.now() + self.settings.check_settle);
+                                }
+                                _ => {}
+                            },
                             Err(error) => {
                                 let delay = if is_revocation(&error) {
                                     // Slow retries only, in case the revocation is undone.
                                     let delay = jitter(self.settings.reconnect_max);
-                                    self.on_revoked(&error, revoked, delay);
-                                    revoked = true;
+                                    self.on_revoked(&error, run.revoked, delay);
+                                    run.revoked = true;
                                     delay
                                 } else {
                                     let delay = backoff.next_delay();
                                     self.on_error(&error, connected, backoff.attempts(), delay);
-                                    revoked = false;
+                                    run.revoked = false;
                                     delay
                                 };
                                 state = ConnState::Backoff(self.clock.now() + delay);
@@ -220,19 +453,22 @@ impl Connection {
                         },
                         () = notify.notified(), if connected => {
                             self.pump(&client, &mut sent);
+                            if checking && settle_at.is_some() {
+                                settle_at = Some(self.clock.now() + self.settings.check_settle);
+                            }
                         }
                         () = self.clock.sleep_until(wake) => {
-                            self.on_timer(&client, &mut sent, &mut state_due, connected);
+                            self.on_timer(&client, &mut sent, &mut run.state_due, connected);
                         }
                     }
                 }
             }
-        }
+        };
         if state == ConnState::Connected {
-            self.disconnect(&client, &mut eventloop).await;
+            self.disconnect(&client, &mut eventloop, end != SessionEnd::Shutdown)
+                .await;
         }
-        self.set_status(ConnectionStatus::Stopped);
-        info!("connection stopped");
+        end
     }
 
     fn set_status(&self, status: ConnectionStatus) {
@@ -242,7 +478,7 @@ impl Connection {
         });
     }
 
-    /// Handles one event; returns `Some(session_present)` on ConnAck.
+    /// Handles one event and says what kind it was.
     fn on_event(
         &mut self,
         client: &AsyncClient,
@@ -250,7 +486,7 @@ impl Connection {
         event: Event,
         connected: bool,
         sent: &mut HashMap<u64, Instant>,
-    ) -> Option<bool> {
+    ) -> Incoming {
         match event {
             Event::Incoming(Packet::ConnAck(ack)) => {
                 // rumqttc replays its own unacked publishes on a resumed session;
@@ -258,24 +494,26 @@ impl Connection {
                 eventloop
                     .pending
                     .retain(|r| !matches!(r, Request::Publish(_)));
-                Some(ack.session_present)
+                Incoming::ConnAck {
+                    session_present: ack.session_present,
+                }
             }
             Event::Incoming(Packet::Publish(publish)) => {
                 // Errors are counted and logged inside.
                 let _ = self
                     .downlink
                     .handle_publish(&publish.topic, &publish.payload);
-                None
+                Incoming::Exchange
             }
             Event::Incoming(Packet::PubAck(_)) if connected => {
                 self.pump(client, sent);
-                None
+                Incoming::Exchange
             }
             Event::Incoming(Packet::SubAck(ack)) => {
                 debug!(codes = ?ack.return_codes, "subscribed");
-                None
+                Incoming::SubAck
             }
-            _ => None,
+            _ => Incoming::Other,
         }
     }
 
@@ -283,11 +521,16 @@ impl Connection {
         &mut self,
         client: &AsyncClient,
         session_present: bool,
-        first: bool,
+        ask_sync: Option<SyncReason>,
+        quiet: bool,
         sent: &mut HashMap<u64, Instant>,
     ) {
         AgentStats::bump(&self.stats.connects);
-        info!(session_present, "connected");
+        if quiet {
+            debug!(session_present, "connected");
+        } else {
+            info!(session_present, "connected");
+        }
         self.set_status(ConnectionStatus::Connected);
         let filters = [
             SubscribeFilter::new(topics::desired_filter(&self.client_id), QoS::AtLeastOnce),
@@ -304,14 +547,7 @@ impl Connection {
         ) {
             warn!(%error, "could not queue the presence message");
         }
-        let reason = if first {
-            Some(SyncReason::Startup)
-        } else if !session_present {
-            Some(SyncReason::SessionLost)
-        } else {
-            None
-        };
-        if let Some(reason) = reason {
+        if let Some(reason) = ask_sync {
             // Logged inside; the outbox is the only thing that can fail here.
             let _ = self.downlink.request_sync(reason);
         }
@@ -372,24 +608,30 @@ impl Connection {
         state_due: &mut Instant,
         connected: bool,
     ) {
-        let now = self.clock.now();
         let _ = self.downlink.on_timer();
-        if now >= *state_due {
-            *state_due = now + self.settings.state_interval;
-            match state_report(&self.store) {
-                Ok(report) => {
-                    if let Err(error) = self.uplink.send(Message::State(report)) {
-                        warn!(%error, "could not enqueue the state report");
-                    }
-                }
-                Err(error) => warn!(%error, "could not read state for the report"),
-            }
-        }
+        self.enqueue_state_report(state_due);
         if connected {
             self.pump(client, sent);
         } else {
             // Nothing can be acked while disconnected; everything is resent on connect.
             sent.clear();
+        }
+    }
+
+    /// Puts a `state` report in the outbox when `state_due` has passed.
+    fn enqueue_state_report(&self, state_due: &mut Instant) {
+        let now = self.clock.now();
+        if now < *state_due {
+            return;
+        }
+        *state_due = now + self.settings.state_interval;
+        match state_report(&self.store) {
+            Ok(report) => {
+                if let Err(error) = self.uplink.send(Message::State(report)) {
+                    warn!(%error, "could not enqueue the state report");
+                }
+            }
+            Err(error) => warn!(%error, "could not read state for the report"),
         }
     }
 
@@ -428,7 +670,9 @@ impl Connection {
         }
     }
 
-    async fn disconnect(&self, client: &AsyncClient, eventloop: &mut EventLoop) {
+    /// Says `offline` and disconnects; `quiet` (a scheduled disconnect)
+    /// logs at debug only.
+    async fn disconnect(&self, client: &AsyncClient, eventloop: &mut EventLoop, quiet: bool) {
         let _ = client.try_publish(
             topics::presence(&self.client_id),
             QoS::AtLeastOnce,
@@ -447,6 +691,8 @@ impl Connection {
         .await;
         if drained.is_err() {
             debug!("broker did not take the disconnect in time");
+        } else if quiet {
+            debug!("disconnected cleanly (schedule)");
         } else {
             info!("disconnected cleanly");
         }

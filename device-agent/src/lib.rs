@@ -15,6 +15,7 @@ pub mod http;
 pub mod identity;
 pub mod onboard;
 pub mod outbox;
+pub mod plan;
 pub mod reconcile;
 pub mod runtime;
 pub mod snapshot;

@@ -27,6 +27,11 @@ pub enum ConnectionStatus {
     /// The gateway refused this device's certificate (revoked): no normal
     /// reconnects, only a slow retry every `reconnect_max`; nothing is applied.
     Revoked,
+    /// The schedule says not now (outside the polling period, or between
+    /// `per-check` checks): no connection attempts until `next_contact_ms`.
+    Scheduled,
+    /// Inside a planned downtime window: no connection attempts, nothing sent.
+    Downtime,
     /// Shut down.
     Stopped,
 }
@@ -49,6 +54,9 @@ pub struct AgentSnapshot {
     pub connection: ConnectionStatus,
     /// `connection == Connected`.
     pub connected: bool,
+    /// While `Scheduled` or `Downtime`: when the agent next communicates
+    /// (wall-clock ms; None: not under the schedule in force).
+    pub next_contact_ms: Option<u64>,
     /// The newest manifest accepted (all content present).
     pub accepted_manifest_version: u64,
     /// The newest manifest fully applied.

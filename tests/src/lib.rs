@@ -16,6 +16,8 @@ pub mod fleet;
 pub mod mosquitto;
 pub mod mqtt;
 pub mod pki;
+pub mod proxy;
+pub mod simagent;
 
 /// Logs go to the test output when `RUST_LOG` is set.
 pub fn init_tracing() {

@@ -1,0 +1,108 @@
+//! The schedule over simulated days: an in-process agent on a simulated wall
+//! clock against a real `margo-manager` process (embedded broker, device
+//! gateway, mutual TLS), with every connection counted by a TCP proxy in
+//! front of the gateway, never by the agent itself.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use jiff::civil::date;
+use jiff::tz::TimeZone;
+use margo_agent::plan::ms;
+use margo_tests::fleet::{deployment_yaml, wait_converged, write_file, ManagerProc};
+use margo_tests::simagent::SimAgent;
+
+const D1: &str = "11111111-1111-4111-8111-111111111111";
+const IDLE: Duration = Duration::from_secs(30);
+const CONVERGE: Duration = Duration::from_secs(60);
+
+/// Berlin local time → Unix ms, computed here independently of the agent.
+fn berlin(y: i16, m: i8, d: i8, h: i8, min: i8) -> u64 {
+    let zoned = date(y, m, d)
+        .at(h, min, 0, 0)
+        .to_zoned(TimeZone::get("Europe/Berlin").unwrap())
+        .unwrap();
+    ms(zoned.timestamp())
+}
+
+const OFFICE_HOURS: &str = r#"
+time_zone = "Europe/Berlin"
+connection = "per-check"
+[polling]
+period = [{ start = "08:00", end = "18:00" }]
+rate = "15m"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_check_office_hours_connect_exactly_at_each_check_for_two_days() -> Result<()> {
+    margo_tests::init_tracing();
+    let dir = tempfile::tempdir()?;
+    let manager = ManagerProc::start(dir.path(), "")?;
+    // Monday 2 March 2026, 00:00 in Berlin: outside the polling period.
+    let start = berlin(2026, 3, 2, 0, 0);
+    let mut agent = SimAgent::start(dir.path(), &manager, "office-1", start, |c| {
+        c.schedule = Some(toml::from_str(OFFICE_HOURS).unwrap());
+    })
+    .await?;
+
+    let mut expected = Vec::new();
+    for day in [2, 3] {
+        for k in 0..40 {
+            expected.push(berlin(2026, 3, day, 8, 0) + k * 15 * 60_000);
+        }
+    }
+    let evening = berlin(2026, 3, 2, 19, 0);
+    let next_morning = berlin(2026, 3, 3, 8, 0);
+    let end = berlin(2026, 3, 4, 0, 0);
+    let files = dir.path().join("yaml");
+    let mut deployed = false;
+    loop {
+        let next = agent.next_contact(IDLE).await?;
+        if next >= end {
+            break;
+        }
+        if !deployed && next > evening {
+            // 19:00: the operator deploys; the device is away until morning.
+            agent.clock.set_unix_ms(evening);
+            let before = agent.proxy.connections().len();
+            let v1 = write_file(
+                &files,
+                "a1.yaml",
+                &deployment_yaml(D1, "alpha", &["web"], 1),
+            )?;
+            manager.ctl(&["deploy", "office-1", &v1])?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            assert_eq!(
+                agent.proxy.connections().len(),
+                before,
+                "a deploy must not make a per-check device connect outside its checks"
+            );
+            assert_eq!(agent.handle.snapshots.borrow().accepted_manifest_version, 0);
+            assert_eq!(agent.next_contact(IDLE).await?, next_morning);
+            deployed = true;
+        }
+        agent.clock.set_unix_ms(next);
+        if next == next_morning {
+            // The first check of the next morning brings the deployment.
+            agent.next_contact(IDLE).await?;
+            let snapshot = agent.handle.snapshots.borrow().clone();
+            assert_eq!(
+                snapshot.accepted_manifest_version, 1,
+                "the 08:00 check applies what was deployed at 19:00"
+            );
+            assert!(snapshot.deployments.contains_key(D1), "{snapshot:?}");
+        }
+    }
+
+    let seen = agent.proxy.connections();
+    assert_eq!(
+        seen.len(),
+        expected.len(),
+        "one connection per check, 40 a day (08:00..17:45), none outside"
+    );
+    assert_eq!(seen, expected, "connections at exactly the check times");
+    // Everything the device reported reached the manager during its checks.
+    wait_converged(&manager, &["office-1"], 1, &[(D1, "installed")], CONVERGE).await?;
+    assert!(agent.handle.snapshots.borrow().outbox_len == 0);
+    agent.stop().await
+}
