@@ -165,7 +165,7 @@ pub fn uplink_topic(client: &ClientId, message: &Message) -> Result<String, Outb
         Message::State(_) => Ok(topics::state(client)),
         Message::Sync(_) => Ok(topics::sync(client)),
         Message::Capabilities(_) => Ok(topics::capabilities(client)),
-        Message::Manifest(_) | Message::Deployment(_) | Message::Ack(_) => {
+        Message::Manifest(_) | Message::Deployment(_) | Message::Ack(_) | Message::Config(_) => {
             Err(OutboxError::NotUplink(message.kind()))
         }
     }
@@ -551,6 +551,7 @@ mod tests {
             adopted_manifest_version: 0,
             agent_version: "t".into(),
             deployments: vec![],
+            schedule: None,
         })
     }
 

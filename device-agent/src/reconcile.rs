@@ -127,6 +127,7 @@ pub fn state_report(store: &Store) -> Result<StateReport, StoreError> {
             .filter(|(_, r)| r.running.is_some())
             .map(|(id, _)| id.clone())
             .collect(),
+        schedule: None,
     })
 }
 

@@ -297,7 +297,7 @@ pub fn verify(
         // still acknowledged so the device's outbox drains.
         Message::Capabilities(_) | Message::State(_) | Message::Sync(_) => {}
         // `fits_topic` already refuses downlink kinds on uplink topics.
-        Message::Manifest(_) | Message::Deployment(_) | Message::Ack(_) => {
+        Message::Manifest(_) | Message::Deployment(_) | Message::Ack(_) | Message::Config(_) => {
             return Err(fail(IngestError::NotUplink))
         }
     }

@@ -1086,7 +1086,10 @@ impl Store {
                         }
                         Message::Sync(_) => {}
                         // Downlink kinds never reach here (ingest rejects them first).
-                        Message::Manifest(_) | Message::Deployment(_) | Message::Ack(_) => {}
+                        Message::Manifest(_)
+                        | Message::Deployment(_)
+                        | Message::Ack(_)
+                        | Message::Config(_) => {}
                     }
                     result.outcomes.push(IngestOutcome::Stored);
                 }
@@ -1573,6 +1576,7 @@ mod tests {
                 adopted_manifest_version: adopted,
                 agent_version: "test".into(),
                 deployments: vec![],
+                schedule: None,
             }),
         );
         env.low = low;

@@ -12,6 +12,7 @@ use crate::cose::{CoseError, SigningKey, VerifyingKey};
 use crate::digest::Digest;
 use crate::ids::{ClientId, DeploymentId, DeviceId};
 use crate::manifest::StateManifest;
+use crate::schedule::Schedule;
 use crate::status::DeploymentStatus;
 use crate::topics::DeviceTopic;
 
@@ -84,6 +85,43 @@ pub struct StateReport {
     /// Deployments the agent currently holds, for the operator's view.
     #[serde(default)]
     pub deployments: Vec<DeploymentId>,
+    /// The communication schedule in force (None: always connected, no
+    /// downtime), so the manager can tell planned absence from trouble.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleInForce>,
+}
+
+/// The schedule an agent follows and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduleInForce {
+    /// `local` (the agent's config) or `remote` (a manager `config` message).
+    pub source: ScheduleSource,
+    /// The `version` of the remote config in force (0 for local).
+    #[serde(default)]
+    pub config_version: u64,
+    pub schedule: Schedule,
+}
+
+/// Where a schedule came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScheduleSource {
+    Local,
+    Remote,
+}
+
+/// Remote settings for one device, retained and signed on `R/config`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceConfig {
+    /// Grows with every change for this client; a device refuses a version
+    /// at or below the one it holds (replay of an older config).
+    pub version: u64,
+    /// The schedule to follow instead of the local one; None: back to the
+    /// local configuration.
+    #[serde(default)]
+    pub schedule: Option<Schedule>,
 }
 
 /// Why the agent asks for a resync.
@@ -121,9 +159,10 @@ pub enum Message {
     Status(StatusReport),
     State(StateReport),
     Sync(SyncRequest),
+    Config(DeviceConfig),
 }
 
-const KINDS: [&str; 7] = [
+const KINDS: [&str; 8] = [
     "manifest",
     "deployment",
     "ack",
@@ -131,6 +170,7 @@ const KINDS: [&str; 7] = [
     "status",
     "state",
     "sync",
+    "config",
 ];
 
 impl Message {
@@ -143,6 +183,7 @@ impl Message {
             Self::Status(_) => "status",
             Self::State(_) => "state",
             Self::Sync(_) => "sync",
+            Self::Config(_) => "config",
         }
     }
 
@@ -153,7 +194,8 @@ impl Message {
             | (Self::Ack(_), DeviceTopic::Ack)
             | (Self::Capabilities(_), DeviceTopic::Capabilities)
             | (Self::State(_), DeviceTopic::State)
-            | (Self::Sync(_), DeviceTopic::Sync) => true,
+            | (Self::Sync(_), DeviceTopic::Sync)
+            | (Self::Config(_), DeviceTopic::Config) => true,
             (Self::Deployment(d), DeviceTopic::DesiredDeployment(id)) => &d.deployment_id == id,
             (Self::Status(s), DeviceTopic::Status(id)) => &s.status.deployment_id == id,
             _ => false,
@@ -312,6 +354,44 @@ mod tests {
         assert!(matches!(
             Envelope::open(&bytes, 10, &key.public_key(), &client(), &topic),
             Err(MessageError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn config_travels_only_on_the_config_topic_and_keeps_its_schedule() {
+        let (key, _) = SigningKey::generate().unwrap();
+        let schedule: Schedule = toml::from_str(
+            "time_zone = \"Europe/Berlin\"\nconnection = \"per-check\"\n[polling]\nrate = \"30m\"\n",
+        )
+        .unwrap();
+        let env = Envelope::new(
+            client(),
+            0,
+            1,
+            Message::Config(DeviceConfig {
+                version: 4,
+                schedule: Some(schedule),
+            }),
+        );
+        let bytes = env.seal(&key).unwrap();
+        let back = Envelope::open(
+            &bytes,
+            65536,
+            &key.public_key(),
+            &client(),
+            &DeviceTopic::Config,
+        )
+        .unwrap();
+        assert_eq!(back, env);
+        assert!(matches!(
+            Envelope::open(
+                &bytes,
+                65536,
+                &key.public_key(),
+                &client(),
+                &DeviceTopic::Ack
+            ),
+            Err(MessageError::WrongTopic { kind: "config" })
         ));
     }
 

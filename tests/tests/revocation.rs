@@ -139,6 +139,7 @@ async fn revoked_device_is_cut_off_refused_and_says_so_once() -> Result<()> {
             adopted_manifest_version: 99,
             agent_version: "after-revocation".into(),
             deployments: Vec::new(),
+            schedule: None,
         }),
     )
     .seal(&key)?;
