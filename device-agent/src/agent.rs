@@ -17,6 +17,7 @@ use crate::config::{AdapterKind, AgentConfig, BrokerUrl, ConfigError};
 use crate::connection::{Connection, ConnectionDeps, ConnectionSettings, ConnectionSetupError};
 use crate::identity::{Identity, IdentityError};
 use crate::outbox::{Outbox, OutboxError, Uplink};
+use crate::plan::ScheduleRx;
 use crate::reconcile::{ReconcileContext, ReconcileError, Reconciler, RetryPolicy};
 use crate::runtime::{
     ComposeRuntime, ExecRuntime, HelmRuntime, NativeRuntime, Runtime, SimulatedRuntime,
@@ -24,7 +25,7 @@ use crate::runtime::{
 use crate::snapshot::{AgentSnapshot, DeploymentView, Snapshots};
 use crate::stats::AgentStats;
 use crate::store::{Store, StoreError};
-use crate::sync::{Downlink, DownlinkDeps, DownlinkSettings};
+use crate::sync::{Downlink, DownlinkDeps, DownlinkSettings, ScheduleControl};
 
 /// Why the agent could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +98,8 @@ pub struct AgentParts {
     pub uplink: Uplink,
     pub store: Store,
     pub snapshots: Snapshots,
+    /// The schedule in force (local, or remote from `R/config`).
+    pub schedule: ScheduleRx,
 }
 
 impl Agent {
@@ -226,6 +229,10 @@ impl Agent {
         let uplink = Uplink::new(outbox, self.snapshots.clone());
         let initial = self.store.accepted_manifest()?.map(Arc::new);
         let (targets_tx, targets_rx) = watch::channel(initial);
+        let (schedule, schedule_rx) = ScheduleControl::new(
+            self.config.local_schedule()?,
+            self.store.remote_config()?.as_ref(),
+        );
         let downlink = Downlink::new(
             DownlinkDeps {
                 client: self.identity.client_id.clone(),
@@ -239,6 +246,7 @@ impl Agent {
                 clock: Arc::clone(&self.clock),
                 stats: Arc::clone(&self.stats),
                 snapshots: self.snapshots.clone(),
+                schedule,
             },
             targets_tx,
         )?;
@@ -250,6 +258,7 @@ impl Agent {
             clock: Arc::clone(&self.clock),
             stats: Arc::clone(&self.stats),
             snapshots: self.snapshots.clone(),
+            schedule: schedule_rx.clone(),
         };
         let reconciler = Reconciler::new(
             reconcile.clone(),
@@ -266,6 +275,7 @@ impl Agent {
             uplink,
             store: self.store.clone(),
             snapshots: self.snapshots.clone(),
+            schedule: schedule_rx,
         })
     }
 
@@ -274,17 +284,18 @@ impl Agent {
     /// write is committed when made, so nothing is left to flush.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), AgentError> {
         let parts = self.parts()?;
-        let local_schedule = self.config.local_schedule()?;
-        if let Some(schedule) = &local_schedule {
+        if let Some(active) = parts.schedule.borrow().as_ref() {
+            let schedule = &active.schedule;
             info!(
+                source = ?active.source,
+                config_version = active.config_version,
                 time_zone = schedule.time_zone_name(),
                 connection = %schedule.connection(),
                 rate = ?schedule.rate(),
                 downtime_windows = schedule.schedule().downtime.len(),
-                "communication follows the configured schedule"
+                "communication follows a schedule"
             );
         }
-        let (_schedule_tx, schedule_rx) = watch::channel(local_schedule);
         let connection = Connection::new(
             ConnectionSettings {
                 broker: self.broker.clone(),
@@ -306,7 +317,7 @@ impl Agent {
                 clock: Arc::clone(&self.clock),
                 stats: Arc::clone(&self.stats),
                 snapshots: self.snapshots.clone(),
-                schedule: schedule_rx,
+                schedule: parts.schedule.clone(),
             },
         )?;
         info!(

@@ -35,7 +35,6 @@ use rumqttc::{
     Transport,
 };
 use rustls::AlertDescription;
-use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, instrument, warn};
@@ -44,7 +43,7 @@ use crate::clock::{jitter, Backoff, Clock};
 use crate::config::BrokerUrl;
 use crate::identity::Identity;
 use crate::outbox::Uplink;
-use crate::plan::{AwayReason, Phase, Planner};
+use crate::plan::{AwayReason, Phase, Planner, ScheduleRx};
 use crate::reconcile::state_report;
 use crate::snapshot::{ConnectionStatus, Snapshots};
 use crate::stats::AgentStats;
@@ -171,7 +170,9 @@ pub struct Connection {
     clock: Arc<dyn Clock>,
     stats: Arc<AgentStats>,
     snapshots: Snapshots,
-    schedule: watch::Receiver<Option<ValidSchedule>>,
+    schedule: ScheduleRx,
+    /// False once the schedule's sender is gone (no more changes).
+    schedule_live: bool,
 }
 
 /// Everything [`Connection::new`] needs besides settings.
@@ -184,7 +185,7 @@ pub struct ConnectionDeps {
     pub stats: Arc<AgentStats>,
     pub snapshots: Snapshots,
     /// The schedule in force (None: always connected); a new value re-plans.
-    pub schedule: watch::Receiver<Option<ValidSchedule>>,
+    pub schedule: ScheduleRx,
 }
 
 impl Connection {
@@ -230,6 +231,7 @@ impl Connection {
             stats: deps.stats,
             snapshots: deps.snapshots,
             schedule: deps.schedule,
+            schedule_live: true,
         })
     }
 
@@ -238,7 +240,7 @@ impl Connection {
     /// `offline` and disconnects cleanly (if connected).
     #[instrument(skip_all, fields(client_id = %self.client_id))]
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let mut planner = Planner::new(self.schedule.borrow_and_update().clone());
+        let mut planner = Planner::new(self.current_schedule());
         let mut run = RunState {
             state_due: self.clock.now() + self.settings.state_interval,
             first: true,
@@ -308,12 +310,12 @@ impl Connection {
             tokio::select! {
                 () = shutdown.cancelled() => break AwayEnd::Shutdown,
                 () = wall_sleep(&self.clock, until) => break AwayEnd::Woke,
-                changed = self.schedule.changed() => {
+                changed = self.schedule.changed(), if self.schedule_live => {
                     if changed.is_ok() {
-                        break AwayEnd::ScheduleChanged(self.schedule.borrow_and_update().clone());
+                        break AwayEnd::ScheduleChanged(self.current_schedule());
                     }
-                    // The sender is gone: keep the schedule in force.
-                    std::future::pending::<()>().await;
+                    // The sender is gone: the schedule in force stays.
+                    self.schedule_live = false;
                 }
                 () = self.clock.sleep_until(run.state_due) => {
                     self.enqueue_state_report(&mut run.state_due);
@@ -397,9 +399,9 @@ impl Connection {
                             }
                             settle_at = Some(self.clock.now() + self.settings.check_settle);
                         }
-                        changed = self.schedule.changed() => {
+                        changed = self.schedule.changed(), if self.schedule_live => {
                             if changed.is_ok() {
-                                planner.set_schedule(self.schedule.borrow_and_update().clone());
+                                planner.set_schedule(self.current_schedule());
                                 match (kind, planner.phase(self.clock.unix_ms())) {
                                     (SessionKind::Online, Phase::Online { until: next }) => until = next,
                                     // A check finishes under the new schedule; its next check follows it.
@@ -408,7 +410,7 @@ impl Connection {
                                 }
                             } else {
                                 // The sender is gone: the schedule in force stays.
-                                self.schedule = watch::channel(planner.schedule().cloned()).1;
+                                self.schedule_live = false;
                             }
                         }
                         event = eventloop.poll() => match event {
@@ -469,6 +471,14 @@ impl Connection {
                 .await;
         }
         end
+    }
+
+    /// The schedule in force, marking it seen.
+    fn current_schedule(&mut self) -> Option<ValidSchedule> {
+        self.schedule
+            .borrow_and_update()
+            .as_ref()
+            .map(|a| a.schedule.clone())
     }
 
     fn set_status(&self, status: ConnectionStatus) {
@@ -534,6 +544,7 @@ impl Connection {
         self.set_status(ConnectionStatus::Connected);
         let filters = [
             SubscribeFilter::new(topics::desired_filter(&self.client_id), QoS::AtLeastOnce),
+            SubscribeFilter::new(topics::config(&self.client_id), QoS::AtLeastOnce),
             SubscribeFilter::new(topics::ack(&self.client_id), QoS::AtLeastOnce),
         ];
         if let Err(error) = client.try_subscribe_many(filters) {
@@ -625,7 +636,7 @@ impl Connection {
             return;
         }
         *state_due = now + self.settings.state_interval;
-        match state_report(&self.store) {
+        match state_report(&self.store, crate::plan::reported(&self.schedule)) {
             Ok(report) => {
                 if let Err(error) = self.uplink.send(Message::State(report)) {
                     warn!(%error, "could not enqueue the state report");

@@ -15,8 +15,47 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
+use margo_schemas::messages::{ScheduleInForce, ScheduleSource};
 use margo_schemas::schedule::{ConnectionMode, ValidSchedule};
 use serde::Serialize;
+use tokio::sync::watch;
+
+/// The schedule in force and where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActiveSchedule {
+    pub schedule: ValidSchedule,
+    pub source: ScheduleSource,
+    /// The remote config's version (0 for the local schedule).
+    pub config_version: u64,
+}
+
+impl ActiveSchedule {
+    /// The local schedule from the agent's configuration.
+    pub fn local(schedule: ValidSchedule) -> Self {
+        Self {
+            schedule,
+            source: ScheduleSource::Local,
+            config_version: 0,
+        }
+    }
+
+    /// What a state report says about it.
+    pub fn report(&self) -> ScheduleInForce {
+        ScheduleInForce {
+            source: self.source,
+            config_version: self.config_version,
+            schedule: self.schedule.schedule().clone(),
+        }
+    }
+}
+
+/// Watches the schedule in force (None: always connected).
+pub type ScheduleRx = watch::Receiver<Option<ActiveSchedule>>;
+
+/// What a state report should say about the schedule in `rx`.
+pub fn reported(rx: &ScheduleRx) -> Option<ScheduleInForce> {
+    rx.borrow().as_ref().map(ActiveSchedule::report)
+}
 
 /// Why the agent is not communicating.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -21,7 +21,7 @@ use margo_schemas::deployment::{ApplicationDeployment, Component};
 use margo_schemas::digest::Digest;
 use margo_schemas::ids::{ClientId, DeploymentId};
 use margo_schemas::manifest::StateManifest;
-use margo_schemas::messages::{Message, StateReport, StatusReport};
+use margo_schemas::messages::{Message, ScheduleInForce, StateReport, StatusReport};
 use margo_schemas::status::{ComponentStatus, DeploymentState, DeploymentStatus, StatusError};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -30,6 +30,7 @@ use tracing::{debug, error, info, instrument, warn};
 
 use crate::clock::Clock;
 use crate::outbox::{OutboxError, Uplink};
+use crate::plan::ScheduleRx;
 use crate::runtime::{ApplyKind, Runtime};
 use crate::snapshot::{AgentSnapshot, ConnectionStatus, DeploymentView, Snapshots};
 use crate::stats::AgentStats;
@@ -116,8 +117,11 @@ pub fn plan(
     steps
 }
 
-/// The agent's `state` report from the store.
-pub fn state_report(store: &Store) -> Result<StateReport, StoreError> {
+/// The agent's `state` report from the store, naming the schedule in force.
+pub fn state_report(
+    store: &Store,
+    schedule: Option<ScheduleInForce>,
+) -> Result<StateReport, StoreError> {
     let applied = store.applied()?;
     Ok(StateReport {
         adopted_manifest_version: store.adopted_version()?,
@@ -127,7 +131,7 @@ pub fn state_report(store: &Store) -> Result<StateReport, StoreError> {
             .filter(|(_, r)| r.running.is_some())
             .map(|(id, _)| id.clone())
             .collect(),
-        schedule: None,
+        schedule,
     })
 }
 
@@ -152,6 +156,8 @@ pub struct ReconcileContext {
     pub clock: Arc<dyn Clock>,
     pub stats: Arc<AgentStats>,
     pub snapshots: Snapshots,
+    /// The schedule in force, for state reports.
+    pub schedule: ScheduleRx,
 }
 
 /// The result of running one component action list.
@@ -224,7 +230,7 @@ impl ReconcileContext {
 
     /// Enqueues a `state` report.
     pub fn report_state(&self) -> Result<u64, ReconcileError> {
-        let report = state_report(&self.store)?;
+        let report = state_report(&self.store, crate::plan::reported(&self.schedule))?;
         Ok(self.uplink.send(Message::State(report))?)
     }
 

@@ -17,6 +17,7 @@ use margo_schemas::deployment::{ApplicationDeployment, VerifiedParseError};
 use margo_schemas::digest::Digest;
 use margo_schemas::ids::DeploymentId;
 use margo_schemas::manifest::StateManifest;
+use margo_schemas::messages::DeviceConfig;
 use margo_schemas::status::{DeploymentState, StatusError};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -32,6 +33,7 @@ const KEY_ADOPTED: &str = "adopted_version";
 const KEY_ACCEPTED: &str = "accepted_manifest";
 const KEY_RETRY: &str = "retry";
 const KEY_CAPABILITIES: &str = "capabilities_digest";
+const KEY_REMOTE_CONFIG: &str = "remote_config";
 
 /// Largest record we decode from our own store (a YAML document is at most 512 KiB).
 const MAX_RECORD: usize = 2 * 1024 * 1024;
@@ -299,6 +301,21 @@ impl Store {
         let txn = self.db.begin_write()?;
         txn.open_table(DOCS)?
             .insert(KEY_CAPABILITIES, bytes.as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The last remote config accepted from the manager, if any.
+    pub fn remote_config(&self) -> Result<Option<DeviceConfig>, StoreError> {
+        self.doc(KEY_REMOTE_CONFIG)
+    }
+
+    /// Records `config` as the remote config in force (committed on return).
+    pub fn set_remote_config(&self, config: &DeviceConfig) -> Result<(), StoreError> {
+        let bytes = encode("remote config", config)?;
+        let txn = self.db.begin_write()?;
+        txn.open_table(DOCS)?
+            .insert(KEY_REMOTE_CONFIG, bytes.as_slice())?;
         txn.commit()?;
         Ok(())
     }

@@ -14,6 +14,10 @@
 //!   timeout), is stored as accepted, and goes to the reconciler;
 //! - `ack`: trims the outbox, and asks for a `sync` if the manager announces
 //!   a manifest version this agent does not have.
+//! - `config` (on `R/config`): a newer version with a valid schedule (or
+//!   none: back to the local one) is stored, put in force and announced in a
+//!   `state` report; an older version is a security event (replay), an
+//!   invalid schedule is refused and the one in force stays.
 //!
 //! An empty retained payload on a deployment topic means the manager cleared
 //! it; it is ignored (deletion comes only from the manifest).
@@ -27,8 +31,10 @@ use margo_schemas::digest::Digest;
 use margo_schemas::ids::{ClientId, DeploymentId};
 use margo_schemas::manifest::{ManifestError, StateManifest};
 use margo_schemas::messages::{
-    Ack, DeploymentBody, Envelope, Message, MessageError, SyncReason, SyncRequest,
+    Ack, DeploymentBody, DeviceConfig, Envelope, Message, MessageError, ScheduleSource, SyncReason,
+    SyncRequest,
 };
+use margo_schemas::schedule::ValidSchedule;
 use margo_schemas::topics::{self, DeviceTopic};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -36,6 +42,7 @@ use tracing::{debug, info, warn};
 
 use crate::clock::Clock;
 use crate::outbox::{OutboxError, Uplink};
+use crate::plan::{ActiveSchedule, ScheduleRx};
 use crate::snapshot::Snapshots;
 use crate::stats::AgentStats;
 use crate::store::{manifest_digest, AcceptedManifest, Store, StoreError};
@@ -70,6 +77,17 @@ pub enum DownlinkError {
         digest: Digest,
         doc_id: DeploymentId,
     },
+    #[error("config version {offered} is lower than the {held} in force (replay)")]
+    ConfigRollback { offered: u64, held: u64 },
+    #[error(
+        "config version {version} was already received with different content (replay or forgery)"
+    )]
+    ConfigConflict { version: u64 },
+    #[error("config version {version}: {source}")]
+    InvalidSchedule {
+        version: u64,
+        source: margo_schemas::schedule::ScheduleError,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -84,6 +102,8 @@ impl DownlinkError {
             self,
             Self::Rollback { .. }
                 | Self::Conflict { .. }
+                | Self::ConfigRollback { .. }
+                | Self::ConfigConflict { .. }
                 | Self::IdMismatch { .. }
                 | Self::ContentMismatch { .. }
                 | Self::Deployment {
@@ -115,6 +135,64 @@ pub enum Handled {
     Ignored(u64),
     /// An ack: `removed` outbox entries; `sync` if a resync was requested.
     Acked { removed: usize, sync: bool },
+    /// A remote config of this version is now in force.
+    Configured(u64),
+}
+
+/// Puts remote schedules in force, falling back to the local one.
+#[derive(Debug, Clone)]
+pub struct ScheduleControl {
+    tx: Arc<watch::Sender<Option<ActiveSchedule>>>,
+    local: Option<ValidSchedule>,
+}
+
+impl ScheduleControl {
+    /// Starts with the stored remote config if there is a valid one, else
+    /// the local schedule.
+    pub fn new(local: Option<ValidSchedule>, remote: Option<&DeviceConfig>) -> (Self, ScheduleRx) {
+        let initial = match remote {
+            Some(config) => match Self::resolve(&local, config) {
+                Ok(active) => active,
+                Err(error) => {
+                    warn!(%error, "stored remote schedule no longer valid; using the local one");
+                    local.clone().map(ActiveSchedule::local)
+                }
+            },
+            None => local.clone().map(ActiveSchedule::local),
+        };
+        let (tx, rx) = watch::channel(initial);
+        (
+            Self {
+                tx: Arc::new(tx),
+                local,
+            },
+            rx,
+        )
+    }
+
+    /// A receiver of the schedule in force.
+    pub fn subscribe(&self) -> ScheduleRx {
+        self.tx.subscribe()
+    }
+
+    fn resolve(
+        local: &Option<ValidSchedule>,
+        config: &DeviceConfig,
+    ) -> Result<Option<ActiveSchedule>, DownlinkError> {
+        Ok(match &config.schedule {
+            Some(schedule) => Some(ActiveSchedule {
+                schedule: ValidSchedule::try_from(schedule).map_err(|source| {
+                    DownlinkError::InvalidSchedule {
+                        version: config.version,
+                        source,
+                    }
+                })?,
+                source: ScheduleSource::Remote,
+                config_version: config.version,
+            }),
+            None => local.clone().map(ActiveSchedule::local),
+        })
+    }
 }
 
 /// A newer manifest waiting for its documents.
@@ -146,6 +224,7 @@ pub struct Downlink {
     accepted: Option<AcceptedManifest>,
     pending: Option<Pending>,
     last_sync: Option<Instant>,
+    schedule: ScheduleControl,
 }
 
 impl std::fmt::Debug for Downlink {
@@ -175,6 +254,7 @@ pub struct DownlinkDeps {
     pub clock: Arc<dyn Clock>,
     pub stats: Arc<AgentStats>,
     pub snapshots: Snapshots,
+    pub schedule: ScheduleControl,
 }
 
 impl Downlink {
@@ -198,6 +278,7 @@ impl Downlink {
             accepted,
             pending: None,
             last_sync: None,
+            schedule: deps.schedule,
         })
     }
 
@@ -253,7 +334,10 @@ impl Downlink {
         };
         if !matches!(
             leaf,
-            DeviceTopic::DesiredManifest | DeviceTopic::DesiredDeployment(_) | DeviceTopic::Ack
+            DeviceTopic::DesiredManifest
+                | DeviceTopic::DesiredDeployment(_)
+                | DeviceTopic::Ack
+                | DeviceTopic::Config
         ) {
             return Err(DownlinkError::UnexpectedTopic(topic.to_string()));
         }
@@ -274,6 +358,7 @@ impl Downlink {
                 self.on_deployment(id, d)
             }
             (Message::Ack(a), _) => self.on_ack(a),
+            (Message::Config(c), _) => self.on_config(c),
             (other, _) => Err(DownlinkError::Message(MessageError::WrongTopic {
                 kind: other.kind(),
             })),
@@ -323,6 +408,47 @@ impl Downlink {
             deadline: self.clock.now() + self.settings.content_timeout,
         });
         self.try_accept()
+    }
+
+    fn on_config(&mut self, config: DeviceConfig) -> Result<Handled, DownlinkError> {
+        let version = config.version;
+        if let Some(held) = self.store.remote_config()? {
+            if version < held.version {
+                return Err(DownlinkError::ConfigRollback {
+                    offered: version,
+                    held: held.version,
+                });
+            }
+            if version == held.version {
+                return if held == config {
+                    debug!(client_id = %self.client, version, "same config again");
+                    Ok(Handled::Ignored(version))
+                } else {
+                    Err(DownlinkError::ConfigConflict { version })
+                };
+            }
+        }
+        let active = ScheduleControl::resolve(&self.schedule.local, &config)?;
+        self.store.set_remote_config(&config)?;
+        let report = active.as_ref().map(ActiveSchedule::report);
+        match &active {
+            Some(a) => info!(
+                client_id = %self.client,
+                version,
+                source = ?a.source,
+                connection = %a.schedule.connection(),
+                time_zone = a.schedule.time_zone_name(),
+                rate = ?a.schedule.rate(),
+                "schedule from the manager in force"
+            ),
+            None => {
+                info!(client_id = %self.client, version, "no schedule in force (the manager cleared it)")
+            }
+        }
+        self.schedule.tx.send_replace(active);
+        let state = crate::reconcile::state_report(&self.store, report)?;
+        self.uplink.send(Message::State(state))?;
+        Ok(Handled::Configured(version))
     }
 
     /// Accepts the pending manifest if every document is cached.

@@ -343,3 +343,122 @@ fn a_bundle_whose_signing_certificate_the_fleet_ca_did_not_issue_is_refused() {
         "error does not name the file: {err}"
     );
 }
+
+fn config_msg(
+    key: &SigningKey,
+    client: &margo_schemas::ids::ClientId,
+    version: u64,
+    schedule: Option<&str>,
+) -> (String, Vec<u8>) {
+    let schedule = schedule.map(|text| toml::from_str(text).expect("schedule TOML"));
+    (
+        margo_schemas::topics::config(client),
+        seal(
+            key,
+            client,
+            Message::Config(margo_schemas::messages::DeviceConfig { version, schedule }),
+        ),
+    )
+}
+
+const LOCAL: &str =
+    "time_zone = \"UTC\"\n[polling]\nperiod = [{ start = \"06:00\", end = \"07:00\" }]\n";
+const REMOTE: &str =
+    "time_zone = \"Europe/Berlin\"\nconnection = \"per-check\"\n[polling]\nrate = \"30m\"\n";
+
+#[tokio::test]
+async fn remote_schedule_is_versioned_persisted_reported_and_falls_back_to_local() {
+    use margo_schemas::messages::ScheduleSource;
+    let s = setup();
+    let local_agent = |store: Store| {
+        agent(s.identity.clone(), store, sim(), |c| {
+            c.schedule = Some(toml::from_str(LOCAL).unwrap());
+        })
+    };
+    let a = local_agent(s.store.clone());
+    let mut parts = a.parts().expect("parts");
+    let client = s.identity.client_id.clone();
+    let key = &s.fleet.signer;
+    let in_force = |rx: &margo_agent::plan::ScheduleRx| {
+        rx.borrow().as_ref().map(|a| {
+            (
+                a.source,
+                a.config_version,
+                a.schedule.time_zone_name().to_string(),
+            )
+        })
+    };
+    assert_eq!(
+        in_force(&parts.schedule),
+        Some((ScheduleSource::Local, 0, "UTC".into()))
+    );
+
+    let (t, p) = config_msg(key, &client, 3, Some(REMOTE));
+    assert_eq!(
+        parts.downlink.handle_publish(&t, &p).expect("config"),
+        Handled::Configured(3)
+    );
+    assert_eq!(
+        in_force(&parts.schedule),
+        Some((ScheduleSource::Remote, 3, "Europe/Berlin".into()))
+    );
+    // The schedule in force is reported at once.
+    let reported = pending_messages(&parts.uplink, &s.identity)
+        .into_iter()
+        .rev()
+        .find_map(|(_, m)| match m {
+            Message::State(st) => st.schedule,
+            _ => None,
+        })
+        .expect("a state report naming the schedule");
+    assert_eq!(reported.source, ScheduleSource::Remote);
+    assert_eq!(reported.config_version, 3);
+    assert_eq!(reported.schedule.time_zone, "Europe/Berlin");
+
+    // Retained redelivery: quietly ignored. Older or conflicting: security events.
+    assert_eq!(
+        parts.downlink.handle_publish(&t, &p).expect("again"),
+        Handled::Ignored(3)
+    );
+    let events = a.handle().stats.security_events.load(Ordering::Relaxed);
+    let (t2, p2) = config_msg(key, &client, 2, None);
+    assert!(matches!(
+        parts.downlink.handle_publish(&t2, &p2),
+        Err(DownlinkError::ConfigRollback {
+            offered: 2,
+            held: 3
+        })
+    ));
+    let (t3, p3) = config_msg(key, &client, 3, Some(LOCAL));
+    assert!(matches!(
+        parts.downlink.handle_publish(&t3, &p3),
+        Err(DownlinkError::ConfigConflict { version: 3 })
+    ));
+    assert_eq!(
+        a.handle().stats.security_events.load(Ordering::Relaxed),
+        events + 2
+    );
+    // An invalid schedule is refused; the one in force stays.
+    let (t4, p4) = config_msg(key, &client, 4, Some("time_zone = \"Nowhere/Land\"\n"));
+    let err = parts.downlink.handle_publish(&t4, &p4).unwrap_err();
+    assert!(err.to_string().contains("time_zone"), "{err}");
+    assert_eq!(in_force(&parts.schedule).unwrap().1, 3);
+
+    // Persisted: a restarted agent starts with the remote schedule.
+    let restarted = local_agent(s.store.clone()).parts().expect("parts");
+    assert_eq!(
+        in_force(&restarted.schedule),
+        Some((ScheduleSource::Remote, 3, "Europe/Berlin".into()))
+    );
+
+    // Cleared by the manager: back to the local schedule.
+    let (t5, p5) = config_msg(key, &client, 5, None);
+    assert_eq!(
+        parts.downlink.handle_publish(&t5, &p5).expect("clear"),
+        Handled::Configured(5)
+    );
+    assert_eq!(
+        in_force(&parts.schedule),
+        Some((ScheduleSource::Local, 0, "UTC".into()))
+    );
+}
