@@ -582,6 +582,27 @@ pub async fn uplink_seqs(manager: &ManagerProc, client: &str) -> Result<Vec<u64>
     Ok(seqs)
 }
 
+/// Waits until the manager has acknowledged everything `name` sent (its
+/// acked seq is the highest stored one), then asserts the stored uplink is
+/// exactly seq 1..=n, each once, and returns n.
+pub async fn wait_all_acked(manager: &ManagerProc, name: &str, timeout: Duration) -> Result<u64> {
+    crate::eventually(
+        timeout,
+        &format!("every uplink of {name} acked"),
+        || async {
+            let status = manager.status()?;
+            let acked = client_status(&status, name)
+                .and_then(|c| c["ackedSeq"].as_u64())
+                .unwrap_or(0);
+            let seqs = uplink_seqs(manager, name).await?;
+            Ok((acked > 0 && seqs.last() == Some(&acked)).then_some(()))
+        },
+    )
+    .await?;
+    let seqs = uplink_seqs(manager, name).await?;
+    Ok(assert_contiguous(&seqs, name))
+}
+
 /// Asserts that `seqs` is exactly 1..=n with no gap and no duplicate, and returns n.
 pub fn assert_contiguous(seqs: &[u64], what: &str) -> u64 {
     let n = seqs.len() as u64;

@@ -1,13 +1,15 @@
 //! The broker is an optimisation, not the store: `margo-broker` (embedded
-//! rumqttd + device gateway) is killed and restarted with every session,
-//! queue and retained message gone; the manager republishes from redb and the
-//! agents converge, including on a version deployed while the broker was down.
+//! rumqttd + device gateway) is killed with SIGKILL while it holds a queue for
+//! an offline device and restarted with every session, queue and retained
+//! message gone; the manager republishes from redb and the agents converge,
+//! including on a version deployed while the broker was down, and every
+//! status seq is stored exactly once.
 
 use std::time::Duration;
 
 use anyhow::Result;
 use margo_tests::fleet::{
-    deployment_yaml, wait_converged, write_file, AgentProc, BrokerProc, ManagerProc,
+    deployment_yaml, wait_all_acked, wait_converged, write_file, AgentProc, BrokerProc, ManagerProc,
 };
 
 const CONVERGE: Duration = Duration::from_secs(90);
@@ -40,7 +42,19 @@ async fn broker_restart_loses_nothing() -> Result<()> {
     }
     wait_converged(&manager, &names, 1, &[(D1, "installed")], CONVERGE).await?;
 
-    // Kill the broker, deploy while it is down, bring it back empty.
+    // site-b goes away; v2 is queued for it in its broker session.
+    assert!(agents[1].stop(), "site-b stops cleanly");
+    let a2 = write_file(
+        &files,
+        "a2.yaml",
+        &deployment_yaml(D1, "alpha", &["web"], 2),
+    )?;
+    for n in names {
+        manager.ctl(&["deploy", n, &a2])?;
+    }
+    wait_converged(&manager, &["site-a"], 2, &[(D1, "installed")], CONVERGE).await?;
+
+    // Kill the broker with that queue, deploy while it is down, bring it back empty.
     broker.kill();
     let b = write_file(
         &files,
@@ -52,10 +66,11 @@ async fn broker_restart_loses_nothing() -> Result<()> {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     broker.restart()?;
+    agents[1].restart()?;
     wait_converged(
         &manager,
         &names,
-        2,
+        3,
         &[(D1, "installed"), (D2, "installed")],
         CONVERGE,
     )
@@ -68,11 +83,14 @@ async fn broker_restart_loses_nothing() -> Result<()> {
     wait_converged(
         &manager,
         &names,
-        3,
+        4,
         &[(D1, "removed"), (D2, "installed")],
         CONVERGE,
     )
     .await?;
+    for n in names {
+        wait_all_acked(&manager, n, CONVERGE).await?;
+    }
     drop(agents);
     Ok(())
 }

@@ -8,8 +8,7 @@ use std::time::Duration;
 use anyhow::Result;
 use margo_tests::eventually;
 use margo_tests::fleet::{
-    assert_contiguous, client_status, deployment_yaml, uplink_seqs, wait_converged, write_file,
-    AgentProc, ManagerProc, RecordingRuntime,
+    deployment_yaml, wait_converged, write_file, AgentProc, ManagerProc, RecordingRuntime,
 };
 
 const CONVERGE: Duration = Duration::from_secs(60);
@@ -25,24 +24,8 @@ fn provision(dir: &Path, manager: &ManagerProc, name: &str, extra: &str) -> Resu
     AgentProc::start(dir, name, &bundle, extra)
 }
 
-/// Waits until the manager has acknowledged everything `name` sent, and
-/// checks the stored uplink is exactly seq 1..=n.
 async fn wait_all_acked(manager: &ManagerProc, name: &str) -> Result<u64> {
-    eventually(
-        CONVERGE,
-        &format!("every uplink of {name} acked"),
-        || async {
-            let status = manager.status()?;
-            let acked = client_status(&status, name)
-                .and_then(|c| c["ackedSeq"].as_u64())
-                .unwrap_or(0);
-            let seqs = uplink_seqs(manager, name).await?;
-            Ok((acked > 0 && seqs.last() == Some(&acked)).then_some(()))
-        },
-    )
-    .await?;
-    let seqs = uplink_seqs(manager, name).await?;
-    Ok(assert_contiguous(&seqs, name))
+    margo_tests::fleet::wait_all_acked(manager, name, CONVERGE).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
