@@ -117,7 +117,9 @@ impl SimulatedClock {
     /// Moves the wall clock forward by `by`.
     pub fn advance(&self, by: Duration) {
         let ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
-        self.inner.wall.send_modify(|now| *now = now.saturating_add(ms));
+        self.inner
+            .wall
+            .send_modify(|now| *now = now.saturating_add(ms));
     }
 
     /// The earliest wall-clock instant a task sleeps for, if any.
