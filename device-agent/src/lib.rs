@@ -7,6 +7,7 @@
 //! See `README.md` and `docs/architecture.md` in the workspace.
 
 pub mod agent;
+pub mod bundle;
 pub mod capabilities;
 pub mod clock;
 pub mod config;
