@@ -287,7 +287,8 @@ mod tests {
     fn names_types_duplicates_and_gaps_are_refused() {
         let a = yaml("a", 0);
         let wanted = BTreeMap::from([(id("a"), Digest::of(&a))]);
-        let cases: Vec<(Vec<(&str, &[u8], tar::EntryType)>, &str)> = vec![
+        type Entry<'a> = (&'a str, &'a [u8], tar::EntryType);
+        let cases: Vec<(Vec<Entry>, &str)> = vec![
             (vec![regular("../a.yaml", &a)], "BadName"),
             (vec![regular("dir/a.yaml", &a)], "BadName"),
             (vec![regular("/a.yaml", &a)], "BadName"),

@@ -93,6 +93,146 @@ pub struct AgentConfig {
     /// HTTPS onboarding with the fleet manager (`margo-agent onboard`, or
     /// before `run` when no identity bundle exists yet).
     pub onboarding: Option<OnboardingConfig>,
+    // --- Transport choice and the HTTP transport (issue 5, deliverable 3). ---
+    /// `mqtt` (default: the device gateway) or `http` (the Margo HTTP API).
+    pub transport: Transport,
+    /// `[http]`: the HTTP transport (used when `transport = "http"`).
+    pub http: HttpConfig,
+    /// `[schedule]`: polling period and rate, connection mode, downtime
+    /// (`docs/schedule.md`). Hook shared with the MQTT schedule planner; the
+    /// HTTP transport reads it through [`AgentConfig::valid_schedule`].
+    pub schedule: Option<margo_schemas::schedule::Schedule>,
+}
+
+/// How the agent talks to the fleet manager.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// MQTT through the device gateway (persistent session, signed messages).
+    #[default]
+    Mqtt,
+    /// The Margo HTTP API: polled manifest, signed status and capabilities.
+    Http,
+}
+
+/// `[http]`: the HTTP transport.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// `https://host[:port]` of the manager's HTTP API. Default:
+    /// `onboarding.manager_url` (the manager this device onboarded with).
+    pub manager_url: Option<String>,
+    /// Largest manifest, deployment document or report body (either direction),
+    /// and largest single entry of a bundle.
+    pub max_body_bytes: usize,
+    /// Largest bundle archive, compressed and unpacked.
+    pub max_bundle_bytes: usize,
+    /// Limit for one whole request (connect, TLS, send, read).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// How often to poll the manifest when no `[schedule]` is configured
+    /// (jittered by up to a tenth).
+    #[serde(with = "humantime_serde")]
+    pub poll_rate: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            manager_url: None,
+            max_body_bytes: 1024 * 1024,
+            max_bundle_bytes: 16 * 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+            poll_rate: Duration::from_secs(300),
+        }
+    }
+}
+
+impl AgentConfig {
+    /// The HTTP API the `http` transport talks to: `http.manager_url`, else
+    /// `onboarding.manager_url`.
+    pub fn http_manager_url(&self) -> Result<crate::http::ManagerUrl, ConfigError> {
+        let (field, url) = match (&self.http.manager_url, &self.onboarding) {
+            (Some(url), _) => ("http.manager_url", url.as_str()),
+            (None, Some(o)) if !o.manager_url.is_empty() => {
+                ("onboarding.manager_url", o.manager_url.as_str())
+            }
+            _ => {
+                return Err(invalid(
+                    "http.manager_url",
+                    "required when transport = \"http\" (or set onboarding.manager_url)",
+                ))
+            }
+        };
+        crate::http::ManagerUrl::parse(url).map_err(|e| invalid(field, e.to_string()))
+    }
+
+    /// The `[schedule]`, validated (`None` when there is none).
+    pub fn valid_schedule(
+        &self,
+    ) -> Result<Option<margo_schemas::schedule::ValidSchedule>, ConfigError> {
+        self.schedule
+            .as_ref()
+            .map(|s| {
+                margo_schemas::schedule::ValidSchedule::try_from(s)
+                    .map_err(|e| invalid(&format!("schedule.{}", e.field), e.problem.to_string()))
+            })
+            .transpose()
+    }
+
+    fn validate_transport(&self) -> Result<(), ConfigError> {
+        self.valid_schedule()?;
+        let h = &self.http;
+        if let Some(url) = &h.manager_url {
+            crate::http::ManagerUrl::parse(url)
+                .map_err(|e| invalid("http.manager_url", e.to_string()))?;
+        }
+        if h.max_body_bytes < 4096 || h.max_body_bytes > 64 * 1024 * 1024 {
+            return Err(invalid(
+                "http.max_body_bytes",
+                "must be between 4 KiB and 64 MiB",
+            ));
+        }
+        if h.max_bundle_bytes < h.max_body_bytes || h.max_bundle_bytes > 1024 * 1024 * 1024 {
+            return Err(invalid(
+                "http.max_bundle_bytes",
+                "must be at least http.max_body_bytes and at most 1 GiB",
+            ));
+        }
+        if h.request_timeout.is_zero() {
+            return Err(invalid("http.request_timeout", "must be greater than zero"));
+        }
+        if h.poll_rate < Duration::from_secs(1) {
+            return Err(invalid("http.poll_rate", "must be at least 1s"));
+        }
+        if self.transport == Transport::Http {
+            self.http_manager_url()?;
+        }
+        Ok(())
+    }
+
+    /// `MARGO_AGENT_TRANSPORT`, `MARGO_AGENT_HTTP_MANAGER_URL`,
+    /// `MARGO_AGENT_HTTP_POLL_RATE`; `false` for other names.
+    fn apply_transport_env(
+        &mut self,
+        name: &str,
+        field: &str,
+        value: &str,
+    ) -> Result<bool, ConfigError> {
+        match name {
+            "TRANSPORT" => {
+                self.transport = match value {
+                    "mqtt" => Transport::Mqtt,
+                    "http" => Transport::Http,
+                    other => return Err(invalid(field, format!("{other:?} is not mqtt or http"))),
+                }
+            }
+            "HTTP_MANAGER_URL" => self.http.manager_url = Some(value.to_string()),
+            "HTTP_POLL_RATE" => self.http.poll_rate = parse_duration(field, value)?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
 }
 
 /// `[onboarding]`: where and how to onboard over HTTPS.
@@ -395,6 +535,9 @@ impl Default for AgentConfig {
             capabilities_interval: Duration::from_secs(3600),
             capabilities: CapabilitiesConfig::default(),
             onboarding: None,
+            transport: Transport::default(),
+            http: HttpConfig::default(),
+            schedule: None,
         }
     }
 }
@@ -547,6 +690,7 @@ impl AgentConfig {
                 "ONBOARDING_INSECURE_TOFU" => {
                     self.onboarding_mut().insecure_tofu = parse_bool(field, &value)?
                 }
+                _ if self.apply_transport_env(name, field, &value)? => {}
                 _ => return Err(invalid(field, "unknown setting")),
             }
         }
@@ -653,6 +797,7 @@ impl AgentConfig {
         }
         self.runtime.compose.validate()?;
         self.runtime.helm.validate()?;
+        self.validate_transport()?;
         Ok(())
     }
 

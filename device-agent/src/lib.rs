@@ -13,6 +13,7 @@ pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod http;
+pub mod http_transport;
 pub mod identity;
 pub mod onboard;
 pub mod outbox;
