@@ -547,12 +547,6 @@ impl HttpTransport {
                     AgentStats::bump(&self.stats.revoked_refusals);
                     self.set_status(ConnectionStatus::Revoked);
                 }
-                if error.is_security_event() || matches!(error, CheckError::Rejected(_)) {
-                    AgentStats::bump(&self.stats.rejected);
-                }
-                if error.is_security_event() {
-                    AgentStats::bump(&self.stats.security_events);
-                }
                 let text = error.to_string();
                 let repeat = self.last_error.as_deref() == Some(text.as_str());
                 if repeat {
@@ -614,9 +608,24 @@ impl HttpTransport {
             })
     }
 
-    /// One check (see the module docs). Public for tests.
+    /// One check (see the module docs); rejections and security events are
+    /// counted here, logging is the caller's.
     pub async fn check(&mut self) -> Result<CheckOutcome, CheckError> {
         AgentStats::bump(&self.stats.http_checks);
+        let result = self.check_inner().await;
+        if let Err(error) = &result {
+            if error.is_security_event() || matches!(error, CheckError::Rejected(_)) {
+                AgentStats::bump(&self.stats.rejected);
+            }
+            if error.is_security_event() {
+                AgentStats::bump(&self.stats.security_events);
+            }
+            self.snapshots.update(|_| {});
+        }
+        result
+    }
+
+    async fn check_inner(&mut self) -> Result<CheckOutcome, CheckError> {
         let stored_etag = self.store.http_etag()?;
         let mut headers = vec![
             ("accept", MANIFEST_MEDIA_TYPE.to_string()),
