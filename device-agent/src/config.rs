@@ -637,7 +637,8 @@ impl AgentConfig {
     /// `COMPOSE_TIMEOUT`, `HELM_PROGRAM`, `HELM_TIMEOUT`, `HELM_KUBE_CONTEXT`,
     /// `HELM_KUBECONFIG`, `CAPABILITIES_INTERVAL`, `ONBOARDING_MANAGER_URL`,
     /// `ONBOARDING_CA_FINGERPRINT`, `ONBOARDING_TOKEN`, `ONBOARDING_NAME`,
-    /// `ONBOARDING_INSECURE_TOFU`. Others with the prefix are errors.
+    /// `ONBOARDING_INSECURE_TOFU`, `TRANSPORT`, `HTTP_MANAGER_URL`,
+    /// `HTTP_POLL_RATE`. Others with the prefix are errors.
     pub fn apply_env_from(
         &mut self,
         vars: impl IntoIterator<Item = (String, String)>,
@@ -1216,6 +1217,51 @@ kubeconfig = "/etc/rancher/k3s/k3s.yaml"
         c.capabilities.cpu_cores = Some(0.5);
         c.capabilities.memory = Some("2GB".into());
         assert_eq!(field_of(c.validate().unwrap_err()), "capabilities.memory");
+    }
+
+    #[test]
+    fn transport_and_http_section() {
+        let d = AgentConfig::default();
+        assert_eq!(d.transport, Transport::Mqtt);
+        assert_eq!(d.http.poll_rate, Duration::from_secs(300));
+        let c = AgentConfig::from_toml(
+            "version = 1\ntransport = \"http\"\n[http]\nmanager_url = \"https://wfm:8443\"\npoll_rate = \"30s\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.http_manager_url().unwrap().port, 8443);
+        assert_eq!(c.http.poll_rate, Duration::from_secs(30));
+        // No URL at all: named; the onboarding URL is the fallback.
+        let mut c = AgentConfig {
+            transport: Transport::Http,
+            ..AgentConfig::default()
+        };
+        assert_eq!(field_of(c.validate().unwrap_err()), "http.manager_url");
+        c.onboarding_mut().manager_url = "https://onboard:9443".into();
+        c.onboarding_mut().insecure_tofu = true;
+        c.validate().unwrap();
+        assert_eq!(c.http_manager_url().unwrap().host, "onboard");
+        c.http.poll_rate = Duration::from_millis(10);
+        assert_eq!(field_of(c.validate().unwrap_err()), "http.poll_rate");
+        let mut e = AgentConfig::default();
+        e.apply_env_from([
+            ("MARGO_AGENT_TRANSPORT".to_string(), "http".to_string()),
+            (
+                "MARGO_AGENT_HTTP_MANAGER_URL".to_string(),
+                "https://h".to_string(),
+            ),
+        ])
+        .unwrap();
+        assert_eq!(e.transport, Transport::Http);
+        e.validate().unwrap();
+        let err = e
+            .apply_env_from([("MARGO_AGENT_TRANSPORT".to_string(), "coap".to_string())])
+            .unwrap_err();
+        assert_eq!(field_of(err), "MARGO_AGENT_TRANSPORT");
+        // A schedule is validated with the field named.
+        let c = AgentConfig::from_toml("version = 1\n[schedule]\ntime_zone = \"Mars/Olympus\"\n")
+            .unwrap();
+        assert!(field_of(c.validate().unwrap_err()).starts_with("schedule."));
     }
 
     #[test]
