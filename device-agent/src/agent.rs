@@ -13,8 +13,9 @@ use tracing::{info, warn};
 
 use crate::capabilities::{CapabilitiesError, CapabilitiesReporter, CapabilitiesSource, HostProbe};
 use crate::clock::{Clock, SystemClock};
-use crate::config::{AdapterKind, AgentConfig, BrokerUrl, ConfigError};
+use crate::config::{AdapterKind, AgentConfig, BrokerUrl, ConfigError, Transport};
 use crate::connection::{Connection, ConnectionDeps, ConnectionSettings, ConnectionSetupError};
+use crate::http_transport::{HttpDeps, HttpSettings, HttpSetupError, HttpTransport};
 use crate::identity::{Identity, IdentityError};
 use crate::outbox::{Outbox, OutboxError, Uplink};
 use crate::plan::ScheduleRx;
@@ -25,7 +26,7 @@ use crate::runtime::{
 use crate::snapshot::{AgentSnapshot, DeploymentView, Snapshots};
 use crate::stats::AgentStats;
 use crate::store::{Store, StoreError};
-use crate::sync::{Downlink, DownlinkDeps, DownlinkSettings, ScheduleControl};
+use crate::sync::{Downlink, DownlinkDeps, DownlinkSettings, ManifestSink, ScheduleControl};
 
 /// Why the agent could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +41,8 @@ pub enum AgentError {
     Outbox(#[from] OutboxError),
     #[error("connection: {0}")]
     Connection(#[from] ConnectionSetupError),
+    #[error("HTTP transport: {0}")]
+    Http(#[from] HttpSetupError),
     #[error("reconcile: {0}")]
     Reconcile(#[from] ReconcileError),
     #[error("{0}")]
@@ -93,6 +96,8 @@ pub struct Agent {
 /// handler and the reconciler without a broker.
 pub struct AgentParts {
     pub downlink: Downlink,
+    /// Where either transport hands verified manifests to the reconciler.
+    pub sink: ManifestSink,
     pub reconciler: Reconciler,
     pub reconcile: ReconcileContext,
     pub uplink: Uplink,
@@ -233,7 +238,14 @@ impl Agent {
             self.config.local_schedule()?,
             self.store.remote_config()?.as_ref(),
         );
-        let downlink = Downlink::new(
+        let sink = ManifestSink::new(
+            self.identity.client_id.clone(),
+            self.store.clone(),
+            Arc::clone(&self.stats),
+            self.snapshots.clone(),
+            targets_tx,
+        );
+        let downlink = Downlink::with_sink(
             DownlinkDeps {
                 client: self.identity.client_id.clone(),
                 manager_key: self.identity.manager_key.clone(),
@@ -248,7 +260,7 @@ impl Agent {
                 snapshots: self.snapshots.clone(),
                 schedule,
             },
-            targets_tx,
+            sink.clone(),
         )?;
         let reconcile = ReconcileContext {
             client: self.identity.client_id.clone(),
@@ -270,6 +282,7 @@ impl Agent {
         );
         Ok(AgentParts {
             downlink,
+            sink,
             reconciler,
             reconcile,
             uplink,
@@ -279,8 +292,9 @@ impl Agent {
         })
     }
 
-    /// Runs the connection and the reconciler until `shutdown`, then says
-    /// `offline`, disconnects cleanly and returns. Every outbox and state
+    /// Runs the transport (the MQTT connection, or the HTTP transport with
+    /// `transport = "http"`) and the reconciler until `shutdown`. Over MQTT
+    /// it then says `offline` and disconnects cleanly. Every outbox and state
     /// write is committed when made, so nothing is left to flush.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), AgentError> {
         let parts = self.parts()?;
@@ -296,37 +310,69 @@ impl Agent {
                 "communication follows a schedule"
             );
         }
-        let connection = Connection::new(
-            ConnectionSettings {
-                broker: self.broker.clone(),
-                keep_alive: self.config.keep_alive,
-                ack_timeout: self.config.ack_timeout,
-                reconnect_min: self.config.reconnect_min,
-                reconnect_max: self.config.reconnect_max,
-                state_interval: self.config.state_interval,
-                max_message_bytes: self.config.max_message_bytes,
-                wake_spread: self.config.wake_spread,
-                check_timeout: self.config.check_timeout,
-                check_settle: self.config.check_settle,
-            },
-            ConnectionDeps {
-                identity: self.identity.clone(),
-                downlink: parts.downlink,
-                uplink: parts.uplink.clone(),
-                store: self.store.clone(),
-                clock: Arc::clone(&self.clock),
-                stats: Arc::clone(&self.stats),
-                snapshots: self.snapshots.clone(),
-                schedule: parts.schedule.clone(),
-            },
-        )?;
-        info!(
-            client_id = %self.identity.client_id,
-            broker = %format!("{}:{}", self.broker.host, self.broker.port),
-            runtime = self.runtime.supported().name,
-            profiles = ?self.runtime.supported().profiles,
-            "agent starting"
-        );
+        let transport = match self.config.transport {
+            Transport::Mqtt => {
+                let connection = Connection::new(
+                    ConnectionSettings {
+                        broker: self.broker.clone(),
+                        keep_alive: self.config.keep_alive,
+                        ack_timeout: self.config.ack_timeout,
+                        reconnect_min: self.config.reconnect_min,
+                        reconnect_max: self.config.reconnect_max,
+                        state_interval: self.config.state_interval,
+                        max_message_bytes: self.config.max_message_bytes,
+                        wake_spread: self.config.wake_spread,
+                        check_timeout: self.config.check_timeout,
+                        check_settle: self.config.check_settle,
+                    },
+                    ConnectionDeps {
+                        identity: self.identity.clone(),
+                        downlink: parts.downlink,
+                        uplink: parts.uplink.clone(),
+                        store: self.store.clone(),
+                        clock: Arc::clone(&self.clock),
+                        stats: Arc::clone(&self.stats),
+                        snapshots: self.snapshots.clone(),
+                        schedule: parts.schedule.clone(),
+                    },
+                )?;
+                info!(
+                    client_id = %self.identity.client_id,
+                    transport = "mqtt",
+                    broker = %format!("{}:{}", self.broker.host, self.broker.port),
+                    runtime = self.runtime.supported().name,
+                    profiles = ?self.runtime.supported().profiles,
+                    "agent starting"
+                );
+                RunningTransport::Mqtt(Box::new(connection))
+            }
+            Transport::Http => {
+                let mut settings = HttpSettings::from_config(&self.config)?;
+                // The schedule in force: a remote one stored from an earlier
+                // MQTT run wins over the local one, as on MQTT.
+                settings.schedule = parts.schedule.borrow().as_ref().map(|a| a.schedule.clone());
+                info!(
+                    client_id = %self.identity.client_id,
+                    transport = "http",
+                    manager = %settings.manager,
+                    runtime = self.runtime.supported().name,
+                    profiles = ?self.runtime.supported().profiles,
+                    "agent starting"
+                );
+                RunningTransport::Http(Box::new(HttpTransport::new(
+                    settings,
+                    HttpDeps {
+                        identity: self.identity.clone(),
+                        sink: parts.sink,
+                        uplink: parts.uplink.clone(),
+                        store: self.store.clone(),
+                        clock: Arc::clone(&self.clock),
+                        stats: Arc::clone(&self.stats),
+                        snapshots: self.snapshots.clone(),
+                    },
+                )?))
+            }
+        };
         // The reconciler stops with the agent; if it stops on its own (a store
         // error), it stops the connection too.
         let inner = shutdown.child_token();
@@ -347,7 +393,10 @@ impl Agent {
             );
             tokio::spawn(reporter.run(inner.clone()))
         });
-        connection.run(inner.clone()).await;
+        match transport {
+            RunningTransport::Mqtt(connection) => (*connection).run(inner.clone()).await,
+            RunningTransport::Http(http) => (*http).run(inner.clone()).await,
+        }
         inner.cancel();
         if let Some(reporter) = reporter {
             let _ = reporter.await;
@@ -365,6 +414,12 @@ impl Agent {
         info!(client_id = %self.identity.client_id, "agent stopped");
         result
     }
+}
+
+/// The transport `run` drives (boxed: the two differ a lot in size).
+enum RunningTransport {
+    Mqtt(Box<Connection>),
+    Http(Box<HttpTransport>),
 }
 
 fn initial_snapshot(client: &ClientId, store: &Store) -> Result<AgentSnapshot, StoreError> {

@@ -113,6 +113,128 @@ pub struct AgentConfig {
     /// after which a check counts as synchronised.
     #[serde(with = "humantime_serde")]
     pub check_settle: Duration,
+    // --- Transport choice and the HTTP transport (issue 5, deliverable 3). ---
+    /// `mqtt` (default: the device gateway) or `http` (the Margo HTTP API).
+    pub transport: Transport,
+    /// `[http]`: the HTTP transport (used when `transport = "http"`).
+    pub http: HttpConfig,
+}
+
+/// How the agent talks to the fleet manager.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// MQTT through the device gateway (persistent session, signed messages).
+    #[default]
+    Mqtt,
+    /// The Margo HTTP API: polled manifest, signed status and capabilities.
+    Http,
+}
+
+/// `[http]`: the HTTP transport.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// `https://host[:port]` of the manager's HTTP API. Default:
+    /// `onboarding.manager_url` (the manager this device onboarded with).
+    pub manager_url: Option<String>,
+    /// Largest manifest, deployment document or report body (either direction),
+    /// and largest single entry of a bundle.
+    pub max_body_bytes: usize,
+    /// Largest bundle archive, compressed and unpacked.
+    pub max_bundle_bytes: usize,
+    /// Limit for one whole request (connect, TLS, send, read).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// How often to poll the manifest when no `[schedule]` is configured
+    /// (jittered by up to a tenth).
+    #[serde(with = "humantime_serde")]
+    pub poll_rate: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            manager_url: None,
+            max_body_bytes: 1024 * 1024,
+            max_bundle_bytes: 16 * 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+            poll_rate: Duration::from_secs(300),
+        }
+    }
+}
+
+impl AgentConfig {
+    /// The HTTP API the `http` transport talks to: `http.manager_url`, else
+    /// `onboarding.manager_url`.
+    pub fn http_manager_url(&self) -> Result<crate::http::ManagerUrl, ConfigError> {
+        let (field, url) = match (&self.http.manager_url, &self.onboarding) {
+            (Some(url), _) => ("http.manager_url", url.as_str()),
+            (None, Some(o)) if !o.manager_url.is_empty() => {
+                ("onboarding.manager_url", o.manager_url.as_str())
+            }
+            _ => {
+                return Err(invalid(
+                    "http.manager_url",
+                    "required when transport = \"http\" (or set onboarding.manager_url)",
+                ))
+            }
+        };
+        crate::http::ManagerUrl::parse(url).map_err(|e| invalid(field, e.to_string()))
+    }
+
+    fn validate_transport(&self) -> Result<(), ConfigError> {
+        let h = &self.http;
+        if let Some(url) = &h.manager_url {
+            crate::http::ManagerUrl::parse(url)
+                .map_err(|e| invalid("http.manager_url", e.to_string()))?;
+        }
+        if h.max_body_bytes < 4096 || h.max_body_bytes > 64 * 1024 * 1024 {
+            return Err(invalid(
+                "http.max_body_bytes",
+                "must be between 4 KiB and 64 MiB",
+            ));
+        }
+        if h.max_bundle_bytes < h.max_body_bytes || h.max_bundle_bytes > 1024 * 1024 * 1024 {
+            return Err(invalid(
+                "http.max_bundle_bytes",
+                "must be at least http.max_body_bytes and at most 1 GiB",
+            ));
+        }
+        if h.request_timeout.is_zero() {
+            return Err(invalid("http.request_timeout", "must be greater than zero"));
+        }
+        if h.poll_rate < Duration::from_secs(1) {
+            return Err(invalid("http.poll_rate", "must be at least 1s"));
+        }
+        if self.transport == Transport::Http {
+            self.http_manager_url()?;
+        }
+        Ok(())
+    }
+
+    /// `MARGO_AGENT_TRANSPORT`, `MARGO_AGENT_HTTP_MANAGER_URL`,
+    /// `MARGO_AGENT_HTTP_POLL_RATE`; `false` for other names.
+    fn apply_transport_env(
+        &mut self,
+        name: &str,
+        field: &str,
+        value: &str,
+    ) -> Result<bool, ConfigError> {
+        match name {
+            "TRANSPORT" => {
+                self.transport = match value {
+                    "mqtt" => Transport::Mqtt,
+                    "http" => Transport::Http,
+                    other => return Err(invalid(field, format!("{other:?} is not mqtt or http"))),
+                }
+            }
+            "HTTP_MANAGER_URL" => self.http.manager_url = Some(value.to_string()),
+            "HTTP_POLL_RATE" => self.http.poll_rate = parse_duration(field, value)?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
 }
 
 /// `[onboarding]`: where and how to onboard over HTTPS.
@@ -420,6 +542,8 @@ impl Default for AgentConfig {
             wake_spread: Duration::from_secs(60),
             check_timeout: Duration::from_secs(120),
             check_settle: Duration::from_secs(2),
+            transport: Transport::default(),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -524,7 +648,8 @@ impl AgentConfig {
     /// `COMPOSE_TIMEOUT`, `HELM_PROGRAM`, `HELM_TIMEOUT`, `HELM_KUBE_CONTEXT`,
     /// `HELM_KUBECONFIG`, `CAPABILITIES_INTERVAL`, `ONBOARDING_MANAGER_URL`,
     /// `ONBOARDING_CA_FINGERPRINT`, `ONBOARDING_TOKEN`, `ONBOARDING_NAME`,
-    /// `ONBOARDING_INSECURE_TOFU`. Others with the prefix are errors.
+    /// `ONBOARDING_INSECURE_TOFU`, `TRANSPORT`, `HTTP_MANAGER_URL`,
+    /// `HTTP_POLL_RATE`. Others with the prefix are errors.
     pub fn apply_env_from(
         &mut self,
         vars: impl IntoIterator<Item = (String, String)>,
@@ -577,6 +702,7 @@ impl AgentConfig {
                 "ONBOARDING_INSECURE_TOFU" => {
                     self.onboarding_mut().insecure_tofu = parse_bool(field, &value)?
                 }
+                _ if self.apply_transport_env(name, field, &value)? => {}
                 _ => return Err(invalid(field, "unknown setting")),
             }
         }
@@ -695,6 +821,7 @@ impl AgentConfig {
             return Err(invalid("check_settle", "must be less than check_timeout"));
         }
         self.local_schedule()?;
+        self.validate_transport()?;
         Ok(())
     }
 
@@ -1186,6 +1313,51 @@ kubeconfig = "/etc/rancher/k3s/k3s.yaml"
         c.capabilities.cpu_cores = Some(0.5);
         c.capabilities.memory = Some("2GB".into());
         assert_eq!(field_of(c.validate().unwrap_err()), "capabilities.memory");
+    }
+
+    #[test]
+    fn transport_and_http_section() {
+        let d = AgentConfig::default();
+        assert_eq!(d.transport, Transport::Mqtt);
+        assert_eq!(d.http.poll_rate, Duration::from_secs(300));
+        let c = AgentConfig::from_toml(
+            "version = 1\ntransport = \"http\"\n[http]\nmanager_url = \"https://wfm:8443\"\npoll_rate = \"30s\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.http_manager_url().unwrap().port, 8443);
+        assert_eq!(c.http.poll_rate, Duration::from_secs(30));
+        // No URL at all: named; the onboarding URL is the fallback.
+        let mut c = AgentConfig {
+            transport: Transport::Http,
+            ..AgentConfig::default()
+        };
+        assert_eq!(field_of(c.validate().unwrap_err()), "http.manager_url");
+        c.onboarding_mut().manager_url = "https://onboard:9443".into();
+        c.onboarding_mut().insecure_tofu = true;
+        c.validate().unwrap();
+        assert_eq!(c.http_manager_url().unwrap().host, "onboard");
+        c.http.poll_rate = Duration::from_millis(10);
+        assert_eq!(field_of(c.validate().unwrap_err()), "http.poll_rate");
+        let mut e = AgentConfig::default();
+        e.apply_env_from([
+            ("MARGO_AGENT_TRANSPORT".to_string(), "http".to_string()),
+            (
+                "MARGO_AGENT_HTTP_MANAGER_URL".to_string(),
+                "https://h".to_string(),
+            ),
+        ])
+        .unwrap();
+        assert_eq!(e.transport, Transport::Http);
+        e.validate().unwrap();
+        let err = e
+            .apply_env_from([("MARGO_AGENT_TRANSPORT".to_string(), "coap".to_string())])
+            .unwrap_err();
+        assert_eq!(field_of(err), "MARGO_AGENT_TRANSPORT");
+        // A schedule is validated with the field named.
+        let c = AgentConfig::from_toml("version = 1\n[schedule]\ntime_zone = \"Mars/Olympus\"\n")
+            .unwrap();
+        assert!(field_of(c.validate().unwrap_err()).starts_with("schedule."));
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub enum HttpError {
     Request(#[from] hyper::http::Error),
     #[error("response body: {0}")]
     Body(String),
+    #[error("response body is larger than the limit of {limit} bytes")]
+    TooLarge { limit: usize },
     #[error("no answer within {0:?}")]
     Timeout(Duration),
 }
@@ -194,7 +196,14 @@ pub fn verified_tls(ca_pem: &[u8]) -> Result<rustls::ClientConfig, pki::PkiError
     pki::client_tls_config(ca_pem, None)
 }
 
-/// A response: status, headers, body (at most [`MAX_BODY`]).
+/// A request body: its media type, bytes and extra headers (e.g. its signatures).
+#[derive(Debug, Clone)]
+pub struct RequestBody {
+    pub content_type: &'static str,
+    pub bytes: Bytes,
+}
+
+/// A response: status, headers, body (at most the client's body limit).
 #[derive(Debug)]
 pub struct Answer {
     pub status: StatusCode,
@@ -237,12 +246,15 @@ pub struct JsonBody {
     pub headers: Vec<(&'static str, String)>,
 }
 
-/// An HTTPS client for one manager.
+/// An HTTPS client for one manager. The rustls configuration is shared by
+/// every request, so TLS 1.3 session tickets resume later connections.
 #[derive(Debug, Clone)]
 pub struct HttpsClient {
     url: ManagerUrl,
     tls: Arc<rustls::ClientConfig>,
     server_name: ServerName<'static>,
+    max_body: usize,
+    timeout: Duration,
 }
 
 impl HttpsClient {
@@ -253,7 +265,16 @@ impl HttpsClient {
             url,
             tls: Arc::new(tls),
             server_name,
+            max_body: MAX_BODY,
+            timeout: REQUEST_TIMEOUT,
         })
+    }
+
+    /// The same client with another response body limit and request deadline.
+    pub fn with_limits(mut self, max_body: usize, timeout: Duration) -> Self {
+        self.max_body = max_body;
+        self.timeout = timeout;
+        self
     }
 
     pub fn url(&self) -> &ManagerUrl {
@@ -267,17 +288,46 @@ impl HttpsClient {
         path: &str,
         body: Option<JsonBody>,
     ) -> Result<Answer, HttpError> {
-        match tokio::time::timeout(REQUEST_TIMEOUT, self.send_inner(method, path, body)).await {
-            Ok(result) => result,
-            Err(_) => Err(HttpError::Timeout(REQUEST_TIMEOUT)),
-        }
+        let (headers, body) = match body {
+            Some(JsonBody { bytes, headers }) => (
+                headers,
+                Some(RequestBody {
+                    content_type: "application/json",
+                    bytes: Bytes::from(bytes),
+                }),
+            ),
+            None => (Vec::new(), None),
+        };
+        self.exchange(method, path, &headers, body).await
     }
 
-    async fn send_inner(
+    /// Sends one request with extra `headers` and an optional body over a
+    /// new connection; the whole exchange is bounded by the request deadline
+    /// and the response body by the body limit.
+    pub async fn exchange(
         &self,
         method: Method,
         path: &str,
-        body: Option<JsonBody>,
+        headers: &[(&str, String)],
+        body: Option<RequestBody>,
+    ) -> Result<Answer, HttpError> {
+        match tokio::time::timeout(
+            self.timeout,
+            self.exchange_inner(method, path, headers, body),
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(HttpError::Timeout(self.timeout)),
+        }
+    }
+
+    async fn exchange_inner(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Option<RequestBody>,
     ) -> Result<Answer, HttpError> {
         let addr = self.url.authority();
         let tcp = TcpStream::connect((self.url.host.as_str(), self.url.port))
@@ -308,25 +358,44 @@ impl HttpsClient {
                 USER_AGENT,
                 concat!("margo-agent/", env!("CARGO_PKG_VERSION")),
             );
+        for (name, value) in headers {
+            builder = builder.header(*name, value.as_str());
+        }
         let payload = match body {
-            Some(JsonBody { bytes, headers }) => {
-                builder =
-                    builder.header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                for (name, value) in headers {
-                    builder = builder.header(name, value);
-                }
-                Bytes::from(bytes)
+            Some(RequestBody {
+                content_type,
+                bytes,
+            }) => {
+                builder = builder.header(CONTENT_TYPE, HeaderValue::from_static(content_type));
+                bytes
             }
             None => Bytes::new(),
         };
         let request = builder.body(Full::new(payload))?;
+        let max_body = self.max_body;
         let result = async {
             let response = sender.send_request(request).await?;
             let (parts, body) = response.into_parts();
-            let body = Limited::new(body, MAX_BODY)
+            let declared = parts
+                .headers
+                .get(hyper::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > max_body as u64) {
+                return Err(HttpError::TooLarge { limit: max_body });
+            }
+            let body = Limited::new(body, max_body)
                 .collect()
                 .await
-                .map_err(|e| HttpError::Body(e.to_string()))?
+                .map_err(|e| {
+                    if e.downcast_ref::<http_body_util::LengthLimitError>()
+                        .is_some()
+                    {
+                        HttpError::TooLarge { limit: max_body }
+                    } else {
+                        HttpError::Body(e.to_string())
+                    }
+                })?
                 .to_bytes();
             Ok(Answer {
                 status: parts.status,

@@ -7,11 +7,13 @@
 //! See `README.md` and `docs/architecture.md` in the workspace.
 
 pub mod agent;
+pub mod bundle;
 pub mod capabilities;
 pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod http;
+pub mod http_transport;
 pub mod identity;
 pub mod onboard;
 pub mod outbox;

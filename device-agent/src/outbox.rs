@@ -429,6 +429,44 @@ impl Outbox {
         codec::decode(&body, usize::MAX).map_err(|e| corrupt(e.to_string()))
     }
 
+    /// The message of pending entry `seq`, opened with the agent's own key:
+    /// for the HTTP transport, which sends the message body rather than the
+    /// sealed envelope. `None` if no longer pending.
+    pub fn message(&self, seq: u64) -> Result<Option<Message>, OutboxError> {
+        if !self.index.contains_key(&seq) {
+            return Ok(None);
+        }
+        let Some(record) = self.store.outbox_get(seq)? else {
+            return Ok(None);
+        };
+        Ok(Some(self.unseal(seq, &record)?.msg))
+    }
+
+    /// Deletes the entries `seqs` (committed on return): delivered or refused
+    /// for good over a transport that answers per message (HTTP), where there
+    /// is no cumulative ack. Returns how many were pending.
+    pub fn settle(&mut self, seqs: &[u64]) -> Result<usize, OutboxError> {
+        let done: Vec<u64> = seqs
+            .iter()
+            .copied()
+            .filter(|s| self.index.contains_key(s))
+            .collect();
+        if done.is_empty() {
+            return Ok(0);
+        }
+        self.store.outbox_commit(None, &done, self.next_seq)?;
+        self.forget(&done);
+        if self.overflowing
+            && self.index.len() < self.limits.max_entries
+            && self.bytes < self.limits.max_bytes
+        {
+            self.overflowing = false;
+            info!(client_id = %self.client, pending = self.index.len(), "outbox below its limits again");
+        }
+        debug!(client_id = %self.client, settled = done.len(), "settled");
+        Ok(done.len())
+    }
+
     /// The topic and payload to publish for `seq`, re-sealed with the
     /// current `low` if the stored one is stale. `None` if no longer pending.
     pub fn payload_for_send(&mut self, seq: u64) -> Result<Option<(String, Vec<u8>)>, OutboxError> {
@@ -501,6 +539,13 @@ impl Uplink {
     /// Applies a manager ack (see [`Outbox::ack`]).
     pub fn ack(&self, acked_seq: u64) -> Result<usize, OutboxError> {
         let result = self.lock().ack(acked_seq);
+        self.refresh();
+        result
+    }
+
+    /// Deletes entries settled per message (see [`Outbox::settle`]).
+    pub fn settle(&self, seqs: &[u64]) -> Result<usize, OutboxError> {
+        let result = self.lock().settle(seqs);
         self.refresh();
         result
     }
@@ -679,6 +724,20 @@ mod tests {
         let env = open_env(&ob, &payload);
         assert_eq!((env.seq, env.low), (52, 51));
         assert_eq!(ob.enqueue(state()).unwrap(), 53);
+    }
+
+    #[test]
+    fn message_and_settle_serve_the_http_transport() {
+        let store = Store::in_memory().unwrap();
+        let (key, _) = SigningKey::generate().unwrap();
+        let mut ob = outbox(store.clone(), Arc::new(key), 100);
+        ob.enqueue(state()).unwrap();
+        ob.enqueue(status("a", DeploymentState::Installed)).unwrap();
+        assert!(matches!(ob.message(2).unwrap(), Some(Message::Status(_))));
+        assert_eq!(ob.settle(&[2, 7]).unwrap(), 1);
+        assert_eq!(ob.pending(), vec![1]);
+        assert!(ob.message(2).unwrap().is_none());
+        assert_eq!(ob.enqueue(state()).unwrap(), 3, "seqs keep counting");
     }
 
     fn meta_strategy() -> impl Strategy<Value = EntryMeta> {

@@ -66,6 +66,20 @@ counters!(
     revoked_refusals,
     /// Capabilities reports enqueued (one per device, children included).
     capabilities_sent,
+    /// HTTP transport: manifest checks made (each a conditional GET).
+    http_checks,
+    /// HTTP transport: checks answered `304 Not Modified`.
+    http_not_modified,
+    /// HTTP transport: bundles downloaded.
+    http_bundles,
+    /// HTTP transport: single deployment documents downloaded.
+    http_documents,
+    /// HTTP transport: checks or uplink requests that failed (network, 5xx, bad answers).
+    http_errors,
+    /// HTTP transport: uplink entries the manager refused for good (4xx other than 409), dropped.
+    uplink_refused,
+    /// HTTP transport: `state`/`sync` entries skipped (no HTTP form).
+    uplink_skipped,
 );
 
 impl AgentStats {

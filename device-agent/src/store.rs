@@ -34,6 +34,7 @@ const KEY_ACCEPTED: &str = "accepted_manifest";
 const KEY_RETRY: &str = "retry";
 const KEY_CAPABILITIES: &str = "capabilities_digest";
 const KEY_REMOTE_CONFIG: &str = "remote_config";
+const KEY_HTTP_ETAG: &str = "http_etag";
 
 /// Largest record we decode from our own store (a YAML document is at most 512 KiB).
 const MAX_RECORD: usize = 2 * 1024 * 1024;
@@ -316,6 +317,23 @@ impl Store {
         let txn = self.db.begin_write()?;
         txn.open_table(DOCS)?
             .insert(KEY_REMOTE_CONFIG, bytes.as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The `ETag` of the HTTP manifest last accepted (HTTP transport), sent
+    /// back as `If-None-Match`.
+    pub fn http_etag(&self) -> Result<Option<String>, StoreError> {
+        self.doc(KEY_HTTP_ETAG)
+    }
+
+    /// Records the `ETag` of the HTTP manifest whose content was verified and
+    /// accepted (committed on return).
+    pub fn set_http_etag(&self, etag: &str) -> Result<(), StoreError> {
+        let bytes = encode("http etag", &etag)?;
+        let txn = self.db.begin_write()?;
+        txn.open_table(DOCS)?
+            .insert(KEY_HTTP_ETAG, bytes.as_slice())?;
         txn.commit()?;
         Ok(())
     }

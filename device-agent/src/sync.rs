@@ -88,6 +88,12 @@ pub enum DownlinkError {
         version: u64,
         source: margo_schemas::schedule::ScheduleError,
     },
+    #[error("manifest {version} lists {listed} with digest {digest}, which is not in the cache")]
+    MissingContent {
+        version: u64,
+        listed: DeploymentId,
+        digest: Digest,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -220,7 +226,7 @@ pub struct Downlink {
     clock: Arc<dyn Clock>,
     stats: Arc<AgentStats>,
     snapshots: Snapshots,
-    targets: watch::Sender<Option<Arc<AcceptedManifest>>>,
+    sink: ManifestSink,
     accepted: Option<AcceptedManifest>,
     pending: Option<Pending>,
     last_sync: Option<Instant>,
@@ -257,6 +263,113 @@ pub struct DownlinkDeps {
     pub schedule: ScheduleControl,
 }
 
+/// How an offered manifest (valid, with content digest `digest`) relates
+/// to the accepted one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// Newer than the accepted one (or nothing is accepted yet).
+    Newer,
+    /// The accepted manifest again (same version, same content).
+    Same,
+}
+
+/// The version rule both transports apply: a lower version is a rollback,
+/// an equal version with other content a conflict (both security events);
+/// the same manifest again is [`Offer::Same`].
+pub fn judge_offer(
+    accepted: Option<&AcceptedManifest>,
+    version: u64,
+    digest: &Digest,
+) -> Result<Offer, DownlinkError> {
+    let Some(accepted) = accepted else {
+        return Ok(Offer::Newer);
+    };
+    if version < accepted.version() {
+        return Err(DownlinkError::Rollback {
+            offered: version,
+            accepted: accepted.version(),
+        });
+    }
+    if version == accepted.version() {
+        return if *digest == accepted.digest {
+            Ok(Offer::Same)
+        } else {
+            Err(DownlinkError::Conflict { version })
+        };
+    }
+    Ok(Offer::Newer)
+}
+
+/// The one way a verified manifest reaches the reconciler, shared by the
+/// MQTT downlink and the HTTP transport: it checks that every listed
+/// document is cached (verified) under the listed id, records the manifest
+/// as accepted (committed), and sends it on the reconciler's `watch`.
+#[derive(Debug, Clone)]
+pub struct ManifestSink {
+    client: ClientId,
+    store: Store,
+    stats: Arc<AgentStats>,
+    snapshots: Snapshots,
+    targets: Arc<watch::Sender<Option<Arc<AcceptedManifest>>>>,
+}
+
+impl ManifestSink {
+    /// A sink feeding `targets`.
+    pub fn new(
+        client: ClientId,
+        store: Store,
+        stats: Arc<AgentStats>,
+        snapshots: Snapshots,
+        targets: watch::Sender<Option<Arc<AcceptedManifest>>>,
+    ) -> Self {
+        Self {
+            client,
+            store,
+            stats,
+            snapshots,
+            targets: Arc::new(targets),
+        }
+    }
+
+    /// Accepts `manifest` (content digest `digest`, already judged newer):
+    /// every document must be in the cache with the listed id.
+    pub fn accept(
+        &self,
+        manifest: &StateManifest,
+        digest: Digest,
+    ) -> Result<AcceptedManifest, DownlinkError> {
+        let version = manifest.manifest_version;
+        for r in &manifest.deployments {
+            let Some(doc) = self.store.cache_get(&r.digest)? else {
+                return Err(DownlinkError::MissingContent {
+                    version,
+                    listed: r.deployment_id.clone(),
+                    digest: r.digest,
+                });
+            };
+            if doc.id != r.deployment_id {
+                return Err(DownlinkError::ContentMismatch {
+                    version,
+                    listed: r.deployment_id.clone(),
+                    digest: r.digest,
+                    doc_id: doc.id,
+                });
+            }
+        }
+        let accepted = AcceptedManifest {
+            manifest: manifest.clone(),
+            digest,
+        };
+        self.store.set_accepted_manifest(&accepted)?;
+        AgentStats::bump(&self.stats.manifests_accepted);
+        info!(client_id = %self.client, manifest_version = version, "manifest accepted");
+        self.snapshots
+            .update(|s| s.accepted_manifest_version = version);
+        self.targets.send_replace(Some(Arc::new(accepted.clone())));
+        Ok(accepted)
+    }
+}
+
 impl Downlink {
     /// A handler starting from the accepted manifest in the store; accepted
     /// manifests are sent on `targets`.
@@ -264,6 +377,18 @@ impl Downlink {
         deps: DownlinkDeps,
         targets: watch::Sender<Option<Arc<AcceptedManifest>>>,
     ) -> Result<Self, StoreError> {
+        let sink = ManifestSink::new(
+            deps.client.clone(),
+            deps.store.clone(),
+            Arc::clone(&deps.stats),
+            deps.snapshots.clone(),
+            targets,
+        );
+        Self::with_sink(deps, sink)
+    }
+
+    /// A handler accepting through `sink`.
+    pub fn with_sink(deps: DownlinkDeps, sink: ManifestSink) -> Result<Self, StoreError> {
         let accepted = deps.store.accepted_manifest()?;
         Ok(Self {
             client: deps.client,
@@ -274,7 +399,7 @@ impl Downlink {
             clock: deps.clock,
             stats: deps.stats,
             snapshots: deps.snapshots,
-            targets,
+            sink,
             accepted,
             pending: None,
             last_sync: None,
@@ -371,21 +496,9 @@ impl Downlink {
             .map_err(DownlinkError::InvalidManifest)?;
         let version = manifest.manifest_version;
         let digest = manifest_digest(&manifest)?;
-        if let Some(accepted) = &self.accepted {
-            if version < accepted.version() {
-                return Err(DownlinkError::Rollback {
-                    offered: version,
-                    accepted: accepted.version(),
-                });
-            }
-            if version == accepted.version() {
-                return if digest == accepted.digest {
-                    debug!(client_id = %self.client, manifest_version = version, "same manifest again");
-                    Ok(Handled::Ignored(version))
-                } else {
-                    Err(DownlinkError::Conflict { version })
-                };
-            }
+        if judge_offer(self.accepted.as_ref(), version, &digest)? == Offer::Same {
+            debug!(client_id = %self.client, manifest_version = version, "same manifest again");
+            return Ok(Handled::Ignored(version));
         }
         if let Some(pending) = &self.pending {
             let pending_version = pending.manifest.manifest_version;
@@ -467,36 +580,18 @@ impl Downlink {
             debug!(client_id = %self.client, manifest_version = version, missing, "waiting for deployment documents");
             return Ok(Handled::Waiting { version, missing });
         }
-        for r in &pending.manifest.deployments {
-            let doc = self.store.cache_get(&r.digest)?;
-            if let Some(doc) = doc {
-                if doc.id != r.deployment_id {
-                    let error = DownlinkError::ContentMismatch {
-                        version,
-                        listed: r.deployment_id.clone(),
-                        digest: r.digest,
-                        doc_id: doc.id,
-                    };
-                    self.pending = None;
-                    return Err(error);
-                }
+        match self.sink.accept(&pending.manifest, pending.digest) {
+            Ok(accepted) => {
+                self.pending = None;
+                self.accepted = Some(accepted);
+                Ok(Handled::Accepted(version))
             }
+            Err(error @ DownlinkError::ContentMismatch { .. }) => {
+                self.pending = None;
+                Err(error)
+            }
+            Err(error) => Err(error),
         }
-        let Some(pending) = self.pending.take() else {
-            return Ok(Handled::Ignored(version));
-        };
-        let accepted = AcceptedManifest {
-            manifest: pending.manifest,
-            digest: pending.digest,
-        };
-        self.store.set_accepted_manifest(&accepted)?;
-        AgentStats::bump(&self.stats.manifests_accepted);
-        info!(client_id = %self.client, manifest_version = version, "manifest accepted");
-        self.snapshots
-            .update(|s| s.accepted_manifest_version = version);
-        self.targets.send_replace(Some(Arc::new(accepted.clone())));
-        self.accepted = Some(accepted);
-        Ok(Handled::Accepted(version))
     }
 
     fn on_deployment(
