@@ -349,7 +349,10 @@ impl Connection {
         let mut backoff = Backoff::new(self.settings.reconnect_min, self.settings.reconnect_max);
         let mut sent: HashMap<u64, Instant> = HashMap::new();
         let mut first_connack = true;
-        let check_deadline = self.clock.now() + self.settings.check_timeout;
+        let mut check_deadline = self.clock.now() + self.settings.check_timeout;
+        // An online session that a new schedule ends first delivers what is
+        // pending (the state report naming the new schedule), like a check.
+        let mut draining = false;
         // `per-check`: when the check may count as settled (armed on SubAck,
         // pushed back by every exchange).
         let mut settle_at: Option<Instant> = None;
@@ -362,7 +365,7 @@ impl Connection {
         }
         let end = loop {
             let wake = self.next_wake(&sent, run.state_due);
-            let checking = kind == SessionKind::Check;
+            let checking = kind == SessionKind::Check || draining;
             match state {
                 ConnState::Backoff(at) => {
                     tokio::select! {
@@ -406,6 +409,14 @@ impl Connection {
                                     (SessionKind::Online, Phase::Online { until: next }) => until = next,
                                     // A check finishes under the new schedule; its next check follows it.
                                     (SessionKind::Check, _) => {}
+                                    _ if connected => {
+                                        debug!("the new schedule ends this session once the outbox is delivered");
+                                        let now_ms = self.clock.unix_ms();
+                                        planner.check_done(now_ms, now_ms);
+                                        draining = true;
+                                        check_deadline = self.clock.now() + self.settings.check_timeout;
+                                        settle_at = Some(self.clock.now() + self.settings.check_settle);
+                                    }
                                     _ => break SessionEnd::Scheduled,
                                 }
                             } else {

@@ -470,10 +470,23 @@ pub fn converged(
     version: u64,
     expect: &[(&str, &str)],
 ) -> bool {
+    version_and_states_hold(status, client, "adoptedVersion", version, expect)
+}
+
+/// Whether the status field `version_field` of `client` (`adoptedVersion`
+/// from state reports, `applyingVersion` from status reports) is at least
+/// `version` and every `(deploymentId, state)` holds.
+pub fn version_and_states_hold(
+    status: &serde_json::Value,
+    client: &str,
+    version_field: &str,
+    version: u64,
+    expect: &[(&str, &str)],
+) -> bool {
     let Some(c) = client_status(status, client) else {
         return false;
     };
-    if c["adoptedVersion"].as_u64().unwrap_or(0) < version {
+    if c[version_field].as_u64().unwrap_or(0) < version {
         return false;
     }
     let deployments = c["deployments"].as_array().cloned().unwrap_or_default();

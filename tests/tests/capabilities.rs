@@ -11,8 +11,8 @@ use anyhow::{Context, Result};
 use margo_manager::admin::AdminClient;
 use margo_tests::eventually;
 use margo_tests::fleet::{
-    client_status, deployment_yaml, onboarding_toml, uplink_seqs, wait_converged, write_file,
-    AgentProc, ManagerProc, RecordingRuntime, START,
+    deployment_yaml, onboarding_toml, wait_converged, write_file, AgentProc, ManagerProc,
+    RecordingRuntime, START,
 };
 
 const CONVERGE: Duration = Duration::from_secs(60);
@@ -30,21 +30,12 @@ fn build_architecture() -> &'static str {
     }
 }
 
-/// Waits until the manager stored and acknowledged everything `name` sent.
+/// Waits until the manager stored and acknowledged everything `name` sent
+/// (each seq exactly once).
 async fn wait_all_acked(manager: &ManagerProc, name: &str) -> Result<()> {
-    eventually(
-        CONVERGE,
-        &format!("every uplink of {name} acked"),
-        || async {
-            let status = manager.status()?;
-            let acked = client_status(&status, name)
-                .and_then(|c| c["ackedSeq"].as_u64())
-                .unwrap_or(0);
-            let seqs = uplink_seqs(manager, name).await?;
-            Ok((acked > 0 && seqs.last() == Some(&acked)).then_some(()))
-        },
-    )
-    .await
+    margo_tests::fleet::wait_all_acked(manager, name, CONVERGE)
+        .await
+        .map(|_| ())
 }
 
 /// How many `capabilities` messages the manager stored for `name`.

@@ -16,31 +16,22 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use margo_tests::eventually;
 use margo_tests::fleet::{
-    client_status, deployment_yaml, write_file, AgentProc, ManagerProc, SCENARIO_D1, SCENARIO_D2,
+    client_status, deployment_yaml, version_and_states_hold, write_file, AgentProc, ManagerProc,
+    SCENARIO_D1, SCENARIO_D2,
 };
 
 const CONVERGE: Duration = Duration::from_secs(60);
 const NAMES: [&str; 2] = ["press-mqtt", "press-http"];
 
-/// Whether `client` reported statuses for `version` and every `(id, state)` holds.
+/// Whether `client` reported statuses for `version` and every `(id, state)`
+/// holds (an HTTP agent sends no state reports, so no `adoptedVersion`).
 fn reported(
     status: &serde_json::Value,
     client: &str,
     version: u64,
     expect: &[(&str, &str)],
 ) -> bool {
-    let Some(c) = client_status(status, client) else {
-        return false;
-    };
-    if c["applyingVersion"].as_u64().unwrap_or(0) < version {
-        return false;
-    }
-    let deployments = c["deployments"].as_array().cloned().unwrap_or_default();
-    expect.iter().all(|(id, state)| {
-        deployments
-            .iter()
-            .any(|d| d["deploymentId"].as_str() == Some(id) && d["state"].as_str() == Some(state))
-    })
+    version_and_states_hold(status, client, "applyingVersion", version, expect)
 }
 
 async fn wait_reported(manager: &ManagerProc, version: u64, expect: &[(&str, &str)]) -> Result<()> {
