@@ -31,7 +31,9 @@ use crate::http::{HttpStats, OnboardingStats};
 use crate::ingest::{IngestStats, IngestStatsSnapshot, KeyCache};
 use crate::onboarding::{CreatedToken, OnboardingError, RequestView, TokenView};
 use crate::publisher::{Downlink, LinkStats, LinkStatsSnapshot};
-use crate::store::{AuditEvent, CapabilitiesEntry, ClientStatus, Store, StoreError, UplinkSummary};
+use crate::store::{
+    now_ms, AuditEvent, CapabilitiesEntry, ClientStatus, Store, StoreError, UplinkSummary,
+};
 
 /// Why the admin server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -558,7 +560,7 @@ async fn client_details(
             let record = s
                 .client(&id)?
                 .ok_or_else(|| StoreError::UnknownClient(id.to_string()))?;
-            let status = s.client_status(&id)?;
+            let status = s.client_status(&id, now_ms())?;
             let capabilities = s.capabilities_detail(&id)?;
             let info = margo_schemas::pki::cert_info(&record.cert_der).ok();
             Ok(ClientDetails {
@@ -760,10 +762,13 @@ async fn status(
         Some(client) => {
             let id = resolve(&state, client).await?;
             Ok(Json(vec![
-                state.store.run(move |s| s.client_status(&id)).await?,
+                state
+                    .store
+                    .run(move |s| s.client_status(&id, now_ms()))
+                    .await?,
             ]))
         }
-        None => Ok(Json(state.store.run(|s| s.fleet_status()).await?)),
+        None => Ok(Json(state.store.run(|s| s.fleet_status(now_ms())).await?)),
     }
 }
 

@@ -106,6 +106,8 @@ mod tests {
             last_seen: Some(10_000),
             acked_seq: 9,
             agent_version: None,
+            schedule_in_force: None,
+            availability: crate::availability::Availability::Online,
             deployments: vec![DeploymentView {
                 deployment_id: DeploymentId::new("d1").expect("id"),
                 name: Some("line-monitor".into()),
