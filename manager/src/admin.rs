@@ -20,6 +20,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use margo_schemas::deployment::ApplicationDeployment;
 use margo_schemas::ids::{ClientId, DeploymentId};
+use margo_schemas::messages::ScheduleInForce;
+use margo_schemas::schedule::{Schedule, ValidSchedule};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::net::{UnixListener, UnixStream};
@@ -31,7 +33,10 @@ use crate::http::{HttpStats, OnboardingStats};
 use crate::ingest::{IngestStats, IngestStatsSnapshot, KeyCache};
 use crate::onboarding::{CreatedToken, OnboardingError, RequestView, TokenView};
 use crate::publisher::{Downlink, LinkStats, LinkStatsSnapshot};
-use crate::store::{AuditEvent, CapabilitiesEntry, ClientStatus, Store, StoreError, UplinkSummary};
+use crate::store::{
+    now_ms, AuditEvent, CapabilitiesEntry, ClientStatus, RemoteConfig, Store, StoreError,
+    UplinkSummary,
+};
 
 /// Why the admin server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -218,6 +223,24 @@ pub struct ClientDetails {
     pub status: ClientStatus,
     /// Latest capabilities per device id.
     pub capabilities: Vec<CapabilitiesEntry>,
+    /// The remote settings stored for it (published on `R/config`), if any
+    /// were ever set. What the device follows is `status.scheduleInForce`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_config: Option<RemoteConfig>,
+}
+
+/// `GET`, `PUT` and `DELETE /v1/clients/{client}/schedule`: the remote
+/// schedule stored for a client and the one it reports in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduleView {
+    /// The client.
+    pub client_id: ClientId,
+    /// The remote config as stored and published (after `PUT`/`DELETE`: the
+    /// new version, committed); `None` if none was ever set.
+    pub remote: Option<RemoteConfig>,
+    /// The schedule in force per the client's newest `state` report.
+    pub in_force: Option<ScheduleInForce>,
 }
 
 /// Response of deploy and undeploy.
@@ -429,6 +452,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/tokens/{id}", delete(revoke_token))
         .route("/v1/clients/{client}/uplink", get(uplink))
         .route("/v1/clients/{client}/capabilities", get(capabilities))
+        .route(
+            "/v1/clients/{client}/schedule",
+            get(get_schedule).put(set_schedule).delete(clear_schedule),
+        )
         .route("/v1/clients/{client}/deployments", post(deploy))
         .route(
             "/v1/clients/{client}/deployments/{deployment}",
@@ -558,8 +585,9 @@ async fn client_details(
             let record = s
                 .client(&id)?
                 .ok_or_else(|| StoreError::UnknownClient(id.to_string()))?;
-            let status = s.client_status(&id)?;
+            let status = s.client_status(&id, now_ms())?;
             let capabilities = s.capabilities_detail(&id)?;
+            let remote_config = s.remote_config(&id)?;
             let info = margo_schemas::pki::cert_info(&record.cert_der).ok();
             Ok(ClientDetails {
                 cert_fingerprint: margo_schemas::pki::fingerprint(&record.cert_der).to_string(),
@@ -572,6 +600,7 @@ async fn client_details(
                 },
                 status,
                 capabilities,
+                remote_config,
             })
         })
         .await?;
@@ -746,6 +775,76 @@ async fn undeploy(
     }))
 }
 
+async fn schedule_view(state: &AdminState, id: ClientId) -> ApiResult<ScheduleView> {
+    Ok(state
+        .store
+        .run(move |s| {
+            let remote = s.remote_config(&id)?;
+            let in_force = s.client_status(&id, now_ms())?.schedule_in_force;
+            Ok(ScheduleView {
+                client_id: id,
+                remote,
+                in_force,
+            })
+        })
+        .await?)
+}
+
+async fn get_schedule(
+    State(state): State<AdminState>,
+    UrlPath(client): UrlPath<String>,
+) -> ApiResult<Json<ScheduleView>> {
+    let id = resolve(&state, client).await?;
+    Ok(Json(schedule_view(&state, id).await?))
+}
+
+/// Stores `schedule` (validated; `None` clears) under the next config
+/// version, then asks the publisher for `R/config`. Answers only after the
+/// commit.
+async fn store_schedule(
+    state: &AdminState,
+    client: String,
+    schedule: Option<ValidSchedule>,
+) -> ApiResult<Json<ScheduleView>> {
+    let id = resolve(state, client).await?;
+    let c = id.clone();
+    let config = state
+        .store
+        .run(move |s| s.set_schedule(&c, schedule))
+        .await?;
+    state.downlink.config_changed(&id);
+    info!(
+        client_id = %id,
+        config_version = config.version,
+        remote = config.schedule.is_some(),
+        "remote schedule stored"
+    );
+    let mut view = schedule_view(state, id).await?;
+    // What this call committed, even if another call has committed since.
+    view.remote = Some(config);
+    Ok(Json(view))
+}
+
+#[instrument(skip_all, fields(client_id = %client))]
+async fn set_schedule(
+    State(state): State<AdminState>,
+    UrlPath(client): UrlPath<String>,
+    schedule: Result<Json<Schedule>, JsonRejection>,
+) -> ApiResult<Json<ScheduleView>> {
+    let Json(schedule) = schedule?;
+    let valid = ValidSchedule::try_from(schedule)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+    store_schedule(&state, client, Some(valid)).await
+}
+
+#[instrument(skip_all, fields(client_id = %client))]
+async fn clear_schedule(
+    State(state): State<AdminState>,
+    UrlPath(client): UrlPath<String>,
+) -> ApiResult<Json<ScheduleView>> {
+    store_schedule(&state, client, None).await
+}
+
 /// `GET /v1/status` query.
 #[derive(Debug, Deserialize)]
 struct StatusQuery {
@@ -760,10 +859,13 @@ async fn status(
         Some(client) => {
             let id = resolve(&state, client).await?;
             Ok(Json(vec![
-                state.store.run(move |s| s.client_status(&id)).await?,
+                state
+                    .store
+                    .run(move |s| s.client_status(&id, now_ms()))
+                    .await?,
             ]))
         }
-        None => Ok(Json(state.store.run(|s| s.fleet_status()).await?)),
+        None => Ok(Json(state.store.run(|s| s.fleet_status(now_ms())).await?)),
     }
 }
 
@@ -1047,6 +1149,32 @@ impl AdminClient {
     ) -> Result<BTreeMap<String, serde_json::Value>, AdminError> {
         let path = format!("/v1/clients/{}/capabilities", encode_component(client));
         self.call(axum::http::Method::GET, &path, None).await
+    }
+
+    /// The remote schedule stored for a client and the one it reports in force.
+    pub async fn schedule(&self, client: &str) -> Result<ScheduleView, AdminError> {
+        let path = format!("/v1/clients/{}/schedule", encode_component(client));
+        self.call(axum::http::Method::GET, &path, None).await
+    }
+
+    /// Sets a client's remote schedule (validated again by the manager): a
+    /// new config version, stored and published on `R/config` before the
+    /// answer.
+    pub async fn set_schedule(
+        &self,
+        client: &str,
+        schedule: &Schedule,
+    ) -> Result<ScheduleView, AdminError> {
+        let path = format!("/v1/clients/{}/schedule", encode_component(client));
+        let body = serde_json::to_vec(schedule)?;
+        self.call(axum::http::Method::PUT, &path, Some(body)).await
+    }
+
+    /// Clears a client's remote schedule: a new config version without a
+    /// schedule, so the device falls back to its local one.
+    pub async fn clear_schedule(&self, client: &str) -> Result<ScheduleView, AdminError> {
+        let path = format!("/v1/clients/{}/schedule", encode_component(client));
+        self.call(axum::http::Method::DELETE, &path, None).await
     }
 
     /// Recent security events and their counters.

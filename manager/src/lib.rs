@@ -11,6 +11,8 @@
 //! - [`onboarding`]: onboarding requests, approval and enrollment tokens.
 //! - [`capabilities`]: acceptance of capabilities reports (MQTT and HTTP).
 //! - [`manager`]: wiring; [`Manager::start`] in-process, [`run`] for the binary.
+//! - [`availability`]: what a client's silence means (online, planned
+//!   downtime, between checks, overdue, ...), from its reported schedule.
 //! - [`status_table`]: the fleet table of `margoctl status` and the demo.
 //! - [`demo`]: `margo-manager demo`, a manager and simulated agents in one process.
 //!
@@ -19,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod availability;
 pub mod bundle;
 pub mod ca;
 pub mod capabilities;

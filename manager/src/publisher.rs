@@ -3,10 +3,11 @@
 //! [`Connection`] owns the rumqttc event loop: it reconnects with exponential
 //! backoff and jitter, hands every uplink publish to ingest over a bounded
 //! channel, and after every ConnAck asks the [`Publisher`] to resubscribe and
-//! republish all retained desired state. [`Publisher`] is the only task that
-//! publishes, so a client's deployments, manifest and ack always go out in
-//! order and from a fresh read of the store; everyone else asks for work
-//! through a [`Downlink`] handle, which never blocks (requests coalesce).
+//! republish all retained desired state and remote configs. [`Publisher`] is
+//! the only task that publishes, so a client's config, deployments, manifest
+//! and ack always go out in order and from a fresh read of the store;
+//! everyone else asks for work through a [`Downlink`] handle, which never
+//! blocks (requests coalesce).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::mem;
@@ -17,7 +18,7 @@ use std::time::Duration;
 use margo_schemas::cose::SigningKey;
 use margo_schemas::digest::Digest;
 use margo_schemas::ids::{ClientId, DeploymentId};
-use margo_schemas::messages::{DeploymentBody, Envelope, Message, MessageError};
+use margo_schemas::messages::{DeploymentBody, DeviceConfig, Envelope, Message, MessageError};
 use margo_schemas::topics;
 use rumqttc::{AsyncClient, ClientError, Event, EventLoop, MqttOptions, Packet, QoS};
 use serde::Serialize;
@@ -233,10 +234,22 @@ struct ClientWork {
     desired: bool,
     /// Publish the ack.
     ack: bool,
+    /// Publish the remote config (`R/config`), if one was ever set.
+    config: bool,
     /// Deployment topics to clear (if not desired again by then).
     clears: BTreeSet<DeploymentId>,
     /// The client was revoked: clear all of its retained topics.
     revoked: bool,
+}
+
+impl ClientWork {
+    /// Everything retained: deployments, manifest, config and ack.
+    fn everything(&mut self) {
+        self.full = true;
+        self.desired = true;
+        self.ack = true;
+        self.config = true;
+    }
 }
 
 #[derive(Debug, Default)]
@@ -304,14 +317,15 @@ impl Downlink {
         });
     }
 
-    /// Republish all of `client`'s retained state and its ack (on `sync`).
+    /// Republish all of `client`'s retained state, its remote config and its
+    /// ack (on `sync`).
     pub fn republish(&self, client: &ClientId) {
-        self.update(|p| {
-            let work = p.clients.entry(client.clone()).or_default();
-            work.full = true;
-            work.desired = true;
-            work.ack = true;
-        });
+        self.update(|p| p.clients.entry(client.clone()).or_default().everything());
+    }
+
+    /// The remote config of `client` changed: publish it.
+    pub fn config_changed(&self, client: &ClientId) {
+        self.update(|p| p.clients.entry(client.clone()).or_default().config = true);
     }
 
     /// Publish `client`'s current ack.
@@ -319,7 +333,7 @@ impl Downlink {
         self.update(|p| p.clients.entry(client.clone()).or_default().ack = true);
     }
 
-    /// `client` was revoked: clear its retained manifest, deployments and ack.
+    /// `client` was revoked: clear its retained manifest, deployments, config and ack.
     pub fn revoked(&self, client: &ClientId) {
         self.update(|p| p.clients.entry(client.clone()).or_default().revoked = true);
     }
@@ -404,10 +418,7 @@ impl Publisher {
                 if entry.record.revoked {
                     continue;
                 }
-                let work = pending.clients.entry(entry.id).or_default();
-                work.full = true;
-                work.desired = true;
-                work.ack = true;
+                pending.clients.entry(entry.id).or_default().everything();
             }
         }
         for (client, work) in pending.clients {
@@ -431,8 +442,14 @@ impl Publisher {
         if work.revoked {
             return self.clear_client(client).await;
         }
+        if work.config {
+            self.publish_config(client).await?;
+        }
         let id = client.clone();
         if !(work.desired || work.full) {
+            if !work.ack {
+                return Ok(());
+            }
             let ack = self.store.run(move |s| s.ack_for(&id)).await?;
             let (seq, manifest_version) = (ack.acked_seq, ack.manifest_version);
             self.send(client, topics::ack(client), Message::Ack(ack))
@@ -510,8 +527,27 @@ impl Publisher {
             self.clear(topics::desired_deployment(client, &id)).await?;
         }
         self.clear(topics::desired_manifest(client)).await?;
+        self.clear(topics::config(client)).await?;
         self.clear(topics::ack(client)).await?;
         info!(client_id = %client, "cleared the retained state of a revoked client");
+        Ok(())
+    }
+
+    /// Publishes `client`'s stored remote config; nothing if none was ever
+    /// set (the device follows its local configuration).
+    async fn publish_config(&self, client: &ClientId) -> Result<(), PublishError> {
+        let id = client.clone();
+        let Some(config) = self.store.run(move |s| s.remote_config(&id)).await? else {
+            return Ok(());
+        };
+        let version = config.version;
+        let remote = config.schedule.is_some();
+        let body = Message::Config(DeviceConfig {
+            version: config.version,
+            schedule: config.schedule,
+        });
+        self.send(client, topics::config(client), body).await?;
+        debug!(config_version = version, remote, "published config");
         Ok(())
     }
 

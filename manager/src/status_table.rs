@@ -38,21 +38,16 @@ pub fn render(clients: &[ClientStatus], now_ms: u64) -> String {
     // Writing to a String cannot fail.
     let _ = writeln!(
         out,
-        "{:<28} {:<20} {:<9} {:>7} {:>7} {:>8}  LAST SEEN",
-        "CLIENT", "NAME", "PRESENCE", "DESIRED", "ADOPTED", "ACKED"
+        "{:<28} {:<20} {:<22} {:>7} {:>7} {:>8}  LAST SEEN",
+        "CLIENT", "NAME", "AVAILABILITY", "DESIRED", "ADOPTED", "ACKED"
     );
     for c in clients {
-        let presence = if c.revoked {
-            "revoked"
-        } else {
-            c.presence.as_str()
-        };
         let _ = writeln!(
             out,
-            "{:<28} {:<20} {:<9} {:>7} {:>7} {:>8}  {}",
+            "{:<28} {:<20} {:<22} {:>7} {:>7} {:>8}  {}",
             c.client_id,
             c.name,
-            presence,
+            c.availability.as_str(),
             c.desired_version,
             or_dash(c.adopted_version),
             c.acked_seq,
@@ -106,6 +101,8 @@ mod tests {
             last_seen: Some(10_000),
             acked_seq: 9,
             agent_version: None,
+            schedule_in_force: None,
+            availability: crate::availability::Availability::BetweenChecks,
             deployments: vec![DeploymentView {
                 deployment_id: DeploymentId::new("d1").expect("id"),
                 name: Some("line-monitor".into()),
@@ -125,7 +122,9 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 4, "{text}");
         assert!(lines[0].starts_with("CLIENT"));
+        assert!(lines[0].contains("AVAILABILITY"));
         assert!(lines[1].contains("press-7") && lines[1].ends_with("1m ago"));
+        assert!(lines[1].contains(" between-checks "), "{text}");
         assert!(lines[2].contains("line-monitor") && lines[2].contains("installing"));
         assert!(lines[3].contains("timeseries-db") && lines[3].ends_with("installed"));
     }

@@ -13,9 +13,11 @@ use margo_schemas::capabilities::DeviceCapabilitiesManifest;
 use margo_schemas::deployment::ApplicationDeployment;
 use margo_schemas::digest::Digest;
 use margo_schemas::ids::{ClientId, DeploymentId, DeviceId};
-use margo_schemas::messages::{Ack, Envelope, Message, StatusReport};
+use margo_schemas::messages::{Ack, Envelope, Message, ScheduleInForce, StatusReport};
 use margo_schemas::pki::cert_info;
+use margo_schemas::schedule::{Schedule, ValidSchedule};
 
+use crate::availability::{self, Availability, Observed};
 use crate::capabilities::{check_capabilities, CapabilitiesRejection};
 use margo_schemas::status::{ComponentStatus, DeploymentState, DeploymentStatus, StatusError};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -53,6 +55,8 @@ const CAPS_HISTORY: TableDefinition<(&str, &str, u64), &[u8]> =
     TableDefinition::new("capabilities_history");
 /// clientId → CBOR [`ClientRuntime`] (presence, last seen, adopted version).
 const RUNTIME: TableDefinition<&str, &[u8]> = TableDefinition::new("client_runtime");
+/// clientId → CBOR [`RemoteConfig`]: the remote settings published on `R/config`.
+const REMOTE_CONFIG: TableDefinition<&str, &[u8]> = TableDefinition::new("remote_config");
 /// sequence → CBOR [`AuditEvent`].
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 /// audit kind → count.
@@ -271,6 +275,23 @@ struct ClientRuntime {
     state_seq: u64,
     /// Highest `adoptedManifestVersion` seen in status reports (a hint).
     status_hint: Option<u64>,
+    /// The schedule in force per the newest `state` report (absent in
+    /// records written before schedules existed).
+    #[serde(default)]
+    schedule: Option<ScheduleInForce>,
+}
+
+/// A client's remote settings as stored and published on `R/config`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteConfig {
+    /// Starts at 1 and grows by one with every change (set or clear).
+    pub version: u64,
+    /// The schedule the device should follow; `None` after a clear: the
+    /// device falls back to its local configuration.
+    pub schedule: Option<Schedule>,
+    /// When this version was stored (ms since the epoch).
+    pub updated_at: u64,
 }
 
 /// A security event.
@@ -444,6 +465,15 @@ pub struct ClientStatus {
     pub agent_version: Option<String>,
     /// Desired and reported deployments, sorted by id.
     pub deployments: Vec<DeploymentView>,
+    /// The schedule in force per its newest `state` report (where it came
+    /// from, the remote config version, the schedule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_in_force: Option<ScheduleInForce>,
+    /// What its silence means right now ([`availability::classify`]):
+    /// `online`, `in-planned-downtime`, `outside-polling-period`,
+    /// `between-checks`, `overdue`, `offline` or `revoked`.
+    #[serde(default)]
+    pub availability: Availability,
 }
 
 /// What an HTTP-delivered report did to the store.
@@ -585,6 +615,7 @@ impl Store {
             txn.open_table(RUNTIME)?;
             txn.open_table(AUDIT)?;
             txn.open_table(AUDIT_COUNTS)?;
+            txn.open_table(REMOTE_CONFIG)?;
             crate::onboarding::open_tables(&txn)?;
         }
         txn.commit()?;
@@ -922,11 +953,59 @@ impl Store {
         })
     }
 
+    // ---- remote config ---------------------------------------------------------
+
+    /// Stores `schedule` as `client`'s remote schedule (`None`: clear it, the
+    /// device falls back to its local one) under the next config version, in
+    /// one committed transaction. A revoked client is refused.
+    pub fn set_schedule(
+        &self,
+        client: &ClientId,
+        schedule: Option<ValidSchedule>,
+    ) -> Result<RemoteConfig> {
+        let txn = self.db.begin_write()?;
+        let config = {
+            Self::live_client(&txn, client)?;
+            let mut table = txn.open_table(REMOTE_CONFIG)?;
+            let previous = table
+                .get(client.as_str())?
+                .map(|v| decode::<RemoteConfig>("remote_config", v.value()))
+                .transpose()?
+                .map_or(0, |c| c.version);
+            let config = RemoteConfig {
+                version: previous + 1,
+                schedule: schedule.map(Schedule::from),
+                updated_at: now_ms(),
+            };
+            table.insert(
+                client.as_str(),
+                encode("remote_config", &config)?.as_slice(),
+            )?;
+            config
+        };
+        txn.commit()?;
+        Ok(config)
+    }
+
+    /// `client`'s remote settings; `None` if none were ever set.
+    pub fn remote_config(&self, client: &ClientId) -> Result<Option<RemoteConfig>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(REMOTE_CONFIG)?;
+        let found = table.get(client.as_str())?;
+        found
+            .map(|v| decode("remote_config", v.value()))
+            .transpose()
+    }
+
     // ---- uplink --------------------------------------------------------------
 
     /// Stores a batch of verified uplink items in one transaction.
     pub fn ingest(&self, items: &[UplinkItem]) -> Result<BatchResult> {
-        let received_ms = now_ms();
+        self.ingest_at(items, now_ms())
+    }
+
+    /// [`ingest`](Self::ingest) with the receive time given (tests).
+    fn ingest_at(&self, items: &[UplinkItem], received_ms: u64) -> Result<BatchResult> {
         let txn = self.db.begin_write()?;
         let mut result = BatchResult::default();
         {
@@ -1049,6 +1128,7 @@ impl Store {
                             if seq > rt.state_seq {
                                 rt.state_seq = seq;
                                 rt.state_adopted = Some(report.adopted_manifest_version);
+                                rt.schedule = report.schedule.clone();
                                 let latest = LatestState {
                                     seq,
                                     received_ms,
@@ -1381,14 +1461,14 @@ impl Store {
 
     // ---- fleet view ----------------------------------------------------------
 
-    /// The fleet view of one client.
-    pub fn client_status(&self, client: &ClientId) -> Result<ClientStatus> {
+    /// The fleet view of one client; availability as of `now_ms`.
+    pub fn client_status(&self, client: &ClientId, now_ms: u64) -> Result<ClientStatus> {
         let txn = self.db.begin_read()?;
-        Self::status_in(&txn, client)
+        Self::status_in(&txn, client, now_ms)
     }
 
-    /// The fleet view of every client, sorted by id.
-    pub fn fleet_status(&self) -> Result<Vec<ClientStatus>> {
+    /// The fleet view of every client, sorted by id; availability as of `now_ms`.
+    pub fn fleet_status(&self, now_ms: u64) -> Result<Vec<ClientStatus>> {
         let txn = self.db.begin_read()?;
         let ids: Vec<ClientId> = {
             let table = txn.open_table(CLIENTS)?;
@@ -1401,10 +1481,16 @@ impl Store {
             }
             ids
         };
-        ids.iter().map(|id| Self::status_in(&txn, id)).collect()
+        ids.iter()
+            .map(|id| Self::status_in(&txn, id, now_ms))
+            .collect()
     }
 
-    fn status_in(txn: &redb::ReadTransaction, client: &ClientId) -> Result<ClientStatus> {
+    fn status_in(
+        txn: &redb::ReadTransaction,
+        client: &ClientId,
+        now_ms: u64,
+    ) -> Result<ClientStatus> {
         let c = client.as_str();
         let record: ClientRecord = match txn.open_table(CLIENTS)?.get(c)? {
             Some(v) => decode("clients", v.value())?,
@@ -1479,6 +1565,20 @@ impl Store {
                 },
             );
         }
+        // A schedule the manager cannot read counts as none reported.
+        let schedule = rt
+            .schedule
+            .as_ref()
+            .and_then(|s| ValidSchedule::try_from(&s.schedule).ok());
+        let availability = availability::classify(
+            &Observed {
+                revoked: record.revoked,
+                online: rt.presence.as_deref() == Some("online"),
+                last_seen_ms: rt.last_seen_ms,
+                schedule: schedule.as_ref(),
+            },
+            now_ms,
+        );
         Ok(ClientStatus {
             client_id: client.clone(),
             name: record.name,
@@ -1491,6 +1591,8 @@ impl Store {
             acked_seq,
             agent_version: state.map(|s| s.agent_version),
             deployments: views.into_values().collect(),
+            schedule_in_force: rt.schedule,
+            availability,
         })
     }
 
@@ -1771,7 +1873,7 @@ mod tests {
             ])
             .expect("ingest");
         assert!(r.sync.contains(&id));
-        let view = store.client_status(&id).expect("status");
+        let view = store.client_status(&id, now_ms()).expect("status");
         assert_eq!(view.presence, "online");
         assert_eq!(view.desired_version, 1);
         assert_eq!(view.adopted_version, None, "only a state report adopts");
@@ -1784,7 +1886,7 @@ mod tests {
         assert_eq!(d.desired_digest, Some(doc("a", "1").digest().to_string()));
         // A state report is authoritative over the status hint.
         store.ingest(&[state(&id, 3, 0, 0)]).expect("ingest");
-        let view = store.client_status(&id).expect("status");
+        let view = store.client_status(&id, now_ms()).expect("status");
         assert_eq!(view.adopted_version, Some(0));
         assert_eq!(view.acked_seq, 4);
         assert_eq!(view.agent_version.as_deref(), Some("test"));
@@ -1811,6 +1913,160 @@ mod tests {
         assert_eq!(events.len(), 3);
         assert_eq!(counts.get("bad-signature"), Some(&2));
         assert_eq!(counts.get("malformed"), Some(&1));
+    }
+
+    fn valid(text: &str) -> ValidSchedule {
+        let s: Schedule = toml::from_str(text).expect("test schedule parses");
+        ValidSchedule::try_from(s).expect("test schedule is valid")
+    }
+
+    const PER_CHECK_UTC: &str = "time_zone = \"UTC\"\nconnection = \"per-check\"\n\
+        [polling]\nperiod = [{ start = \"08:00\", end = \"18:00\" }]\nrate = \"15m\"\n";
+
+    fn state_with_schedule(
+        client: &ClientId,
+        seq: u64,
+        schedule: Option<ScheduleInForce>,
+    ) -> UplinkItem {
+        UplinkItem::Message(Box::new(Envelope::new(
+            client.clone(),
+            seq,
+            1,
+            Message::State(StateReport {
+                adopted_manifest_version: 0,
+                agent_version: "test".into(),
+                deployments: vec![],
+                schedule,
+            }),
+        )))
+    }
+
+    fn ms(rfc3339: &str) -> u64 {
+        let t: jiff::Timestamp = rfc3339.parse().expect("test instant");
+        u64::try_from(t.as_millisecond()).expect("after the epoch")
+    }
+
+    #[test]
+    fn remote_schedule_versions_grow_by_one_and_survive_reopening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("m.redb");
+        let id = ClientId::generate();
+        let other = ClientId::generate();
+        {
+            let store = Store::open(&path).expect("open");
+            store.add_client(&id, "dev", b"cert").expect("add");
+            store.add_client(&other, "dev-2", b"cert").expect("add");
+            assert_eq!(store.remote_config(&id).expect("read"), None);
+            let first = store
+                .set_schedule(&id, Some(valid(PER_CHECK_UTC)))
+                .expect("set");
+            assert_eq!(first.version, 1);
+            assert_eq!(
+                first.schedule.as_ref().map(|s| s.time_zone.as_str()),
+                Some("UTC")
+            );
+            let second = store
+                .set_schedule(&id, Some(valid(PER_CHECK_UTC)))
+                .expect("set again");
+            assert_eq!(second.version, 2, "every call is a change");
+            // Versions are per client.
+            assert_eq!(store.set_schedule(&other, None).expect("clear").version, 1);
+        }
+        let store = Store::open(&path).expect("reopen");
+        let stored = store.remote_config(&id).expect("read").expect("stored");
+        assert_eq!(stored.version, 2);
+        let cleared = store.set_schedule(&id, None).expect("clear");
+        assert_eq!(cleared.version, 3);
+        assert_eq!(cleared.schedule, None);
+        assert_eq!(store.remote_config(&id).expect("read"), Some(cleared));
+    }
+
+    #[test]
+    fn remote_schedule_of_unknown_or_revoked_clients_is_refused() {
+        let (_dir, store, id) = open();
+        assert!(matches!(
+            store.set_schedule(&ClientId::generate(), None),
+            Err(StoreError::UnknownClient(_))
+        ));
+        store.set_revoked(&id, true).expect("revoke");
+        assert!(matches!(
+            store.set_schedule(&id, Some(valid(PER_CHECK_UTC))),
+            Err(StoreError::Revoked(_))
+        ));
+        assert_eq!(store.remote_config(&id).expect("read"), None);
+    }
+
+    #[test]
+    fn the_newest_reported_schedule_drives_availability() {
+        let (_dir, store, id) = open();
+        let in_force = |version: u64| ScheduleInForce {
+            source: margo_schemas::messages::ScheduleSource::Remote,
+            config_version: version,
+            schedule: valid(PER_CHECK_UTC).schedule().clone(),
+        };
+        // Seq 2 (version 5) arrives before seq 1 (version 4): the newest wins.
+        store
+            .ingest(&[
+                state_with_schedule(&id, 2, Some(in_force(5))),
+                state_with_schedule(&id, 1, Some(in_force(4))),
+            ])
+            .expect("ingest");
+        let view = store.client_status(&id, now_ms()).expect("status");
+        assert_eq!(
+            view.schedule_in_force.as_ref().map(|s| s.config_version),
+            Some(5)
+        );
+        // Heard from at 10:03 on Monday 2026-03-02 (the 10:00 check); no
+        // presence reported: classified by the schedule.
+        store
+            .ingest_at(
+                &[state_with_schedule(&id, 4, Some(in_force(5)))],
+                ms("2026-03-02T10:03:00Z"),
+            )
+            .expect("ingest");
+        let at = |t: &str| {
+            store
+                .client_status(&id, ms(t))
+                .expect("status")
+                .availability
+        };
+        assert_eq!(at("2026-03-02T10:14:00Z"), Availability::BetweenChecks);
+        assert_eq!(at("2026-03-02T10:25:00Z"), Availability::Overdue);
+        assert_eq!(
+            at("2026-03-02T20:00:00Z"),
+            Availability::OutsidePollingPeriod
+        );
+        assert_eq!(
+            store
+                .fleet_status(ms("2026-03-02T10:25:00Z"))
+                .expect("fleet")[0]
+                .availability,
+            Availability::Overdue
+        );
+        // Online presence wins; a later state without a schedule removes it.
+        store
+            .ingest(&[
+                UplinkItem::Presence {
+                    client: id.clone(),
+                    online: true,
+                },
+                state_with_schedule(&id, 5, None),
+            ])
+            .expect("ingest");
+        let view = store.client_status(&id, now_ms()).expect("status");
+        assert_eq!(view.availability, Availability::Online);
+        assert_eq!(view.schedule_in_force, None);
+        store
+            .ingest(&[UplinkItem::Presence {
+                client: id.clone(),
+                online: false,
+            }])
+            .expect("ingest");
+        let view = store.client_status(&id, now_ms()).expect("status");
+        assert_eq!(view.availability, Availability::Offline, "no schedule");
+        store.set_revoked(&id, true).expect("revoke");
+        let view = store.client_status(&id, now_ms()).expect("status");
+        assert_eq!(view.availability, Availability::Revoked);
     }
 
     #[test]

@@ -175,11 +175,101 @@ fn init_then_serve_then_margoctl() {
         text(&out)
     );
 
+    // Remote schedules: a bad file fails naming the file and the field.
+    let bad_schedule = dir.path().join("bad-schedule.toml");
+    std::fs::write(
+        &bad_schedule,
+        "time_zone = \"UTC\"\n[polling]\nrate = \"0s\"\n",
+    )
+    .expect("write");
+    let out = margoctl(
+        &data,
+        &[
+            "clients",
+            "schedule",
+            "line-3",
+            "--file",
+            bad_schedule.to_str().expect("utf8"),
+        ],
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad-schedule.toml") && err.contains("polling.rate"),
+        "{}",
+        text(&out)
+    );
+    let unknown_key = dir.path().join("typo.toml");
+    std::fs::write(
+        &unknown_key,
+        "time_zone = \"UTC\"\nconection = \"per-check\"\n",
+    )
+    .expect("write");
+    let out = margoctl(
+        &data,
+        &[
+            "clients",
+            "schedule",
+            "line-3",
+            "--file",
+            unknown_key.to_str().expect("utf8"),
+        ],
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("typo.toml") && err.contains("conection"),
+        "{}",
+        text(&out)
+    );
+    let out = margoctl(&data, &["clients", "schedule", "line-3"]);
+    assert!(
+        !out.status.success(),
+        "neither --file nor --clear: {}",
+        text(&out)
+    );
+    let office =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/schedules/office-hours.toml");
+    let out = margoctl(
+        &data,
+        &[
+            "clients",
+            "schedule",
+            "line-3",
+            "--file",
+            office.to_str().expect("utf8"),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("remote schedule v1") && stdout.contains("Europe/Berlin"),
+        "{}",
+        text(&out)
+    );
+    let out = margoctl(&data, &["clients", "schedule", "line-3", "--clear"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("remote schedule v2"),
+        "{}",
+        text(&out)
+    );
+    let out = margoctl(&data, &["clients", "show", "line-3"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("remote sched v2") && stdout.contains("cleared"),
+        "{}",
+        text(&out)
+    );
+    assert!(stdout.contains("availability offline"), "{}", text(&out));
+
     let out = margoctl(&data, &["status", "line-3", "--json"]);
     assert!(out.status.success(), "{}", text(&out));
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(status[0]["name"], "line-3");
     assert_eq!(status[0]["desiredVersion"], 1);
+    assert_eq!(status[0]["availability"], "offline");
     assert_eq!(
         status[0]["deployments"][0]["deploymentId"],
         "0f6a4a38-1f7e-4d36-9a52-3c1d1b0d9f11"

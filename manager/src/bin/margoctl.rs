@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use margo_manager::admin::{parse_documents, AdminClient};
 use margo_manager::bundle::write_bundle;
 use margo_manager::status_table;
+use margo_schemas::schedule::{Schedule, ValidSchedule};
 
 #[derive(Parser)]
 #[command(name = "margoctl", version, about = "Operate a running margo-manager")]
@@ -103,6 +104,18 @@ enum ClientsCommand {
         /// Client id or name.
         client: String,
     },
+    /// Set (--file) or clear (--clear) a client's remote schedule: stored
+    /// with the next config version and published, signed, on its R/config.
+    Schedule {
+        /// Client id or name.
+        client: String,
+        /// Schedule file (TOML; see docs/schedule.md and config/schedules/).
+        #[arg(long, required_unless_present = "clear", conflicts_with = "clear")]
+        file: Option<PathBuf>,
+        /// Remove the remote schedule: the device falls back to its local one.
+        #[arg(long)]
+        clear: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -183,6 +196,12 @@ fn print_client(d: &margo_manager::admin::ClientDetails) {
         println!("cert expires {}", when(not_after.saturating_mul(1000)));
     }
     println!("presence     {}", s.presence);
+    println!("availability {}", s.availability);
+    println!(
+        "schedule     {}",
+        print_in_force(s.schedule_in_force.as_ref())
+    );
+    println!("remote sched {}", print_remote(d.remote_config.as_ref()));
     println!(
         "last seen    {}",
         s.last_seen.map(when).unwrap_or_else(|| "-".into())
@@ -236,6 +255,60 @@ fn print_client(d: &margo_manager::admin::ClientDetails) {
                 .map(|v| v.to_string())
                 .unwrap_or_else(|| "-".into())
         );
+    }
+}
+
+/// Reads and validates a schedule file; errors name the file and the field.
+fn read_schedule(file: &std::path::Path) -> anyhow::Result<Schedule> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("reading the schedule file {}", file.display()))?;
+    let schedule: Schedule =
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    if let Err(e) = ValidSchedule::try_from(&schedule) {
+        bail!("{}: {e}", file.display());
+    }
+    Ok(schedule)
+}
+
+/// One line for a schedule (`Europe/Berlin; polling 08:00-18:00 every 15m; ...`).
+fn schedule_line(schedule: &Schedule) -> String {
+    match ValidSchedule::try_from(schedule) {
+        Ok(valid) => valid.to_string(),
+        Err(e) => format!("(unreadable: {e})"),
+    }
+}
+
+fn print_remote(remote: Option<&margo_manager::store::RemoteConfig>) -> String {
+    match remote {
+        None => "-".into(),
+        Some(r) => match &r.schedule {
+            Some(s) => format!(
+                "v{} ({}): {}",
+                r.version,
+                when(r.updated_at),
+                schedule_line(s)
+            ),
+            None => format!(
+                "v{} ({}): cleared, the device uses its local schedule",
+                r.version,
+                when(r.updated_at)
+            ),
+        },
+    }
+}
+
+fn print_in_force(in_force: Option<&margo_schemas::messages::ScheduleInForce>) -> String {
+    match in_force {
+        None => "- (none reported)".into(),
+        Some(f) => {
+            let source = match f.source {
+                margo_schemas::messages::ScheduleSource::Local => "local".to_string(),
+                margo_schemas::messages::ScheduleSource::Remote => {
+                    format!("remote v{}", f.config_version)
+                }
+            };
+            format!("{source}: {}", schedule_line(&f.schedule))
+        }
     }
 }
 
@@ -311,6 +384,25 @@ async fn main() -> anyhow::Result<()> {
                 } else {
                     print_client(&details);
                 }
+            }
+            ClientsCommand::Schedule {
+                client,
+                file,
+                clear,
+            } => {
+                let view = match (file, clear) {
+                    (Some(file), false) => {
+                        let schedule = read_schedule(&file)?;
+                        admin.set_schedule(&client, &schedule).await?
+                    }
+                    (None, true) => admin.clear_schedule(&client).await?,
+                    _ => bail!("give either --file FILE or --clear"),
+                };
+                println!(
+                    "client {}: remote schedule {}",
+                    view.client_id,
+                    print_remote(view.remote.as_ref())
+                );
             }
             ClientsCommand::Revoke { client } => {
                 let c = admin.revoke(&client).await?;
