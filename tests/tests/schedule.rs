@@ -9,7 +9,9 @@ use anyhow::Result;
 use jiff::civil::date;
 use jiff::tz::TimeZone;
 use margo_agent::plan::ms;
-use margo_tests::fleet::{deployment_yaml, wait_converged, write_file, ManagerProc};
+use margo_agent::ConnectionStatus;
+use margo_tests::eventually;
+use margo_tests::fleet::{client_status, deployment_yaml, wait_converged, write_file, ManagerProc};
 use margo_tests::simagent::SimAgent;
 
 const D1: &str = "11111111-1111-4111-8111-111111111111";
@@ -104,5 +106,72 @@ async fn per_check_office_hours_connect_exactly_at_each_check_for_two_days() -> 
     // Everything the device reported reached the manager during its checks.
     wait_converged(&manager, &["office-1"], 1, &[(D1, "installed")], CONVERGE).await?;
     assert!(agent.handle.snapshots.borrow().outbox_len == 0);
+    agent.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_schedule_takes_effect_is_reported_and_can_be_cleared() -> Result<()> {
+    margo_tests::init_tracing();
+    let dir = tempfile::tempdir()?;
+    let manager = ManagerProc::start(dir.path(), "")?;
+    // Monday 19:00 in Berlin, no local schedule: connected all the time.
+    let mut agent = SimAgent::start(
+        dir.path(),
+        &manager,
+        "field-9",
+        berlin(2026, 3, 2, 19, 0),
+        |_| {},
+    )
+    .await?;
+    let connected = |agent: &SimAgent| {
+        let s = agent.handle.snapshots.borrow();
+        s.connection == ConnectionStatus::Connected && s.next_contact_ms.is_none()
+    };
+    eventually(CONVERGE, "connected", || async {
+        Ok(connected(&agent).then_some(()))
+    })
+    .await?;
+
+    // The operator sets office hours: outside them now, so the agent reports
+    // the schedule it follows and leaves until 08:00.
+    let file = write_file(&dir.path().join("schedules"), "office.toml", OFFICE_HOURS)?;
+    manager.ctl(&["clients", "schedule", "field-9", "--file", &file])?;
+    assert_eq!(agent.next_contact(IDLE).await?, berlin(2026, 3, 3, 8, 0));
+    let in_force = |version: u64| {
+        let manager = &manager;
+        move || async move {
+            let status = manager.status()?;
+            let reported = client_status(&status, "field-9").map(|c| c["scheduleInForce"].clone());
+            Ok(reported.filter(|s| {
+                s["source"] == "remote" && s["configVersion"].as_u64() == Some(version)
+            }))
+        }
+    };
+    let reported = eventually(CONVERGE, "the remote schedule reported", in_force(1)).await?;
+    assert_eq!(reported["schedule"]["connection"], "per-check");
+
+    // It is followed: one connection at 08:00, then away until 08:15.
+    let before = agent.proxy.connections().len();
+    agent.clock.set_unix_ms(berlin(2026, 3, 3, 8, 0));
+    assert_eq!(agent.next_contact(IDLE).await?, berlin(2026, 3, 3, 8, 15));
+    let seen = agent.proxy.connections();
+    assert_eq!(seen.len(), before + 1);
+    assert_eq!(seen.last(), Some(&berlin(2026, 3, 3, 8, 0)));
+
+    // Cleared: the 08:15 check brings it, and without a local schedule the
+    // agent stays connected from then on and reports no schedule.
+    manager.ctl(&["clients", "schedule", "field-9", "--clear"])?;
+    agent.clock.set_unix_ms(berlin(2026, 3, 3, 8, 15));
+    eventually(CONVERGE, "connected for good", || async {
+        Ok(connected(&agent).then_some(()))
+    })
+    .await?;
+    eventually(CONVERGE, "no schedule reported", || async {
+        let status = manager.status()?;
+        Ok(client_status(&status, "field-9")
+            .is_some_and(|c| c["scheduleInForce"].is_null())
+            .then_some(()))
+    })
+    .await?;
     agent.stop().await
 }
