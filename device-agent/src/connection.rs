@@ -353,6 +353,12 @@ impl Connection {
         // An online session that a new schedule ends first delivers what is
         // pending (the state report naming the new schedule), like a check.
         let mut draining = false;
+        // `persistent` with a schedule: each check is an in-band sync, a
+        // state report whose ack names the manager's current version.
+        let mut inband_at = match kind {
+            SessionKind::Online => planner.next_check_after(self.clock.unix_ms()),
+            SessionKind::Check => None,
+        };
         // `per-check`: when the check may count as settled (armed on SubAck,
         // pushed back by every exchange).
         let mut settle_at: Option<Instant> = None;
@@ -374,6 +380,9 @@ impl Connection {
                         () = self.clock.sleep_until(check_deadline), if checking => {
                             debug!("check ended at check_timeout without a connection");
                             break SessionEnd::CheckDone;
+                        }
+                        () = wall_sleep(&self.clock, inband_at), if inband_at.is_some() => {
+                            inband_at = self.inband_check(planner, &mut run.state_due);
                         }
                         () = self.clock.sleep_until(at) => {
                             state = ConnState::Connecting;
@@ -402,11 +411,17 @@ impl Connection {
                             }
                             settle_at = Some(self.clock.now() + self.settings.check_settle);
                         }
+                        () = wall_sleep(&self.clock, inband_at), if inband_at.is_some() && !draining => {
+                            inband_at = self.inband_check(planner, &mut run.state_due);
+                        }
                         changed = self.schedule.changed(), if self.schedule_live => {
                             if changed.is_ok() {
                                 planner.set_schedule(self.current_schedule());
                                 match (kind, planner.phase(self.clock.unix_ms())) {
-                                    (SessionKind::Online, Phase::Online { until: next }) => until = next,
+                                    (SessionKind::Online, Phase::Online { until: next }) => {
+                                        until = next;
+                                        inband_at = planner.next_check_after(self.clock.unix_ms());
+                                    }
                                     // A check finishes under the new schedule; its next check follows it.
                                     (SessionKind::Check, _) => {}
                                     _ if connected => {
@@ -638,6 +653,16 @@ impl Connection {
             // Nothing can be acked while disconnected; everything is resent on connect.
             sent.clear();
         }
+    }
+
+    /// An in-band check of a `persistent` session: a state report now (its
+    /// ack tells whether the manager has a newer version); returns the
+    /// next check.
+    fn inband_check(&self, planner: &Planner, state_due: &mut Instant) -> Option<u64> {
+        debug!("in-band check");
+        *state_due = self.clock.now();
+        self.enqueue_state_report(state_due);
+        planner.next_check_after(self.clock.unix_ms())
     }
 
     /// Puts a `state` report in the outbox when `state_due` has passed.

@@ -161,6 +161,14 @@ impl Planner {
         }
     }
 
+    /// The first check strictly after `now_ms` under the schedule (for the
+    /// in-band checks of a `persistent` session), if any.
+    pub fn next_check_after(&self, now_ms: u64) -> Option<u64> {
+        self.schedule
+            .as_ref()
+            .and_then(|s| first_check_from(s, now_ms.saturating_add(1)))
+    }
+
     /// Records that the check started at `started_ms` is over; the next one
     /// is the first check after both it and `now_ms`.
     pub fn check_done(&mut self, started_ms: u64, now_ms: u64) {

@@ -175,3 +175,60 @@ async fn a_remote_schedule_takes_effect_is_reported_and_can_be_cleared() -> Resu
     .await?;
     agent.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_mode_stays_connected_and_checks_in_band_at_the_polling_rate() -> Result<()> {
+    margo_tests::init_tracing();
+    let dir = tempfile::tempdir()?;
+    let manager = ManagerProc::start(dir.path(), "")?;
+    let start = berlin(2026, 3, 2, 9, 0);
+    let mut agent = SimAgent::start(dir.path(), &manager, "line-3", start, |c| {
+        c.schedule = Some(
+            toml::from_str(
+                "time_zone = \"Europe/Berlin\"\n[polling]\nperiod = [{ start = \"08:00\", end = \"18:00\" }]\nrate = \"15m\"\n",
+            )
+            .unwrap(),
+        );
+        // Only the in-band checks send state reports in this hour.
+        c.state_interval = Duration::from_secs(24 * 3600);
+    })
+    .await?;
+    let admin = margo_manager::admin::AdminClient::new(&manager.socket);
+    let state_times = || async {
+        let uplink = admin
+            .uplink("line-3")
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok::<_, anyhow::Error>(
+            uplink
+                .into_iter()
+                .filter(|u| u.kind == "state")
+                .map(|u| u.ts)
+                .collect::<Vec<_>>(),
+        )
+    };
+    eventually(CONVERGE, "connected", || async {
+        let s = agent.handle.snapshots.borrow().clone();
+        Ok((s.connection == ConnectionStatus::Connected && s.outbox_len == 0).then_some(()))
+    })
+    .await?;
+    let before = state_times().await?.len();
+    let checks: Vec<u64> = (1..=4).map(|k| start + k * 15 * 60_000).collect();
+    for (i, check) in checks.iter().enumerate() {
+        agent.clock.set_unix_ms(*check);
+        eventually(
+            CONVERGE,
+            &format!("state report of the check at {check}"),
+            || async { Ok((state_times().await?.len() >= before + i + 1).then_some(())) },
+        )
+        .await?;
+    }
+    let times = state_times().await?;
+    assert_eq!(
+        &times[before..],
+        checks.as_slice(),
+        "one state report per check, at the check"
+    );
+    assert_eq!(agent.proxy.connections().len(), 1, "connected throughout");
+    agent.stop().await
+}
