@@ -328,11 +328,12 @@ impl Connection {
 
     /// One stretch of communication: connect (with backoff), exchange, and
     /// end at `until`, when a `per-check` check has settled or timed out, or
-    /// at shutdown. The first session of the process resumes the persistent
-    /// session and asks for a sync; later ones start clean, because the
-    /// retained topics hold exactly the current desired state and a device
-    /// away for days should fetch that once, not every intermediate version
-    /// a persistent session would have queued (docs/schedule.md).
+    /// at shutdown. Without a schedule the one session of the process
+    /// resumes the persistent session; under a schedule, and after any
+    /// pause, sessions start clean, because the retained topics hold exactly
+    /// the current desired state and a device away for days should fetch
+    /// that once, not every intermediate version a persistent session would
+    /// have queued (decision 0006). The first session asks for a sync.
     async fn session(
         &mut self,
         kind: SessionKind,
@@ -342,7 +343,11 @@ impl Connection {
         run: &mut RunState,
     ) -> SessionEnd {
         let mut options = self.options.clone();
-        options.set_clean_session(!run.first);
+        // Under a schedule every session is clean: a persistent session left
+        // behind by a scheduled disconnect would queue every publication
+        // until the next process start.
+        let clean = !run.first || planner.schedule().is_some();
+        options.set_clean_session(clean);
         let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
         let notify = self.uplink.notifier();
         let mut state = ConnState::Connecting;
@@ -450,7 +455,7 @@ impl Connection {
                                     }
                                     let ask_sync = if run.first && first_connack {
                                         Some(SyncReason::Startup)
-                                    } else if run.first && !session_present {
+                                    } else if !clean && !session_present {
                                         Some(SyncReason::SessionLost)
                                     } else {
                                         None

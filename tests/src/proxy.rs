@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::io::AsyncWriteExt;
@@ -80,6 +81,22 @@ impl CountingProxy {
             self.counts.up.load(Ordering::Relaxed),
             self.counts.down.load(Ordering::Relaxed),
         )
+    }
+}
+
+impl CountingProxy {
+    /// The byte counts once they have not changed for `quiet` (what is in
+    /// flight when a connection closes has arrived).
+    pub async fn settled_bytes(&self, quiet: Duration) -> (u64, u64) {
+        let mut last = self.bytes();
+        loop {
+            tokio::time::sleep(quiet).await;
+            let now = self.bytes();
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
     }
 }
 
