@@ -31,6 +31,8 @@ const UPLINK_CHANNEL: usize = 4096;
 const CONNECT_WAIT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for open admin connections.
 const ADMIN_DRAIN: Duration = Duration::from_secs(2);
+/// How long shutdown waits for store calls still running on the blocking pool.
+const STORE_RELEASE: Duration = Duration::from_secs(10);
 
 /// Why the manager could not start.
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +141,9 @@ pub struct ManagerHandle {
     http_stats: Arc<HttpStats>,
     connected: watch::Receiver<bool>,
     pki: Arc<FleetPki>,
+    /// Kept so shutdown can wait until every other handle is gone (the
+    /// database file is unlocked then, and a restart can open it).
+    store: Store,
 }
 
 impl std::fmt::Debug for ManagerHandle {
@@ -317,7 +322,7 @@ impl Manager {
         let admin_socket = config.admin_socket_path();
         let listener = admin::bind_socket(&admin_socket)?;
         let state = AdminState {
-            store,
+            store: store.clone(),
             pki: Arc::clone(&pki),
             downlink,
             keys,
@@ -355,6 +360,7 @@ impl Manager {
             http_stats,
             connected,
             pki,
+            store,
         };
         let mut connected = handle.connected.clone();
         // A bool, not the watch guard: holding the guard across the awaits
@@ -478,6 +484,12 @@ impl ManagerHandle {
         }
         if let Some(broker) = self.broker {
             broker.shutdown().await;
+        }
+        if !self.store.wait_until_sole_handle(STORE_RELEASE).await {
+            warn!(
+                wait = ?STORE_RELEASE,
+                "a store operation is still running after shutdown; the database stays locked until it ends"
+            );
         }
         let _ = std::fs::remove_file(&self.admin_socket);
         info!("margo-manager stopped");

@@ -622,6 +622,23 @@ impl Store {
         Ok(Self { db: Arc::new(db) })
     }
 
+    /// Waits (at most `timeout`) until this handle is the only one left:
+    /// a store call on the blocking pool keeps running, holding its handle,
+    /// even when the task that awaited it was cancelled at shutdown, and the
+    /// database file stays locked until it finishes. True once released.
+    pub async fn wait_until_sole_handle(&self, timeout: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if Arc::strong_count(&self.db) == 1 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// Runs `f` on the blocking pool.
     pub async fn run<T, F>(&self, f: F) -> Result<T>
     where
