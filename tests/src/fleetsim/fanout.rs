@@ -104,6 +104,9 @@ pub struct Phase {
     pub manager_hwm_reset: bool,
     /// This process (the simulated devices) during the phase.
     pub fleetsim_cpu_seconds: f64,
+    /// Manager CPU seconds during the phase per thread name (rumqttd's
+    /// router vs the manager's tokio workers), highest first.
+    pub manager_threads_cpu: Vec<(String, f64)>,
 }
 
 /// The whole run.
@@ -119,6 +122,10 @@ pub struct FanoutReport {
     pub nofile: Option<NofileLimit>,
     pub provision_ms: f64,
     pub connect_ms: f64,
+    /// Manager CPU while the fleet connected (TLS handshakes at the gateway,
+    /// sessions and subscriptions in rumqttd, startup syncs), total and per thread.
+    pub connect_manager_cpu_seconds: f64,
+    pub connect_threads_cpu: Vec<(String, f64)>,
     pub phases: Vec<Phase>,
     /// Manager process totals at the end (CPU since start, `VmHWM`).
     pub manager_end: ProcSample,
@@ -166,6 +173,23 @@ impl FanoutReport {
                 if p.manager_hwm_reset { mib(p.manager_hwm_bytes) } else { "n/a".into() },
                 p.fleetsim_cpu_seconds,
             ));
+        }
+        s.push_str("\nManager CPU by thread (seconds):\n\n");
+        let top = |threads: &[(String, f64)]| -> String {
+            threads
+                .iter()
+                .take(6)
+                .map(|(n, t)| format!("{n} {t:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        s.push_str(&format!(
+            "- connecting the fleet ({:.2} s in total): {}\n",
+            self.connect_manager_cpu_seconds,
+            top(&self.connect_threads_cpu)
+        ));
+        for p in &self.phases {
+            s.push_str(&format!("- {}: {}\n", p.name, top(&p.manager_threads_cpu)));
         }
         s.push_str(&format!(
             "\nManager at the end: {:.1} s CPU since start, VmHWM {}. fleetsim: {:.1} s CPU, VmHWM {}.\n",
@@ -218,6 +242,8 @@ pub async fn run(opts: &FanoutOptions) -> Result<FanoutReport> {
     let manager_end = procstat::sample(pid)?;
     let fleetsim_end = procstat::sample(std::process::id())?;
     let (provision_ms, connect_ms) = (h.provision_ms, h.connect_ms);
+    let (connect_manager_cpu_seconds, connect_threads_cpu) =
+        (h.connect_manager_cpu, h.connect_threads_cpu.clone());
     h.stop().await;
 
     let report = FanoutReport {
@@ -231,6 +257,8 @@ pub async fn run(opts: &FanoutOptions) -> Result<FanoutReport> {
         nofile: opts.nofile,
         provision_ms,
         connect_ms,
+        connect_manager_cpu_seconds,
+        connect_threads_cpu,
         phases,
         manager_end,
         fleetsim_end,
@@ -288,6 +316,7 @@ async fn run_phase(
     doc: String,
 ) -> Result<Phase> {
     let before = procstat::sample(pid)?;
+    let threads_before = procstat::threads_cpu(pid);
     let me_before = procstat::sample(std::process::id())?;
     let hwm_reset = procstat::reset_peak(pid);
     let sampler = Sampler::start(pid, Duration::from_millis(100));
@@ -338,6 +367,7 @@ async fn run_phase(
     }
     let observed_ms = ms(t0.elapsed());
     let after = procstat::sample(pid)?;
+    let threads_after = procstat::threads_cpu(pid);
     let me_after = procstat::sample(std::process::id())?;
     let peak_sampled = sampler.finish().await;
     let latencies: Vec<f64> = done
@@ -358,6 +388,7 @@ async fn run_phase(
         manager_hwm_bytes: after.hwm_bytes,
         manager_hwm_reset: hwm_reset,
         fleetsim_cpu_seconds: me_after.cpu_seconds - me_before.cpu_seconds,
+        manager_threads_cpu: procstat::threads_delta(&threads_before, &threads_after),
     })
 }
 

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use margo_manager::admin::AdminClient;
 use tempfile::TempDir;
 
+use super::procstat;
 use super::sim::{self, FleetSpec, SimFleet};
 use crate::fleet::ManagerProc;
 
@@ -21,6 +22,9 @@ pub struct Harness {
     pub pid: u32,
     pub provision_ms: f64,
     pub connect_ms: f64,
+    /// Manager CPU seconds while the fleet connected, in total and per thread name.
+    pub connect_manager_cpu: f64,
+    pub connect_threads_cpu: Vec<(String, f64)>,
     /// The manager's directory; removed on drop.
     pub work: TempDir,
 }
@@ -65,9 +69,14 @@ impl Harness {
         let t = Instant::now();
         let identities = sim::provision(&admin, &spec.prefix, spec.devices, &broker_url).await?;
         let provision_ms = ms(t.elapsed());
+        let cpu_before = procstat::sample(pid)?.cpu_seconds;
+        let threads_before = procstat::threads_cpu(pid);
         let t = Instant::now();
         let fleet = SimFleet::start(spec, identities).await?;
         let connect_ms = ms(t.elapsed());
+        let connect_manager_cpu = procstat::sample(pid)?.cpu_seconds - cpu_before;
+        let connect_threads_cpu =
+            procstat::threads_delta(&threads_before, &procstat::threads_cpu(pid));
         Ok(Harness {
             manager,
             admin,
@@ -75,6 +84,8 @@ impl Harness {
             pid,
             provision_ms,
             connect_ms,
+            connect_manager_cpu,
+            connect_threads_cpu,
             work,
         })
     }

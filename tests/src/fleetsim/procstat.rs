@@ -61,6 +61,52 @@ pub fn sample(pid: u32) -> Result<ProcSample> {
     })
 }
 
+/// CPU seconds per thread name of `pid` (threads of the same name summed),
+/// highest first: tells the embedded broker's threads from the manager's
+/// tokio workers and blocking pool.
+pub fn threads_cpu(pid: u32) -> Vec<(String, f64)> {
+    let hz = rustix::param::clock_ticks_per_second().max(1) as f64;
+    let mut by_name: std::collections::BTreeMap<String, f64> = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].to_string();
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let ticks: u64 = [11, 12]
+            .iter()
+            .filter_map(|i| fields.get(*i).and_then(|f| f.parse::<u64>().ok()))
+            .sum();
+        *by_name.entry(name).or_default() += ticks as f64 / hz;
+    }
+    let mut out: Vec<(String, f64)> = by_name.into_iter().collect();
+    out.sort_by(|a, b| b.1.total_cmp(&a.1));
+    out
+}
+
+/// Per-name CPU seconds spent between two [`threads_cpu`] readings.
+pub fn threads_delta(before: &[(String, f64)], after: &[(String, f64)]) -> Vec<(String, f64)> {
+    let mut out: Vec<(String, f64)> = after
+        .iter()
+        .map(|(name, t)| {
+            let was = before
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or(0.0, |(_, t)| *t);
+            (name.clone(), t - was)
+        })
+        .filter(|(_, t)| *t >= 0.005)
+        .collect();
+    out.sort_by(|a, b| b.1.total_cmp(&a.1));
+    out
+}
+
 /// Resets the peak RSS (`VmHWM`) of `pid` to its current RSS (Linux
 /// `clear_refs` value 5). Returns whether the kernel accepted it.
 pub fn reset_peak(pid: u32) -> bool {
