@@ -15,7 +15,6 @@ use clap::{Parser, Subcommand};
 use margo_agent::onboard::{self, OnboardOutcome, OnboardSettings, Onboarding};
 use margo_agent::{Agent, AgentConfig, AgentOptions};
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(name = "margo-agent", version, about = "margo-mqtt device agent")]
@@ -79,18 +78,32 @@ struct RunArgs {
     verbose: u8,
 }
 
+/// Log levels from `RUST_LOG` as `target=level` directives (`info`,
+/// `margo_agent=debug,rumqttc=warn`), else from `-v`. A `Targets` filter
+/// rather than `EnvFilter`: no span or field filters, but no regex engine
+/// in the agent binary either (docs/benchmarks.md, agent footprint).
 fn init_logging(verbose: u8) {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
     let default = match verbose {
-        0 => "info",
-        1 => "margo_agent=debug,info",
-        _ => "trace",
+        0 => Targets::new().with_default(LevelFilter::INFO),
+        1 => Targets::new()
+            .with_target("margo_agent", LevelFilter::DEBUG)
+            .with_default(LevelFilter::INFO),
+        _ => Targets::new().with_default(LevelFilter::TRACE),
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour only for a person at a terminal, not in log files and journals.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse::<Targets>().ok())
+        .unwrap_or(default);
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                // Colour only for a person at a terminal, not in log files and journals.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
+        .with(filter)
         .init();
 }
 

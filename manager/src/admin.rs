@@ -131,6 +131,97 @@ impl std::fmt::Debug for ProvisionedBundle {
     }
 }
 
+/// Most clients one `POST /v1/clients/bulk` call provisions.
+pub const MAX_BULK_CLIENTS: u32 = 10_000;
+
+/// `POST /v1/clients/bulk` body: provisions `{prefix}{first}` ..
+/// `{prefix}{first + count - 1}` in one store transaction.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AddClientsRequest {
+    /// Name prefix, e.g. `sim-`.
+    pub prefix: String,
+    /// How many (1..=[`MAX_BULK_CLIENTS`]).
+    pub count: u32,
+    /// Number of the first name (default 1).
+    #[serde(default = "one")]
+    pub first: u32,
+    /// Broker URL for the bundles (default: the manager's `public_broker_url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_url: Option<String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// One device of a [`ProvisionedBulk`]: what differs per device.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProvisionedDevicePem {
+    /// The assigned client id.
+    pub client_id: ClientId,
+    /// The name.
+    pub name: String,
+    /// The device's private key (PKCS#8 PEM). The manager does not keep it.
+    pub key_pem: String,
+    /// The device's client certificate (CN = client id).
+    pub cert_pem: String,
+}
+
+/// `POST /v1/clients/bulk` response: the shared parts once, then every device.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProvisionedBulk {
+    /// Where the devices connect.
+    pub broker_url: String,
+    /// The fleet CA.
+    pub ca_pem: String,
+    /// The manager's signing certificate.
+    pub signing_cert_pem: String,
+    /// The devices, in name order.
+    pub clients: Vec<ProvisionedDevicePem>,
+}
+
+impl std::fmt::Debug for ProvisionedBulk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProvisionedBulk")
+            .field("broker_url", &self.broker_url)
+            .field("clients", &self.clients.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProvisionedBulk {
+    /// Every device as a complete [`ProvisionedBundle`] (for [`crate::bundle::write_bundle`]).
+    pub fn bundles(&self) -> impl Iterator<Item = ProvisionedBundle> + '_ {
+        self.clients.iter().map(|c| ProvisionedBundle {
+            client_id: c.client_id.clone(),
+            name: c.name.clone(),
+            broker_url: self.broker_url.clone(),
+            key_pem: c.key_pem.clone(),
+            cert_pem: c.cert_pem.clone(),
+            ca_pem: self.ca_pem.clone(),
+            signing_cert_pem: self.signing_cert_pem.clone(),
+        })
+    }
+}
+
+/// `POST /v1/deployments` body: the same documents to many clients, in one
+/// store transaction (all or none).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeployManyRequest {
+    /// Client ids or names.
+    #[serde(default)]
+    pub clients: Vec<String>,
+    /// Also every live client whose name starts with this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name_prefix: Option<String>,
+    /// ApplicationDeployment YAML documents.
+    pub documents: Vec<String>,
+}
+
 /// One client in `GET /v1/clients`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -439,6 +530,8 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/clients", post(add_client).get(list_clients))
+        .route("/v1/clients/bulk", post(add_clients))
+        .route("/v1/deployments", post(deploy_many))
         .route("/v1/clients/{client}", get(client_details))
         .route("/v1/clients/{client}/revoke", post(revoke_client))
         .route("/v1/ca", get(ca_info))
@@ -527,6 +620,72 @@ async fn add_client(
             cert_pem: device.cert.pem,
             ca_pem: state.pki.ca_pem().to_string(),
             signing_cert_pem: state.pki.signing_cert_pem().to_string(),
+        }),
+    ))
+}
+
+#[instrument(skip_all, fields(prefix = %req.as_ref().map(|r| r.prefix.as_str()).unwrap_or("-")))]
+async fn add_clients(
+    State(state): State<AdminState>,
+    req: Result<Json<AddClientsRequest>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<ProvisionedBulk>)> {
+    let Json(req) = req?;
+    if !(1..=MAX_BULK_CLIENTS).contains(&req.count) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("count: {} is not in 1..={MAX_BULK_CLIENTS}", req.count),
+        ));
+    }
+    let last = req.first.checked_add(req.count - 1).ok_or_else(|| {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "first + count overflows")
+    })?;
+    let names: Vec<String> = (req.first..=last)
+        .map(|i| format!("{}{i}", req.prefix))
+        .collect();
+    for name in &names {
+        crate::store::validate_name(name)?;
+    }
+    let broker_url = req
+        .broker_url
+        .unwrap_or_else(|| state.public_broker_url.clone());
+    crate::config::BrokerUrl::parse(&broker_url)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("brokerUrl: {e}")))?;
+    // Keys and certificates on the blocking pool, then one transaction (which
+    // re-checks every name, so a concurrent add cannot slip in between).
+    let pki = Arc::clone(&state.pki);
+    let devices = tokio::task::spawn_blocking(move || {
+        names
+            .into_iter()
+            .map(|name| {
+                let id = ClientId::generate();
+                let device = pki.provision_device(&id)?;
+                Ok((id, name, device))
+            })
+            .collect::<Result<Vec<_>, CaError>>()
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let rows: Vec<(ClientId, String, Vec<u8>)> = devices
+        .iter()
+        .map(|(id, name, device)| (id.clone(), name.clone(), device.cert.der.clone()))
+        .collect();
+    state.store.run(move |s| s.add_clients(&rows)).await?;
+    info!(prefix = %req.prefix, count = req.count, "provisioned clients in bulk");
+    Ok((
+        StatusCode::CREATED,
+        Json(ProvisionedBulk {
+            broker_url,
+            ca_pem: state.pki.ca_pem().to_string(),
+            signing_cert_pem: state.pki.signing_cert_pem().to_string(),
+            clients: devices
+                .into_iter()
+                .map(|(client_id, name, device)| ProvisionedDevicePem {
+                    client_id,
+                    name,
+                    key_pem: device.key_pem,
+                    cert_pem: device.cert.pem,
+                })
+                .collect(),
         }),
     ))
 }
@@ -754,6 +913,72 @@ async fn deploy(
         manifest_version: outcome.manifest_version,
         changed: outcome.changed,
     }))
+}
+
+#[instrument(skip_all)]
+async fn deploy_many(
+    State(state): State<AdminState>,
+    req: Result<Json<DeployManyRequest>, JsonRejection>,
+) -> ApiResult<Json<Vec<DeployResponse>>> {
+    let Json(req) = req?;
+    if req.documents.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "documents must list at least one ApplicationDeployment document",
+        ));
+    }
+    if req.clients.is_empty() && req.name_prefix.is_none() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "name the clients (clients) or select them by name prefix (namePrefix)",
+        ));
+    }
+    let parsed = parse_documents(req.documents)
+        .map_err(|detail| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, detail))?;
+    let (clients, prefix) = (req.clients, req.name_prefix);
+    let (ids, outcomes) = state
+        .store
+        .run(move |s| {
+            let mut ids = Vec::with_capacity(clients.len());
+            let mut seen = BTreeSet::new();
+            for c in &clients {
+                let id = s.resolve(c)?;
+                if seen.insert(id.clone()) {
+                    ids.push(id);
+                }
+            }
+            if let Some(prefix) = &prefix {
+                for id in s.clients_with_name_prefix(prefix)? {
+                    if seen.insert(id.clone()) {
+                        ids.push(id);
+                    }
+                }
+            }
+            let outcomes = s.deploy_many(&ids, &parsed)?;
+            Ok((ids, outcomes))
+        })
+        .await?;
+    let mut changed_clients = 0usize;
+    let responses: Vec<DeployResponse> = ids
+        .into_iter()
+        .zip(outcomes)
+        .map(|(id, outcome)| {
+            if !outcome.changed.is_empty() {
+                state.downlink.desired_changed(&id, []);
+                changed_clients += 1;
+            }
+            DeployResponse {
+                client_id: id,
+                manifest_version: outcome.manifest_version,
+                changed: outcome.changed,
+            }
+        })
+        .collect();
+    info!(
+        clients = responses.len(),
+        changed_clients, "deployed to many clients"
+    );
+    Ok(Json(responses))
 }
 
 #[instrument(skip_all, fields(client_id = %client, deployment_id = %deployment))]
@@ -1018,6 +1243,34 @@ impl AdminClient {
             broker_url: broker_url.map(str::to_string),
         })?;
         self.call(axum::http::Method::POST, "/v1/clients", Some(body))
+            .await
+    }
+
+    /// Provisions `count` clients named `{prefix}{first}`.. in one call.
+    pub async fn add_clients(
+        &self,
+        prefix: &str,
+        count: u32,
+        first: u32,
+        broker_url: Option<&str>,
+    ) -> Result<ProvisionedBulk, AdminError> {
+        let body = serde_json::to_vec(&AddClientsRequest {
+            prefix: prefix.to_string(),
+            count,
+            first,
+            broker_url: broker_url.map(str::to_string),
+        })?;
+        self.call(axum::http::Method::POST, "/v1/clients/bulk", Some(body))
+            .await
+    }
+
+    /// Adds or updates the same documents on many clients in one transaction.
+    pub async fn deploy_many(
+        &self,
+        request: &DeployManyRequest,
+    ) -> Result<Vec<DeployResponse>, AdminError> {
+        let body = serde_json::to_vec(request)?;
+        self.call(axum::http::Method::POST, "/v1/deployments", Some(body))
             .await
     }
 

@@ -661,6 +661,16 @@ impl Store {
         Ok(record)
     }
 
+    /// Adds many clients in one transaction (bulk provisioning): all or none.
+    pub fn add_clients(&self, clients: &[(ClientId, String, Vec<u8>)]) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        for (id, name, cert_der) in clients {
+            Self::insert_client(&txn, id, name, cert_der)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
     /// Adds a client inside `txn` (provisioning and onboarding approval both
     /// use this): unique id and name, and its public key bound to it.
     pub(crate) fn insert_client(
@@ -814,8 +824,60 @@ impl Store {
         docs: &[ApplicationDeployment],
     ) -> Result<DeployOutcome> {
         let txn = self.db.begin_write()?;
+        let outcome = Self::deploy_in(&txn, client, docs)?;
+        txn.commit()?;
+        Ok(outcome)
+    }
+
+    /// [`Store::deploy`] for many clients in one transaction (one commit for
+    /// a whole fleet): all or none. Outcomes in the order of `clients`.
+    pub fn deploy_many(
+        &self,
+        clients: &[ClientId],
+        docs: &[ApplicationDeployment],
+    ) -> Result<Vec<DeployOutcome>> {
+        let txn = self.db.begin_write()?;
+        let outcomes = clients
+            .iter()
+            .map(|client| Self::deploy_in(&txn, client, docs))
+            .collect::<Result<Vec<_>>>()?;
+        txn.commit()?;
+        Ok(outcomes)
+    }
+
+    /// The live (not revoked) clients whose name starts with `prefix`, sorted by name.
+    pub fn clients_with_name_prefix(&self, prefix: &str) -> Result<Vec<ClientId>> {
+        let txn = self.db.begin_read()?;
+        let names = txn.open_table(NAMES)?;
+        let clients = txn.open_table(CLIENTS)?;
+        let mut out = Vec::new();
+        for row in names.range(prefix..)? {
+            let (name, id) = row?;
+            if !name.value().starts_with(prefix) {
+                break;
+            }
+            let revoked = match clients.get(id.value())? {
+                Some(v) => decode::<ClientRecord>("clients", v.value())?.revoked,
+                None => true,
+            };
+            if revoked {
+                continue;
+            }
+            out.push(ClientId::new(id.value()).map_err(|e| StoreError::Corrupt {
+                table: "client_names",
+                detail: e.to_string(),
+            })?);
+        }
+        Ok(out)
+    }
+
+    fn deploy_in(
+        txn: &redb::WriteTransaction,
+        client: &ClientId,
+        docs: &[ApplicationDeployment],
+    ) -> Result<DeployOutcome> {
         let outcome = {
-            Self::live_client(&txn, client)?;
+            Self::live_client(txn, client)?;
             let mut blobs = txn.open_table(BLOBS)?;
             let mut deployments = txn.open_table(DEPLOYMENTS)?;
             let mut versions = txn.open_table(MANIFEST_VERSIONS)?;
@@ -873,7 +935,6 @@ impl Store {
                 changed,
             }
         };
-        txn.commit()?;
         Ok(outcome)
     }
 
@@ -1723,6 +1784,60 @@ mod tests {
             store.add_client(&ClientId::generate(), " padded", b"x"),
             Err(StoreError::InvalidName(_))
         ));
+    }
+
+    #[test]
+    fn bulk_add_and_deploy_many_are_all_or_nothing() {
+        let (_dir, store, first) = open();
+        let more: Vec<(ClientId, String, Vec<u8>)> = (2..=4)
+            .map(|i| (ClientId::generate(), format!("dev-{i}"), b"cert".to_vec()))
+            .collect();
+        store.add_clients(&more).expect("bulk add");
+        // A taken name anywhere in the batch adds none of it.
+        let clash = vec![
+            (ClientId::generate(), "fresh".to_string(), b"c".to_vec()),
+            (ClientId::generate(), "dev-2".to_string(), b"c".to_vec()),
+        ];
+        assert!(matches!(
+            store.add_clients(&clash),
+            Err(StoreError::NameTaken(_))
+        ));
+        assert!(!store.name_taken("fresh").expect("lookup"));
+
+        store
+            .add_client(&ClientId::generate(), "other-1", b"c")
+            .expect("add");
+        let revoked = store.resolve("dev-4").expect("dev-4");
+        store.set_revoked(&revoked, true).expect("revoke");
+        let selected = store.clients_with_name_prefix("dev-").expect("prefix");
+        let mut expected = vec![first.clone(), more[0].0.clone(), more[1].0.clone()];
+        expected.sort_by_key(|id| store.client(id).expect("read").expect("known").name);
+        assert_eq!(
+            selected, expected,
+            "dev-1..3, not other-1, not revoked dev-4"
+        );
+
+        let outcomes = store
+            .deploy_many(&selected, &[doc("a", "1")])
+            .expect("deploy many");
+        assert!(outcomes.iter().all(|o| o.manifest_version == 1));
+        let outcomes = store
+            .deploy_many(&selected, &[doc("a", "2")])
+            .expect("update many");
+        assert!(outcomes
+            .iter()
+            .all(|o| o.manifest_version == 2 && o.changed.len() == 1));
+        // A revoked client in the list fails the whole call; nothing changes.
+        let mut with_revoked = selected.clone();
+        with_revoked.push(revoked);
+        assert!(matches!(
+            store.deploy_many(&with_revoked, &[doc("a", "3")]),
+            Err(StoreError::Revoked(_))
+        ));
+        assert_eq!(
+            store.desired_state(&first).expect("state").manifest_version,
+            2
+        );
     }
 
     #[test]

@@ -286,6 +286,59 @@ fn init_then_serve_then_margoctl() {
     let out = margoctl(&data, &["clients", "list"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("line-3"));
 
+    // Bulk: three bundles in one call, then one deploy for all of them.
+    let fleet = dir.path().join("fleet");
+    let out = margoctl(
+        &data,
+        &[
+            "clients",
+            "add-bulk",
+            "--count",
+            "3",
+            "--prefix",
+            "cell-",
+            "--out",
+            fleet.to_str().expect("utf8"),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    for name in ["cell-1", "cell-2", "cell-3"] {
+        let index: margo_schemas::identity::IdentityIndex = toml::from_str(
+            &std::fs::read_to_string(fleet.join(name).join("identity.toml")).expect("index"),
+        )
+        .expect("identity.toml parses");
+        assert_eq!(index.name, name);
+        assert!(fleet.join(name).join("client.key").exists());
+    }
+    let out = margoctl(
+        &data,
+        &[
+            "clients", "add-bulk", "--count", "1", "--prefix", "cell-", "--first", "2", "--out",
+        ]
+        .into_iter()
+        .chain([dir.path().join("again").to_str().expect("utf8")])
+        .collect::<Vec<_>>(),
+    );
+    assert!(!out.status.success(), "a taken name: {}", text(&out));
+    let out = margoctl(
+        &data,
+        &[
+            "deploy-many",
+            "--prefix",
+            "cell-",
+            good.to_str().expect("utf8"),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("3 clients selected, 3 changed"),
+        "{}",
+        text(&out)
+    );
+    let out = margoctl(&data, &["status", "cell-2", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(status[0]["desiredVersion"], 1);
+
     // SIGTERM → clean exit 0.
     let mut child = child;
     let child = &mut child.0;

@@ -27,12 +27,23 @@ pub struct ManagerProc {
     config: PathBuf,
     log_dir: PathBuf,
     restarts: u32,
+    env: Vec<(String, String)>,
 }
 
 impl ManagerProc {
     /// Writes `manager.toml` under `dir` (embedded broker on fixed free
     /// loopback ports, so a restart reuses them) plus `extra` TOML, and starts it.
     pub fn start(dir: &Path, extra: &str) -> Result<ManagerProc> {
+        Self::start_with_env(dir, extra, &[])
+    }
+
+    /// [`ManagerProc::start`] with extra environment variables for the
+    /// process (e.g. `RUST_LOG=warn` for a benchmark).
+    pub fn start_with_env(dir: &Path, extra: &str, env: &[(&str, &str)]) -> Result<ManagerProc> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let data_dir = dir.join("manager");
         std::fs::create_dir_all(&data_dir)?;
         let config = dir.join("manager.toml");
@@ -58,7 +69,7 @@ impl ManagerProc {
             format!("{toml}\n[http]\nlisten = \"127.0.0.1:0\"\n")
         };
         std::fs::write(&config, toml)?;
-        let (proc, line) = spawn_manager(&config, &dir.join("logs"), 0)?;
+        let (proc, line) = spawn_manager(&config, &dir.join("logs"), 0, &env)?;
         let mut m = ManagerProc {
             proc,
             socket: PathBuf::new(),
@@ -69,6 +80,7 @@ impl ManagerProc {
             config,
             log_dir: dir.join("logs"),
             restarts: 0,
+            env,
         };
         m.read_ready(&line)?;
         Ok(m)
@@ -200,7 +212,7 @@ impl ManagerProc {
     pub fn restart(&mut self) -> Result<()> {
         self.proc.kill();
         self.restarts += 1;
-        let (proc, line) = spawn_manager(&self.config, &self.log_dir, self.restarts)?;
+        let (proc, line) = spawn_manager(&self.config, &self.log_dir, self.restarts, &self.env)?;
         self.proc = proc;
         self.read_ready(&line)
     }
@@ -228,9 +240,15 @@ impl ManagerProc {
     }
 }
 
-fn spawn_manager(config: &Path, log_dir: &Path, n: u32) -> Result<(Proc, String)> {
+fn spawn_manager(
+    config: &Path,
+    log_dir: &Path,
+    n: u32,
+    env: &[(String, String)],
+) -> Result<(Proc, String)> {
     let mut cmd = Command::new(bin("margo-manager"));
     cmd.arg("serve").arg("--config").arg(config);
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     Proc::spawn(
         &format!("manager-{n}"),
         cmd,
@@ -269,6 +287,7 @@ pub struct AgentProc {
     config: PathBuf,
     log_dir: PathBuf,
     starts: u32,
+    program: PathBuf,
 }
 
 /// The `[onboarding]` section of an agent config, with fast polling.
@@ -295,9 +314,21 @@ impl AgentProc {
     /// Writes `<dir>/<name>.toml` for the bundle in `identity_dir` (simulated
     /// runtime, fast timeouts) plus `extra` TOML, and starts the agent.
     pub fn start(dir: &Path, name: &str, identity_dir: &Path, extra: &str) -> Result<AgentProc> {
+        Self::start_program(dir, name, identity_dir, extra, &bin("margo-agent"))
+    }
+
+    /// [`AgentProc::start`] with another `margo-agent` executable (e.g. a
+    /// size-optimised build whose footprint is measured).
+    pub fn start_program(
+        dir: &Path,
+        name: &str,
+        identity_dir: &Path,
+        extra: &str,
+        program: &Path,
+    ) -> Result<AgentProc> {
         let (config, data_dir) = write_agent_config(dir, name, identity_dir, extra)?;
         let log_dir = dir.join("logs");
-        let proc = spawn_agent(name, &config, &log_dir, 0)?;
+        let proc = spawn_agent(program, name, &config, &log_dir, 0)?;
         Ok(AgentProc {
             proc,
             name: name.to_string(),
@@ -306,6 +337,7 @@ impl AgentProc {
             config,
             log_dir,
             starts: 0,
+            program: program.to_path_buf(),
         })
     }
 
@@ -317,7 +349,8 @@ impl AgentProc {
         let identity_dir = dir.join(format!("{name}-identity"));
         let (config, data_dir) = write_agent_config(dir, name, &identity_dir, extra)?;
         let log_dir = dir.join("logs");
-        let mut cmd = Command::new(bin("margo-agent"));
+        let program = bin("margo-agent");
+        let mut cmd = Command::new(&program);
         cmd.arg("run").arg("--config").arg(&config);
         let proc = Proc::spawn_unready(&format!("{name}-0"), cmd, &log_dir)?;
         Ok(AgentProc {
@@ -328,6 +361,7 @@ impl AgentProc {
             config,
             log_dir,
             starts: 0,
+            program,
         })
     }
 
@@ -363,7 +397,13 @@ impl AgentProc {
     pub fn restart(&mut self) -> Result<()> {
         self.proc.kill();
         self.starts += 1;
-        self.proc = spawn_agent(&self.name, &self.config, &self.log_dir, self.starts)?;
+        self.proc = spawn_agent(
+            &self.program,
+            &self.name,
+            &self.config,
+            &self.log_dir,
+            self.starts,
+        )?;
         Ok(())
     }
 }
@@ -412,8 +452,8 @@ fn write_agent_config(
     Ok((config, data_dir))
 }
 
-fn spawn_agent(name: &str, config: &Path, log_dir: &Path, n: u32) -> Result<Proc> {
-    let mut cmd = Command::new(bin("margo-agent"));
+fn spawn_agent(program: &Path, name: &str, config: &Path, log_dir: &Path, n: u32) -> Result<Proc> {
+    let mut cmd = Command::new(program);
     cmd.arg("run").arg("--config").arg(config);
     Ok(Proc::spawn(
         &format!("{name}-{n}"),

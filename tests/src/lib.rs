@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 
 pub mod fleet;
+pub mod fleetsim;
 pub mod mosquitto;
 pub mod mqtt;
 pub mod pki;
@@ -30,24 +31,31 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// Path of a workspace binary built by `cargo test --workspace`.
+/// Path of a workspace binary built by `cargo test --workspace` (or next
+/// to a binary of this crate such as `margo-fleetsim`).
 ///
 /// Cargo builds a package's binaries whenever that package has integration
 /// tests, so the manager, agent and broker binaries sit next to the test's
-/// own `deps/` directory.
+/// own `deps/` directory; a binary of this crate sits beside them.
+/// `MARGO_BIN_DIR` overrides where to look.
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current test executable");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test executable lives in target/<profile>/deps");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run the tests with `cargo test --workspace` so cargo builds every binary",
-        path.display()
-    );
-    path
+    let dirs: Vec<PathBuf> = match std::env::var_os("MARGO_BIN_DIR") {
+        Some(dir) => vec![PathBuf::from(dir)],
+        None => {
+            let exe = std::env::current_exe().expect("current executable");
+            let here = exe.parent().expect("the executable is in a directory");
+            let mut dirs = vec![here.to_path_buf()];
+            dirs.extend(here.parent().map(Path::to_path_buf));
+            dirs
+        }
+    };
+    let found = dirs.iter().map(|d| d.join(name)).find(|p| p.is_file());
+    found.unwrap_or_else(|| {
+        panic!(
+            "{name} is missing in {dirs:?}: run the tests with `cargo test --workspace` so cargo builds every binary \
+             (for margo-fleetsim: build the manager and agent binaries with the same profile)"
+        )
+    })
 }
 
 /// A free TCP port on 127.0.0.1 (bound, then released).

@@ -40,6 +40,18 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Assign the same YAML files to many clients at once (one transaction).
+    DeployMany {
+        /// Every live client whose name starts with this.
+        #[arg(long, required_unless_present = "client")]
+        prefix: Option<String>,
+        /// A client id or name (repeatable).
+        #[arg(long)]
+        client: Vec<String>,
+        /// YAML files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Remove a deployment from a client.
     Undeploy {
         /// Client id or name.
@@ -82,6 +94,25 @@ enum ClientsCommand {
         #[arg(long)]
         out: PathBuf,
         /// Broker URL for the device (default: the manager's public_broker_url).
+        #[arg(long)]
+        broker_url: Option<String>,
+    },
+    /// Provision many clients in one call ({prefix}{first}..) and write
+    /// their identity bundles to OUT/<name>/.
+    AddBulk {
+        /// How many.
+        #[arg(long)]
+        count: u32,
+        /// Name prefix, e.g. `sim-`.
+        #[arg(long)]
+        prefix: String,
+        /// Number of the first name.
+        #[arg(long, default_value_t = 1)]
+        first: u32,
+        /// Directory for the bundles (one subdirectory per client).
+        #[arg(long)]
+        out: PathBuf,
+        /// Broker URL for the devices (default: the manager's public_broker_url).
         #[arg(long)]
         broker_url: Option<String>,
     },
@@ -312,6 +343,24 @@ fn print_in_force(in_force: Option<&margo_schemas::messages::ScheduleInForce>) -
     }
 }
 
+/// Reads and checks YAML files; errors name the file.
+fn read_documents(files: &[PathBuf]) -> anyhow::Result<Vec<String>> {
+    let mut docs = Vec::with_capacity(files.len());
+    for file in files {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        if let Err(e) = parse_documents(vec![text.clone()]) {
+            let detail = e.strip_prefix("document 0: ").unwrap_or(&e).to_string();
+            bail!("{}: {detail}", file.display());
+        }
+        docs.push(text);
+    }
+    if let Err(e) = parse_documents(docs.clone()) {
+        bail!("{e} (documents are numbered from 0 in the order of the files given)");
+    }
+    Ok(docs)
+}
+
 fn socket_path(cli: &Cli) -> PathBuf {
     match (&cli.socket, &cli.data_dir) {
         (Some(socket), _) => socket.clone(),
@@ -363,6 +412,39 @@ async fn main() -> anyhow::Result<()> {
                     "client {} ({}) provisioned; bundle in {}",
                     bundle.client_id,
                     bundle.name,
+                    out.display()
+                );
+            }
+            ClientsCommand::AddBulk {
+                count,
+                prefix,
+                first,
+                out,
+                broker_url,
+            } => {
+                let mut done = 0u32;
+                while done < count {
+                    let chunk = (count - done).min(margo_manager::admin::MAX_BULK_CLIENTS);
+                    let bulk = admin
+                        .add_clients(&prefix, chunk, first + done, broker_url.as_deref())
+                        .await
+                        .context("provisioning the clients")?;
+                    for bundle in bulk.bundles() {
+                        let dir = out.join(&bundle.name);
+                        write_bundle(&dir, &bundle).with_context(|| {
+                            format!(
+                                "writing the bundle of client {} to {}",
+                                bundle.client_id,
+                                dir.display()
+                            )
+                        })?;
+                    }
+                    done += chunk;
+                    eprintln!("provisioned {done}/{count}");
+                }
+                println!(
+                    "{count} clients {prefix}{first}..{prefix}{} provisioned; bundles in {}/<name>",
+                    first + count - 1,
                     out.display()
                 );
             }
@@ -523,20 +605,26 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         },
+        Command::DeployMany {
+            prefix,
+            client,
+            files,
+        } => {
+            let docs = read_documents(&files)?;
+            let request = margo_manager::admin::DeployManyRequest {
+                clients: client,
+                name_prefix: prefix,
+                documents: docs,
+            };
+            let results = admin.deploy_many(&request).await?;
+            let changed = results.iter().filter(|r| !r.changed.is_empty()).count();
+            println!(
+                "{} clients selected, {changed} changed (the others had these documents already)",
+                results.len()
+            );
+        }
         Command::Deploy { client, files } => {
-            let mut docs = Vec::with_capacity(files.len());
-            for file in &files {
-                let text = std::fs::read_to_string(file)
-                    .with_context(|| format!("reading {}", file.display()))?;
-                if let Err(e) = parse_documents(vec![text.clone()]) {
-                    let detail = e.strip_prefix("document 0: ").unwrap_or(&e).to_string();
-                    bail!("{}: {detail}", file.display());
-                }
-                docs.push(text);
-            }
-            if let Err(e) = parse_documents(docs.clone()) {
-                bail!("{e} (documents are numbered from 0 in the order of the files given)");
-            }
+            let docs = read_documents(&files)?;
             let r = admin.deploy(&client, docs).await?;
             if r.changed.is_empty() {
                 println!(

@@ -1,0 +1,248 @@
+//! `margo-fleetsim`: many real margo agents in one process against a real
+//! `margo-manager serve` process, and the benchmarks built on them.
+//!
+//!     margo-fleetsim run --devices 1000 [--hold 60s]
+//!     margo-fleetsim bench fanout --devices 1000 [--quick] [--out target/bench]
+//!
+//! Build the manager with the same profile first: the simulator starts
+//! `margo-manager` (and `margoctl`) from its own directory
+//! (`MARGO_BIN_DIR` overrides). Benchmarks report numbers; they never fail
+//! on timings.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand};
+use margo_tests::fleetsim::fanout::{self, FanoutOptions};
+use margo_tests::fleetsim::footprint::{self, FootprintOptions};
+use margo_tests::fleetsim::harness::Harness;
+use margo_tests::fleetsim::rlimit::{manager_needs, raise_nofile};
+use margo_tests::fleetsim::sim::FleetSpec;
+use margo_tests::fleetsim::wire;
+
+#[derive(Parser)]
+#[command(
+    name = "margo-fleetsim",
+    version,
+    about = "Simulated margo fleets against a real manager, and benchmarks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a manager and N simulated devices, keep them connected for a while.
+    Run(RunArgs),
+    /// Benchmarks: each writes a JSON result and a Markdown table.
+    Bench {
+        #[command(subcommand)]
+        bench: Bench,
+    },
+}
+
+#[derive(Args)]
+struct FleetArgs {
+    /// Number of simulated devices.
+    #[arg(long, default_value_t = 100)]
+    devices: usize,
+    /// Simulated time of one component action.
+    #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
+    delay: Duration,
+    /// Devices connecting at once while the fleet starts.
+    #[arg(long, default_value_t = 50)]
+    start_batch: usize,
+    /// Parent directory of the manager's temporary data directory.
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// RUST_LOG of the manager process.
+    #[arg(long, default_value = "warn")]
+    manager_log: String,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    fleet: FleetArgs,
+    /// How long to keep the fleet running once connected (then stop).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    hold: Duration,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Deploy a new version to every device; per-device latency to `installed`
+    /// stored at the manager, manager CPU and peak RSS.
+    Fanout {
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// A small fleet (20 devices) for CI; overrides --devices.
+        #[arg(long)]
+        quick: bool,
+        /// Where the JSON and Markdown results go.
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
+        /// Status polling interval (default grows with the fleet).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        poll: Option<Duration>,
+        /// Stop waiting for a phase after this.
+        #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// The real margo-agent binary as a process: file size, idle RSS with two
+    /// deployments, peak RSS during an apply.
+    Footprint {
+        /// The margo-agent executable (default: next to this one).
+        #[arg(long)]
+        agent: Option<PathBuf>,
+        /// Name of this build in the results (file footprint-<label>.json).
+        #[arg(long, default_value = "release")]
+        label: String,
+        /// Simulated time of one component action during the apply.
+        #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
+        delay: Duration,
+        /// Idle time before reading the idle RSS.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        settle: Duration,
+        /// A shorter settle (1 s) for CI.
+        #[arg(long)]
+        quick: bool,
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
+    },
+    /// Bytes on the wire per check, MQTT vs the Margo HTTP API, through a
+    /// counting proxy: no-change checks and an update of one deployment of ten.
+    Wire {
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
+    },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Raises the open-file limit for `devices` (this process and the manager
+/// it starts, which inherits it) and says what it got.
+fn prepare_limits(devices: usize) -> Result<margo_tests::fleetsim::rlimit::NofileLimit> {
+    let need = manager_needs(devices);
+    let limit = raise_nofile(need);
+    println!(
+        "open files: soft {:?} → {:?}, hard {:?} → {:?} (the manager needs about {need})",
+        limit.soft_before, limit.soft, limit.hard_before, limit.hard
+    );
+    if limit.soft.is_some_and(|s| s < need) {
+        bail!(
+            "RLIMIT_NOFILE {:?} is too low for {devices} devices (the manager needs about {need}: \
+             three sockets per device); raise the hard limit (ulimit -Hn) or run fewer devices",
+            limit.soft
+        );
+    }
+    Ok(limit)
+}
+
+fn spec(args: &FleetArgs, devices: usize) -> FleetSpec {
+    FleetSpec {
+        prefix: "sim-".into(),
+        devices,
+        delay: args.delay,
+        start_batch: args.start_batch,
+        connect_timeout: Duration::from_secs(60 + devices as u64 / 20),
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    init_tracing();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => {
+            prepare_limits(args.fleet.devices)?;
+            let spec = spec(&args.fleet, args.fleet.devices);
+            let h = Harness::start(
+                &spec,
+                args.fleet.work_dir.as_deref(),
+                &args.fleet.manager_log,
+            )
+            .await?;
+            println!(
+                "{} devices connected; try: margoctl --socket {} status   (stopping in {})",
+                h.fleet.devices.len(),
+                h.manager.socket.display(),
+                humantime::format_duration(args.hold)
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(args.hold) => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            println!("{} devices connected; stopping", h.fleet.connected());
+            h.stop().await;
+        }
+        Command::Bench { bench } => match bench {
+            Bench::Fanout {
+                fleet,
+                quick,
+                out,
+                poll,
+                timeout,
+            } => {
+                let devices = if quick { 20 } else { fleet.devices };
+                let nofile = prepare_limits(devices)?;
+                let mut opts = FanoutOptions::new(devices, out);
+                opts.delay = fleet.delay;
+                opts.start_batch = fleet.start_batch;
+                opts.work_dir = fleet.work_dir;
+                opts.manager_log = fleet.manager_log;
+                opts.quick = quick;
+                opts.converge_timeout = timeout;
+                opts.nofile = Some(nofile);
+                if let Some(poll) = poll {
+                    opts.poll = poll;
+                }
+                let report = fanout::run(&opts).await?;
+                println!();
+                print!("{}", report.markdown());
+                if !report.converged() {
+                    // Not a timing failure: some device never got there.
+                    bail!("not every device converged; see the report");
+                }
+            }
+            Bench::Footprint {
+                agent,
+                label,
+                delay,
+                settle,
+                quick,
+                out,
+            } => {
+                let opts = FootprintOptions {
+                    agent: agent.unwrap_or_else(|| margo_tests::bin("margo-agent")),
+                    label,
+                    delay,
+                    settle: if quick {
+                        Duration::from_secs(1)
+                    } else {
+                        settle
+                    },
+                    out_dir: out,
+                };
+                let report = footprint::run(&opts).await?;
+                println!();
+                print!("{}", report.markdown());
+            }
+            Bench::Wire { out } => {
+                let report = wire::run(&out).await?;
+                println!();
+                print!("{}", report.markdown());
+            }
+        },
+    }
+    Ok(())
+}

@@ -1,0 +1,55 @@
+//! Open-file limit: every simulated device holds a TLS socket here, and the
+//! manager (which inherits this limit) three per device (gateway in and out,
+//! rumqttd).
+
+use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+
+/// The open-file limit before and after [`raise_nofile`].
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct NofileLimit {
+    pub soft_before: Option<u64>,
+    pub hard_before: Option<u64>,
+    pub soft: Option<u64>,
+    pub hard: Option<u64>,
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit, and the hard limit to
+/// `want` when that is higher and the process may (root with
+/// CAP_SYS_RESOURCE, up to `fs.nr_open`). Never lowers anything; a refused
+/// raise leaves the soft limit at the hard one.
+pub fn raise_nofile(want: u64) -> NofileLimit {
+    let before = getrlimit(Resource::Nofile);
+    let hard = before.maximum;
+    if hard.is_some_and(|h| h < want) {
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(want),
+                maximum: Some(want),
+            },
+        );
+    }
+    let now = getrlimit(Resource::Nofile);
+    if now.current != now.maximum {
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: now.maximum,
+                maximum: now.maximum,
+            },
+        );
+    }
+    let after = getrlimit(Resource::Nofile);
+    NofileLimit {
+        soft_before: before.current,
+        hard_before: before.maximum,
+        soft: after.current,
+        hard: after.maximum,
+    }
+}
+
+/// Open files the manager process needs for `devices` devices with the
+/// embedded broker and gateway (three sockets each) plus headroom.
+pub fn manager_needs(devices: usize) -> u64 {
+    3 * devices as u64 + 1024
+}
