@@ -20,11 +20,11 @@
 //!   retries are slow ones (about every `reconnect_max`) in case the
 //!   operator takes it back; the reconciler applies nothing meanwhile.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use margo_schemas::ids::ClientId;
+use margo_schemas::ids::{ClientId, DeploymentId};
 use margo_schemas::messages::{Message, SyncReason};
 use margo_schemas::pki::{self, PkiError};
 use margo_schemas::schedule::ValidSchedule;
@@ -173,6 +173,9 @@ pub struct Connection {
     schedule: ScheduleRx,
     /// False once the schedule's sender is gone (no more changes).
     schedule_live: bool,
+    /// In a `per-check` check after a pause: the deployment topics subscribed
+    /// so far in this session (None: the session subscribes to `R/desired/#`).
+    narrow: Option<HashSet<DeploymentId>>,
 }
 
 /// Everything [`Connection::new`] needs besides settings.
@@ -232,6 +235,7 @@ impl Connection {
             snapshots: deps.snapshots,
             schedule: deps.schedule,
             schedule_live: true,
+            narrow: None,
         })
     }
 
@@ -348,6 +352,13 @@ impl Connection {
         // until the next process start.
         let clean = !run.first || planner.schedule().is_some();
         options.set_clean_session(clean);
+        // A check after a pause starts a clean session: subscribing to
+        // `R/desired/#` would have the broker hand over every retained
+        // deployment document again on every check. Subscribe to the
+        // manifest instead, and to a deployment topic only when a newer
+        // manifest names a document the agent does not have
+        // (docs/benchmarks.md, bytes on the wire).
+        self.narrow = (kind == SessionKind::Check && !run.first).then(HashSet::new);
         let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
         let notify = self.uplink.notifier();
         let mut state = ConnState::Connecting;
@@ -519,6 +530,45 @@ impl Connection {
         });
     }
 
+    /// In a narrow session: subscribes to the deployment topics of the
+    /// documents the pending manifest needs and the agent lacks (the broker
+    /// then delivers their retained copies).
+    fn subscribe_missing(&mut self, client: &AsyncClient) {
+        let Some(subscribed) = &mut self.narrow else {
+            return;
+        };
+        if !self.downlink.is_waiting() {
+            return;
+        }
+        let missing = match self.downlink.missing_deployments() {
+            Ok(missing) => missing,
+            Err(error) => {
+                warn!(%error, "could not read which deployment documents are missing");
+                return;
+            }
+        };
+        let filters: Vec<SubscribeFilter> = missing
+            .into_iter()
+            .filter(|id| subscribed.insert(id.clone()))
+            .map(|id| {
+                SubscribeFilter::new(
+                    topics::desired_deployment(&self.client_id, &id),
+                    QoS::AtLeastOnce,
+                )
+            })
+            .collect();
+        if filters.is_empty() {
+            return;
+        }
+        debug!(
+            count = filters.len(),
+            "subscribing to missing deployment documents"
+        );
+        if let Err(error) = client.try_subscribe_many(filters) {
+            warn!(%error, "could not queue the subscription");
+        }
+    }
+
     /// Handles one event and says what kind it was.
     fn on_event(
         &mut self,
@@ -544,6 +594,9 @@ impl Connection {
                 let _ = self
                     .downlink
                     .handle_publish(&publish.topic, &publish.payload);
+                // Also after a manifest that is ignored because it is the
+                // pending one already (a check that ended waiting for content).
+                self.subscribe_missing(client);
                 Incoming::Exchange
             }
             Event::Incoming(Packet::PubAck(_)) if connected => {
@@ -573,14 +626,24 @@ impl Connection {
             info!(session_present, "connected");
         }
         self.set_status(ConnectionStatus::Connected);
+        let desired = match &mut self.narrow {
+            Some(subscribed) => {
+                // A clean session lost its subscriptions.
+                subscribed.clear();
+                topics::desired_manifest(&self.client_id)
+            }
+            None => topics::desired_filter(&self.client_id),
+        };
         let filters = [
-            SubscribeFilter::new(topics::desired_filter(&self.client_id), QoS::AtLeastOnce),
+            SubscribeFilter::new(desired, QoS::AtLeastOnce),
             SubscribeFilter::new(topics::config(&self.client_id), QoS::AtLeastOnce),
             SubscribeFilter::new(topics::ack(&self.client_id), QoS::AtLeastOnce),
         ];
         if let Err(error) = client.try_subscribe_many(filters) {
             warn!(%error, "could not queue the subscription");
         }
+        // A manifest still waiting for documents from an earlier session.
+        self.subscribe_missing(client);
         if let Err(error) = client.try_publish(
             topics::presence(&self.client_id),
             QoS::AtLeastOnce,

@@ -564,6 +564,25 @@ impl Downlink {
         Ok(Handled::Configured(version))
     }
 
+    /// Whether a newer manifest waits for documents.
+    pub fn is_waiting(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Deployments of the pending manifest whose document is not cached yet.
+    pub fn missing_deployments(&self) -> Result<Vec<DeploymentId>, DownlinkError> {
+        let Some(pending) = &self.pending else {
+            return Ok(Vec::new());
+        };
+        let mut missing = Vec::new();
+        for r in &pending.manifest.deployments {
+            if !self.store.cache_contains(&r.digest)? {
+                missing.push(r.deployment_id.clone());
+            }
+        }
+        Ok(missing)
+    }
+
     /// Accepts the pending manifest if every document is cached.
     fn try_accept(&mut self) -> Result<Handled, DownlinkError> {
         let Some(pending) = &self.pending else {
