@@ -66,7 +66,7 @@ impl Mosquitto {
             "user {user}\n\
              persistence true\n\
              persistence_location {persist}/\n\
-             max_queued_messages 10000\n\
+             max_queued_messages 1000000\n\
              message_size_limit 1048576\n\
              per_listener_settings false\n\
              allow_anonymous false\n\
