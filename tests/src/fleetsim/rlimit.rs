@@ -67,3 +67,30 @@ pub fn fleet_needs(devices: usize, broker: BrokerKind) -> u64 {
         BrokerKind::Mosquitto => devices as u64 + 1024,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fd_need_follows_the_broker() {
+        // 10,000 devices: three sockets each in the manager with the
+        // embedded broker (over this machine's 20,000), one each in
+        // Mosquitto and in the simulator with Mosquitto.
+        assert_eq!(fleet_needs(10_000, BrokerKind::Embedded), 31_024);
+        assert_eq!(fleet_needs(10_000, BrokerKind::Mosquitto), 11_024);
+        assert_eq!(
+            fleet_needs(5, BrokerKind::Embedded),
+            manager_needs(5),
+            "the embedded need is the manager's"
+        );
+    }
+
+    #[test]
+    fn broker_kinds_parse_and_print() {
+        for kind in [BrokerKind::Embedded, BrokerKind::Mosquitto] {
+            assert_eq!(kind.to_string().parse::<BrokerKind>().ok(), Some(kind));
+        }
+        assert!("rumqttd".parse::<BrokerKind>().is_err());
+    }
+}
