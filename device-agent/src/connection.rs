@@ -4,7 +4,8 @@
 //! - Persistent session (`clean_session = false`), client id = clientId,
 //!   last will = retained `offline` on the presence topic.
 //! - TLS: the rustls client configuration is built once and reused for every
-//!   reconnect, so TLS 1.3 session resumption works.
+//!   reconnect, so TLS 1.3 session resumption works (unless
+//!   `tls_resumption = false`).
 //! - Reconnect with exponential backoff and jitter (rumqttc would retry at
 //!   once): after a failed poll the loop is in [`ConnState::Backoff`] and does
 //!   not poll until the timer arm fires; the backoff resets on ConnAck.
@@ -93,6 +94,8 @@ pub struct ConnectionSettings {
     pub check_timeout: Duration,
     /// `per-check`: quiet time after which a check counts as settled.
     pub check_settle: Duration,
+    /// Resume TLS 1.3 sessions across reconnects (config `tls_resumption`).
+    pub tls_resumption: bool,
 }
 
 /// What a session is for.
@@ -218,7 +221,11 @@ impl Connection {
             ));
         if settings.broker.tls {
             let pem = &deps.identity.pem;
-            let tls = pki::client_tls_config(&pem.ca_pem, Some((&pem.cert_pem, &pem.key_pem)))?;
+            let mut tls =
+                pki::client_tls_config(&pem.ca_pem, Some((&pem.cert_pem, &pem.key_pem)))?;
+            if !settings.tls_resumption {
+                tls.resumption = rustls::client::Resumption::disabled();
+            }
             options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
                 Arc::new(tls),
             )));
