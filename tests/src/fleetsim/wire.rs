@@ -460,14 +460,9 @@ async fn measure(
     let label = variant.label;
     let name = format!("wire-{label}");
     let name = name.as_str();
-    let device = WireDevice::start(
-        admin,
-        name,
-        variant.transport,
-        upstream,
-        docs(false),
-        |c| variant.apply(c),
-    )
+    let device = WireDevice::start(admin, name, variant.transport, upstream, docs(false), |c| {
+        variant.apply(c)
+    })
     .await?;
     // The check at start-up: it may already be under way.
     device.quiet(Duration::from_secs(60)).await?;
@@ -548,7 +543,11 @@ async fn measure_idle(
             break;
         }
         if Instant::now() > converge {
-            bail!("idle: not converged within 60 s (adopted v{}, outbox {})", s.adopted_manifest_version, s.outbox_len);
+            bail!(
+                "idle: not converged within 60 s (adopted v{}, outbox {})",
+                s.adopted_manifest_version,
+                s.outbox_len
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -653,7 +652,10 @@ pub async fn run(options: &WireOptions) -> Result<WireReport> {
         http_bundle = Some(measure(&admin, https, bundle).await?);
     }
     let (periods, keep_alive) = if options.quick {
-        (2, Some(options.keep_alive.unwrap_or(Duration::from_secs(3))))
+        (
+            2,
+            Some(options.keep_alive.unwrap_or(Duration::from_secs(3))),
+        )
     } else {
         (options.idle_periods.max(1), options.keep_alive)
     };
