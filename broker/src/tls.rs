@@ -19,13 +19,18 @@ use tokio_util::sync::CancellationToken;
 use crate::config::GatewayTls;
 use crate::error::BrokerError;
 
-/// Session tickets sent after each full handshake, so a reconnecting device
-/// can resume with one and keep the other for the next time.
-const TLS13_TICKETS: usize = 2;
+/// Session tickets sent after each handshake (full or resumed). One is
+/// enough: a device reconnects with it, and the resumed handshake hands it
+/// the next one. Each stateless ticket carries the encrypted session,
+/// including the client's certificate, so a second one would add its size
+/// to every connection, a `per-check` check included (docs/benchmarks.md,
+/// bytes on the wire).
+const TLS13_TICKETS: usize = 1;
 
 /// Builds the gateway's server config: TLS 1.3 only, client certificate
 /// required and verified against the fleet CA, stateful session cache (the
-/// rustls default) plus stateless tickets for cheap resumption.
+/// rustls default) plus stateless tickets for cheap resumption, one per
+/// handshake.
 pub fn server_config(tls: &GatewayTls) -> Result<Arc<ServerConfig>, BrokerError> {
     let provider = Arc::new(ring::default_provider());
 
