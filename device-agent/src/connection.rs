@@ -2,7 +2,10 @@
 //! loop together with the outbox sender, the timers and shutdown.
 //!
 //! - Persistent session (`clean_session = false`), client id = clientId,
-//!   last will = retained `offline` on the presence topic.
+//!   last will = retained `offline` on the presence topic. A `per-check`
+//!   check sets no will and does not say `online`: the presence stays
+//!   `offline`, and the retained `offline` it publishes when it ends is its
+//!   check-in (the manager's availability counts any message as seen).
 //! - TLS: the rustls client configuration is built once and reused for every
 //!   reconnect, so TLS 1.3 session resumption works (unless
 //!   `tls_resumption = false`).
@@ -180,6 +183,9 @@ pub struct Connection {
     schedule: ScheduleRx,
     /// False once the schedule's sender is gone (no more changes).
     schedule_live: bool,
+    /// This session sets the last will and says `online` (not in a
+    /// `per-check` check).
+    presence: bool,
     /// In a `per-check` check after a pause: what this session subscribed
     /// to beyond the ack and the config (None: the session subscribes to
     /// `R/desired/#`).
@@ -226,13 +232,7 @@ impl Connection {
             .set_max_packet_size(
                 settings.max_message_bytes + 4096,
                 settings.max_message_bytes + 4096,
-            )
-            .set_last_will(LastWill::new(
-                topics::presence(&client_id),
-                OFFLINE,
-                QoS::AtLeastOnce,
-                true,
-            ));
+            );
         if settings.broker.tls {
             let pem = &deps.identity.pem;
             let mut tls = pki::client_tls_config(&pem.ca_pem, Some((&pem.cert_pem, &pem.key_pem)))?;
@@ -255,6 +255,7 @@ impl Connection {
             snapshots: deps.snapshots,
             schedule: deps.schedule,
             schedule_live: true,
+            presence: true,
             narrow: None,
         })
     }
@@ -372,6 +373,17 @@ impl Connection {
         // until the next process start.
         let clean = !run.first || planner.schedule().is_some();
         options.set_clean_session(clean);
+        // A check is a short visit: no `online`, so no will either (a device
+        // dying mid-check stays `offline`, which it already is).
+        self.presence = kind == SessionKind::Online;
+        if self.presence {
+            options.set_last_will(LastWill::new(
+                topics::presence(&self.client_id),
+                OFFLINE,
+                QoS::AtLeastOnce,
+                true,
+            ));
+        }
         // A check after a pause starts a clean session: subscribing to
         // `R/desired/#` would have the broker hand over every retained
         // deployment document again on every check, and the manifest
@@ -699,13 +711,15 @@ impl Connection {
         }
         // A manifest still waiting for documents from an earlier session.
         self.subscribe_missing(client);
-        if let Err(error) = client.try_publish(
-            topics::presence(&self.client_id),
-            QoS::AtLeastOnce,
-            true,
-            ONLINE,
-        ) {
-            warn!(%error, "could not queue the presence message");
+        if self.presence {
+            if let Err(error) = client.try_publish(
+                topics::presence(&self.client_id),
+                QoS::AtLeastOnce,
+                true,
+                ONLINE,
+            ) {
+                warn!(%error, "could not queue the presence message");
+            }
         }
         if let Some(reason) = ask_sync {
             // Logged inside; the outbox is the only thing that can fail here.
@@ -840,8 +854,8 @@ impl Connection {
         }
     }
 
-    /// Says `offline` and disconnects; `quiet` (a scheduled disconnect)
-    /// logs at debug only.
+    /// Says `offline` (a check's check-in) and disconnects; `quiet` (a
+    /// scheduled disconnect) logs at debug only.
     async fn disconnect(&self, client: &AsyncClient, eventloop: &mut EventLoop, quiet: bool) {
         let _ = client.try_publish(
             topics::presence(&self.client_id),
