@@ -538,7 +538,8 @@ impl Default for AgentConfig {
             data_dir: PathBuf::from("/var/lib/margo-agent"),
             broker_url: None,
             allow_plain_mqtt: false,
-            keep_alive: Duration::from_secs(60),
+            // docs/decisions/0008-keep-alive-and-state-interval.md
+            keep_alive: Duration::from_secs(240),
             tls_resumption: true,
             ack_timeout: Duration::from_secs(30),
             content_timeout: Duration::from_secs(30),
@@ -546,7 +547,7 @@ impl Default for AgentConfig {
             reconnect_max: Duration::from_secs(300),
             retry_failed_after: Duration::from_secs(300),
             retry_failed_max: Duration::from_secs(3600),
-            state_interval: Duration::from_secs(900),
+            state_interval: Duration::from_secs(6 * 3600),
             max_message_bytes: margo_schemas::codec::DEFAULT_MAX_PAYLOAD,
             outbox: OutboxConfig::default(),
             runtime: RuntimeConfig::default(),
@@ -1062,7 +1063,9 @@ mod tests {
     fn defaults_validate_and_match_the_brief() {
         let c = AgentConfig::default();
         c.validate().unwrap();
-        assert_eq!(c.keep_alive, Duration::from_secs(60));
+        // Decision 0008: idle cost of a persistent device.
+        assert_eq!(c.keep_alive, Duration::from_secs(240));
+        assert_eq!(c.state_interval, Duration::from_secs(6 * 3600));
         assert_eq!(c.ack_timeout, Duration::from_secs(30));
         assert_eq!(c.content_timeout, Duration::from_secs(30));
         assert_eq!(c.reconnect_max, Duration::from_secs(300));
