@@ -316,6 +316,7 @@ impl Agent {
                     ConnectionSettings {
                         broker: self.broker.clone(),
                         keep_alive: self.config.keep_alive,
+                        tls_resumption: self.config.tls_resumption,
                         ack_timeout: self.config.ack_timeout,
                         reconnect_min: self.config.reconnect_min,
                         reconnect_max: self.config.reconnect_max,

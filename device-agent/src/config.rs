@@ -58,6 +58,12 @@ pub struct AgentConfig {
     /// MQTT keep-alive.
     #[serde(with = "humantime_serde")]
     pub keep_alive: Duration,
+    /// Resume TLS 1.3 sessions (session tickets) when reconnecting to the
+    /// device gateway or the manager's HTTPS API, instead of a full
+    /// mutual-TLS handshake with both certificates each time. Default on;
+    /// off costs bytes and CPU on every connection and exists for
+    /// measurements and for servers that refuse resumption.
+    pub tls_resumption: bool,
     /// Resend an outbox entry not acknowledged by the manager within this.
     #[serde(with = "humantime_serde")]
     pub ack_timeout: Duration,
@@ -150,6 +156,11 @@ pub struct HttpConfig {
     /// (jittered by up to a tenth).
     #[serde(with = "humantime_serde")]
     pub poll_rate: Duration,
+    /// Fetch a newer manifest's documents as one bundle when more than this
+    /// percentage of its deployments changed (single documents otherwise);
+    /// the first sync always takes the bundle. 0 ..= 100: `0` takes the
+    /// bundle whenever anything changed, `100` never after the first sync.
+    pub bundle_over_percent: u8,
 }
 
 impl Default for HttpConfig {
@@ -160,6 +171,7 @@ impl Default for HttpConfig {
             max_bundle_bytes: 16 * 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             poll_rate: Duration::from_secs(300),
+            bundle_over_percent: 50,
         }
     }
 }
@@ -206,6 +218,9 @@ impl AgentConfig {
         }
         if h.poll_rate < Duration::from_secs(1) {
             return Err(invalid("http.poll_rate", "must be at least 1s"));
+        }
+        if h.bundle_over_percent > 100 {
+            return Err(invalid("http.bundle_over_percent", "must be 0 ..= 100"));
         }
         if self.transport == Transport::Http {
             self.http_manager_url()?;
@@ -523,14 +538,16 @@ impl Default for AgentConfig {
             data_dir: PathBuf::from("/var/lib/margo-agent"),
             broker_url: None,
             allow_plain_mqtt: false,
-            keep_alive: Duration::from_secs(60),
+            // docs/decisions/0008-keep-alive-and-state-interval.md
+            keep_alive: Duration::from_secs(240),
+            tls_resumption: true,
             ack_timeout: Duration::from_secs(30),
             content_timeout: Duration::from_secs(30),
             reconnect_min: Duration::from_secs(1),
             reconnect_max: Duration::from_secs(300),
             retry_failed_after: Duration::from_secs(300),
             retry_failed_max: Duration::from_secs(3600),
-            state_interval: Duration::from_secs(900),
+            state_interval: Duration::from_secs(6 * 3600),
             max_message_bytes: margo_schemas::codec::DEFAULT_MAX_PAYLOAD,
             outbox: OutboxConfig::default(),
             runtime: RuntimeConfig::default(),
@@ -641,7 +658,7 @@ impl AgentConfig {
     /// Applies `MARGO_AGENT_*` variables from `vars` (testable form of [`Self::apply_env`]).
     ///
     /// Recognised: `IDENTITY_DIR`, `DATA_DIR`, `BROKER_URL`, `ALLOW_PLAIN_MQTT`,
-    /// `KEEP_ALIVE`, `ACK_TIMEOUT`, `CONTENT_TIMEOUT`, `RECONNECT_MIN`,
+    /// `KEEP_ALIVE`, `TLS_RESUMPTION`, `ACK_TIMEOUT`, `CONTENT_TIMEOUT`, `RECONNECT_MIN`,
     /// `RECONNECT_MAX`, `RETRY_FAILED_AFTER`, `RETRY_FAILED_MAX`,
     /// `STATE_INTERVAL`, `OUTBOX_MAX_ENTRIES`, `OUTBOX_MAX_BYTES`,
     /// `RUNTIME_ADAPTER`, `EXEC_PROGRAM`, `EXEC_TIMEOUT`, `COMPOSE_DOCKER`,
@@ -665,6 +682,7 @@ impl AgentConfig {
                 "BROKER_URL" => self.broker_url = Some(value),
                 "ALLOW_PLAIN_MQTT" => self.allow_plain_mqtt = parse_bool(field, &value)?,
                 "KEEP_ALIVE" => self.keep_alive = parse_duration(field, &value)?,
+                "TLS_RESUMPTION" => self.tls_resumption = parse_bool(field, &value)?,
                 "ACK_TIMEOUT" => self.ack_timeout = parse_duration(field, &value)?,
                 "CONTENT_TIMEOUT" => self.content_timeout = parse_duration(field, &value)?,
                 "RECONNECT_MIN" => self.reconnect_min = parse_duration(field, &value)?,
@@ -1045,7 +1063,9 @@ mod tests {
     fn defaults_validate_and_match_the_brief() {
         let c = AgentConfig::default();
         c.validate().unwrap();
-        assert_eq!(c.keep_alive, Duration::from_secs(60));
+        // Decision 0008: idle cost of a persistent device.
+        assert_eq!(c.keep_alive, Duration::from_secs(240));
+        assert_eq!(c.state_interval, Duration::from_secs(6 * 3600));
         assert_eq!(c.ack_timeout, Duration::from_secs(30));
         assert_eq!(c.content_timeout, Duration::from_secs(30));
         assert_eq!(c.reconnect_max, Duration::from_secs(300));
@@ -1339,6 +1359,19 @@ kubeconfig = "/etc/rancher/k3s/k3s.yaml"
         assert_eq!(c.http_manager_url().unwrap().host, "onboard");
         c.http.poll_rate = Duration::from_millis(10);
         assert_eq!(field_of(c.validate().unwrap_err()), "http.poll_rate");
+        c.http.poll_rate = Duration::from_secs(30);
+        c.http.bundle_over_percent = 101;
+        assert_eq!(
+            field_of(c.validate().unwrap_err()),
+            "http.bundle_over_percent"
+        );
+        let c = AgentConfig::from_toml(
+            "version = 1\ntls_resumption = false\n[http]\nbundle_over_percent = 0\n",
+        )
+        .unwrap();
+        assert!(!c.tls_resumption);
+        assert_eq!(c.http.bundle_over_percent, 0);
+        assert!(AgentConfig::default().tls_resumption);
         let mut e = AgentConfig::default();
         e.apply_env_from([
             ("MARGO_AGENT_TRANSPORT".to_string(), "http".to_string()),
