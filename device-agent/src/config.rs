@@ -32,6 +32,16 @@ pub enum ConfigError {
     },
     #[error("{field}: {reason}")]
     Invalid { field: String, reason: String },
+    /// The configuration asks for something this build leaves out
+    /// (`cargo build -p margo-agent --no-default-features`).
+    #[error(
+        "{field}: needs the `{feature}` feature, which this margo-agent was built without \
+         (rebuild with `--features {feature}` or the default features)"
+    )]
+    NotBuilt {
+        field: &'static str,
+        feature: &'static str,
+    },
 }
 
 fn invalid(field: &str, reason: impl Into<String>) -> ConfigError {
@@ -179,7 +189,7 @@ impl Default for HttpConfig {
 impl AgentConfig {
     /// The HTTP API the `http` transport talks to: `http.manager_url`, else
     /// `onboarding.manager_url`.
-    pub fn http_manager_url(&self) -> Result<crate::http::ManagerUrl, ConfigError> {
+    pub fn http_manager_url(&self) -> Result<crate::manager_url::ManagerUrl, ConfigError> {
         let (field, url) = match (&self.http.manager_url, &self.onboarding) {
             (Some(url), _) => ("http.manager_url", url.as_str()),
             (None, Some(o)) if !o.manager_url.is_empty() => {
@@ -192,13 +202,13 @@ impl AgentConfig {
                 ))
             }
         };
-        crate::http::ManagerUrl::parse(url).map_err(|e| invalid(field, e.to_string()))
+        crate::manager_url::ManagerUrl::parse(url).map_err(|e| invalid(field, e.to_string()))
     }
 
     fn validate_transport(&self) -> Result<(), ConfigError> {
         let h = &self.http;
         if let Some(url) = &h.manager_url {
-            crate::http::ManagerUrl::parse(url)
+            crate::manager_url::ManagerUrl::parse(url)
                 .map_err(|e| invalid("http.manager_url", e.to_string()))?;
         }
         if h.max_body_bytes < 4096 || h.max_body_bytes > 64 * 1024 * 1024 {
@@ -223,6 +233,11 @@ impl AgentConfig {
             return Err(invalid("http.bundle_over_percent", "must be 0 ..= 100"));
         }
         if self.transport == Transport::Http {
+            require_feature(
+                "transport",
+                "http-transport",
+                cfg!(feature = "http-transport"),
+            )?;
             self.http_manager_url()?;
         }
         Ok(())
@@ -814,6 +829,7 @@ impl AgentConfig {
             }
         }
         if let Some(onboarding) = &self.onboarding {
+            require_feature("onboarding", "onboarding", cfg!(feature = "onboarding"))?;
             onboarding.validate()?;
         }
         self.validate_capabilities()?;
@@ -973,7 +989,7 @@ impl HelmConfig {
 impl OnboardingConfig {
     /// Checks the section; errors name `onboarding.<field>`.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        crate::http::ManagerUrl::parse(&self.manager_url)
+        crate::manager_url::ManagerUrl::parse(&self.manager_url)
             .map_err(|e| invalid("onboarding.manager_url", e.to_string()))?;
         match &self.ca_fingerprint {
             Some(fp) => {
@@ -1027,6 +1043,19 @@ pub fn parse_fingerprint(text: &str) -> Result<Digest, ConfigError> {
             format!("{text:?} is not a SHA-256 fingerprint (sha256:<64 hex digits>)"),
         )
     })
+}
+
+/// Refuses `field` in a build without `feature` (`built` is its `cfg!`).
+fn require_feature(
+    field: &'static str,
+    feature: &'static str,
+    built: bool,
+) -> Result<(), ConfigError> {
+    if built {
+        Ok(())
+    } else {
+        Err(ConfigError::NotBuilt { field, feature })
+    }
 }
 
 fn parse_duration(field: &str, value: &str) -> Result<Duration, ConfigError> {
@@ -1292,6 +1321,7 @@ kubeconfig = "/etc/rancher/k3s/k3s.yaml"
     }
 
     #[test]
+    #[cfg(feature = "onboarding")]
     fn onboarding_section_and_fingerprints() {
         let c = AgentConfig::from_toml(
             "version = 1\n[onboarding]\nmanager_url = \"https://wfm:8443\"\nca_fingerprint = \"sha256:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\"\n",
@@ -1324,6 +1354,10 @@ kubeconfig = "/etc/rancher/k3s/k3s.yaml"
         c.apply_env_from([("MARGO_AGENT_ONBOARDING_TOKEN".to_string(), "t".to_string())])
             .unwrap();
         assert_eq!(c.onboarding.unwrap().token.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn capabilities_section_names_the_field() {
         let mut c = AgentConfig::default();
         c.capabilities.cpu_cores = Some(0.0);
         assert_eq!(
@@ -1335,7 +1369,49 @@ kubeconfig = "/etc/rancher/k3s/k3s.yaml"
         assert_eq!(field_of(c.validate().unwrap_err()), "capabilities.memory");
     }
 
+    /// In every build: a section needing a feature is accepted when the
+    /// feature is built in and refused, naming it, when it is not.
     #[test]
+    fn sections_of_left_out_features_are_refused_by_name() {
+        let onboarding = AgentConfig::from_toml(
+            "version = 1\n[onboarding]\nmanager_url = \"https://wfm\"\ninsecure_tofu = true\n",
+        )
+        .unwrap();
+        let mut env = AgentConfig::default();
+        env.apply_env_from([(
+            "MARGO_AGENT_ONBOARDING_MANAGER_URL".to_string(),
+            "https://wfm".to_string(),
+        )])
+        .unwrap();
+        env.onboarding_mut().insecure_tofu = true;
+        let http = AgentConfig::from_toml(
+            "version = 1\ntransport = \"http\"\n[http]\nmanager_url = \"https://wfm\"\n",
+        )
+        .unwrap();
+        for (config, feature, built) in [
+            (onboarding, "onboarding", cfg!(feature = "onboarding")),
+            (env, "onboarding", cfg!(feature = "onboarding")),
+            (http, "http-transport", cfg!(feature = "http-transport")),
+        ] {
+            match config.validate() {
+                Ok(()) => assert!(built, "{feature} is not built in but was accepted"),
+                Err(e @ ConfigError::NotBuilt { .. }) => {
+                    assert!(!built, "{feature} is built in but was refused: {e}");
+                    assert!(
+                        e.to_string().contains(&format!("`{feature}` feature")),
+                        "{e}"
+                    );
+                }
+                Err(e) => panic!("{feature}: unexpected error {e}"),
+            }
+        }
+        // The MQTT transport and an `[http]` section it ignores need nothing.
+        let mqtt = AgentConfig::from_toml("version = 1\n[http]\npoll_rate = \"30s\"\n").unwrap();
+        mqtt.validate().unwrap();
+    }
+
+    #[test]
+    #[cfg(all(feature = "onboarding", feature = "http-transport"))]
     fn transport_and_http_section() {
         let d = AgentConfig::default();
         assert_eq!(d.transport, Transport::Mqtt);
