@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use margo_schemas::ids::ClientId;
 use rustls::crypto::ring;
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ServerSessionMemoryCache, WebPkiClientVerifier};
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -19,13 +19,28 @@ use tokio_util::sync::CancellationToken;
 use crate::config::GatewayTls;
 use crate::error::BrokerError;
 
-/// Session tickets sent after each full handshake, so a reconnecting device
-/// can resume with one and keep the other for the next time.
-const TLS13_TICKETS: usize = 2;
+/// Session tickets sent after each handshake (full or resumed). One is
+/// enough: a device reconnects with it, and the resumed handshake hands it
+/// the next one (docs/benchmarks.md, bytes on the wire).
+const TLS13_TICKETS: usize = 1;
+
+/// Sessions the gateway remembers for resumption (one per device that
+/// connected recently; the oldest go first). An entry holds the session
+/// secret and the client's certificate chain, under 1 KiB, so a full cache
+/// is under 64 MiB.
+pub const TLS_SESSION_CACHE: usize = 65_536;
 
 /// Builds the gateway's server config: TLS 1.3 only, client certificate
-/// required and verified against the fleet CA, stateful session cache (the
-/// rustls default) plus stateless tickets for cheap resumption.
+/// required and verified against the fleet CA, resumption by a stateful
+/// session cache, one ticket per handshake.
+///
+/// Stateful, not stateless tickets: a stateless ticket is the whole session
+/// encrypted, the client's certificate included (about 0.6 KB), and it
+/// crosses the wire twice per reconnect (down in NewSessionTicket, up in
+/// the next ClientHello); a stateful ticket is a 32-byte key into the
+/// cache, and each is usable once. Neither survives a gateway restart (the
+/// stateless ticket key was per process too), so a restart costs one full
+/// handshake per device either way (decision 0009).
 pub fn server_config(tls: &GatewayTls) -> Result<Arc<ServerConfig>, BrokerError> {
     let provider = Arc::new(ring::default_provider());
 
@@ -50,8 +65,7 @@ pub fn server_config(tls: &GatewayTls) -> Result<Arc<ServerConfig>, BrokerError>
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .map_err(|e| BrokerError::Tls(format!("certificate/key: {e}")))?;
-    config.ticketer =
-        ring::Ticketer::new().map_err(|e| BrokerError::Tls(format!("ticketer: {e}")))?;
+    config.session_storage = ServerSessionMemoryCache::new(TLS_SESSION_CACHE);
     config.send_tls13_tickets = TLS13_TICKETS;
     Ok(Arc::new(config))
 }

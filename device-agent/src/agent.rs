@@ -15,6 +15,7 @@ use crate::capabilities::{CapabilitiesError, CapabilitiesReporter, CapabilitiesS
 use crate::clock::{Clock, SystemClock};
 use crate::config::{AdapterKind, AgentConfig, BrokerUrl, ConfigError, Transport};
 use crate::connection::{Connection, ConnectionDeps, ConnectionSettings, ConnectionSetupError};
+#[cfg(feature = "http-transport")]
 use crate::http_transport::{HttpDeps, HttpSettings, HttpSetupError, HttpTransport};
 use crate::identity::{Identity, IdentityError};
 use crate::outbox::{Outbox, OutboxError, Uplink};
@@ -41,6 +42,7 @@ pub enum AgentError {
     Outbox(#[from] OutboxError),
     #[error("connection: {0}")]
     Connection(#[from] ConnectionSetupError),
+    #[cfg(feature = "http-transport")]
     #[error("HTTP transport: {0}")]
     Http(#[from] HttpSetupError),
     #[error("reconcile: {0}")]
@@ -316,6 +318,7 @@ impl Agent {
                     ConnectionSettings {
                         broker: self.broker.clone(),
                         keep_alive: self.config.keep_alive,
+                        tls_resumption: self.config.tls_resumption,
                         ack_timeout: self.config.ack_timeout,
                         reconnect_min: self.config.reconnect_min,
                         reconnect_max: self.config.reconnect_max,
@@ -346,6 +349,7 @@ impl Agent {
                 );
                 RunningTransport::Mqtt(Box::new(connection))
             }
+            #[cfg(feature = "http-transport")]
             Transport::Http => {
                 let mut settings = HttpSettings::from_config(&self.config)?;
                 // The schedule in force: a remote one stored from an earlier
@@ -372,6 +376,15 @@ impl Agent {
                     },
                 )?))
             }
+            // `validate` (in `new`) refuses this already; said again for library callers.
+            #[cfg(not(feature = "http-transport"))]
+            Transport::Http => {
+                return Err(ConfigError::NotBuilt {
+                    field: "transport",
+                    feature: "http-transport",
+                }
+                .into())
+            }
         };
         // The reconciler stops with the agent; if it stops on its own (a store
         // error), it stops the connection too.
@@ -395,6 +408,7 @@ impl Agent {
         });
         match transport {
             RunningTransport::Mqtt(connection) => (*connection).run(inner.clone()).await,
+            #[cfg(feature = "http-transport")]
             RunningTransport::Http(http) => (*http).run(inner.clone()).await,
         }
         inner.cancel();
@@ -419,6 +433,7 @@ impl Agent {
 /// The transport `run` drives (boxed: the two differ a lot in size).
 enum RunningTransport {
     Mqtt(Box<Connection>),
+    #[cfg(feature = "http-transport")]
     Http(Box<HttpTransport>),
 }
 

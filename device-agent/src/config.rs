@@ -32,6 +32,16 @@ pub enum ConfigError {
     },
     #[error("{field}: {reason}")]
     Invalid { field: String, reason: String },
+    /// The configuration asks for something this build leaves out
+    /// (`cargo build -p margo-agent --no-default-features`).
+    #[error(
+        "{field}: needs the `{feature}` feature, which this margo-agent was built without \
+         (rebuild with `--features {feature}` or the default features)"
+    )]
+    NotBuilt {
+        field: &'static str,
+        feature: &'static str,
+    },
 }
 
 fn invalid(field: &str, reason: impl Into<String>) -> ConfigError {
@@ -58,6 +68,12 @@ pub struct AgentConfig {
     /// MQTT keep-alive.
     #[serde(with = "humantime_serde")]
     pub keep_alive: Duration,
+    /// Resume TLS 1.3 sessions (session tickets) when reconnecting to the
+    /// device gateway or the manager's HTTPS API, instead of a full
+    /// mutual-TLS handshake with both certificates each time. Default on;
+    /// off costs bytes and CPU on every connection and exists for
+    /// measurements and for servers that refuse resumption.
+    pub tls_resumption: bool,
     /// Resend an outbox entry not acknowledged by the manager within this.
     #[serde(with = "humantime_serde")]
     pub ack_timeout: Duration,
@@ -150,6 +166,11 @@ pub struct HttpConfig {
     /// (jittered by up to a tenth).
     #[serde(with = "humantime_serde")]
     pub poll_rate: Duration,
+    /// Fetch a newer manifest's documents as one bundle when more than this
+    /// percentage of its deployments changed (single documents otherwise);
+    /// the first sync always takes the bundle. 0 ..= 100: `0` takes the
+    /// bundle whenever anything changed, `100` never after the first sync.
+    pub bundle_over_percent: u8,
 }
 
 impl Default for HttpConfig {
@@ -160,6 +181,7 @@ impl Default for HttpConfig {
             max_bundle_bytes: 16 * 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             poll_rate: Duration::from_secs(300),
+            bundle_over_percent: 50,
         }
     }
 }
@@ -167,7 +189,7 @@ impl Default for HttpConfig {
 impl AgentConfig {
     /// The HTTP API the `http` transport talks to: `http.manager_url`, else
     /// `onboarding.manager_url`.
-    pub fn http_manager_url(&self) -> Result<crate::http::ManagerUrl, ConfigError> {
+    pub fn http_manager_url(&self) -> Result<crate::manager_url::ManagerUrl, ConfigError> {
         let (field, url) = match (&self.http.manager_url, &self.onboarding) {
             (Some(url), _) => ("http.manager_url", url.as_str()),
             (None, Some(o)) if !o.manager_url.is_empty() => {
@@ -180,13 +202,13 @@ impl AgentConfig {
                 ))
             }
         };
-        crate::http::ManagerUrl::parse(url).map_err(|e| invalid(field, e.to_string()))
+        crate::manager_url::ManagerUrl::parse(url).map_err(|e| invalid(field, e.to_string()))
     }
 
     fn validate_transport(&self) -> Result<(), ConfigError> {
         let h = &self.http;
         if let Some(url) = &h.manager_url {
-            crate::http::ManagerUrl::parse(url)
+            crate::manager_url::ManagerUrl::parse(url)
                 .map_err(|e| invalid("http.manager_url", e.to_string()))?;
         }
         if h.max_body_bytes < 4096 || h.max_body_bytes > 64 * 1024 * 1024 {
@@ -207,7 +229,15 @@ impl AgentConfig {
         if h.poll_rate < Duration::from_secs(1) {
             return Err(invalid("http.poll_rate", "must be at least 1s"));
         }
+        if h.bundle_over_percent > 100 {
+            return Err(invalid("http.bundle_over_percent", "must be 0 ..= 100"));
+        }
         if self.transport == Transport::Http {
+            require_feature(
+                "transport",
+                "http-transport",
+                cfg!(feature = "http-transport"),
+            )?;
             self.http_manager_url()?;
         }
         Ok(())
@@ -523,14 +553,16 @@ impl Default for AgentConfig {
             data_dir: PathBuf::from("/var/lib/margo-agent"),
             broker_url: None,
             allow_plain_mqtt: false,
-            keep_alive: Duration::from_secs(60),
+            // docs/decisions/0008-keep-alive-and-state-interval.md
+            keep_alive: Duration::from_secs(240),
+            tls_resumption: true,
             ack_timeout: Duration::from_secs(30),
             content_timeout: Duration::from_secs(30),
             reconnect_min: Duration::from_secs(1),
             reconnect_max: Duration::from_secs(300),
             retry_failed_after: Duration::from_secs(300),
             retry_failed_max: Duration::from_secs(3600),
-            state_interval: Duration::from_secs(900),
+            state_interval: Duration::from_secs(6 * 3600),
             max_message_bytes: margo_schemas::codec::DEFAULT_MAX_PAYLOAD,
             outbox: OutboxConfig::default(),
             runtime: RuntimeConfig::default(),
@@ -641,7 +673,7 @@ impl AgentConfig {
     /// Applies `MARGO_AGENT_*` variables from `vars` (testable form of [`Self::apply_env`]).
     ///
     /// Recognised: `IDENTITY_DIR`, `DATA_DIR`, `BROKER_URL`, `ALLOW_PLAIN_MQTT`,
-    /// `KEEP_ALIVE`, `ACK_TIMEOUT`, `CONTENT_TIMEOUT`, `RECONNECT_MIN`,
+    /// `KEEP_ALIVE`, `TLS_RESUMPTION`, `ACK_TIMEOUT`, `CONTENT_TIMEOUT`, `RECONNECT_MIN`,
     /// `RECONNECT_MAX`, `RETRY_FAILED_AFTER`, `RETRY_FAILED_MAX`,
     /// `STATE_INTERVAL`, `OUTBOX_MAX_ENTRIES`, `OUTBOX_MAX_BYTES`,
     /// `RUNTIME_ADAPTER`, `EXEC_PROGRAM`, `EXEC_TIMEOUT`, `COMPOSE_DOCKER`,
@@ -665,6 +697,7 @@ impl AgentConfig {
                 "BROKER_URL" => self.broker_url = Some(value),
                 "ALLOW_PLAIN_MQTT" => self.allow_plain_mqtt = parse_bool(field, &value)?,
                 "KEEP_ALIVE" => self.keep_alive = parse_duration(field, &value)?,
+                "TLS_RESUMPTION" => self.tls_resumption = parse_bool(field, &value)?,
                 "ACK_TIMEOUT" => self.ack_timeout = parse_duration(field, &value)?,
                 "CONTENT_TIMEOUT" => self.content_timeout = parse_duration(field, &value)?,
                 "RECONNECT_MIN" => self.reconnect_min = parse_duration(field, &value)?,
@@ -796,6 +829,7 @@ impl AgentConfig {
             }
         }
         if let Some(onboarding) = &self.onboarding {
+            require_feature("onboarding", "onboarding", cfg!(feature = "onboarding"))?;
             onboarding.validate()?;
         }
         self.validate_capabilities()?;
@@ -955,7 +989,7 @@ impl HelmConfig {
 impl OnboardingConfig {
     /// Checks the section; errors name `onboarding.<field>`.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        crate::http::ManagerUrl::parse(&self.manager_url)
+        crate::manager_url::ManagerUrl::parse(&self.manager_url)
             .map_err(|e| invalid("onboarding.manager_url", e.to_string()))?;
         match &self.ca_fingerprint {
             Some(fp) => {
@@ -1011,6 +1045,19 @@ pub fn parse_fingerprint(text: &str) -> Result<Digest, ConfigError> {
     })
 }
 
+/// Refuses `field` in a build without `feature` (`built` is its `cfg!`).
+fn require_feature(
+    field: &'static str,
+    feature: &'static str,
+    built: bool,
+) -> Result<(), ConfigError> {
+    if built {
+        Ok(())
+    } else {
+        Err(ConfigError::NotBuilt { field, feature })
+    }
+}
+
 fn parse_duration(field: &str, value: &str) -> Result<Duration, ConfigError> {
     humantime::parse_duration(value)
         .map_err(|e| invalid(field, format!("{value:?} is not a duration ({e})")))
@@ -1045,7 +1092,9 @@ mod tests {
     fn defaults_validate_and_match_the_brief() {
         let c = AgentConfig::default();
         c.validate().unwrap();
-        assert_eq!(c.keep_alive, Duration::from_secs(60));
+        // Decision 0008: idle cost of a persistent device.
+        assert_eq!(c.keep_alive, Duration::from_secs(240));
+        assert_eq!(c.state_interval, Duration::from_secs(6 * 3600));
         assert_eq!(c.ack_timeout, Duration::from_secs(30));
         assert_eq!(c.content_timeout, Duration::from_secs(30));
         assert_eq!(c.reconnect_max, Duration::from_secs(300));
@@ -1272,6 +1321,7 @@ kubeconfig = "/etc/rancher/k3s/k3s.yaml"
     }
 
     #[test]
+    #[cfg(feature = "onboarding")]
     fn onboarding_section_and_fingerprints() {
         let c = AgentConfig::from_toml(
             "version = 1\n[onboarding]\nmanager_url = \"https://wfm:8443\"\nca_fingerprint = \"sha256:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\"\n",
@@ -1304,6 +1354,10 @@ kubeconfig = "/etc/rancher/k3s/k3s.yaml"
         c.apply_env_from([("MARGO_AGENT_ONBOARDING_TOKEN".to_string(), "t".to_string())])
             .unwrap();
         assert_eq!(c.onboarding.unwrap().token.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn capabilities_section_names_the_field() {
         let mut c = AgentConfig::default();
         c.capabilities.cpu_cores = Some(0.0);
         assert_eq!(
@@ -1315,7 +1369,49 @@ kubeconfig = "/etc/rancher/k3s/k3s.yaml"
         assert_eq!(field_of(c.validate().unwrap_err()), "capabilities.memory");
     }
 
+    /// In every build: a section needing a feature is accepted when the
+    /// feature is built in and refused, naming it, when it is not.
     #[test]
+    fn sections_of_left_out_features_are_refused_by_name() {
+        let onboarding = AgentConfig::from_toml(
+            "version = 1\n[onboarding]\nmanager_url = \"https://wfm\"\ninsecure_tofu = true\n",
+        )
+        .unwrap();
+        let mut env = AgentConfig::default();
+        env.apply_env_from([(
+            "MARGO_AGENT_ONBOARDING_MANAGER_URL".to_string(),
+            "https://wfm".to_string(),
+        )])
+        .unwrap();
+        env.onboarding_mut().insecure_tofu = true;
+        let http = AgentConfig::from_toml(
+            "version = 1\ntransport = \"http\"\n[http]\nmanager_url = \"https://wfm\"\n",
+        )
+        .unwrap();
+        for (config, feature, built) in [
+            (onboarding, "onboarding", cfg!(feature = "onboarding")),
+            (env, "onboarding", cfg!(feature = "onboarding")),
+            (http, "http-transport", cfg!(feature = "http-transport")),
+        ] {
+            match config.validate() {
+                Ok(()) => assert!(built, "{feature} is not built in but was accepted"),
+                Err(e @ ConfigError::NotBuilt { .. }) => {
+                    assert!(!built, "{feature} is built in but was refused: {e}");
+                    assert!(
+                        e.to_string().contains(&format!("`{feature}` feature")),
+                        "{e}"
+                    );
+                }
+                Err(e) => panic!("{feature}: unexpected error {e}"),
+            }
+        }
+        // The MQTT transport and an `[http]` section it ignores need nothing.
+        let mqtt = AgentConfig::from_toml("version = 1\n[http]\npoll_rate = \"30s\"\n").unwrap();
+        mqtt.validate().unwrap();
+    }
+
+    #[test]
+    #[cfg(all(feature = "onboarding", feature = "http-transport"))]
     fn transport_and_http_section() {
         let d = AgentConfig::default();
         assert_eq!(d.transport, Transport::Mqtt);
@@ -1339,6 +1435,19 @@ kubeconfig = "/etc/rancher/k3s/k3s.yaml"
         assert_eq!(c.http_manager_url().unwrap().host, "onboard");
         c.http.poll_rate = Duration::from_millis(10);
         assert_eq!(field_of(c.validate().unwrap_err()), "http.poll_rate");
+        c.http.poll_rate = Duration::from_secs(30);
+        c.http.bundle_over_percent = 101;
+        assert_eq!(
+            field_of(c.validate().unwrap_err()),
+            "http.bundle_over_percent"
+        );
+        let c = AgentConfig::from_toml(
+            "version = 1\ntls_resumption = false\n[http]\nbundle_over_percent = 0\n",
+        )
+        .unwrap();
+        assert!(!c.tls_resumption);
+        assert_eq!(c.http.bundle_over_percent, 0);
+        assert!(AgentConfig::default().tls_resumption);
         let mut e = AgentConfig::default();
         e.apply_env_from([
             ("MARGO_AGENT_TRANSPORT".to_string(), "http".to_string()),

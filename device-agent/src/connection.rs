@@ -2,15 +2,23 @@
 //! loop together with the outbox sender, the timers and shutdown.
 //!
 //! - Persistent session (`clean_session = false`), client id = clientId,
-//!   last will = retained `offline` on the presence topic.
+//!   last will = retained `offline` on the presence topic. A `per-check`
+//!   check sets no will and does not say `online`: the presence stays
+//!   `offline`, and the retained `offline` it publishes when it ends is its
+//!   check-in (the manager's availability counts any message as seen).
 //! - TLS: the rustls client configuration is built once and reused for every
-//!   reconnect, so TLS 1.3 session resumption works.
+//!   reconnect, so TLS 1.3 session resumption works (unless
+//!   `tls_resumption = false`).
 //! - Reconnect with exponential backoff and jitter (rumqttc would retry at
 //!   once): after a failed poll the loop is in [`ConnState::Backoff`] and does
 //!   not poll until the timer arm fires; the backoff resets on ConnAck.
 //! - On every ConnAck: subscribe to the desired-state filter and the ack
 //!   topic, publish retained `online`, resend the whole outbox, and ask for a
 //!   `sync` on first start or when the broker did not resume the session.
+//!   A `per-check` check after a pause subscribes to the ack and the config
+//!   only, and to the manifest only when the retained (signed) ack announces
+//!   a newer version than the agent holds; to deployment topics only for
+//!   documents that newer manifest names and the agent lacks.
 //! - Outbox entries not acked by the manager within the ack timeout are
 //!   resent on the live connection.
 //! - Revoked: a CONNACK "not authorized" / "bad user name or password", or
@@ -93,6 +101,8 @@ pub struct ConnectionSettings {
     pub check_timeout: Duration,
     /// `per-check`: quiet time after which a check counts as settled.
     pub check_settle: Duration,
+    /// Resume TLS 1.3 sessions across reconnects (config `tls_resumption`).
+    pub tls_resumption: bool,
 }
 
 /// What a session is for.
@@ -173,9 +183,22 @@ pub struct Connection {
     schedule: ScheduleRx,
     /// False once the schedule's sender is gone (no more changes).
     schedule_live: bool,
-    /// In a `per-check` check after a pause: the deployment topics subscribed
-    /// so far in this session (None: the session subscribes to `R/desired/#`).
-    narrow: Option<HashSet<DeploymentId>>,
+    /// This session sets the last will and says `online` (not in a
+    /// `per-check` check).
+    presence: bool,
+    /// In a `per-check` check after a pause: what this session subscribed
+    /// to beyond the ack and the config (None: the session subscribes to
+    /// `R/desired/#`).
+    narrow: Option<Narrow>,
+}
+
+/// The subscriptions of a narrow (`per-check`) session.
+#[derive(Debug, Default)]
+struct Narrow {
+    /// The manifest topic (subscribed once an ack announced a newer version).
+    manifest: bool,
+    /// Deployment topics of documents a newer manifest needs.
+    deployments: HashSet<DeploymentId>,
 }
 
 /// Everything [`Connection::new`] needs besides settings.
@@ -209,16 +232,13 @@ impl Connection {
             .set_max_packet_size(
                 settings.max_message_bytes + 4096,
                 settings.max_message_bytes + 4096,
-            )
-            .set_last_will(LastWill::new(
-                topics::presence(&client_id),
-                OFFLINE,
-                QoS::AtLeastOnce,
-                true,
-            ));
+            );
         if settings.broker.tls {
             let pem = &deps.identity.pem;
-            let tls = pki::client_tls_config(&pem.ca_pem, Some((&pem.cert_pem, &pem.key_pem)))?;
+            let mut tls = pki::client_tls_config(&pem.ca_pem, Some((&pem.cert_pem, &pem.key_pem)))?;
+            if !settings.tls_resumption {
+                tls.resumption = rustls::client::Resumption::disabled();
+            }
             options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
                 Arc::new(tls),
             )));
@@ -235,6 +255,7 @@ impl Connection {
             snapshots: deps.snapshots,
             schedule: deps.schedule,
             schedule_live: true,
+            presence: true,
             narrow: None,
         })
     }
@@ -352,13 +373,26 @@ impl Connection {
         // until the next process start.
         let clean = !run.first || planner.schedule().is_some();
         options.set_clean_session(clean);
+        // A check is a short visit: no `online`, so no will either (a device
+        // dying mid-check stays `offline`, which it already is).
+        self.presence = kind == SessionKind::Online;
+        if self.presence {
+            options.set_last_will(LastWill::new(
+                topics::presence(&self.client_id),
+                OFFLINE,
+                QoS::AtLeastOnce,
+                true,
+            ));
+        }
         // A check after a pause starts a clean session: subscribing to
         // `R/desired/#` would have the broker hand over every retained
-        // deployment document again on every check. Subscribe to the
-        // manifest instead, and to a deployment topic only when a newer
-        // manifest names a document the agent does not have
-        // (docs/benchmarks.md, bytes on the wire).
-        self.narrow = (kind == SessionKind::Check && !run.first).then(HashSet::new);
+        // deployment document again on every check, and the manifest
+        // subscription the signed manifest. Subscribe to the ack instead,
+        // to the manifest only when the ack announces a newer version, and
+        // to a deployment topic only when that manifest names a document
+        // the agent does not have (docs/benchmarks.md, bytes on the wire).
+        self.narrow = (kind == SessionKind::Check && !run.first).then(Narrow::default);
+        self.downlink.set_manifest_on_demand(self.narrow.is_some());
         let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
         let notify = self.uplink.notifier();
         let mut state = ConnState::Connecting;
@@ -530,11 +564,35 @@ impl Connection {
         });
     }
 
+    /// In a narrow session: subscribes to the manifest once an ack announced
+    /// a newer one (and stops deferring: if the manifest still does not
+    /// come, the next ack asks for a sync as in other sessions).
+    fn subscribe_manifest_if_behind(&mut self, client: &AsyncClient) {
+        let Some(narrow) = &mut self.narrow else {
+            return;
+        };
+        if narrow.manifest || !self.downlink.is_behind() {
+            return;
+        }
+        narrow.manifest = true;
+        self.downlink.set_manifest_on_demand(false);
+        debug!("the manager announces a newer manifest; subscribing to it");
+        if let Err(error) =
+            client.try_subscribe(topics::desired_manifest(&self.client_id), QoS::AtLeastOnce)
+        {
+            warn!(%error, "could not queue the subscription");
+        }
+    }
+
     /// In a narrow session: subscribes to the deployment topics of the
     /// documents the pending manifest needs and the agent lacks (the broker
     /// then delivers their retained copies).
     fn subscribe_missing(&mut self, client: &AsyncClient) {
-        let Some(subscribed) = &mut self.narrow else {
+        let Some(Narrow {
+            deployments: subscribed,
+            ..
+        }) = &mut self.narrow
+        else {
             return;
         };
         if !self.downlink.is_waiting() {
@@ -596,6 +654,7 @@ impl Connection {
                     .handle_publish(&publish.topic, &publish.payload);
                 // Also after a manifest that is ignored because it is the
                 // pending one already (a check that ended waiting for content).
+                self.subscribe_manifest_if_behind(client);
                 self.subscribe_missing(client);
                 Incoming::Exchange
             }
@@ -626,31 +685,41 @@ impl Connection {
             info!(session_present, "connected");
         }
         self.set_status(ConnectionStatus::Connected);
-        let desired = match &mut self.narrow {
-            Some(subscribed) => {
-                // A clean session lost its subscriptions.
-                subscribed.clear();
-                topics::desired_manifest(&self.client_id)
+        let mut filters = Vec::with_capacity(3);
+        match &mut self.narrow {
+            Some(narrow) => {
+                // A clean session lost its subscriptions; the manifest
+                // follows once the ack says it is newer.
+                *narrow = Narrow::default();
+                self.downlink.set_manifest_on_demand(true);
             }
-            None => topics::desired_filter(&self.client_id),
-        };
-        let filters = [
-            SubscribeFilter::new(desired, QoS::AtLeastOnce),
-            SubscribeFilter::new(topics::config(&self.client_id), QoS::AtLeastOnce),
-            SubscribeFilter::new(topics::ack(&self.client_id), QoS::AtLeastOnce),
-        ];
+            None => filters.push(SubscribeFilter::new(
+                topics::desired_filter(&self.client_id),
+                QoS::AtLeastOnce,
+            )),
+        }
+        filters.push(SubscribeFilter::new(
+            topics::config(&self.client_id),
+            QoS::AtLeastOnce,
+        ));
+        filters.push(SubscribeFilter::new(
+            topics::ack(&self.client_id),
+            QoS::AtLeastOnce,
+        ));
         if let Err(error) = client.try_subscribe_many(filters) {
             warn!(%error, "could not queue the subscription");
         }
         // A manifest still waiting for documents from an earlier session.
         self.subscribe_missing(client);
-        if let Err(error) = client.try_publish(
-            topics::presence(&self.client_id),
-            QoS::AtLeastOnce,
-            true,
-            ONLINE,
-        ) {
-            warn!(%error, "could not queue the presence message");
+        if self.presence {
+            if let Err(error) = client.try_publish(
+                topics::presence(&self.client_id),
+                QoS::AtLeastOnce,
+                true,
+                ONLINE,
+            ) {
+                warn!(%error, "could not queue the presence message");
+            }
         }
         if let Some(reason) = ask_sync {
             // Logged inside; the outbox is the only thing that can fail here.
@@ -785,8 +854,8 @@ impl Connection {
         }
     }
 
-    /// Says `offline` and disconnects; `quiet` (a scheduled disconnect)
-    /// logs at debug only.
+    /// Says `offline` (a check's check-in) and disconnects; `quiet` (a
+    /// scheduled disconnect) logs at debug only.
     async fn disconnect(&self, client: &AsyncClient, eventloop: &mut EventLoop, quiet: bool) {
         let _ = client.try_publish(
             topics::presence(&self.client_id),

@@ -11,7 +11,8 @@
 //! against the accepted one with the MQTT rule (lower version: rollback;
 //! equal version, other content: conflict; both security events), and its
 //! documents are fetched: the bundle on the first sync or when more than
-//! half of the deployments changed, otherwise each changed document alone.
+//! `http.bundle_over_percent` (default half) of the deployments changed,
+//! otherwise each changed document alone.
 //! Every document is verified against its digest before anything is cached;
 //! then the manifest goes through the shared [`ManifestSink`] (the MQTT
 //! path's acceptance) and only then is the new `ETag` stored. Any failure
@@ -88,6 +89,11 @@ pub struct HttpSettings {
     /// Longest retry delay.
     pub retry_max: Duration,
     pub schedule: Option<ValidSchedule>,
+    /// Resume TLS sessions across requests (`tls_resumption`).
+    pub tls_resumption: bool,
+    /// Fetch the bundle when more than this percentage of the deployments
+    /// changed (`http.bundle_over_percent`).
+    pub bundle_over_percent: u8,
 }
 
 impl HttpSettings {
@@ -102,6 +108,8 @@ impl HttpSettings {
             retry_min: config.reconnect_min,
             retry_max: config.reconnect_max,
             schedule: config.local_schedule()?,
+            tls_resumption: config.tls_resumption,
+            bundle_over_percent: config.http.bundle_over_percent,
         })
     }
 }
@@ -328,7 +336,10 @@ impl HttpTransport {
     /// Builds the TLS configuration (once: later connections resume) and the signer.
     pub fn new(settings: HttpSettings, deps: HttpDeps) -> Result<Self, HttpSetupError> {
         let pem = &deps.identity.pem;
-        let tls = pki::client_tls_config(&pem.ca_pem, Some((&pem.cert_pem, &pem.key_pem)))?;
+        let mut tls = pki::client_tls_config(&pem.ca_pem, Some((&pem.cert_pem, &pem.key_pem)))?;
+        if !settings.tls_resumption {
+            tls.resumption = rustls::client::Resumption::disabled();
+        }
         let http = HttpsClient::new(settings.manager.clone(), tls)?
             .with_limits(settings.max_body_bytes, settings.request_timeout);
         let bundles = http
@@ -720,7 +731,9 @@ impl HttpTransport {
         if needed.is_empty() {
             return Ok((Vec::new(), false));
         }
-        let use_bundle = self.accepted.is_none() || changed * 2 > manifest.deployments.len();
+        let use_bundle = self.accepted.is_none()
+            || changed * 100
+                > usize::from(self.settings.bundle_over_percent) * manifest.deployments.len();
         if let (true, Some(bundle_ref)) = (use_bundle, bundle_ref) {
             let docs = self.fetch_bundle(manifest, bundle_ref).await?;
             return Ok((docs, true));

@@ -6,18 +6,42 @@
 //!
 //! `margo-agent onboard --manager URL --ca-fingerprint sha256:HEX [...]`:
 //! onboards over HTTPS and writes the identity bundle (see `onboard.rs`).
+//! Only with the `onboarding` feature (default); `--help` names the
+//! features the binary was built with.
 
 use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+#[cfg(feature = "onboarding")]
 use margo_agent::onboard::{self, OnboardOutcome, OnboardSettings, Onboarding};
 use margo_agent::{Agent, AgentConfig, AgentOptions};
 use tokio_util::sync::CancellationToken;
 
+/// The optional Cargo features this binary has, for `--help`.
+const BUILD_FEATURES: &str = match (
+    cfg!(feature = "onboarding"),
+    cfg!(feature = "http-transport"),
+) {
+    (true, true) => "Built with the features onboarding and http-transport.",
+    (true, false) => "Built with onboarding, without http-transport (transport = \"mqtt\" only).",
+    (false, true) => {
+        "Built with http-transport, without onboarding (provision with an identity bundle)."
+    }
+    (false, false) => {
+        "Minimal build, without onboarding and http-transport: MQTT only, \
+         provisioned with an identity bundle (margoctl clients add)."
+    }
+};
+
 #[derive(Parser)]
-#[command(name = "margo-agent", version, about = "margo-mqtt device agent")]
+#[command(
+    name = "margo-agent",
+    version,
+    about = "margo-mqtt device agent",
+    after_help = BUILD_FEATURES
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -28,9 +52,11 @@ enum Command {
     /// Run the agent.
     Run(RunArgs),
     /// Onboard with the fleet manager over HTTPS and write the identity bundle.
+    #[cfg(feature = "onboarding")]
     Onboard(OnboardArgs),
 }
 
+#[cfg(feature = "onboarding")]
 #[derive(clap::Args)]
 struct OnboardArgs {
     /// Configuration file (optional; its [onboarding] and [capabilities] are used).
@@ -140,6 +166,7 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "onboarding")]
 fn load_onboard_config(args: &OnboardArgs) -> anyhow::Result<AgentConfig> {
     let mut config = match &args.config {
         Some(path) => AgentConfig::load(path)?,
@@ -170,6 +197,7 @@ fn load_onboard_config(args: &OnboardArgs) -> anyhow::Result<AgentConfig> {
 }
 
 /// Runs onboarding until done or rejected; `None` after a signal.
+#[cfg(feature = "onboarding")]
 async fn onboard_until_signal(config: &AgentConfig) -> anyhow::Result<Option<OnboardOutcome>> {
     let settings = OnboardSettings::from_config(config)?;
     let shutdown = CancellationToken::new();
@@ -196,6 +224,7 @@ async fn onboard_until_signal(config: &AgentConfig) -> anyhow::Result<Option<Onb
     }
 }
 
+#[cfg(feature = "onboarding")]
 fn say(line: &str) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "{line}").context("writing to stdout")?;
@@ -205,8 +234,14 @@ fn say(line: &str) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Without `onboarding`, `run` is the only subcommand.
+    #[cfg_attr(
+        not(feature = "onboarding"),
+        allow(clippy::infallible_destructuring_match)
+    )]
     let args = match cli.command {
         Command::Run(args) => args,
+        #[cfg(feature = "onboarding")]
         Command::Onboard(args) => {
             init_logging(args.verbose);
             let config = load_onboard_config(&args).context("onboarding configuration")?;
@@ -226,6 +261,7 @@ async fn main() -> anyhow::Result<()> {
     init_logging(args.verbose);
     let config =
         load_config(&args).with_context(|| format!("configuration {}", args.config.display()))?;
+    #[cfg(feature = "onboarding")]
     if config.onboarding.is_some() && !onboard::bundle_present(&config.identity_dir) {
         tracing::info!(identity_dir = %config.identity_dir.display(), "no identity bundle yet; onboarding first");
         if onboard_until_signal(&config)

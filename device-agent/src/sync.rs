@@ -13,7 +13,9 @@
 //!   cached (asking for a `sync` if that takes longer than the content
 //!   timeout), is stored as accepted, and goes to the reconciler;
 //! - `ack`: trims the outbox, and asks for a `sync` if the manager announces
-//!   a manifest version this agent does not have.
+//!   a manifest version this agent does not have (in manifest-on-demand
+//!   mode it only records that; the connection then subscribes to the
+//!   manifest, see [`Downlink::set_manifest_on_demand`]).
 //! - `config` (on `R/config`): a newer version with a valid schedule (or
 //!   none: back to the local one) is stored, put in force and announced in a
 //!   `state` report; an older version is a security event (replay), an
@@ -231,6 +233,10 @@ pub struct Downlink {
     pending: Option<Pending>,
     last_sync: Option<Instant>,
     schedule: ScheduleControl,
+    /// The highest manifest version a verified ack announced.
+    announced: u64,
+    /// An ack announcing a newer manifest does not ask for a sync.
+    manifest_on_demand: bool,
 }
 
 impl std::fmt::Debug for Downlink {
@@ -404,6 +410,8 @@ impl Downlink {
             pending: None,
             last_sync: None,
             schedule: deps.schedule,
+            announced: 0,
+            manifest_on_demand: false,
         })
     }
 
@@ -414,6 +422,23 @@ impl Downlink {
             .map(|p| p.manifest.manifest_version)
             .or(self.accepted.as_ref().map(AcceptedManifest::version))
             .unwrap_or(0)
+    }
+
+    /// Whether a verified ack announced a manifest version newer than any
+    /// this agent holds (accepted or pending).
+    pub fn is_behind(&self) -> bool {
+        self.announced > self.known_version()
+    }
+
+    /// In manifest-on-demand mode (a `per-check` check subscribed to the
+    /// ack but not to the manifest), an ack announcing a newer manifest is
+    /// only recorded ([`Self::is_behind`]) instead of asking for a `sync`:
+    /// the connection subscribes to the retained manifest, which the
+    /// manager publishes before the ack that announces it. The version
+    /// comes from a signed ack, and only decides whether to fetch; the
+    /// manifest and its documents are verified as always.
+    pub fn set_manifest_on_demand(&mut self, on: bool) {
+        self.manifest_on_demand = on;
     }
 
     /// The accepted manifest version (0 = none).
@@ -646,7 +671,15 @@ impl Downlink {
     fn on_ack(&mut self, ack: Ack) -> Result<Handled, DownlinkError> {
         let removed = self.uplink.ack(ack.acked_seq)?;
         let mut sync = false;
-        if ack.manifest_version > self.known_version() {
+        self.announced = self.announced.max(ack.manifest_version);
+        if ack.manifest_version > self.known_version() && self.manifest_on_demand {
+            debug!(
+                client_id = %self.client,
+                manifest_version = ack.manifest_version,
+                known = self.known_version(),
+                "manager announces a newer manifest; fetching it"
+            );
+        } else if ack.manifest_version > self.known_version() {
             info!(
                 client_id = %self.client,
                 manifest_version = ack.manifest_version,

@@ -328,6 +328,68 @@ async fn missing_content_and_newer_acks_ask_for_sync_and_acks_trim_the_outbox() 
     assert!(parts.uplink.lock().is_empty());
 }
 
+#[tokio::test]
+async fn in_manifest_on_demand_mode_a_newer_ack_marks_the_agent_behind_instead_of_syncing() {
+    let s = setup();
+    let mut parts = s.agent.parts().expect("parts");
+    let client = s.identity.client_id.clone();
+    let key = &s.fleet.signer;
+    let a = yaml("dep-a", "app-a", &[("web", "")]);
+    let (t, p) = deployment_msg(key, &client, &a);
+    parts.downlink.handle_publish(&t, &p).expect("cached");
+    let (t, p) = manifest_msg(key, &client, &manifest(1, &[&a]));
+    assert_eq!(
+        parts.downlink.handle_publish(&t, &p).expect("accepted"),
+        Handled::Accepted(1)
+    );
+    parts.downlink.set_manifest_on_demand(true);
+
+    // The same version: nothing to fetch.
+    let (t, p) = ack_msg(key, &client, 0, 1);
+    parts.downlink.handle_publish(&t, &p).expect("ack");
+    assert!(!parts.downlink.is_behind());
+
+    // A newer version: recorded, no sync (the connection fetches the manifest).
+    let (t, p) = ack_msg(key, &client, 0, 2);
+    assert_eq!(
+        parts.downlink.handle_publish(&t, &p).expect("ack"),
+        Handled::Acked {
+            removed: 0,
+            sync: false
+        }
+    );
+    assert!(parts.downlink.is_behind());
+    assert!(syncs(&parts.uplink, &s.identity).is_empty());
+
+    // A forged ack claiming a newer version changes nothing.
+    let (forger, _) = SigningKey::generate().expect("key");
+    let (t, p) = ack_msg(&forger, &client, 0, 9);
+    assert!(parts.downlink.handle_publish(&t, &p).is_err());
+
+    // The announced manifest arrives: no longer behind.
+    let b = yaml("dep-b", "app-b", &[("web", "")]);
+    let (t, p) = deployment_msg(key, &client, &b);
+    parts.downlink.handle_publish(&t, &p).expect("cached");
+    let (t, p) = manifest_msg(key, &client, &manifest(2, &[&a, &b]));
+    assert_eq!(
+        parts.downlink.handle_publish(&t, &p).expect("accepted"),
+        Handled::Accepted(2)
+    );
+    assert!(!parts.downlink.is_behind());
+
+    // Outside that mode a newer ack asks for a sync, as before.
+    parts.downlink.set_manifest_on_demand(false);
+    let (t, p) = ack_msg(key, &client, 0, 3);
+    assert_eq!(
+        parts.downlink.handle_publish(&t, &p).expect("ack"),
+        Handled::Acked {
+            removed: 0,
+            sync: true
+        }
+    );
+    assert_eq!(syncs(&parts.uplink, &s.identity), vec![SyncReason::Behind]);
+}
+
 #[test]
 fn a_bundle_whose_signing_certificate_the_fleet_ca_did_not_issue_is_refused() {
     let fleet = Fleet::new();

@@ -330,6 +330,8 @@ impl Rig {
             retry_min: Duration::from_millis(50),
             retry_max: Duration::from_millis(200),
             schedule: None,
+            tls_resumption: true,
+            bundle_over_percent: 50,
         };
         let transport = HttpTransport::new(
             settings,

@@ -91,3 +91,45 @@ async fn every_simulated_device_resyncs_after_the_embedded_broker_restarts() -> 
     );
     Ok(())
 }
+
+/// The quick bytes-on-the-wire benchmark: every measured check converged
+/// (the benchmark fails otherwise), the idle window saw its keep-alive pings
+/// and one periodic state report, and the report is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quick_wire_benchmark_measures_every_check_and_the_idle_device() -> Result<()> {
+    use margo_tests::fleetsim::wire::{self, WireOptions};
+    margo_tests::init_tracing();
+    let out = tempfile::tempdir()?;
+    let report = wire::run(&WireOptions {
+        out_dir: out.path().to_path_buf(),
+        quick: true,
+        idle_periods: 2,
+        keep_alive: None,
+    })
+    .await?;
+    for t in [&report.mqtt, &report.http] {
+        assert_eq!(
+            t.no_change_2.connections, 1,
+            "{}: one connection per check",
+            t.transport
+        );
+        assert!(
+            t.update_check.total > t.no_change_2.total,
+            "{}: the update check fetched more than a no-change check",
+            t.transport
+        );
+    }
+    assert_eq!(report.idle.periods, 2);
+    assert!(
+        report.idle.window.up > 0 && report.idle.window.down > 0,
+        "keep-alive pings seen"
+    );
+    assert!(
+        report.idle.state_report.up > 0,
+        "a periodic state report was sent"
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("wire.json"))?)?;
+    assert_eq!(json["benchmark"], "wire");
+    Ok(())
+}

@@ -138,6 +138,10 @@ pub fn server_tls_config(
             .with_single_cert(chain, key)
             .map_err(|e| HttpError::Tls(e.to_string()))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // One session ticket per handshake (the rustls default is two): an agent
+    // polling over HTTP resumes with it and receives the next one, like a
+    // device at the gateway (docs/benchmarks.md, bytes on the wire).
+    config.send_tls13_tickets = 1;
     Ok(Arc::new(config))
 }
 

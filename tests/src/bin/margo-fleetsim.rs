@@ -137,6 +137,16 @@ enum Bench {
     Wire {
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
+        /// Only the resumed MQTT and HTTP checks, and an idle window of two
+        /// 3 s keep-alive periods (CI).
+        #[arg(long)]
+        quick: bool,
+        /// Keep-alive periods in the persistent idle window.
+        #[arg(long, default_value_t = 3)]
+        idle_periods: u32,
+        /// Keep-alive of the idle device (default: the agent's).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        keep_alive: Option<Duration>,
     },
 }
 
@@ -293,8 +303,19 @@ async fn main() -> Result<()> {
                     );
                 }
             }
-            Bench::Wire { out } => {
-                let report = wire::run(&out).await?;
+            Bench::Wire {
+                out,
+                quick,
+                idle_periods,
+                keep_alive,
+            } => {
+                let report = wire::run(&wire::WireOptions {
+                    out_dir: out,
+                    quick,
+                    idle_periods,
+                    keep_alive,
+                })
+                .await?;
                 println!();
                 print!("{}", report.markdown());
             }

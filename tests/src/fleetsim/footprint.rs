@@ -50,6 +50,11 @@ pub struct FootprintReport {
     /// Of the idle RSS: anonymous (heap, stacks) and file-backed (code).
     pub idle_rss_anon_bytes: u64,
     pub idle_rss_file_bytes: u64,
+    /// Of the idle file-backed RSS: the agent's own executable, and the
+    /// shared libraries (libc, libm, the loader; shared with every other
+    /// process using them). From `/proc/<pid>/smaps`; None if unreadable.
+    pub idle_rss_exe_bytes: Option<u64>,
+    pub idle_rss_libs_bytes: Option<u64>,
     /// Peak RSS (`VmHWM`, reset before the apply when the kernel allows) while
     /// both deployments are updated.
     pub apply_peak_rss_bytes: u64,
@@ -69,9 +74,9 @@ impl FootprintReport {
         format!(
             "### Agent footprint: {}\n\n\
              Machine: {}. Commit {}. Binary `{}`.\n\n\
-             | build | file size | stripped | idle RSS (2 deployments) | of which anon / file | peak RSS during apply | idle RSS after apply | lifetime VmHWM | threads |\n\
-             |---|---|---|---|---|---|---|---|---|\n\
-             | {} | {} | {} | {} | {} / {} | {} | {} | {} | {} |\n",
+             | build | file size | stripped | idle RSS (2 deployments) | of which anon / file | file: executable / shared libraries | peak RSS during apply | idle RSS after apply | lifetime VmHWM | threads |\n\
+             |---|---|---|---|---|---|---|---|---|---|\n\
+             | {} | {} | {} | {} | {} / {} | {} / {} | {} | {} | {} | {} |\n",
             self.label,
             self.machine.markdown(),
             self.git_commit.as_deref().unwrap_or("unknown"),
@@ -82,6 +87,8 @@ impl FootprintReport {
             mib(self.idle_rss_bytes),
             mib(self.idle_rss_anon_bytes),
             mib(self.idle_rss_file_bytes),
+            self.idle_rss_exe_bytes.map_or("n/a".into(), mib),
+            self.idle_rss_libs_bytes.map_or("n/a".into(), mib),
             mib(self.apply_peak_rss_bytes),
             mib(self.idle_after_apply_rss_bytes),
             mib(self.lifetime_hwm_bytes),
@@ -111,6 +118,57 @@ fn threads(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("Threads:"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// Resident file-backed bytes of one process, split into its executable
+/// and everything else mapped from a file (shared libraries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileRss {
+    exe: u64,
+    libs: u64,
+}
+
+/// Reads `/proc/<pid>/smaps` (None if it cannot: not Linux, no permission).
+fn file_rss(pid: u32) -> Option<FileRss> {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
+    Some(parse_file_rss(&smaps, &exe.to_string_lossy()))
+}
+
+/// Sums `Rss` minus `Anonymous` (private copies of file pages) of every
+/// mapping with a path, as the executable's when the path is `exe`.
+fn parse_file_rss(smaps: &str, exe: &str) -> FileRss {
+    let mut split = FileRss { exe: 0, libs: 0 };
+    // Where the current mapping's pages go: None for anonymous mappings.
+    let mut target: Option<bool> = None;
+    let mut rss = 0u64;
+    let mut flush = |target: Option<bool>, rss: u64, anon: u64| match target {
+        Some(true) => split.exe += rss.saturating_sub(anon),
+        Some(false) => split.libs += rss.saturating_sub(anon),
+        None => {}
+    };
+    let mut anon = 0u64;
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            flush(target, rss, anon);
+            (rss, anon) = (0, 0);
+            // address perms offset dev inode [path]
+            target = words
+                .nth(4)
+                .filter(|p| p.starts_with('/'))
+                .map(|path| path == exe);
+        } else if let Some(kib) = words.next().and_then(|v| v.parse::<u64>().ok()) {
+            match first {
+                "Rss:" => rss = kib * 1024,
+                "Anonymous:" => anon = kib * 1024,
+                _ => {}
+            }
+        }
+    }
+    flush(target, rss, anon);
+    split
 }
 
 async fn wait_installed(
@@ -179,6 +237,7 @@ pub async fn run(opts: &FootprintOptions) -> Result<FootprintReport> {
     wait_installed(&admin, "footprint-1", 1, Duration::from_secs(60)).await?;
     tokio::time::sleep(opts.settle).await;
     let idle = procstat::sample(pid)?;
+    let idle_files = file_rss(pid);
 
     let reset = procstat::reset_peak(pid);
     let sampler = Sampler::start(pid, Duration::from_millis(10));
@@ -203,6 +262,8 @@ pub async fn run(opts: &FootprintOptions) -> Result<FootprintReport> {
         idle_rss_bytes: idle.rss_bytes,
         idle_rss_anon_bytes: idle.rss_anon_bytes,
         idle_rss_file_bytes: idle.rss_file_bytes,
+        idle_rss_exe_bytes: idle_files.map(|f| f.exe),
+        idle_rss_libs_bytes: idle_files.map(|f| f.libs),
         apply_peak_rss_bytes: if reset {
             after_apply.hwm_bytes
         } else {
@@ -223,4 +284,38 @@ pub async fn run(opts: &FootprintOptions) -> Result<FootprintReport> {
     let (json, md) = report::write(&opts.out_dir, &stem, &report, &report.markdown())?;
     println!("wrote {} and {}", json.display(), md.display());
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smaps_split_into_executable_and_libraries() {
+        let smaps = "\
+55d0c0000000-55d0c0100000 r-xp 00000000 fd:00 42 /opt/margo-agent
+Size:               1024 kB
+Rss:                 800 kB
+Anonymous:             0 kB
+55d0c0200000-55d0c0210000 rw-p 00100000 fd:00 42 /opt/margo-agent
+Rss:                  12 kB
+Anonymous:             8 kB
+7f0000000000-7f0000100000 r-xp 00000000 fd:00 7 /usr/lib/libc.so.6
+Rss:                 600 kB
+Anonymous:             0 kB
+7f0000200000-7f0000300000 rw-p 00000000 00:00 0
+Rss:                 500 kB
+Anonymous:           500 kB
+7ffc00000000-7ffc00021000 rw-p 00000000 00:00 0 [stack]
+Rss:                 132 kB
+Anonymous:           132 kB
+";
+        assert_eq!(
+            parse_file_rss(smaps, "/opt/margo-agent"),
+            FileRss {
+                exe: (800 + 4) * 1024,
+                libs: 600 * 1024
+            }
+        );
+    }
 }
