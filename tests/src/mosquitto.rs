@@ -1,6 +1,6 @@
 //! Mosquitto 2.x as a second broker, configured like `config/mosquitto/`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -32,6 +32,10 @@ pub fn available() -> bool {
 pub struct Mosquitto {
     pub port: u16,
     proc: Proc,
+    /// Its directory (configuration, persistence, logs): a restart reuses it.
+    dir: PathBuf,
+    /// How many times it was started again (each start logs to its own file).
+    restarts: u32,
 }
 
 impl Mosquitto {
@@ -62,7 +66,7 @@ impl Mosquitto {
             "user {user}\n\
              persistence true\n\
              persistence_location {persist}/\n\
-             max_queued_messages 10000\n\
+             max_queued_messages 1000000\n\
              message_size_limit 1048576\n\
              per_listener_settings false\n\
              allow_anonymous false\n\
@@ -85,13 +89,38 @@ impl Mosquitto {
         );
         let conf_path = dir.join("mosquitto.conf");
         std::fs::write(&conf_path, conf)?;
-        let mut cmd = Command::new(MOSQUITTO);
-        cmd.arg("-c").arg(&conf_path);
-        // Mosquitto logs to stderr; readiness is its port accepting connections.
-        let (proc, _) =
-            Proc::spawn_and_wait_port("mosquitto", cmd, dir, port, Duration::from_secs(10))
-                .context("start mosquitto")?;
-        Ok(Mosquitto { port, proc })
+        let proc = spawn(dir, port, "mosquitto")?;
+        Ok(Mosquitto {
+            port,
+            proc,
+            dir: dir.to_path_buf(),
+            restarts: 0,
+        })
+    }
+
+    /// The broker's pid (for `/proc`).
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.pid()
+    }
+
+    /// SIGTERM, then up to `timeout` for a clean exit (Mosquitto sends the
+    /// clients' wills and writes its persistence file on the way out);
+    /// SIGKILL after that. Returns whether it exited cleanly.
+    pub fn stop(&mut self, timeout: Duration) -> bool {
+        self.proc.stop(timeout)
+    }
+
+    /// Starts it again with the same configuration, port and persistence
+    /// directory (stop it first; a running one is killed).
+    pub fn restart(&mut self) -> Result<()> {
+        self.proc.kill();
+        self.restarts += 1;
+        self.proc = spawn(
+            &self.dir,
+            self.port,
+            &format!("mosquitto-{}", self.restarts),
+        )?;
+        Ok(())
     }
 
     pub fn log(&self) -> String {
@@ -101,6 +130,17 @@ impl Mosquitto {
     pub fn kill(&mut self) {
         self.proc.kill();
     }
+}
+
+/// Runs `mosquitto -c <dir>/mosquitto.conf` and waits for `port`.
+fn spawn(dir: &Path, port: u16, name: &str) -> Result<Proc> {
+    let mut cmd = Command::new(MOSQUITTO);
+    cmd.arg("-c").arg(dir.join("mosquitto.conf"));
+    // Mosquitto logs to stderr; readiness is its port accepting connections.
+    // Loading a persistence file with many sessions takes a while.
+    let (proc, _) = Proc::spawn_and_wait_port(name, cmd, dir, port, Duration::from_secs(60))
+        .context("start mosquitto")?;
+    Ok(proc)
 }
 
 fn whoami() -> String {

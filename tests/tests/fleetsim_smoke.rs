@@ -1,11 +1,14 @@
-//! CI smoke of the fleet simulator: the quick fan-out with a handful of
-//! simulated devices against a real `margo-manager serve` process. Asserts
-//! convergence and that the results are written, never timings.
+//! CI smoke of the fleet simulator: the quick fan-out and the quick
+//! reconnect storm with a handful of simulated devices against a real
+//! `margo-manager serve` process. Asserts convergence and that the results
+//! are written, never timings.
 
 use std::time::Duration;
 
 use anyhow::Result;
 use margo_tests::fleetsim::fanout::{self, FanoutOptions};
+use margo_tests::fleetsim::harness::BrokerKind;
+use margo_tests::fleetsim::storm::{self, StormOptions};
 
 const DEVICES: usize = 5;
 
@@ -36,6 +39,56 @@ async fn a_simulated_fleet_converges_on_a_fanout_deploy_and_the_report_is_writte
     assert_eq!(json["phases"][1]["converged"], DEVICES);
     let md = std::fs::read_to_string(out.path().join("fanout-5.md"))?;
     assert!(md.contains("| update | 5/5 |"), "{md}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_simulated_device_resyncs_after_the_embedded_broker_restarts() -> Result<()> {
+    margo_tests::init_tracing();
+    let out = tempfile::tempdir()?;
+    let mut opts = StormOptions::new(DEVICES, BrokerKind::Embedded, out.path().to_path_buf());
+    opts.quick = true;
+    opts.converge_timeout = Duration::from_secs(120);
+    opts.resync_timeout = Duration::from_secs(120);
+    opts.manager_log = "info".into();
+    let report = storm::run(&opts).await?;
+
+    assert_eq!(
+        (report.resynced, report.left_behind),
+        (DEVICES, 0),
+        "every device re-synced after the restart"
+    );
+    for (what, p) in [
+        ("reconnected", &report.reconnected_ms),
+        ("manifest confirmed", &report.confirmed_ms),
+        ("heard by the manager", &report.heard_ms),
+        ("re-synced", &report.resync_ms),
+    ] {
+        assert_eq!(p.count, DEVICES, "{what}: every device");
+    }
+    assert!(
+        report.agents.connects >= DEVICES as u64,
+        "every agent connected again: {:?}",
+        report.agents
+    );
+    // The embedded broker keeps no sessions across a restart: each agent
+    // sees its session gone and asks the manager for a sync.
+    assert!(
+        report.agents.syncs >= DEVICES as u64,
+        "every agent asked for a sync after losing its session: {:?}",
+        report.agents
+    );
+    assert!(report.converged());
+
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("storm-5-embedded.json"))?)?;
+    assert_eq!(json["benchmark"], "storm");
+    assert_eq!(json["left_behind"], 0);
+    let md = std::fs::read_to_string(out.path().join("storm-5-embedded.md"))?;
+    assert!(
+        md.contains("**5 of 5 devices re-synced, 0 left behind**"),
+        "{md}"
+    );
     Ok(())
 }
 

@@ -2,7 +2,8 @@
 //! `margo-manager serve` process, and the benchmarks built on them.
 //!
 //!     margo-fleetsim run --devices 1000 [--hold 60s]
-//!     margo-fleetsim bench fanout --devices 1000 [--quick] [--out target/bench]
+//!     margo-fleetsim bench fanout --devices 1000 [--broker mosquitto] [--quick] [--out target/bench]
+//!     margo-fleetsim bench storm --devices 1000 [--broker mosquitto] [--quick]
 //!
 //! Build the manager with the same profile first: the simulator starts
 //! `margo-manager` (and `margoctl`) from its own directory
@@ -16,9 +17,10 @@ use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 use margo_tests::fleetsim::fanout::{self, FanoutOptions};
 use margo_tests::fleetsim::footprint::{self, FootprintOptions};
-use margo_tests::fleetsim::harness::Harness;
-use margo_tests::fleetsim::rlimit::{manager_needs, raise_nofile};
+use margo_tests::fleetsim::harness::{BrokerKind, Harness};
+use margo_tests::fleetsim::rlimit::{fleet_needs, raise_nofile};
 use margo_tests::fleetsim::sim::FleetSpec;
+use margo_tests::fleetsim::storm::{self, StormOptions};
 use margo_tests::fleetsim::wire;
 
 #[derive(Parser)]
@@ -60,6 +62,10 @@ struct FleetArgs {
     /// RUST_LOG of the manager process.
     #[arg(long, default_value = "warn")]
     manager_log: String,
+    /// The broker: `embedded` (rumqttd and the device gateway inside the
+    /// manager) or `mosquitto` (/usr/sbin/mosquitto, the manager in external mode).
+    #[arg(long, default_value = "embedded")]
+    broker: BrokerKind,
 }
 
 #[derive(Args)]
@@ -112,6 +118,20 @@ enum Bench {
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
     },
+    /// Restart the broker under a converged fleet; per-device time until
+    /// re-synced (reconnected, manifest confirmed, heard by the manager).
+    Storm {
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// Five devices on the chosen broker, for CI; overrides --devices.
+        #[arg(long)]
+        quick: bool,
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
+        /// Devices not re-synced this long after the restart are left behind.
+        #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
     /// Bytes on the wire per check, MQTT vs the Margo HTTP API, through a
     /// counting proxy: no-change checks and an update of one deployment of ten.
     Wire {
@@ -139,19 +159,31 @@ fn init_tracing() {
         .init();
 }
 
-/// Raises the open-file limit for `devices` (this process and the manager
-/// it starts, which inherits it) and says what it got.
-fn prepare_limits(devices: usize) -> Result<margo_tests::fleetsim::rlimit::NofileLimit> {
-    let need = manager_needs(devices);
+/// Raises the open-file limit for `devices` on `broker` (this process and
+/// the manager and Mosquitto it starts, which inherit it) and says what it got.
+fn prepare_limits_for(
+    devices: usize,
+    broker: BrokerKind,
+) -> Result<margo_tests::fleetsim::rlimit::NofileLimit> {
+    let need = fleet_needs(devices, broker);
+    let who = match broker {
+        BrokerKind::Embedded => {
+            "the manager with the embedded broker needs about {need}: three sockets per device"
+        }
+        BrokerKind::Mosquitto => {
+            "Mosquitto and this process need about {need}: one socket per device each"
+        }
+    }
+    .replace("{need}", &need.to_string());
     let limit = raise_nofile(need);
     println!(
-        "open files: soft {:?} → {:?}, hard {:?} → {:?} (the manager needs about {need})",
+        "open files: soft {:?} → {:?}, hard {:?} → {:?} ({who})",
         limit.soft_before, limit.soft, limit.hard_before, limit.hard
     );
     if limit.soft.is_some_and(|s| s < need) {
         bail!(
-            "RLIMIT_NOFILE {:?} is too low for {devices} devices (the manager needs about {need}: \
-             three sockets per device); raise the hard limit (ulimit -Hn) or run fewer devices",
+            "RLIMIT_NOFILE {:?} is too low for {devices} devices ({who}); \
+             raise the hard limit (ulimit -Hn), run fewer devices or use --broker mosquitto",
             limit.soft
         );
     }
@@ -174,12 +206,13 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => {
-            prepare_limits(args.fleet.devices)?;
+            prepare_limits_for(args.fleet.devices, args.fleet.broker)?;
             let spec = spec(&args.fleet, args.fleet.devices);
-            let h = Harness::start(
+            let h = Harness::start_with(
                 &spec,
                 args.fleet.work_dir.as_deref(),
                 &args.fleet.manager_log,
+                args.fleet.broker,
             )
             .await?;
             println!(
@@ -204,8 +237,9 @@ async fn main() -> Result<()> {
                 timeout,
             } => {
                 let devices = if quick { 20 } else { fleet.devices };
-                let nofile = prepare_limits(devices)?;
+                let nofile = prepare_limits_for(devices, fleet.broker)?;
                 let mut opts = FanoutOptions::new(devices, out);
+                opts.broker = fleet.broker;
                 opts.delay = fleet.delay;
                 opts.start_batch = fleet.start_batch;
                 opts.work_dir = fleet.work_dir;
@@ -246,6 +280,28 @@ async fn main() -> Result<()> {
                 let report = footprint::run(&opts).await?;
                 println!();
                 print!("{}", report.markdown());
+            }
+            Bench::Storm {
+                fleet,
+                quick,
+                out,
+                timeout,
+            } => {
+                let devices = if quick { 5 } else { fleet.devices };
+                let mut opts = StormOptions::new(devices, fleet.broker, out);
+                opts.nofile = Some(prepare_limits_for(devices, fleet.broker)?);
+                (opts.delay, opts.start_batch) = (fleet.delay, fleet.start_batch);
+                (opts.work_dir, opts.manager_log) = (fleet.work_dir, fleet.manager_log);
+                (opts.quick, opts.resync_timeout) = (quick, timeout);
+                let report = storm::run(&opts).await?;
+                println!();
+                print!("{}", report.markdown());
+                if !report.converged() {
+                    bail!(
+                        "{} devices were left behind; see the report",
+                        report.left_behind
+                    );
+                }
             }
             Bench::Wire {
                 out,

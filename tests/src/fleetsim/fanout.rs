@@ -18,7 +18,7 @@ use margo_schemas::ids::ClientId;
 use margo_schemas::status::DeploymentState;
 use serde::Serialize;
 
-use super::harness::{ms, Harness};
+use super::harness::{ms, BrokerKind, Harness};
 use super::machine::Machine;
 use super::procstat::{self, ProcSample, Sampler};
 use super::report::{self, mib, Percentiles};
@@ -50,6 +50,8 @@ pub struct FanoutOptions {
     pub quick: bool,
     /// The open-file limit the caller set up (for the report).
     pub nofile: Option<NofileLimit>,
+    /// The broker the devices connect to.
+    pub broker: BrokerKind,
 }
 
 impl FanoutOptions {
@@ -66,6 +68,7 @@ impl FanoutOptions {
             manager_log: "warn".into(),
             quick: false,
             nofile: None,
+            broker: BrokerKind::Embedded,
         }
     }
 }
@@ -107,6 +110,17 @@ pub struct Phase {
     /// Manager CPU seconds during the phase per thread name (rumqttd's
     /// router vs the manager's tokio workers), highest first.
     pub manager_threads_cpu: Vec<(String, f64)>,
+    /// The Mosquitto process during the phase (None with the embedded
+    /// broker, whose figures are in the manager's).
+    pub broker: Option<PhaseLoad>,
+}
+
+/// CPU and peak memory of a process during a phase.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct PhaseLoad {
+    pub cpu_seconds: f64,
+    /// The higher of the 100 ms samples and `VmHWM` (reset at the start).
+    pub peak_rss_bytes: u64,
 }
 
 /// The whole run.
@@ -114,6 +128,7 @@ pub struct Phase {
 pub struct FanoutReport {
     pub benchmark: &'static str,
     pub devices: usize,
+    pub broker: BrokerKind,
     pub quick: bool,
     pub delay_ms: u64,
     pub poll_ms: u64,
@@ -126,11 +141,15 @@ pub struct FanoutReport {
     /// sessions and subscriptions in rumqttd, startup syncs), total and per thread.
     pub connect_manager_cpu_seconds: f64,
     pub connect_threads_cpu: Vec<(String, f64)>,
+    /// Mosquitto's CPU seconds while the fleet connected (Mosquitto only).
+    pub connect_broker_cpu_seconds: Option<f64>,
     pub phases: Vec<Phase>,
     /// Manager process totals at the end (CPU since start, `VmHWM`).
     pub manager_end: ProcSample,
     /// This process at the end.
     pub fleetsim_end: ProcSample,
+    /// Mosquitto at the end (CPU since start, `VmHWM`), if it was the broker.
+    pub broker_end: Option<ProcSample>,
 }
 
 impl FanoutReport {
@@ -141,13 +160,14 @@ impl FanoutReport {
 
     pub fn markdown(&self) -> String {
         let mut s = format!(
-            "### Fan-out convergence, {} devices{}\n\n\
+            "### Fan-out convergence, {} devices, {} broker{}\n\n\
              Machine: {}. Simulated runtime: {} ms per component action. \
              Status polled every {} ms. Commit {}.\n\n\
              Setup: bulk provisioning {:.1} s, connecting all devices {:.1} s.\n\n\
-             | phase | converged | deploy call | p50 | p95 | p99 | max | total | manager CPU | manager peak RSS (sampled / VmHWM) | fleetsim CPU |\n\
-             |---|---|---|---|---|---|---|---|---|---|---|\n",
+             | phase | converged | deploy call | p50 | p95 | p99 | max | total | manager CPU | manager peak RSS (sampled / VmHWM) | Mosquitto CPU | Mosquitto peak RSS | fleetsim CPU |\n\
+             |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
             self.devices,
+            self.broker,
             if self.quick { " (quick)" } else { "" },
             self.machine.markdown(),
             self.delay_ms,
@@ -158,7 +178,7 @@ impl FanoutReport {
         );
         for p in &self.phases {
             s.push_str(&format!(
-                "| {} | {}/{} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | {:.2} s | {:.2} s | {} / {} | {:.2} s |\n",
+                "| {} | {}/{} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | {:.2} s | {:.2} s | {} / {} | {} | {} | {:.2} s |\n",
                 p.name,
                 p.converged,
                 p.devices,
@@ -171,6 +191,8 @@ impl FanoutReport {
                 p.manager_cpu_seconds,
                 mib(p.manager_peak_rss_sampled_bytes),
                 if p.manager_hwm_reset { mib(p.manager_hwm_bytes) } else { "n/a".into() },
+                p.broker.map_or("–".into(), |b| format!("{:.2} s", b.cpu_seconds)),
+                p.broker.map_or("–".into(), |b| mib(b.peak_rss_bytes)),
                 p.fleetsim_cpu_seconds,
             ));
         }
@@ -198,6 +220,14 @@ impl FanoutReport {
             self.fleetsim_end.cpu_seconds,
             mib(self.fleetsim_end.hwm_bytes),
         ));
+        if let Some(b) = &self.broker_end {
+            s.push_str(&format!(
+                "Mosquitto: {:.2} s CPU while the fleet connected, {:.1} s CPU since start, VmHWM {}.\n",
+                self.connect_broker_cpu_seconds.unwrap_or(0.0),
+                b.cpu_seconds,
+                mib(b.hwm_bytes),
+            ));
+        }
         s
     }
 }
@@ -215,12 +245,25 @@ pub async fn run(opts: &FanoutOptions) -> Result<FanoutReport> {
         start_batch: opts.start_batch,
         connect_timeout: Duration::from_secs(60 + opts.devices as u64 / 20),
     };
-    let mut h = Harness::start(&spec, opts.work_dir.as_deref(), &opts.manager_log).await?;
+    let broker_at_start = opts.broker;
+    let mut h = Harness::start_with(
+        &spec,
+        opts.work_dir.as_deref(),
+        &opts.manager_log,
+        broker_at_start,
+    )
+    .await?;
     let pid = h.pid;
+    let broker_pid = h.broker_pid();
+    let connect_broker_cpu_seconds = h.connect_broker_cpu;
     let mut phases = Vec::new();
     for (name, revision) in [("initial", 1), ("update", 2)] {
         let doc = deployment_yaml(DEPLOYMENT_ID, "fleet-app", &["app"], revision);
-        let phase = run_phase(&h.admin, &mut h.fleet, opts, pid, name, &spec.prefix, doc).await?;
+        let pids = Pids {
+            manager: pid,
+            broker: broker_pid,
+        };
+        let phase = run_phase(&h.admin, &mut h.fleet, opts, pids, name, &spec.prefix, doc).await?;
         println!(
             "{name}: {}/{} converged; p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; manager CPU {:.2} s",
             phase.converged,
@@ -241,6 +284,7 @@ pub async fn run(opts: &FanoutOptions) -> Result<FanoutReport> {
     }
     let manager_end = procstat::sample(pid)?;
     let fleetsim_end = procstat::sample(std::process::id())?;
+    let broker_end = broker_pid.map(procstat::sample).transpose()?;
     let (provision_ms, connect_ms) = (h.provision_ms, h.connect_ms);
     let (connect_manager_cpu_seconds, connect_threads_cpu) =
         (h.connect_manager_cpu, h.connect_threads_cpu.clone());
@@ -249,6 +293,7 @@ pub async fn run(opts: &FanoutOptions) -> Result<FanoutReport> {
     let report = FanoutReport {
         benchmark: "fanout",
         devices: opts.devices,
+        broker: opts.broker,
         quick: opts.quick,
         delay_ms: opts.delay.as_millis() as u64,
         poll_ms: opts.poll.as_millis() as u64,
@@ -259,11 +304,16 @@ pub async fn run(opts: &FanoutOptions) -> Result<FanoutReport> {
         connect_ms,
         connect_manager_cpu_seconds,
         connect_threads_cpu,
+        connect_broker_cpu_seconds,
         phases,
         manager_end,
         fleetsim_end,
+        broker_end,
     };
-    let stem = format!("fanout-{}", opts.devices);
+    let stem = match opts.broker {
+        BrokerKind::Embedded => format!("fanout-{}", opts.devices),
+        other => format!("fanout-{}-{other}", opts.devices),
+    };
     let (json, md) = report::write(&opts.out_dir, &stem, &report, &report.markdown())?;
     println!("wrote {} and {}", json.display(), md.display());
     Ok(report)
@@ -295,7 +345,7 @@ async fn wait_adopted(admin: &AdminClient, opts: &FanoutOptions, version: u64) -
 }
 
 /// When `c` stored `installed` for at least `version` of the deployment.
-fn installed_at(c: &ClientStatus, version: u64) -> Option<u64> {
+pub(crate) fn installed_at(c: &ClientStatus, version: u64) -> Option<u64> {
     c.deployments
         .iter()
         .find(|d| d.deployment_id.as_str() == DEPLOYMENT_ID)
@@ -306,15 +356,25 @@ fn installed_at(c: &ClientStatus, version: u64) -> Option<u64> {
         .and_then(|d| d.updated_at)
 }
 
+/// The processes measured in a phase.
+#[derive(Debug, Clone, Copy)]
+struct Pids {
+    manager: u32,
+    /// Mosquitto, when it is the broker.
+    broker: Option<u32>,
+}
+
 async fn run_phase(
     admin: &AdminClient,
     fleet: &mut SimFleet,
     opts: &FanoutOptions,
-    pid: u32,
+    pids: Pids,
     name: &str,
     prefix: &str,
     doc: String,
 ) -> Result<Phase> {
+    let pid = pids.manager;
+    let broker = pids.broker.map(BrokerLoad::start).transpose()?;
     let before = procstat::sample(pid)?;
     let threads_before = procstat::threads_cpu(pid);
     let me_before = procstat::sample(std::process::id())?;
@@ -370,6 +430,10 @@ async fn run_phase(
     let threads_after = procstat::threads_cpu(pid);
     let me_after = procstat::sample(std::process::id())?;
     let peak_sampled = sampler.finish().await;
+    let broker = match broker {
+        Some(b) => Some(b.finish().await?),
+        None => None,
+    };
     let latencies: Vec<f64> = done
         .values()
         .map(|at| at.saturating_sub(t0_ms) as f64)
@@ -389,7 +453,40 @@ async fn run_phase(
         manager_hwm_reset: hwm_reset,
         fleetsim_cpu_seconds: me_after.cpu_seconds - me_before.cpu_seconds,
         manager_threads_cpu: procstat::threads_delta(&threads_before, &threads_after),
+        broker,
     })
+}
+
+/// CPU and peak RSS of a process from now until [`BrokerLoad::finish`].
+pub(crate) struct BrokerLoad {
+    pid: u32,
+    before: ProcSample,
+    hwm_reset: bool,
+    sampler: Sampler,
+}
+
+impl BrokerLoad {
+    pub(crate) fn start(pid: u32) -> Result<BrokerLoad> {
+        Ok(BrokerLoad {
+            pid,
+            before: procstat::sample(pid)?,
+            hwm_reset: procstat::reset_peak(pid),
+            sampler: Sampler::start(pid, Duration::from_millis(100)),
+        })
+    }
+
+    pub(crate) async fn finish(self) -> Result<PhaseLoad> {
+        let after = procstat::sample(self.pid)?;
+        let sampled = self.sampler.finish().await.max(after.rss_bytes);
+        Ok(PhaseLoad {
+            cpu_seconds: after.cpu_seconds - self.before.cpu_seconds,
+            peak_rss_bytes: if self.hwm_reset {
+                sampled.max(after.hwm_bytes)
+            } else {
+                sampled
+            },
+        })
+    }
 }
 
 /// `git rev-parse --short HEAD` of the current directory, if any.

@@ -13,4 +13,5 @@ pub mod procstat;
 pub mod report;
 pub mod rlimit;
 pub mod sim;
+pub mod storm;
 pub mod wire;

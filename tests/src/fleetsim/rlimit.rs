@@ -1,7 +1,10 @@
 //! Open-file limit: every simulated device holds a TLS socket here, and the
-//! manager (which inherits this limit) three per device (gateway in and out,
-//! rumqttd).
+//! broker one more: with the embedded broker the manager (which inherits
+//! this limit) holds three per device (gateway in and out, rumqttd), with
+//! Mosquitto that process (which inherits it too) one per device and the
+//! manager none.
 
+use super::harness::BrokerKind;
 use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 
 /// The open-file limit before and after [`raise_nofile`].
@@ -52,4 +55,42 @@ pub fn raise_nofile(want: u64) -> NofileLimit {
 /// embedded broker and gateway (three sockets each) plus headroom.
 pub fn manager_needs(devices: usize) -> u64 {
     3 * devices as u64 + 1024
+}
+
+/// Open files the most demanding process of a fleet of `devices` on
+/// `broker` needs: the manager with the embedded broker
+/// ([`manager_needs`]); with Mosquitto, Mosquitto and this process (one
+/// socket per device each) plus headroom.
+pub fn fleet_needs(devices: usize, broker: BrokerKind) -> u64 {
+    match broker {
+        BrokerKind::Embedded => manager_needs(devices),
+        BrokerKind::Mosquitto => devices as u64 + 1024,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fd_need_follows_the_broker() {
+        // 10,000 devices: three sockets each in the manager with the
+        // embedded broker (over this machine's 20,000), one each in
+        // Mosquitto and in the simulator with Mosquitto.
+        assert_eq!(fleet_needs(10_000, BrokerKind::Embedded), 31_024);
+        assert_eq!(fleet_needs(10_000, BrokerKind::Mosquitto), 11_024);
+        assert_eq!(
+            fleet_needs(5, BrokerKind::Embedded),
+            manager_needs(5),
+            "the embedded need is the manager's"
+        );
+    }
+
+    #[test]
+    fn broker_kinds_parse_and_print() {
+        for kind in [BrokerKind::Embedded, BrokerKind::Mosquitto] {
+            assert_eq!(kind.to_string().parse::<BrokerKind>().ok(), Some(kind));
+        }
+        assert!("rumqttd".parse::<BrokerKind>().is_err());
+    }
 }
