@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use margo_schemas::cose::{CoseError, VerifyingKey};
@@ -18,12 +18,13 @@ use margo_schemas::ids::ClientId;
 use margo_schemas::messages::{Envelope, Message, MessageError};
 use margo_schemas::status::StatusErrorKind;
 use margo_schemas::topics::{self, DeviceTopic};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
 use crate::capabilities::CapabilitiesRejection;
+use crate::histogram::{Histogram, HistogramSnapshot, MICROS_BOUNDS, SIZE_BOUNDS};
 use crate::publisher::Downlink;
 use crate::store::{now_ms, AuditEvent, IngestOutcome, Store, StoreError, UplinkItem};
 
@@ -148,6 +149,80 @@ pub struct IngestStats {
     pub child_before_parent: AtomicU64,
     /// Batches that failed to commit (their messages are not acked; devices resend).
     pub store_errors: AtomicU64,
+    /// Where the time of committed batches goes.
+    pub timing: IngestTiming,
+}
+
+/// Distributions and time totals of committed ingest batches: what the
+/// uplink ingest benchmark reads (through `GET /v1/health`) instead of
+/// guessing from outside.
+#[derive(Debug)]
+pub struct IngestTiming {
+    /// Publishes per committed batch (received, before verification).
+    pub batch_size: Histogram,
+    /// redb commit of a batch (default durability: data written and fsynced), µs.
+    pub commit_micros: Histogram,
+    /// First publish of a batch received → its acks requested from the publisher, µs.
+    pub batch_micros: Histogram,
+    /// Total time verifying (topic, size, key lookup, COSE signature, decode, validation), ns.
+    pub verify_nanos: AtomicU64,
+    /// Total time writing batches into their transactions (before the commit), ns.
+    pub write_nanos: AtomicU64,
+    /// Acks requested from the publisher (one per client per batch).
+    pub acks_requested: AtomicU64,
+}
+
+impl Default for IngestTiming {
+    fn default() -> Self {
+        Self {
+            batch_size: Histogram::new(SIZE_BOUNDS),
+            commit_micros: Histogram::new(MICROS_BOUNDS),
+            batch_micros: Histogram::new(MICROS_BOUNDS),
+            verify_nanos: AtomicU64::new(0),
+            write_nanos: AtomicU64::new(0),
+            acks_requested: AtomicU64::new(0),
+        }
+    }
+}
+
+/// A point-in-time copy of [`IngestTiming`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IngestTimingSnapshot {
+    /// Publishes per committed batch.
+    pub batch_size: HistogramSnapshot,
+    /// redb commit latency, µs.
+    pub commit_micros: HistogramSnapshot,
+    /// First publish received → acks requested, µs.
+    pub batch_micros: HistogramSnapshot,
+    /// Total verification time, ns.
+    pub verify_nanos: u64,
+    /// Total transaction write time before commits, ns.
+    pub write_nanos: u64,
+    /// Acks requested.
+    pub acks_requested: u64,
+}
+
+impl IngestTiming {
+    /// Reads every histogram and total.
+    pub fn snapshot(&self) -> IngestTimingSnapshot {
+        IngestTimingSnapshot {
+            batch_size: self.batch_size.snapshot(),
+            commit_micros: self.commit_micros.snapshot(),
+            batch_micros: self.batch_micros.snapshot(),
+            verify_nanos: self.verify_nanos.load(Ordering::Relaxed),
+            write_nanos: self.write_nanos.load(Ordering::Relaxed),
+            acks_requested: self.acks_requested.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// A point-in-time copy of [`IngestStats`].
@@ -351,6 +426,7 @@ impl Ingest {
                     None => break,
                 },
             };
+            let started = Instant::now();
             let mut batch = vec![first];
             let deadline = tokio::time::Instant::now() + self.batch_interval;
             while batch.len() < self.batch_max {
@@ -359,11 +435,12 @@ impl Ingest {
                     Ok(None) | Err(_) => break,
                 }
             }
-            self.process(batch).await;
+            self.process(batch, started).await;
         }
     }
 
-    async fn process(&self, batch: Vec<RawUplink>) {
+    async fn process(&self, batch: Vec<RawUplink>, started: Instant) {
+        let size = batch.len() as u64;
         let keys = self.keys.clone();
         let stats = Arc::clone(&self.stats);
         let max = self.max_payload;
@@ -372,6 +449,7 @@ impl Ingest {
             .run(move |store| {
                 let mut items = Vec::with_capacity(batch.len());
                 let mut audit = Vec::new();
+                let verifying = Instant::now();
                 for raw in &batch {
                     stats.received.fetch_add(1, Ordering::Relaxed);
                     match verify(store, &keys, raw, max) {
@@ -396,6 +474,10 @@ impl Ingest {
                         }
                     }
                 }
+                stats
+                    .timing
+                    .verify_nanos
+                    .fetch_add(nanos(verifying.elapsed()), Ordering::Relaxed);
                 let result = store.ingest(&items)?;
                 for (item, outcome) in items.iter().zip(&result.outcomes) {
                     let (UplinkItem::Message(env), IngestOutcome::Rejected(rejection)) =
@@ -441,6 +523,12 @@ impl Ingest {
             }
         };
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        let timing = &self.stats.timing;
+        timing.batch_size.record(size);
+        timing.commit_micros.record(micros(result.commit_time));
+        timing
+            .write_nanos
+            .fetch_add(nanos(result.write_time), Ordering::Relaxed);
         for (item, outcome) in items.iter().zip(&result.outcomes) {
             let counter = match (item, outcome) {
                 (UplinkItem::Presence { .. }, IngestOutcome::Stored) => &self.stats.presence,
@@ -458,8 +546,12 @@ impl Ingest {
         for client in &result.sync {
             self.downlink.republish(client);
         }
+        let mut acks = 0;
         for client in result.ack.iter().filter(|c| !result.sync.contains(*c)) {
             self.downlink.ack(client);
+            acks += 1;
         }
+        timing.acks_requested.fetch_add(acks, Ordering::Relaxed);
+        timing.batch_micros.record(micros(started.elapsed()));
     }
 }

@@ -381,6 +381,10 @@ pub struct BatchResult {
     pub ack: BTreeSet<ClientId>,
     /// Clients that asked for a resync.
     pub sync: BTreeSet<ClientId>,
+    /// Time spent writing the batch into the transaction (before the commit).
+    pub write_time: std::time::Duration,
+    /// Time the commit took (with default durability: written and fsynced).
+    pub commit_time: std::time::Duration,
 }
 
 /// One stored uplink seq (for `GET /v1/clients/{id}/uplink`).
@@ -1084,6 +1088,7 @@ impl Store {
 
     /// [`ingest`](Self::ingest) with the receive time given (tests).
     fn ingest_at(&self, items: &[UplinkItem], received_ms: u64) -> Result<BatchResult> {
+        let started = std::time::Instant::now();
         let txn = self.db.begin_write()?;
         let mut result = BatchResult::default();
         {
@@ -1268,7 +1273,10 @@ impl Store {
                 runtime_table.insert(client.as_str(), encode("client_runtime", rt)?.as_slice())?;
             }
         }
+        let committing = std::time::Instant::now();
+        result.write_time = committing - started;
         txn.commit()?;
+        result.commit_time = committing.elapsed();
         Ok(result)
     }
 
