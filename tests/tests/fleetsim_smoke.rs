@@ -56,11 +56,18 @@ async fn the_quick_ingest_benchmark_stores_and_acks_every_message_exactly_once()
         "every message sealed was sent and acked"
     );
     assert_eq!(
-        (report.manager_stored, report.manager_duplicates, report.manager_rejected),
+        (
+            report.manager_stored,
+            report.manager_duplicates,
+            report.manager_rejected
+        ),
         (sent, 0, 0),
         "the manager stored each message once and rejected none"
     );
-    assert_eq!(report.stored_in_log, sent, "the uplink logs hold every message");
+    assert_eq!(
+        report.stored_in_log, sent,
+        "the uplink logs hold every message"
+    );
     assert!(report.exactly_once, "{}", report.markdown());
     assert!(report.batch_size.count > 0 && report.commit_us.count == report.batch_size.count);
     assert_eq!(report.latency_ms.count as u64, sent);

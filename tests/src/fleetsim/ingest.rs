@@ -26,17 +26,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use coset::CborSerializable;
 use margo_agent::identity::{Identity, IdentityPem};
 use margo_manager::admin::{AdminClient, Health};
 use margo_manager::histogram::HistogramSnapshot;
 use margo_manager::ingest::IngestTimingSnapshot;
 use margo_schemas::cose::{SigningKey, VerifyingKey};
-use coset::CborSerializable;
 use margo_schemas::ids::{ClientId, DeploymentId};
 use margo_schemas::messages::{Envelope, Message, StatusReport};
 use margo_schemas::status::{ComponentStatus, DeploymentState, DeploymentStatus};
 use margo_schemas::topics::{self, DeviceTopic};
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
+};
 use serde::Serialize;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -362,7 +364,9 @@ pub async fn run(opts: &IngestOptions) -> Result<IngestReport> {
     let work = match &opts.work_dir {
         Some(parent) => {
             std::fs::create_dir_all(parent)?;
-            tempfile::Builder::new().prefix("fleetsim-").tempdir_in(parent)?
+            tempfile::Builder::new()
+                .prefix("fleetsim-")
+                .tempdir_in(parent)?
         }
         None => tempfile::Builder::new().prefix("fleetsim-").tempdir()?,
     };
@@ -621,7 +625,10 @@ async fn measure(
     })
 }
 
-fn timing_since(after: &IngestTimingSnapshot, before: &IngestTimingSnapshot) -> IngestTimingSnapshot {
+fn timing_since(
+    after: &IngestTimingSnapshot,
+    before: &IngestTimingSnapshot,
+) -> IngestTimingSnapshot {
     IngestTimingSnapshot {
         batch_size: after.batch_size.since(&before.batch_size),
         commit_micros: after.commit_micros.since(&before.commit_micros),
@@ -732,7 +739,9 @@ async fn drive(
     loop {
         if !stop.is_cancelled() {
             while sent_at.len() < n && sent_at.len() - acked < window {
-                let Some(payload) = payloads.next() else { break };
+                let Some(payload) = payloads.next() else {
+                    break;
+                };
                 client
                     .try_publish(status_topic.as_str(), QoS::AtLeastOnce, false, payload)
                     .with_context(|| format!("{what}: publish"))?;
