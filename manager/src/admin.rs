@@ -30,7 +30,7 @@ use tracing::{info, instrument};
 
 use crate::ca::{CaError, FleetPki};
 use crate::http::{HttpStats, OnboardingStats};
-use crate::ingest::{IngestStats, IngestStatsSnapshot, KeyCache};
+use crate::ingest::{IngestStats, IngestStatsSnapshot, IngestTimingSnapshot, KeyCache};
 use crate::onboarding::{CreatedToken, OnboardingError, RequestView, TokenView};
 use crate::publisher::{Downlink, LinkStats, LinkStatsSnapshot};
 use crate::store::{
@@ -362,6 +362,9 @@ pub struct Health {
     /// HTTPS connection counters.
     #[serde(default)]
     pub http: BTreeMap<String, u64>,
+    /// Ingest batch sizes, commit latencies and time totals.
+    #[serde(default)]
+    pub ingest_timing: IngestTimingSnapshot,
 }
 
 /// Ingest counters as JSON (same fields as [`IngestStatsSnapshot`]).
@@ -575,6 +578,7 @@ async fn health(State(state): State<AdminState>) -> Json<Health> {
         link: to_map(&link),
         onboarding: to_map(&state.onboarding_stats.snapshot()),
         http: to_map(&state.http_stats.snapshot()),
+        ingest_timing: state.ingest_stats.timing.snapshot(),
     })
 }
 

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use margo_schemas::cose::{CoseError, VerifyingKey};
@@ -18,12 +18,13 @@ use margo_schemas::ids::ClientId;
 use margo_schemas::messages::{Envelope, Message, MessageError};
 use margo_schemas::status::StatusErrorKind;
 use margo_schemas::topics::{self, DeviceTopic};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
 use crate::capabilities::CapabilitiesRejection;
+use crate::histogram::{Histogram, HistogramSnapshot, MICROS_BOUNDS, SIZE_BOUNDS};
 use crate::publisher::Downlink;
 use crate::store::{now_ms, AuditEvent, IngestOutcome, Store, StoreError, UplinkItem};
 
@@ -148,6 +149,80 @@ pub struct IngestStats {
     pub child_before_parent: AtomicU64,
     /// Batches that failed to commit (their messages are not acked; devices resend).
     pub store_errors: AtomicU64,
+    /// Where the time of committed batches goes.
+    pub timing: IngestTiming,
+}
+
+/// Distributions and time totals of committed ingest batches: what the
+/// uplink ingest benchmark reads (through `GET /v1/health`) instead of
+/// guessing from outside.
+#[derive(Debug)]
+pub struct IngestTiming {
+    /// Publishes per committed batch (received, before verification).
+    pub batch_size: Histogram,
+    /// redb commit of a batch (default durability: data written and fsynced), µs.
+    pub commit_micros: Histogram,
+    /// First publish of a batch received → its acks requested from the publisher, µs.
+    pub batch_micros: Histogram,
+    /// Total time verifying (topic, size, key lookup, COSE signature, decode, validation), ns.
+    pub verify_nanos: AtomicU64,
+    /// Total time writing batches into their transactions (before the commit), ns.
+    pub write_nanos: AtomicU64,
+    /// Acks requested from the publisher (one per client per batch).
+    pub acks_requested: AtomicU64,
+}
+
+impl Default for IngestTiming {
+    fn default() -> Self {
+        Self {
+            batch_size: Histogram::new(SIZE_BOUNDS),
+            commit_micros: Histogram::new(MICROS_BOUNDS),
+            batch_micros: Histogram::new(MICROS_BOUNDS),
+            verify_nanos: AtomicU64::new(0),
+            write_nanos: AtomicU64::new(0),
+            acks_requested: AtomicU64::new(0),
+        }
+    }
+}
+
+/// A point-in-time copy of [`IngestTiming`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IngestTimingSnapshot {
+    /// Publishes per committed batch.
+    pub batch_size: HistogramSnapshot,
+    /// redb commit latency, µs.
+    pub commit_micros: HistogramSnapshot,
+    /// First publish received → acks requested, µs.
+    pub batch_micros: HistogramSnapshot,
+    /// Total verification time, ns.
+    pub verify_nanos: u64,
+    /// Total transaction write time before commits, ns.
+    pub write_nanos: u64,
+    /// Acks requested.
+    pub acks_requested: u64,
+}
+
+impl IngestTiming {
+    /// Reads every histogram and total.
+    pub fn snapshot(&self) -> IngestTimingSnapshot {
+        IngestTimingSnapshot {
+            batch_size: self.batch_size.snapshot(),
+            commit_micros: self.commit_micros.snapshot(),
+            batch_micros: self.batch_micros.snapshot(),
+            verify_nanos: self.verify_nanos.load(Ordering::Relaxed),
+            write_nanos: self.write_nanos.load(Ordering::Relaxed),
+            acks_requested: self.acks_requested.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// A point-in-time copy of [`IngestStats`].
@@ -342,60 +417,207 @@ impl Ingest {
     }
 
     /// Runs until `shutdown` or until the connection task stops sending.
-    pub async fn run(mut self, shutdown: CancellationToken) {
-        loop {
-            let first = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                first = self.rx.recv() => match first {
-                    Some(m) => m,
-                    None => break,
-                },
-            };
-            let mut batch = vec![first];
-            let deadline = tokio::time::Instant::now() + self.batch_interval;
-            while batch.len() < self.batch_max {
-                match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                    Ok(Some(m)) => batch.push(m),
-                    Ok(None) | Err(_) => break,
+    ///
+    /// Two stages in one task: collecting and verifying a batch (on the
+    /// blocking pool, in parallel chunks) overlaps with storing and
+    /// committing the previous one, so signature checks do not wait for
+    /// the previous batch's fsync. Acks still go out only after the commit
+    /// of the batch that holds the message.
+    pub async fn run(self, shutdown: CancellationToken) {
+        // One batch committing, one verified and waiting.
+        let (tx, rx) = mpsc::channel::<Verified>(1);
+        let Ingest {
+            rx: mut uplinks,
+            store,
+            keys,
+            downlink,
+            stats,
+            batch_max,
+            batch_interval,
+            max_payload,
+        } = self;
+        let committer = Committer {
+            store: store.clone(),
+            downlink,
+            stats: Arc::clone(&stats),
+        };
+        let verifier = Verifier {
+            store,
+            keys,
+            stats,
+            max_payload,
+        };
+        let collect = async move {
+            loop {
+                let first = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    first = uplinks.recv() => match first {
+                        Some(m) => m,
+                        None => break,
+                    },
+                };
+                let started = Instant::now();
+                let mut batch = vec![first];
+                let deadline = tokio::time::Instant::now() + batch_interval;
+                while batch.len() < batch_max {
+                    // Take what is queued without waiting, then wait for more.
+                    match uplinks.try_recv() {
+                        Ok(m) => {
+                            batch.push(m);
+                            continue;
+                        }
+                        Err(mpsc::error::TryRecvError::Disconnected) => break,
+                        Err(mpsc::error::TryRecvError::Empty) => {}
+                    }
+                    match tokio::time::timeout_at(deadline, uplinks.recv()).await {
+                        Ok(Some(m)) => batch.push(m),
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                let verified = verifier.verify(batch, started).await;
+                if tx.send(verified).await.is_err() {
+                    break;
                 }
             }
-            self.process(batch).await;
+            // Dropping `tx` lets the committer finish what was verified.
+        };
+        tokio::join!(collect, committer.run(rx));
+    }
+}
+
+/// Smallest chunk of a batch verified on its own blocking thread.
+const MIN_VERIFY_CHUNK: usize = 32;
+
+/// A batch after verification, waiting for its transaction.
+struct Verified {
+    /// Publishes received (before verification).
+    received: u64,
+    items: Vec<UplinkItem>,
+    audit: Vec<AuditEvent>,
+    /// When its first publish was received.
+    started: Instant,
+}
+
+/// The verification stage.
+struct Verifier {
+    store: Store,
+    keys: KeyCache,
+    stats: Arc<IngestStats>,
+    max_payload: usize,
+}
+
+impl Verifier {
+    /// Verifies `batch` in chunks on the blocking pool, one per core.
+    async fn verify(&self, batch: Vec<RawUplink>, started: Instant) -> Verified {
+        let received = batch.len() as u64;
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let parts = (batch.len() / MIN_VERIFY_CHUNK).clamp(1, cores);
+        let per_part = batch.len().div_ceil(parts);
+        let mut batch = batch.into_iter();
+        let mut tasks = Vec::with_capacity(parts);
+        for _ in 0..parts {
+            let chunk: Vec<RawUplink> = batch.by_ref().take(per_part).collect();
+            let (store, keys, stats) = (
+                self.store.clone(),
+                self.keys.clone(),
+                Arc::clone(&self.stats),
+            );
+            let max = self.max_payload;
+            tasks.push(tokio::task::spawn_blocking(move || {
+                verify_chunk(&store, &keys, &stats, &chunk, max)
+            }));
+        }
+        let mut verified = Verified {
+            received,
+            items: Vec::with_capacity(usize::try_from(received).unwrap_or(0)),
+            audit: Vec::new(),
+            started,
+        };
+        for task in tasks {
+            match task.await {
+                Ok((items, audit)) => {
+                    verified.items.extend(items);
+                    verified.audit.extend(audit);
+                }
+                Err(error) => {
+                    // Not acked: the devices resend.
+                    self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+                    error!(%error, "verifying part of an uplink batch failed");
+                }
+            }
+        }
+        verified
+    }
+}
+
+/// Verifies `chunk` (synchronous: store reads, crypto); counts and logs
+/// every rejection.
+fn verify_chunk(
+    store: &Store,
+    keys: &KeyCache,
+    stats: &IngestStats,
+    chunk: &[RawUplink],
+    max: usize,
+) -> (Vec<UplinkItem>, Vec<AuditEvent>) {
+    let verifying = Instant::now();
+    let mut items = Vec::with_capacity(chunk.len());
+    let mut audit = Vec::new();
+    for raw in chunk {
+        stats.received.fetch_add(1, Ordering::Relaxed);
+        match verify(store, keys, raw, max) {
+            Ok(item) => items.push(item),
+            Err((client, err)) => {
+                stats.count_rejection(&err);
+                let client_id = client.as_ref().map(ClientId::to_string);
+                warn!(
+                    client_id = client_id.as_deref().unwrap_or("-"),
+                    topic = %raw.topic,
+                    kind = err.kind(),
+                    error = %err,
+                    "dropped an uplink message"
+                );
+                audit.push(AuditEvent {
+                    ts_ms: now_ms(),
+                    kind: err.kind().to_string(),
+                    client_id,
+                    topic: raw.topic.chars().take(256).collect(),
+                    detail: err.to_string().chars().take(512).collect(),
+                });
+            }
+        }
+    }
+    stats
+        .timing
+        .verify_nanos
+        .fetch_add(nanos(verifying.elapsed()), Ordering::Relaxed);
+    (items, audit)
+}
+
+/// The storing stage: one transaction per verified batch, then the acks.
+struct Committer {
+    store: Store,
+    downlink: Downlink,
+    stats: Arc<IngestStats>,
+}
+
+impl Committer {
+    async fn run(self, mut rx: mpsc::Receiver<Verified>) {
+        while let Some(verified) = rx.recv().await {
+            self.process(verified).await;
         }
     }
 
-    async fn process(&self, batch: Vec<RawUplink>) {
-        let keys = self.keys.clone();
+    async fn process(&self, verified: Verified) {
+        let Verified {
+            received: size,
+            items,
+            mut audit,
+            started,
+        } = verified;
         let stats = Arc::clone(&self.stats);
-        let max = self.max_payload;
         let outcome = self
             .store
             .run(move |store| {
-                let mut items = Vec::with_capacity(batch.len());
-                let mut audit = Vec::new();
-                for raw in &batch {
-                    stats.received.fetch_add(1, Ordering::Relaxed);
-                    match verify(store, &keys, raw, max) {
-                        Ok(item) => items.push(item),
-                        Err((client, err)) => {
-                            stats.count_rejection(&err);
-                            let client_id = client.as_ref().map(ClientId::to_string);
-                            warn!(
-                                client_id = client_id.as_deref().unwrap_or("-"),
-                                topic = %raw.topic,
-                                kind = err.kind(),
-                                error = %err,
-                                "dropped an uplink message"
-                            );
-                            audit.push(AuditEvent {
-                                ts_ms: now_ms(),
-                                kind: err.kind().to_string(),
-                                client_id,
-                                topic: raw.topic.chars().take(256).collect(),
-                                detail: err.to_string().chars().take(512).collect(),
-                            });
-                        }
-                    }
-                }
                 let result = store.ingest(&items)?;
                 for (item, outcome) in items.iter().zip(&result.outcomes) {
                     let (UplinkItem::Message(env), IngestOutcome::Rejected(rejection)) =
@@ -441,6 +663,12 @@ impl Ingest {
             }
         };
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        let timing = &self.stats.timing;
+        timing.batch_size.record(size);
+        timing.commit_micros.record(micros(result.commit_time));
+        timing
+            .write_nanos
+            .fetch_add(nanos(result.write_time), Ordering::Relaxed);
         for (item, outcome) in items.iter().zip(&result.outcomes) {
             let counter = match (item, outcome) {
                 (UplinkItem::Presence { .. }, IngestOutcome::Stored) => &self.stats.presence,
@@ -458,8 +686,12 @@ impl Ingest {
         for client in &result.sync {
             self.downlink.republish(client);
         }
+        let mut acks = 0;
         for client in result.ack.iter().filter(|c| !result.sync.contains(*c)) {
             self.downlink.ack(client);
+            acks += 1;
         }
+        timing.acks_requested.fetch_add(acks, Ordering::Relaxed);
+        timing.batch_micros.record(micros(started.elapsed()));
     }
 }

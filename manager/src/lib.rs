@@ -27,6 +27,7 @@ pub mod ca;
 pub mod capabilities;
 pub mod config;
 pub mod demo;
+pub mod histogram;
 pub mod http;
 pub mod ingest;
 pub mod manager;

@@ -243,6 +243,16 @@ struct ClientWork {
 }
 
 impl ClientWork {
+    /// Only the ack is asked for.
+    fn is_ack_only(&self) -> bool {
+        self.ack
+            && !self.full
+            && !self.desired
+            && !self.config
+            && !self.revoked
+            && self.clears.is_empty()
+    }
+
     /// Everything retained: deployments, manifest, config and ack.
     fn everything(&mut self) {
         self.full = true;
@@ -421,7 +431,39 @@ impl Publisher {
                 pending.clients.entry(entry.id).or_default().everything();
             }
         }
-        for (client, work) in pending.clients {
+        // Clients that only need their ack (the common case under uplink
+        // load: one per client per ingest batch) are read in one
+        // transaction instead of one each.
+        let (acks_only, others): (Vec<_>, Vec<_>) = pending
+            .clients
+            .into_iter()
+            .partition(|(_, work)| work.is_ack_only());
+        if !acks_only.is_empty() {
+            let ids: Vec<ClientId> = acks_only.into_iter().map(|(id, _)| id).collect();
+            let read = self
+                .store
+                .run(move |s| {
+                    let acks = s.acks_for(&ids)?;
+                    Ok((ids, acks))
+                })
+                .await;
+            let (ids, acks) = match read {
+                Ok(read) => read,
+                Err(error) => {
+                    // Like a failed client below: counted, retried on the next request.
+                    self.stats.publish_errors.fetch_add(1, Ordering::Relaxed);
+                    warn!(%error, "reading acks failed");
+                    (Vec::new(), Vec::new())
+                }
+            };
+            for (client, ack) in ids.iter().zip(acks) {
+                let (seq, manifest_version) = (ack.acked_seq, ack.manifest_version);
+                self.send(client, topics::ack(client), Message::Ack(ack))
+                    .await?;
+                debug!(client_id = %client, seq, manifest_version, "published ack");
+            }
+        }
+        for (client, work) in others {
             if let Err(error) = self.serve_client(&client, work).await {
                 if matches!(error, PublishError::Client(_)) {
                     return Err(error);

@@ -1,6 +1,7 @@
-//! CI smoke of the fleet simulator: the quick fan-out and the quick
-//! reconnect storm with a handful of simulated devices against a real
-//! `margo-manager serve` process. Asserts convergence and that the results
+//! CI smoke of the fleet simulator: the quick fan-out, the quick reconnect
+//! storm, the quick wire benchmark and the quick uplink ingest benchmark,
+//! with a handful of simulated devices against a real `margo-manager serve`
+//! process. Asserts convergence, exactly-once storage and that the results
 //! are written, never timings.
 
 use std::time::Duration;
@@ -131,5 +132,46 @@ async fn the_quick_wire_benchmark_measures_every_check_and_the_idle_device() -> 
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.path().join("wire.json"))?)?;
     assert_eq!(json["benchmark"], "wire");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quick_ingest_benchmark_stores_and_acks_every_message_exactly_once() -> Result<()> {
+    use margo_tests::fleetsim::ingest::{self, IngestOptions};
+
+    margo_tests::init_tracing();
+    let out = tempfile::tempdir()?;
+    let opts = IngestOptions::quick(out.path().to_path_buf());
+    let sent = opts.messages as u64;
+    let report = ingest::run(&opts).await?;
+
+    assert_eq!(
+        (report.sent, report.acked),
+        (sent, sent),
+        "every message sealed was sent and acked"
+    );
+    assert_eq!(
+        (
+            report.manager_stored,
+            report.manager_duplicates,
+            report.manager_rejected
+        ),
+        (sent, 0, 0),
+        "the manager stored each message once and rejected none"
+    );
+    assert_eq!(
+        report.stored_in_log, sent,
+        "the uplink logs hold every message"
+    );
+    assert!(report.exactly_once, "{}", report.markdown());
+    assert!(report.batch_size.count > 0 && report.commit_us.count == report.batch_size.count);
+    assert_eq!(report.latency_ms.count as u64, sent);
+
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("ingest-quick.json"))?)?;
+    assert_eq!(json["benchmark"], "ingest");
+    assert_eq!(json["acked"], sent);
+    let md = std::fs::read_to_string(out.path().join("ingest-quick.md"))?;
+    assert!(md.contains("exactly once: yes"), "{md}");
     Ok(())
 }

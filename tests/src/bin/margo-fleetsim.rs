@@ -4,6 +4,7 @@
 //!     margo-fleetsim run --devices 1000 [--hold 60s]
 //!     margo-fleetsim bench fanout --devices 1000 [--broker mosquitto] [--quick] [--out target/bench]
 //!     margo-fleetsim bench storm --devices 1000 [--broker mosquitto] [--quick]
+//!     margo-fleetsim bench ingest --devices 100 [--messages M | --duration D] [--quick]
 //!
 //! Build the manager with the same profile first: the simulator starts
 //! `margo-manager` (and `margoctl`) from its own directory
@@ -19,6 +20,7 @@ use margo_tests::fleetsim::fanout::{self, FanoutOptions};
 use margo_tests::fleetsim::footprint::{self, FootprintOptions};
 use margo_tests::fleetsim::harness::{BrokerKind, Harness};
 use margo_tests::fleetsim::rlimit::{fleet_needs, raise_nofile};
+use margo_tests::fleetsim::ingest::{self, IngestOptions};
 use margo_tests::fleetsim::sim::FleetSpec;
 use margo_tests::fleetsim::storm::{self, StormOptions};
 use margo_tests::fleetsim::wire;
@@ -148,6 +150,39 @@ enum Bench {
         #[arg(long, value_parser = humantime::parse_duration)]
         keep_alive: Option<Duration>,
     },
+    /// Signed status messages durably stored and acked per second, with the
+    /// manager's commit batch sizes and commit latencies.
+    Ingest(IngestArgs),
+}
+
+#[derive(Args)]
+struct IngestArgs {
+    #[arg(long, default_value_t = 100)]
+    devices: usize,
+    /// Messages in total, sealed before the run [default: 200000, or 30000 per second of --duration].
+    #[arg(long)]
+    messages: Option<usize>,
+    /// Stop publishing after this (and wait for the acks of messages in flight).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Most unacknowledged messages per device.
+    #[arg(long, default_value_t = 64)]
+    window: usize,
+    /// The manager's `[ingest] batch_max` (default: its own).
+    #[arg(long)]
+    batch_max: Option<usize>,
+    /// The manager's `[ingest] batch_interval` (default: its own).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    batch_interval: Option<Duration>,
+    /// 5 devices, 2,000 messages (CI); overrides the sizes.
+    #[arg(long)]
+    quick: bool,
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    #[arg(long, default_value = "warn")]
+    manager_log: String,
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
 }
 
 fn init_tracing() {
@@ -318,6 +353,31 @@ async fn main() -> Result<()> {
                 .await?;
                 println!();
                 print!("{}", report.markdown());
+            }
+            Bench::Ingest(a) => {
+                let mut opts = if a.quick {
+                    IngestOptions::quick(a.out)
+                } else {
+                    IngestOptions::new(a.out)
+                };
+                if !a.quick {
+                    opts.devices = a.devices;
+                    opts.window = a.window;
+                    opts.duration = a.duration;
+                    opts.messages = a.messages.unwrap_or(match a.duration {
+                        Some(d) => (d.as_secs_f64() * 30_000.0) as usize,
+                        None => opts.messages,
+                    });
+                }
+                (opts.batch_max, opts.batch_interval) = (a.batch_max, a.batch_interval);
+                (opts.work_dir, opts.manager_log) = (a.work_dir, a.manager_log);
+                opts.nofile = Some(prepare_limits_for(opts.devices, BrokerKind::Embedded)?);
+                let report = ingest::run(&opts).await?;
+                println!();
+                print!("{}", report.markdown());
+                if !report.exactly_once {
+                    bail!("not every message was stored and acked exactly once; see the report");
+                }
             }
         },
     }

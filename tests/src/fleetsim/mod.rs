@@ -8,6 +8,7 @@
 pub mod fanout;
 pub mod footprint;
 pub mod harness;
+pub mod ingest;
 pub mod machine;
 pub mod procstat;
 pub mod report;
