@@ -319,6 +319,7 @@ impl Agent {
                         broker: self.broker.clone(),
                         keep_alive: self.config.keep_alive,
                         tls_resumption: self.config.tls_resumption,
+                        connect_timeout: self.config.connect_timeout,
                         ack_timeout: self.config.ack_timeout,
                         reconnect_min: self.config.reconnect_min,
                         reconnect_max: self.config.reconnect_max,

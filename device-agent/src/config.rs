@@ -74,6 +74,14 @@ pub struct AgentConfig {
     /// off costs bytes and CPU on every connection and exists for
     /// measurements and for servers that refuse resumption.
     pub tls_resumption: bool,
+    /// How long one connection attempt (TCP, TLS handshake, CONNECT/CONNACK)
+    /// may take before it is abandoned and retried after the backoff.
+    /// Longer than rumqttc's 5 s default: a device that gives up on a
+    /// handshake the broker is still working through only adds another to
+    /// its queue when a whole fleet reconnects at once (docs/benchmarks.md,
+    /// reconnect storm). Whole seconds, 1s ..= 10m.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
     /// Resend an outbox entry not acknowledged by the manager within this.
     #[serde(with = "humantime_serde")]
     pub ack_timeout: Duration,
@@ -556,6 +564,7 @@ impl Default for AgentConfig {
             // docs/decisions/0008-keep-alive-and-state-interval.md
             keep_alive: Duration::from_secs(240),
             tls_resumption: true,
+            connect_timeout: Duration::from_secs(30),
             ack_timeout: Duration::from_secs(30),
             content_timeout: Duration::from_secs(30),
             reconnect_min: Duration::from_secs(1),
@@ -673,7 +682,7 @@ impl AgentConfig {
     /// Applies `MARGO_AGENT_*` variables from `vars` (testable form of [`Self::apply_env`]).
     ///
     /// Recognised: `IDENTITY_DIR`, `DATA_DIR`, `BROKER_URL`, `ALLOW_PLAIN_MQTT`,
-    /// `KEEP_ALIVE`, `TLS_RESUMPTION`, `ACK_TIMEOUT`, `CONTENT_TIMEOUT`, `RECONNECT_MIN`,
+    /// `KEEP_ALIVE`, `TLS_RESUMPTION`, `CONNECT_TIMEOUT`, `ACK_TIMEOUT`, `CONTENT_TIMEOUT`, `RECONNECT_MIN`,
     /// `RECONNECT_MAX`, `RETRY_FAILED_AFTER`, `RETRY_FAILED_MAX`,
     /// `STATE_INTERVAL`, `OUTBOX_MAX_ENTRIES`, `OUTBOX_MAX_BYTES`,
     /// `RUNTIME_ADAPTER`, `EXEC_PROGRAM`, `EXEC_TIMEOUT`, `COMPOSE_DOCKER`,
@@ -698,6 +707,7 @@ impl AgentConfig {
                 "ALLOW_PLAIN_MQTT" => self.allow_plain_mqtt = parse_bool(field, &value)?,
                 "KEEP_ALIVE" => self.keep_alive = parse_duration(field, &value)?,
                 "TLS_RESUMPTION" => self.tls_resumption = parse_bool(field, &value)?,
+                "CONNECT_TIMEOUT" => self.connect_timeout = parse_duration(field, &value)?,
                 "ACK_TIMEOUT" => self.ack_timeout = parse_duration(field, &value)?,
                 "CONTENT_TIMEOUT" => self.content_timeout = parse_duration(field, &value)?,
                 "RECONNECT_MIN" => self.reconnect_min = parse_duration(field, &value)?,
@@ -777,6 +787,15 @@ impl AgentConfig {
         if self.keep_alive < Duration::from_secs(1) || self.keep_alive > Duration::from_secs(65_535)
         {
             return Err(invalid("keep_alive", "must be between 1s and 65535s"));
+        }
+        if self.connect_timeout < Duration::from_secs(1)
+            || self.connect_timeout > Duration::from_secs(600)
+            || self.connect_timeout.subsec_nanos() != 0
+        {
+            return Err(invalid(
+                "connect_timeout",
+                "must be whole seconds between 1s and 10m",
+            ));
         }
         for (field, value) in [
             ("ack_timeout", self.ack_timeout),
@@ -1448,6 +1467,22 @@ kubeconfig = "/etc/rancher/k3s/k3s.yaml"
         assert!(!c.tls_resumption);
         assert_eq!(c.http.bundle_over_percent, 0);
         assert!(AgentConfig::default().tls_resumption);
+        assert_eq!(
+            AgentConfig::default().connect_timeout,
+            Duration::from_secs(30)
+        );
+        let c = AgentConfig::from_toml("version = 1\nconnect_timeout = \"2m\"\n").unwrap();
+        assert_eq!(c.connect_timeout, Duration::from_secs(120));
+        for bad in ["0s", "1500ms", "11m"] {
+            let mut c = AgentConfig::default();
+            c.apply_env_from([("MARGO_AGENT_CONNECT_TIMEOUT".to_string(), bad.to_string())])
+                .unwrap();
+            assert_eq!(
+                field_of(c.validate().unwrap_err()),
+                "connect_timeout",
+                "{bad}"
+            );
+        }
         let mut e = AgentConfig::default();
         e.apply_env_from([
             ("MARGO_AGENT_TRANSPORT".to_string(), "http".to_string()),

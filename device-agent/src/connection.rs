@@ -103,6 +103,8 @@ pub struct ConnectionSettings {
     pub check_settle: Duration,
     /// Resume TLS 1.3 sessions across reconnects (config `tls_resumption`).
     pub tls_resumption: bool,
+    /// Longest connection attempt (config `connect_timeout`).
+    pub connect_timeout: Duration,
 }
 
 /// What a session is for.
@@ -394,6 +396,9 @@ impl Connection {
         self.narrow = (kind == SessionKind::Check && !run.first).then(Narrow::default);
         self.downlink.set_manifest_on_demand(self.narrow.is_some());
         let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
+        let mut network = eventloop.network_options();
+        network.set_connection_timeout(self.settings.connect_timeout.as_secs().max(1));
+        eventloop.set_network_options(network);
         let notify = self.uplink.notifier();
         let mut state = ConnState::Connecting;
         let mut backoff = Backoff::new(self.settings.reconnect_min, self.settings.reconnect_max);

@@ -282,10 +282,11 @@ impl Manager {
             None
         };
         let http_addr = https.as_ref().map(HttpsServer::local_addr);
-        let (client, eventloop) = AsyncClient::new(
+        let (client, mut eventloop) = AsyncClient::new(
             publisher::mqtt_options(&target),
             publisher::REQUEST_CAPACITY,
         );
+        eventloop.set_network_options(publisher::network_options(eventloop.network_options()));
         let (uplink_tx, uplink_rx) = mpsc::channel(UPLINK_CHANNEL);
 
         let connection = Connection::new(

@@ -34,6 +34,11 @@ use crate::store::{now_ms, DesiredState, Store, StoreError};
 pub const MANAGER_CLIENT_ID: &str = "margo-manager";
 /// Keep-alive of the manager's connection.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(30);
+/// Longest connection attempt to the broker (TCP, TLS, CONNECT/CONNACK).
+/// rumqttc's default is 5 s; after a broker restart the broker works
+/// through every device's handshake as well, and an attempt abandoned at
+/// 5 s only queues another (docs/benchmarks.md, reconnect storm).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Capacity of rumqttc's request channel.
 pub const REQUEST_CAPACITY: usize = 10_000;
 /// Most unacknowledged QoS 1 publishes in flight.
@@ -76,6 +81,12 @@ impl std::fmt::Debug for MqttTarget {
             .field("tls", &self.tls.is_some())
             .finish()
     }
+}
+
+/// The manager's network options: `base` with [`CONNECT_TIMEOUT`].
+pub fn network_options(mut base: rumqttc::NetworkOptions) -> rumqttc::NetworkOptions {
+    base.set_connection_timeout(CONNECT_TIMEOUT.as_secs());
+    base
 }
 
 /// rumqttc options for the manager: persistent session, QoS 1, large request channel.

@@ -58,6 +58,10 @@ struct FleetArgs {
     /// Devices connecting at once while the fleet starts.
     #[arg(long, default_value_t = 50)]
     start_batch: usize,
+    /// Each simulated agent's `connect_timeout` (the agent's default is 30 s;
+    /// rumqttc's own is 5 s).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    agent_connect_timeout: Duration,
     /// Parent directory of the manager's temporary data directory.
     #[arg(long)]
     work_dir: Option<PathBuf>,
@@ -232,6 +236,7 @@ fn spec(args: &FleetArgs, devices: usize) -> FleetSpec {
         delay: args.delay,
         start_batch: args.start_batch,
         connect_timeout: Duration::from_secs(60 + devices as u64 / 20),
+        agent_connect_timeout: args.agent_connect_timeout,
     }
 }
 
@@ -277,6 +282,7 @@ async fn main() -> Result<()> {
                 opts.broker = fleet.broker;
                 opts.delay = fleet.delay;
                 opts.start_batch = fleet.start_batch;
+                opts.agent_connect_timeout = fleet.agent_connect_timeout;
                 opts.work_dir = fleet.work_dir;
                 opts.manager_log = fleet.manager_log;
                 opts.quick = quick;
@@ -328,6 +334,7 @@ async fn main() -> Result<()> {
                 (opts.delay, opts.start_batch) = (fleet.delay, fleet.start_batch);
                 (opts.work_dir, opts.manager_log) = (fleet.work_dir, fleet.manager_log);
                 (opts.quick, opts.resync_timeout) = (quick, timeout);
+                opts.agent_connect_timeout = fleet.agent_connect_timeout;
                 let report = storm::run(&opts).await?;
                 println!();
                 print!("{}", report.markdown());

@@ -36,6 +36,8 @@ pub struct FanoutOptions {
     /// Simulated time of one component action.
     pub delay: Duration,
     pub start_batch: usize,
+    /// Each agent's `connect_timeout` (one connection attempt).
+    pub agent_connect_timeout: Duration,
     /// How often the manager's status is read while waiting (this costs the
     /// manager CPU, which is counted in its figures).
     pub poll: Duration,
@@ -61,6 +63,7 @@ impl FanoutOptions {
             devices,
             delay: Duration::from_millis(10),
             start_batch: 50,
+            agent_connect_timeout: margo_agent::AgentConfig::default().connect_timeout,
             poll: default_poll(devices),
             converge_timeout: Duration::from_secs(300),
             out_dir,
@@ -244,6 +247,7 @@ pub async fn run(opts: &FanoutOptions) -> Result<FanoutReport> {
         delay: opts.delay,
         start_batch: opts.start_batch,
         connect_timeout: Duration::from_secs(60 + opts.devices as u64 / 20),
+        agent_connect_timeout: opts.agent_connect_timeout,
     };
     let broker_at_start = opts.broker;
     let mut h = Harness::start_with(

@@ -30,6 +30,8 @@ pub struct FleetSpec {
     pub start_batch: usize,
     /// Give up if the fleet is not connected within this.
     pub connect_timeout: Duration,
+    /// Each agent's `connect_timeout` (one connection attempt).
+    pub agent_connect_timeout: Duration,
 }
 
 /// One running simulated device.
@@ -98,6 +100,7 @@ pub fn agent_config(spec: &FleetSpec) -> AgentConfig {
         data_dir: PathBuf::from("in-memory"),
         reconnect_min: Duration::from_millis(500),
         reconnect_max: Duration::from_secs(10),
+        connect_timeout: spec.agent_connect_timeout,
         ..AgentConfig::default()
     };
     config.runtime.adapter = AdapterKind::Simulated;

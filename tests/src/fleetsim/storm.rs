@@ -55,6 +55,8 @@ pub struct StormOptions {
     /// Simulated time of one component action.
     pub delay: Duration,
     pub start_batch: usize,
+    /// Each agent's `connect_timeout` (one connection attempt).
+    pub agent_connect_timeout: Duration,
     /// How often the manager's status is read (this costs the manager CPU).
     pub poll: Duration,
     /// How often every agent's counters are read.
@@ -79,6 +81,7 @@ impl StormOptions {
             broker,
             delay: Duration::from_millis(10),
             start_batch: 50,
+            agent_connect_timeout: margo_agent::AgentConfig::default().connect_timeout,
             poll: default_poll(devices),
             device_poll: Duration::from_millis(50),
             converge_timeout: Duration::from_secs(300),
@@ -129,6 +132,8 @@ pub struct StormReport {
     /// delay is drawn uniformly from [base/2, base], base doubling per attempt).
     pub reconnect_min_ms: u64,
     pub reconnect_max_ms: u64,
+    /// The simulated agents' `connect_timeout`.
+    pub connect_timeout_ms: u64,
     pub device_poll_ms: u64,
     pub poll_ms: u64,
     pub provision_ms: f64,
@@ -177,7 +182,7 @@ impl StormReport {
         let mut s = format!(
             "### Reconnect storm, {} devices, {} broker{}\n\n\
              Machine: {}. Commit {}. Agents' reconnect backoff {} ms doubling to {} ms, \
-             each delay uniform in [base/2, base]. Agents read every {} ms, manager status every {} ms.\n\n\
+             each delay uniform in [base/2, base]; connection attempts time out after {} ms. Agents read every {} ms, manager status every {} ms.\n\n\
              Setup: bulk provisioning {:.1} s, connecting all devices {:.1} s, \
              converging on one deployment {:.1} s.\n\n\
              Restart: old broker gone {:.2} s after SIGTERM (clean exit: {}), new one accepting {:.2} s after it.\n\n\
@@ -190,6 +195,7 @@ impl StormReport {
             self.git_commit.as_deref().unwrap_or("unknown"),
             self.reconnect_min_ms,
             self.reconnect_max_ms,
+            self.connect_timeout_ms,
             self.device_poll_ms,
             self.poll_ms,
             self.provision_ms / 1000.0,
@@ -287,6 +293,7 @@ pub async fn run(opts: &StormOptions) -> Result<StormReport> {
         delay: opts.delay,
         start_batch: opts.start_batch,
         connect_timeout: Duration::from_secs(60 + opts.devices as u64 / 20),
+        agent_connect_timeout: opts.agent_connect_timeout,
     };
     let config = agent_config(&spec);
     let mut h = Harness::start_with(
@@ -312,6 +319,7 @@ pub async fn run(opts: &StormOptions) -> Result<StormReport> {
         nofile: opts.nofile,
         reconnect_min_ms: config.reconnect_min.as_millis() as u64,
         reconnect_max_ms: config.reconnect_max.as_millis() as u64,
+        connect_timeout_ms: config.connect_timeout.as_millis() as u64,
         device_poll_ms: opts.device_poll.as_millis() as u64,
         poll_ms: opts.poll.as_millis() as u64,
         provision_ms,
