@@ -108,15 +108,7 @@ impl Harness {
         manager_log: &str,
         broker: BrokerKind,
     ) -> Result<Harness> {
-        let work = match work_dir {
-            Some(parent) => {
-                std::fs::create_dir_all(parent)?;
-                tempfile::Builder::new()
-                    .prefix("fleetsim-")
-                    .tempdir_in(parent)?
-            }
-            None => tempfile::Builder::new().prefix("fleetsim-").tempdir()?,
-        };
+        let work = work_dir_in(work_dir)?;
         let mut extra = String::new();
         let mosquitto_port = crate::free_port();
         match broker {
@@ -281,6 +273,20 @@ async fn wait_connected(admin: &AdminClient, timeout: Duration) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A fresh `fleetsim-*` directory under `parent` (or the system temp dir),
+/// removed on drop.
+pub fn work_dir_in(parent: Option<&Path>) -> Result<TempDir> {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix("fleetsim-");
+    Ok(match parent {
+        Some(parent) => {
+            std::fs::create_dir_all(parent)?;
+            builder.tempdir_in(parent)?
+        }
+        None => builder.tempdir()?,
+    })
 }
 
 pub fn ms(d: Duration) -> f64 {

@@ -361,15 +361,7 @@ pub async fn run(opts: &IngestOptions) -> Result<IngestReport> {
         bail!("need at least one device, one message per device and a window of at least 1");
     }
     let machine = Machine::read();
-    let work = match &opts.work_dir {
-        Some(parent) => {
-            std::fs::create_dir_all(parent)?;
-            tempfile::Builder::new()
-                .prefix("fleetsim-")
-                .tempdir_in(parent)?
-        }
-        None => tempfile::Builder::new().prefix("fleetsim-").tempdir()?,
-    };
+    let work = super::harness::work_dir_in(opts.work_dir.as_deref())?;
     let mut extra = String::new();
     if opts.devices + 64 > margo_broker::Limits::default().max_connections {
         extra.push_str(&format!(
