@@ -142,6 +142,12 @@ pub fn server_tls_config(
     // polling over HTTP resumes with it and receives the next one, like a
     // device at the gateway (docs/benchmarks.md, bytes on the wire).
     config.send_tls13_tickets = 1;
+    // As many remembered sessions as the gateway (rustls keeps 256 by
+    // default, so a larger HTTP-only fleet polling round-robin would make a
+    // full handshake every time). No client certificate here, so an entry
+    // is a few hundred bytes (decision 0009).
+    config.session_storage =
+        rustls::server::ServerSessionMemoryCache::new(margo_broker::tls::TLS_SESSION_CACHE);
     Ok(Arc::new(config))
 }
 
