@@ -1,7 +1,7 @@
 //! CI smoke of the fleet simulator: the quick fan-out, the quick reconnect
-//! storm, the quick wire benchmark and the quick uplink ingest benchmark,
-//! with a handful of simulated devices against a real `margo-manager serve`
-//! process. Asserts convergence, exactly-once storage and that the results
+//! storm, the quick wire benchmark, the quick uplink ingest benchmark and
+//! the quick agent footprint, with a handful of simulated devices (or the
+//! real agent binary) against a real `margo-manager serve` process. Asserts convergence, exactly-once storage and that the results
 //! are written, never timings.
 
 use std::time::Duration;
@@ -173,5 +173,36 @@ async fn the_quick_ingest_benchmark_stores_and_acks_every_message_exactly_once()
     assert_eq!(json["acked"], sent);
     let md = std::fs::read_to_string(out.path().join("ingest-quick.md"))?;
     assert!(md.contains("exactly once: yes"), "{md}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quick_footprint_benchmark_measures_the_real_agent_process() -> Result<()> {
+    use margo_tests::fleetsim::footprint::{self, FootprintOptions};
+
+    margo_tests::init_tracing();
+    let out = tempfile::tempdir()?;
+    let agent = margo_tests::bin("margo-agent");
+    let opts = FootprintOptions {
+        agent: agent.clone(),
+        label: "smoke".into(),
+        delay: Duration::from_millis(50),
+        settle: Duration::from_secs(1),
+        out_dir: out.path().to_path_buf(),
+    };
+    let report = footprint::run(&opts).await?;
+
+    assert_eq!(report.file_bytes, std::fs::metadata(&agent)?.len());
+    assert!(report.idle_rss_bytes > 0, "{}", report.markdown());
+    assert!(
+        report.idle_rss_anon_bytes > 0 && report.idle_rss_file_bytes > 0,
+        "{}",
+        report.markdown()
+    );
+    assert!(report.apply_peak_rss_bytes > 0 && report.threads > 0);
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("footprint-smoke.json"))?)?;
+    assert_eq!(json["benchmark"], "footprint");
+    assert!(out.path().join("footprint-smoke.md").exists());
     Ok(())
 }
