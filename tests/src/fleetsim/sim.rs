@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use margo_agent::config::AdapterKind;
 use margo_agent::identity::{Identity, IdentityPem};
 use margo_agent::{Agent, AgentConfig, AgentError, AgentHandle, AgentOptions, Store};
-use margo_manager::admin::{AdminClient, MAX_BULK_CLIENTS};
+use margo_manager::admin::{AdminClient, ProvisionedBundle, MAX_BULK_CLIENTS};
 use margo_schemas::ids::ClientId;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -72,17 +72,7 @@ pub async fn provision(
             )
             .await
             .context("bulk provisioning")?;
-        for b in bulk.bundles() {
-            out.push(IdentityPem {
-                client_id: b.client_id,
-                name: b.name,
-                broker_url: b.broker_url,
-                key_pem: b.key_pem.into_bytes(),
-                cert_pem: b.cert_pem.into_bytes(),
-                ca_pem: b.ca_pem.into_bytes(),
-                manager_signing_cert_pem: b.signing_cert_pem.into_bytes(),
-            });
-        }
+        out.extend(bulk.bundles().map(identity_pem));
         println!(
             "[{:>6.1}s] provisioned {}/{count} devices",
             started.elapsed().as_secs_f64(),
@@ -90,6 +80,19 @@ pub async fn provision(
         );
     }
     Ok(out)
+}
+
+/// The identity an agent loads, from a bundle the manager provisioned.
+pub fn identity_pem(b: ProvisionedBundle) -> IdentityPem {
+    IdentityPem {
+        client_id: b.client_id,
+        name: b.name,
+        broker_url: b.broker_url,
+        key_pem: b.key_pem.into_bytes(),
+        cert_pem: b.cert_pem.into_bytes(),
+        ca_pem: b.ca_pem.into_bytes(),
+        manager_signing_cert_pem: b.signing_cert_pem.into_bytes(),
+    }
 }
 
 /// The agent configuration of a simulated device.

@@ -335,15 +335,7 @@ impl WireDevice {
         let b = admin.add_client(name, Some(&broker)).await?;
         // Desired state before the device's first check.
         admin.deploy(name, initial).await?;
-        let identity = Identity::from_pem(margo_agent::identity::IdentityPem {
-            client_id: b.client_id,
-            name: b.name,
-            broker_url: b.broker_url,
-            key_pem: b.key_pem.into_bytes(),
-            cert_pem: b.cert_pem.into_bytes(),
-            ca_pem: b.ca_pem.into_bytes(),
-            manager_signing_cert_pem: b.signing_cert_pem.into_bytes(),
-        })?;
+        let identity = Identity::from_pem(super::sim::identity_pem(b))?;
         let mut config = margo_agent::AgentConfig {
             identity_dir: PathBuf::from("in-memory"),
             data_dir: PathBuf::from("in-memory"),
