@@ -362,6 +362,10 @@ pub struct Health {
     /// HTTPS connection counters.
     #[serde(default)]
     pub http: BTreeMap<String, u64>,
+    /// `[onboarding] approval`: `operator` or `auto` (every device that
+    /// asks is approved).
+    #[serde(default)]
+    pub onboarding_approval: Option<String>,
     /// Ingest batch sizes, commit latencies and time totals.
     #[serde(default)]
     pub ingest_timing: IngestTimingSnapshot,
@@ -425,6 +429,8 @@ pub struct AdminState {
     pub onboarding_stats: Arc<OnboardingStats>,
     /// HTTPS connection counters.
     pub http_stats: Arc<HttpStats>,
+    /// `[onboarding] approval` (`operator` or `auto`).
+    pub onboarding_approval: &'static str,
 }
 
 /// An API error: a status and a detail.
@@ -578,6 +584,7 @@ async fn health(State(state): State<AdminState>) -> Json<Health> {
         link: to_map(&link),
         onboarding: to_map(&state.onboarding_stats.snapshot()),
         http: to_map(&state.http_stats.snapshot()),
+        onboarding_approval: Some(state.onboarding_approval.to_string()),
         ingest_timing: state.ingest_stats.timing.snapshot(),
     })
 }

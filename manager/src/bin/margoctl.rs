@@ -655,6 +655,16 @@ async fn main() -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
+                let approval = admin
+                    .health()
+                    .await
+                    .ok()
+                    .and_then(|h| h.onboarding_approval);
+                if approval.as_deref() == Some("auto") {
+                    println!(
+                        "WARNING: onboarding approval is \"auto\": every device that asks is approved without an operator"
+                    );
+                }
                 print!("{}", status_table::render(&status, status_table::now_ms()));
             }
         }
