@@ -1873,6 +1873,32 @@ mod tests {
     }
 
     #[test]
+    fn certificate_index_is_kept_and_rebuilt_for_older_databases() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("m.redb");
+        let store = Store::open(&path).expect("open");
+        let (a, b) = (ClientId::generate(), ClientId::generate());
+        store.add_client(&a, "dev-a", b"cert-a").expect("add");
+        store.add_client(&b, "dev-b", b"cert-b").expect("add");
+        store.set_revoked(&b, true).expect("revoke");
+        let found = |s: &Store, der: &[u8]| s.client_by_certificate(der).expect("lookup");
+        assert_eq!(found(&store, b"cert-a").map(|e| e.id), Some(a.clone()));
+        let revoked = found(&store, b"cert-b").expect("a revoked client is still found");
+        assert!(revoked.record.revoked);
+        assert!(found(&store, b"cert-c").is_none());
+        // A database from before the index: the table is empty.
+        {
+            let txn = store.db.begin_write().expect("txn");
+            txn.delete_table(CLIENT_CERTS).expect("drop the index");
+            txn.commit().expect("commit");
+        }
+        drop(store);
+        let store = Store::open(&path).expect("reopen");
+        assert_eq!(found(&store, b"cert-a").map(|e| e.id), Some(a));
+        assert_eq!(found(&store, b"cert-b").map(|e| e.id), Some(b));
+    }
+
+    #[test]
     fn clients_are_unique_and_resolvable_by_name() {
         let (_dir, store, id) = open();
         assert!(matches!(
