@@ -539,6 +539,11 @@ async fn main() -> anyhow::Result<()> {
                     "request {} approved ({}): client {} ({})",
                     r.request.request_id, r.decided_by, r.client_id, r.name
                 );
+                if r.http_only {
+                    println!(
+                        "note: the device's key is not ECDSA P-256, so this client can use the HTTP API only (MQTT needs P-256)"
+                    );
+                }
             }
             OnboardingCommand::Reject { id } => {
                 let r = admin.reject(&id).await?;

@@ -12,6 +12,11 @@
 //!   (`application/vnd.margo.bundle.v1+tar+gzip`), `404` unless it is the
 //!   client's current bundle
 //!
+//! The rc.3 routes (`GET /api/v1/deployments`, `.../deployments/{deploymentId}/{digest}`,
+//! `GET /api/v1/bundles/{digest}`) serve the same for the client of the TLS
+//! client certificate ([`tls_peer::caller`]: `401` none or unknown, `403`
+//! revoked), with rc.3 `url`s and `Cache-Control: private` (see [`Routes`]).
+//!
 //! The manifest and YAML are gzip-encoded when `Accept-Encoding` admits it
 //! (`Vary: Accept-Encoding`); ETags and digests stay those of the decoded
 //! bytes. All: `400` malformed path ids or digest, `404` unknown client, `403`
