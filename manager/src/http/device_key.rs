@@ -171,3 +171,91 @@ impl DeviceKey {
             .map_err(|_| HttpSigError::BadSignature)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+    use rcgen::PublicKeyData;
+    use ring::rand::SystemRandom;
+    use ring::signature::{EcdsaKeyPair, Ed25519KeyPair, ECDSA_P384_SHA384_ASN1_SIGNING};
+
+    fn cert_of(key: &rcgen::KeyPair) -> Vec<u8> {
+        rcgen::CertificateParams::new(vec!["dev".to_string()])
+            .unwrap()
+            .self_signed(key)
+            .unwrap()
+            .der()
+            .to_vec()
+    }
+
+    fn headers(spki: &[u8], sig: &[u8], body: &[u8]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONTENT_DIGEST,
+            HeaderValue::from_str(&http_sig::content_digest(body)).unwrap(),
+        );
+        let value = format!(
+            "{};{}",
+            data_encoding::BASE64.encode(spki),
+            data_encoding::BASE64.encode(sig)
+        );
+        h.insert(PAYLOAD_SIGNATURE, HeaderValue::from_str(&value).unwrap());
+        h
+    }
+
+    #[test]
+    fn p384_and_ed25519_signatures_verify_with_the_certificate_key() {
+        let body = br#"{"kind":"OnboardingRequest"}"#;
+        let rng = SystemRandom::new();
+
+        let p384 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        let key = DeviceKey::of_der(&cert_of(&p384)).unwrap();
+        assert_eq!(key.describe(), "ECDSA P-384");
+        assert!(!key.mqtt_capable());
+        let pair =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_ASN1_SIGNING, &p384.serialize_der(), &rng)
+                .unwrap();
+        let sig = pair.sign(&rng, body).unwrap();
+        let spki = p384.subject_public_key_info();
+        assert_eq!(
+            key.verify_payload_signature(&headers(&spki, sig.as_ref(), body), body),
+            Ok(())
+        );
+        assert_eq!(
+            key.verify_payload_signature(&headers(&spki, sig.as_ref(), b"other"), b"other"),
+            Err(HttpSigError::BadSignature)
+        );
+
+        let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let key = DeviceKey::of_der(&cert_of(&ed)).unwrap();
+        assert_eq!(key.describe(), "Ed25519");
+        let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&ed.serialize_der()).unwrap();
+        let sig = pair.sign(body);
+        let ed_spki = ed.subject_public_key_info();
+        assert_eq!(
+            key.verify_payload_signature(&headers(&ed_spki, sig.as_ref(), body), body),
+            Ok(())
+        );
+        // Another key in the header than the certificate's.
+        assert_eq!(
+            key.verify_payload_signature(&headers(&spki, sig.as_ref(), body), body),
+            Err(HttpSigError::WrongKey)
+        );
+        // No signature header at all.
+        let mut only_digest = headers(&ed_spki, sig.as_ref(), body);
+        only_digest.remove(PAYLOAD_SIGNATURE);
+        assert_eq!(
+            key.verify_payload_signature(&only_digest, body),
+            Err(HttpSigError::MissingSignature)
+        );
+    }
+
+    #[test]
+    fn p256_is_the_mqtt_key() {
+        let p256 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let key = DeviceKey::of_der(&cert_of(&p256)).unwrap();
+        assert!(key.mqtt_capable());
+        assert_eq!(key.describe(), "ECDSA P-256");
+    }
+}
