@@ -26,7 +26,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
-use tracing::{info, instrument};
+use tracing::{info, instrument, warn};
 
 use crate::ca::{CaError, FleetPki};
 use crate::http::{HttpStats, OnboardingStats};
@@ -285,6 +285,10 @@ pub struct ApproveResponse {
     pub name: String,
     /// Who approved (`operator`, or `known key` when the key was a client already).
     pub decided_by: String,
+    /// The device's key is not ECDSA P-256: the client can use the HTTP API
+    /// only (MQTT signs with COSE ES256).
+    #[serde(default)]
+    pub http_only: bool,
 }
 
 /// `POST /v1/tokens` body.
@@ -362,6 +366,10 @@ pub struct Health {
     /// HTTPS connection counters.
     #[serde(default)]
     pub http: BTreeMap<String, u64>,
+    /// `[onboarding] approval`: `operator` or `auto` (every device that
+    /// asks is approved).
+    #[serde(default)]
+    pub onboarding_approval: Option<String>,
     /// Ingest batch sizes, commit latencies and time totals.
     #[serde(default)]
     pub ingest_timing: IngestTimingSnapshot,
@@ -425,6 +433,8 @@ pub struct AdminState {
     pub onboarding_stats: Arc<OnboardingStats>,
     /// HTTPS connection counters.
     pub http_stats: Arc<HttpStats>,
+    /// `[onboarding] approval` (`operator` or `auto`).
+    pub onboarding_approval: &'static str,
 }
 
 /// An API error: a status and a detail.
@@ -578,6 +588,7 @@ async fn health(State(state): State<AdminState>) -> Json<Health> {
         link: to_map(&link),
         onboarding: to_map(&state.onboarding_stats.snapshot()),
         http: to_map(&state.http_stats.snapshot()),
+        onboarding_approval: Some(state.onboarding_approval.to_string()),
         ingest_timing: state.ingest_stats.timing.snapshot(),
     })
 }
@@ -808,11 +819,21 @@ async fn approve_request(
         decided_by = %approved.decided_by,
         "onboarding request approved"
     );
+    let http_only = margo_schemas::pki::cert_info(&approved.client.cert_der)
+        .map(|info| info.p256_public_key.is_none())
+        .unwrap_or(false);
+    if http_only {
+        warn!(
+            client_id = %approved.client_id,
+            "this client's key is not ECDSA P-256: it can use the HTTP API only (MQTT needs P-256 for COSE ES256)"
+        );
+    }
     Ok(Json(ApproveResponse {
         request: view,
         client_id: approved.client_id,
         name: approved.client.name,
         decided_by: approved.decided_by,
+        http_only,
     }))
 }
 

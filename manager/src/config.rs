@@ -175,6 +175,34 @@ pub struct OnboardingSettings {
     /// Poll interval suggested to waiting devices (`Retry-After`). Default 30 s.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// Who approves a request no token or allow-list entry approves:
+    /// `operator` (default: `202`, the device polls) or `auto` (approved at
+    /// once with `201`, for labs and conformance runs).
+    pub approval: Approval,
+    /// Confirms `approval = "auto"` on an HTTPS listener that is not a
+    /// loopback address (refused at startup otherwise). Default `false`.
+    pub allow_auto_approval_on_public_listener: bool,
+}
+
+/// `[onboarding] approval`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Approval {
+    /// An operator (or a token, or the allow-list) approves; others wait.
+    #[default]
+    Operator,
+    /// Every request with a usable certificate and signature is approved.
+    Auto,
+}
+
+impl Approval {
+    /// `operator` or `auto`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Operator => "operator",
+            Self::Auto => "auto",
+        }
+    }
 }
 
 impl Default for OnboardingSettings {
@@ -185,6 +213,8 @@ impl Default for OnboardingSettings {
             rate_burst: 20,
             max_pending: 1000,
             poll_interval: Duration::from_secs(30),
+            approval: Approval::Operator,
+            allow_auto_approval_on_public_listener: false,
         }
     }
 }
@@ -538,6 +568,21 @@ impl ManagerConfig {
             return Err(invalid(
                 "onboarding.poll_interval",
                 "must be greater than 0 and at most 1h",
+            ));
+        }
+        if self.onboarding.approval == Approval::Auto
+            && self.http.enabled
+            && !self.http.listen.ip().is_loopback()
+            && !self.onboarding.allow_auto_approval_on_public_listener
+        {
+            return Err(invalid(
+                "onboarding.approval",
+                format!(
+                    "\"auto\" approves every device that asks, and http.listen {} is not a \
+                     loopback address; set onboarding.allow_auto_approval_on_public_listener = true \
+                     to confirm",
+                    self.http.listen
+                ),
             ));
         }
         match (&self.pki.ca_cert_file, &self.pki.ca_key_file) {

@@ -240,6 +240,12 @@ impl Manager {
         let onboarding_stats = Arc::new(OnboardingStats::default());
         let http_stats = Arc::new(HttpStats::default());
 
+        if config.http.enabled && config.onboarding.approval == crate::config::Approval::Auto {
+            warn!(
+                listen = %config.http.listen,
+                "[onboarding] approval = \"auto\": EVERY device that asks is approved without an operator (labs and conformance runs only)"
+            );
+        }
         // Bind the HTTPS listener before any task runs, so a taken port fails
         // the start cleanly.
         let https = if config.http.enabled {
@@ -334,6 +340,7 @@ impl Manager {
             connected: connected.clone(),
             onboarding_stats: Arc::clone(&onboarding_stats),
             http_stats: Arc::clone(&http_stats),
+            onboarding_approval: config.onboarding.approval.as_str(),
         };
         let router = admin::router(state);
         let admin_shutdown = shutdown.clone();

@@ -151,7 +151,7 @@ pub struct RequestRecord {
     pub last_seen_ms: u64,
     /// The client it became, once approved.
     pub client_id: Option<ClientId>,
-    /// `operator`, `token <id>`, `allowlist` or `known key`.
+    /// `operator`, `token <id>`, `allowlist`, `auto` or `known key`.
     pub decided_by: Option<String>,
     /// When approved or rejected (ms since epoch).
     pub decided_ms: Option<u64>,
@@ -218,6 +218,8 @@ pub struct Submission {
     pub source: String,
     /// Whether the fingerprint is in `[onboarding] allow_fingerprints`.
     pub allowlisted: bool,
+    /// `[onboarding] approval = "auto"`: approve what nothing else decides.
+    pub auto_approve: bool,
     /// `[onboarding] max_pending`.
     pub max_pending: usize,
 }
@@ -462,6 +464,7 @@ fn mark_approved(
     client_id: &ClientId,
     decided_by: &str,
 ) -> Result<()> {
+    Store::bind_certificate(txn, &record.cert_der, client_id)?;
     record.state = OnboardingState::Approved;
     record.client_id = Some(client_id.clone());
     record.decided_by = Some(decided_by.to_string());
@@ -481,6 +484,30 @@ fn put_request(txn: &redb::WriteTransaction, id: &str, record: &RequestRecord) -
         pending.remove(id).map_err(db_err)?;
     }
     Ok(())
+}
+
+/// `(hex SHA-256 of the device certificate, clientId)` of every approved
+/// request: the certificates plain Margo clients present in TLS (rebuilding
+/// the store's certificate index).
+pub(crate) fn approved_certificates(
+    txn: &redb::WriteTransaction,
+) -> Result<Vec<(String, String)>, StoreError> {
+    let table = txn.open_table(REQUESTS)?;
+    let mut out = Vec::new();
+    for row in table.iter()? {
+        let (k, v) = row?;
+        let record: RequestRecord =
+            margo_schemas::codec::decode(v.value(), usize::MAX).map_err(|e| {
+                StoreError::Corrupt {
+                    table: "onboarding_requests",
+                    detail: e.to_string(),
+                }
+            })?;
+        if let (OnboardingState::Approved, Some(client)) = (record.state, record.client_id) {
+            out.push((k.value().to_string(), client.to_string()));
+        }
+    }
+    Ok(out)
 }
 
 fn get_request(txn: &redb::WriteTransaction, id: &str) -> Result<Option<RequestRecord>> {
@@ -605,6 +632,7 @@ impl Store {
         let decided_by = match &sub.token {
             Some(token) => Some(format!("token {}", spend_token(&txn, token, now)?)),
             None if sub.allowlisted => Some("allowlist".to_string()),
+            None if sub.auto_approve => Some("auto".to_string()),
             None => None,
         };
         if let Some(decided_by) = decided_by {

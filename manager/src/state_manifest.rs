@@ -29,6 +29,17 @@ pub fn bundle_path(client: &ClientId, digest: &Digest) -> String {
     format!("/api/v1/clients/{client}/bundles/{digest}")
 }
 
+/// Path of one deployment document on the rc.3 routes (the caller is
+/// identified by its TLS client certificate, not by the path).
+pub fn rc3_deployment_path(deployment: &DeploymentId, digest: &Digest) -> String {
+    format!("/api/v1/deployments/{deployment}/{digest}")
+}
+
+/// Path of a bundle on the rc.3 routes.
+pub fn rc3_bundle_path(digest: &Digest) -> String {
+    format!("/api/v1/bundles/{digest}")
+}
+
 /// The bundle of an HTTP manifest: its digest and size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BundleInfo {
@@ -43,14 +54,17 @@ pub struct BundleInfo {
 pub enum Form {
     /// No `url`s, `bundle: null` (the topics imply where content is).
     Mqtt,
-    /// `url`s of the HTTP API; `bundle` when there are deployments.
+    /// `url`s of the HTTP API's `{clientId}` routes (1.0.0, rc.2); `bundle`
+    /// when there are deployments.
     Http(Option<BundleInfo>),
+    /// `url`s of the rc.3 routes (no `{clientId}`: `/api/v1/deployments/...`,
+    /// `/api/v1/bundles/...`); `bundle` when there are deployments.
+    HttpRc3(Option<BundleInfo>),
 }
 
 /// The manifest of `state` in `form`. Deployments keep the store's order
 /// (sorted by id), so equal states give equal manifests.
 pub fn build(state: &DesiredState, form: Form) -> StateManifest {
-    let http = matches!(form, Form::Http(_));
     let deployments = state
         .deployments
         .iter()
@@ -58,16 +72,26 @@ pub fn build(state: &DesiredState, form: Form) -> StateManifest {
             deployment_id: d.id.clone(),
             digest: d.digest,
             size_bytes: Some(d.yaml.len() as u64),
-            url: http.then(|| deployment_path(&state.client, &d.id, &d.digest)),
+            url: match form {
+                Form::Mqtt => None,
+                Form::Http(_) => Some(deployment_path(&state.client, &d.id, &d.digest)),
+                Form::HttpRc3(_) => Some(rc3_deployment_path(&d.id, &d.digest)),
+            },
         })
         .collect::<Vec<_>>();
+    let bundle_url = |info: &BundleInfo| match form {
+        Form::HttpRc3(_) => rc3_bundle_path(&info.digest),
+        _ => bundle_path(&state.client, &info.digest),
+    };
     let bundle = match form {
-        Form::Http(Some(info)) if !deployments.is_empty() => Some(BundleRef {
-            media_type: Some(BUNDLE_MEDIA_TYPE.to_string()),
-            digest: info.digest,
-            size_bytes: Some(info.size_bytes),
-            url: Some(bundle_path(&state.client, &info.digest)),
-        }),
+        Form::Http(Some(info)) | Form::HttpRc3(Some(info)) if !deployments.is_empty() => {
+            Some(BundleRef {
+                media_type: Some(BUNDLE_MEDIA_TYPE.to_string()),
+                digest: info.digest,
+                size_bytes: Some(info.size_bytes),
+                url: Some(bundle_url(&info)),
+            })
+        }
         _ => None,
     };
     StateManifest {
@@ -140,6 +164,30 @@ mod tests {
             bundle.url,
             Some(format!("/api/v1/clients/c1/bundles/{}", info.digest))
         );
+    }
+
+    #[test]
+    fn rc3_form_has_paths_without_client_id() {
+        let s = state(1);
+        let info = BundleInfo {
+            digest: Digest::of(b"bundle"),
+            size_bytes: 6,
+        };
+        let rc3 = build(&s, Form::HttpRc3(Some(info)));
+        let http = build(&s, Form::Http(Some(info)));
+        let d = &rc3.deployments[0];
+        assert_eq!(
+            d.url.as_deref(),
+            Some(format!("/api/v1/deployments/{}/{}", d.deployment_id, d.digest).as_str())
+        );
+        assert_eq!(
+            rc3.bundle.as_ref().and_then(|b| b.url.clone()),
+            Some(format!("/api/v1/bundles/{}", info.digest))
+        );
+        assert_eq!(rc3.manifest_version, http.manifest_version);
+        assert_eq!(rc3.deployments[0].digest, http.deployments[0].digest);
+        let empty = serde_json::to_value(build(&state(0), Form::HttpRc3(Some(info)))).unwrap();
+        assert!(empty["bundle"].is_null());
     }
 
     #[test]

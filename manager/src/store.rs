@@ -30,6 +30,14 @@ pub(crate) const NAMES: TableDefinition<&str, &str> = TableDefinition::new("clie
 /// hex SHA-256 of a client certificate's public key (P-256 point) → clientId,
 /// so a key stays bound to its client (and its revocation) across re-onboarding.
 pub(crate) const CLIENT_KEYS: TableDefinition<&str, &str> = TableDefinition::new("client_keys");
+/// hex SHA-256 of a certificate's DER → clientId: every certificate a
+/// client is registered with (its fleet-CA certificate, and the device's own
+/// certificate it onboarded with), so a TLS client certificate identifies
+/// its client (`http::tls_peer`). Written in the transactions that add a
+/// client or approve an onboarding request; rebuilt at open when it holds
+/// fewer entries than there are clients (a database from before it).
+pub(crate) const CLIENT_CERTS: TableDefinition<&str, &str> =
+    TableDefinition::new("client_certificates");
 /// digest (`sha256:…`) → exact YAML bytes.
 const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
 /// (clientId, deploymentId) → CBOR [`DeploymentEntry`].
@@ -606,6 +614,7 @@ impl Store {
             txn.open_table(CLIENTS)?;
             txn.open_table(NAMES)?;
             txn.open_table(CLIENT_KEYS)?;
+            txn.open_table(CLIENT_CERTS)?;
             txn.open_table(CAPS_HISTORY)?;
             txn.open_table(BLOBS)?;
             txn.open_table(DEPLOYMENTS)?;
@@ -621,6 +630,7 @@ impl Store {
             txn.open_table(AUDIT_COUNTS)?;
             txn.open_table(REMOTE_CONFIG)?;
             crate::onboarding::open_tables(&txn)?;
+            Self::rebuild_certificate_index(&txn)?;
         }
         txn.commit()?;
         Ok(Self { db: Arc::new(db) })
@@ -704,7 +714,72 @@ impl Store {
             txn.open_table(CLIENT_KEYS)?
                 .insert(key.as_str(), id.as_str())?;
         }
+        Self::bind_certificate(txn, cert_der, id)?;
         Ok(record)
+    }
+
+    /// Registers `cert_der` as a certificate of `client` inside `txn` (the
+    /// onboarding approval binds the device's own certificate this way).
+    pub(crate) fn bind_certificate(
+        txn: &redb::WriteTransaction,
+        cert_der: &[u8],
+        client: &ClientId,
+    ) -> Result<()> {
+        txn.open_table(CLIENT_CERTS)?
+            .insert(Digest::of(cert_der).hex().as_str(), client.as_str())?;
+        Ok(())
+    }
+
+    /// Fills [`CLIENT_CERTS`] from the clients and the approved onboarding
+    /// requests when it has fewer entries than there are clients: a
+    /// database written before the index existed (or by such a version
+    /// since). Insert-only, so running it on a complete index changes nothing.
+    fn rebuild_certificate_index(txn: &redb::WriteTransaction) -> Result<()> {
+        let indexed = txn.open_table(CLIENT_CERTS)?.len()?;
+        let clients = txn.open_table(CLIENTS)?;
+        if indexed >= clients.len()? {
+            return Ok(());
+        }
+        let mut bindings = Vec::new();
+        for row in clients.iter()? {
+            let (k, v) = row?;
+            let record: ClientRecord = decode("clients", v.value())?;
+            bindings.push((Digest::of(&record.cert_der).hex(), k.value().to_string()));
+        }
+        drop(clients);
+        bindings.extend(crate::onboarding::approved_certificates(txn)?);
+        let mut index = txn.open_table(CLIENT_CERTS)?;
+        for (fingerprint, client) in &bindings {
+            index.insert(fingerprint.as_str(), client.as_str())?;
+        }
+        tracing::info!(
+            certificates = bindings.len(),
+            "client certificate index rebuilt (database from an earlier version)"
+        );
+        Ok(())
+    }
+
+    /// The client registered with exactly this certificate (DER), with its
+    /// record (revoked ones included: the caller decides).
+    pub fn client_by_certificate(&self, cert_der: &[u8]) -> Result<Option<ClientEntry>> {
+        let txn = self.db.begin_read()?;
+        let found = txn
+            .open_table(CLIENT_CERTS)?
+            .get(Digest::of(cert_der).hex().as_str())?
+            .map(|v| v.value().to_string());
+        let Some(id) = found else {
+            return Ok(None);
+        };
+        let id = ClientId::new(id).map_err(|e| StoreError::Corrupt {
+            table: "client_certificates",
+            detail: e.to_string(),
+        })?;
+        let record = txn
+            .open_table(CLIENTS)?
+            .get(id.as_str())?
+            .map(|v| decode::<ClientRecord>("clients", v.value()))
+            .transpose()?;
+        Ok(record.map(|record| ClientEntry { id, record }))
     }
 
     /// The client whose certificate carries the public key with this
@@ -1795,6 +1870,32 @@ mod tests {
         );
         env.low = low;
         UplinkItem::Message(Box::new(env))
+    }
+
+    #[test]
+    fn certificate_index_is_kept_and_rebuilt_for_older_databases() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("m.redb");
+        let store = Store::open(&path).expect("open");
+        let (a, b) = (ClientId::generate(), ClientId::generate());
+        store.add_client(&a, "dev-a", b"cert-a").expect("add");
+        store.add_client(&b, "dev-b", b"cert-b").expect("add");
+        store.set_revoked(&b, true).expect("revoke");
+        let found = |s: &Store, der: &[u8]| s.client_by_certificate(der).expect("lookup");
+        assert_eq!(found(&store, b"cert-a").map(|e| e.id), Some(a.clone()));
+        let revoked = found(&store, b"cert-b").expect("a revoked client is still found");
+        assert!(revoked.record.revoked);
+        assert!(found(&store, b"cert-c").is_none());
+        // A database from before the index: the table is empty.
+        {
+            let txn = store.db.begin_write().expect("txn");
+            txn.delete_table(CLIENT_CERTS).expect("drop the index");
+            txn.commit().expect("commit");
+        }
+        drop(store);
+        let store = Store::open(&path).expect("reopen");
+        assert_eq!(found(&store, b"cert-a").map(|e| e.id), Some(a));
+        assert_eq!(found(&store, b"cert-b").map(|e| e.id), Some(b));
     }
 
     #[test]

@@ -75,7 +75,7 @@ fn init_then_serve_then_margoctl() {
     std::fs::write(
         &config,
         format!(
-            "version = 1\ndata_dir = {:?}\n[broker]\nmqtt_listen = \"127.0.0.1:0\"\ngateway_listen = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n",
+            "version = 1\ndata_dir = {:?}\n[broker]\nmqtt_listen = \"127.0.0.1:0\"\ngateway_listen = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n[onboarding]\napproval = \"auto\"\n",
             data.display().to_string()
         ),
     )
@@ -276,7 +276,13 @@ fn init_then_serve_then_margoctl() {
     );
     let out = margoctl(&data, &["status"]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("line-3"));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("line-3"));
+    // Auto approval (on, in this config) is the header line.
+    assert!(
+        shown.starts_with("WARNING: onboarding approval is \"auto\""),
+        "{shown}"
+    );
 
     let out = margoctl(
         &data,

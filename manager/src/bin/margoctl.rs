@@ -539,6 +539,11 @@ async fn main() -> anyhow::Result<()> {
                     "request {} approved ({}): client {} ({})",
                     r.request.request_id, r.decided_by, r.client_id, r.name
                 );
+                if r.http_only {
+                    println!(
+                        "note: the device's key is not ECDSA P-256, so this client can use the HTTP API only (MQTT needs P-256)"
+                    );
+                }
             }
             OnboardingCommand::Reject { id } => {
                 let r = admin.reject(&id).await?;
@@ -655,6 +660,16 @@ async fn main() -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
+                let approval = admin
+                    .health()
+                    .await
+                    .ok()
+                    .and_then(|h| h.onboarding_approval);
+                if approval.as_deref() == Some("auto") {
+                    println!(
+                        "WARNING: onboarding approval is \"auto\": every device that asks is approved without an operator"
+                    );
+                }
                 print!("{}", status_table::render(&status, status_table::now_ms()));
             }
         }

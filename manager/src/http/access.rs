@@ -3,6 +3,7 @@
 //! when `http.require_signed_reads`) the payload signature made with the key
 //! of the certificate the client was onboarded or provisioned with.
 
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use margo_schemas::digest::{Digest, DigestError};
 use margo_schemas::http_sig::{self, CONTENT_DIGEST, PAYLOAD_SIGNATURE};
@@ -10,7 +11,7 @@ use margo_schemas::ids::{ClientId, DeploymentId, DeviceId, IdError};
 use tracing::error;
 
 use super::problem::Refusal;
-use super::ApiState;
+use super::{tls_peer, ApiState};
 
 /// A path id that is not well formed: 400 naming the parameter.
 fn bad_id(param: &str, error: &IdError) -> Refusal {
@@ -45,13 +46,16 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 /// Checks that `client` exists (404) and is not revoked (403), then, when
 /// `signed`, the payload signature over `body` (400 digest, 401 signature).
+/// A TLS client certificate registered to `client` is a credential too
+/// ([`tls_peer::certifies`]): then no signature is needed.
 pub async fn authenticate(
     state: &ApiState,
     client: &ClientId,
-    headers: &HeaderMap,
+    parts: &Parts,
     body: &[u8],
     signed: bool,
 ) -> Result<(), Refusal> {
+    let headers = &parts.headers;
     let id = client.clone();
     let record = state.store.run(move |s| s.client(&id)).await.map_err(|e| {
         error!(client_id = %client, error = %e, "reading a client failed");
@@ -63,7 +67,7 @@ pub async fn authenticate(
     if record.revoked {
         return Err(Refusal::forbidden(format!("client {client} is revoked")));
     }
-    if !signed {
+    if !signed || tls_peer::certifies(state, parts, client).await? {
         return Ok(());
     }
     let point = margo_schemas::pki::cert_info(&record.cert_der)

@@ -12,6 +12,11 @@
 //!   (`application/vnd.margo.bundle.v1+tar+gzip`), `404` unless it is the
 //!   client's current bundle
 //!
+//! The rc.3 routes (`GET /api/v1/deployments`, `.../deployments/{deploymentId}/{digest}`,
+//! `GET /api/v1/bundles/{digest}`) serve the same for the client of the TLS
+//! client certificate ([`tls_peer::caller`]: `401` none or unknown, `403`
+//! revoked), with rc.3 `url`s and `Cache-Control: private` (see [`Routes`]).
+//!
 //! The manifest and YAML are gzip-encoded when `Accept-Encoding` admits it
 //! (`Vary: Accept-Encoding`); ETags and digests stay those of the decoded
 //! bytes. All: `400` malformed path ids or digest, `404` unknown client, `403`
@@ -19,23 +24,29 @@
 //! signature headers over the empty body.
 
 use axum::extract::{Path, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use margo_schemas::digest::Digest;
-use margo_schemas::ids::ClientId;
+use margo_schemas::ids::{ClientId, DeploymentId};
 use margo_schemas::manifest::MEDIA_TYPE as MANIFEST_MEDIA_TYPE;
 use tracing::{debug, error, info, instrument, warn};
 
 use super::access;
-use super::problem::Refusal;
-use super::ApiState;
+use super::problem::{ProblemType, Refusal};
+use super::{tls_peer, ApiState};
 use crate::state_manifest::{self, Form, BUNDLE_MEDIA_TYPE};
 use crate::store::DesiredState;
 
 /// Media type of a deployment document.
 pub const YAML_MEDIA_TYPE: &str = "application/yaml";
-/// `Cache-Control` of content-addressed (immutable) resources.
+/// `Cache-Control` of content-addressed (immutable) resources on the
+/// `{clientId}` routes (1.0.0 and rc.2 say `public`).
 pub const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+/// `Cache-Control` of content-addressed resources on the rc.3 routes.
+pub const PRIVATE_IMMUTABLE: &str = "private, max-age=31536000, immutable";
+/// `Cache-Control` of the manifest on the rc.3 routes (1.0.0 and rc.2 name none).
+pub const PRIVATE: &str = "private";
 
 /// Route of the manifest.
 pub const MANIFEST_ROUTE: &str = "/api/v1/clients/{clientId}/deployments";
@@ -43,6 +54,42 @@ pub const MANIFEST_ROUTE: &str = "/api/v1/clients/{clientId}/deployments";
 pub const DEPLOYMENT_ROUTE: &str = "/api/v1/clients/{clientId}/deployments/{deploymentId}/{digest}";
 /// Route of a bundle.
 pub const BUNDLE_ROUTE: &str = "/api/v1/clients/{clientId}/bundles/{digest}";
+/// rc.3 route of the caller's manifest.
+pub const RC3_MANIFEST_ROUTE: &str = "/api/v1/deployments";
+/// rc.3 route of one deployment document.
+pub const RC3_DEPLOYMENT_ROUTE: &str = "/api/v1/deployments/{deploymentId}/{digest}";
+/// rc.3 route of a bundle.
+pub const RC3_BUNDLE_ROUTE: &str = "/api/v1/bundles/{digest}";
+
+/// The path family a request came by: the `{clientId}` routes of 1.0.0 and
+/// rc.2 (signature or certificate of that client), or the rc.3 routes
+/// (caller identified by its TLS client certificate). It decides the
+/// manifest's `url`s and the `Cache-Control` each revision names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routes {
+    /// `/api/v1/clients/{clientId}/...`.
+    Clients,
+    /// `/api/v1/deployments`, `/api/v1/bundles/...`, `/api/v1/capabilities/...`.
+    Rc3,
+}
+
+impl Routes {
+    /// `Cache-Control` of a document or bundle.
+    pub fn immutable(self) -> &'static str {
+        match self {
+            Self::Clients => IMMUTABLE,
+            Self::Rc3 => PRIVATE_IMMUTABLE,
+        }
+    }
+
+    /// `Cache-Control` of the manifest, if the revision names one.
+    pub fn manifest_cache_control(self) -> Option<&'static str> {
+        match self {
+            Self::Clients => None,
+            Self::Rc3 => Some(PRIVATE),
+        }
+    }
+}
 
 /// Logs a refusal once (warn for 401/403, info otherwise) and answers it.
 pub(super) fn refused(client: &str, what: &str, refusal: Refusal) -> Response {
@@ -187,13 +234,23 @@ async fn desired(state: &ApiState, client: &ClientId) -> Result<DesiredState, Re
         })
 }
 
-/// The HTTP manifest of `state` and its exact JSON bytes.
-pub fn manifest_body(state: &ApiState, desired: &DesiredState) -> Result<Vec<u8>, Refusal> {
+/// The HTTP manifest of `state` in the `routes` family's form and its exact
+/// JSON bytes.
+pub fn manifest_body(
+    state: &ApiState,
+    desired: &DesiredState,
+    routes: Routes,
+) -> Result<Vec<u8>, Refusal> {
     let bundle = state.bundles.get(desired).map_err(|e| {
         error!(client_id = %desired.client, error = %e, "building the bundle failed");
         Refusal::internal()
     })?;
-    let manifest = state_manifest::build(desired, Form::Http(bundle.map(|b| b.info())));
+    let info = bundle.map(|b| b.info());
+    let form = match routes {
+        Routes::Clients => Form::Http(info),
+        Routes::Rc3 => Form::HttpRc3(info),
+    };
+    let manifest = state_manifest::build(desired, form);
     // Struct fields in declaration order, deployments sorted by id, no maps:
     // equal states serialise to equal bytes.
     serde_json::to_vec(&manifest).map_err(|e| {
@@ -202,89 +259,182 @@ pub fn manifest_body(state: &ApiState, desired: &DesiredState) -> Result<Vec<u8>
     })
 }
 
+/// `406` unless `Accept` admits the manifest media type.
+fn negotiate_manifest(headers: &HeaderMap) -> Result<(), Refusal> {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    if accepts(accept, MANIFEST_MEDIA_TYPE) {
+        return Ok(());
+    }
+    Err(Refusal::new(
+        StatusCode::NOT_ACCEPTABLE,
+        format!("the manifest is only available as {MANIFEST_MEDIA_TYPE}"),
+    ))
+}
+
 #[instrument(skip_all, fields(client_id = %raw_client))]
 pub(super) async fn manifest(
     State(state): State<ApiState>,
     Path(raw_client): Path<String>,
-    headers: HeaderMap,
+    parts: Parts,
 ) -> Response {
-    match serve_manifest(&state, &raw_client, &headers).await {
+    let served = async {
+        let client = access::client_id(&raw_client)?;
+        negotiate_manifest(&parts.headers)?;
+        access::authenticate(&state, &client, &parts, b"", state.require_signed_reads).await?;
+        serve_manifest(&state, &client, &parts.headers, Routes::Clients).await
+    };
+    match served.await {
         Ok(response) => response,
         Err(refusal) => refused(&raw_client, "manifest request", refusal),
     }
 }
 
+/// `GET /api/v1/deployments` (rc.3): the caller's manifest.
+#[instrument(skip_all)]
+pub(super) async fn rc3_manifest(State(state): State<ApiState>, parts: Parts) -> Response {
+    let mut caller = None;
+    let served = async {
+        negotiate_manifest(&parts.headers)?;
+        let client = tls_peer::caller(&state, &parts).await?;
+        caller = Some(client.clone());
+        serve_manifest(&state, &client, &parts.headers, Routes::Rc3).await
+    };
+    match served.await {
+        Ok(response) => response,
+        Err(refusal) => refused(&caller_name(caller.as_ref()), "manifest request", refusal),
+    }
+}
+
+/// The client named in the log of a refused rc.3 request.
+fn caller_name(caller: Option<&ClientId>) -> String {
+    caller.map_or_else(|| "-".to_string(), ToString::to_string)
+}
+
 async fn serve_manifest(
     state: &ApiState,
-    raw_client: &str,
+    client: &ClientId,
     headers: &HeaderMap,
+    routes: Routes,
 ) -> Result<Response, Refusal> {
-    let client = access::client_id(raw_client)?;
-    access::authenticate(state, &client, headers, b"", state.require_signed_reads).await?;
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-    if !accepts(accept, MANIFEST_MEDIA_TYPE) {
-        return Err(Refusal::new(
-            StatusCode::NOT_ACCEPTABLE,
-            format!("the manifest is only available as {MANIFEST_MEDIA_TYPE}"),
-        ));
-    }
-    let desired = desired(state, &client).await?;
+    let desired = desired(state, client).await?;
     if desired.manifest_version == 0 {
         return Err(Refusal::not_found(format!(
             "client {client} has no desired state yet (nothing was ever deployed to it)"
         )));
     }
-    let body = manifest_body(state, &desired)?;
+    let body = manifest_body(state, &desired, routes)?;
     let etag = quoted(&Digest::of(&body).to_string())?;
     let etag_text = etag.to_str().unwrap_or_default();
+    let mut extra = vec![(header::VARY, "accept-encoding")];
+    extra.extend(
+        routes
+            .manifest_cache_control()
+            .map(|c| (header::CACHE_CONTROL, c)),
+    );
     if none_match(headers, etag_text) {
         debug!(
             manifest_version = desired.manifest_version,
             "manifest not modified"
         );
-        return Ok(not_modified(&etag, &[(header::VARY, "accept-encoding")]));
+        return Ok(not_modified(&etag, &extra));
     }
     debug!(
         manifest_version = desired.manifest_version,
         "manifest served"
     );
-    Ok(ok_text(headers, MANIFEST_MEDIA_TYPE, etag, &[], body))
+    Ok(ok_text(
+        headers,
+        MANIFEST_MEDIA_TYPE,
+        etag,
+        &extra[1..],
+        body,
+    ))
 }
 
 #[instrument(skip_all, fields(client_id = %raw.0, deployment_id = %raw.1))]
 pub(super) async fn deployment(
     State(state): State<ApiState>,
     Path(raw): Path<(String, String, String)>,
-    headers: HeaderMap,
+    parts: Parts,
 ) -> Response {
-    match serve_deployment(&state, &raw, &headers).await {
+    let served = async {
+        let (raw_client, raw_deployment, raw_digest) = &raw;
+        let client = access::client_id(raw_client)?;
+        let deployment = access::deployment_id(raw_deployment)?;
+        let digest = access::digest(raw_digest)?;
+        access::authenticate(&state, &client, &parts, b"", state.require_signed_reads).await?;
+        serve_deployment(
+            &state,
+            &client,
+            &deployment,
+            &digest,
+            &parts.headers,
+            Routes::Clients,
+        )
+        .await
+    };
+    match served.await {
         Ok(response) => response,
         Err(refusal) => refused(&raw.0, "deployment document request", refusal),
     }
 }
 
+/// `GET /api/v1/deployments/{deploymentId}/{digest}` (rc.3).
+#[instrument(skip_all, fields(deployment_id = %raw.0))]
+pub(super) async fn rc3_deployment(
+    State(state): State<ApiState>,
+    Path(raw): Path<(String, String)>,
+    parts: Parts,
+) -> Response {
+    let mut caller = None;
+    let served = async {
+        let deployment = access::deployment_id(&raw.0)?;
+        let digest = access::digest(&raw.1)?;
+        let client = tls_peer::caller(&state, &parts).await?;
+        caller = Some(client.clone());
+        serve_deployment(
+            &state,
+            &client,
+            &deployment,
+            &digest,
+            &parts.headers,
+            Routes::Rc3,
+        )
+        .await
+    };
+    match served.await {
+        Ok(response) => response,
+        Err(refusal) => refused(
+            &caller_name(caller.as_ref()),
+            "deployment document request",
+            refusal,
+        ),
+    }
+}
+
 async fn serve_deployment(
     state: &ApiState,
-    (raw_client, raw_deployment, raw_digest): &(String, String, String),
+    client: &ClientId,
+    deployment: &DeploymentId,
+    digest: &Digest,
     headers: &HeaderMap,
+    routes: Routes,
 ) -> Result<Response, Refusal> {
-    let client = access::client_id(raw_client)?;
-    let deployment = access::deployment_id(raw_deployment)?;
-    let digest = access::digest(raw_digest)?;
-    access::authenticate(state, &client, headers, b"", state.require_signed_reads).await?;
-    let desired = desired(state, &client).await?;
+    let desired = desired(state, client).await?;
     let Some(doc) = desired
         .deployments
         .into_iter()
-        .find(|d| d.id == deployment && d.digest == digest)
+        .find(|d| &d.id == deployment && &d.digest == digest)
     else {
-        return Err(Refusal::not_found(format!(
-            "client {client} has no deployment {deployment} with digest {digest}"
-        )));
+        return Err(Refusal::typed(
+            StatusCode::NOT_FOUND,
+            ProblemType::DeploymentNotFound,
+            format!("client {client} has no deployment {deployment} with digest {digest}"),
+        ));
     };
     let etag = quoted(&digest.to_string())?;
     let extra = [
-        (header::CACHE_CONTROL, IMMUTABLE),
+        (header::CACHE_CONTROL, routes.immutable()),
         (header::VARY, "accept-encoding"),
     ];
     if none_match(headers, etag.to_str().unwrap_or_default()) {
@@ -303,34 +453,61 @@ async fn serve_deployment(
 pub(super) async fn bundle(
     State(state): State<ApiState>,
     Path(raw): Path<(String, String)>,
-    headers: HeaderMap,
+    parts: Parts,
 ) -> Response {
-    match serve_bundle(&state, &raw, &headers).await {
+    let served = async {
+        let client = access::client_id(&raw.0)?;
+        let digest = access::digest(&raw.1)?;
+        access::authenticate(&state, &client, &parts, b"", state.require_signed_reads).await?;
+        serve_bundle(&state, &client, &digest, &parts.headers, Routes::Clients).await
+    };
+    match served.await {
         Ok(response) => response,
         Err(refusal) => refused(&raw.0, "bundle request", refusal),
     }
 }
 
+/// `GET /api/v1/bundles/{digest}` (rc.3).
+#[instrument(skip_all)]
+pub(super) async fn rc3_bundle(
+    State(state): State<ApiState>,
+    Path(raw_digest): Path<String>,
+    parts: Parts,
+) -> Response {
+    let mut caller = None;
+    let served = async {
+        let digest = access::digest(&raw_digest)?;
+        let client = tls_peer::caller(&state, &parts).await?;
+        caller = Some(client.clone());
+        serve_bundle(&state, &client, &digest, &parts.headers, Routes::Rc3).await
+    };
+    match served.await {
+        Ok(response) => response,
+        Err(refusal) => refused(&caller_name(caller.as_ref()), "bundle request", refusal),
+    }
+}
+
 async fn serve_bundle(
     state: &ApiState,
-    (raw_client, raw_digest): &(String, String),
+    client: &ClientId,
+    digest: &Digest,
     headers: &HeaderMap,
+    routes: Routes,
 ) -> Result<Response, Refusal> {
-    let client = access::client_id(raw_client)?;
-    let digest = access::digest(raw_digest)?;
-    access::authenticate(state, &client, headers, b"", state.require_signed_reads).await?;
-    let desired = desired(state, &client).await?;
+    let desired = desired(state, client).await?;
     let bundle = state.bundles.get(&desired).map_err(|e| {
         error!(client_id = %client, error = %e, "building the bundle failed");
         Refusal::internal()
     })?;
-    let Some(bundle) = bundle.filter(|b| b.digest == digest) else {
-        return Err(Refusal::not_found(format!(
-            "{digest} is not the current bundle of client {client}"
-        )));
+    let Some(bundle) = bundle.filter(|b| &b.digest == digest) else {
+        return Err(Refusal::typed(
+            StatusCode::NOT_FOUND,
+            ProblemType::InvalidBundle,
+            format!("{digest} is not the current bundle of client {client}"),
+        ));
     };
     let etag = quoted(&digest.to_string())?;
-    let extra = [(header::CACHE_CONTROL, IMMUTABLE)];
+    let extra = [(header::CACHE_CONTROL, routes.immutable())];
     if none_match(headers, etag.to_str().unwrap_or_default()) {
         return Ok(not_modified(&etag, &extra));
     }

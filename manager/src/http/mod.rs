@@ -13,9 +13,11 @@
 pub mod access;
 pub mod archive;
 pub mod deployments;
+pub mod device_key;
 pub mod onboarding;
 pub mod problem;
 pub mod rate_limit;
+pub mod tls_peer;
 pub mod uplink;
 
 use std::net::SocketAddr;
@@ -120,8 +122,10 @@ fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
-/// The server's TLS configuration: TLS 1.3 only, no client certificate
-/// (devices have none yet), HTTP/1.1 by ALPN.
+/// The server's TLS configuration: TLS 1.3 only, HTTP/1.1 by ALPN, a client
+/// certificate requested but not required, and accepted whoever issued it
+/// when its handshake signature verifies ([`tls_peer::AnyCertificate`]: the
+/// application decides who it is).
 pub fn server_tls_config(
     cert_pem: &[u8],
     key_pem: &[u8],
@@ -130,13 +134,14 @@ pub fn server_tls_config(
         .map_err(|e| HttpError::Tls(e.to_string()))?;
     let key = margo_schemas::pki::key_from_pem(key_pem, "server key")
         .map_err(|e| HttpError::Tls(e.to_string()))?;
-    let mut config =
-        rustls::ServerConfig::builder_with_provider(margo_schemas::pki::crypto_provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| HttpError::Tls(e.to_string()))?
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .map_err(|e| HttpError::Tls(e.to_string()))?;
+    let provider = margo_schemas::pki::crypto_provider();
+    let verifier = Arc::new(tls_peer::AnyCertificate::new(&provider));
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| HttpError::Tls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| HttpError::Tls(e.to_string()))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     // One session ticket per handshake (the rustls default is two): an agent
     // polling over HTTP resumes with it and receives the next one, like a
@@ -144,8 +149,9 @@ pub fn server_tls_config(
     config.send_tls13_tickets = 1;
     // As many remembered sessions as the gateway (rustls keeps 256 by
     // default, so a larger HTTP-only fleet polling round-robin would make a
-    // full handshake every time). No client certificate here, so an entry
-    // is a few hundred bytes (decision 0009).
+    // full handshake every time). An entry holds the client certificate
+    // when one was presented (a resumed connection still knows its peer),
+    // about a kilobyte then (decisions 0009, 0011).
     config.session_storage =
         rustls::server::ServerSessionMemoryCache::new(margo_broker::tls::TLS_SESSION_CACHE);
     Ok(Arc::new(config))
@@ -265,6 +271,37 @@ pub fn api_routes(max_body_bytes: usize) -> Vec<(Method, &'static str, MethodRou
             uplink::CAPABILITIES_ROUTE,
             put(uplink::put_body_capabilities).layer(limit()),
         ),
+        // rc.3: the caller is the client of the TLS client certificate.
+        (
+            Method::GET,
+            deployments::RC3_MANIFEST_ROUTE,
+            get(deployments::rc3_manifest),
+        ),
+        (
+            Method::GET,
+            deployments::RC3_DEPLOYMENT_ROUTE,
+            get(deployments::rc3_deployment),
+        ),
+        (
+            Method::GET,
+            deployments::RC3_BUNDLE_ROUTE,
+            get(deployments::rc3_bundle),
+        ),
+        (
+            Method::POST,
+            uplink::RC3_STATUS_ROUTE,
+            post(uplink::rc3_status).layer(limit()),
+        ),
+        (
+            Method::PUT,
+            uplink::RC3_CAPABILITIES_ROUTE,
+            put(uplink::rc3_put_capabilities).layer(limit()),
+        ),
+        (
+            Method::DELETE,
+            uplink::RC3_CAPABILITIES_ROUTE,
+            delete(uplink::rc3_delete_capabilities).layer(limit()),
+        ),
     ]
 }
 
@@ -287,6 +324,7 @@ pub fn router(state: ApiState, http_stats: Arc<HttpStats>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+        .layer(middleware::from_fn(problem::negotiate))
         .layer(middleware::from_fn(move |req, next| {
             request_deadline(Arc::clone(&http_stats), req, next)
         }))
@@ -449,7 +487,11 @@ impl Connection {
                     return;
                 }
             };
-        let service = TowerToHyperService::new(self.router.layer(Extension(ConnectInfo(peer))));
+        let mut router = self.router.layer(Extension(ConnectInfo(peer)));
+        if let Some(cert) = tls_peer::PeerCertificate::of(tls.get_ref().1) {
+            router = router.layer(Extension(cert));
+        }
+        let service = TowerToHyperService::new(router);
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())

@@ -21,7 +21,6 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use margo_schemas::http_sig::{self, CONTENT_DIGEST, PAYLOAD_SIGNATURE};
 use margo_schemas::onboarding::{
     IssuedIdentity, OnboardingRequest, OnboardingResponse, OnboardingState, ResponseExtensions,
 };
@@ -29,8 +28,10 @@ use serde::Serialize;
 use tracing::{error, info, instrument, warn};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use super::device_key::DeviceKey;
 use super::problem::Refusal;
 use super::ApiState;
+use crate::config::Approval;
 use crate::onboarding::{
     Approved, Claims, Lookup, OnboardingError, Submission, Submitted, TokenProblem,
 };
@@ -57,6 +58,8 @@ pub struct OnboardingStats {
     pub approved_token: AtomicU64,
     /// Approved by the allow-list.
     pub approved_allowlist: AtomicU64,
+    /// Approved by `[onboarding] approval = "auto"`.
+    pub approved_auto: AtomicU64,
     /// Answered with an identity already issued (approved earlier or known key).
     pub approved_earlier: AtomicU64,
     /// New pending requests.
@@ -89,6 +92,7 @@ pub struct OnboardingStatsSnapshot {
     pub certificate: u64,
     pub approved_token: u64,
     pub approved_allowlist: u64,
+    pub approved_auto: u64,
     pub approved_earlier: u64,
     pub pending_created: u64,
     pub bad_request: u64,
@@ -111,6 +115,7 @@ impl OnboardingStats {
             certificate: l(&self.certificate),
             approved_token: l(&self.approved_token),
             approved_allowlist: l(&self.approved_allowlist),
+            approved_auto: l(&self.approved_auto),
             approved_earlier: l(&self.approved_earlier),
             pending_created: l(&self.pending_created),
             bad_request: l(&self.bad_request),
@@ -146,6 +151,14 @@ pub const POLL_ROUTE: &str = "/api/v1/onboarding/requests/{id}";
 /// otherwise), then answers it.
 fn refused(state: &ApiState, peer: SocketAddr, what: &str, refusal: Refusal) -> Response {
     state.stats.count_refusal(refusal.status);
+    // The older revisions' `{"error": "..."}` beside the problem members
+    // (device-client-onboarding.md; the RFC 9421 page for 401).
+    let refusal = match refusal.status {
+        StatusCode::BAD_REQUEST => refusal.with_error("Invalid certificate"),
+        StatusCode::UNAUTHORIZED => refusal.with_error("Invalid signature"),
+        StatusCode::FORBIDDEN => refusal.with_error("Client rejected"),
+        _ => refusal,
+    };
     let request_id = refusal.request_id.as_deref().unwrap_or("-");
     let status = refusal.status.as_u16();
     match refusal.status {
@@ -226,6 +239,26 @@ fn approved_response(state: &ApiState, approved: &Approved, status: StatusCode) 
     response
 }
 
+/// Margo's `201 {"clientId": "..."}` and nothing else in the body (the
+/// `Location` header still names the request, where our extension serves
+/// the issued identity).
+fn plain_created(approved: &Approved) -> Response {
+    let body = serde_json::json!({ "clientId": approved.client_id });
+    let mut response = (StatusCode::CREATED, Json(body)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&location(&approved.request_id)) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+/// Whether the request comes from our agent (`User-Agent: margo-agent/...`).
+fn is_margo_agent(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ua| ua.starts_with("margo-agent/"))
+}
+
 fn pending_response(state: &ApiState, request_id: &str, status: StatusCode) -> Response {
     let loc = location(request_id);
     let retry = state.onboarding.poll_interval.as_secs().max(1);
@@ -248,17 +281,21 @@ fn pending_response(state: &ApiState, request_id: &str, status: StatusCode) -> R
     response
 }
 
-/// What the device's self-signed certificate must be: parseable, P-256,
-/// not a CA, valid now. Returns its public key point.
-fn check_device_certificate(der: &[u8]) -> Result<Vec<u8>, String> {
-    let info = margo_schemas::pki::cert_info(der).map_err(|e| format!("certificate: {e}"))?;
-    let point = info
-        .p256_public_key
-        .ok_or("certificate: the key must be ECDSA P-256")?;
-    if info.is_ca {
-        return Err("certificate: a CA certificate cannot be a device certificate".into());
-    }
+/// What the device's certificate must be: parseable, a supported key
+/// ([`DeviceKey`]: ECDSA P-256 or P-384, RSA ≥ 2048, Ed25519), valid now.
+/// Margo states no rule on `basicConstraints`, and we use only the key, so
+/// a certificate marked `CA:TRUE` (what `openssl req -x509` makes) is
+/// accepted with a notice in the log. Returns its key.
+fn check_device_certificate(der: &[u8], peer: SocketAddr) -> Result<DeviceKey, String> {
     let (_, cert) = X509Certificate::from_der(der).map_err(|e| format!("certificate: {e}"))?;
+    let key = DeviceKey::of(&cert).map_err(|e| format!("certificate: {e}"))?;
+    if cert.is_ca() {
+        info!(
+            %peer,
+            fingerprint = %margo_schemas::pki::fingerprint(der),
+            "the device certificate is marked as a CA (basicConstraints CA:TRUE); accepted, only its key is used"
+        );
+    }
     let validity = cert.validity();
     if !validity.is_valid() {
         return Err(format!(
@@ -266,11 +303,7 @@ fn check_device_certificate(der: &[u8]) -> Result<Vec<u8>, String> {
             validity.not_before, validity.not_after
         ));
     }
-    Ok(point)
-}
-
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
+    Ok(key)
 }
 
 /// Maps a decision error to its refusal.
@@ -330,23 +363,29 @@ async fn decide(
         .certificate_der()
         .map_err(|e| Refusal::bad_request(e.to_string()))?;
     let request_id = margo_schemas::pki::fingerprint(&cert_der).hex();
-    let point = check_device_certificate(&cert_der)
+    let key = check_device_certificate(&cert_der, peer)
         .map_err(|detail| Refusal::bad_request(detail).for_request(&request_id))?;
-    http_sig::verify_request(
-        header_str(headers, CONTENT_DIGEST),
-        header_str(headers, PAYLOAD_SIGNATURE),
-        &body,
-        &point,
-    )
-    .map_err(|e| {
+    key.verify_payload_signature(headers, &body).map_err(|e| {
         let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED);
         Refusal::new(status, e.to_string()).for_request(&request_id)
     })?;
+    let key_id = match &key {
+        DeviceKey::P256(point) => crate::store::key_id(point),
+        DeviceKey::P384 { spki, .. }
+        | DeviceKey::Rsa { spki, .. }
+        | DeviceKey::Ed25519 { spki, .. } => margo_schemas::digest::Digest::of(spki).hex(),
+    };
+    // Our extensions in the 201 body only for a client that asks for them:
+    // a request carrying `x-margo-mqtt-extensions` (an empty object will
+    // do), or an agent of ours that predates that rule (it sends no
+    // extension object when it has no claims; recognised by its
+    // User-Agent). Everyone else gets exactly Margo's `{"clientId"}`.
+    let wants_extensions = request.extensions.is_some() || is_margo_agent(headers);
 
     let ext = request.extensions.unwrap_or_default();
     let submission = Submission {
         request_id: request_id.clone(),
-        key_id: crate::store::key_id(&point),
+        key_id,
         cert_der,
         claims: Claims {
             name: ext.name,
@@ -357,6 +396,7 @@ async fn decide(
         token: ext.enrollment_token,
         source: peer.to_string(),
         allowlisted: state.allowlist.iter().any(|id| id == &request_id),
+        auto_approve: state.onboarding.approval == Approval::Auto,
         max_pending: state.onboarding.max_pending,
     };
     let pki = Arc::clone(&state.pki);
@@ -377,6 +417,8 @@ async fn decide(
                 &state.stats.approved_earlier
             } else if approved.decided_by == "allowlist" {
                 &state.stats.approved_allowlist
+            } else if approved.decided_by == "auto" {
+                &state.stats.approved_auto
             } else {
                 &state.stats.approved_token
             };
@@ -391,8 +433,26 @@ async fn decide(
                     decided_by = %approved.decided_by,
                     "device onboarded"
                 );
+                if approved.decided_by == "auto" {
+                    warn!(
+                        %peer,
+                        client_id = %approved.client_id,
+                        "AUTO-APPROVED without an operator ([onboarding] approval = \"auto\")"
+                    );
+                }
+                if !key.mqtt_capable() {
+                    warn!(
+                        client_id = %approved.client_id,
+                        key = %key.describe(),
+                        "this client's key is not ECDSA P-256: it can use the HTTP API only (MQTT needs P-256 for COSE ES256)"
+                    );
+                }
             }
-            approved_response(state, &approved, StatusCode::CREATED)
+            if wants_extensions {
+                approved_response(state, &approved, StatusCode::CREATED)
+            } else {
+                plain_created(&approved)
+            }
         }
         Submitted::Pending {
             request_id,

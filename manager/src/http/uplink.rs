@@ -7,6 +7,10 @@
 //!   body, as in the Margo 1.0.0 OpenAPI) → `201` first report of the
 //!   device, `200` replaced
 //! - `DELETE /api/v1/clients/{clientId}/capabilities/{deviceId}` → `204`
+//! - rc.3 (caller identified by its TLS client certificate, `401` without
+//!   a registered one): `POST /api/v1/deployments/{deploymentId}/status` and
+//!   `PUT /api/v1/capabilities/{deviceId}` → `201` created, `200` updated;
+//!   `DELETE /api/v1/capabilities/{deviceId}` → `204`
 //!
 //! Refusals (RFC 9457 problem bodies, nothing stored): `400` malformed path
 //! id, missing or wrong `Content-Digest`, malformed JSON; `401` signature;
@@ -21,10 +25,11 @@
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use margo_schemas::capabilities::DeviceCapabilitiesManifest;
-use margo_schemas::ids::{ClientId, DeviceId};
+use margo_schemas::ids::{ClientId, DeploymentId, DeviceId};
 use margo_schemas::status::DeploymentStatus;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -32,8 +37,8 @@ use tracing::{error, info, instrument};
 
 use super::access;
 use super::deployments::refused;
-use super::problem::Refusal;
-use super::ApiState;
+use super::problem::{ProblemType, Refusal};
+use super::{tls_peer, ApiState};
 use crate::capabilities::CapabilitiesRejection;
 use crate::store::{ReportError, ReportOutcome};
 
@@ -43,6 +48,10 @@ pub const STATUS_ROUTE: &str = "/api/v1/clients/{clientId}/deployments/{deployme
 pub const DEVICE_CAPABILITIES_ROUTE: &str = "/api/v1/clients/{clientId}/capabilities/{*deviceId}";
 /// Route of capabilities with the device id in the body (Margo 1.0.0).
 pub const CAPABILITIES_ROUTE: &str = "/api/v1/clients/{clientId}/capabilities";
+/// rc.3 route of a deployment status.
+pub const RC3_STATUS_ROUTE: &str = "/api/v1/deployments/{deploymentId}/status";
+/// rc.3 route of one device's capabilities.
+pub const RC3_CAPABILITIES_ROUTE: &str = "/api/v1/capabilities/{*deviceId}";
 
 /// The status body: a Margo `DeploymentStatusManifest`, with the newer
 /// draft's optional `adoptedManifestVersion`.
@@ -108,9 +117,11 @@ fn store_refusal(client: &ClientId, error: ReportError) -> Refusal {
             CapabilitiesRejection::Invalid { .. } => {
                 Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, rejection.to_string())
             }
-            CapabilitiesRejection::ChildBeforeParent { .. } => {
-                Refusal::not_found(rejection.to_string())
-            }
+            CapabilitiesRejection::ChildBeforeParent { .. } => Refusal::typed(
+                StatusCode::NOT_FOUND,
+                ProblemType::GatewayNotFound,
+                rejection.to_string(),
+            ),
         },
         ReportError::AheadOfDesired { .. } => {
             Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, error.to_string())
@@ -118,7 +129,11 @@ fn store_refusal(client: &ClientId, error: ReportError) -> Refusal {
         ReportError::Stale { .. } | ReportError::HasChildren { .. } => {
             Refusal::new(StatusCode::CONFLICT, error.to_string())
         }
-        ReportError::NoCapabilities(_) => Refusal::not_found(error.to_string()),
+        ReportError::NoCapabilities(_) => Refusal::typed(
+            StatusCode::NOT_FOUND,
+            ProblemType::DeviceNotFound,
+            error.to_string(),
+        ),
         ReportError::Store(e) => {
             error!(client_id = %client, error = %e, "storing an HTTP report failed");
             Refusal::internal()
@@ -133,31 +148,66 @@ fn stored(outcome: ReportOutcome, created: StatusCode) -> Response {
     }
 }
 
+/// The client named in the log of a refused rc.3 request.
+fn caller_name(caller: Option<&ClientId>) -> String {
+    caller.map_or_else(|| "-".to_string(), ToString::to_string)
+}
+
 #[instrument(skip_all, fields(client_id = %raw.0, deployment_id = %raw.1))]
 pub(super) async fn status(
     State(state): State<ApiState>,
     Path(raw): Path<(String, String)>,
-    headers: HeaderMap,
+    parts: Parts,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match post_status(&state, &raw, &headers, body).await {
+    let served = async {
+        let client = access::client_id(&raw.0)?;
+        let deployment = access::deployment_id(&raw.1)?;
+        let body = body_bytes(&state, &parts.headers, body)?;
+        access::authenticate(&state, &client, &parts, &body, true).await?;
+        store_status(&state, &client, &deployment, &body).await?;
+        // Margo 1.0.0 and rc.2 answer 200 for "added, or updated".
+        Ok::<_, Refusal>(StatusCode::OK.into_response())
+    };
+    match served.await {
         Ok(response) => response,
         Err(refusal) => refused(&raw.0, "deployment status", refusal),
     }
 }
 
-async fn post_status(
-    state: &ApiState,
-    (raw_client, raw_deployment): &(String, String),
-    headers: &HeaderMap,
+/// `POST /api/v1/deployments/{deploymentId}/status` (rc.3): `201` created,
+/// `200` updated.
+#[instrument(skip_all, fields(deployment_id = %raw_deployment))]
+pub(super) async fn rc3_status(
+    State(state): State<ApiState>,
+    Path(raw_deployment): Path<String>,
+    parts: Parts,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Response, Refusal> {
-    let client = access::client_id(raw_client)?;
-    let deployment = access::deployment_id(raw_deployment)?;
-    let body = body_bytes(state, headers, body)?;
-    access::authenticate(state, &client, headers, &body, true).await?;
-    let parsed: StatusBody = parse_json(&body, "DeploymentStatusManifest")?;
-    if parsed.status.deployment_id != deployment {
+) -> Response {
+    let mut caller = None;
+    let served = async {
+        let deployment = access::deployment_id(&raw_deployment)?;
+        let body = body_bytes(&state, &parts.headers, body)?;
+        let client = tls_peer::caller(&state, &parts).await?;
+        caller = Some(client.clone());
+        let outcome = store_status(&state, &client, &deployment, &body).await?;
+        Ok::<_, Refusal>(stored(outcome, StatusCode::CREATED))
+    };
+    match served.await {
+        Ok(response) => response,
+        Err(refusal) => refused(&caller_name(caller.as_ref()), "deployment status", refusal),
+    }
+}
+
+/// Parses, checks and stores an authenticated status report of `client`.
+async fn store_status(
+    state: &ApiState,
+    client: &ClientId,
+    deployment: &DeploymentId,
+    body: &[u8],
+) -> Result<ReportOutcome, Refusal> {
+    let parsed: StatusBody = parse_json(body, "DeploymentStatusManifest")?;
+    if &parsed.status.deployment_id != deployment {
         return Err(Refusal::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             format!(
@@ -177,21 +227,20 @@ async fn post_status(
             Ok(s.record_http_status(&id, &parsed.status, parsed.adopted_manifest_version))
         })
         .await
-        .map_err(|e| store_refusal(&client, ReportError::Store(e)))?
-        .map_err(|e| store_refusal(&client, e))?;
-    info!(?outcome, "deployment status stored (HTTP)");
-    // Margo answers 200 for "added, or updated".
-    Ok(StatusCode::OK.into_response())
+        .map_err(|e| store_refusal(client, ReportError::Store(e)))?
+        .map_err(|e| store_refusal(client, e))?;
+    info!(client_id = %client, ?outcome, "deployment status stored (HTTP)");
+    Ok(outcome)
 }
 
 #[instrument(skip_all, fields(client_id = %raw.0, device_id = %raw.1))]
 pub(super) async fn put_device_capabilities(
     State(state): State<ApiState>,
     Path(raw): Path<(String, String)>,
-    headers: HeaderMap,
+    parts: Parts,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match put_capabilities(&state, &raw.0, Some(&raw.1), &headers, body).await {
+    match put_capabilities(&state, &raw.0, Some(&raw.1), &parts, body).await {
         Ok(response) => response,
         Err(refusal) => refused(&raw.0, "capabilities report", refusal),
     }
@@ -201,10 +250,10 @@ pub(super) async fn put_device_capabilities(
 pub(super) async fn put_body_capabilities(
     State(state): State<ApiState>,
     Path(raw_client): Path<String>,
-    headers: HeaderMap,
+    parts: Parts,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match put_capabilities(&state, &raw_client, None, &headers, body).await {
+    match put_capabilities(&state, &raw_client, None, &parts, body).await {
         Ok(response) => response,
         Err(refusal) => refused(&raw_client, "capabilities report", refusal),
     }
@@ -214,15 +263,54 @@ async fn put_capabilities(
     state: &ApiState,
     raw_client: &str,
     raw_device: Option<&str>,
-    headers: &HeaderMap,
+    parts: &Parts,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Refusal> {
     let client = access::client_id(raw_client)?;
     let device: Option<DeviceId> = raw_device.map(access::device_id).transpose()?;
-    let body = body_bytes(state, headers, body)?;
-    access::authenticate(state, &client, headers, &body, true).await?;
-    let manifest: DeviceCapabilitiesManifest = parse_json(&body, "DeviceCapabilitiesManifest")?;
-    if let Some(device) = &device {
+    let body = body_bytes(state, &parts.headers, body)?;
+    access::authenticate(state, &client, parts, &body, true).await?;
+    let outcome = store_capabilities(state, &client, device.as_ref(), &body).await?;
+    Ok(stored(outcome, StatusCode::CREATED))
+}
+
+/// `PUT /api/v1/capabilities/{deviceId}` (rc.3): `201` created, `200` updated.
+#[instrument(skip_all, fields(device_id = %raw_device))]
+pub(super) async fn rc3_put_capabilities(
+    State(state): State<ApiState>,
+    Path(raw_device): Path<String>,
+    parts: Parts,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let mut caller = None;
+    let served = async {
+        let device = access::device_id(&raw_device)?;
+        let body = body_bytes(&state, &parts.headers, body)?;
+        let client = tls_peer::caller(&state, &parts).await?;
+        caller = Some(client.clone());
+        let outcome = store_capabilities(&state, &client, Some(&device), &body).await?;
+        Ok::<_, Refusal>(stored(outcome, StatusCode::CREATED))
+    };
+    match served.await {
+        Ok(response) => response,
+        Err(refusal) => refused(
+            &caller_name(caller.as_ref()),
+            "capabilities report",
+            refusal,
+        ),
+    }
+}
+
+/// Parses, checks and stores an authenticated capabilities report of
+/// `client` (`device`: the path's device id, if the route has one).
+async fn store_capabilities(
+    state: &ApiState,
+    client: &ClientId,
+    device: Option<&DeviceId>,
+    body: &[u8],
+) -> Result<ReportOutcome, Refusal> {
+    let manifest: DeviceCapabilitiesManifest = parse_json(body, "DeviceCapabilitiesManifest")?;
+    if let Some(device) = device {
         if &manifest.properties.id != device {
             return Err(Refusal::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -239,33 +327,61 @@ async fn put_capabilities(
         .store
         .run(move |s| Ok(s.record_http_capabilities(&id, &manifest)))
         .await
-        .map_err(|e| store_refusal(&client, ReportError::Store(e)))?
-        .map_err(|e| store_refusal(&client, e))?;
-    info!(device_id = %device_id, ?outcome, "capabilities stored (HTTP)");
-    Ok(stored(outcome, StatusCode::CREATED))
+        .map_err(|e| store_refusal(client, ReportError::Store(e)))?
+        .map_err(|e| store_refusal(client, e))?;
+    info!(client_id = %client, device_id = %device_id, ?outcome, "capabilities stored (HTTP)");
+    Ok(outcome)
 }
 
 #[instrument(skip_all, fields(client_id = %raw.0, device_id = %raw.1))]
 pub(super) async fn delete_capabilities(
     State(state): State<ApiState>,
     Path(raw): Path<(String, String)>,
-    headers: HeaderMap,
+    parts: Parts,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match remove_capabilities(&state, &raw, &headers, body).await {
+    let served = async {
+        let client = access::client_id(&raw.0)?;
+        let device = access::device_id(&raw.1)?;
+        let body = bounded_body(&state, body)?;
+        // The signature covers the (normally empty) body.
+        access::authenticate(&state, &client, &parts, &body, true).await?;
+        remove_capabilities(&state, &client, &device).await
+    };
+    match served.await {
         Ok(response) => response,
         Err(refusal) => refused(&raw.0, "capabilities deletion", refusal),
     }
 }
 
-async fn remove_capabilities(
-    state: &ApiState,
-    (raw_client, raw_device): &(String, String),
-    headers: &HeaderMap,
+/// `DELETE /api/v1/capabilities/{deviceId}` (rc.3): `204`.
+#[instrument(skip_all, fields(device_id = %raw_device))]
+pub(super) async fn rc3_delete_capabilities(
+    State(state): State<ApiState>,
+    Path(raw_device): Path<String>,
+    parts: Parts,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Response, Refusal> {
-    let client = access::client_id(raw_client)?;
-    let device = access::device_id(raw_device)?;
+) -> Response {
+    let mut caller = None;
+    let served = async {
+        let device = access::device_id(&raw_device)?;
+        bounded_body(&state, body)?;
+        let client = tls_peer::caller(&state, &parts).await?;
+        caller = Some(client.clone());
+        remove_capabilities(&state, &client, &device).await
+    };
+    match served.await {
+        Ok(response) => response,
+        Err(refusal) => refused(
+            &caller_name(caller.as_ref()),
+            "capabilities deletion",
+            refusal,
+        ),
+    }
+}
+
+/// The body of a bodiless request, read within `http.max_body_bytes` (413).
+fn bounded_body(state: &ApiState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, Refusal> {
     let body =
         body.map_err(|e| Refusal::new(e.status(), format!("request body: {}", e.body_text())))?;
     if body.len() > state.max_body_bytes {
@@ -278,16 +394,22 @@ async fn remove_capabilities(
             ),
         ));
     }
-    // The signature covers the (normally empty) body.
-    access::authenticate(state, &client, headers, &body, true).await?;
+    Ok(body)
+}
+
+async fn remove_capabilities(
+    state: &ApiState,
+    client: &ClientId,
+    device: &DeviceId,
+) -> Result<Response, Refusal> {
     let id = client.clone();
     let target = device.clone();
     state
         .store
         .run(move |s| Ok(s.delete_capabilities(&id, &target)))
         .await
-        .map_err(|e| store_refusal(&client, ReportError::Store(e)))?
-        .map_err(|e| store_refusal(&client, e))?;
-    info!(device_id = %device, "capabilities deleted (HTTP)");
+        .map_err(|e| store_refusal(client, ReportError::Store(e)))?
+        .map_err(|e| store_refusal(client, e))?;
+    info!(client_id = %client, device_id = %device, "capabilities deleted (HTTP)");
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -58,6 +58,20 @@ impl Https {
         }
     }
 
+    /// Like [`Https::new`], presenting `cert_pem` (PEM chain) with `key_pem`
+    /// (PKCS#8 PEM) as TLS client certificate when the server asks.
+    pub fn with_client_cert(addr: SocketAddr, ca_pem: &str, cert_pem: &str, key_pem: &str) -> Self {
+        let tls = client_tls_config(
+            ca_pem.as_bytes(),
+            Some((cert_pem.as_bytes(), key_pem.as_bytes())),
+        )
+        .expect("client TLS config with a client certificate");
+        Self {
+            addr,
+            connector: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+        }
+    }
+
     /// Sends one request with exactly `headers` (plus `host`) and reads the reply.
     pub async fn send(
         &self,

@@ -1,0 +1,261 @@
+//! The public key of a device certificate offered for onboarding, and the
+//! `X-Payload-Signature` check for the keys other than ECDSA P-256.
+//!
+//! Margo states no key type for the device certificate; certificates made
+//! the common way (`openssl req -x509 -newkey rsa:2048`) carry RSA keys. We
+//! accept ECDSA P-256 (the only key MQTT can use: COSE ES256), ECDSA P-384,
+//! RSA of at least 2048 bits and Ed25519. A client onboarded with another
+//! key than P-256 is an HTTP-only client.
+
+use axum::http::HeaderMap;
+use margo_schemas::http_sig::{self, HttpSigError, CONTENT_DIGEST, PAYLOAD_SIGNATURE};
+use ring::signature::{
+    UnparsedPublicKey, VerificationAlgorithm, ECDSA_P384_SHA384_ASN1, ED25519,
+    RSA_PKCS1_2048_8192_SHA256,
+};
+use x509_parser::prelude::{FromDer, X509Certificate};
+use x509_parser::public_key::PublicKey;
+
+/// Smallest RSA modulus accepted.
+pub const MIN_RSA_BITS: usize = 2048;
+
+/// A device certificate's public key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceKey {
+    /// ECDSA P-256: the uncompressed point (MQTT and HTTP).
+    P256(Vec<u8>),
+    /// ECDSA P-384 (HTTP only).
+    P384 {
+        /// SubjectPublicKeyInfo DER.
+        spki: Vec<u8>,
+        /// The uncompressed point.
+        point: Vec<u8>,
+    },
+    /// RSA (HTTP only).
+    Rsa {
+        /// SubjectPublicKeyInfo DER.
+        spki: Vec<u8>,
+        /// PKCS#1 `RSAPublicKey` DER.
+        pkcs1: Vec<u8>,
+        /// Modulus length.
+        bits: usize,
+    },
+    /// Ed25519 (HTTP only).
+    Ed25519 {
+        /// SubjectPublicKeyInfo DER.
+        spki: Vec<u8>,
+        /// The 32-byte key.
+        key: Vec<u8>,
+    },
+}
+
+const OID_EC: &str = "1.2.840.10045.2.1";
+const OID_P256: &str = "1.2.840.10045.3.1.7";
+const OID_P384: &str = "1.3.132.0.34";
+const OID_RSA: &str = "1.2.840.113549.1.1.1";
+const OID_ED25519: &str = "1.3.101.112";
+
+impl DeviceKey {
+    /// The key of `cert`, or what is wrong with it.
+    pub fn of(cert: &X509Certificate<'_>) -> Result<Self, String> {
+        let spki = cert.public_key();
+        let alg = spki.algorithm.algorithm.to_id_string();
+        let curve = spki
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok())
+            .map(|oid| oid.to_id_string());
+        let data = spki.subject_public_key.data.to_vec();
+        match (alg.as_str(), curve.as_deref()) {
+            (OID_EC, Some(OID_P256)) => Ok(Self::P256(data)),
+            (OID_EC, Some(OID_P384)) => Ok(Self::P384 {
+                spki: spki.raw.to_vec(),
+                point: data,
+            }),
+            (OID_RSA, _) => {
+                let bits = match spki.parsed() {
+                    Ok(PublicKey::RSA(rsa)) => rsa.key_size(),
+                    _ => return Err("the RSA public key does not parse".into()),
+                };
+                if bits < MIN_RSA_BITS {
+                    return Err(format!(
+                        "the RSA key has {bits} bits, at least {MIN_RSA_BITS} are needed"
+                    ));
+                }
+                Ok(Self::Rsa {
+                    spki: spki.raw.to_vec(),
+                    pkcs1: data,
+                    bits,
+                })
+            }
+            (OID_ED25519, _) => Ok(Self::Ed25519 {
+                spki: spki.raw.to_vec(),
+                key: data,
+            }),
+            (OID_EC, curve) => Err(format!(
+                "the ECDSA curve {} is not supported (P-256 or P-384)",
+                curve.unwrap_or("?")
+            )),
+            (other, _) => Err(format!(
+                "the key algorithm {other} is not supported (ECDSA P-256 or P-384, RSA, Ed25519)"
+            )),
+        }
+    }
+
+    /// The key of a DER certificate.
+    pub fn of_der(der: &[u8]) -> Result<Self, String> {
+        let (_, cert) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;
+        Self::of(&cert)
+    }
+
+    /// Whether MQTT can use this key (COSE ES256 needs P-256).
+    pub fn mqtt_capable(&self) -> bool {
+        matches!(self, Self::P256(_))
+    }
+
+    /// `ECDSA P-256`, `RSA 2048`, ...
+    pub fn describe(&self) -> String {
+        match self {
+            Self::P256(_) => "ECDSA P-256".into(),
+            Self::P384 { .. } => "ECDSA P-384".into(),
+            Self::Rsa { bits, .. } => format!("RSA {bits}"),
+            Self::Ed25519 { .. } => "Ed25519".into(),
+        }
+    }
+
+    /// Checks `Content-Digest` and `X-Payload-Signature` over `body` with
+    /// this key. P-256 goes through [`http_sig::verify_request`]; the others
+    /// take the same header form, `<base64 SubjectPublicKeyInfo>;<base64
+    /// signature>` (ECDSA: ASN.1 DER, P-384 with SHA-384; RSA: PKCS#1 v1.5
+    /// with SHA-256; Ed25519), the key equal to the certificate's.
+    pub fn verify_payload_signature(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<(), HttpSigError> {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let (spki, key, alg): (&[u8], &[u8], &'static dyn VerificationAlgorithm) = match self {
+            Self::P256(point) => {
+                return http_sig::verify_request(
+                    header(CONTENT_DIGEST),
+                    header(PAYLOAD_SIGNATURE),
+                    body,
+                    point,
+                )
+            }
+            Self::P384 { spki, point } => (spki, point, &ECDSA_P384_SHA384_ASN1),
+            Self::Rsa { spki, pkcs1, .. } => (spki, pkcs1, &RSA_PKCS1_2048_8192_SHA256),
+            Self::Ed25519 { spki, key } => (spki, key, &ED25519),
+        };
+        http_sig::verify_content_digest(header(CONTENT_DIGEST), body)?;
+        let value = header(PAYLOAD_SIGNATURE).ok_or(HttpSigError::MissingSignature)?;
+        // An RSA-4096 key and signature are about 1.4 KB of base64.
+        if value.len() > 8 * http_sig::MAX_HEADER_LEN {
+            return Err(HttpSigError::MalformedSignature);
+        }
+        let (key_b64, sig_b64) = value
+            .trim()
+            .split_once(';')
+            .ok_or(HttpSigError::MalformedSignature)?;
+        let decode = |text: &str| {
+            data_encoding::BASE64
+                .decode(text.trim().as_bytes())
+                .map_err(|_| HttpSigError::MalformedSignature)
+        };
+        if decode(key_b64)? != spki {
+            return Err(HttpSigError::WrongKey);
+        }
+        UnparsedPublicKey::new(alg, key)
+            .verify(body, &decode(sig_b64)?)
+            .map_err(|_| HttpSigError::BadSignature)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+    use rcgen::PublicKeyData;
+    use ring::rand::SystemRandom;
+    use ring::signature::{EcdsaKeyPair, Ed25519KeyPair, ECDSA_P384_SHA384_ASN1_SIGNING};
+
+    fn cert_of(key: &rcgen::KeyPair) -> Vec<u8> {
+        rcgen::CertificateParams::new(vec!["dev".to_string()])
+            .unwrap()
+            .self_signed(key)
+            .unwrap()
+            .der()
+            .to_vec()
+    }
+
+    fn headers(spki: &[u8], sig: &[u8], body: &[u8]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONTENT_DIGEST,
+            HeaderValue::from_str(&http_sig::content_digest(body)).unwrap(),
+        );
+        let value = format!(
+            "{};{}",
+            data_encoding::BASE64.encode(spki),
+            data_encoding::BASE64.encode(sig)
+        );
+        h.insert(PAYLOAD_SIGNATURE, HeaderValue::from_str(&value).unwrap());
+        h
+    }
+
+    #[test]
+    fn p384_and_ed25519_signatures_verify_with_the_certificate_key() {
+        let body = br#"{"kind":"OnboardingRequest"}"#;
+        let rng = SystemRandom::new();
+
+        let p384 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        let key = DeviceKey::of_der(&cert_of(&p384)).unwrap();
+        assert_eq!(key.describe(), "ECDSA P-384");
+        assert!(!key.mqtt_capable());
+        let pair =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_ASN1_SIGNING, &p384.serialize_der(), &rng)
+                .unwrap();
+        let sig = pair.sign(&rng, body).unwrap();
+        let spki = p384.subject_public_key_info();
+        assert_eq!(
+            key.verify_payload_signature(&headers(&spki, sig.as_ref(), body), body),
+            Ok(())
+        );
+        assert_eq!(
+            key.verify_payload_signature(&headers(&spki, sig.as_ref(), b"other"), b"other"),
+            Err(HttpSigError::BadSignature)
+        );
+
+        let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let key = DeviceKey::of_der(&cert_of(&ed)).unwrap();
+        assert_eq!(key.describe(), "Ed25519");
+        let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&ed.serialize_der()).unwrap();
+        let sig = pair.sign(body);
+        let ed_spki = ed.subject_public_key_info();
+        assert_eq!(
+            key.verify_payload_signature(&headers(&ed_spki, sig.as_ref(), body), body),
+            Ok(())
+        );
+        // Another key in the header than the certificate's.
+        assert_eq!(
+            key.verify_payload_signature(&headers(&spki, sig.as_ref(), body), body),
+            Err(HttpSigError::WrongKey)
+        );
+        // No signature header at all.
+        let mut only_digest = headers(&ed_spki, sig.as_ref(), body);
+        only_digest.remove(PAYLOAD_SIGNATURE);
+        assert_eq!(
+            key.verify_payload_signature(&only_digest, body),
+            Err(HttpSigError::MissingSignature)
+        );
+    }
+
+    #[test]
+    fn p256_is_the_mqtt_key() {
+        let p256 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let key = DeviceKey::of_der(&cert_of(&p256)).unwrap();
+        assert!(key.mqtt_capable());
+        assert_eq!(key.describe(), "ECDSA P-256");
+    }
+}
