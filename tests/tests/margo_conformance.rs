@@ -926,35 +926,41 @@ async fn capabilities(s: &mut Suite, f: &Family) {
             }
         );
     }
-    case!(
-        s,
-        f.name("DELETE capabilities/gateway1/deviceA 204: the page's example"),
-        &f.w(true, &[Waits::Shapes]),
-        {
-            // "See-thru gateway informing the WFM that a child device is no longer
-            // available: DELETE .../capabilities/gateway1/deviceA"; "204 No Content".
-            let reply = f
-                .client
-                .delete(&f.path("/capabilities/gateway1/deviceA"))
-                .await?;
-            expect(&reply, 204)
-        }
-    );
-    case!(
-        s,
-        f.name("DELETE capabilities/{deviceId} 404: no such device"),
-        &f.w(true, &[Waits::Mtls]),
-        {
-            // "DELETE: No device with the given `deviceId` was found for the
-            // client."; problem type device-not-found.
-            let reply = f
-                .client
-                .delete(&f.path("/capabilities/gateway1/deviceA"))
-                .await?;
-            expect_problem(&reply, 404, Some("device-not-found"))?;
-            Ok(())
-        }
-    );
+    // X-Payload-Signature covers only the body, so it cannot bind a
+    // bodiless DELETE to its method and path (issue 10 item 2); whether a
+    // DELETE signed that way is served is left to the sig branch's reading,
+    // and DELETE is checked with RFC 9421 and mTLS only.
+    if f.scheme != Scheme::XPayload {
+        case!(
+            s,
+            f.name("DELETE capabilities/gateway1/deviceA 204: the page's example"),
+            &f.w(true, &[Waits::Shapes]),
+            {
+                // "See-thru gateway informing the WFM that a child device is no longer
+                // available: DELETE .../capabilities/gateway1/deviceA"; "204 No Content".
+                let reply = f
+                    .client
+                    .delete(&f.path("/capabilities/gateway1/deviceA"))
+                    .await?;
+                expect(&reply, 204)
+            }
+        );
+        case!(
+            s,
+            f.name("DELETE capabilities/{deviceId} 404: no such device"),
+            &f.w(true, &[Waits::Mtls]),
+            {
+                // "DELETE: No device with the given `deviceId` was found for the
+                // client."; problem type device-not-found.
+                let reply = f
+                    .client
+                    .delete(&f.path("/capabilities/gateway1/deviceA"))
+                    .await?;
+                expect_problem(&reply, 404, Some("device-not-found"))?;
+                Ok(())
+            }
+        );
+    }
 }
 
 // ---- authentication and revocation ------------------------------------------------
@@ -987,12 +993,19 @@ async fn unauthenticated(s: &mut Suite, f: &Family) {
             Ok(())
         }
     );
-    case!(s, f.name("GET /deployments 401 with Accept: application/json: the 8e402245 page's application/json body"), &f.w(true, &[Waits::Sig, Waits::Mtls]), {
+    case!(s, f.name("POST /deployments/{id}/status 401 with Accept: application/json: the 8e402245 page's application/json body"), &f.w(false, &[Waits::Sig, Waits::Mtls]), {
         // "HTTP/1.1 401 Unauthorized / Content-Type: application/json /
-        // {"error": "Invalid signature", "message": ...}" (R4).
+        // {"error": "Invalid signature", "message": ...}" (R4). A POST: the
+        // manifest GET would answer 406 first for this Accept (R2 order).
+        let body = openapi_1_0_0_status("installing").to_string();
         let reply = f
             .stranger
-            .get(&f.path("/deployments"), &[("accept", "application/json")])
+            .signed(
+                Method::POST,
+                &f.path(&format!("/deployments/{CLUSTER_ID}/status")),
+                &[("content-type", "application/json"), ("accept", "application/json")],
+                Some(body.as_bytes()),
+            )
             .await?;
         expect(&reply, 401)?;
         ensure!(reply.media_type().as_deref() == Some("application/json"), "{}", reply.describe());
@@ -1061,12 +1074,14 @@ async fn forbidden(s: &mut Suite, f: &Family, bundle: Option<&str>) {
             forbidden_type(&f.report_capabilities("gateway1", &body).await?)
         }
     );
-    case!(
-        s,
-        f.name("DELETE capabilities/{deviceId} 403: revoked client"),
-        &f.w(true, &[Waits::Mtls]),
-        { forbidden_type(&f.client.delete(&f.path("/capabilities/gateway1")).await?) }
-    );
+    if f.scheme != Scheme::XPayload {
+        case!(
+            s,
+            f.name("DELETE capabilities/{deviceId} 403: revoked client"),
+            &f.w(true, &[Waits::Mtls]),
+            { forbidden_type(&f.client.delete(&f.path("/capabilities/gateway1")).await?) }
+        );
+    }
 }
 
 /// The onboarding endpoints whose answers do not depend on the approval
