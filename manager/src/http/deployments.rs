@@ -4,17 +4,20 @@
 //! - `GET /api/v1/clients/{clientId}/deployments` → `200` manifest
 //!   (`application/vnd.margo.manifest.v1+json`, `ETag: "sha256:<hex of the
 //!   body>"`), `304` on a matching `If-None-Match`, `406` when `Accept`
-//!   excludes the media type
+//!   excludes the media type; a client with nothing ever deployed gets the
+//!   zero-deployment manifest (`manifestVersion` 1, `bundle: null`,
+//!   `deployments: []`), never 404
 //! - `GET .../deployments/{deploymentId}/{digest}` → `200` the exact YAML
 //!   (`application/yaml`, `ETag: "<digest>"`, immutable), `404` unless it is
-//!   the client's current document for that deployment
+//!   the client's current document for that deployment (a malformed
+//!   deploymentId or digest included)
 //! - `GET .../bundles/{digest}` → `200` the tar.gz of every YAML
 //!   (`application/vnd.margo.bundle.v1+tar+gzip`), `404` unless it is the
-//!   client's current bundle
+//!   client's current bundle (a malformed digest included)
 //!
 //! The manifest and YAML are gzip-encoded when `Accept-Encoding` admits it
 //! (`Vary: Accept-Encoding`); ETags and digests stay those of the decoded
-//! bytes. All: `400` malformed path ids or digest, `404` unknown client, `403`
+//! bytes. All: `400` malformed clientId, `404` unknown client, `403`
 //! revoked client, and with `http.require_signed_reads` `400`/`401` for the
 //! signature headers over the empty body.
 
@@ -22,7 +25,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use margo_schemas::digest::Digest;
-use margo_schemas::ids::ClientId;
+use margo_schemas::ids::{ClientId, DeploymentId};
 use margo_schemas::manifest::MEDIA_TYPE as MANIFEST_MEDIA_TYPE;
 use tracing::{debug, error, info, instrument, warn};
 
@@ -228,12 +231,8 @@ async fn serve_manifest(
             format!("the manifest is only available as {MANIFEST_MEDIA_TYPE}"),
         ));
     }
+    // Nothing ever deployed: the zero-deployment manifest (version 1).
     let desired = desired(state, &client).await?;
-    if desired.manifest_version == 0 {
-        return Err(Refusal::not_found(format!(
-            "client {client} has no desired state yet (nothing was ever deployed to it)"
-        )));
-    }
     let body = manifest_body(state, &desired)?;
     let etag = quoted(&Digest::of(&body).to_string())?;
     let etag_text = etag.to_str().unwrap_or_default();
@@ -269,17 +268,23 @@ async fn serve_deployment(
     headers: &HeaderMap,
 ) -> Result<Response, Refusal> {
     let client = access::client_id(raw_client)?;
-    let deployment = access::deployment_id(raw_deployment)?;
-    let digest = access::digest(raw_digest)?;
+    // A malformed deploymentId or digest names nothing the manager has: 404,
+    // the only refusal `desired-state.md` lists for this endpoint ("MUST
+    // return 404 if it does not have the exact digest"), after authentication.
+    let wanted = DeploymentId::new(raw_deployment.as_str())
+        .ok()
+        .zip(Digest::parse(raw_digest).ok());
     access::authenticate(state, &client, headers, b"", state.require_signed_reads).await?;
     let desired = desired(state, &client).await?;
-    let Some(doc) = desired
-        .deployments
-        .into_iter()
-        .find(|d| d.id == deployment && d.digest == digest)
-    else {
+    let found = wanted.as_ref().and_then(|(deployment, digest)| {
+        desired
+            .deployments
+            .into_iter()
+            .find(|d| d.id == *deployment && d.digest == *digest)
+    });
+    let (Some(doc), Some((_, digest))) = (found, wanted) else {
         return Err(Refusal::not_found(format!(
-            "client {client} has no deployment {deployment} with digest {digest}"
+            "client {client} has no deployment {raw_deployment:?} with digest {raw_digest:?}"
         )));
     };
     let etag = quoted(&digest.to_string())?;
@@ -317,18 +322,25 @@ async fn serve_bundle(
     headers: &HeaderMap,
 ) -> Result<Response, Refusal> {
     let client = access::client_id(raw_client)?;
-    let digest = access::digest(raw_digest)?;
+    // A malformed digest names no bundle the manager has: 404 (the
+    // endpoint's "MUST return 404 Not Found"), after authentication.
+    let wanted = Digest::parse(raw_digest).ok();
     access::authenticate(state, &client, headers, b"", state.require_signed_reads).await?;
     let desired = desired(state, &client).await?;
     let bundle = state.bundles.get(&desired).map_err(|e| {
         error!(client_id = %client, error = %e, "building the bundle failed");
         Refusal::internal()
     })?;
-    let Some(bundle) = bundle.filter(|b| b.digest == digest) else {
+    let (Some(bundle), Some(digest)) = (bundle, wanted) else {
+        return Err(Refusal::not_found(format!(
+            "{raw_digest:?} is not the current bundle of client {client}"
+        )));
+    };
+    if bundle.digest != digest {
         return Err(Refusal::not_found(format!(
             "{digest} is not the current bundle of client {client}"
         )));
-    };
+    }
     let etag = quoted(&digest.to_string())?;
     let extra = [(header::CACHE_CONTROL, IMMUTABLE)];
     if none_match(headers, etag.to_str().unwrap_or_default()) {
