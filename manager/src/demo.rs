@@ -200,11 +200,12 @@ pub struct DemoReport {
 }
 
 /// Whether the manager sees `c` converged: online, it adopted its desired
-/// manifest (at least one) and reports every desired deployment installed.
+/// manifest (a deployed one, not the zero-deployment version 1 every client
+/// starts with) and reports every desired deployment installed.
 pub fn is_converged(c: &ClientStatus) -> bool {
     c.presence == "online"
         && !c.revoked
-        && c.desired_version > 0
+        && c.desired_version > 1
         && c.adopted_version == Some(c.desired_version)
         && desired(c).all(|d| d.state == Some(DeploymentState::Installed))
 }

@@ -147,6 +147,9 @@ pub struct IngestStats {
     pub invalid_capabilities: AtomicU64,
     /// Capabilities of a gateway child before its parent's (settled and acked, not stored).
     pub child_before_parent: AtomicU64,
+    /// Status reports for a deployment never assigned to the client
+    /// (settled and acked, not stored).
+    pub unassigned_status: AtomicU64,
     /// Batches that failed to commit (their messages are not acked; devices resend).
     pub store_errors: AtomicU64,
     /// Where the time of committed batches goes.
@@ -245,6 +248,7 @@ pub struct IngestStatsSnapshot {
     pub invalid_body: u64,
     pub invalid_capabilities: u64,
     pub child_before_parent: u64,
+    pub unassigned_status: u64,
     pub store_errors: u64,
 }
 
@@ -268,6 +272,7 @@ impl IngestStats {
             invalid_body: l(&self.invalid_body),
             invalid_capabilities: l(&self.invalid_capabilities),
             child_before_parent: l(&self.child_before_parent),
+            unassigned_status: l(&self.unassigned_status),
             store_errors: l(&self.store_errors),
         }
     }
@@ -620,6 +625,28 @@ impl Committer {
             .run(move |store| {
                 let result = store.ingest(&items)?;
                 for (item, outcome) in items.iter().zip(&result.outcomes) {
+                    if let (UplinkItem::Message(env), IngestOutcome::NotAssigned(deployment)) =
+                        (item, outcome)
+                    {
+                        stats.unassigned_status.fetch_add(1, Ordering::Relaxed);
+                        let detail = format!(
+                            "status report for deployment {deployment}, never assigned to this client"
+                        );
+                        warn!(
+                            client_id = %env.client,
+                            seq = env.seq,
+                            deployment_id = %deployment,
+                            "refused a status report for a deployment never assigned to the client (acknowledged, not stored)"
+                        );
+                        audit.push(AuditEvent {
+                            ts_ms: now_ms(),
+                            kind: "unassigned-deployment".to_string(),
+                            client_id: Some(env.client.to_string()),
+                            topic: topics::status(&env.client, deployment),
+                            detail,
+                        });
+                        continue;
+                    }
                     let (UplinkItem::Message(env), IngestOutcome::Rejected(rejection)) =
                         (item, outcome)
                     else {
@@ -676,7 +703,7 @@ impl Committer {
                 (_, IngestOutcome::Duplicate) => &self.stats.duplicates,
                 (_, IngestOutcome::Refused) => &self.stats.revoked,
                 // Counted by kind when the batch was stored.
-                (_, IngestOutcome::Rejected(_)) => continue,
+                (_, IngestOutcome::Rejected(_) | IngestOutcome::NotAssigned(_)) => continue,
             };
             counter.fetch_add(1, Ordering::Relaxed);
             if let UplinkItem::Message(env) = item {

@@ -539,19 +539,20 @@ impl Publisher {
                 debug!(deployment_id = %id, "cleared deployment");
             }
             self.published.insert(client.clone(), now_published);
-            if state.manifest_version > 0 {
-                let manifest = state_manifest::build(&state, state_manifest::Form::Mqtt);
-                self.send(
-                    client,
-                    topics::desired_manifest(client),
-                    Message::Manifest(manifest),
-                )
-                .await?;
-                debug!(
-                    manifest_version = state.manifest_version,
-                    "published manifest"
-                );
-            }
+            // Always, the zero-deployment manifest (version 1) included:
+            // a fresh device learns from it that it is in sync.
+            let manifest = state_manifest::build(&state, state_manifest::Form::Mqtt);
+            self.send(
+                client,
+                topics::desired_manifest(client),
+                Message::Manifest(manifest),
+            )
+            .await?;
+            debug!(
+                manifest_version = state.manifest_version,
+                deployments = state.deployments.len(),
+                "published manifest"
+            );
         }
         // The ack carries the (possibly new) manifest version, so it goes out
         // after every desired-state change too.

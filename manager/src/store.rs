@@ -42,8 +42,15 @@ pub(crate) const CLIENT_CERTS: TableDefinition<&str, &str> =
 const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
 /// (clientId, deploymentId) → CBOR [`DeploymentEntry`].
 const DEPLOYMENTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("deployments");
-/// clientId → current desired manifest version.
+/// clientId → current desired manifest version. No entry: version 1, the
+/// zero-deployment manifest (see [`desired_version`]).
 const MANIFEST_VERSIONS: TableDefinition<&str, u64> = TableDefinition::new("manifest_versions");
+/// (clientId, deploymentId) ever assigned to the client (kept after an
+/// undeploy), so a status report for a deployment the client never had is
+/// refused. Added without a migration: a deployment assigned before the
+/// table existed counts as assigned when it is still desired or has a stored
+/// status (see [`ever_assigned`]).
+const ASSIGNED: TableDefinition<(&str, &str), ()> = TableDefinition::new("assigned_deployments");
 /// clientId → highest contiguous settled uplink seq.
 const HWM: TableDefinition<&str, u64> = TableDefinition::new("uplink_hwm");
 /// (clientId, seq) stored above the high-water mark.
@@ -69,6 +76,31 @@ const REMOTE_CONFIG: TableDefinition<&str, &[u8]> = TableDefinition::new("remote
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 /// audit kind → count.
 const AUDIT_COUNTS: TableDefinition<&str, u64> = TableDefinition::new("audit_counts");
+
+/// The desired manifest version of a client whose stored entry is `stored`.
+/// Margo's first manifest of a client MUST use version 1 (`desired-state.md`),
+/// and a client with nothing assigned has one: version 1 with no
+/// deployments. So no entry means version 1, and the first deploy makes 2.
+/// (Databases from before this reading may hold 1 for a client whose first
+/// deploy it counted; that stays as it is.)
+pub fn desired_version(stored: Option<u64>) -> u64 {
+    stored.unwrap_or(1).max(1)
+}
+
+/// Whether `deployment` was ever assigned to `client`: recorded in
+/// [`ASSIGNED`], still desired, or (data from before that table) with a
+/// stored status.
+fn ever_assigned(
+    assigned: &impl ReadableTable<(&'static str, &'static str), ()>,
+    deployments: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    status_latest: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    client: &str,
+    deployment: &str,
+) -> Result<bool> {
+    Ok(assigned.get((client, deployment))?.is_some()
+        || deployments.get((client, deployment))?.is_some()
+        || status_latest.get((client, deployment))?.is_some())
+}
 
 /// Most audit events kept (the oldest are dropped; counters keep counting).
 pub const MAX_AUDIT_EVENTS: u64 = 10_000;
@@ -343,7 +375,7 @@ pub struct DesiredDeployment {
 pub struct DesiredState {
     /// The client.
     pub client: ClientId,
-    /// Current desired version (0 = never deployed).
+    /// Current desired version (1 = nothing ever deployed: the zero-deployment manifest).
     pub manifest_version: u64,
     /// Deployments sorted by id.
     pub deployments: Vec<DesiredDeployment>,
@@ -378,6 +410,9 @@ pub enum IngestOutcome {
     /// store): not stored, yet its seq counts as settled and is acknowledged,
     /// so the device's outbox drains instead of resending it for ever.
     Rejected(CapabilitiesRejection),
+    /// A status report for a deployment never assigned to the client: not
+    /// stored, settled and acknowledged like [`IngestOutcome::Rejected`].
+    NotAssigned(DeploymentId),
 }
 
 /// Result of storing a batch.
@@ -457,7 +492,7 @@ pub struct ClientStatus {
     pub name: String,
     /// Whether revoked.
     pub revoked: bool,
-    /// Current desired manifest version (0 = nothing deployed yet).
+    /// Current desired manifest version (1 = nothing deployed yet: the zero-deployment manifest).
     pub desired_version: u64,
     /// The last manifest version the device fully applied, from its newest
     /// `state` report; `None` before the first one.
@@ -527,6 +562,9 @@ pub enum ReportError {
         /// The client's current desired version.
         desired: u64,
     },
+    /// A status for a deployment never assigned to the client.
+    #[error("deployment {0} was never assigned to this client")]
+    NotAssigned(DeploymentId),
     /// No capabilities stored for the device.
     #[error("no capabilities stored for device {0}")]
     NoCapabilities(DeviceId),
@@ -619,6 +657,7 @@ impl Store {
             txn.open_table(BLOBS)?;
             txn.open_table(DEPLOYMENTS)?;
             txn.open_table(MANIFEST_VERSIONS)?;
+            txn.open_table(ASSIGNED)?;
             txn.open_table(HWM)?;
             txn.open_table(ABOVE_HWM)?;
             txn.open_table(UPLINK_LOG)?;
@@ -960,6 +999,7 @@ impl Store {
             let mut blobs = txn.open_table(BLOBS)?;
             let mut deployments = txn.open_table(DEPLOYMENTS)?;
             let mut versions = txn.open_table(MANIFEST_VERSIONS)?;
+            let mut assigned = txn.open_table(ASSIGNED)?;
             let mut changed = Vec::new();
             for doc in docs {
                 let digest = doc.digest().to_string();
@@ -982,6 +1022,7 @@ impl Store {
                     (client.as_str(), doc.id.as_str()),
                     encode("deployments", &entry)?.as_slice(),
                 )?;
+                assigned.insert((client.as_str(), doc.id.as_str()), ())?;
                 changed.push(doc.id.clone());
             }
             let count = deployments
@@ -999,10 +1040,7 @@ impl Store {
                     max: margo_schemas::manifest::MAX_DEPLOYMENTS,
                 });
             }
-            let current = versions
-                .get(client.as_str())?
-                .map(|v| v.value())
-                .unwrap_or(0);
+            let current = desired_version(versions.get(client.as_str())?.map(|v| v.value()));
             let manifest_version = if changed.is_empty() {
                 current
             } else {
@@ -1024,6 +1062,7 @@ impl Store {
             Self::live_client(&txn, client)?;
             let mut deployments = txn.open_table(DEPLOYMENTS)?;
             let mut versions = txn.open_table(MANIFEST_VERSIONS)?;
+            let mut assigned = txn.open_table(ASSIGNED)?;
             let removed = deployments
                 .remove((client.as_str(), deployment.as_str()))?
                 .is_some();
@@ -1033,11 +1072,9 @@ impl Store {
                     deployment: deployment.clone(),
                 });
             }
-            let next = versions
-                .get(client.as_str())?
-                .map(|v| v.value())
-                .unwrap_or(0)
-                + 1;
+            // Kept as assigned: the device still reports it while removing it.
+            assigned.insert((client.as_str(), deployment.as_str()), ())?;
+            let next = desired_version(versions.get(client.as_str())?.map(|v| v.value())) + 1;
             versions.insert(client.as_str(), next)?;
             next
         };
@@ -1070,11 +1107,11 @@ impl Store {
                 .ok_or_else(|| corrupt(format!("blob {} is missing", entry.digest)))?;
             out.push(DesiredDeployment { id, digest, yaml });
         }
-        let manifest_version = txn
-            .open_table(MANIFEST_VERSIONS)?
-            .get(client.as_str())?
-            .map(|v| v.value())
-            .unwrap_or(0);
+        let manifest_version = desired_version(
+            txn.open_table(MANIFEST_VERSIONS)?
+                .get(client.as_str())?
+                .map(|v| v.value()),
+        );
         let acked_seq = txn
             .open_table(HWM)?
             .get(client.as_str())?
@@ -1094,11 +1131,11 @@ impl Store {
     /// The ack `client` should see now.
     pub fn ack_for(&self, client: &ClientId) -> Result<Ack> {
         let txn = self.db.begin_read()?;
-        let manifest_version = txn
-            .open_table(MANIFEST_VERSIONS)?
-            .get(client.as_str())?
-            .map(|v| v.value())
-            .unwrap_or(0);
+        let manifest_version = desired_version(
+            txn.open_table(MANIFEST_VERSIONS)?
+                .get(client.as_str())?
+                .map(|v| v.value()),
+        );
         let acked_seq = txn
             .open_table(HWM)?
             .get(client.as_str())?
@@ -1120,7 +1157,9 @@ impl Store {
             .map(|client| {
                 Ok(Ack {
                     acked_seq: hwm.get(client.as_str())?.map_or(0, |v| v.value()),
-                    manifest_version: versions.get(client.as_str())?.map_or(0, |v| v.value()),
+                    manifest_version: desired_version(
+                        versions.get(client.as_str())?.map(|v| v.value()),
+                    ),
                 })
             })
             .collect()
@@ -1192,6 +1231,8 @@ impl Store {
             let mut caps_latest = txn.open_table(CAPS_LATEST)?;
             let mut caps_history = txn.open_table(CAPS_HISTORY)?;
             let mut runtime_table = txn.open_table(RUNTIME)?;
+            let assigned = txn.open_table(ASSIGNED)?;
+            let deployments = txn.open_table(DEPLOYMENTS)?;
             let mut runtimes: BTreeMap<ClientId, ClientRuntime> = BTreeMap::new();
             let mut hwms: BTreeMap<ClientId, u64> = BTreeMap::new();
             // Whether each client of the batch is live: read and decoded
@@ -1271,8 +1312,20 @@ impl Store {
                     }
                     _ => None,
                 };
+                let unassigned = match (&env.msg, duplicate) {
+                    (Message::Status(report), false) => {
+                        let dep = &report.status.deployment_id;
+                        (!ever_assigned(&assigned, &deployments, &status_latest, c, dep.as_str())?)
+                            .then(|| dep.clone())
+                    }
+                    _ => None,
+                };
                 if duplicate {
                     result.outcomes.push(IngestOutcome::Duplicate);
+                } else if let Some(deployment) = unassigned {
+                    // Settled (acknowledged) but not stored.
+                    above.insert((c, seq), ())?;
+                    result.outcomes.push(IngestOutcome::NotAssigned(deployment));
                 } else if let Some(rejection) = rejection {
                     // Settled (acknowledged) but not stored.
                     above.insert((c, seq), ())?;
@@ -1447,12 +1500,28 @@ impl Store {
         let dep = status.deployment_id.as_str();
         let txn = self.db.begin_write()?;
         let outcome = {
-            let desired = txn
-                .open_table(MANIFEST_VERSIONS)?
-                .get(c)?
-                .map(|v| v.value())
-                .unwrap_or(0);
+            // The client first (unknown 404, revoked 403), then the
+            // deployment; an error drops the whole transaction.
+            Self::http_reporter(&txn, client, received_ms, |rt| {
+                if let Some(v) = adopted {
+                    rt.status_hint = Some(rt.status_hint.unwrap_or(0).max(v));
+                }
+            })?;
+            let desired = desired_version(
+                txn.open_table(MANIFEST_VERSIONS)?
+                    .get(c)?
+                    .map(|v| v.value()),
+            );
             let mut status_latest = txn.open_table(STATUS_LATEST)?;
+            if !ever_assigned(
+                &txn.open_table(ASSIGNED)?,
+                &txn.open_table(DEPLOYMENTS)?,
+                &status_latest,
+                c,
+                dep,
+            )? {
+                return Err(ReportError::NotAssigned(status.deployment_id.clone()));
+            }
             let previous = status_latest
                 .get((c, dep))?
                 .map(|v| decode::<LatestStatus>("status_latest", v.value()))
@@ -1477,11 +1546,6 @@ impl Store {
             let seq = previous.as_ref().map_or(0, |p| p.seq);
             let latest = LatestStatus::of(&report, seq, received_ms);
             status_latest.insert((c, dep), encode("status_latest", &latest)?.as_slice())?;
-            Self::http_reporter(&txn, client, received_ms, |rt| {
-                if let Some(v) = adopted {
-                    rt.status_hint = Some(rt.status_hint.unwrap_or(0).max(v));
-                }
-            })?;
             if previous.is_some() {
                 ReportOutcome::Replaced
             } else {
@@ -1694,11 +1758,11 @@ impl Store {
             .get(c)?
             .map(|v| decode("state_latest", v.value()))
             .transpose()?;
-        let desired_version = txn
-            .open_table(MANIFEST_VERSIONS)?
-            .get(c)?
-            .map(|v| v.value())
-            .unwrap_or(0);
+        let desired_version = desired_version(
+            txn.open_table(MANIFEST_VERSIONS)?
+                .get(c)?
+                .map(|v| v.value()),
+        );
         let acked_seq = txn.open_table(HWM)?.get(c)?.map(|v| v.value()).unwrap_or(0);
 
         let mut views: BTreeMap<String, DeploymentView> = BTreeMap::new();
@@ -1955,13 +2019,14 @@ mod tests {
         let outcomes = store
             .deploy_many(&selected, &[doc("a", "1")])
             .expect("deploy many");
-        assert!(outcomes.iter().all(|o| o.manifest_version == 1));
+        // Version 1 is the zero-deployment manifest: the first deploy makes 2.
+        assert!(outcomes.iter().all(|o| o.manifest_version == 2));
         let outcomes = store
             .deploy_many(&selected, &[doc("a", "2")])
             .expect("update many");
         assert!(outcomes
             .iter()
-            .all(|o| o.manifest_version == 2 && o.changed.len() == 1));
+            .all(|o| o.manifest_version == 3 && o.changed.len() == 1));
         // A revoked client in the list fails the whole call; nothing changes.
         let mut with_revoked = selected.clone();
         with_revoked.push(revoked);
@@ -1971,7 +2036,7 @@ mod tests {
         ));
         assert_eq!(
             store.desired_state(&first).expect("state").manifest_version,
-            2
+            3
         );
     }
 
@@ -1981,19 +2046,22 @@ mod tests {
         let out = store
             .deploy(&id, &[doc("a", "1"), doc("b", "1")])
             .expect("deploy");
-        assert_eq!(out.manifest_version, 1);
+        assert_eq!(
+            out.manifest_version, 2,
+            "the first deploy follows version 1"
+        );
         assert_eq!(out.changed.len(), 2);
         let again = store.deploy(&id, &[doc("a", "1")]).expect("same again");
-        assert_eq!(again.manifest_version, 1);
+        assert_eq!(again.manifest_version, 2);
         assert!(again.changed.is_empty());
         let update = store
             .deploy(&id, &[doc("a", "2"), doc("b", "1")])
             .expect("update");
-        assert_eq!(update.manifest_version, 2);
+        assert_eq!(update.manifest_version, 3);
         assert_eq!(update.changed, vec![DeploymentId::new("a").expect("id")]);
 
         let desired = store.desired_state(&id).expect("desired");
-        assert_eq!(desired.manifest_version, 2);
+        assert_eq!(desired.manifest_version, 3);
         assert_eq!(desired.deployments.len(), 2);
         assert_eq!(desired.deployments[0].id.as_str(), "a");
         assert_eq!(desired.deployments[0].yaml, doc("a", "2").bytes());
@@ -2007,15 +2075,114 @@ mod tests {
             .deploy(&id, &[doc("a", "1"), doc("b", "1")])
             .expect("deploy");
         let a = DeploymentId::new("a").expect("id");
-        assert_eq!(store.undeploy(&id, &a).expect("undeploy"), 2);
+        assert_eq!(store.undeploy(&id, &a).expect("undeploy"), 3);
         assert!(matches!(
             store.undeploy(&id, &a),
             Err(StoreError::NotDeployed { .. })
         ));
         let desired = store.desired_state(&id).expect("desired");
-        assert_eq!(desired.manifest_version, 2);
+        assert_eq!(desired.manifest_version, 3);
         assert_eq!(desired.deployments.len(), 1);
-        assert_eq!(desired.ack.manifest_version, 2);
+        assert_eq!(desired.ack.manifest_version, 3);
+    }
+
+    #[test]
+    fn nothing_assigned_is_version_1_with_no_deployments() {
+        let (_dir, store, id) = open();
+        let desired = store.desired_state(&id).expect("desired");
+        assert_eq!(desired.manifest_version, 1);
+        assert!(desired.deployments.is_empty());
+        assert_eq!(desired.ack.manifest_version, 1);
+        assert_eq!(store.ack_for(&id).expect("ack").manifest_version, 1);
+        assert_eq!(
+            store.acks_for(std::slice::from_ref(&id)).expect("acks")[0].manifest_version,
+            1
+        );
+        let view = store.client_status(&id, now_ms()).expect("status");
+        assert_eq!(view.desired_version, 1);
+        // A database from before this reading: a stored 1 with a deployment
+        // stays 1, and the next change makes 2.
+        assert_eq!(desired_version(None), 1);
+        assert_eq!(desired_version(Some(0)), 1);
+        assert_eq!(desired_version(Some(1)), 1);
+        assert_eq!(desired_version(Some(7)), 7);
+    }
+
+    fn status_item(client: &ClientId, seq: u64, deployment: &str) -> UplinkItem {
+        UplinkItem::Message(Box::new(Envelope::new(
+            client.clone(),
+            seq,
+            1,
+            Message::Status(StatusReport {
+                adopted_manifest_version: 2,
+                status: DeploymentStatus::new(
+                    DeploymentId::new(deployment).expect("id"),
+                    vec![ComponentStatus {
+                        name: "web".into(),
+                        state: DeploymentState::Removed,
+                        error: None,
+                    }],
+                    None,
+                ),
+            }),
+        )))
+    }
+
+    #[test]
+    fn status_of_a_deployment_never_assigned_is_settled_not_stored() {
+        let (_dir, store, id) = open();
+        store
+            .deploy(&id, &[doc("a", "1"), doc("b", "1")])
+            .expect("deploy");
+        let b = DeploymentId::new("b").expect("id");
+        store.undeploy(&id, &b).expect("undeploy");
+        let r = store
+            .ingest(&[
+                status_item(&id, 1, "never"),
+                status_item(&id, 2, "a"),
+                status_item(&id, 3, "b"),
+            ])
+            .expect("ingest");
+        assert_eq!(
+            r.outcomes,
+            vec![
+                IngestOutcome::NotAssigned(DeploymentId::new("never").expect("id")),
+                IngestOutcome::Stored,
+                IngestOutcome::Stored,
+            ],
+            "an undeployed deployment is still reported (removing/removed)"
+        );
+        // Settled: acknowledged, so the device's outbox drains.
+        assert!(r.ack.contains(&id));
+        assert_eq!(store.ack_for(&id).expect("ack").acked_seq, 3);
+        let view = store.client_status(&id, now_ms()).expect("status");
+        let ids: Vec<&str> = view
+            .deployments
+            .iter()
+            .map(|d| d.deployment_id.as_str())
+            .collect();
+        assert_eq!(ids, vec!["a", "b"]);
+        // Resent: a duplicate, not refused again.
+        let r = store
+            .ingest(&[status_item(&id, 1, "never")])
+            .expect("ingest");
+        assert_eq!(r.outcomes, vec![IngestOutcome::Duplicate]);
+
+        // Over HTTP: refused, never stored; an undeployed one accepted.
+        let never = DeploymentStatus::new(DeploymentId::new("never").expect("id"), vec![], None);
+        assert!(matches!(
+            store.record_http_status(&id, &never, None),
+            Err(ReportError::NotAssigned(d)) if d.as_str() == "never"
+        ));
+        let removed = DeploymentStatus::new(b.clone(), vec![], None);
+        assert!(store.record_http_status(&id, &removed, Some(3)).is_ok());
+        // Another client's deployment is not this one's.
+        let other = ClientId::generate();
+        store.add_client(&other, "dev-2", b"cert").expect("add");
+        assert!(matches!(
+            store.record_http_status(&other, &removed, None),
+            Err(ReportError::NotAssigned(_))
+        ));
     }
 
     #[test]
@@ -2105,7 +2272,7 @@ mod tests {
                 seq,
                 1,
                 Message::Status(StatusReport {
-                    adopted_manifest_version: 1,
+                    adopted_manifest_version: 2,
                     status: DeploymentStatus::new(
                         DeploymentId::new("a").expect("id"),
                         vec![ComponentStatus {
@@ -2142,9 +2309,9 @@ mod tests {
         assert!(r.sync.contains(&id));
         let view = store.client_status(&id, now_ms()).expect("status");
         assert_eq!(view.presence, "online");
-        assert_eq!(view.desired_version, 1);
+        assert_eq!(view.desired_version, 2);
         assert_eq!(view.adopted_version, None, "only a state report adopts");
-        assert_eq!(view.applying_version, Some(1));
+        assert_eq!(view.applying_version, Some(2));
         assert_eq!(view.acked_seq, 2);
         assert_eq!(view.deployments.len(), 1);
         let d = &view.deployments[0];
@@ -2345,11 +2512,11 @@ mod tests {
             let store = Store::open(&path).expect("open");
             store.add_client(&id, "dev", b"cert").expect("add");
             store.deploy(&id, &[doc("a", "1")]).expect("deploy");
-            store.ingest(&[state(&id, 1, 0, 1)]).expect("ingest");
+            store.ingest(&[state(&id, 1, 0, 2)]).expect("ingest");
         }
         let store = Store::open(&path).expect("reopen");
         let desired = store.desired_state(&id).expect("desired");
-        assert_eq!(desired.manifest_version, 1);
+        assert_eq!(desired.manifest_version, 2);
         assert_eq!(desired.ack.acked_seq, 1);
     }
 }

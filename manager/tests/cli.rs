@@ -170,7 +170,7 @@ fn init_then_serve_then_margoctl() {
     let out = margoctl(&data, &["deploy", "line-3", good.to_str().expect("utf8")]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("manifest version 1"),
+        String::from_utf8_lossy(&out.stdout).contains("manifest version 2"),
         "{}",
         text(&out)
     );
@@ -268,7 +268,7 @@ fn init_then_serve_then_margoctl() {
     assert!(out.status.success(), "{}", text(&out));
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(status[0]["name"], "line-3");
-    assert_eq!(status[0]["desiredVersion"], 1);
+    assert_eq!(status[0]["desiredVersion"], 2);
     assert_eq!(status[0]["availability"], "offline");
     assert_eq!(
         status[0]["deployments"][0]["deploymentId"],
@@ -343,7 +343,7 @@ fn init_then_serve_then_margoctl() {
     );
     let out = margoctl(&data, &["status", "cell-2", "--json"]);
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(status[0]["desiredVersion"], 1);
+    assert_eq!(status[0]["desiredVersion"], 2);
 
     // SIGTERM → clean exit 0.
     let mut child = child;

@@ -177,7 +177,7 @@ impl Device {
             seq,
             1,
             Message::Status(StatusReport {
-                adopted_manifest_version: 1,
+                adopted_manifest_version: 2,
                 status: DeploymentStatus::new(
                     DeploymentId::new(DEPLOYMENT_ID).expect("id"),
                     vec![ComponentStatus {
@@ -249,12 +249,13 @@ async fn deploy_status_ack_bad_signature_and_restart() {
         "{bad}"
     );
 
-    // Deploy → retained signed deployment + manifest + ack arrive.
+    // Deploy → retained signed deployment + manifest + ack arrive. Version
+    // 1 is the zero-deployment manifest, so the first deploy makes 2.
     let r = admin
         .deploy("press-7", vec![yaml("1")])
         .await
         .expect("deploy");
-    assert_eq!(r.manifest_version, 1);
+    assert_eq!(r.manifest_version, 2);
     let expected_digest = margo_schemas::digest::Digest::of(yaml("1").as_bytes());
     let body = device
         .expect("deployment body", |m| match m {
@@ -265,12 +266,12 @@ async fn deploy_status_ack_bad_signature_and_restart() {
     assert_eq!(body.digest, expected_digest);
     assert_eq!(body.yaml, yaml("1").as_bytes());
     let manifest = device
-        .expect("manifest v1", |m| match m {
+        .expect("manifest v2", |m| match m {
             Message::Manifest(m) => Some(m.clone()),
             _ => None,
         })
         .await;
-    assert_eq!(manifest.manifest_version, 1);
+    assert_eq!(manifest.manifest_version, 2);
     assert_eq!(manifest.deployments.len(), 1);
     assert_eq!(manifest.deployments[0].digest, expected_digest);
     assert_eq!(
@@ -278,7 +279,7 @@ async fn deploy_status_ack_bad_signature_and_restart() {
         Some(yaml("1").len() as u64)
     );
     device
-        .expect_ack("ack announcing v1", |a| a.manifest_version == 1)
+        .expect_ack("ack announcing v2", |a| a.manifest_version == 2)
         .await;
 
     // A signed status is stored and acked.
@@ -297,7 +298,7 @@ async fn deploy_status_ack_bad_signature_and_restart() {
         ack,
         Ack {
             acked_seq: 1,
-            manifest_version: 1
+            manifest_version: 2
         }
     );
 
@@ -349,7 +350,7 @@ async fn deploy_status_ack_bad_signature_and_restart() {
     let view = admin.status(Some("press-7")).await.expect("status");
     let view = &view[0];
     assert_eq!(view.client_id, device.id);
-    assert_eq!(view.desired_version, 1);
+    assert_eq!(view.desired_version, 2);
     assert_eq!(view.acked_seq, 1);
     assert_eq!(view.presence, "online");
     assert_eq!(view.deployments.len(), 1);
@@ -373,23 +374,23 @@ async fn deploy_status_ack_bad_signature_and_restart() {
             _ => None,
         })
         .await;
-    assert_eq!(manifest.manifest_version, 1);
+    assert_eq!(manifest.manifest_version, 2);
     device
         .expect_ack("republished ack", |a| {
-            a.acked_seq == 1 && a.manifest_version == 1
+            a.acked_seq == 1 && a.manifest_version == 2
         })
         .await;
 
-    // Undeploy clears the retained deployment and announces v2.
+    // Undeploy clears the retained deployment and announces v3.
     let r = manager
         .admin()
         .undeploy("press-7", DEPLOYMENT_ID)
         .await
         .expect("undeploy");
-    assert_eq!(r.manifest_version, 2);
+    assert_eq!(r.manifest_version, 3);
     let manifest = device
-        .expect("manifest v2", |m| match m {
-            Message::Manifest(m) if m.manifest_version == 2 => Some(m.clone()),
+        .expect("manifest v3", |m| match m {
+            Message::Manifest(m) if m.manifest_version == 3 => Some(m.clone()),
             _ => None,
         })
         .await;
@@ -400,6 +401,114 @@ async fn deploy_status_ack_bad_signature_and_restart() {
         .await
         .expect_err("second undeploy");
     assert_eq!(missing.status(), Some(404));
+    manager.shutdown().await;
+}
+
+/// A client with nothing assigned has desired state version 1 with no
+/// deployments (Margo desired-state.md: the first manifest MUST use version
+/// 1); a fresh device's sync gets it on `R/desired/manifest`, so it learns it
+/// is in sync. A status for a deployment never assigned is settled (acked)
+/// but not stored; the first deploy then makes version 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_client_gets_the_zero_deployment_manifest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manager = start(dir.path()).await;
+    let admin = manager.admin();
+    let bundle = admin.add_client("fresh-1", None).await.expect("add");
+    let mut device = Device::connect(manager.gateway_addr().expect("gateway"), &bundle, true).await;
+    let sync = Envelope::new(
+        device.id.clone(),
+        1,
+        1,
+        Message::Sync(margo_schemas::messages::SyncRequest {
+            reason: margo_schemas::messages::SyncReason::Startup,
+            adopted_manifest_version: 0,
+        }),
+    );
+    device
+        .publish_signed(topics::sync(&device.id), &sync, &device.key)
+        .await;
+    let manifest = device
+        .expect("zero-deployment manifest", |m| match m {
+            Message::Manifest(m) => Some(m.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(manifest.manifest_version, 1);
+    assert!(manifest.deployments.is_empty());
+    assert!(manifest.bundle.is_none());
+    manifest.validate().expect("a valid manifest");
+    device
+        .expect_ack("ack of the sync", |a| {
+            a.acked_seq == 1 && a.manifest_version == 1
+        })
+        .await;
+    let view = admin.status(Some("fresh-1")).await.expect("status");
+    assert_eq!(view[0].desired_version, 1);
+
+    // A status for a deployment never assigned: acked (the outbox drains),
+    // counted, audited, not stored.
+    let status = device.status(2, DeploymentState::Installed);
+    device
+        .publish_signed(
+            topics::status(&device.id, &DeploymentId::new(DEPLOYMENT_ID).expect("id")),
+            &status,
+            &device.key,
+        )
+        .await;
+    device
+        .expect_ack("ack settling the refused status", |a| a.acked_seq == 2)
+        .await;
+    let stats = manager.ingest_stats();
+    assert_eq!(stats.unassigned_status.load(Ordering::Relaxed), 1);
+    eventually("refusal audited", async || {
+        admin
+            .audit(10)
+            .await
+            .is_ok_and(|r| r.counts.get("unassigned-deployment") == Some(&1))
+    })
+    .await;
+    let view = admin.status(Some("fresh-1")).await.expect("status");
+    assert!(view[0].deployments.is_empty(), "{:?}", view[0].deployments);
+    let kinds: Vec<String> = admin
+        .uplink("fresh-1")
+        .await
+        .expect("uplink")
+        .into_iter()
+        .map(|u| u.kind)
+        .collect();
+    assert_eq!(kinds, vec!["sync"]);
+
+    // The first deploy is version 2; now the status is accepted.
+    let r = admin
+        .deploy("fresh-1", vec![yaml("1")])
+        .await
+        .expect("deploy");
+    assert_eq!(r.manifest_version, 2);
+    device
+        .expect("manifest v2", |m| match m {
+            Message::Manifest(m) if m.manifest_version == 2 => Some(()),
+            _ => None,
+        })
+        .await;
+    let status = device.status(3, DeploymentState::Installed);
+    device
+        .publish_signed(
+            topics::status(&device.id, &DeploymentId::new(DEPLOYMENT_ID).expect("id")),
+            &status,
+            &device.key,
+        )
+        .await;
+    device
+        .expect_ack("ack of the stored status", |a| a.acked_seq == 3)
+        .await;
+    let view = admin.status(Some("fresh-1")).await.expect("status");
+    assert_eq!(view[0].deployments.len(), 1);
+    assert_eq!(
+        view[0].deployments[0].state,
+        Some(DeploymentState::Installed)
+    );
+    assert_eq!(stats.unassigned_status.load(Ordering::Relaxed), 1);
     manager.shutdown().await;
 }
 
@@ -415,7 +524,7 @@ async fn sync_republishes_and_unknown_topics_are_dropped() {
         .expect("deploy");
     let mut device = Device::connect(manager.gateway_addr().expect("gateway"), &bundle, true).await;
     device
-        .expect_ack("first ack", |a| a.manifest_version == 1)
+        .expect_ack("first ack", |a| a.manifest_version == 2)
         .await;
     let sync = Envelope::new(
         device.id.clone(),
@@ -532,7 +641,7 @@ async fn external_broker_mode_uses_the_same_code_path() {
     };
     device
         .expect("retained manifest from the external broker", |m| match m {
-            Message::Manifest(m) if m.manifest_version == 1 => Some(()),
+            Message::Manifest(m) if m.manifest_version == 2 => Some(()),
             _ => None,
         })
         .await;
@@ -563,7 +672,7 @@ async fn revoked_clients_are_cut_off_and_refused() {
         .expect("deploy");
     let mut device = Device::connect(manager.gateway_addr().expect("gateway"), &bundle, true).await;
     device
-        .expect_ack("ack before revocation", |a| a.manifest_version == 1)
+        .expect_ack("ack before revocation", |a| a.manifest_version == 2)
         .await;
     let revoked = admin.revoke("old-1").await.expect("revoke");
     assert!(revoked.revoked);

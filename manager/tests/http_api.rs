@@ -262,9 +262,35 @@ async fn desired_state_over_http_matches_mqtt() {
     let bundle = admin.add_client("press-1", None).await.expect("provision");
     let device = Device::new(manager.http_addr().expect("HTTPS"), &bundle);
 
-    // Nothing deployed yet: no manifest (versions start at 1).
+    // Nothing deployed yet: the zero-deployment manifest, version 1
+    // (desired-state.md: "The first manifest for a given client MUST use the
+    // value 1"; zero deployments → `bundle` present and null), on both
+    // transports, with the usual ETag and 304.
+    let (zero_reply, zero) = http_manifest(&device).await;
+    assert_eq!(zero.manifest_version, 1);
+    assert!(zero.deployments.is_empty());
+    assert!(zero.bundle.is_none());
+    let zero_json: serde_json::Value = serde_json::from_slice(&zero_reply.body).expect("json");
+    assert_eq!(
+        zero_json,
+        serde_json::json!({"manifestVersion": 1, "bundle": null, "deployments": []})
+    );
+    assert_eq!(
+        zero_reply.header("content-type").as_deref(),
+        Some(MEDIA_TYPE)
+    );
+    let zero_etag = zero_reply.header("etag").expect("ETag");
+    assert_eq!(zero_etag, format!("\"{}\"", Digest::of(&zero_reply.body)));
+    let unchanged = device
+        .get(
+            &device.path("/deployments"),
+            &[("if-none-match", &zero_etag)],
+        )
+        .await;
+    assert_eq!(unchanged.status, StatusCode::NOT_MODIFIED);
+    // No bundle to serve: any digest is 404.
     device
-        .get(&device.path("/deployments"), &[])
+        .get(&device.path(&format!("/bundles/{}", Digest::of(b""))), &[])
         .await
         .problem(StatusCode::NOT_FOUND);
 
@@ -276,6 +302,10 @@ async fn desired_state_over_http_matches_mqtt() {
         .deploy(bundle.client_id.as_str(), docs.to_vec())
         .await
         .expect("deploy");
+    assert_eq!(
+        deployed.manifest_version, 2,
+        "the first deploy follows version 1"
+    );
     let (reply, manifest) = http_manifest(&device).await;
 
     // Same version, ids, digests and sizes as the retained MQTT manifest.
@@ -399,10 +429,13 @@ async fn desired_state_over_http_matches_mqtt() {
         )
         .await
         .problem(StatusCode::NOT_FOUND);
+    // Malformed digests (and deployment ids) name nothing the manager has:
+    // 404, the only refusal desired-state.md lists for this endpoint.
     for bad in [
         format!("sha512:{}", unknown.hex()),
         "sha256:XYZ".to_string(),
         unknown.hex(),
+        format!("SHA256:{}", a.digest.hex()),
     ] {
         let detail = device
             .get(
@@ -410,9 +443,16 @@ async fn desired_state_over_http_matches_mqtt() {
                 &[],
             )
             .await
-            .problem(StatusCode::BAD_REQUEST);
+            .problem(StatusCode::NOT_FOUND);
         assert!(detail.contains("digest"), "{detail}");
     }
+    device
+        .get(
+            &device.path(&format!("/deployments/a%2Fb/{}", a.digest)),
+            &[],
+        )
+        .await
+        .problem(StatusCode::NOT_FOUND);
 
     // The bundle: its digest is the digest of the served bytes, and it holds
     // exactly the referenced YAMLs.
@@ -438,10 +478,16 @@ async fn desired_state_over_http_matches_mqtt() {
         .get(&device.path(&format!("/bundles/{unknown}")), &[])
         .await
         .problem(StatusCode::NOT_FOUND);
-    device
-        .get(&device.path("/bundles/md5:abc"), &[])
-        .await
-        .problem(StatusCode::BAD_REQUEST);
+    for bad in [
+        "md5:abc".to_string(),
+        bref.digest.hex(),
+        format!("sha256:{}", bref.digest.hex().to_uppercase()),
+    ] {
+        device
+            .get(&device.path(&format!("/bundles/{bad}")), &[])
+            .await
+            .problem(StatusCode::NOT_FOUND);
+    }
 
     // An update: new version on both transports, the old bundle is gone.
     let changed = admin
@@ -756,6 +802,16 @@ async fn reports_over_http_show_like_mqtt_and_every_refusal() {
         )
         .await
         .problem(StatusCode::CONFLICT);
+    // 404: a status for a deployment never assigned to this client (R6),
+    // over either path id; nothing stored.
+    device
+        .post_json(
+            Method::POST,
+            &device.path(&format!("/deployments/{DEP_B}/status")),
+            &status_body(DEP_B, "installed", Some(v + 1)),
+        )
+        .await
+        .problem(StatusCode::NOT_FOUND);
     let still = admin
         .status(Some(bundle.client_id.as_str()))
         .await
@@ -765,6 +821,10 @@ async fn reports_over_http_show_like_mqtt_and_every_refusal() {
         "nothing stored on refusal"
     );
     assert_ne!(before[0].deployments, after_update[0].deployments);
+    assert!(still[0]
+        .deployments
+        .iter()
+        .all(|d| d.deployment_id.as_str() != DEP_B));
 
     // Reads: unsigned → 400 (require_signed_reads), malformed client id → 400,
     // unknown client → 404, unknown route → 404 problem, wrong method → 405.
@@ -796,6 +856,33 @@ async fn reports_over_http_show_like_mqtt_and_every_refusal() {
         )
         .await
         .problem(StatusCode::METHOD_NOT_ALLOWED);
+
+    // An undeployed deployment is still reported while the device removes
+    // it: accepted (200), shown as no longer desired.
+    let removed_version = admin
+        .undeploy(bundle.client_id.as_str(), DEP_A)
+        .await
+        .expect("undeploy")
+        .manifest_version;
+    device
+        .post_json(
+            Method::POST,
+            &status_path,
+            &status_body(DEP_A, "removed", Some(removed_version)),
+        )
+        .await
+        .ok();
+    let fleet = admin
+        .status(Some(bundle.client_id.as_str()))
+        .await
+        .expect("status");
+    let view = fleet[0]
+        .deployments
+        .iter()
+        .find(|d| d.deployment_id.as_str() == DEP_A)
+        .expect("removed deployment still shown");
+    assert_eq!(view.state.map(|s| s.as_str()), Some("removed"));
+    assert!(view.desired_digest.is_none());
 
     // 403: revoked client, on reads and reports.
     admin

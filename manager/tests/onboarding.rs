@@ -477,7 +477,7 @@ async fn operator_approval_then_mqtt_then_capabilities_then_revocation() {
             _ => None,
         })
         .await;
-    assert_eq!(version, 1);
+    assert_eq!(version, 2, "version 1 is the zero-deployment manifest");
 
     // Capabilities: a child before its parent is refused; parent, then
     // child, are stored; an invalid manifest is refused naming the field.
@@ -506,7 +506,7 @@ async fn operator_approval_then_mqtt_then_capabilities_then_revocation() {
         })
         .collect();
     assert_eq!(stored, BTreeMap::from([("gw", "4Gi"), ("gw/a", "2Gi")]));
-    assert_eq!(details.status.desired_version, 1);
+    assert_eq!(details.status.desired_version, 2);
     assert_eq!(details.client.name, "press-7");
     let health = admin.health().await.expect("health");
     assert_eq!(health.ingest.get("childBeforeParent"), Some(&1));

@@ -767,7 +767,8 @@ pub const SCENARIO_D1: &str = "11111111-1111-4111-8111-111111111111";
 pub const SCENARIO_D2: &str = "22222222-2222-4222-8222-222222222222";
 
 /// The desired-state loop on every client in `names`: deploy two deployments
-/// (v1), update one (v2), undeploy the other (v3), waiting after each step
+/// (v2; v1 is the zero-deployment manifest), update one (v3), undeploy the
+/// other (v4), waiting after each step
 /// until the manager's status shows every device converged. Document files
 /// go to `files`. Shared by the embedded-broker and Mosquitto tests so both
 /// brokers are held to the same scenario.
@@ -792,7 +793,7 @@ pub async fn deploy_update_undeploy(
         manager.ctl(&["deploy", n, &a1, &b1])?;
     }
     let both = [(d1, "installed"), (d2, "installed")];
-    wait_converged(manager, names, 1, &both, timeout).await?;
+    wait_converged(manager, names, 2, &both, timeout).await?;
 
     let a2 = write_file(
         files,
@@ -802,7 +803,7 @@ pub async fn deploy_update_undeploy(
     for n in names {
         manager.ctl(&["deploy", n, &a2])?;
     }
-    wait_converged(manager, names, 2, &both, timeout).await?;
+    wait_converged(manager, names, 3, &both, timeout).await?;
 
     for n in names {
         manager.ctl(&["undeploy", n, d2])?;
@@ -810,7 +811,7 @@ pub async fn deploy_update_undeploy(
     wait_converged(
         manager,
         names,
-        3,
+        4,
         &[(d1, "installed"), (d2, "removed")],
         timeout,
     )

@@ -40,7 +40,7 @@ async fn broker_restart_loses_nothing() -> Result<()> {
     for n in names {
         manager.ctl(&["deploy", n, &a])?;
     }
-    wait_converged(&manager, &names, 1, &[(D1, "installed")], CONVERGE).await?;
+    wait_converged(&manager, &names, 2, &[(D1, "installed")], CONVERGE).await?;
 
     // site-b goes away; v2 is queued for it in its broker session.
     assert!(agents[1].stop(), "site-b stops cleanly");
@@ -52,7 +52,7 @@ async fn broker_restart_loses_nothing() -> Result<()> {
     for n in names {
         manager.ctl(&["deploy", n, &a2])?;
     }
-    wait_converged(&manager, &["site-a"], 2, &[(D1, "installed")], CONVERGE).await?;
+    wait_converged(&manager, &["site-a"], 3, &[(D1, "installed")], CONVERGE).await?;
 
     // Kill the broker with that queue, deploy while it is down, bring it back empty.
     broker.kill();
@@ -70,7 +70,7 @@ async fn broker_restart_loses_nothing() -> Result<()> {
     wait_converged(
         &manager,
         &names,
-        3,
+        4,
         &[(D1, "installed"), (D2, "installed")],
         CONVERGE,
     )
@@ -83,7 +83,7 @@ async fn broker_restart_loses_nothing() -> Result<()> {
     wait_converged(
         &manager,
         &names,
-        4,
+        5,
         &[(D1, "removed"), (D2, "installed")],
         CONVERGE,
     )

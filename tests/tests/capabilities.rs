@@ -147,7 +147,7 @@ async fn reported_once_shown_and_sent_again_only_when_changed() -> Result<()> {
         &deployment_yaml(D1, "alpha", &["web"], 1),
     )?;
     manager.ctl(&["deploy", "cell-7", &v1])?;
-    wait_converged(&manager, &["cell-7"], 1, &[(D1, "installed")], CONVERGE).await?;
+    wait_converged(&manager, &["cell-7"], 2, &[(D1, "installed")], CONVERGE).await?;
     wait_all_acked(&manager, "cell-7").await?;
     assert_eq!(capabilities_sent(&manager, "cell-7").await?, 1);
 
@@ -160,7 +160,7 @@ async fn reported_once_shown_and_sent_again_only_when_changed() -> Result<()> {
         &deployment_yaml(D1, "alpha", &["web"], 2),
     )?;
     manager.ctl(&["deploy", "cell-7", &v2])?;
-    wait_converged(&manager, &["cell-7"], 2, &[(D1, "installed")], CONVERGE).await?;
+    wait_converged(&manager, &["cell-7"], 3, &[(D1, "installed")], CONVERGE).await?;
     wait_all_acked(&manager, "cell-7").await?;
     assert_eq!(
         capabilities_sent(&manager, "cell-7").await?,
@@ -201,7 +201,7 @@ async fn reported_once_shown_and_sent_again_only_when_changed() -> Result<()> {
         &deployment_yaml(D1, "alpha", &["web"], 3),
     )?;
     manager.ctl(&["deploy", "cell-7", &v3])?;
-    wait_converged(&manager, &["cell-7"], 3, &[(D1, "installed")], CONVERGE).await?;
+    wait_converged(&manager, &["cell-7"], 4, &[(D1, "installed")], CONVERGE).await?;
     wait_all_acked(&manager, "cell-7").await?;
     assert_eq!(
         capabilities_sent(&manager, "cell-7").await?,

@@ -5,8 +5,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::Result;
-use margo_tests::fleet::{deploy_update_undeploy, AgentProc, ManagerProc};
+use anyhow::{Context, Result};
+use margo_tests::fleet::{
+    client_status, deploy_update_undeploy, wait_converged, AgentProc, ManagerProc,
+};
 
 const CONVERGE: Duration = Duration::from_secs(60);
 
@@ -37,6 +39,18 @@ async fn deploy_update_undeploy_on_three_agents() -> Result<()> {
     let manager = ManagerProc::start(dir.path(), "")?;
     let names = ["press-1", "press-2", "press-3"];
     let _agents = provision_agents(dir.path(), &manager, &names, "")?;
+
+    // Fresh agents learn they are in sync: each adopts the zero-deployment
+    // manifest (version 1, no deployments) the manager publishes on their
+    // start-up sync, and reports it.
+    wait_converged(&manager, &names, 1, &[], CONVERGE).await?;
+    let status = manager.status()?;
+    for n in names {
+        let c = client_status(&status, n).with_context(|| format!("{n} in status"))?;
+        assert_eq!(c["desiredVersion"], 1, "{c:#}");
+        assert_eq!(c["adoptedVersion"], 1, "{c:#}");
+        assert_eq!(c["deployments"], serde_json::json!([]), "{c:#}");
+    }
 
     deploy_update_undeploy(&manager, &names, &dir.path().join("yaml"), CONVERGE).await?;
 

@@ -91,11 +91,11 @@ async fn two_days_of_downtime_mean_silence_then_one_download_of_the_latest() -> 
 
     // Before the downtime: connected (persistent, all day) and converged.
     deploy(1, false)?;
-    wait_converged(&manager, &["remote-1"], 1, &[(D1, "installed")], CONVERGE).await?;
+    wait_converged(&manager, &["remote-1"], 2, &[(D1, "installed")], CONVERGE).await?;
     // v2 takes 3 s to apply: accepted now, installed during the downtime.
     deploy(2, true)?;
     eventually(CONVERGE, "v2 accepted", || async {
-        Ok((agent.handle.snapshots.borrow().accepted_manifest_version == 2).then_some(()))
+        Ok((agent.handle.snapshots.borrow().accepted_manifest_version == 3).then_some(()))
     })
     .await?;
 
@@ -119,7 +119,7 @@ async fn two_days_of_downtime_mean_silence_then_one_download_of_the_latest() -> 
             .deployments
             .get(D1)
             .is_some_and(|d| d.state == margo_schemas::status::DeploymentState::Installed);
-        Ok((installed && s.adopted_manifest_version == 2 && s.outbox_len > 0).then_some(()))
+        Ok((installed && s.adopted_manifest_version == 3 && s.outbox_len > 0).then_some(()))
     })
     .await?;
 
@@ -145,12 +145,12 @@ async fn two_days_of_downtime_mean_silence_then_one_download_of_the_latest() -> 
         "nothing above debug logged inside the downtime: {noise:#?}"
     );
     assert!(agent.handle.snapshots.borrow().outbox_len > 0);
-    assert_eq!(agent.handle.snapshots.borrow().accepted_manifest_version, 2);
+    assert_eq!(agent.handle.snapshots.borrow().accepted_manifest_version, 3);
 
     // The downtime ends: one connection, one download of the final content.
     let before = agent.handle.stats.snapshot();
     agent.clock.set_unix_ms(at(down_end));
-    wait_converged(&manager, &["remote-1"], 22, &[(D1, "installed")], CONVERGE).await?;
+    wait_converged(&manager, &["remote-1"], 23, &[(D1, "installed")], CONVERGE).await?;
     let after = agent.handle.stats.snapshot();
     assert_eq!(
         after.deployments_cached - before.deployments_cached,

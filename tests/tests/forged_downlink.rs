@@ -43,7 +43,7 @@ async fn forged_replayed_and_tampered_downlink_is_rejected() -> Result<()> {
         &deployment_yaml(D1, "alpha", &["web"], 1),
     )?;
     manager.ctl(&["deploy", "line-9", &v1])?;
-    wait_converged(&manager, &["line-9"], 1, &[(D1, "installed")], CONVERGE).await?;
+    wait_converged(&manager, &["line-9"], 2, &[(D1, "installed")], CONVERGE).await?;
     let client = ClientId::new(
         client_status(&manager.status()?, "line-9").context("client")?["clientId"]
             .as_str()
@@ -75,7 +75,7 @@ async fn forged_replayed_and_tampered_downlink_is_rejected() -> Result<()> {
         &deployment_yaml(D1, "alpha", &["web"], 2),
     )?;
     manager.ctl(&["deploy", "line-9", &v2])?;
-    wait_converged(&manager, &["line-9"], 2, &[(D1, "installed")], CONVERGE).await?;
+    wait_converged(&manager, &["line-9"], 3, &[(D1, "installed")], CONVERGE).await?;
 
     // 1. Replay of the validly signed v1 manifest (rollback).
     rogue
@@ -148,8 +148,8 @@ async fn forged_replayed_and_tampered_downlink_is_rejected() -> Result<()> {
     let me = client_status(&status, "line-9").context("client status")?;
     assert_eq!(
         me["adoptedVersion"].as_u64(),
-        Some(2),
-        "device left v2: {me}"
+        Some(3),
+        "device left v3 (the second deploy): {me}"
     );
     let log = agent.proc.log_text();
     assert!(!log.contains("666"), "the forged deployment was applied");
@@ -161,6 +161,6 @@ async fn forged_replayed_and_tampered_downlink_is_rejected() -> Result<()> {
         &deployment_yaml(D1, "alpha", &["web"], 3),
     )?;
     manager.ctl(&["deploy", "line-9", &v3])?;
-    wait_converged(&manager, &["line-9"], 3, &[(D1, "installed")], CONVERGE).await?;
+    wait_converged(&manager, &["line-9"], 4, &[(D1, "installed")], CONVERGE).await?;
     Ok(())
 }

@@ -94,7 +94,7 @@ async fn an_http_agent_and_an_mqtt_agent_converge_side_by_side() -> Result<()> {
         manager.ctl(&["deploy", n, &a1, &b1])?;
     }
     let both = [(d1, "installed"), (d2, "installed")];
-    wait_reported(&manager, 1, &both).await?;
+    wait_reported(&manager, 2, &both).await?;
 
     let a2 = write_file(
         &files,
@@ -104,12 +104,12 @@ async fn an_http_agent_and_an_mqtt_agent_converge_side_by_side() -> Result<()> {
     for n in NAMES {
         manager.ctl(&["deploy", n, &a2])?;
     }
-    wait_reported(&manager, 2, &both).await?;
+    wait_reported(&manager, 3, &both).await?;
 
     for n in NAMES {
         manager.ctl(&["undeploy", n, d2])?;
     }
-    wait_reported(&manager, 3, &[(d1, "installed"), (d2, "removed")]).await?;
+    wait_reported(&manager, 4, &[(d1, "installed"), (d2, "removed")]).await?;
 
     // Both clients' statuses show in margoctl status, with the same digests.
     let status = manager.status()?;
@@ -117,7 +117,7 @@ async fn an_http_agent_and_an_mqtt_agent_converge_side_by_side() -> Result<()> {
         .iter()
         .map(|n| {
             let c = client_status(&status, n).expect("client in status");
-            assert_eq!(c["desiredVersion"], 3, "{c:#}");
+            assert_eq!(c["desiredVersion"], 4, "{c:#}");
             c["deployments"]
                 .as_array()
                 .expect("deployments")
@@ -147,7 +147,7 @@ async fn an_http_agent_and_an_mqtt_agent_converge_side_by_side() -> Result<()> {
         "no capabilities for the HTTP agent: {details:#}"
     );
 
-    // Stopped, both stores hold the same accepted manifest: version 3 and
+    // Stopped, both stores hold the same accepted manifest: version 4 and
     // the same transport-neutral digest, so they adopted the same content.
     let mut accepted = Vec::new();
     for agent in &mut agents {
@@ -159,7 +159,7 @@ async fn an_http_agent_and_an_mqtt_agent_converge_side_by_side() -> Result<()> {
             .with_context(|| format!("{} has no accepted manifest", agent.name))?;
         accepted.push((m.version(), m.digest, m.manifest.deployments.clone()));
     }
-    assert_eq!(accepted[0].0, 3);
+    assert_eq!(accepted[0].0, 4);
     assert_eq!(accepted[0], accepted[1], "MQTT and HTTP agents differ");
     let log = agents[1].log_text();
     assert!(

@@ -163,7 +163,7 @@ async fn operator_approves_a_waiting_device_which_then_runs_a_deployment() -> Re
     let files = dir.path().join("yaml");
     let a = write_file(&files, "a.yaml", &deployment_yaml(D1, "alpha", &["web"], 1))?;
     manager.ctl(&["deploy", "press-7", &a])?;
-    wait_converged(&manager, &["press-7"], 1, &[(D1, "installed")], CONVERGE).await?;
+    wait_converged(&manager, &["press-7"], 2, &[(D1, "installed")], CONVERGE).await?;
     let status = manager.status()?;
     let me = client_status(&status, "press-7").context("press-7 in status")?;
     assert_eq!(me["presence"], "online", "{me:#}");
@@ -196,7 +196,7 @@ async fn enrollment_token_approves_at_once_and_only_as_often_as_allowed() -> Res
     let files = dir.path().join("yaml");
     let a = write_file(&files, "a.yaml", &deployment_yaml(D1, "alpha", &["web"], 1))?;
     manager.ctl(&["deploy", "cell-a", &a])?;
-    wait_converged(&manager, &["cell-a"], 1, &[(D1, "installed")], CONVERGE).await?;
+    wait_converged(&manager, &["cell-a"], 2, &[(D1, "installed")], CONVERGE).await?;
 
     let tokens: Vec<serde_json::Value> = manager.ctl_json(&["tokens", "list", "--json"])?;
     assert_eq!(tokens.len(), 1, "{tokens:#?}");

@@ -42,7 +42,7 @@ async fn agent_away_while_two_versions_are_deployed_converges_to_the_latest() ->
         &deployment_yaml(D1, "alpha", &["web"], 1),
     )?;
     manager.ctl(&["deploy", "field-1", &v1])?;
-    wait_converged(&manager, &["field-1"], 1, &[(D1, "installed")], CONVERGE).await?;
+    wait_converged(&manager, &["field-1"], 2, &[(D1, "installed")], CONVERGE).await?;
     let before = wait_all_acked(&manager, "field-1").await?;
 
     // The device goes away; two versions are deployed meanwhile.
@@ -64,7 +64,7 @@ async fn agent_away_while_two_versions_are_deployed_converges_to_the_latest() ->
     wait_converged(
         &manager,
         &["field-1"],
-        3,
+        4,
         &[(D1, "installed"), (D2, "installed")],
         CONVERGE,
     )
@@ -90,7 +90,7 @@ async fn agent_killed_mid_apply_redoes_only_the_unfinished_work() -> Result<()> 
         &deployment_yaml(D1, "alpha", &["web", "db"], 1),
     )?;
     manager.ctl(&["deploy", "cell-1", &a])?;
-    wait_converged(&manager, &["cell-1"], 1, &[(D1, "installed")], CONVERGE).await?;
+    wait_converged(&manager, &["cell-1"], 2, &[(D1, "installed")], CONVERGE).await?;
 
     // D2's runtime program blocks at the gate; the agent is killed meanwhile.
     let b = write_file(
@@ -111,7 +111,7 @@ async fn agent_killed_mid_apply_redoes_only_the_unfinished_work() -> Result<()> 
     wait_converged(
         &manager,
         &["cell-1"],
-        2,
+        3,
         &[(D1, "installed"), (D2, "installed")],
         CONVERGE,
     )
@@ -171,7 +171,7 @@ async fn manager_killed_between_deploy_and_ack_loses_nothing() -> Result<()> {
     .await?;
 
     manager.restart()?;
-    wait_converged(&manager, &["cell-2"], 1, &[(D1, "installed")], CONVERGE).await?;
+    wait_converged(&manager, &["cell-2"], 2, &[(D1, "installed")], CONVERGE).await?;
     wait_all_acked(&manager, "cell-2").await?;
     for comp in ["web", "db"] {
         assert_eq!(

@@ -61,7 +61,7 @@ async fn revoked_device_is_cut_off_refused_and_says_so_once() -> Result<()> {
     let files = dir.path().join("yaml");
     let a = write_file(&files, "a.yaml", &deployment_yaml(D1, "alpha", &["web"], 1))?;
     manager.ctl(&["deploy", "press-9", &a])?;
-    wait_converged(&manager, &["press-9"], 1, &[(D1, "installed")], CONVERGE).await?;
+    wait_converged(&manager, &["press-9"], 2, &[(D1, "installed")], CONVERGE).await?;
     // Everything the agent had to say is stored and acknowledged.
     let acked = eventually(CONVERGE, "press-9's uplink all acked", || async {
         let status = manager.status()?;
@@ -162,7 +162,7 @@ async fn revoked_device_is_cut_off_refused_and_says_so_once() -> Result<()> {
         after["lastSeen"], before["lastSeen"],
         "last seen advanced: {after:#}"
     );
-    assert_eq!(after["adoptedVersion"], 1, "{after:#}");
+    assert_eq!(after["adoptedVersion"], 2, "{after:#}");
     assert_ne!(after["agentVersion"], "after-revocation", "{after:#}");
     let seqs = uplink_seqs(&manager, "press-9").await?;
     assert_eq!(

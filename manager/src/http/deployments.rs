@@ -4,13 +4,16 @@
 //! - `GET /api/v1/clients/{clientId}/deployments` → `200` manifest
 //!   (`application/vnd.margo.manifest.v1+json`, `ETag: "sha256:<hex of the
 //!   body>"`), `304` on a matching `If-None-Match`, `406` when `Accept`
-//!   excludes the media type
+//!   excludes the media type; a client with nothing ever deployed gets the
+//!   zero-deployment manifest (`manifestVersion` 1, `bundle: null`,
+//!   `deployments: []`), never 404
 //! - `GET .../deployments/{deploymentId}/{digest}` → `200` the exact YAML
 //!   (`application/yaml`, `ETag: "<digest>"`, immutable), `404` unless it is
-//!   the client's current document for that deployment
+//!   the client's current document for that deployment (a malformed
+//!   deploymentId or digest included)
 //! - `GET .../bundles/{digest}` → `200` the tar.gz of every YAML
 //!   (`application/vnd.margo.bundle.v1+tar+gzip`), `404` unless it is the
-//!   client's current bundle
+//!   client's current bundle (a malformed digest included)
 //!
 //! The rc.3 routes (`GET /api/v1/deployments`, `.../deployments/{deploymentId}/{digest}`,
 //! `GET /api/v1/bundles/{digest}`) serve the same for the client of the TLS
@@ -19,7 +22,7 @@
 //!
 //! The manifest and YAML are gzip-encoded when `Accept-Encoding` admits it
 //! (`Vary: Accept-Encoding`); ETags and digests stay those of the decoded
-//! bytes. All: `400` malformed path ids or digest, `404` unknown client, `403`
+//! bytes. All: `400` malformed clientId, `404` unknown client, `403`
 //! revoked client, and with `http.require_signed_reads` `400`/`401` for the
 //! signature headers over the empty body.
 
@@ -316,12 +319,8 @@ async fn serve_manifest(
     headers: &HeaderMap,
     routes: Routes,
 ) -> Result<Response, Refusal> {
+    // Nothing ever deployed: the zero-deployment manifest (version 1).
     let desired = desired(state, client).await?;
-    if desired.manifest_version == 0 {
-        return Err(Refusal::not_found(format!(
-            "client {client} has no desired state yet (nothing was ever deployed to it)"
-        )));
-    }
     let body = manifest_body(state, &desired, routes)?;
     let etag = quoted(&Digest::of(&body).to_string())?;
     let etag_text = etag.to_str().unwrap_or_default();
@@ -360,14 +359,11 @@ pub(super) async fn deployment(
     let served = async {
         let (raw_client, raw_deployment, raw_digest) = &raw;
         let client = access::client_id(raw_client)?;
-        let deployment = access::deployment_id(raw_deployment)?;
-        let digest = access::digest(raw_digest)?;
         access::authenticate(&state, &client, &parts, b"", state.require_signed_reads).await?;
         serve_deployment(
             &state,
             &client,
-            &deployment,
-            &digest,
+            (raw_deployment, raw_digest),
             &parts.headers,
             Routes::Clients,
         )
@@ -388,15 +384,12 @@ pub(super) async fn rc3_deployment(
 ) -> Response {
     let mut caller = None;
     let served = async {
-        let deployment = access::deployment_id(&raw.0)?;
-        let digest = access::digest(&raw.1)?;
         let client = tls_peer::caller(&state, &parts).await?;
         caller = Some(client.clone());
         serve_deployment(
             &state,
             &client,
-            &deployment,
-            &digest,
+            (&raw.0, &raw.1),
             &parts.headers,
             Routes::Rc3,
         )
@@ -412,24 +405,32 @@ pub(super) async fn rc3_deployment(
     }
 }
 
+/// Serves `raw = (deploymentId, digest)` of `client`. A malformed
+/// deploymentId or digest names nothing the manager has: `404`, the only
+/// refusal `desired-state.md` lists for this endpoint ("MUST return 404 if
+/// it does not have the exact digest"), answered after authentication.
 async fn serve_deployment(
     state: &ApiState,
     client: &ClientId,
-    deployment: &DeploymentId,
-    digest: &Digest,
+    (raw_deployment, raw_digest): (&str, &str),
     headers: &HeaderMap,
     routes: Routes,
 ) -> Result<Response, Refusal> {
+    let wanted = DeploymentId::new(raw_deployment)
+        .ok()
+        .zip(Digest::parse(raw_digest).ok());
     let desired = desired(state, client).await?;
-    let Some(doc) = desired
-        .deployments
-        .into_iter()
-        .find(|d| &d.id == deployment && &d.digest == digest)
-    else {
+    let found = wanted.as_ref().and_then(|(deployment, digest)| {
+        desired
+            .deployments
+            .into_iter()
+            .find(|d| d.id == *deployment && d.digest == *digest)
+    });
+    let (Some(doc), Some((_, digest))) = (found, wanted) else {
         return Err(Refusal::typed(
             StatusCode::NOT_FOUND,
             ProblemType::DeploymentNotFound,
-            format!("client {client} has no deployment {deployment} with digest {digest}"),
+            format!("client {client} has no deployment {raw_deployment:?} with digest {raw_digest:?}"),
         ));
     };
     let etag = quoted(&digest.to_string())?;
@@ -457,9 +458,8 @@ pub(super) async fn bundle(
 ) -> Response {
     let served = async {
         let client = access::client_id(&raw.0)?;
-        let digest = access::digest(&raw.1)?;
         access::authenticate(&state, &client, &parts, b"", state.require_signed_reads).await?;
-        serve_bundle(&state, &client, &digest, &parts.headers, Routes::Clients).await
+        serve_bundle(&state, &client, &raw.1, &parts.headers, Routes::Clients).await
     };
     match served.await {
         Ok(response) => response,
@@ -476,10 +476,9 @@ pub(super) async fn rc3_bundle(
 ) -> Response {
     let mut caller = None;
     let served = async {
-        let digest = access::digest(&raw_digest)?;
         let client = tls_peer::caller(&state, &parts).await?;
         caller = Some(client.clone());
-        serve_bundle(&state, &client, &digest, &parts.headers, Routes::Rc3).await
+        serve_bundle(&state, &client, &raw_digest, &parts.headers, Routes::Rc3).await
     };
     match served.await {
         Ok(response) => response,
@@ -487,26 +486,30 @@ pub(super) async fn rc3_bundle(
     }
 }
 
+/// Serves the bundle `raw_digest` of `client`. A malformed digest names no
+/// bundle the manager has: `404` (the endpoint's "MUST return 404 Not
+/// Found"), answered after authentication.
 async fn serve_bundle(
     state: &ApiState,
     client: &ClientId,
-    digest: &Digest,
+    raw_digest: &str,
     headers: &HeaderMap,
     routes: Routes,
 ) -> Result<Response, Refusal> {
+    let wanted = Digest::parse(raw_digest).ok();
     let desired = desired(state, client).await?;
     let bundle = state.bundles.get(&desired).map_err(|e| {
         error!(client_id = %client, error = %e, "building the bundle failed");
         Refusal::internal()
     })?;
-    let Some(bundle) = bundle.filter(|b| &b.digest == digest) else {
+    let Some(bundle) = bundle.filter(|b| wanted.as_ref() == Some(&b.digest)) else {
         return Err(Refusal::typed(
             StatusCode::NOT_FOUND,
             ProblemType::InvalidBundle,
-            format!("{digest} is not the current bundle of client {client}"),
+            format!("{raw_digest:?} is not the current bundle of client {client}"),
         ));
     };
-    let etag = quoted(&digest.to_string())?;
+    let etag = quoted(&bundle.digest.to_string())?;
     let extra = [(header::CACHE_CONTROL, routes.immutable())];
     if none_match(headers, etag.to_str().unwrap_or_default()) {
         return Ok(not_modified(&etag, &extra));

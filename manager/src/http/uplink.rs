@@ -14,8 +14,9 @@
 //!
 //! Refusals (RFC 9457 problem bodies, nothing stored): `400` malformed path
 //! id, missing or wrong `Content-Digest`, malformed JSON; `401` signature;
-//! `403` revoked client; `404` unknown client, a gateway child before its
-//! parent, no capabilities to delete; `409` a stale status (older manifest
+//! `403` revoked client; `404` unknown client, a status for a deployment
+//! never assigned to the client, a gateway child before its parent, no
+//! capabilities to delete; `409` a stale status (older manifest
 //! version than the stored one) or a gateway with children left; `413` body
 //! over `http.max_body_bytes`; `415` not `application/json`; `422` semantic
 //! errors (status rules, ids in the body that differ from the path, invalid
@@ -132,6 +133,11 @@ fn store_refusal(client: &ClientId, error: ReportError) -> Refusal {
         ReportError::NoCapabilities(_) => Refusal::typed(
             StatusCode::NOT_FOUND,
             ProblemType::DeviceNotFound,
+            error.to_string(),
+        ),
+        ReportError::NotAssigned(_) => Refusal::typed(
+            StatusCode::NOT_FOUND,
+            ProblemType::DeploymentNotFound,
             error.to_string(),
         ),
         ReportError::Store(e) => {

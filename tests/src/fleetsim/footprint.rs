@@ -233,16 +233,16 @@ pub async fn run(opts: &FootprintOptions) -> Result<FootprintReport> {
             deployment_yaml(D2, "beta", &["sensor"], rev),
         ]
     };
-    admin.deploy("footprint-1", docs(1)).await?;
-    wait_installed(&admin, "footprint-1", 1, Duration::from_secs(60)).await?;
+    let first = admin.deploy("footprint-1", docs(1)).await?.manifest_version;
+    wait_installed(&admin, "footprint-1", first, Duration::from_secs(60)).await?;
     tokio::time::sleep(opts.settle).await;
     let idle = procstat::sample(pid)?;
     let idle_files = file_rss(pid);
 
     let reset = procstat::reset_peak(pid);
     let sampler = Sampler::start(pid, Duration::from_millis(10));
-    admin.deploy("footprint-1", docs(2)).await?;
-    wait_installed(&admin, "footprint-1", 2, Duration::from_secs(60)).await?;
+    let update = admin.deploy("footprint-1", docs(2)).await?.manifest_version;
+    wait_installed(&admin, "footprint-1", update, Duration::from_secs(60)).await?;
     let after_apply = procstat::sample(pid)?;
     let sampled = sampler.finish().await;
     tokio::time::sleep(opts.settle).await;

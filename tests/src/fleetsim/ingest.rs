@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use coset::CborSerializable;
 use margo_agent::identity::{Identity, IdentityPem};
-use margo_manager::admin::{AdminClient, Health};
+use margo_manager::admin::{AdminClient, DeployManyRequest, Health};
 use margo_manager::histogram::HistogramSnapshot;
 use margo_manager::ingest::IngestTimingSnapshot;
 use margo_schemas::cose::{SigningKey, VerifyingKey};
@@ -50,7 +50,7 @@ use super::procstat::{self, ProcSample, Sampler};
 use super::report::{self, mib, Percentiles};
 use super::rlimit::NofileLimit;
 use super::sim;
-use crate::fleet::ManagerProc;
+use crate::fleet::{deployment_yaml, ManagerProc};
 
 /// The deployment every status message is about.
 pub const DEPLOYMENT_ID: &str = "1a6e5700-0000-4000-8000-000000000001";
@@ -335,7 +335,8 @@ fn seal_messages(key: &SigningKey, client: &ClientId, count: usize) -> Result<Ve
                 seq,
                 now + seq,
                 Message::Status(StatusReport {
-                    adopted_manifest_version: 1,
+                    // The first deploy's manifest (version 1 is the zero one).
+                    adopted_manifest_version: 2,
                     status,
                 }),
             );
@@ -408,6 +409,16 @@ async fn measure(
     let broker_url = format!("mqtts://localhost:{gateway_port}");
     let t = Instant::now();
     let identities = sim::provision(admin, "load-", opts.devices, &broker_url).await?;
+    // The manager refuses status for a deployment never assigned to the
+    // client: assign the one every message is about (one transaction).
+    admin
+        .deploy_many(&DeployManyRequest {
+            clients: Vec::new(),
+            name_prefix: Some("load-".to_string()),
+            documents: vec![deployment_yaml(DEPLOYMENT_ID, "load-app", &["app"], 1)],
+        })
+        .await
+        .context("assigning the reported deployment")?;
     let provision_ms = ms(t.elapsed());
 
     // Seal every message before measuring, on the blocking pool.
@@ -563,6 +574,7 @@ async fn measure(
         "oversized",
         "unknownKind",
         "invalidBody",
+        "unassignedStatus",
     ];
     let manager_rejected = rejected_kinds.iter().map(|k| stat(k)).sum();
     exactly_once &= manager_stored == sent && manager_duplicates == 0 && manager_rejected == 0;

@@ -459,8 +459,10 @@ async fn measure(
     // The check at start-up: it may already be under way.
     device.quiet(Duration::from_secs(60)).await?;
     let first_contact = device.snapshot();
+    // Version 1 is the zero-deployment manifest: the ten deployments are 2,
+    // the update 3.
     let adopted = device.handle.snapshots.borrow().adopted_manifest_version;
-    if adopted < 1 {
+    if adopted < 2 {
         bail!("{label}: the first check did not apply the ten deployments (adopted v{adopted})");
     }
     let after_first = device.check().await?;
@@ -469,7 +471,7 @@ async fn measure(
     admin.deploy(name, docs(true)).await?;
     let update_check = device.check().await?;
     let adopted = device.handle.snapshots.borrow().adopted_manifest_version;
-    if adopted < 2 {
+    if adopted < 3 {
         bail!("{label}: the update check did not apply the update (adopted v{adopted})");
     }
     let after_update = device.check().await?;
@@ -531,7 +533,8 @@ async fn measure_idle(
     let converge = Instant::now() + Duration::from_secs(60);
     loop {
         let s = device.handle.snapshots.borrow().clone();
-        if s.connected && s.adopted_manifest_version >= 1 && s.outbox_len == 0 {
+        // Version 2: the deployed one (1 is the zero-deployment manifest).
+        if s.connected && s.adopted_manifest_version >= 2 && s.outbox_len == 0 {
             break;
         }
         if Instant::now() > converge {
