@@ -341,6 +341,10 @@ pub struct CapabilitiesConfig {
     pub extensions: BTreeMap<String, serde_json::Value>,
     /// Devices behind this gateway, reported after it (`[[capabilities.children]]`).
     pub children: Vec<ChildCapabilities>,
+    /// Which revision's document shape to send, on MQTT and HTTP alike:
+    /// `1.0.0-rc.3` (newest: no apiVersion/kind, `cpus`), `1.0.0-rc.2`
+    /// (apiVersion/kind, `cpu`) or `1.0.0` (`roles`, `resources`).
+    pub shape: margo_schemas::revision::Revision,
 }
 
 impl Default for CapabilitiesConfig {
@@ -361,6 +365,7 @@ impl Default for CapabilitiesConfig {
             otel_collector: None,
             extensions: BTreeMap::new(),
             children: Vec::new(),
+            shape: margo_schemas::revision::Revision::Rc3,
         }
     }
 }
@@ -965,13 +970,11 @@ impl AgentConfig {
             ("capabilities.storage", &c.storage),
         ] {
             if let Some(v) = value {
-                match margo_schemas::capabilities::parse_binary_quantity(v) {
-                    Some(n) if n > 0 => {}
-                    _ => {
-                        return Err(invalid(
-                            field,
-                            format!("{v:?} is not a binary quantity (e.g. 512Mi, 2Gi)"),
-                        ))
+                match margo_schemas::capabilities::parse_quantity(v) {
+                    Ok(n) if n > 0 => {}
+                    Ok(_) => return Err(invalid(field, "must be more than zero")),
+                    Err(e) => {
+                        return Err(invalid(field, format!("{e} (e.g. 512Mi, 2Gi, \"59 Gi\")")))
                     }
                 }
             }

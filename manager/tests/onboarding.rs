@@ -501,7 +501,7 @@ async fn operator_approval_then_mqtt_then_capabilities_then_revocation() {
         .map(|c| {
             (
                 c.device_id.as_str(),
-                c.manifest.properties.memory.as_deref().unwrap_or(""),
+                c.manifest["properties"]["memory"].as_str().unwrap_or(""),
             )
         })
         .collect();

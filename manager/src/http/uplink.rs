@@ -4,8 +4,10 @@
 //!   `200` stored
 //! - `POST|PUT /api/v1/clients/{clientId}/capabilities/{deviceId}` and
 //!   `POST|PUT /api/v1/clients/{clientId}/capabilities` (device id from the
-//!   body, as in the Margo 1.0.0 OpenAPI) → `201` first report of the
-//!   device, `200` replaced
+//!   body, as in the Margo 1.0.0 OpenAPI) → `201` whether created or
+//!   replaced, as 1.0.0 and rc.2 list it ([`capabilities_status`]); any
+//!   published document shape (see [`DeviceCapabilitiesManifest`]), stored
+//!   as received
 //! - `DELETE /api/v1/clients/{clientId}/capabilities/{deviceId}` → `204`
 //!
 //! Refusals (RFC 9457 problem bodies, nothing stored): `400` malformed path
@@ -23,8 +25,9 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use margo_schemas::capabilities::DeviceCapabilitiesManifest;
+use margo_schemas::capabilities::{DeviceCapabilitiesManifest, DocumentError};
 use margo_schemas::ids::{ClientId, DeviceId};
+use margo_schemas::revision::Revision;
 use margo_schemas::status::DeploymentStatus;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -126,11 +129,26 @@ fn store_refusal(client: &ClientId, error: ReportError) -> Refusal {
     }
 }
 
-fn stored(outcome: ReportOutcome, created: StatusCode) -> Response {
-    match outcome {
-        ReportOutcome::Created => created.into_response(),
-        ReportOutcome::Replaced => StatusCode::OK.into_response(),
+/// The status of a stored capabilities report, by the revision whose route
+/// received it: 1.0.0 and rc.2 list only `201` for POST/PUT (added or
+/// replaced alike); rc.3 answers `201` created, `200` updated.
+pub fn capabilities_status(outcome: ReportOutcome, revision: Revision) -> StatusCode {
+    match (revision, outcome) {
+        (Revision::V1_0_0 | Revision::Rc2, _) => StatusCode::CREATED,
+        (Revision::Rc3, ReportOutcome::Created) => StatusCode::CREATED,
+        (Revision::Rc3, ReportOutcome::Replaced) => StatusCode::OK,
     }
+}
+
+/// Reads a capabilities body, keeping its exact text: a syntax error is
+/// 400; JSON that is not an object is 422 (the shape is checked by the store).
+pub(crate) fn parse_capabilities(body: &[u8]) -> Result<DeviceCapabilitiesManifest, Refusal> {
+    DeviceCapabilitiesManifest::from_json(body).map_err(|e| match e {
+        DocumentError::Syntax(_) => Refusal::bad_request(format!("request body is {e}")),
+        DocumentError::NotAnObject(_) => {
+            Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+        }
+    })
 }
 
 #[instrument(skip_all, fields(client_id = %raw.0, deployment_id = %raw.1))]
@@ -221,19 +239,19 @@ async fn put_capabilities(
     let device: Option<DeviceId> = raw_device.map(access::device_id).transpose()?;
     let body = body_bytes(state, headers, body)?;
     access::authenticate(state, &client, headers, &body, true).await?;
-    let manifest: DeviceCapabilitiesManifest = parse_json(&body, "DeviceCapabilitiesManifest")?;
+    let manifest = parse_capabilities(&body)?;
     if let Some(device) = &device {
-        if &manifest.properties.id != device {
+        if manifest.device_id() != Some(device.as_str()) {
             return Err(Refusal::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 format!(
-                    "properties.id {} in the body differs from {device} in the path",
-                    manifest.properties.id
+                    "properties.id {:?} in the body differs from {device} in the path",
+                    manifest.device_id().unwrap_or("(none)")
                 ),
             ));
         }
     }
-    let device_id = manifest.properties.id.clone();
+    let device_id = manifest.device_id().unwrap_or_default().to_string();
     let id = client.clone();
     let outcome = state
         .store
@@ -242,7 +260,7 @@ async fn put_capabilities(
         .map_err(|e| store_refusal(&client, ReportError::Store(e)))?
         .map_err(|e| store_refusal(&client, e))?;
     info!(device_id = %device_id, ?outcome, "capabilities stored (HTTP)");
-    Ok(stored(outcome, StatusCode::CREATED))
+    Ok(capabilities_status(outcome, Revision::Rc2).into_response())
 }
 
 #[instrument(skip_all, fields(client_id = %raw.0, device_id = %raw.1))]
