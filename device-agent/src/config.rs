@@ -1387,8 +1387,31 @@ kubeconfig = "/etc/rancher/k3s/k3s.yaml"
             "capabilities.cpu_cores"
         );
         c.capabilities.cpu_cores = Some(0.5);
-        c.capabilities.memory = Some("2GB".into());
-        assert_eq!(field_of(c.validate().unwrap_err()), "capabilities.memory");
+        // Every quantity spelling the specification's texts use is accepted.
+        for ok in ["2GB", "2Gi", "59 Gi", "2048Mi"] {
+            c.capabilities.memory = Some(ok.into());
+            assert!(c.validate().is_ok(), "{ok}");
+        }
+        for bad in ["2 lots", "0", "-2Gi"] {
+            c.capabilities.memory = Some(bad.into());
+            assert_eq!(
+                field_of(c.validate().unwrap_err()),
+                "capabilities.memory",
+                "{bad}"
+            );
+        }
+        let shaped =
+            AgentConfig::from_toml("version = 1\n[capabilities]\nshape = \"1.0.0-rc.2\"\n")
+                .unwrap();
+        assert_eq!(
+            shaped.capabilities.shape,
+            margo_schemas::revision::Revision::Rc2
+        );
+        assert_eq!(
+            AgentConfig::default().capabilities.shape,
+            margo_schemas::revision::Revision::Rc3
+        );
+        assert!(AgentConfig::from_toml("version = 1\n[capabilities]\nshape = \"2.0\"\n").is_err());
     }
 
     /// In every build: a section needing a feature is accepted when the
