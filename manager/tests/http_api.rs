@@ -505,6 +505,21 @@ async fn reports_over_http_show_like_mqtt_and_every_refusal() {
     let v = deployed.manifest_version;
     let status_path = device.path(&format!("/deployments/{DEP_A}/status"));
 
+    // The specification's status payloads are accepted (200): the page
+    // example (no apiVersion/kind/adoptedManifestVersion, empty-string error
+    // members) and the 1.0.0 OpenAPI shape (kind DeploymentStatusManifest,
+    // error without source), with this client's deployment id.
+    for name in [
+        "status-02b3189e-example.json",
+        "status-openapi-1.0.0-schema.json",
+    ] {
+        let mut body: serde_json::Value =
+            serde_json::from_slice(&spec_fixture(name)).expect("json");
+        body["deploymentId"] = DEP_A.into();
+        let reply = device.post_json(Method::POST, &status_path, &body).await;
+        assert_eq!(reply.status, StatusCode::OK, "{name}");
+    }
+
     // A status over HTTP shows in the admin status API like an MQTT one.
     device
         .post_json(
