@@ -36,6 +36,7 @@ use margo_schemas::deployment::ProfileType;
 use margo_schemas::digest::Digest;
 use margo_schemas::ids::{is_unreserved, ClientId, DeviceId};
 use margo_schemas::messages::{CapabilitiesReport, Message};
+use margo_schemas::revision::Revision;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, instrument, warn};
 
@@ -323,33 +324,58 @@ impl CapabilitiesSource {
         } else {
             vec![MargoRuntime::Oci]
         };
-        let parent = DeviceCapabilitiesManifest::new(DeviceProperties {
-            id: id.clone(),
-            vendor: vendor.unwrap_or_default(),
-            model_number: model.unwrap_or_default(),
-            serial_number: serial.unwrap_or_default(),
-            cpu,
-            memory,
-            storage: c.storage.clone(),
-            peripherals: c.peripherals.clone(),
-            interfaces: interfaces
-                .into_iter()
-                .map(|kind| Interface { kind })
-                .collect(),
-            otel_collector: c.otel_collector,
-            supported_runtimes: runtimes,
-            supported_deployment_types: deployment_types,
-            extensions: c.extensions.clone(),
-        });
+        let parent = DeviceCapabilitiesManifest::build(
+            &DeviceProperties {
+                id: id.clone(),
+                vendor: vendor.unwrap_or_default(),
+                model_number: model.unwrap_or_default(),
+                serial_number: serial.unwrap_or_default(),
+                cpu,
+                memory,
+                storage: c.storage.clone(),
+                peripherals: c.peripherals.clone(),
+                interfaces: interfaces
+                    .into_iter()
+                    .map(|kind| Interface { kind })
+                    .collect(),
+                otel_collector: c.otel_collector,
+                supported_runtimes: runtimes,
+                supported_deployment_types: deployment_types,
+                extensions: c.extensions.clone(),
+            },
+            c.shape,
+        );
+        check_extension_names("capabilities", &c.extensions)?;
         parent
             .validate()
             .map_err(|e| invalid("capabilities", field_of(&e.to_string())))?;
         let mut out = vec![parent];
         for (i, child) in c.children.iter().enumerate() {
-            out.push(build_child(&id, i, child)?);
+            out.push(build_child(&id, i, child, c.shape)?);
         }
         Ok(out)
     }
+}
+
+/// Our config may only add vendor extensions named `x-<name>-extensions`
+/// (the manager keeps any other member, but we do not send one).
+fn check_extension_names(
+    field: &str,
+    extensions: &std::collections::BTreeMap<String, serde_json::Value>,
+) -> Result<(), CapabilitiesError> {
+    for key in extensions.keys() {
+        let ok = key
+            .strip_prefix("x-")
+            .and_then(|k| k.strip_suffix("-extensions"))
+            .is_some_and(|name| !name.is_empty());
+        if !ok {
+            return Err(invalid(
+                field,
+                format!("{key}: vendor extensions must be named x-<name>-extensions"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `properties.vendor: must not be empty` → `vendor: must not be empty` (config names).
@@ -366,6 +392,7 @@ fn build_child(
     parent: &DeviceId,
     index: usize,
     child: &ChildCapabilities,
+    shape: Revision,
 ) -> Result<DeviceCapabilitiesManifest, CapabilitiesError> {
     let field = format!("capabilities.children[{index}]");
     let id = DeviceId::new(child.id.clone())
@@ -401,24 +428,28 @@ fn build_child(
     for kind in &child.interfaces {
         push_unique(&mut interfaces, *kind);
     }
-    let manifest = DeviceCapabilitiesManifest::new(DeviceProperties {
-        id,
-        vendor: child.vendor.clone(),
-        model_number: child.model_number.clone(),
-        serial_number: child.serial_number.clone(),
-        cpu,
-        memory: child.memory.clone(),
-        storage: child.storage.clone(),
-        peripherals: child.peripherals.clone(),
-        interfaces: interfaces
-            .into_iter()
-            .map(|kind| Interface { kind })
-            .collect(),
-        otel_collector: None,
-        supported_runtimes: Vec::new(),
-        supported_deployment_types: Vec::new(),
-        extensions: child.extensions.clone(),
-    });
+    let manifest = DeviceCapabilitiesManifest::build(
+        &DeviceProperties {
+            id,
+            vendor: child.vendor.clone(),
+            model_number: child.model_number.clone(),
+            serial_number: child.serial_number.clone(),
+            cpu,
+            memory: child.memory.clone(),
+            storage: child.storage.clone(),
+            peripherals: child.peripherals.clone(),
+            interfaces: interfaces
+                .into_iter()
+                .map(|kind| Interface { kind })
+                .collect(),
+            otel_collector: None,
+            supported_runtimes: Vec::new(),
+            supported_deployment_types: Vec::new(),
+            extensions: child.extensions.clone(),
+        },
+        shape,
+    );
+    check_extension_names(&field, &child.extensions)?;
     manifest
         .validate()
         .map_err(|e| invalid(field.clone(), field_of(&e.to_string())))?;
@@ -471,7 +502,7 @@ impl CapabilitiesReporter {
         }
         let count = reports.len();
         for manifest in reports {
-            let device_id = manifest.properties.id.to_string();
+            let device_id = manifest.device_id().unwrap_or_default().to_string();
             let seq = self
                 .uplink
                 .send(Message::Capabilities(CapabilitiesReport { manifest }))?;
@@ -582,7 +613,7 @@ mod tests {
         };
         let reports = source(root.path(), config).build().unwrap();
         assert_eq!(reports.len(), 1);
-        let p = &reports[0].properties;
+        let p = &reports[0].normalize().unwrap();
         assert_eq!(p.id.as_str(), "Press-7-hall-B");
         assert_eq!(
             (
@@ -592,35 +623,36 @@ mod tests {
             ),
             ("Acme Corp", "Edge 1", "SN-42")
         );
-        assert_eq!(p.cpu[0].cores, 0.5);
-        assert_eq!(p.cpu[0].architecture, Architecture::Arm64);
+        assert_eq!(p.cpus[0].cores, 0.5);
+        assert_eq!(p.cpus[0].architecture.as_deref(), Some("arm64"));
         // 8049996 kB rounded down to MiB.
-        assert_eq!(p.memory.as_deref(), Some("7861Mi"));
-        assert_eq!(p.storage.as_deref(), Some("64Gi"));
-        let kinds: Vec<_> = p.interfaces.iter().map(|i| i.kind).collect();
-        assert_eq!(kinds.last(), Some(&InterfaceType::Rs232));
-        assert_eq!(
-            kinds
-                .iter()
-                .filter(|k| **k == InterfaceType::Ethernet)
-                .count(),
-            1
-        );
+        assert_eq!(p.memory_bytes, Some(7861 << 20));
+        assert_eq!(p.storage_bytes, Some(64 << 30));
+        let kinds = &p.interfaces;
+        assert_eq!(kinds.last().map(String::as_str), Some("rs232"));
+        assert_eq!(kinds.iter().filter(|k| *k == "ethernet").count(), 1);
         assert_eq!(p.supported_runtimes, vec![MargoRuntime::Oci]);
         assert_eq!(
             p.supported_deployment_types,
             vec![DeploymentType::Helm, DeploymentType::Compose]
         );
+        // The newest shape by default: no apiVersion/kind, `cpus`.
         let json = serde_json::to_value(&reports[0]).unwrap();
         assert_eq!(json["properties"]["memory"], "7861Mi");
+        assert_eq!(json["properties"]["cpus"][0]["architecture"], "arm64");
+        assert!(json.get("apiVersion").is_none() && json.get("kind").is_none());
 
         let memory = CapabilitiesConfig {
             memory: Some("2Gi".into()),
             ..CapabilitiesConfig::default()
         };
-        let p = &source(root.path(), memory).build().unwrap()[0].properties;
-        assert_eq!(p.memory.as_deref(), Some("2Gi"));
-        assert_eq!(p.storage, None, "storage is not detected");
+        let m = &source(root.path(), memory).build().unwrap()[0];
+        assert_eq!(m.to_value()["properties"]["memory"], "2Gi");
+        assert_eq!(
+            m.normalize().unwrap().storage_bytes,
+            None,
+            "storage is not detected"
+        );
     }
 
     #[test]
@@ -650,7 +682,7 @@ mod tests {
             },
         );
         s.runtime.profiles.clear();
-        let p = &s.build().unwrap()[0].properties;
+        let p = &s.build().unwrap()[0].normalize().unwrap();
         assert!(p.supported_runtimes.is_empty() && p.supported_deployment_types.is_empty());
         assert_eq!(p.id.as_str(), "dev");
     }
@@ -683,7 +715,7 @@ mod tests {
             .build()
             .unwrap()
             .iter()
-            .map(|m| m.properties.id.to_string())
+            .map(|m| m.device_id().unwrap_or_default().to_string())
             .collect();
         assert_eq!(ids, ["gw", "gw/a", "gw/b/c"]);
 
@@ -718,7 +750,8 @@ mod tests {
         );
         let m = &source(root.path(), config.clone()).build().unwrap()[0];
         let json = serde_json::to_value(m).unwrap();
-        assert_eq!(json["properties"]["x-acme-extensions"]["zones"][1], "b");
+        // At the document's root, as device-capabilities.md says.
+        assert_eq!(json["x-acme-extensions"]["zones"][1], "b");
         config
             .extensions
             .insert("acme".into(), serde_json::json!(1));

@@ -341,6 +341,10 @@ pub struct CapabilitiesConfig {
     pub extensions: BTreeMap<String, serde_json::Value>,
     /// Devices behind this gateway, reported after it (`[[capabilities.children]]`).
     pub children: Vec<ChildCapabilities>,
+    /// Which revision's document shape to send, on MQTT and HTTP alike:
+    /// `1.0.0-rc.3` (newest: no apiVersion/kind, `cpus`), `1.0.0-rc.2`
+    /// (apiVersion/kind, `cpu`) or `1.0.0` (`roles`, `resources`).
+    pub shape: margo_schemas::revision::Revision,
 }
 
 impl Default for CapabilitiesConfig {
@@ -361,6 +365,7 @@ impl Default for CapabilitiesConfig {
             otel_collector: None,
             extensions: BTreeMap::new(),
             children: Vec::new(),
+            shape: margo_schemas::revision::Revision::Rc3,
         }
     }
 }
@@ -965,13 +970,11 @@ impl AgentConfig {
             ("capabilities.storage", &c.storage),
         ] {
             if let Some(v) = value {
-                match margo_schemas::capabilities::parse_binary_quantity(v) {
-                    Some(n) if n > 0 => {}
-                    _ => {
-                        return Err(invalid(
-                            field,
-                            format!("{v:?} is not a binary quantity (e.g. 512Mi, 2Gi)"),
-                        ))
+                match margo_schemas::capabilities::parse_quantity(v) {
+                    Ok(n) if n > 0 => {}
+                    Ok(_) => return Err(invalid(field, "must be more than zero")),
+                    Err(e) => {
+                        return Err(invalid(field, format!("{e} (e.g. 512Mi, 2Gi, \"59 Gi\")")))
                     }
                 }
             }
@@ -1384,8 +1387,31 @@ kubeconfig = "/etc/rancher/k3s/k3s.yaml"
             "capabilities.cpu_cores"
         );
         c.capabilities.cpu_cores = Some(0.5);
-        c.capabilities.memory = Some("2GB".into());
-        assert_eq!(field_of(c.validate().unwrap_err()), "capabilities.memory");
+        // Every quantity spelling the specification's texts use is accepted.
+        for ok in ["2GB", "2Gi", "59 Gi", "2048Mi"] {
+            c.capabilities.memory = Some(ok.into());
+            assert!(c.validate().is_ok(), "{ok}");
+        }
+        for bad in ["2 lots", "0", "-2Gi"] {
+            c.capabilities.memory = Some(bad.into());
+            assert_eq!(
+                field_of(c.validate().unwrap_err()),
+                "capabilities.memory",
+                "{bad}"
+            );
+        }
+        let shaped =
+            AgentConfig::from_toml("version = 1\n[capabilities]\nshape = \"1.0.0-rc.2\"\n")
+                .unwrap();
+        assert_eq!(
+            shaped.capabilities.shape,
+            margo_schemas::revision::Revision::Rc2
+        );
+        assert_eq!(
+            AgentConfig::default().capabilities.shape,
+            margo_schemas::revision::Revision::Rc3
+        );
+        assert!(AgentConfig::from_toml("version = 1\n[capabilities]\nshape = \"2.0\"\n").is_err());
     }
 
     /// In every build: a section needing a feature is accepted when the

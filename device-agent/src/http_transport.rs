@@ -871,7 +871,8 @@ impl HttpTransport {
                     Method::PUT,
                     format!(
                         "/api/v1/clients/{}/capabilities/{}",
-                        self.client_id, report.manifest.properties.id
+                        self.client_id,
+                        report.manifest.device_id().unwrap_or_default()
                     ),
                     serde_json::to_vec(&report.manifest),
                 ),

@@ -115,9 +115,9 @@ fn spawn_manager(
                         )),
                         Message::Sync(r) => s.syncs.push(r.reason),
                         Message::State(_) => s.states += 1,
-                        Message::Capabilities(r) => {
-                            s.capabilities.push(r.manifest.properties.id.to_string())
-                        }
+                        Message::Capabilities(r) => s
+                            .capabilities
+                            .push(r.manifest.device_id().unwrap_or_default().to_string()),
                         _ => {}
                     }
                     s.seqs.insert(env.seq);

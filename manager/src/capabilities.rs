@@ -1,13 +1,15 @@
 //! Acceptance of device capabilities reports, shared by every path that
 //! receives them (MQTT `R/capabilities` now, the HTTP capabilities API later).
 //!
-//! A report is accepted when its manifest is valid
-//! ([`DeviceCapabilitiesManifest::validate`]) and, for a gateway child
+//! A report is accepted when its manifest reads as one of the published
+//! shapes ([`DeviceCapabilitiesManifest::normalize`]) and, for a gateway child
 //! (`gw/child`), when the parent's capabilities are already stored for the
 //! same client: Margo has a see-through gateway report itself first, and
 //! rejects a child reported before its parent (404 in HTTP).
 
-use margo_schemas::capabilities::{CapabilitiesError, DeviceCapabilitiesManifest};
+use margo_schemas::capabilities::{
+    CapabilitiesError, DeviceCapabilities, DeviceCapabilitiesManifest,
+};
 use margo_schemas::ids::DeviceId;
 use serde::{Deserialize, Serialize};
 
@@ -51,33 +53,40 @@ impl CapabilitiesRejection {
     }
 }
 
-fn invalid(device: &DeviceId, error: &CapabilitiesError) -> CapabilitiesRejection {
+fn invalid(
+    manifest: &DeviceCapabilitiesManifest,
+    error: &CapabilitiesError,
+) -> CapabilitiesRejection {
     CapabilitiesRejection::Invalid {
-        device: device.to_string(),
+        device: manifest
+            .device_id()
+            .map(|id| id.chars().take(128).collect())
+            .unwrap_or_else(|| "(no properties.id)".to_string()),
         problem: error.to_string(),
     }
 }
 
 /// Checks one report. `parent_stored` is asked, only for a gateway child,
 /// whether the parent's capabilities are stored for the same client; its
-/// error (a store failure) is passed through. `Ok(None)` means accepted.
+/// error (a store failure) is passed through. `Ok(Ok(normalised))` means
+/// accepted.
 pub fn check_capabilities<E>(
     manifest: &DeviceCapabilitiesManifest,
     parent_stored: impl FnOnce(&DeviceId) -> Result<bool, E>,
-) -> Result<Option<CapabilitiesRejection>, E> {
-    let device = &manifest.properties.id;
-    if let Err(error) = manifest.validate() {
-        return Ok(Some(invalid(device, &error)));
-    }
-    if let Some(parent) = device.parent() {
+) -> Result<Result<DeviceCapabilities, CapabilitiesRejection>, E> {
+    let normalised = match manifest.normalize() {
+        Ok(n) => n,
+        Err(error) => return Ok(Err(invalid(manifest, &error))),
+    };
+    if let Some(parent) = normalised.id.parent() {
         if !parent_stored(&parent)? {
-            return Ok(Some(CapabilitiesRejection::ChildBeforeParent {
-                device: device.to_string(),
+            return Ok(Err(CapabilitiesRejection::ChildBeforeParent {
+                device: normalised.id.to_string(),
                 parent: parent.to_string(),
             }));
         }
     }
-    Ok(None)
+    Ok(Ok(normalised))
 }
 
 #[cfg(test)]
@@ -86,6 +95,7 @@ mod tests {
     use std::convert::Infallible;
 
     use margo_schemas::capabilities::DeviceProperties;
+    use serde_json::json;
 
     use super::*;
 
@@ -112,7 +122,8 @@ mod tests {
         let r = check_capabilities(&manifest("gw"), |_| -> Result<bool, Infallible> {
             panic!("not asked for a top-level device")
         });
-        assert_eq!(r, Ok(None));
+        let accepted = r.expect("no store error").expect("accepted");
+        assert_eq!(accepted.memory_bytes, Some(4 << 30));
     }
 
     #[test]
@@ -123,29 +134,30 @@ mod tests {
                 Ok(answer)
             }
         };
-        assert_eq!(
-            check_capabilities(&manifest("gw/a"), asked("gw", true)),
-            Ok(None)
-        );
-        let r =
-            check_capabilities(&manifest("gw/a/b"), asked("gw/a", false)).expect("no store error");
+        assert!(check_capabilities(&manifest("gw/a"), asked("gw", true))
+            .expect("no store error")
+            .is_ok());
+        let r = check_capabilities(&manifest("gw/a/b"), asked("gw/a", false))
+            .expect("no store error")
+            .expect_err("refused");
         assert_eq!(
             r,
-            Some(CapabilitiesRejection::ChildBeforeParent {
+            CapabilitiesRejection::ChildBeforeParent {
                 device: "gw/a/b".into(),
                 parent: "gw/a".into()
-            })
+            }
         );
-        assert_eq!(r.map(|r| r.http_status()), Some(404));
+        assert_eq!(r.http_status(), 404);
     }
 
     #[test]
     fn invalid_manifests_name_the_field() {
-        let mut m = manifest("gw");
-        m.properties.memory = Some("lots".into());
+        let mut v = manifest("gw").to_value();
+        v["properties"]["memory"] = json!("lots");
+        let m = DeviceCapabilitiesManifest::from_value(v).expect("object");
         let r = check_capabilities(&m, |_| Ok::<_, Infallible>(true))
             .expect("no store error")
-            .expect("rejected");
+            .expect_err("rejected");
         assert_eq!(r.kind(), "invalid-capabilities");
         assert!(r.to_string().contains("properties.memory"), "{r}");
     }

@@ -276,7 +276,9 @@ struct LatestState {
 pub(crate) struct LatestCapabilities {
     seq: u64,
     received_ms: u64,
-    /// The manifest as JSON text (operator view).
+    /// The document as received, JSON text (the exact body for HTTP; the
+    /// CBOR document written as JSON for MQTT). Shown to operators as is;
+    /// read through [`DeviceCapabilitiesManifest::normalize`] when used.
     json: String,
 }
 
@@ -298,10 +300,7 @@ impl LatestCapabilities {
         Ok(Self {
             seq,
             received_ms,
-            json: serde_json::to_string(manifest).map_err(|e| StoreError::Encode {
-                table: "capabilities_latest",
-                detail: e.to_string(),
-            })?,
+            json: manifest.original_json(),
         })
     }
 }
@@ -456,8 +455,12 @@ pub struct CapabilitiesEntry {
     pub received_at: u64,
     /// Reports of this device kept in the history (at most [`MAX_CAPABILITIES_HISTORY`]).
     pub history_len: usize,
-    /// The manifest.
-    pub manifest: margo_schemas::capabilities::DeviceCapabilitiesManifest,
+    /// The document as the device sent it (any published shape).
+    pub manifest: serde_json::Value,
+    /// The same read into the normalised form (`None` if the stored document
+    /// no longer reads, e.g. written by an older manager with other rules).
+    #[serde(default)]
+    pub normalized: Option<margo_schemas::capabilities::DeviceCapabilities>,
 }
 
 /// Per-deployment view in [`ClientStatus`].
@@ -1304,13 +1307,17 @@ impl Store {
                 // Capabilities checks that need the store (a child needs its
                 // parent's capabilities first), in the same transaction so a
                 // parent earlier in this batch counts.
-                let rejection = match (&env.msg, duplicate) {
+                // The device id of an accepted report is its normalised `properties.id`.
+                let (rejection, caps_device) = match (&env.msg, duplicate) {
                     (Message::Capabilities(report), false) => {
-                        check_capabilities(&report.manifest, |parent| {
+                        match check_capabilities(&report.manifest, |parent| {
                             Ok::<_, StoreError>(caps_latest.get((c, parent.as_str()))?.is_some())
-                        })?
+                        })? {
+                            Ok(normalised) => (None, Some(normalised.id.to_string())),
+                            Err(rejection) => (Some(rejection), None),
+                        }
                     }
-                    _ => None,
+                    _ => (None, None),
                 };
                 let unassigned = match (&env.msg, duplicate) {
                     (Message::Status(report), false) => {
@@ -1377,29 +1384,33 @@ impl Store {
                             }
                         }
                         Message::Capabilities(report) => {
-                            let device = report.manifest.properties.id.as_str();
-                            let newer = match caps_latest.get((c, device))? {
-                                Some(v) => {
-                                    decode::<LatestCapabilities>("capabilities_latest", v.value())?
-                                        .seq
-                                        < seq
+                            // Always set: an accepted, non-duplicate report.
+                            if let Some(device) = caps_device.as_deref() {
+                                let newer = match caps_latest.get((c, device))? {
+                                    Some(v) => {
+                                        decode::<LatestCapabilities>(
+                                            "capabilities_latest",
+                                            v.value(),
+                                        )?
+                                        .seq < seq
+                                    }
+                                    None => true,
+                                };
+                                let encoded = encode(
+                                    "capabilities_latest",
+                                    &LatestCapabilities::of(&report.manifest, seq, received_ms)?,
+                                )?;
+                                if newer {
+                                    caps_latest.insert((c, device), encoded.as_slice())?;
                                 }
-                                None => true,
-                            };
-                            let encoded = encode(
-                                "capabilities_latest",
-                                &LatestCapabilities::of(&report.manifest, seq, received_ms)?,
-                            )?;
-                            if newer {
-                                caps_latest.insert((c, device), encoded.as_slice())?;
+                                Self::keep_capabilities_history(
+                                    &mut caps_history,
+                                    c,
+                                    device,
+                                    seq,
+                                    &encoded,
+                                )?;
                             }
-                            Self::keep_capabilities_history(
-                                &mut caps_history,
-                                c,
-                                device,
-                                seq,
-                                &encoded,
-                            )?;
                         }
                         Message::Sync(_) => {}
                         // Downlink kinds never reach here (ingest rejects them first).
@@ -1567,17 +1578,16 @@ impl Store {
     ) -> Result<ReportOutcome, ReportError> {
         let received_ms = now_ms();
         let c = client.as_str();
-        let device = manifest.properties.id.as_str();
         let txn = self.db.begin_write()?;
         let outcome = {
             Self::http_reporter(&txn, client, received_ms, |_| {})?;
             let mut caps_latest = txn.open_table(CAPS_LATEST)?;
             let mut caps_history = txn.open_table(CAPS_HISTORY)?;
-            if let Some(rejection) = check_capabilities(manifest, |parent| {
+            let normalised = check_capabilities(manifest, |parent| {
                 Ok::<_, StoreError>(caps_latest.get((c, parent.as_str()))?.is_some())
-            })? {
-                return Err(ReportError::Capabilities(rejection));
-            }
+            })?
+            .map_err(ReportError::Capabilities)?;
+            let device = normalised.id.as_str();
             let existed = caps_latest.get((c, device))?.is_some();
             let encoded = encode(
                 "capabilities_latest",
@@ -1692,10 +1702,14 @@ impl Store {
                 break;
             }
             let latest: LatestCapabilities = decode("capabilities_latest", v.value())?;
-            let manifest = serde_json::from_str(&latest.json).map_err(|e| StoreError::Corrupt {
-                table: "capabilities_latest",
-                detail: e.to_string(),
-            })?;
+            let manifest: serde_json::Value =
+                serde_json::from_str(&latest.json).map_err(|e| StoreError::Corrupt {
+                    table: "capabilities_latest",
+                    detail: e.to_string(),
+                })?;
+            let normalized = DeviceCapabilitiesManifest::from_value(manifest.clone())
+                .ok()
+                .and_then(|m| m.normalize().ok());
             let history_len = history
                 .range((c, device, 0u64)..=(c, device, u64::MAX))?
                 .count();
@@ -1705,6 +1719,7 @@ impl Store {
                 received_at: latest.received_ms,
                 history_len,
                 manifest,
+                normalized,
             });
         }
         Ok(out)

@@ -551,6 +551,21 @@ async fn reports_over_http_show_like_mqtt_and_every_refusal() {
     let v = deployed.manifest_version;
     let status_path = device.path(&format!("/deployments/{DEP_A}/status"));
 
+    // The specification's status payloads are accepted (200): the page
+    // example (no apiVersion/kind/adoptedManifestVersion, empty-string error
+    // members) and the 1.0.0 OpenAPI shape (kind DeploymentStatusManifest,
+    // error without source), with this client's deployment id.
+    for name in [
+        "status-02b3189e-example.json",
+        "status-openapi-1.0.0-schema.json",
+    ] {
+        let mut body: serde_json::Value =
+            serde_json::from_slice(&spec_fixture(name)).expect("json");
+        body["deploymentId"] = DEP_A.into();
+        let reply = device.post_json(Method::POST, &status_path, &body).await;
+        assert_eq!(reply.status, StatusCode::OK, "{name}");
+    }
+
     // A status over HTTP shows in the admin status API like an MQTT one.
     device
         .post_json(
@@ -577,7 +592,8 @@ async fn reports_over_http_show_like_mqtt_and_every_refusal() {
     assert!(fleet[0].last_seen.is_some());
 
     // Capabilities: gateway first (201), child before parent refused (404),
-    // then the child (201), a replacement (200), shown by `clients show`.
+    // then the child (201), a replacement (201: 1.0.0/rc.2 list only 201),
+    // shown by `clients show`.
     let caps = device.path("/capabilities");
     device
         .post_json(
@@ -606,13 +622,13 @@ async fn reports_over_http_show_like_mqtt_and_every_refusal() {
     let replaced = device
         .post_json(Method::PUT, &format!("{caps}/gw"), &capabilities_body("gw"))
         .await;
-    assert_eq!(replaced.status, StatusCode::OK);
+    assert_eq!(replaced.status, StatusCode::CREATED);
     let body_path = device
         .post_json(Method::POST, &caps, &capabilities_body("gw"))
         .await;
     assert_eq!(
         body_path.status,
-        StatusCode::OK,
+        StatusCode::CREATED,
         "Margo 1.0.0 path, id from the body"
     );
     let details = admin
@@ -929,4 +945,79 @@ fn openapi_document_matches_the_router() {
         documented, served,
         "manager/openapi.yaml and http::api_routes list different routes"
     );
+}
+
+/// A specification payload from `schemas/tests/fixtures/spec` (see its README).
+fn spec_fixture(name: &str) -> Vec<u8> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../schemas/tests/fixtures/spec")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Every published capabilities shape over HTTP (the 1.0.0 OpenAPI shape,
+/// the rc.2-era page example with `"memory": "59 Gi"`, the rc.3-era page
+/// example): `201` each time, created or replaced, and the document is kept
+/// as sent, its normalised form beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_published_capabilities_shape_is_stored_as_sent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manager = within("manager start", Manager::start(config(dir.path())))
+        .await
+        .expect("manager starts");
+    let admin = manager.admin();
+    let bundle = admin.add_client("press-9", None).await.expect("provision");
+    let device = Device::new(manager.http_addr().expect("HTTPS"), &bundle);
+    let id = "northstarida.xtapro.k8s.edge";
+    for (name, method, path) in [
+        (
+            "capabilities-openapi-1.0.0-schema.json",
+            Method::POST,
+            device.path("/capabilities"),
+        ),
+        (
+            "capabilities-00ab1b4b-example.json",
+            Method::POST,
+            device.path(&format!("/capabilities/{id}")),
+        ),
+        (
+            "capabilities-aae95624-example.json",
+            Method::PUT,
+            device.path(&format!("/capabilities/{id}")),
+        ),
+    ] {
+        let sent = spec_fixture(name);
+        let reply = device
+            .send(
+                method,
+                &path,
+                &[("content-type", "application/json")],
+                sent.clone(),
+                Sign::Yes,
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{name}");
+        let details = admin
+            .client(bundle.client_id.as_str())
+            .await
+            .expect("client");
+        assert_eq!(details.capabilities.len(), 1, "{name}");
+        let entry = &details.capabilities[0];
+        assert_eq!(entry.device_id, id);
+        let sent_json: serde_json::Value = serde_json::from_slice(&sent).expect("json");
+        assert_eq!(entry.manifest, sent_json, "{name}: stored as sent");
+        let n = entry.normalized.as_ref().expect("normalised");
+        assert_eq!(n.memory_bytes, Some(59 << 30), "{name}");
+        assert_eq!(n.storage_bytes, Some(1862 << 30), "{name}");
+    }
+    // The exact bytes are what the admin API serves for the device.
+    let shown = admin
+        .client(bundle.client_id.as_str())
+        .await
+        .expect("client");
+    assert_eq!(
+        shown.capabilities[0].normalized.as_ref().map(|n| n.shape),
+        Some(margo_schemas::revision::Revision::Rc3)
+    );
+    manager.shutdown().await;
 }

@@ -486,8 +486,16 @@ async fn operator_approval_then_mqtt_then_capabilities_then_revocation() {
     mqtt.capabilities(2, manifest("gw", "4Gi")).await;
     mqtt.capabilities(3, manifest("gw/a", "2Gi")).await;
     mqtt.capabilities(4, manifest("gw", "lots")).await;
-    mqtt.expect("ack of seq 4", |m| match m {
-        Message::Ack(a) if a.acked_seq >= 4 => Some(()),
+    // The 1.0.0 OpenAPI shape (roles, resources, "59 Gi") over MQTT too.
+    let v1_shape = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../schemas/tests/fixtures/spec/capabilities-openapi-1.0.0-schema.json"),
+    )
+    .expect("fixture");
+    let v1_shape = DeviceCapabilitiesManifest::from_json(&v1_shape).expect("object");
+    mqtt.capabilities(5, v1_shape.clone()).await;
+    mqtt.expect("ack of seq 5", |m| match m {
+        Message::Ack(a) if a.acked_seq >= 5 => Some(()),
         _ => None,
     })
     .await;
@@ -495,17 +503,31 @@ async fn operator_approval_then_mqtt_then_capabilities_then_revocation() {
         .client(identity.client_id.as_str())
         .await
         .expect("client show");
-    let stored: BTreeMap<&str, &str> = details
+    let stored: BTreeMap<&str, Option<u64>> = details
         .capabilities
         .iter()
         .map(|c| {
             (
                 c.device_id.as_str(),
-                c.manifest.properties.memory.as_deref().unwrap_or(""),
+                c.normalized.as_ref().and_then(|n| n.memory_bytes),
             )
         })
         .collect();
-    assert_eq!(stored, BTreeMap::from([("gw", "4Gi"), ("gw/a", "2Gi")]));
+    let edge = "northstarida.xtapro.k8s.edge";
+    assert_eq!(
+        stored,
+        BTreeMap::from([
+            ("gw", Some(4 << 30)),
+            ("gw/a", Some(2 << 30)),
+            (edge, Some(59 << 30))
+        ])
+    );
+    let as_sent = details
+        .capabilities
+        .iter()
+        .find(|c| c.device_id == edge)
+        .map(|c| &c.manifest);
+    assert_eq!(as_sent, Some(&v1_shape.to_value()), "stored as sent");
     assert_eq!(details.status.desired_version, 2);
     assert_eq!(details.client.name, "press-7");
     let health = admin.health().await.expect("health");

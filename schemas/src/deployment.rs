@@ -8,7 +8,13 @@ use serde::{Deserialize, Serialize};
 use crate::digest::Digest;
 use crate::ids::DeploymentId;
 
+/// The pages' `apiVersion` (desired-state.md and its examples).
 pub const API_VERSION: &str = "application.margo.org/v1alpha1";
+/// Every `apiVersion` a published text gives an ApplicationDeployment: the
+/// pages' [`API_VERSION`], `margo.org/v1alpha1` (the OpenAPI's default group
+/// with the version), and `margo.org` (the 1.0.0/rc.2 OpenAPI default as
+/// written). The document keeps its own value.
+pub const ACCEPTED_API_VERSIONS: &[&str] = &[API_VERSION, "margo.org/v1alpha1", "margo.org"];
 pub const KIND: &str = "ApplicationDeployment";
 /// Largest ApplicationDeployment document we accept.
 pub const MAX_YAML_BYTES: usize = 512 * 1024;
@@ -144,6 +150,8 @@ struct WireTarget {
 pub struct ApplicationDeployment {
     bytes: Vec<u8>,
     digest: Digest,
+    /// The document's own `apiVersion` (one of [`ACCEPTED_API_VERSIONS`]).
+    pub api_version: String,
     pub id: DeploymentId,
     pub name: String,
     pub namespace: Option<String>,
@@ -165,10 +173,13 @@ impl ApplicationDeployment {
         let doc: WireDoc =
             serde_norway::from_slice(&bytes).map_err(|e| DeploymentError::Yaml(e.to_string()))?;
         let api_version = doc.api_version.ok_or_else(|| missing("apiVersion"))?;
-        if api_version != API_VERSION {
+        if !ACCEPTED_API_VERSIONS.contains(&api_version.as_str()) {
             return Err(invalid(
                 "apiVersion",
-                format!("expected {API_VERSION}, got {api_version:?}"),
+                format!(
+                    "expected one of {}, got {api_version:?}",
+                    ACCEPTED_API_VERSIONS.join(", ")
+                ),
             ));
         }
         let kind = doc.kind.ok_or_else(|| missing("kind"))?;
@@ -298,6 +309,7 @@ impl ApplicationDeployment {
         Ok(Self {
             bytes,
             digest,
+            api_version,
             id,
             name,
             namespace: metadata.namespace,
@@ -444,6 +456,19 @@ spec:
             ApplicationDeployment::parse(b"{ not: [yaml".to_vec()),
             Err(DeploymentError::Yaml(_))
         ));
+    }
+
+    #[test]
+    fn accepts_every_published_api_version_and_keeps_it() {
+        for api_version in ACCEPTED_API_VERSIONS {
+            let doc = HELM.replace(API_VERSION, api_version);
+            let d = ApplicationDeployment::parse(doc.clone().into_bytes()).unwrap();
+            assert_eq!(d.api_version, *api_version);
+            assert_eq!(d.bytes(), doc.as_bytes());
+        }
+        let err = ApplicationDeployment::parse(HELM.replace(API_VERSION, "apps/v1").into_bytes())
+            .unwrap_err();
+        assert!(err.to_string().starts_with("apiVersion"), "{err}");
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod manifest;
 pub mod messages;
 pub mod onboarding;
 pub mod pki;
+pub mod revision;
 pub mod schedule;
 pub mod status;
 pub mod topics;

@@ -10,7 +10,7 @@ use crate::capabilities::DeviceCapabilitiesManifest;
 use crate::codec::{self, CodecError};
 use crate::cose::{CoseError, SigningKey, VerifyingKey};
 use crate::digest::Digest;
-use crate::ids::{ClientId, DeploymentId, DeviceId};
+use crate::ids::{ClientId, DeploymentId};
 use crate::manifest::StateManifest;
 use crate::schedule::Schedule;
 use crate::status::DeploymentStatus;
@@ -295,9 +295,10 @@ fn decode_envelope(payload: &[u8], max: usize) -> Result<Envelope, MessageError>
     Ok(codec::decode(payload, max)?)
 }
 
-/// The device a capabilities report is about (its `properties.id`).
-pub fn capabilities_device(report: &CapabilitiesReport) -> &DeviceId {
-    &report.manifest.properties.id
+/// The device a capabilities report is about (its `properties.id` as
+/// written; checked only by [`DeviceCapabilitiesManifest::normalize`]).
+pub fn capabilities_device(report: &CapabilitiesReport) -> Option<&str> {
+    report.manifest.device_id()
 }
 
 #[cfg(test)]

@@ -1,12 +1,22 @@
 //! Margo `DeploymentStatus`: the six states, components, errors, and the
 //! severity-precedence rule for the overall state.
+//!
+//! Read tolerantly (see `docs/http-api.md`, "Document shapes"): `kind` may be
+//! `DeploymentStatusManifest` (1.0.0 and rc.2 OpenAPI), `DeploymentStatus`
+//! (the pages, 0.0.1) or absent (rc.3); `apiVersion` is optional; no member of
+//! an `error` object is required. [`DeploymentStatus::to_wire`] writes the
+//! shape of a chosen revision.
 
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{DeploymentId, DeviceId};
+use crate::revision::Revision;
 
 pub const API_VERSION: &str = "deployment.margo.org/v1alpha1";
+/// The pages' (and 0.0.1's) `kind`.
 pub const KIND: &str = "DeploymentStatus";
+/// The 1.0.0 and rc.2 OpenAPI `kind` (what we send in those modes).
+pub const KIND_MANIFEST: &str = "DeploymentStatusManifest";
 /// Longest error message we keep (longer ones are cut, not rejected).
 pub const MAX_MESSAGE_LEN: usize = 4096;
 
@@ -74,11 +84,16 @@ impl std::fmt::Display for DeploymentState {
     }
 }
 
-/// A Margo error object.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A Margo error object. Every member is optional in every revision (1.0.0
+/// and rc.2 define `code` and `message`, rc.2/rc.3 add `source`); an absent
+/// member reads as empty and an empty one is not written.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct StatusError {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub code: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub source: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
 }
 
@@ -133,28 +148,25 @@ pub enum StatusErrorKind {
     DuplicateComponent(String),
     #[error("components: {0} entries, more than a deployment may have")]
     TooManyComponents(usize),
+    #[error("kind: {0:?} is neither {KIND_MANIFEST} nor {KIND}")]
+    Kind(String),
 }
 
 /// A Margo DeploymentStatus.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeploymentStatus {
-    #[serde(default = "default_api_version")]
-    pub api_version: String,
-    #[serde(default = "default_kind")]
-    pub kind: String,
+    /// Required by 1.0.0/rc.2, absent in rc.3; any value is accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    /// [`KIND_MANIFEST`], [`KIND`] or absent (rc.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
     pub deployment_id: DeploymentId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_id: Option<DeviceId>,
     pub status: OverallStatus,
     pub components: Vec<ComponentStatus>,
-}
-
-fn default_api_version() -> String {
-    API_VERSION.to_string()
-}
-fn default_kind() -> String {
-    KIND.to_string()
 }
 
 impl DeploymentStatus {
@@ -166,8 +178,8 @@ impl DeploymentStatus {
     ) -> Self {
         let state = DeploymentState::overall(components.iter().map(|c| c.state));
         Self {
-            api_version: API_VERSION.to_string(),
-            kind: KIND.to_string(),
+            api_version: None,
+            kind: None,
             deployment_id,
             device_id: None,
             status: OverallStatus { state, error },
@@ -175,8 +187,45 @@ impl DeploymentStatus {
         }
     }
 
+    /// The JSON body of this status in the shape of `revision`, with the
+    /// manifest version being applied:
+    ///
+    /// - rc.3: no `apiVersion`/`kind`, `adoptedManifestVersion` (required).
+    /// - rc.2 and 1.0.0: `apiVersion: deployment.margo.org/v1alpha1`,
+    ///   `kind: DeploymentStatusManifest` (their required members), plus
+    ///   `adoptedManifestVersion` (not in their schemas, which allow extra
+    ///   members; our manager uses it to order reports).
+    ///
+    /// Any `apiVersion`/`kind` already set on `self` is replaced.
+    pub fn to_wire(&self, revision: Revision, adopted_manifest_version: u64) -> serde_json::Value {
+        let mut status = self.clone();
+        match revision {
+            Revision::Rc3 => {
+                status.api_version = None;
+                status.kind = None;
+            }
+            Revision::Rc2 | Revision::V1_0_0 => {
+                status.api_version = Some(API_VERSION.to_string());
+                status.kind = Some(KIND_MANIFEST.to_string());
+            }
+        }
+        let mut value = serde_json::to_value(&status).unwrap_or(serde_json::Value::Null);
+        if let Some(object) = value.as_object_mut() {
+            object.insert(
+                "adoptedManifestVersion".into(),
+                serde_json::Value::from(adopted_manifest_version),
+            );
+        }
+        value
+    }
+
     /// Checks the invariants a received status must hold.
     pub fn validate(&self) -> Result<(), StatusErrorKind> {
+        if let Some(kind) = &self.kind {
+            if kind != KIND_MANIFEST && kind != KIND {
+                return Err(StatusErrorKind::Kind(kind.chars().take(64).collect()));
+            }
+        }
         if self.components.len() > crate::deployment::MAX_COMPONENTS {
             return Err(StatusErrorKind::TooManyComponents(self.components.len()));
         }
@@ -260,7 +309,57 @@ mod tests {
         assert_eq!(j["deploymentId"], "d1");
         assert_eq!(j["status"]["state"], "failed");
         assert_eq!(j["components"][0]["error"]["source"], "a");
-        assert_eq!(j["apiVersion"], API_VERSION);
+        assert!(j.get("apiVersion").is_none() && j.get("kind").is_none());
+    }
+
+    #[test]
+    fn wire_shapes() {
+        let st = DeploymentStatus::new(
+            DeploymentId::new("d1").unwrap(),
+            vec![ComponentStatus {
+                name: "a".into(),
+                state: Installed,
+                error: None,
+            }],
+            None,
+        );
+        let rc3 = st.to_wire(Revision::Rc3, 7);
+        assert!(rc3.get("apiVersion").is_none() && rc3.get("kind").is_none());
+        assert_eq!(rc3["adoptedManifestVersion"], 7);
+        for revision in [Revision::Rc2, Revision::V1_0_0] {
+            let old = st.to_wire(revision, 7);
+            assert_eq!(old["apiVersion"], API_VERSION);
+            assert_eq!(old["kind"], KIND_MANIFEST);
+            assert_eq!(old["adoptedManifestVersion"], 7);
+            let back: DeploymentStatus = serde_json::from_value(old).unwrap();
+            assert!(back.validate().is_ok());
+        }
+    }
+
+    #[test]
+    fn tolerant_reading() {
+        // Every kind a revision names, or none; error objects with any members.
+        for kind in [
+            serde_json::json!(KIND_MANIFEST),
+            serde_json::json!(KIND),
+            serde_json::Value::Null,
+        ] {
+            let mut body = serde_json::json!({"deploymentId": "d1",
+                "status": {"state": "failed", "error": {}},
+                "components": [{"name": "a", "state": "failed", "error": {"code": "E1"}}]});
+            if !kind.is_null() {
+                body["kind"] = kind;
+            }
+            let st: DeploymentStatus = serde_json::from_value(body).unwrap();
+            assert!(st.validate().is_ok());
+            assert_eq!(st.status.error, Some(StatusError::default()));
+            assert_eq!(st.components[0].error.as_ref().unwrap().code, "E1");
+        }
+        let other: DeploymentStatus = serde_json::from_value(serde_json::json!({
+            "kind": "DeviceCapabilitiesManifest", "deploymentId": "d1",
+            "status": {"state": "pending"}, "components": []}))
+        .unwrap();
+        assert!(matches!(other.validate(), Err(StatusErrorKind::Kind(_))));
     }
 
     #[test]

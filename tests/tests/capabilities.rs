@@ -108,12 +108,12 @@ async fn reported_once_shown_and_sent_again_only_when_changed() -> Result<()> {
     assert_eq!(p["serialNumber"], "SN-1", "{entry:#}");
     assert_eq!(p["memory"], "2Gi", "{entry:#}");
     assert_eq!(
-        p["cpu"][0]["architecture"],
+        p["cpus"][0]["architecture"],
         build_architecture(),
         "{entry:#}"
     );
     let cores = std::thread::available_parallelism()?.get() as f64;
-    assert_eq!(p["cpu"][0]["cores"].as_f64(), Some(cores), "{entry:#}");
+    assert_eq!(p["cpus"][0]["cores"].as_f64(), Some(cores), "{entry:#}");
     assert_eq!(
         p["supportedDeploymentTypes"],
         serde_json::json!(["compose"]),
@@ -129,7 +129,10 @@ async fn reported_once_shown_and_sent_again_only_when_changed() -> Result<()> {
         serde_json::json!([{"type": "rs232"}]),
         "{entry:#}"
     );
-    assert_eq!(entry["manifest"]["kind"], "DeviceCapabilitiesManifest");
+    // The newest shape (rc.3) by default: no apiVersion/kind.
+    assert!(entry["manifest"].get("kind").is_none(), "{entry:#}");
+    assert_eq!(entry["normalized"]["shape"], "1.0.0-rc.3", "{entry:#}");
+    assert_eq!(entry["normalized"]["memoryBytes"], 2u64 << 30, "{entry:#}");
     assert_eq!(entry["historyLen"], 1, "{entry:#}");
     let first_seq = entry["seq"].as_u64().context("seq")?;
     // The human view shows the same.

@@ -250,23 +250,38 @@ fn print_client(d: &margo_manager::admin::ClientDetails) {
         println!("capabilities -");
     }
     for cap in &d.capabilities {
-        let p = &cap.manifest.properties;
+        // The normalised form of the document as sent (any published shape).
+        let Some(p) = &cap.normalized else {
+            println!(
+                "capabilities {}: (stored document does not read: {}) (seq {}, {})",
+                cap.device_id,
+                cap.manifest,
+                cap.seq,
+                when(cap.received_at)
+            );
+            continue;
+        };
         let cpus: Vec<String> = p
-            .cpu
+            .cpus
             .iter()
-            .map(|c| format!("{}x{}", c.cores, wire_name(&c.architecture)))
+            .map(|c| format!("{}x{}", c.cores, c.architecture.as_deref().unwrap_or("?")))
             .collect();
+        let quantity = |q: Option<u64>| {
+            q.map(margo_schemas::capabilities::format_binary_quantity)
+                .unwrap_or_else(|| "-".into())
+        };
         println!(
-            "capabilities {}: {} {} serial {}; cpu {}; memory {}; storage {}; runtimes [{}]; types [{}] (seq {}, {})",
+            "capabilities {}: {} {} serial {}; cpu {}; memory {}; storage {}; runtimes [{}]; types [{}] ({} shape, seq {}, {})",
             cap.device_id,
             p.vendor,
             p.model_number,
             p.serial_number,
             if cpus.is_empty() { "-".to_string() } else { cpus.join(",") },
-            or_dash(p.memory.as_deref()),
-            or_dash(p.storage.as_deref()),
+            quantity(p.memory_bytes),
+            quantity(p.storage_bytes),
             wire_names(&p.supported_runtimes),
             wire_names(&p.supported_deployment_types),
+            p.shape,
             cap.seq,
             when(cap.received_at)
         );

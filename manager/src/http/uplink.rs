@@ -4,8 +4,10 @@
 //!   `200` stored
 //! - `POST|PUT /api/v1/clients/{clientId}/capabilities/{deviceId}` and
 //!   `POST|PUT /api/v1/clients/{clientId}/capabilities` (device id from the
-//!   body, as in the Margo 1.0.0 OpenAPI) → `201` first report of the
-//!   device, `200` replaced
+//!   body, as in the Margo 1.0.0 OpenAPI) → `201` whether created or
+//!   replaced, as 1.0.0 and rc.2 list it ([`capabilities_status`]); any
+//!   published document shape (see [`DeviceCapabilitiesManifest`]), stored
+//!   as received
 //! - `DELETE /api/v1/clients/{clientId}/capabilities/{deviceId}` → `204`
 //! - rc.3 (caller identified by its TLS client certificate, `401` without
 //!   a registered one): `POST /api/v1/deployments/{deploymentId}/status` and
@@ -29,8 +31,9 @@ use axum::extract::{Path, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use margo_schemas::capabilities::DeviceCapabilitiesManifest;
+use margo_schemas::capabilities::{DeviceCapabilitiesManifest, DocumentError};
 use margo_schemas::ids::{ClientId, DeploymentId, DeviceId};
+use margo_schemas::revision::Revision;
 use margo_schemas::status::DeploymentStatus;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -147,9 +150,22 @@ fn store_refusal(client: &ClientId, error: ReportError) -> Refusal {
     }
 }
 
-fn stored(outcome: ReportOutcome, created: StatusCode) -> Response {
+/// The status of a stored capabilities report, by the revision whose route
+/// received it: 1.0.0 and rc.2 list only `201` for POST/PUT (added or
+/// replaced alike); rc.3 answers `201` created, `200` updated.
+pub fn capabilities_status(outcome: ReportOutcome, revision: Revision) -> StatusCode {
+    match (revision, outcome) {
+        (Revision::V1_0_0 | Revision::Rc2, _) => StatusCode::CREATED,
+        (Revision::Rc3, ReportOutcome::Created) => StatusCode::CREATED,
+        (Revision::Rc3, ReportOutcome::Replaced) => StatusCode::OK,
+    }
+}
+
+/// `201` for a status report of a deployment that had none, `200` when it
+/// replaced one (rc.3's "created"/"updated").
+fn stored(outcome: ReportOutcome) -> Response {
     match outcome {
-        ReportOutcome::Created => created.into_response(),
+        ReportOutcome::Created => StatusCode::CREATED.into_response(),
         ReportOutcome::Replaced => StatusCode::OK.into_response(),
     }
 }
@@ -157,6 +173,17 @@ fn stored(outcome: ReportOutcome, created: StatusCode) -> Response {
 /// The client named in the log of a refused rc.3 request.
 fn caller_name(caller: Option<&ClientId>) -> String {
     caller.map_or_else(|| "-".to_string(), ToString::to_string)
+}
+
+/// Reads a capabilities body, keeping its exact text: a syntax error is
+/// 400; JSON that is not an object is 422 (the shape is checked by the store).
+pub(crate) fn parse_capabilities(body: &[u8]) -> Result<DeviceCapabilitiesManifest, Refusal> {
+    DeviceCapabilitiesManifest::from_json(body).map_err(|e| match e {
+        DocumentError::Syntax(_) => Refusal::bad_request(format!("request body is {e}")),
+        DocumentError::NotAnObject(_) => {
+            Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+        }
+    })
 }
 
 #[instrument(skip_all, fields(client_id = %raw.0, deployment_id = %raw.1))]
@@ -197,7 +224,7 @@ pub(super) async fn rc3_status(
         let client = tls_peer::caller(&state, &parts).await?;
         caller = Some(client.clone());
         let outcome = store_status(&state, &client, &deployment, &body).await?;
-        Ok::<_, Refusal>(stored(outcome, StatusCode::CREATED))
+        Ok::<_, Refusal>(stored(outcome))
     };
     match served.await {
         Ok(response) => response,
@@ -277,7 +304,7 @@ async fn put_capabilities(
     let body = body_bytes(state, &parts.headers, body)?;
     access::authenticate(state, &client, parts, &body, true).await?;
     let outcome = store_capabilities(state, &client, device.as_ref(), &body).await?;
-    Ok(stored(outcome, StatusCode::CREATED))
+    Ok(capabilities_status(outcome, Revision::Rc2).into_response())
 }
 
 /// `PUT /api/v1/capabilities/{deviceId}` (rc.3): `201` created, `200` updated.
@@ -295,7 +322,7 @@ pub(super) async fn rc3_put_capabilities(
         let client = tls_peer::caller(&state, &parts).await?;
         caller = Some(client.clone());
         let outcome = store_capabilities(&state, &client, Some(&device), &body).await?;
-        Ok::<_, Refusal>(stored(outcome, StatusCode::CREATED))
+        Ok::<_, Refusal>(capabilities_status(outcome, Revision::Rc3).into_response())
     };
     match served.await {
         Ok(response) => response,
@@ -315,19 +342,19 @@ async fn store_capabilities(
     device: Option<&DeviceId>,
     body: &[u8],
 ) -> Result<ReportOutcome, Refusal> {
-    let manifest: DeviceCapabilitiesManifest = parse_json(body, "DeviceCapabilitiesManifest")?;
+    let manifest = parse_capabilities(body)?;
     if let Some(device) = device {
-        if &manifest.properties.id != device {
+        if manifest.device_id() != Some(device.as_str()) {
             return Err(Refusal::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 format!(
-                    "properties.id {} in the body differs from {device} in the path",
-                    manifest.properties.id
+                    "properties.id {:?} in the body differs from {device} in the path",
+                    manifest.device_id().unwrap_or("(none)")
                 ),
             ));
         }
     }
-    let device_id = manifest.properties.id.clone();
+    let device_id = manifest.device_id().unwrap_or_default().to_string();
     let id = client.clone();
     let outcome = state
         .store
