@@ -14,9 +14,12 @@
 //!
 //! The manifest and YAML are gzip-encoded when `Accept-Encoding` admits it
 //! (`Vary: Accept-Encoding`); ETags and digests stay those of the decoded
-//! bytes. All: `400` malformed path ids or digest, `404` unknown client, `403`
-//! revoked client, and with `http.require_signed_reads` `400`/`401` for the
-//! signature headers over the empty body.
+//! bytes. All: `400` malformed path ids or digest; then (after the `406` of
+//! the manifest) authentication (`access::authenticate`): with
+//! `http.require_signed_reads` (default) a request without a credential or
+//! with a signature that does not verify is `401` (an unknown client too),
+//! a `Content-Digest` that does not match the (empty) body `400`; a revoked
+//! client `403`; without it an unknown client is `404`.
 
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -206,9 +209,10 @@ pub fn manifest_body(state: &ApiState, desired: &DesiredState) -> Result<Vec<u8>
 pub(super) async fn manifest(
     State(state): State<ApiState>,
     Path(raw_client): Path<String>,
+    caller: access::Caller,
     headers: HeaderMap,
 ) -> Response {
-    match serve_manifest(&state, &raw_client, &headers).await {
+    match serve_manifest(&state, &raw_client, &caller, &headers).await {
         Ok(response) => response,
         Err(refusal) => refused(&raw_client, "manifest request", refusal),
     }
@@ -217,10 +221,11 @@ pub(super) async fn manifest(
 async fn serve_manifest(
     state: &ApiState,
     raw_client: &str,
+    caller: &access::Caller,
     headers: &HeaderMap,
 ) -> Result<Response, Refusal> {
     let client = access::client_id(raw_client)?;
-    access::authenticate(state, &client, headers, b"", state.require_signed_reads).await?;
+    // Content negotiation before authentication (readings R2).
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     if !accepts(accept, MANIFEST_MEDIA_TYPE) {
         return Err(Refusal::new(
@@ -228,6 +233,8 @@ async fn serve_manifest(
             format!("the manifest is only available as {MANIFEST_MEDIA_TYPE}"),
         ));
     }
+    let signed = state.require_signed_reads;
+    access::authenticate(state, &client, caller, headers, b"", signed).await?;
     let desired = desired(state, &client).await?;
     if desired.manifest_version == 0 {
         return Err(Refusal::not_found(format!(
@@ -255,9 +262,10 @@ async fn serve_manifest(
 pub(super) async fn deployment(
     State(state): State<ApiState>,
     Path(raw): Path<(String, String, String)>,
+    caller: access::Caller,
     headers: HeaderMap,
 ) -> Response {
-    match serve_deployment(&state, &raw, &headers).await {
+    match serve_deployment(&state, &raw, &caller, &headers).await {
         Ok(response) => response,
         Err(refusal) => refused(&raw.0, "deployment document request", refusal),
     }
@@ -266,12 +274,14 @@ pub(super) async fn deployment(
 async fn serve_deployment(
     state: &ApiState,
     (raw_client, raw_deployment, raw_digest): &(String, String, String),
+    caller: &access::Caller,
     headers: &HeaderMap,
 ) -> Result<Response, Refusal> {
     let client = access::client_id(raw_client)?;
     let deployment = access::deployment_id(raw_deployment)?;
     let digest = access::digest(raw_digest)?;
-    access::authenticate(state, &client, headers, b"", state.require_signed_reads).await?;
+    let signed = state.require_signed_reads;
+    access::authenticate(state, &client, caller, headers, b"", signed).await?;
     let desired = desired(state, &client).await?;
     let Some(doc) = desired
         .deployments
@@ -303,9 +313,10 @@ async fn serve_deployment(
 pub(super) async fn bundle(
     State(state): State<ApiState>,
     Path(raw): Path<(String, String)>,
+    caller: access::Caller,
     headers: HeaderMap,
 ) -> Response {
-    match serve_bundle(&state, &raw, &headers).await {
+    match serve_bundle(&state, &raw, &caller, &headers).await {
         Ok(response) => response,
         Err(refusal) => refused(&raw.0, "bundle request", refusal),
     }
@@ -314,11 +325,13 @@ pub(super) async fn bundle(
 async fn serve_bundle(
     state: &ApiState,
     (raw_client, raw_digest): &(String, String),
+    caller: &access::Caller,
     headers: &HeaderMap,
 ) -> Result<Response, Refusal> {
     let client = access::client_id(raw_client)?;
     let digest = access::digest(raw_digest)?;
-    access::authenticate(state, &client, headers, b"", state.require_signed_reads).await?;
+    let signed = state.require_signed_reads;
+    access::authenticate(state, &client, caller, headers, b"", signed).await?;
     let desired = desired(state, &client).await?;
     let bundle = state.bundles.get(&desired).map_err(|e| {
         error!(client_id = %client, error = %e, "building the bundle failed");

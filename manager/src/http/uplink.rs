@@ -8,9 +8,12 @@
 //!   device, `200` replaced
 //! - `DELETE /api/v1/clients/{clientId}/capabilities/{deviceId}` → `204`
 //!
-//! Refusals (RFC 9457 problem bodies, nothing stored): `400` malformed path
-//! id, missing or wrong `Content-Digest`, malformed JSON; `401` signature;
-//! `403` revoked client; `404` unknown client, a gateway child before its
+//! Refusals (RFC 9457 problem bodies, nothing stored), in this order: `400`
+//! malformed path id; `413`; `415`; `401` no credential, unknown client or a
+//! signature that does not verify (`access::authenticate`: RFC 9421,
+//! `X-Payload-Signature` except on `DELETE`, or the client's TLS
+//! certificate); `400` missing or wrong `Content-Digest`; `403` revoked
+//! client; `400` malformed JSON; `404` a gateway child before its
 //! parent, no capabilities to delete; `409` a stale status (older manifest
 //! version than the stored one) or a gateway with children left; `413` body
 //! over `http.max_body_bytes`; `415` not `application/json`; `422` semantic
@@ -137,10 +140,11 @@ fn stored(outcome: ReportOutcome, created: StatusCode) -> Response {
 pub(super) async fn status(
     State(state): State<ApiState>,
     Path(raw): Path<(String, String)>,
+    caller: access::Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match post_status(&state, &raw, &headers, body).await {
+    match post_status(&state, &raw, &caller, &headers, body).await {
         Ok(response) => response,
         Err(refusal) => refused(&raw.0, "deployment status", refusal),
     }
@@ -149,13 +153,14 @@ pub(super) async fn status(
 async fn post_status(
     state: &ApiState,
     (raw_client, raw_deployment): &(String, String),
+    caller: &access::Caller,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Refusal> {
     let client = access::client_id(raw_client)?;
     let deployment = access::deployment_id(raw_deployment)?;
     let body = body_bytes(state, headers, body)?;
-    access::authenticate(state, &client, headers, &body, true).await?;
+    access::authenticate(state, &client, caller, headers, &body, true).await?;
     let parsed: StatusBody = parse_json(&body, "DeploymentStatusManifest")?;
     if parsed.status.deployment_id != deployment {
         return Err(Refusal::new(
@@ -188,10 +193,11 @@ async fn post_status(
 pub(super) async fn put_device_capabilities(
     State(state): State<ApiState>,
     Path(raw): Path<(String, String)>,
+    caller: access::Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match put_capabilities(&state, &raw.0, Some(&raw.1), &headers, body).await {
+    match put_capabilities(&state, &raw.0, Some(&raw.1), &caller, &headers, body).await {
         Ok(response) => response,
         Err(refusal) => refused(&raw.0, "capabilities report", refusal),
     }
@@ -201,10 +207,11 @@ pub(super) async fn put_device_capabilities(
 pub(super) async fn put_body_capabilities(
     State(state): State<ApiState>,
     Path(raw_client): Path<String>,
+    caller: access::Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match put_capabilities(&state, &raw_client, None, &headers, body).await {
+    match put_capabilities(&state, &raw_client, None, &caller, &headers, body).await {
         Ok(response) => response,
         Err(refusal) => refused(&raw_client, "capabilities report", refusal),
     }
@@ -214,13 +221,14 @@ async fn put_capabilities(
     state: &ApiState,
     raw_client: &str,
     raw_device: Option<&str>,
+    caller: &access::Caller,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Refusal> {
     let client = access::client_id(raw_client)?;
     let device: Option<DeviceId> = raw_device.map(access::device_id).transpose()?;
     let body = body_bytes(state, headers, body)?;
-    access::authenticate(state, &client, headers, &body, true).await?;
+    access::authenticate(state, &client, caller, headers, &body, true).await?;
     let manifest: DeviceCapabilitiesManifest = parse_json(&body, "DeviceCapabilitiesManifest")?;
     if let Some(device) = &device {
         if &manifest.properties.id != device {
@@ -249,10 +257,11 @@ async fn put_capabilities(
 pub(super) async fn delete_capabilities(
     State(state): State<ApiState>,
     Path(raw): Path<(String, String)>,
+    caller: access::Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match remove_capabilities(&state, &raw, &headers, body).await {
+    match remove_capabilities(&state, &raw, &caller, &headers, body).await {
         Ok(response) => response,
         Err(refusal) => refused(&raw.0, "capabilities deletion", refusal),
     }
@@ -261,6 +270,7 @@ pub(super) async fn delete_capabilities(
 async fn remove_capabilities(
     state: &ApiState,
     (raw_client, raw_device): &(String, String),
+    caller: &access::Caller,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Refusal> {
@@ -278,8 +288,9 @@ async fn remove_capabilities(
             ),
         ));
     }
-    // The signature covers the (normally empty) body.
-    access::authenticate(state, &client, headers, &body, true).await?;
+    // Only RFC 9421 (or the client's TLS certificate) can authorize a
+    // bodiless DELETE: it binds method and path.
+    access::authenticate(state, &client, caller, headers, &body, true).await?;
     let id = client.clone();
     let target = device.clone();
     state
