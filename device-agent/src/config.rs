@@ -179,6 +179,22 @@ pub struct HttpConfig {
     /// the first sync always takes the bundle. 0 ..= 100: `0` takes the
     /// bundle whenever anything changed, `100` never after the first sync.
     pub bundle_over_percent: u8,
+    /// How every request is signed (`docs/http-api.md`): `rfc9421`
+    /// (default; HTTP Message Signatures, the newest revision that has
+    /// signatures) or `x-payload-signature` (Margo's older body signature).
+    pub signature: SignatureScheme,
+}
+
+/// A request signature scheme (`http.signature`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum SignatureScheme {
+    /// RFC 9421 HTTP Message Signatures with RFC 9530 `Content-Digest`.
+    #[default]
+    #[serde(rename = "rfc9421")]
+    Rfc9421,
+    /// `Content-Digest` + `X-Payload-Signature` over the body.
+    #[serde(rename = "x-payload-signature")]
+    XPayloadSignature,
 }
 
 impl Default for HttpConfig {
@@ -190,6 +206,7 @@ impl Default for HttpConfig {
             request_timeout: Duration::from_secs(30),
             poll_rate: Duration::from_secs(300),
             bundle_over_percent: 50,
+            signature: SignatureScheme::Rfc9421,
         }
     }
 }

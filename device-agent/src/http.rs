@@ -181,6 +181,8 @@ pub struct HttpsClient {
     server_name: ServerName<'static>,
     max_body: usize,
     timeout: Duration,
+    /// Signs every request once its final target is known.
+    auth: Option<Arc<crate::request_auth::RequestAuth>>,
 }
 
 impl HttpsClient {
@@ -193,7 +195,14 @@ impl HttpsClient {
             server_name,
             max_body: MAX_BODY,
             timeout: REQUEST_TIMEOUT,
+            auth: None,
         })
+    }
+
+    /// The same client, signing every request with `auth`.
+    pub fn with_auth(mut self, auth: Arc<crate::request_auth::RequestAuth>) -> Self {
+        self.auth = Some(auth);
+        self
     }
 
     /// The same client with another response body limit and request deadline.
@@ -276,15 +285,24 @@ impl HttpsClient {
                 tracing::debug!(%error, "HTTPS connection ended with an error");
             }
         });
+        // The signature covers the request exactly as sent: method, the
+        // target URI (scheme, the Host value, path and query) and the body.
+        let signed = self.auth.as_ref().map(|auth| {
+            let body: &[u8] = body.as_ref().map_or(&[], |b| b.bytes.as_ref());
+            auth.headers(method.as_str(), &format!("https://{addr}{path}"), body)
+        });
         let mut builder = Request::builder()
             .method(method)
             .uri(path)
-            .header(HOST, addr)
+            .header(HOST, &addr)
             .header(
                 USER_AGENT,
                 concat!("margo-agent/", env!("CARGO_PKG_VERSION")),
             );
         for (name, value) in headers {
+            builder = builder.header(*name, value.as_str());
+        }
+        for (name, value) in signed.iter().flatten() {
             builder = builder.header(*name, value.as_str());
         }
         let payload = match body {

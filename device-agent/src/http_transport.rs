@@ -32,9 +32,10 @@
 //! **Downtime.** Outside the allowed times nothing is sent and nothing
 //! above debug is logged about communication.
 //!
-//! Requests are signed (`Content-Digest` + `X-Payload-Signature`, GETs over
-//! the empty body) with the device key; TLS 1.3 trusts only the fleet CA of
-//! the identity bundle and offers the client certificate if asked.
+//! Every request, GETs included, is signed with the device key by the scheme
+//! of `http.signature` ([`crate::request_auth`]: RFC 9421 by default, or
+//! `Content-Digest` + `X-Payload-Signature`); TLS 1.3 trusts only the fleet
+//! CA of the identity bundle and offers the client certificate if asked.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -45,7 +46,6 @@ use bytes::Bytes;
 use hyper::{Method, StatusCode};
 use margo_schemas::deployment::ApplicationDeployment;
 use margo_schemas::digest::Digest;
-use margo_schemas::http_sig::{HttpSigError, PayloadSigner, CONTENT_DIGEST, PAYLOAD_SIGNATURE};
 use margo_schemas::ids::{ClientId, DeploymentId};
 use margo_schemas::manifest::{BundleRef, StateManifest, MEDIA_TYPE as MANIFEST_MEDIA_TYPE};
 use margo_schemas::messages::Message;
@@ -59,10 +59,11 @@ use tracing::{debug, error, info, instrument, warn};
 
 use crate::bundle::{self, BundleError, BundleLimits};
 use crate::clock::{Backoff, Clock};
-use crate::config::{AgentConfig, ConfigError};
+use crate::config::{AgentConfig, ConfigError, SignatureScheme};
 use crate::http::{Answer, HttpError, HttpsClient, ManagerUrl, RequestBody};
 use crate::identity::Identity;
 use crate::outbox::Uplink;
+use crate::request_auth::{AuthError, RequestAuth};
 use crate::snapshot::{ConnectionStatus, Snapshots};
 use crate::stats::AgentStats;
 use crate::store::{manifest_digest, AcceptedManifest, Store, StoreError};
@@ -94,6 +95,8 @@ pub struct HttpSettings {
     /// Fetch the bundle when more than this percentage of the deployments
     /// changed (`http.bundle_over_percent`).
     pub bundle_over_percent: u8,
+    /// How requests are signed (`http.signature`).
+    pub signature: SignatureScheme,
 }
 
 impl HttpSettings {
@@ -110,6 +113,7 @@ impl HttpSettings {
             schedule: config.local_schedule()?,
             tls_resumption: config.tls_resumption,
             bundle_over_percent: config.http.bundle_over_percent,
+            signature: config.http.signature,
         })
     }
 }
@@ -119,8 +123,8 @@ impl HttpSettings {
 pub enum HttpSetupError {
     #[error("TLS configuration: {0}")]
     Tls(#[from] PkiError),
-    #[error("request signing key: {0}")]
-    Key(#[from] HttpSigError),
+    #[error(transparent)]
+    Key(#[from] AuthError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -242,7 +246,6 @@ pub struct HttpTransport {
     settings: HttpSettings,
     http: HttpsClient,
     bundles: HttpsClient,
-    signer: PayloadSigner,
     sink: ManifestSink,
     uplink: Uplink,
     store: Store,
@@ -340,20 +343,24 @@ impl HttpTransport {
         if !settings.tls_resumption {
             tls.resumption = rustls::client::Resumption::disabled();
         }
+        let pkcs8 = pki::pkcs8_from_pem(&pem.key_pem, "client.key")?;
+        let auth = Arc::new(RequestAuth::new(
+            settings.signature,
+            &pkcs8,
+            deps.identity.client_id.as_str(),
+        )?);
         let http = HttpsClient::new(settings.manager.clone(), tls)?
-            .with_limits(settings.max_body_bytes, settings.request_timeout);
+            .with_limits(settings.max_body_bytes, settings.request_timeout)
+            .with_auth(auth);
         let bundles = http
             .clone()
             .with_limits(settings.max_bundle_bytes, settings.request_timeout);
-        let pkcs8 = pki::pkcs8_from_pem(&pem.key_pem, "client.key")?;
-        let signer = PayloadSigner::from_pkcs8(&pkcs8)?;
         let accepted = deps.store.accepted_manifest()?;
         Ok(Self {
             client_id: deps.identity.client_id.clone(),
             settings,
             http,
             bundles,
-            signer,
             sink: deps.sink,
             uplink: deps.uplink,
             store: deps.store,
@@ -586,27 +593,14 @@ impl HttpTransport {
         self.set_status(ConnectionStatus::Connected);
     }
 
-    fn signed_headers(&self, body: &[u8]) -> Vec<(&'static str, String)> {
-        match self.signer.headers(body) {
-            Ok((digest, signature)) => {
-                vec![(CONTENT_DIGEST, digest), (PAYLOAD_SIGNATURE, signature)]
-            }
-            // The key was checked when the transport was built.
-            Err(e) => {
-                warn!(error = %e, "could not sign a request");
-                Vec::new()
-            }
-        }
-    }
-
     async fn get(
         &self,
         client: &HttpsClient,
         what: &'static str,
         path: &str,
-        mut headers: Vec<(&'static str, String)>,
+        headers: Vec<(&'static str, String)>,
     ) -> Result<Answer, CheckError> {
-        headers.extend(self.signed_headers(b""));
+        // Signed by the client (`with_auth`), like every request.
         client
             .exchange(Method::GET, path, &headers, None)
             .await
@@ -904,13 +898,12 @@ impl HttpTransport {
                     continue;
                 }
             };
-            let headers = self.signed_headers(&body);
             let sent = self
                 .http
                 .exchange(
                     method,
                     &path,
-                    &headers,
+                    &[],
                     Some(RequestBody {
                         content_type: "application/json",
                         bytes: Bytes::from(body),

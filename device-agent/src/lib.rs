@@ -31,6 +31,8 @@ pub mod onboard;
 pub mod outbox;
 pub mod plan;
 pub mod reconcile;
+#[cfg(any(feature = "onboarding", feature = "http-transport"))]
+pub mod request_auth;
 pub mod runtime;
 pub mod snapshot;
 pub mod stats;

@@ -24,7 +24,6 @@ use std::time::Duration;
 
 use hyper::{Method, StatusCode};
 use margo_schemas::digest::Digest;
-use margo_schemas::http_sig::{PayloadSigner, CONTENT_DIGEST, PAYLOAD_SIGNATURE};
 use margo_schemas::identity::{
     IdentityIndex, CA_FILE, CERT_FILE, IDENTITY_VERSION, INDEX_FILE, KEY_FILE,
     MANAGER_SIGNING_CERT_FILE,
@@ -42,6 +41,7 @@ use crate::clock::{Backoff, Clock, SystemClock};
 use crate::config::{AgentConfig, ConfigError};
 use crate::http::{self, Answer, HttpsClient, JsonBody, ManagerUrl};
 use crate::identity::{Identity, IdentityError, IdentityPem};
+use crate::request_auth::RequestAuth;
 
 /// The pending request, kept in the identity directory until approval.
 pub const PENDING_FILE: &str = "onboarding.toml";
@@ -259,21 +259,24 @@ impl Onboarding {
         };
         let (ca_der, ca_pem) = self.fetch_ca(expected, &shutdown).await?;
         let ca_fingerprint = pki::fingerprint(&ca_der);
-        let client = HttpsClient::new(
-            self.settings.manager_url.clone(),
-            http::verified_tls(&ca_pem)?,
-        )?;
-
         let (key, key_pem) = load_or_create_key(&dir)?;
         let cn = self.settings.name.clone().unwrap_or_else(hostname);
         let request_cert = load_or_create_request_cert(&dir, &key, &cn)?;
-        let signer =
-            PayloadSigner::from_pkcs8(&key.serialize_der()).map_err(|e| OnboardError::Key {
+        let body = self.request_body(&request_cert)?;
+        let request_fingerprint = pki::fingerprint(&request_cert);
+        // Signed with both schemes: the device does not know yet which
+        // revision the manager follows (the RFC 9421 keyid is the request
+        // certificate's fingerprint; there is no client id yet).
+        let auth = RequestAuth::both(&key.serialize_der(), &request_fingerprint.to_string())
+            .map_err(|e| OnboardError::Key {
                 path: dir.join(KEY_FILE),
                 reason: e.to_string(),
             })?;
-        let body = self.request_body(&request_cert)?;
-        let request_fingerprint = pki::fingerprint(&request_cert);
+        let client = HttpsClient::new(
+            self.settings.manager_url.clone(),
+            http::verified_tls(&ca_pem)?,
+        )?
+        .with_auth(Arc::new(auth));
         let local_id = request_fingerprint.hex();
 
         let mut step = match pending {
@@ -288,12 +291,8 @@ impl Onboarding {
         loop {
             let (path, result) = match &step {
                 Step::Post => {
-                    let (digest, signature) =
-                        signer.headers(&body).map_err(|e| OnboardError::Key {
-                            path: dir.join(KEY_FILE),
-                            reason: e.to_string(),
-                        })?;
-                    let headers = vec![(CONTENT_DIGEST, digest), (PAYLOAD_SIGNATURE, signature)];
+                    // Signed by the client (`with_auth`).
+                    let headers = Vec::new();
                     let sent = client
                         .send(
                             Method::POST,

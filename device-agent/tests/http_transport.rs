@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use margo_agent::clock::{Clock, SimulatedClock, SystemClock};
-use margo_agent::config::Transport;
+use margo_agent::config::{SignatureScheme, Transport};
 use margo_agent::http_transport::{
     CheckError, CheckOutcome, HttpDeps, HttpSettings, HttpTransport,
 };
@@ -30,6 +30,7 @@ use margo_agent::identity::Identity;
 use margo_agent::outbox::Uplink;
 use margo_agent::Store;
 use margo_schemas::digest::Digest;
+use margo_schemas::http_msg_sig::{self, PublicKey};
 use margo_schemas::http_sig;
 use margo_schemas::manifest::{BundleRef, DeploymentRef, StateManifest};
 use margo_schemas::messages::{Message, StateReport, StatusReport};
@@ -56,6 +57,11 @@ struct FakeState {
     /// `(path, body)` of every report.
     reports: Vec<(String, Vec<u8>)>,
     bad_signatures: usize,
+    /// Requests that verified with RFC 9421 / with `X-Payload-Signature`.
+    rfc9421_signed: usize,
+    payload_signed: usize,
+    /// Bodiless requests that carried a `Content-Digest` anyway.
+    bodiless_with_digest: usize,
 }
 
 impl FakeState {
@@ -150,12 +156,78 @@ impl FakeManager {
     }
 }
 
+/// Verifies a request as a Margo WFM would: RFC 9421 with the schemas
+/// verifier (covering @method, the target, content-digest with a body,
+/// created within 300 s, keyid = the client id) and the body's
+/// Content-Digest, or the old X-Payload-Signature with the certificate key.
+fn verify(
+    key: &PublicKey,
+    method: &str,
+    path_and_query: &str,
+    headers: &hyper::HeaderMap,
+    body: &[u8],
+    s: &mut FakeState,
+) -> Result<(), String> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if body.is_empty() && headers.contains_key(http_msg_sig::CONTENT_DIGEST) {
+        s.bodiless_with_digest += 1;
+    }
+    if headers.contains_key(http_msg_sig::SIGNATURE_INPUT) {
+        let lines: Vec<(&str, &str)> = headers
+            .iter()
+            .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str(), v)))
+            .collect();
+        let request = http_msg_sig::Request {
+            method,
+            scheme: "https",
+            authority: header("host").unwrap_or_default(),
+            path_and_query,
+            headers: &lines,
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs() as i64;
+        let policy = http_msg_sig::Policy {
+            now,
+            max_age: 300,
+            max_future_skew: 60,
+            has_body: !body.is_empty(),
+        };
+        http_msg_sig::verify_request(&request, key, &policy, &|k| k == CLIENT)
+            .map_err(|e| e.to_string())?;
+        if !body.is_empty() {
+            http_msg_sig::check_content_digest(
+                &request.field_lines(http_msg_sig::CONTENT_DIGEST),
+                body,
+            )
+            .map_err(|e| e.to_string())?;
+        }
+        s.rfc9421_signed += 1;
+    } else {
+        http_sig::verify_with_key(
+            header(http_sig::CONTENT_DIGEST),
+            header(http_sig::PAYLOAD_SIGNATURE),
+            body,
+            key,
+            true,
+        )
+        .map_err(|e| e.to_string())?;
+        s.payload_signed += 1;
+    }
+    Ok(())
+}
+
 async fn handle(
     request: Request<Incoming>,
-    point: Arc<Vec<u8>>,
+    key: Arc<PublicKey>,
     state: Arc<Mutex<FakeState>>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = request.uri().path().to_string();
+    let path_and_query = request
+        .uri()
+        .path_and_query()
+        .map_or("/".to_string(), |p| p.to_string());
     let method = request.method().to_string();
     let headers = request.headers().clone();
     let body = request
@@ -180,12 +252,7 @@ async fn handle(
         }
         r
     };
-    if let Err(e) = http_sig::verify_request(
-        header(http_sig::CONTENT_DIGEST),
-        header(http_sig::PAYLOAD_SIGNATURE),
-        &body,
-        &point,
-    ) {
+    if let Err(e) = verify(&key, &method, &path_and_query, &headers, &body, &mut s) {
         s.bad_signatures += 1;
         return Ok(reply(
             StatusCode::UNAUTHORIZED,
@@ -237,12 +304,7 @@ async fn start_fake(fleet: &Fleet, identity: &Identity) -> FakeManager {
     let der = pki::certs_from_pem(&identity.pem.cert_pem, "device")
         .expect("device cert")
         .remove(0);
-    let point = Arc::new(
-        pki::cert_info(&der)
-            .expect("cert info")
-            .p256_public_key
-            .expect("p256"),
-    );
+    let point = Arc::new(PublicKey::from_certificate(&der).expect("device key"));
     let state = Arc::new(Mutex::new(FakeState::default()));
     let shared = Arc::clone(&state);
     tokio::spawn(async move {
@@ -318,6 +380,14 @@ impl Rig {
 
     /// A transport built from the agent's parts (the reconciler is not run).
     fn transport(&self) -> (HttpTransport, Uplink, Arc<margo_agent::stats::AgentStats>) {
+        self.transport_signing(SignatureScheme::Rfc9421)
+    }
+
+    /// The same, signing with `signature`.
+    fn transport_signing(
+        &self,
+        signature: SignatureScheme,
+    ) -> (HttpTransport, Uplink, Arc<margo_agent::stats::AgentStats>) {
         let agent = self.agent(None);
         let parts = agent.parts().expect("parts");
         let stats = agent.handle().stats;
@@ -332,6 +402,7 @@ impl Rig {
             schedule: None,
             tls_resumption: true,
             bundle_over_percent: 50,
+            signature,
         };
         let transport = HttpTransport::new(
             settings,
@@ -561,6 +632,38 @@ async fn garbage_and_server_errors_keep_state_and_etag() {
     assert!(matches!(err, CheckError::Answer { status, .. } if status == StatusCode::NOT_FOUND));
     assert_eq!(rig.accepted_version(), 1);
     assert_eq!(rig.store.http_etag().expect("etag"), etag);
+}
+
+/// Every request is signed, GETs included, with either scheme; RFC 9421
+/// sends no Content-Digest on bodiless requests. The fake manager verifies
+/// both with the schemas verifiers.
+#[tokio::test]
+async fn every_request_is_signed_with_either_scheme() {
+    for scheme in [SignatureScheme::Rfc9421, SignatureScheme::XPayloadSignature] {
+        let rig = Rig::new().await;
+        let (mut t, uplink, _) = rig.transport_signing(scheme);
+        let a1 = doc(A, 1);
+        rig.fake.publish(1, &[&a1], &[]);
+        within(WAIT, "check", t.check()).await.expect("check");
+        uplink
+            .send(status_msg(A, DeploymentState::Installed))
+            .expect("enqueue");
+        let d = within(WAIT, "drain", t.drain_uplink()).await;
+        assert_eq!(d.delivered, 1, "{scheme:?}");
+        let s = rig.fake.state();
+        assert_eq!(s.bad_signatures, 0, "{scheme:?}");
+        let total = s.requests.len();
+        assert!(total >= 3, "manifest, bundle, status: {total}");
+        match scheme {
+            SignatureScheme::Rfc9421 => {
+                assert_eq!((s.rfc9421_signed, s.payload_signed), (total, 0));
+                assert_eq!(s.bodiless_with_digest, 0, "no Content-Digest on GETs");
+            }
+            SignatureScheme::XPayloadSignature => {
+                assert_eq!((s.rfc9421_signed, s.payload_signed), (0, total));
+            }
+        }
+    }
 }
 
 fn status_msg(id: &str, state: DeploymentState) -> Message {

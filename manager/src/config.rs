@@ -141,10 +141,34 @@ pub struct HttpSettings {
     /// Largest JSON body of a status or capabilities request; larger ones get
     /// 413. Default 64 KiB.
     pub max_body_bytes: usize,
-    /// Require the payload signature headers (over the empty body) on the
-    /// deployment and bundle `GET`s, as the Margo OpenAPI lists
-    /// `PayloadSignature` for them. Default `true`.
+    /// Require a credential (an accepted signature scheme, or a TLS client
+    /// certificate of the client) on the manifest, deployment and bundle
+    /// `GET`s, as the Margo OpenAPI lists `PayloadSignature` for them. Off,
+    /// reads need only a known, unrevoked client id. Default `true`.
     pub require_signed_reads: bool,
+    /// Request signature schemes accepted on the `/api/v1/clients/{clientId}`
+    /// routes (`docs/http-api.md`, "Request authentication"). Default both;
+    /// `["rfc9421"]` refuses the body-only `X-Payload-Signature`.
+    pub signature_schemes: Vec<SignatureScheme>,
+    /// Oldest RFC 9421 `created` accepted, before now. Default 300 s.
+    #[serde(with = "humantime_serde")]
+    pub signature_max_age: Duration,
+    /// Latest RFC 9421 `created` accepted, after now (clock skew). Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub signature_clock_skew: Duration,
+}
+
+/// A request signature scheme (`http.signature_schemes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum SignatureScheme {
+    /// RFC 9421 HTTP Message Signatures (`Signature-Input`, `Signature`,
+    /// `Content-Digest`): bound to method, target and time.
+    #[serde(rename = "rfc9421")]
+    Rfc9421,
+    /// Margo's older `X-Payload-Signature` over the body only; accepted for
+    /// `GET` and for requests with a body, never for `DELETE`.
+    #[serde(rename = "x-payload-signature")]
+    XPayloadSignature,
 }
 
 impl Default for HttpSettings {
@@ -156,6 +180,9 @@ impl Default for HttpSettings {
             max_connections: 1024,
             max_body_bytes: 64 * 1024,
             require_signed_reads: true,
+            signature_schemes: vec![SignatureScheme::Rfc9421, SignatureScheme::XPayloadSignature],
+            signature_max_age: Duration::from_secs(300),
+            signature_clock_skew: Duration::from_secs(60),
         }
     }
 }
@@ -536,6 +563,23 @@ impl ManagerConfig {
                 "must be between 1024 and 16777216",
             ));
         }
+        if self.http.signature_schemes.is_empty() {
+            return Err(invalid(
+                "http.signature_schemes",
+                "must name at least one of \"rfc9421\", \"x-payload-signature\"",
+            ));
+        }
+        if self.http.signature_max_age.is_zero()
+            || self.http.signature_max_age > Duration::from_secs(24 * 3600)
+        {
+            return Err(invalid(
+                "http.signature_max_age",
+                "must be greater than 0 and at most 24h",
+            ));
+        }
+        if self.http.signature_clock_skew > Duration::from_secs(3600) {
+            return Err(invalid("http.signature_clock_skew", "must be at most 1h"));
+        }
         for f in &self.onboarding.allow_fingerprints {
             if normalize_fingerprint(f).is_none() {
                 return Err(invalid(
@@ -715,7 +759,26 @@ batch_interval = "5ms"
         assert_eq!(c.onboarding.rate_burst, 3);
         assert_eq!(c.onboarding.poll_interval, Duration::from_secs(5));
         assert_eq!(c.onboarding.allowed_request_ids(), vec!["ab".repeat(32)]);
+        let strict = ManagerConfig::from_toml(
+            "version = 1\n[http]\nsignature_schemes = [\"rfc9421\"]\n\
+             signature_max_age = \"2m\"\nsignature_clock_skew = \"5s\"\n",
+            Path::new("x"),
+        )
+        .expect("parses");
+        strict.validate().expect("valid");
+        assert_eq!(
+            strict.http.signature_schemes,
+            vec![SignatureScheme::Rfc9421]
+        );
+        assert_eq!(strict.http.signature_max_age, Duration::from_secs(120));
+        assert!(ManagerConfig::from_toml(
+            "version = 1\n[http]\nsignature_schemes = [\"hmac\"]\n",
+            Path::new("x")
+        )
+        .is_err());
         let d = ManagerConfig::default();
+        assert_eq!(d.http.signature_schemes.len(), 2);
+        assert_eq!(d.http.signature_max_age, Duration::from_secs(300));
         assert!(d.http.enabled);
         assert_eq!(d.http.listen.port(), 8443);
         assert_eq!(d.onboarding.max_pending, 1000);

@@ -15,6 +15,7 @@ use margo_manager::admin::ProvisionedBundle;
 use margo_manager::{Manager, ManagerConfig, ManagerHandle};
 use margo_schemas::cose::VerifyingKey;
 use margo_schemas::digest::Digest;
+use margo_schemas::http_msg_sig::RequestSigner;
 use margo_schemas::http_sig::{PayloadSigner, CONTENT_DIGEST, PAYLOAD_SIGNATURE};
 use margo_schemas::ids::ClientId;
 use margo_schemas::manifest::{StateManifest, MEDIA_TYPE};
@@ -85,13 +86,25 @@ struct Device {
     https: Https,
     id: ClientId,
     signer: PayloadSigner,
+    /// RFC 9421 signer, keyid = the client id.
+    msg_signer: RequestSigner,
 }
 
 enum Sign {
+    /// `X-Payload-Signature` (and `Content-Digest`).
     Yes,
     No,
     /// Signature headers computed over other bytes than sent.
     Over(Vec<u8>),
+    /// RFC 9421 over the method, target and body, created now.
+    Rfc9421,
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64
 }
 
 impl Device {
@@ -101,7 +114,29 @@ impl Device {
             https: Https::new(addr, &bundle.ca_pem),
             id: bundle.client_id.clone(),
             signer: PayloadSigner::from_pkcs8(&pkcs8).expect("signer"),
+            msg_signer: RequestSigner::from_pkcs8(&pkcs8, bundle.client_id.as_str())
+                .expect("RFC 9421 signer"),
         }
+    }
+
+    /// RFC 9421 headers for a request as the test client sends it (`Host:
+    /// localhost`).
+    fn rfc9421(
+        &self,
+        signer: &RequestSigner,
+        method: &Method,
+        path: &str,
+        body: &[u8],
+        created: i64,
+    ) -> Vec<(&'static str, String)> {
+        signer
+            .sign(
+                method.as_str(),
+                &format!("https://localhost{path}"),
+                Some(body),
+                created,
+            )
+            .expect("RFC 9421 sign")
     }
 
     async fn send(
@@ -114,10 +149,13 @@ impl Device {
     ) -> Reply {
         let signed = match sign {
             Sign::Yes => Some(self.signer.headers(&body).expect("sign")),
-            Sign::Over(other) => Some(self.signer.headers(&other).expect("sign")),
-            Sign::No => None,
+            Sign::Over(ref other) => Some(self.signer.headers(other).expect("sign")),
+            Sign::No | Sign::Rfc9421 => None,
         };
         let mut all: Vec<(&str, String)> = Vec::new();
+        if matches!(sign, Sign::Rfc9421) {
+            all.extend(self.rfc9421(&self.msg_signer, &method, path, &body, unix_now()));
+        }
         if let Some((digest, signature)) = signed {
             all.push((CONTENT_DIGEST, digest));
             all.push((PAYLOAD_SIGNATURE, signature));
@@ -642,11 +680,12 @@ async fn reports_over_http_show_like_mqtt_and_every_refusal() {
         .collect();
     assert_eq!(devices, ["gw", "gw/child"]);
     // Deleting a gateway with a child is refused; the child, then the gateway, go.
+    // (RFC 9421: X-Payload-Signature cannot authorize a bodiless DELETE.)
     let delete = |path: String| {
         let device = &device;
         async move {
             device
-                .send(Method::DELETE, &path, &[], Vec::new(), Sign::Yes)
+                .send(Method::DELETE, &path, &[], Vec::new(), Sign::Rfc9421)
                 .await
         }
     };
@@ -669,11 +708,11 @@ async fn reports_over_http_show_like_mqtt_and_every_refusal() {
     let good = serde_json::to_vec(&status_body(DEP_A, "failed", Some(v))).expect("json");
     let json_ct: &[(&str, &str)] = &[("content-type", "application/json")];
 
-    // 400: missing and wrong Content-Digest.
+    // 401: no credential at all; 400: wrong Content-Digest.
     device
         .send(Method::POST, &status_path, json_ct, good.clone(), Sign::No)
         .await
-        .problem(StatusCode::BAD_REQUEST);
+        .problem(StatusCode::UNAUTHORIZED);
     device
         .send(
             Method::POST,
@@ -702,12 +741,12 @@ async fn reports_over_http_show_like_mqtt_and_every_refusal() {
         )
         .await
         .problem(StatusCode::UNAUTHORIZED);
-    // 404: unknown client (well formed id).
+    // 401: unknown client (well formed id): there is no key to verify with.
     let ghost = format!("/api/v1/clients/zzzzzzzz/deployments/{DEP_A}/status");
     device
         .send(Method::POST, &ghost, json_ct, good.clone(), Sign::Yes)
         .await
-        .problem(StatusCode::NOT_FOUND);
+        .problem(StatusCode::UNAUTHORIZED);
     // 400: malformed path ids, traversal.
     for path in [
         format!("/api/v1/clients/UPPER/deployments/{DEP_A}/status"),
@@ -842,8 +881,8 @@ async fn reports_over_http_show_like_mqtt_and_every_refusal() {
         .iter()
         .all(|d| d.deployment_id.as_str() != DEP_B));
 
-    // Reads: unsigned → 400 (require_signed_reads), malformed client id → 400,
-    // unknown client → 404, unknown route → 404 problem, wrong method → 405.
+    // Reads: unsigned → 401 (require_signed_reads), malformed client id → 400,
+    // unknown client → 401, unknown route → 404 problem, wrong method → 405.
     device
         .send(
             Method::GET,
@@ -853,7 +892,7 @@ async fn reports_over_http_show_like_mqtt_and_every_refusal() {
             Sign::No,
         )
         .await
-        .problem(StatusCode::BAD_REQUEST);
+        .problem(StatusCode::UNAUTHORIZED);
     device
         .get("/api/v1/clients/Bad-Id/deployments", &[])
         .await
@@ -861,7 +900,7 @@ async fn reports_over_http_show_like_mqtt_and_every_refusal() {
     device
         .get("/api/v1/clients/zzzzzzzz/deployments", &[])
         .await
-        .problem(StatusCode::NOT_FOUND);
+        .problem(StatusCode::UNAUTHORIZED);
     device
         .send(
             Method::DELETE,
@@ -918,6 +957,300 @@ async fn reports_over_http_show_like_mqtt_and_every_refusal() {
         .await
         .problem(StatusCode::FORBIDDEN);
 
+    manager.shutdown().await;
+}
+
+/// RFC 9421 HTTP Message Signatures on the clientId routes, beside the old
+/// scheme: reads without Content-Digest, bodies with it, the time window,
+/// the key, the binding to method and path, and the order of checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc9421_signatures_bind_method_path_and_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manager = within("manager start", Manager::start(config(dir.path())))
+        .await
+        .expect("manager starts");
+    let admin = manager.admin();
+    let bundle = admin.add_client("press-9", None).await.expect("provision");
+    let other = admin.add_client("press-10", None).await.expect("provision");
+    let addr = manager.http_addr().expect("HTTPS");
+    let device = Device::new(addr, &bundle);
+    let stranger = Device::new(addr, &other);
+    let deployed = admin
+        .deploy(
+            bundle.client_id.as_str(),
+            vec![yaml(DEP_A, "app-a", "https://example.com/a.tar.gz")],
+        )
+        .await
+        .expect("deploy");
+    let v = deployed.manifest_version;
+    let manifest = device.path("/deployments");
+    let accept: &[(&str, &str)] = &[("accept", MEDIA_TYPE)];
+
+    // A signed manifest GET: no Content-Digest header, no digest component.
+    let signed_get = device.rfc9421(&device.msg_signer, &Method::GET, &manifest, b"", unix_now());
+    assert!(signed_get.iter().all(|(n, _)| *n != CONTENT_DIGEST));
+    let reply = device
+        .https
+        .send(Method::GET, &manifest, &signed_get, Vec::new())
+        .await;
+    reply.ok();
+    let served: StateManifest = serde_json::from_slice(&reply.body).expect("manifest");
+    assert_eq!(served.manifest_version, v);
+    // The X-Payload-Signature form still works for reads.
+    device.get(&manifest, accept).await.ok();
+
+    // A status POST with a body: Content-Digest covered.
+    let status_path = device.path(&format!("/deployments/{DEP_A}/status"));
+    let body = serde_json::to_vec(&status_body(DEP_A, "installed", Some(v))).expect("json");
+    let json_ct = ("content-type", "application/json".to_string());
+    let send_signed = |headers: Vec<(&'static str, String)>, body: Vec<u8>| {
+        let device = &device;
+        let path = status_path.clone();
+        let json_ct = json_ct.clone();
+        async move {
+            let mut all = headers;
+            all.push(json_ct);
+            device.https.send(Method::POST, &path, &all, body).await
+        }
+    };
+    let headers = device.rfc9421(
+        &device.msg_signer,
+        &Method::POST,
+        &status_path,
+        &body,
+        unix_now(),
+    );
+    assert_eq!(
+        send_signed(headers, body.clone()).await.status,
+        StatusCode::OK
+    );
+
+    // Another client's key, with this client's keyid: 401.
+    let foreign = device.rfc9421(
+        &stranger.msg_signer,
+        &Method::POST,
+        &status_path,
+        &body,
+        unix_now(),
+    );
+    let detail = send_signed(foreign, body.clone())
+        .await
+        .problem(StatusCode::UNAUTHORIZED);
+    assert!(
+        detail.contains("keyid") || detail.contains("verify"),
+        "{detail}"
+    );
+    // The stranger's own keyid on this client's path: 401 (keyid names another client).
+    let theirs = stranger.rfc9421(
+        &stranger.msg_signer,
+        &Method::POST,
+        &status_path,
+        &body,
+        unix_now(),
+    );
+    send_signed(theirs, body.clone())
+        .await
+        .problem(StatusCode::UNAUTHORIZED);
+    // Too old a `created` (10 minutes), and an `expires` already passed.
+    let mut long_lived = RequestSigner::from_pkcs8(
+        &pkcs8_from_pem(bundle.key_pem.as_bytes(), "key").expect("pkcs8"),
+        bundle.client_id.as_str(),
+    )
+    .expect("signer");
+    long_lived.validity = 3600;
+    let old = device.rfc9421(
+        &long_lived,
+        &Method::POST,
+        &status_path,
+        &body,
+        unix_now() - 600,
+    );
+    let detail = send_signed(old, body.clone())
+        .await
+        .problem(StatusCode::UNAUTHORIZED);
+    assert!(detail.contains("in the past"), "{detail}");
+    let mut short_lived = long_lived;
+    short_lived.validity = 5;
+    let expired = device.rfc9421(
+        &short_lived,
+        &Method::POST,
+        &status_path,
+        &body,
+        unix_now() - 60,
+    );
+    let detail = send_signed(expired, body.clone())
+        .await
+        .problem(StatusCode::UNAUTHORIZED);
+    assert!(detail.contains("expired"), "{detail}");
+    // A `created` too far in the future (beyond the 60 s skew).
+    let future = device.rfc9421(
+        &device.msg_signer,
+        &Method::POST,
+        &status_path,
+        &body,
+        unix_now() + 600,
+    );
+    send_signed(future, body.clone())
+        .await
+        .problem(StatusCode::UNAUTHORIZED);
+    // Tampered body (headers intact): the signature holds, the digest does not: 400.
+    let headers = device.rfc9421(
+        &device.msg_signer,
+        &Method::POST,
+        &status_path,
+        &body,
+        unix_now(),
+    );
+    let tampered = serde_json::to_vec(&status_body(DEP_A, "failed", Some(v))).expect("json");
+    let detail = send_signed(headers, tampered)
+        .await
+        .problem(StatusCode::BAD_REQUEST);
+    assert!(detail.contains("Content-Digest"), "{detail}");
+    // A signature over the GET of the manifest, sent on the status route: 401.
+    let mut moved = signed_get.clone();
+    moved.push((
+        CONTENT_DIGEST,
+        margo_schemas::http_msg_sig::content_digest(&body),
+    ));
+    send_signed(moved, body.clone())
+        .await
+        .problem(StatusCode::UNAUTHORIZED);
+
+    // A GET without any credential: 401, never 400.
+    let detail = device
+        .send(Method::GET, &manifest, accept, Vec::new(), Sign::No)
+        .await
+        .problem(StatusCode::UNAUTHORIZED);
+    assert!(detail.contains("no credential"), "{detail}");
+    // Content negotiation comes first: an unsigned GET asking for text/plain is 406.
+    device
+        .send(
+            Method::GET,
+            &manifest,
+            &[("accept", "text/plain")],
+            Vec::new(),
+            Sign::No,
+        )
+        .await
+        .problem(StatusCode::NOT_ACCEPTABLE);
+
+    // Capabilities, then a signed GET's headers replayed as DELETE of them.
+    let caps = device.path("/capabilities/gw");
+    let created = device
+        .send(
+            Method::PUT,
+            &caps,
+            &[("content-type", "application/json")],
+            serde_json::to_vec(&capabilities_body("gw")).expect("json"),
+            Sign::Rfc9421,
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    // Old scheme: the GET's X-Payload-Signature (over the empty body) is
+    // the same for every bodiless request, so a DELETE never accepts it.
+    let (digest, xps) = device.signer.headers(b"").expect("sign");
+    let replay_old = vec![(CONTENT_DIGEST, digest), (PAYLOAD_SIGNATURE, xps)];
+    let reply = device
+        .https
+        .send(Method::GET, &manifest, &replay_old, Vec::new())
+        .await;
+    reply.ok();
+    let detail = device
+        .https
+        .send(Method::DELETE, &caps, &replay_old, Vec::new())
+        .await
+        .problem(StatusCode::UNAUTHORIZED);
+    assert!(detail.contains("DELETE"), "{detail}");
+    // RFC 9421: the GET's signature covers @method and @target-uri.
+    let reply = device
+        .https
+        .send(Method::GET, &manifest, &signed_get, Vec::new())
+        .await;
+    reply.ok();
+    device
+        .https
+        .send(Method::DELETE, &caps, &signed_get, Vec::new())
+        .await
+        .problem(StatusCode::UNAUTHORIZED);
+    let get_of_caps = device.rfc9421(&device.msg_signer, &Method::GET, &caps, b"", unix_now());
+    device
+        .https
+        .send(Method::DELETE, &caps, &get_of_caps, Vec::new())
+        .await
+        .problem(StatusCode::UNAUTHORIZED);
+    let still = admin
+        .client(bundle.client_id.as_str())
+        .await
+        .expect("client");
+    assert_eq!(still.capabilities.len(), 1, "nothing deleted by a replay");
+    // A DELETE signed as a DELETE goes.
+    let reply = device
+        .send(Method::DELETE, &caps, &[], Vec::new(), Sign::Rfc9421)
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+
+    manager.shutdown().await;
+}
+
+/// `http.signature_schemes = ["rfc9421"]`: the old scheme is refused, RFC
+/// 9421 served; `require_signed_reads = false`: reads need no credential.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signature_scheme_options() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut strict = config(dir.path());
+    strict.http.signature_schemes = vec![margo_manager::config::SignatureScheme::Rfc9421];
+    strict.http.require_signed_reads = false;
+    let manager = within("manager start", Manager::start(strict))
+        .await
+        .expect("manager starts");
+    let admin = manager.admin();
+    let bundle = admin.add_client("press-11", None).await.expect("provision");
+    let device = Device::new(manager.http_addr().expect("HTTPS"), &bundle);
+    let deployed = admin
+        .deploy(
+            bundle.client_id.as_str(),
+            vec![yaml(DEP_A, "app-a", "https://example.com/a.tar.gz")],
+        )
+        .await
+        .expect("deploy");
+    let status_path = device.path(&format!("/deployments/{DEP_A}/status"));
+    let body = serde_json::to_vec(&status_body(
+        DEP_A,
+        "installed",
+        Some(deployed.manifest_version),
+    ))
+    .expect("json");
+    let ct: &[(&str, &str)] = &[("content-type", "application/json")];
+    let detail = device
+        .send(Method::POST, &status_path, ct, body.clone(), Sign::Yes)
+        .await
+        .problem(StatusCode::UNAUTHORIZED);
+    assert!(detail.contains("signature_schemes"), "{detail}");
+    device
+        .send(Method::POST, &status_path, ct, body, Sign::Rfc9421)
+        .await
+        .ok();
+    // Reads: no credential needed; an unknown client is then 404.
+    device
+        .send(
+            Method::GET,
+            &device.path("/deployments"),
+            &[],
+            Vec::new(),
+            Sign::No,
+        )
+        .await
+        .ok();
+    device
+        .send(
+            Method::GET,
+            "/api/v1/clients/zzzzzzzz/deployments",
+            &[],
+            Vec::new(),
+            Sign::No,
+        )
+        .await
+        .problem(StatusCode::NOT_FOUND);
     manager.shutdown().await;
 }
 

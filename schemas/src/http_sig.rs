@@ -16,11 +16,10 @@
 //! signature.
 
 use ring::rand::SystemRandom;
-use ring::signature::{
-    EcdsaKeyPair, KeyPair, UnparsedPublicKey, ECDSA_P256_SHA256_ASN1,
-    ECDSA_P256_SHA256_ASN1_SIGNING,
-};
+use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
 use sha2::{Digest as _, Sha256};
+
+use crate::sig_key::PublicKey;
 
 /// Header carrying the body digest (RFC 9530).
 pub const CONTENT_DIGEST: &str = "content-digest";
@@ -75,29 +74,22 @@ pub fn content_digest(body: &[u8]) -> String {
     )
 }
 
-/// Checks a `Content-Digest` header value against `body`.
+/// Checks a `Content-Digest` header value against `body` (RFC 9530
+/// dictionary; `sha-256` and `sha-512` are checked, see
+/// [`crate::http_msg_sig::check_content_digest`]).
 pub fn verify_content_digest(header: Option<&str>, body: &[u8]) -> Result<(), HttpSigError> {
+    use crate::http_msg_sig::{check_content_digest, DigestError};
     let value = header.ok_or(HttpSigError::MissingDigest)?;
     if value.len() > MAX_HEADER_LEN {
         return Err(HttpSigError::MalformedDigest);
     }
-    // A dictionary may list several algorithms; we need sha-256.
-    let encoded = value
-        .split(',')
-        .map(str::trim)
-        .find_map(|item| item.strip_prefix("sha-256=:"))
-        .and_then(|rest| rest.strip_suffix(':'))
-        .ok_or(HttpSigError::MalformedDigest)?;
-    let claimed = data_encoding::BASE64
-        .decode(encoded.as_bytes())
-        .map_err(|_| HttpSigError::MalformedDigest)?;
-    if claimed.len() != 32 {
-        return Err(HttpSigError::MalformedDigest);
-    }
-    if claimed.as_slice() != Sha256::digest(body).as_slice() {
-        return Err(HttpSigError::DigestMismatch);
-    }
-    Ok(())
+    check_content_digest(&[value], body).map_err(|e| match e {
+        DigestError::Missing => HttpSigError::MissingDigest,
+        DigestError::Mismatch(_) => HttpSigError::DigestMismatch,
+        DigestError::Malformed(_) | DigestError::NoSupportedAlgorithm => {
+            HttpSigError::MalformedDigest
+        }
+    })
 }
 
 /// Signs request bodies with a device key (ECDSA P-256, ASN.1 signatures).
@@ -144,14 +136,35 @@ impl PayloadSigner {
 
 /// Verifies both headers for `body` against the client's trusted public key
 /// (`expected_point`: the uncompressed SEC1 point from its certificate, as
-/// `pki::CertInfo::p256_public_key` gives it).
+/// `pki::CertInfo::p256_public_key` gives it). The digest is required.
 pub fn verify_request(
     digest_header: Option<&str>,
     signature_header: Option<&str>,
     body: &[u8],
     expected_point: &[u8],
 ) -> Result<(), HttpSigError> {
-    verify_content_digest(digest_header, body)?;
+    let mut spki = P256_SPKI_PREFIX.to_vec();
+    spki.extend_from_slice(expected_point);
+    let key = PublicKey::from_spki(&spki).map_err(|_| HttpSigError::WrongKey)?;
+    verify_with_key(digest_header, signature_header, body, &key, true)
+}
+
+/// Verifies `X-Payload-Signature` (and `Content-Digest`, when present or
+/// `digest_required`) for `body` with the client's certificate key of any
+/// supported type: the `<public key>` half must be that key's
+/// SubjectPublicKeyInfo (as a tolerant reader, its bare BIT STRING content
+/// — SEC1 point, PKCS#1 key — is accepted too); the signature is checked as
+/// [`PublicKey::verify_payload`] says.
+pub fn verify_with_key(
+    digest_header: Option<&str>,
+    signature_header: Option<&str>,
+    body: &[u8],
+    key: &PublicKey,
+    digest_required: bool,
+) -> Result<(), HttpSigError> {
+    if digest_required || digest_header.is_some() {
+        verify_content_digest(digest_header, body)?;
+    }
     let value = signature_header.ok_or(HttpSigError::MissingSignature)?;
     if value.len() > MAX_HEADER_LEN {
         return Err(HttpSigError::MalformedSignature);
@@ -160,22 +173,20 @@ pub fn verify_request(
         .trim()
         .split_once(';')
         .ok_or(HttpSigError::MalformedSignature)?;
-    let spki = data_encoding::BASE64
+    let presented = data_encoding::BASE64
         .decode(key_b64.trim().as_bytes())
         .map_err(|_| HttpSigError::MalformedSignature)?;
     let sig = data_encoding::BASE64
         .decode(sig_b64.trim().as_bytes())
         .map_err(|_| HttpSigError::MalformedSignature)?;
-    let point = spki
-        .strip_prefix(P256_SPKI_PREFIX.as_slice())
-        .filter(|p| p.len() == 65)
-        .ok_or(HttpSigError::MalformedSignature)?;
-    if point != expected_point {
+    if presented != key.spki_der() && presented != key.raw() {
         return Err(HttpSigError::WrongKey);
     }
-    UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, point)
-        .verify(body, &sig)
-        .map_err(|_| HttpSigError::BadSignature)
+    if key.verify_payload(body, &sig) {
+        Ok(())
+    } else {
+        Err(HttpSigError::BadSignature)
+    }
 }
 
 #[cfg(test)]

@@ -22,9 +22,12 @@
 //!
 //! The manifest and YAML are gzip-encoded when `Accept-Encoding` admits it
 //! (`Vary: Accept-Encoding`); ETags and digests stay those of the decoded
-//! bytes. All: `400` malformed clientId, `404` unknown client, `403`
-//! revoked client, and with `http.require_signed_reads` `400`/`401` for the
-//! signature headers over the empty body.
+//! bytes. All: `400` malformed clientId; then (after the `406` of
+//! the manifest) authentication (`access::authenticate`): with
+//! `http.require_signed_reads` (default) a request without a credential or
+//! with a signature that does not verify is `401` (an unknown client too),
+//! a `Content-Digest` that does not match the (empty) body `400`; a revoked
+//! client `403`; without it an unknown client is `404`.
 
 use axum::extract::{Path, State};
 use axum::http::request::Parts;

@@ -182,6 +182,8 @@ pub struct ApiState {
     pub max_body_bytes: usize,
     /// Whether the manifest, deployment and bundle GETs must be signed.
     pub require_signed_reads: bool,
+    /// Accepted signature schemes and the RFC 9421 time window.
+    pub auth: Arc<access::AuthSettings>,
 }
 
 impl ApiState {
@@ -208,6 +210,7 @@ impl ApiState {
             bundles: BundleCache::default(),
             max_body_bytes: http.max_body_bytes,
             require_signed_reads: http.require_signed_reads,
+            auth: Arc::new(access::AuthSettings::from_config(http)),
         }
     }
 }

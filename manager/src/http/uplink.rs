@@ -14,12 +14,15 @@
 //!   `PUT /api/v1/capabilities/{deviceId}` → `201` created, `200` updated;
 //!   `DELETE /api/v1/capabilities/{deviceId}` → `204`
 //!
-//! Refusals (RFC 9457 problem bodies, nothing stored): `400` malformed path
-//! id, missing or wrong `Content-Digest`, malformed JSON; `401` signature;
-//! `403` revoked client; `404` unknown client, a status for a deployment
-//! never assigned to the client, a gateway child before its parent, no
-//! capabilities to delete; `409` a stale status (older manifest
-//! version than the stored one) or a gateway with children left; `413` body
+//! Refusals (RFC 9457 problem bodies, nothing stored), in this order: `400`
+//! malformed path id; `413`; `415`; `401` no credential, unknown client or a
+//! signature that does not verify (`access::authenticate`: RFC 9421,
+//! `X-Payload-Signature` except on `DELETE`, or the client's TLS
+//! certificate); `400` missing or wrong `Content-Digest`; `403` revoked
+//! client; `400` malformed JSON; `404` a status for a deployment never
+//! assigned to the client, a gateway child before its parent, no
+//! capabilities to delete; `409` a stale status (older manifest version
+//! than the stored one) or a gateway with children left; `413` body
 //! over `http.max_body_bytes`; `415` not `application/json`; `422` semantic
 //! errors (status rules, ids in the body that differ from the path, invalid
 //! capabilities). Stored through the same store tables and acceptance checks
