@@ -222,8 +222,11 @@ pub async fn authenticate(
             false,
         )
         .map_err(|e| {
-            let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED);
-            Refusal::new(status, format!("X-Payload-Signature: {e}"))
+            let detail = format!("X-Payload-Signature: {e}");
+            match StatusCode::from_u16(e.status()) {
+                Ok(StatusCode::BAD_REQUEST) => Refusal::bad_request(detail),
+                _ => unauthorized(detail),
+            }
         })?;
     }
     client_state(client, Some(&record))

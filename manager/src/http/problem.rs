@@ -186,8 +186,12 @@ impl Refusal {
     }
 
     /// 401.
+    ///
+    /// Every `401` also carries the older revisions' `error`/`message`
+    /// members (the RFC 9421 page answers `401` as `application/json
+    /// {"error", "message"}`); [`Refusal::with_error`] may name it better.
     pub fn unauthorized(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, detail)
+        Self::new(StatusCode::UNAUTHORIZED, detail).with_error("Unauthorized")
     }
 
     /// 403 (`not-authorized`).

@@ -51,7 +51,7 @@ impl fmt::Display for Waits {
 
 /// Work not merged yet. Empty this list as each branch lands; with
 /// `MARGO_CONFORMANCE_STRICT=1` every case is strict whatever it says.
-pub const PENDING: &[Waits] = &[Waits::Sig];
+pub const PENDING: &[Waits] = &[];
 
 struct Row {
     case: String,
