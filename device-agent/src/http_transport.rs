@@ -24,7 +24,10 @@
 //! and are settled unsent. An entry leaves the outbox only after a `2xx`,
 //! or a `409` (stale: the manager holds something newer, counted as
 //! delivered). Network errors, `408`, `429` and `5xx` keep it and retry
-//! with backoff; any other `4xx` is a permanent refusal: logged once at
+//! with backoff; `401` and `404` (the WFM does not authenticate or know
+//! this client) keep it too, retried with a backoff growing to the poll
+//! period, logged at error once per streak and shown in the snapshot
+//! (`uplink_error`); any other `4xx` is a permanent refusal: logged once at
 //! error with the problem detail, dropped, counted. The uplink is sent
 //! after every check and, unless the schedule is `per-check`, as soon as
 //! something is enqueued, but only while the schedule allows communication.
@@ -32,9 +35,17 @@
 //! **Downtime.** Outside the allowed times nothing is sent and nothing
 //! above debug is logged about communication.
 //!
-//! Requests are signed (`Content-Digest` + `X-Payload-Signature`, GETs over
-//! the empty body) with the device key; TLS 1.3 trusts only the fleet CA of
-//! the identity bundle and offers the client certificate if asked.
+//! **Revisions** (`http.api`, [`ApiPaths`]): `1.0.0-rc.3` (default) uses
+//! client-less paths and mutual TLS, no signatures; `1.0.0-rc.2` and `1.0.0`
+//! use `/api/v1/clients/{clientId}/...` and sign every request
+//! (`Content-Digest` + `X-Payload-Signature`, GETs over the empty body) with
+//! the device key. Paths are put under the manager URL's base path. TLS 1.3
+//! trusts only the CA of the identity and presents the client certificate
+//! whenever asked.
+//!
+//! **Unusable documents.** A document with the listed digest that the agent
+//! cannot use is remembered by digest and fails alone (see
+//! [`crate::sync::judge_document`]); it is never fetched again while listed.
 
 use std::collections::BTreeMap;
 use std::io::Read;
