@@ -17,7 +17,7 @@ use crate::config::{AdapterKind, AgentConfig, BrokerUrl, ConfigError, Transport}
 use crate::connection::{Connection, ConnectionDeps, ConnectionSettings, ConnectionSetupError};
 #[cfg(feature = "http-transport")]
 use crate::http_transport::{HttpDeps, HttpSettings, HttpSetupError, HttpTransport};
-use crate::identity::{Identity, IdentityError};
+use crate::identity::{Identity, IdentityError, IdentityKind, WireClientId};
 use crate::outbox::{Outbox, OutboxError, Uplink};
 use crate::plan::ScheduleRx;
 use crate::reconcile::{ReconcileContext, ReconcileError, Reconciler, RetryPolicy};
@@ -83,7 +83,8 @@ pub struct AgentHandle {
 #[derive(Debug)]
 pub struct Agent {
     config: AgentConfig,
-    broker: BrokerUrl,
+    /// None for a plain Margo identity (HTTP transport only).
+    broker: Option<BrokerUrl>,
     identity: Identity,
     store: Store,
     runtime: Arc<dyn Runtime>,
@@ -120,24 +121,47 @@ impl Agent {
             Some(identity) => identity,
             None => Identity::load(&config.identity_dir)?,
         };
-        let url = config
-            .broker_url
-            .clone()
-            .unwrap_or_else(|| identity.broker_url.clone());
-        let field = if config.broker_url.is_some() {
-            "broker_url"
-        } else {
-            "identity.toml broker_url"
-        };
-        let broker = crate::config::parse_broker_url(&url, field)?;
-        if !broker.tls && !config.allow_plain_mqtt {
-            return Err(ConfigError::Invalid {
-                field: field.to_string(),
-                reason: "mqtt:// (no TLS) is only allowed with allow_plain_mqtt = true (tests)"
-                    .into(),
+        let broker = match identity.kind {
+            IdentityKind::Plain => {
+                if config.transport == Transport::Mqtt {
+                    return Err(ConfigError::Invalid {
+                        field: "transport".to_string(),
+                        reason: format!(
+                            "the identity in {} is a plain Margo identity (client id {:?} assigned by a \
+                             Margo WFM without x-margo-mqtt-extensions): it has no broker URL and no \
+                             manager signing key, and its id need not be MQTT-topic-safe, so only \
+                             transport = \"http\" can use it",
+                            config.identity_dir.display(),
+                            identity.wire_id.as_str()
+                        ),
+                    }
+                    .into());
+                }
+                None
             }
-            .into());
-        }
+            IdentityKind::Bundle => {
+                let url = config
+                    .broker_url
+                    .clone()
+                    .unwrap_or_else(|| identity.broker_url.clone());
+                let field = if config.broker_url.is_some() {
+                    "broker_url"
+                } else {
+                    "identity.toml broker_url"
+                };
+                let broker = crate::config::parse_broker_url(&url, field)?;
+                if !broker.tls && !config.allow_plain_mqtt {
+                    return Err(ConfigError::Invalid {
+                        field: field.to_string(),
+                        reason:
+                            "mqtt:// (no TLS) is only allowed with allow_plain_mqtt = true (tests)"
+                                .into(),
+                    }
+                    .into());
+                }
+                Some(broker)
+            }
+        };
         let store = match options.store {
             Some(store) => store,
             None => Store::open(&config.store_path())?,
@@ -189,7 +213,7 @@ impl Agent {
             None
         };
         let stats = Arc::new(AgentStats::default());
-        let initial = initial_snapshot(&identity.client_id, &store)?;
+        let initial = initial_snapshot(identity.wire_id.as_str(), &store)?;
         let snapshots = Snapshots::new(initial, Arc::clone(&stats));
         Ok(Self {
             config,
@@ -204,9 +228,15 @@ impl Agent {
         })
     }
 
-    /// The client id this agent runs as.
+    /// The client id this agent runs as (inside the agent; see [`Self::wire_id`]).
     pub fn client_id(&self) -> &ClientId {
         &self.identity.client_id
+    }
+
+    /// The client id as the manager assigned it (the same text as
+    /// [`Self::client_id`] unless the identity is a plain Margo one).
+    pub fn wire_id(&self) -> &WireClientId {
+        &self.identity.wire_id
     }
 
     /// The store (shared handle).
@@ -314,9 +344,16 @@ impl Agent {
         }
         let transport = match self.config.transport {
             Transport::Mqtt => {
+                let Some(broker) = self.broker.clone() else {
+                    return Err(ConfigError::Invalid {
+                        field: "transport".to_string(),
+                        reason: "a plain Margo identity can only use transport = \"http\"".into(),
+                    }
+                    .into());
+                };
                 let connection = Connection::new(
                     ConnectionSettings {
-                        broker: self.broker.clone(),
+                        broker: broker.clone(),
                         keep_alive: self.config.keep_alive,
                         tls_resumption: self.config.tls_resumption,
                         connect_timeout: self.config.connect_timeout,
@@ -343,7 +380,7 @@ impl Agent {
                 info!(
                     client_id = %self.identity.client_id,
                     transport = "mqtt",
-                    broker = %format!("{}:{}", self.broker.host, self.broker.port),
+                    broker = %format!("{}:{}", broker.host, broker.port),
                     runtime = self.runtime.supported().name,
                     profiles = ?self.runtime.supported().profiles,
                     "agent starting"
@@ -357,8 +394,9 @@ impl Agent {
                 // MQTT run wins over the local one, as on MQTT.
                 settings.schedule = parts.schedule.borrow().as_ref().map(|a| a.schedule.clone());
                 info!(
-                    client_id = %self.identity.client_id,
+                    client_id = %self.identity.wire_id,
                     transport = "http",
+                    api = %settings.api,
                     manager = %settings.manager,
                     runtime = self.runtime.supported().name,
                     profiles = ?self.runtime.supported().profiles,
@@ -438,7 +476,7 @@ enum RunningTransport {
     Http(Box<HttpTransport>),
 }
 
-fn initial_snapshot(client: &ClientId, store: &Store) -> Result<AgentSnapshot, StoreError> {
+fn initial_snapshot(client: &str, store: &Store) -> Result<AgentSnapshot, StoreError> {
     let deployments = store
         .applied()?
         .into_iter()

@@ -6,10 +6,12 @@
 //! `limits.max_total` unpacked bytes and `limits.max_entry` bytes per entry
 //! (sizes are checked against the header before anything is read, and the
 //! gzip stream is read through a bounded reader), and refuses: anything but
-//! regular files; names that are not exactly `<id>.yaml` for a deployment
-//! the manifest lists (so no paths, no `..`, no links); duplicates; and a
-//! missing listed deployment. Every entry is verified against the digest
-//! the manifest gives for its id before it is returned.
+//! regular files (the root directory entry `./` is skipped); names not at
+//! the archive root (no paths, no `..`, no links); entries whose bytes are
+//! not a listed document (matched by digest: the specification names no
+//! file names; ours are `<id>.yaml`); duplicates; and a missing listed
+//! deployment. A listed document that does not parse comes back as
+//! unusable (it fails alone), not as a refusal of the bundle.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -111,19 +113,30 @@ impl<R: Read> Read for Bounded<R> {
     }
 }
 
+/// What a bundle held: the usable documents and those whose bytes are the
+/// listed ones but which the agent cannot use (id, digest, reason).
+#[derive(Debug, Default)]
+pub struct Decoded {
+    pub usable: Vec<ApplicationDeployment>,
+    pub unusable: Vec<(DeploymentId, Digest, String)>,
+}
+
 /// Unpacks and verifies `archive` against `wanted` (deployment id → the
-/// digest the manifest lists). Returns the verified documents.
+/// digest the manifest lists). Entries are matched to deployments by the
+/// digest of their bytes: the specification names no file names, only
+/// "a gzip-compressed tar whose root contains one or more ApplicationDeployment
+/// YAML files" and "exactly the set of YAML files referenced by deployments".
 pub fn decode(
     archive: &[u8],
     wanted: &BTreeMap<DeploymentId, Digest>,
     limits: BundleLimits,
-) -> Result<Vec<ApplicationDeployment>, BundleError> {
+) -> Result<Decoded, BundleError> {
     let mut reader = Bounded {
         inner: flate2::read::GzDecoder::new(archive),
         left: limits.max_total,
         exceeded: false,
     };
-    let mut found: BTreeMap<DeploymentId, ApplicationDeployment> = BTreeMap::new();
+    let mut found: BTreeMap<DeploymentId, Result<ApplicationDeployment, String>> = BTreeMap::new();
     let result = read_entries(&mut reader, wanted, limits, &mut found);
     if reader.exceeded {
         return Err(BundleError::TotalTooLarge {
@@ -136,40 +149,55 @@ pub fn decode(
             return Err(BundleError::Missing(id.clone()));
         }
     }
-    Ok(found.into_values().collect())
+    let mut decoded = Decoded::default();
+    for (id, verdict) in found {
+        match verdict {
+            Ok(doc) => decoded.usable.push(doc),
+            Err(reason) => {
+                let digest = wanted[&id];
+                decoded.unusable.push((id, digest, reason));
+            }
+        }
+    }
+    Ok(decoded)
+}
+
+/// The entry's name at the archive root (a leading `./` is allowed), or `None`.
+fn root_name(raw: &str) -> Option<&str> {
+    let name = raw.strip_prefix("./").unwrap_or(raw);
+    (!name.is_empty() && !name.contains('/') && !name.starts_with('.') && !name.contains('\\'))
+        .then_some(name)
 }
 
 fn read_entries<R: Read>(
     reader: &mut Bounded<R>,
     wanted: &BTreeMap<DeploymentId, Digest>,
     limits: BundleLimits,
-    found: &mut BTreeMap<DeploymentId, ApplicationDeployment>,
+    found: &mut BTreeMap<DeploymentId, Result<ApplicationDeployment, String>>,
 ) -> Result<(), BundleError> {
     let unreadable = |e: std::io::Error| BundleError::Unreadable(e.to_string());
+    let by_digest: BTreeMap<Digest, &DeploymentId> =
+        wanted.iter().map(|(id, d)| (*d, id)).collect();
     let mut archive = tar::Archive::new(reader);
     let mut count = 0usize;
     for entry in archive.entries().map_err(unreadable)? {
         let mut entry = entry.map_err(unreadable)?;
         count += 1;
-        if count > MAX_DEPLOYMENTS {
+        if count > MAX_DEPLOYMENTS + 1 {
             return Err(BundleError::TooManyEntries);
         }
         let raw_name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         let name: String = raw_name.chars().take(200).collect();
-        if entry.header().entry_type() != tar::EntryType::Regular {
+        let kind = entry.header().entry_type();
+        // `tar -C dir .` puts the root directory itself first.
+        if kind == tar::EntryType::Directory && matches!(raw_name.as_str(), "./" | ".") {
+            continue;
+        }
+        if kind != tar::EntryType::Regular {
             return Err(BundleError::NotAFile { name });
         }
-        let id = raw_name
-            .strip_suffix(".yaml")
-            .filter(|stem| !stem.contains('/'))
-            .and_then(|stem| DeploymentId::new(stem).ok())
-            .ok_or_else(|| BundleError::BadName { name: name.clone() })?;
-        let Some(digest) = wanted.get(&id) else {
-            return Err(BundleError::Unexpected { name });
-        };
-        if found.contains_key(&id) {
-            return Err(BundleError::Duplicate { name });
-        }
+        let stem =
+            root_name(&raw_name).ok_or_else(|| BundleError::BadName { name: name.clone() })?;
         let size = entry.header().size().map_err(unreadable)?;
         if size > limits.max_entry as u64 {
             return Err(BundleError::EntryTooLarge {
@@ -190,16 +218,40 @@ fn read_entries<R: Read>(
                 limit: limits.max_entry,
             });
         }
-        let doc = ApplicationDeployment::parse_verified(yaml, digest).map_err(|source| {
-            BundleError::Document {
-                id: id.clone(),
-                source,
+        let digest = Digest::of(&yaml);
+        let Some(&id) = by_digest.get(&digest) else {
+            // Named after a listed deployment but with other bytes: tampering.
+            let named = stem
+                .strip_suffix(".yaml")
+                .or_else(|| stem.strip_suffix(".yml"))
+                .and_then(|s| DeploymentId::new(s).ok());
+            if let Some((id, listed)) = named.and_then(|id| wanted.get_key_value(&id)) {
+                return Err(BundleError::Document {
+                    id: id.clone(),
+                    source: VerifiedParseError::Digest(
+                        margo_schemas::digest::DigestError::Mismatch {
+                            expected: *listed,
+                            actual: digest,
+                        },
+                    ),
+                });
             }
-        })?;
-        if doc.id != id {
-            return Err(BundleError::IdMismatch { id, doc_id: doc.id });
+            return Err(BundleError::Unexpected { name });
+        };
+        if found.contains_key(id) {
+            return Err(BundleError::Duplicate { name });
         }
-        found.insert(id, doc);
+        let verdict = match ApplicationDeployment::parse(yaml) {
+            Ok(doc) if doc.id != *id => {
+                return Err(BundleError::IdMismatch {
+                    id: id.clone(),
+                    doc_id: doc.id,
+                })
+            }
+            Ok(doc) => Ok(doc),
+            Err(e) => Err(e.to_string()),
+        };
+        found.insert(id.clone(), verdict);
     }
     Ok(())
 }
@@ -258,10 +310,45 @@ mod tests {
         let (a, b) = (yaml("a", 0), yaml("b", 0));
         let bytes = archive(&[regular("a.yaml", &a), regular("b.yaml", &b)]);
         let wanted = BTreeMap::from([(id("a"), Digest::of(&a)), (id("b"), Digest::of(&b))]);
-        let docs = decode(&bytes, &wanted, LIMITS).unwrap();
+        let docs = decode(&bytes, &wanted, LIMITS).unwrap().usable;
         assert_eq!(docs.len(), 2);
         assert_eq!(docs[0].bytes(), a.as_slice());
         assert_eq!(docs[1].id, id("b"));
+    }
+
+    #[test]
+    fn entries_are_matched_by_digest_whatever_their_names() {
+        // The specification names no file names; `tar -C dir .` adds `./`.
+        let (a, b) = (yaml("a", 0), yaml("b", 0));
+        let bytes = archive(&[
+            ("./", &[], tar::EntryType::Directory),
+            regular("./first.yml", &b),
+            regular("deployment-2.yaml", &a),
+        ]);
+        let wanted = BTreeMap::from([(id("a"), Digest::of(&a)), (id("b"), Digest::of(&b))]);
+        let docs = decode(&bytes, &wanted, LIMITS).unwrap();
+        assert_eq!(docs.usable.len(), 2);
+        assert!(docs.unusable.is_empty());
+    }
+
+    #[test]
+    fn an_unusable_document_comes_back_alone() {
+        let a = yaml("a", 0);
+        let odd = String::from_utf8(yaml("b", 0))
+            .unwrap()
+            .replace("application.margo.org/v1alpha1", "example.com/v9")
+            .into_bytes();
+        let bytes = archive(&[regular("a.yaml", &a), regular("b.yaml", &odd)]);
+        let wanted = BTreeMap::from([(id("a"), Digest::of(&a)), (id("b"), Digest::of(&odd))]);
+        let docs = decode(&bytes, &wanted, LIMITS).unwrap();
+        assert_eq!(docs.usable.len(), 1);
+        assert_eq!(docs.unusable.len(), 1);
+        assert_eq!(docs.unusable[0].0, id("b"));
+        assert!(
+            docs.unusable[0].2.contains("apiVersion"),
+            "{:?}",
+            docs.unusable
+        );
     }
 
     #[test]
@@ -292,10 +379,14 @@ mod tests {
             (vec![regular("../a.yaml", &a)], "BadName"),
             (vec![regular("dir/a.yaml", &a)], "BadName"),
             (vec![regular("/a.yaml", &a)], "BadName"),
-            (vec![regular("a.yml", &a)], "BadName"),
+            (vec![regular(".a.yaml", &a)], "BadName"),
+            (
+                vec![regular("a.yaml", &a), regular("b.yaml", b"other")],
+                "Unexpected",
+            ),
             (
                 vec![regular("a.yaml", &a), regular("b.yaml", &a)],
-                "Unexpected",
+                "Duplicate",
             ),
             (
                 vec![regular("a.yaml", &a), regular("a.yaml", &a)],

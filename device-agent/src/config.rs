@@ -155,13 +155,67 @@ pub enum Transport {
     Http,
 }
 
+/// `[http] api`: the revision of the Margo workload management API the HTTP
+/// transport speaks (`docs/http-api.md`, "The agent over HTTP").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum ApiMode {
+    /// The newest revision: the client is identified by mutual TLS with its
+    /// certificate; paths without `{clientId}` (`/api/v1/deployments`,
+    /// `PUT /api/v1/capabilities/{deviceId}`); no request signatures.
+    #[default]
+    #[serde(rename = "1.0.0-rc.3")]
+    Rc3,
+    /// `/api/v1/clients/{clientId}/...` with `capabilities/{deviceId}`; signed requests.
+    #[serde(rename = "1.0.0-rc.2")]
+    Rc2,
+    /// The older working copy: `/api/v1/clients/{clientId}/...` with
+    /// `PUT /api/v1/clients/{clientId}/capabilities` (no deviceId); signed requests.
+    #[serde(rename = "1.0.0")]
+    V1,
+}
+
+impl ApiMode {
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Rc3 => "1.0.0-rc.3",
+            Self::Rc2 => "1.0.0-rc.2",
+            Self::V1 => "1.0.0",
+        }
+    }
+
+    /// Parses the configuration spelling.
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "1.0.0-rc.3" => Some(Self::Rc3),
+            "1.0.0-rc.2" => Some(Self::Rc2),
+            "1.0.0" => Some(Self::V1),
+            _ => None,
+        }
+    }
+
+    /// Whether the paths carry `{clientId}` (and requests are signed).
+    pub fn client_id_paths(self) -> bool {
+        self != Self::Rc3
+    }
+}
+
+impl std::fmt::Display for ApiMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// `[http]`: the HTTP transport.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
-    /// `https://host[:port]` of the manager's HTTP API. Default:
+    /// `https://host[:port][/base/path]` of the manager's HTTP API. Default:
     /// `onboarding.manager_url` (the manager this device onboarded with).
     pub manager_url: Option<String>,
+    /// Which revision of the Margo workload management API to speak
+    /// (paths and authentication); default the newest, `1.0.0-rc.3`.
+    pub api: ApiMode,
     /// Largest manifest, deployment document or report body (either direction),
     /// and largest single entry of a bundle.
     pub max_body_bytes: usize,
@@ -201,6 +255,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             manager_url: None,
+            api: ApiMode::default(),
             max_body_bytes: 1024 * 1024,
             max_bundle_bytes: 16 * 1024 * 1024,
             request_timeout: Duration::from_secs(30),
@@ -269,7 +324,7 @@ impl AgentConfig {
     }
 
     /// `MARGO_AGENT_TRANSPORT`, `MARGO_AGENT_HTTP_MANAGER_URL`,
-    /// `MARGO_AGENT_HTTP_POLL_RATE`; `false` for other names.
+    /// `MARGO_AGENT_HTTP_API`, `MARGO_AGENT_HTTP_POLL_RATE`; `false` for other names.
     fn apply_transport_env(
         &mut self,
         name: &str,
@@ -285,6 +340,14 @@ impl AgentConfig {
                 }
             }
             "HTTP_MANAGER_URL" => self.http.manager_url = Some(value.to_string()),
+            "HTTP_API" => {
+                self.http.api = ApiMode::parse(value).ok_or_else(|| {
+                    invalid(
+                        field,
+                        format!("{value:?} is not 1.0.0-rc.3, 1.0.0-rc.2 or 1.0.0"),
+                    )
+                })?
+            }
             "HTTP_POLL_RATE" => self.http.poll_rate = parse_duration(field, value)?,
             _ => return Ok(false),
         }
@@ -1485,6 +1548,21 @@ kubeconfig = "/etc/rancher/k3s/k3s.yaml"
         c.validate().unwrap();
         assert_eq!(c.http_manager_url().unwrap().port, 8443);
         assert_eq!(c.http.poll_rate, Duration::from_secs(30));
+        assert_eq!(c.http.api, ApiMode::Rc3, "the newest revision by default");
+        for (text, mode) in [
+            ("1.0.0-rc.3", ApiMode::Rc3),
+            ("1.0.0-rc.2", ApiMode::Rc2),
+            ("1.0.0", ApiMode::V1),
+        ] {
+            let c = AgentConfig::from_toml(&format!(
+                "version = 1\ntransport = \"http\"\n[http]\nmanager_url = \"https://wfm:8443/v1alpha2/margo/\"\napi = \"{text}\"\n"
+            ))
+            .unwrap();
+            c.validate().unwrap();
+            assert_eq!(c.http.api, mode);
+            assert_eq!(c.http_manager_url().unwrap().base_path, "/v1alpha2/margo");
+        }
+        assert!(AgentConfig::from_toml("version = 1\n[http]\napi = \"2.0\"\n").is_err());
         // No URL at all: named; the onboarding URL is the fallback.
         let mut c = AgentConfig {
             transport: Transport::Http,

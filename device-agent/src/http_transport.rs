@@ -24,7 +24,10 @@
 //! and are settled unsent. An entry leaves the outbox only after a `2xx`,
 //! or a `409` (stale: the manager holds something newer, counted as
 //! delivered). Network errors, `408`, `429` and `5xx` keep it and retry
-//! with backoff; any other `4xx` is a permanent refusal: logged once at
+//! with backoff; `401` and `404` (the WFM does not authenticate or know
+//! this client) keep it too, retried with a backoff growing to the poll
+//! period, logged at error once per streak and shown in the snapshot
+//! (`uplink_error`); any other `4xx` is a permanent refusal: logged once at
 //! error with the problem detail, dropped, counted. The uplink is sent
 //! after every check and, unless the schedule is `per-check`, as soon as
 //! something is enqueued, but only while the schedule allows communication.
@@ -32,10 +35,18 @@
 //! **Downtime.** Outside the allowed times nothing is sent and nothing
 //! above debug is logged about communication.
 //!
-//! Every request, GETs included, is signed with the device key by the scheme
-//! of `http.signature` ([`crate::request_auth`]: RFC 9421 by default, or
-//! `Content-Digest` + `X-Payload-Signature`); TLS 1.3 trusts only the fleet
-//! CA of the identity bundle and offers the client certificate if asked.
+//! **Revisions** (`http.api`, [`ApiPaths`]): `1.0.0-rc.3` (default) uses
+//! client-less paths and mutual TLS, no signatures; `1.0.0-rc.2` and `1.0.0`
+//! use `/api/v1/clients/{clientId}/...` and sign every request, GETs
+//! included, with the device key by the scheme of `http.signature`
+//! ([`crate::request_auth`]: RFC 9421 by default, or `Content-Digest` +
+//! `X-Payload-Signature`). Paths are put under the manager URL's base path.
+//! TLS 1.3 trusts only the CA of the identity and presents the client
+//! certificate whenever asked.
+//!
+//! **Unusable documents.** A document with the listed digest that the agent
+//! cannot use is remembered by digest and fails alone (see
+//! [`crate::sync::judge_document`]); it is never fetched again while listed.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -44,9 +55,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
-use margo_schemas::deployment::ApplicationDeployment;
 use margo_schemas::digest::Digest;
-use margo_schemas::ids::{ClientId, DeploymentId};
+use margo_schemas::ids::DeploymentId;
 use margo_schemas::manifest::{BundleRef, StateManifest, MEDIA_TYPE as MANIFEST_MEDIA_TYPE};
 use margo_schemas::messages::Message;
 use margo_schemas::pki::{self, PkiError};
@@ -59,15 +69,15 @@ use tracing::{debug, error, info, instrument, warn};
 
 use crate::bundle::{self, BundleError, BundleLimits};
 use crate::clock::{Backoff, Clock};
-use crate::config::{AgentConfig, ConfigError, SignatureScheme};
+use crate::config::{AgentConfig, ApiMode, ConfigError, SignatureScheme};
 use crate::http::{Answer, HttpError, HttpsClient, ManagerUrl, RequestBody};
-use crate::identity::Identity;
+use crate::identity::{Identity, WireClientId};
 use crate::outbox::Uplink;
 use crate::request_auth::{AuthError, RequestAuth};
 use crate::snapshot::{ConnectionStatus, Snapshots};
 use crate::stats::AgentStats;
 use crate::store::{manifest_digest, AcceptedManifest, Store, StoreError};
-use crate::sync::{judge_offer, DownlinkError, ManifestSink, Offer};
+use crate::sync::{judge_document, judge_offer, DownlinkError, ManifestSink, Offer, Verdict};
 
 /// Media type of a deployment bundle.
 pub const BUNDLE_MEDIA_TYPE: &str = "application/vnd.margo.bundle.v1+tar+gzip";
@@ -78,6 +88,8 @@ const MAX_ETAG: usize = 256;
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
     pub manager: ManagerUrl,
+    /// The API revision spoken (`http.api`): paths and authentication.
+    pub api: ApiMode,
     /// Largest manifest, document or report body; largest bundle entry.
     pub max_body_bytes: usize,
     /// Largest bundle, compressed and unpacked.
@@ -104,6 +116,7 @@ impl HttpSettings {
     pub fn from_config(config: &AgentConfig) -> Result<Self, ConfigError> {
         Ok(Self {
             manager: config.http_manager_url()?,
+            api: config.http.api,
             max_body_bytes: config.http.max_body_bytes,
             max_bundle_bytes: config.http.max_bundle_bytes,
             request_timeout: config.http.request_timeout,
@@ -185,8 +198,10 @@ impl CheckError {
 pub enum CheckOutcome {
     /// `304`: the stored `ETag` is current.
     NotModified,
-    /// `404`: nothing was ever deployed to this client (or it is unknown).
-    NothingDeployed,
+    /// `404`: the manager does not know this client (the specification
+    /// lists only 200/304/406 for this GET; a client with nothing assigned
+    /// gets an empty manifest). Logged at error, retried at the next check.
+    UnknownClient,
     /// The accepted manifest again (its `ETag` is now stored).
     Unchanged(u64),
     /// A newer manifest was verified and handed to the reconciler.
@@ -209,6 +224,9 @@ pub struct Drained {
     pub skipped: usize,
     /// Entries left because the manager could not be reached (retry later).
     pub left: usize,
+    /// The manager answered 401 or 404: the entries are kept and retried
+    /// with a backoff growing to the poll period.
+    pub held: bool,
 }
 
 /// Everything [`HttpTransport::new`] needs besides settings.
@@ -242,7 +260,9 @@ enum NextCheck {
 
 /// The transport task (see the module docs).
 pub struct HttpTransport {
-    client_id: ClientId,
+    /// The client id as the manager assigned it (paths, key ids).
+    client_id: WireClientId,
+    paths: ApiPaths,
     settings: HttpSettings,
     http: HttpsClient,
     bundles: HttpsClient,
@@ -255,6 +275,8 @@ pub struct HttpTransport {
     accepted: Option<AcceptedManifest>,
     /// The last check error logged above debug (repeats are logged at debug).
     last_error: Option<String>,
+    /// While reports are refused with 401/404: why (logged once per streak).
+    held: Option<String>,
 }
 
 impl std::fmt::Debug for HttpTransport {
@@ -335,6 +357,71 @@ fn answer_error(what: &'static str, answer: &Answer) -> CheckError {
     }
 }
 
+/// The request paths of one API revision under the manager's base path
+/// (`docs/http-api.md`, "The agent over HTTP"): `{clientId}` paths for
+/// `1.0.0` and `1.0.0-rc.2`, client-less paths for `1.0.0-rc.3` (the client
+/// is whoever presented its certificate in the TLS handshake).
+#[derive(Debug, Clone)]
+pub struct ApiPaths {
+    url: ManagerUrl,
+    api: ApiMode,
+    /// The percent-encoded client id segment.
+    client: String,
+}
+
+impl ApiPaths {
+    pub fn new(url: ManagerUrl, api: ApiMode, client: &WireClientId) -> Self {
+        Self {
+            url,
+            api,
+            client: client.path_segment(),
+        }
+    }
+
+    fn api_path(&self, rest: &str) -> String {
+        match self.api {
+            ApiMode::Rc3 => self.url.path(&format!("/api/v1{rest}")),
+            ApiMode::Rc2 | ApiMode::V1 => self
+                .url
+                .path(&format!("/api/v1/clients/{}{rest}", self.client)),
+        }
+    }
+
+    /// `GET` the state manifest.
+    pub fn manifest(&self) -> String {
+        self.api_path("/deployments")
+    }
+
+    /// `GET` one deployment document.
+    pub fn deployment(&self, id: &DeploymentId, digest: &Digest) -> String {
+        self.api_path(&format!(
+            "/deployments/{}/{digest}",
+            crate::manager_url::encode_segment(id.as_str())
+        ))
+    }
+
+    /// `GET` the bundle.
+    pub fn bundle(&self, digest: &Digest) -> String {
+        self.api_path(&format!("/bundles/{digest}"))
+    }
+
+    /// `POST` a deployment status.
+    pub fn status(&self, id: &DeploymentId) -> String {
+        self.api_path(&format!(
+            "/deployments/{}/status",
+            crate::manager_url::encode_segment(id.as_str())
+        ))
+    }
+
+    /// `PUT` capabilities (1.0.0 has no deviceId in the path).
+    pub fn capabilities(&self, device_id: &str) -> String {
+        match self.api {
+            ApiMode::V1 => self.api_path("/capabilities"),
+            ApiMode::Rc2 | ApiMode::Rc3 => self.api_path(&format!("/capabilities/{device_id}")),
+        }
+    }
+}
+
 impl HttpTransport {
     /// Builds the TLS configuration (once: later connections resume) and the signer.
     pub fn new(settings: HttpSettings, deps: HttpDeps) -> Result<Self, HttpSetupError> {
@@ -343,21 +430,27 @@ impl HttpTransport {
         if !settings.tls_resumption {
             tls.resumption = rustls::client::Resumption::disabled();
         }
-        let pkcs8 = pki::pkcs8_from_pem(&pem.key_pem, "client.key")?;
-        let auth = Arc::new(RequestAuth::new(
-            settings.signature,
-            &pkcs8,
-            deps.identity.client_id.as_str(),
-        )?);
-        let http = HttpsClient::new(settings.manager.clone(), tls)?
-            .with_limits(settings.max_body_bytes, settings.request_timeout)
-            .with_auth(auth);
+        let mut http = HttpsClient::new(settings.manager.clone(), tls)?
+            .with_limits(settings.max_body_bytes, settings.request_timeout);
+        // rc.3: mutual TLS authenticates the client; the clientId revisions
+        // sign every request, with the assigned client id as `keyid`.
+        if settings.api.client_id_paths() {
+            let pkcs8 = pki::pkcs8_from_pem(&pem.key_pem, "client.key")?;
+            let auth = RequestAuth::new(settings.signature, &pkcs8, deps.identity.wire_id.as_str())?;
+            http = http.with_auth(Arc::new(auth));
+        }
         let bundles = http
             .clone()
             .with_limits(settings.max_bundle_bytes, settings.request_timeout);
         let accepted = deps.store.accepted_manifest()?;
+        let paths = ApiPaths::new(
+            settings.manager.clone(),
+            settings.api,
+            &deps.identity.wire_id,
+        );
         Ok(Self {
-            client_id: deps.identity.client_id.clone(),
+            client_id: deps.identity.wire_id.clone(),
+            paths,
             settings,
             http,
             bundles,
@@ -369,6 +462,7 @@ impl HttpTransport {
             snapshots: deps.snapshots,
             accepted,
             last_error: None,
+            held: None,
         })
     }
 
@@ -429,6 +523,10 @@ impl HttpTransport {
         let notify = self.uplink.notifier();
         let mut backoff = Backoff::new(self.settings.retry_min, self.settings.retry_max);
         let mut uplink_backoff = Backoff::new(self.settings.retry_min, self.settings.retry_max);
+        let mut refusal_backoff = Backoff::new(
+            self.settings.retry_min.min(self.settings.poll_rate),
+            self.settings.poll_rate,
+        );
         let mut uplink_retry: Option<Instant> = None;
         // A check at start-up when allowed (a restart should not wait a whole period).
         let mut next = if self.may_communicate() {
@@ -487,7 +585,7 @@ impl HttpTransport {
                         () = shutdown.cancelled() => break,
                         d = self.drain_uplink() => d,
                     };
-                    uplink_retry = self.after_drain(drained, &mut uplink_backoff);
+                    uplink_retry = self.after_drain(drained, &mut uplink_backoff, &mut refusal_backoff);
                 }
                 () = notify.notified(), if between && uplink_retry.is_none() => {
                     if self.may_communicate() {
@@ -495,7 +593,7 @@ impl HttpTransport {
                             () = shutdown.cancelled() => break,
                             d = self.drain_uplink() => d,
                         };
-                        uplink_retry = self.after_drain(drained, &mut uplink_backoff);
+                        uplink_retry = self.after_drain(drained, &mut uplink_backoff, &mut refusal_backoff);
                     } else {
                         debug!("uplink waits for the allowed times");
                     }
@@ -507,7 +605,7 @@ impl HttpTransport {
                             () = shutdown.cancelled() => break,
                             d = self.drain_uplink() => d,
                         };
-                        uplink_retry = self.after_drain(drained, &mut uplink_backoff);
+                        uplink_retry = self.after_drain(drained, &mut uplink_backoff, &mut refusal_backoff);
                     } else {
                         debug!("uplink retry waits for the next check");
                     }
@@ -518,11 +616,25 @@ impl HttpTransport {
         info!("HTTP transport stopped");
     }
 
-    fn after_drain(&self, drained: Drained, backoff: &mut Backoff) -> Option<Instant> {
+    /// When to drain again: not at all when everything went; after a
+    /// 401/404 with the refusal backoff (growing to the poll period, so a
+    /// refused report never waits longer than a check); else the
+    /// network backoff.
+    fn after_drain(
+        &self,
+        drained: Drained,
+        backoff: &mut Backoff,
+        refusals: &mut Backoff,
+    ) -> Option<Instant> {
         if drained.left == 0 {
             backoff.reset();
+            refusals.reset();
             None
+        } else if drained.held {
+            backoff.reset();
+            Some(self.clock.now() + refusals.next_delay())
         } else {
+            refusals.reset();
             Some(self.clock.now() + backoff.next_delay())
         }
     }
@@ -531,11 +643,22 @@ impl HttpTransport {
     /// for a reason worth retrying before the next regular check.
     async fn check_logged(&mut self) -> bool {
         match self.check().await {
+            Ok(CheckOutcome::UnknownClient) => {
+                let text = "manifest: 404".to_string();
+                if self.last_error.as_deref() != Some(text.as_str()) {
+                    error!(client_id = %self.client_id, path = %self.paths.manifest(), "the WFM does not know this client: the manifest request was answered 404 Not Found; asking again at the next check");
+                } else {
+                    debug!("manifest request answered 404 again");
+                }
+                self.last_error = Some(text);
+                self.set_status(ConnectionStatus::Connected);
+                true
+            }
             Ok(outcome) => {
                 self.note_success();
                 match outcome {
                     CheckOutcome::NotModified => debug!("manifest not modified"),
-                    CheckOutcome::NothingDeployed => debug!("nothing deployed to this client yet"),
+                    CheckOutcome::UnknownClient => {}
                     CheckOutcome::Unchanged(v) => {
                         debug!(manifest_version = v, "same manifest again")
                     }
@@ -639,7 +762,7 @@ impl HttpTransport {
         if let Some(tag) = &stored_etag {
             headers.push(("if-none-match", tag.clone()));
         }
-        let path = format!("/api/v1/clients/{}/deployments", self.client_id);
+        let path = self.paths.manifest();
         let answer = self.get(&self.http, "manifest", &path, headers).await?;
         match answer.status {
             StatusCode::NOT_MODIFIED => {
@@ -647,7 +770,7 @@ impl HttpTransport {
                 return Ok(CheckOutcome::NotModified);
             }
             StatusCode::OK => {}
-            StatusCode::NOT_FOUND => return Ok(CheckOutcome::NothingDeployed),
+            StatusCode::NOT_FOUND => return Ok(CheckOutcome::UnknownClient),
             _ => return Err(answer_error("manifest", &answer)),
         }
         let body = decoded_body(&answer, self.settings.max_body_bytes, "manifest")?;
@@ -680,12 +803,18 @@ impl HttpTransport {
             deployments = neutral.deployments.len(),
             "newer manifest received"
         );
-        let (docs, bundle) = self.fetch_documents(&neutral, bundle_ref.as_ref()).await?;
-        let documents = docs.len();
+        let (fetched, bundle) = self.fetch_documents(&neutral, bundle_ref.as_ref()).await?;
+        let documents = fetched.usable.len() + fetched.unusable.len();
         let now = self.clock.unix_ms();
-        for doc in &docs {
+        for doc in &fetched.usable {
             self.store.cache_put(doc, now)?;
             AgentStats::bump(&self.stats.deployments_cached);
+        }
+        for (id, digest, reason) in &fetched.unusable {
+            // Remembered by digest: not downloaded again, fails alone.
+            self.store.refused_put(digest, id, reason, now)?;
+            AgentStats::bump(&self.stats.deployments_refused);
+            warn!(deployment_id = %id, %digest, %reason, "deployment document cannot be used; this deployment fails alone");
         }
         let accepted = self.sink.accept(&neutral, digest)?;
         self.accepted = Some(accepted);
@@ -698,13 +827,14 @@ impl HttpTransport {
         })
     }
 
-    /// Downloads and verifies every listed document not in the cache.
-    /// Nothing is cached here: the caller caches only when all verified.
+    /// Downloads and verifies every listed document not yet judged (cached,
+    /// or remembered as unusable). Nothing is stored here: the caller
+    /// stores only when all were verified.
     async fn fetch_documents(
         &self,
         manifest: &StateManifest,
         bundle_ref: Option<&BundleRef>,
-    ) -> Result<(Vec<ApplicationDeployment>, bool), CheckError> {
+    ) -> Result<(bundle::Decoded, bool), CheckError> {
         let previous: BTreeMap<&DeploymentId, Digest> = self
             .accepted
             .iter()
@@ -718,12 +848,12 @@ impl HttpTransport {
             .count();
         let mut needed = Vec::new();
         for r in &manifest.deployments {
-            if !self.store.cache_contains(&r.digest)? {
+            if !self.store.judged(&r.digest)? {
                 needed.push(r);
             }
         }
         if needed.is_empty() {
-            return Ok((Vec::new(), false));
+            return Ok((bundle::Decoded::default(), false));
         }
         let use_bundle = self.accepted.is_none()
             || changed * 100
@@ -732,12 +862,9 @@ impl HttpTransport {
             let docs = self.fetch_bundle(manifest, bundle_ref).await?;
             return Ok((docs, true));
         }
-        let mut docs = Vec::with_capacity(needed.len());
+        let mut docs = bundle::Decoded::default();
         for r in needed {
-            let path = format!(
-                "/api/v1/clients/{}/deployments/{}/{}",
-                self.client_id, r.deployment_id, r.digest
-            );
+            let path = self.paths.deployment(&r.deployment_id, &r.digest);
             let headers = vec![
                 ("accept", "application/yaml".to_string()),
                 ("accept-encoding", "gzip".to_string()),
@@ -748,21 +875,16 @@ impl HttpTransport {
             }
             AgentStats::bump(&self.stats.http_documents);
             let yaml = decoded_body(&answer, self.settings.max_body_bytes, "deployment")?;
-            let doc = ApplicationDeployment::parse_verified(yaml, &r.digest).map_err(|source| {
-                DownlinkError::Deployment {
-                    topic_id: r.deployment_id.clone(),
-                    source,
+            match judge_document(&r.deployment_id, &r.digest, yaml)? {
+                Verdict::Usable(doc) => {
+                    debug!(deployment_id = %r.deployment_id, digest = %r.digest, "deployment downloaded and verified");
+                    docs.usable.push(doc);
                 }
-            })?;
-            if doc.id != r.deployment_id {
-                return Err(DownlinkError::IdMismatch {
-                    topic_id: r.deployment_id.clone(),
-                    doc_id: doc.id,
+                Verdict::Unusable(reason) => {
+                    docs.unusable
+                        .push((r.deployment_id.clone(), r.digest, reason));
                 }
-                .into());
             }
-            debug!(deployment_id = %r.deployment_id, digest = %r.digest, "deployment downloaded and verified");
-            docs.push(doc);
         }
         Ok((docs, false))
     }
@@ -771,7 +893,7 @@ impl HttpTransport {
         &self,
         manifest: &StateManifest,
         bundle_ref: &BundleRef,
-    ) -> Result<Vec<ApplicationDeployment>, CheckError> {
+    ) -> Result<bundle::Decoded, CheckError> {
         let digest = bundle_ref.digest;
         if bundle_ref
             .size_bytes
@@ -784,7 +906,7 @@ impl HttpTransport {
                 }),
             });
         }
-        let path = format!("/api/v1/clients/{}/bundles/{}", self.client_id, digest);
+        let path = self.paths.bundle(&digest);
         let headers = vec![("accept", BUNDLE_MEDIA_TYPE.to_string())];
         let answer = self.get(&self.bundles, "bundle", &path, headers).await?;
         if answer.status != StatusCode::OK {
@@ -813,7 +935,7 @@ impl HttpTransport {
             tokio::task::spawn_blocking(move || bundle::decode(&body, &wanted, limits)).await;
         match decoded {
             Ok(Ok(docs)) => {
-                debug!(%digest, documents = docs.len(), "bundle downloaded and verified");
+                debug!(%digest, documents = docs.usable.len(), unusable = docs.unusable.len(), "bundle downloaded and verified");
                 Ok(docs)
             }
             Ok(Err(source)) => Err(CheckError::Bundle {
@@ -853,21 +975,15 @@ impl HttpTransport {
                     (
                         "status",
                         Method::POST,
-                        format!(
-                            "/api/v1/clients/{}/deployments/{}/status",
-                            self.client_id, report.status.deployment_id
-                        ),
+                        self.paths.status(&report.status.deployment_id),
                         body,
                     )
                 }
                 Message::Capabilities(report) => (
                     "capabilities",
                     Method::PUT,
-                    format!(
-                        "/api/v1/clients/{}/capabilities/{}",
-                        self.client_id,
-                        report.manifest.device_id().unwrap_or_default()
-                    ),
+                    self.paths
+                        .capabilities(report.manifest.device_id().unwrap_or_default()),
                     serde_json::to_vec(&report.manifest),
                 ),
                 other => {
@@ -923,6 +1039,23 @@ impl HttpTransport {
                     self.settle(seq, &mut drained.delivered);
                     AgentStats::bump(&self.stats.acked);
                     self.note_success();
+                    if self.held.take().is_some() {
+                        info!(
+                            kind = what,
+                            "the manager accepts this client's reports again"
+                        );
+                        self.snapshots.update(|s| s.uplink_error = None);
+                    }
+                }
+                Ok(answer)
+                    if answer.status == StatusCode::UNAUTHORIZED
+                        || answer.status == StatusCode::NOT_FOUND =>
+                {
+                    let detail = answer.problem_detail().unwrap_or_else(|| answer.excerpt());
+                    self.uplink_held(what, answer.status, &detail);
+                    drained.left = pending.len() - i;
+                    drained.held = true;
+                    break;
                 }
                 Ok(answer) if retryable(answer.status) => {
                     self.uplink_failed(what, &format!("the manager answered {}", answer.status));
@@ -943,6 +1076,23 @@ impl HttpTransport {
             }
         }
         drained
+    }
+
+    /// A report refused with 401 (not authenticated) or 404 (the manager
+    /// does not know this client or device): kept and retried, logged at
+    /// error once per streak, shown in the snapshot.
+    fn uplink_held(&mut self, what: &str, status: StatusCode, detail: &str) {
+        AgentStats::bump(&self.stats.uplink_held);
+        let text = format!(
+            "{what} report refused with {status}: {detail}; kept in the outbox and retried"
+        );
+        if self.held.is_none() {
+            error!(client_id = %self.client_id, kind = what, %status, %detail, "the manager refuses this client's report (not authenticated, or it does not know this client); kept in the outbox, retrying with backoff");
+        } else {
+            debug!(kind = what, %status, "report still refused; retrying with backoff");
+        }
+        self.held = Some(text.clone());
+        self.snapshots.update(|s| s.uplink_error = Some(text));
     }
 
     fn uplink_failed(&mut self, what: &str, error: &str) {

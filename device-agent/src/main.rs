@@ -273,7 +273,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let agent = Agent::new(config, AgentOptions::default()).context("starting the agent")?;
-    let client_id = agent.client_id().clone();
+    let client_id = agent.wire_id().clone();
     let shutdown = CancellationToken::new();
     let mut task = tokio::spawn(agent.run(shutdown.clone()));
     {

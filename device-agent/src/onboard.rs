@@ -16,6 +16,16 @@
 //! 5. on approval check the issued identity (our key, CN = clientId, issued
 //!    by the pinned CA; signing certificate issued by the CA) and write the
 //!    bundle atomically, `identity.toml` last.
+//!
+//! **A plain Margo WFM** answers `201 {"clientId": "..."}` without our
+//! `x-margo-mqtt-extensions` (the onboarding page's only success answer).
+//! The identity is then the device's own key, the self-signed certificate
+//! it onboarded with, the assigned client id (any URL-safe string) and the
+//! WFM's CA as fetched and pinned in step 1: a plain identity
+//! ([`crate::identity::IdentityKind::Plain`], `identity.toml` version 2),
+//! usable by the HTTP transport only. A base path in the manager URL is put
+//! in front of every path (`https://wfm/v1alpha2/margo` →
+//! `/v1alpha2/margo/api/v1/onboarding`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -28,7 +38,6 @@ use margo_schemas::identity::{
     IdentityIndex, CA_FILE, CERT_FILE, IDENTITY_VERSION, INDEX_FILE, KEY_FILE,
     MANAGER_SIGNING_CERT_FILE,
 };
-use margo_schemas::ids::ClientId;
 use margo_schemas::onboarding::{
     OnboardingRequest, OnboardingResponse, OnboardingState, RequestExtensions,
 };
@@ -40,7 +49,9 @@ use tracing::{debug, info, instrument, warn};
 use crate::clock::{Backoff, Clock, SystemClock};
 use crate::config::{AgentConfig, ConfigError};
 use crate::http::{self, Answer, HttpsClient, JsonBody, ManagerUrl};
-use crate::identity::{Identity, IdentityError, IdentityPem};
+use crate::identity::{
+    Identity, IdentityError, IdentityPem, PlainIndex, WireClientId, PLAIN_IDENTITY_VERSION,
+};
 use crate::request_auth::RequestAuth;
 
 /// The pending request, kept in the identity directory until approval.
@@ -181,9 +192,12 @@ impl OnboardSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OnboardOutcome {
     /// A complete bundle was already there; nothing was done.
-    AlreadyOnboarded(ClientId),
-    /// The bundle was written.
-    Onboarded { client_id: ClientId, name: String },
+    AlreadyOnboarded(WireClientId),
+    /// The bundle was written (for a plain Margo WFM: a plain identity).
+    Onboarded {
+        client_id: WireClientId,
+        name: String,
+    },
 }
 
 /// The request waiting for approval, in `onboarding.toml`.
@@ -245,7 +259,7 @@ impl Onboarding {
                 dir: dir.clone(),
                 source,
             })?;
-            return Ok(OnboardOutcome::AlreadyOnboarded(identity.client_id));
+            return Ok(OnboardOutcome::AlreadyOnboarded(identity.wire_id));
         }
         create_private_dir(&dir)?;
         let pending =
@@ -286,6 +300,7 @@ impl Onboarding {
             }
             _ => Step::Post,
         };
+        let onboarding_path = self.settings.manager_url.path(ONBOARDING_PATH);
         let mut backoff = Backoff::new(self.settings.poll_min, self.settings.poll_max);
         let mut announced = false;
         loop {
@@ -296,14 +311,14 @@ impl Onboarding {
                     let sent = client
                         .send(
                             Method::POST,
-                            ONBOARDING_PATH,
+                            &onboarding_path,
                             Some(JsonBody {
                                 bytes: body.clone(),
                                 headers,
                             }),
                         )
                         .await;
-                    (ONBOARDING_PATH.to_string(), sent)
+                    (onboarding_path.clone(), sent)
                 }
                 Step::Poll(location) => {
                     let sent = client.send(Method::GET, location, None).await;
@@ -322,6 +337,9 @@ impl Onboarding {
             let retry_after = answer.retry_after();
             match answer.status {
                 StatusCode::OK | StatusCode::CREATED | StatusCode::ACCEPTED => {
+                    if let Some(client_id) = plain_answer(&answer, &path)? {
+                        return self.finish_plain(client_id, &key_pem, &ca_pem);
+                    }
                     let response: OnboardingResponse = serde_json::from_slice(&answer.body)
                         .map_err(|e| {
                             OnboardError::BadResponse(format!(
@@ -343,7 +361,11 @@ impl Onboarding {
                             });
                         }
                         OnboardingState::Pending => {
-                            let location = poll_location(&answer, &ext.request_id)?;
+                            let location = poll_location(
+                                &answer,
+                                &ext.request_id,
+                                &self.settings.manager_url,
+                            )?;
                             if !announced {
                                 announced = true;
                                 write_pending(
@@ -378,8 +400,8 @@ impl Onboarding {
                     remove_if_exists(&dir.join(PENDING_FILE))?;
                     let request_id = match &step {
                         Step::Poll(location) => location
-                            .strip_prefix(REQUESTS_PATH)
-                            .unwrap_or(location)
+                            .rsplit_once(REQUESTS_PATH)
+                            .map_or(location.as_str(), |(_, id)| id)
                             .to_string(),
                         Step::Post => local_id.clone(),
                     };
@@ -448,7 +470,7 @@ impl Onboarding {
         let client = HttpsClient::new(url.clone(), http::unverified_tls()?)?;
         let mut backoff = Backoff::new(self.settings.poll_min, self.settings.poll_max);
         let answer = loop {
-            match client.send(Method::GET, CA_PATH, None).await {
+            match client.send(Method::GET, &url.path(CA_PATH), None).await {
                 Ok(answer) if answer.status == StatusCode::OK => break answer,
                 Ok(answer)
                     if answer.status == StatusCode::TOO_MANY_REQUESTS
@@ -465,7 +487,7 @@ impl Onboarding {
                 Ok(answer) => {
                     return Err(OnboardError::Unexpected {
                         status: answer.status.as_u16(),
-                        path: CA_PATH.into(),
+                        path: url.path(CA_PATH),
                         body: answer.excerpt(),
                     })
                 }
@@ -517,6 +539,49 @@ impl Onboarding {
             request.extensions = Some(extensions);
         }
         serde_json::to_vec(&request).map_err(|e| OnboardError::Claims(e.to_string()))
+    }
+
+    /// Writes a plain identity (see the module docs): the assigned id, the
+    /// device key, the certificate it onboarded with, the pinned WFM CA.
+    fn finish_plain(
+        &self,
+        client_id: WireClientId,
+        key_pem: &[u8],
+        ca_pem: &[u8],
+    ) -> Result<OnboardOutcome, OnboardError> {
+        let dir = &self.settings.identity_dir;
+        let cert_path = dir.join(REQUEST_CERT_FILE);
+        let cert_pem = std::fs::read(&cert_path).map_err(io_err(&cert_path))?;
+        let name = self.settings.name.clone().unwrap_or_else(hostname);
+        Identity::from_plain(
+            client_id.clone(),
+            name.clone(),
+            key_pem.to_vec(),
+            cert_pem.clone(),
+            ca_pem.to_vec(),
+        )
+        .map_err(|e| OnboardError::BadIdentity(e.to_string()))?;
+        let index = PlainIndex {
+            version: PLAIN_IDENTITY_VERSION,
+            client_id: client_id.as_str().to_string(),
+            name: name.clone(),
+            manager_url: self.settings.manager_url.to_string(),
+        };
+        let index_text =
+            toml::to_string(&index).map_err(|e| OnboardError::BadIdentity(e.to_string()))?;
+        write_atomic(dir, CA_FILE, ca_pem, 0o644)?;
+        write_atomic(dir, CERT_FILE, &cert_pem, 0o644)?;
+        // The index last: its presence means the bundle is complete.
+        write_atomic(dir, INDEX_FILE, index_text.as_bytes(), 0o644)?;
+        remove_if_exists(&dir.join(PENDING_FILE))?;
+        remove_if_exists(&cert_path)?;
+        info!(
+            client_id = %client_id,
+            name = %name,
+            "onboarded with a plain Margo WFM (201 without x-margo-mqtt-extensions); plain identity written: \
+             the HTTP transport (transport = \"http\") only"
+        );
+        Ok(OnboardOutcome::Onboarded { client_id, name })
     }
 
     /// Checks the approved identity and writes the bundle.
@@ -604,7 +669,7 @@ impl Onboarding {
         remove_if_exists(&dir.join(REQUEST_CERT_FILE))?;
         info!(client_id = %client_id, name = %issued.name, broker = %issued.broker_url, "onboarded; identity bundle written");
         Ok(OnboardOutcome::Onboarded {
-            client_id,
+            client_id: WireClientId::from(&client_id),
             name: issued.name.clone(),
         })
     }
@@ -619,8 +684,46 @@ fn delay_with_hint(backoff: &mut Backoff, hint: Option<Duration>) -> Duration {
     }
 }
 
-/// Where to poll: the `Location` header if it is a request path, else built from the id.
-fn poll_location(answer: &Answer, request_id: &str) -> Result<String, OnboardError> {
+/// A plain Margo answer (`201 {"clientId": ...}` without
+/// `x-margo-mqtt-extensions`): the assigned id; `None` when the extensions
+/// are there (our manager; handled as before).
+fn plain_answer(answer: &Answer, path: &str) -> Result<Option<WireClientId>, OnboardError> {
+    #[derive(Deserialize)]
+    struct Plain {
+        #[serde(rename = "clientId")]
+        client_id: Option<String>,
+        #[serde(rename = "x-margo-mqtt-extensions")]
+        extensions: Option<serde_json::Value>,
+    }
+    let plain: Plain = serde_json::from_slice(&answer.body).map_err(|e| {
+        OnboardError::BadResponse(format!("{path} answered {}: {e}", answer.status))
+    })?;
+    if plain.extensions.is_some() {
+        return Ok(None);
+    }
+    if answer.status == StatusCode::ACCEPTED {
+        return Err(OnboardError::BadResponse(format!(
+            "{path} answered 202 without x-margo-mqtt-extensions (nothing to poll)"
+        )));
+    }
+    let id = plain.client_id.ok_or_else(|| {
+        OnboardError::BadResponse(format!(
+            "{path} answered {} without a clientId",
+            answer.status
+        ))
+    })?;
+    WireClientId::new(id)
+        .map(Some)
+        .map_err(|e| OnboardError::BadIdentity(e.to_string()))
+}
+
+/// Where to poll: the `Location` header if it is a request path (with or
+/// without the base path), else built from the id; always under the base path.
+fn poll_location(
+    answer: &Answer,
+    request_id: &str,
+    url: &ManagerUrl,
+) -> Result<String, OnboardError> {
     if request_id.is_empty()
         || request_id.len() > 128
         || !request_id.bytes().all(|b| b.is_ascii_alphanumeric())
@@ -634,13 +737,16 @@ fn poll_location(answer: &Answer, request_id: &str) -> Result<String, OnboardErr
         .headers
         .get(hyper::header::LOCATION)
         .and_then(|v| v.to_str().ok())
+        .map(|l| l.strip_prefix(url.base_path.as_str()).unwrap_or(l))
         .filter(|l| {
             l.strip_prefix(REQUESTS_PATH)
                 .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric()))
         });
-    Ok(from_header
-        .map(str::to_string)
-        .unwrap_or_else(|| format!("{REQUESTS_PATH}{request_id}")))
+    Ok(url.path(
+        &from_header
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("{REQUESTS_PATH}{request_id}")),
+    ))
 }
 
 /// `{"certificate": "<base64 PEM>"}` → (DER, PEM) of the first certificate.
@@ -658,9 +764,15 @@ fn parse_ca_answer(answer: &Answer) -> Result<(Vec<u8>, Vec<u8>), OnboardError> 
     let pem = if text.starts_with("-----BEGIN") {
         text.as_bytes().to_vec()
     } else {
-        data_encoding::BASE64
+        let decoded = data_encoding::BASE64
             .decode(text.as_bytes())
-            .map_err(|e| OnboardError::BadCa(format!("certificate is not base64: {e}")))?
+            .map_err(|e| OnboardError::BadCa(format!("certificate is not base64: {e}")))?;
+        if decoded.first() == Some(&0x30) {
+            // base64 of the DER itself rather than of the PEM text: accepted too.
+            der_to_pem(&decoded)
+        } else {
+            decoded
+        }
     };
     let certs =
         pki::certs_from_pem(&pem, "fleet CA").map_err(|e| OnboardError::BadCa(e.to_string()))?;
@@ -670,6 +782,18 @@ fn parse_ca_answer(answer: &Answer) -> Result<(Vec<u8>, Vec<u8>), OnboardError> 
         return Err(OnboardError::BadCa("the certificate is not a CA".into()));
     }
     Ok((der, pem))
+}
+
+/// A PEM `CERTIFICATE` block for `der`.
+fn der_to_pem(der: &[u8]) -> Vec<u8> {
+    let b64 = data_encoding::BASE64.encode(der);
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(chunk));
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    pem.into_bytes()
 }
 
 /// Loads `client.key`, or creates it (P-256, PKCS#8 PEM, mode 0600) before anything is sent.

@@ -40,6 +40,10 @@ use crate::store::{
 
 /// Status error code: a referenced document is not in the cache.
 pub const CODE_CONTENT_MISSING: &str = "CONTENT_MISSING";
+/// Status error code: the document has the listed digest but the agent
+/// cannot use it (unknown `apiVersion`, unparseable YAML, ...); the error's
+/// `source` is the digest.
+pub const CODE_DEPLOYMENT_REFUSED: &str = "DEPLOYMENT_REFUSED";
 /// How long unreferenced cached documents are kept (they may belong to a manifest still on its way).
 const CACHE_GRACE: Duration = Duration::from_secs(3600);
 
@@ -275,7 +279,12 @@ impl ReconcileContext {
         components: Vec<ComponentStatus>,
         error: Option<StatusError>,
     ) -> Result<(), ReconcileError> {
-        let status = DeploymentStatus::new(id.clone(), components, error);
+        let mut status = DeploymentStatus::new(id.clone(), components, error);
+        if status.components.is_empty() && status.status.error.is_some() {
+            // Nothing to derive the state from (e.g. a document that could not
+            // be used): an error with no components is a failure, not "pending".
+            status.status.state = DeploymentState::Failed;
+        }
         let state = status.status.state;
         let seq = self.uplink.send(Message::Status(StatusReport {
             adopted_manifest_version: version,
@@ -297,6 +306,30 @@ impl ReconcileContext {
     async fn install(&self, step: &Step, version: u64) -> Result<bool, ReconcileError> {
         let previous_doc = self.doc(step.previous)?;
         let Some(doc) = self.doc(step.target)? else {
+            if let Some(target) = step.target {
+                if let Some(refused) = self.store.refused_get(&target)? {
+                    // Fails alone, reported once per digest: a retry pass
+                    // (for other deployments) does not report it again.
+                    let reported = self.store.applied_get(&step.id)?.is_some_and(|r| {
+                        r.state == DeploymentState::Failed
+                            && r.error.as_ref().is_some_and(|e| {
+                                e.code == CODE_DEPLOYMENT_REFUSED && e.source == target.to_string()
+                            })
+                    });
+                    if reported {
+                        return Ok(false);
+                    }
+                    let error = StatusError::new(
+                        CODE_DEPLOYMENT_REFUSED,
+                        target.to_string(),
+                        format!(
+                            "the deployment document {target} cannot be used: {}",
+                            refused.reason
+                        ),
+                    );
+                    return self.fail(step, version, &previous_doc, None, Vec::new(), error);
+                }
+            }
             let error = StatusError::new(
                 CODE_CONTENT_MISSING,
                 step.id.as_str(),

@@ -64,6 +64,9 @@ pub struct AgentSnapshot {
     pub deployments: BTreeMap<String, DeploymentView>,
     pub outbox_len: usize,
     pub outbox_bytes: usize,
+    /// HTTP transport: why uplink reports are being held (the manager
+    /// answered 401 or 404), while that lasts; `None` when they go through.
+    pub uplink_error: Option<String>,
     pub counters: StatsSnapshot,
 }
 

@@ -80,6 +80,12 @@ counters!(
     uplink_refused,
     /// HTTP transport: `state`/`sync` entries skipped (no HTTP form).
     uplink_skipped,
+    /// HTTP transport: uplink attempts the manager answered 401 or 404
+    /// (kept in the outbox and retried with backoff).
+    uplink_held,
+    /// Deployment documents judged unacceptable (digest right, content not
+    /// usable): each fails alone with a `failed` status.
+    deployments_refused,
 );
 
 impl AgentStats {

@@ -27,6 +27,7 @@ const DOCS: TableDefinition<&str, &[u8]> = TableDefinition::new("docs");
 const CACHE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("yaml_cache");
 const APPLIED: TableDefinition<&str, &[u8]> = TableDefinition::new("applied");
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
+const REFUSED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("refused_docs");
 
 const KEY_NEXT_SEQ: &str = "next_seq";
 const KEY_ADOPTED: &str = "adopted_version";
@@ -152,6 +153,19 @@ pub struct RetryState {
     pub failed_at_ms: u64,
 }
 
+/// A deployment document judged unacceptable: its bytes match the listed
+/// digest, but the agent cannot use them (unknown `apiVersion`, YAML it
+/// cannot parse, ...). Kept by digest so it is never downloaded again and
+/// fails alone (`docs/http-api.md`, "The agent over HTTP").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedDoc {
+    /// The deployment id the manifest listed it under.
+    pub id: DeploymentId,
+    /// Why it cannot be used.
+    pub reason: String,
+    pub refused_at_ms: u64,
+}
+
 /// A cached, verified deployment document.
 #[derive(Serialize, Deserialize)]
 struct CachedDoc {
@@ -242,6 +256,7 @@ impl Store {
             txn.open_table(CACHE)?;
             txn.open_table(APPLIED)?;
             txn.open_table(OUTBOX)?;
+            txn.open_table(REFUSED)?;
         }
         txn.commit()?;
         Ok(Self { db: Arc::new(db) })
@@ -403,7 +418,48 @@ impl Store {
             })
     }
 
-    /// Removes cached documents not in `keep` and cached before `older_than_ms`.
+    /// Records that the document with `digest` (listed as `id`) was judged unusable.
+    pub fn refused_put(
+        &self,
+        digest: &Digest,
+        id: &DeploymentId,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let reason: String = reason.chars().take(1000).collect();
+        let bytes = encode(
+            "refused",
+            &RefusedDoc {
+                id: id.clone(),
+                reason,
+                refused_at_ms: now_ms,
+            },
+        )?;
+        let txn = self.db.begin_write()?;
+        txn.open_table(REFUSED)?
+            .insert(digest.as_bytes().as_slice(), bytes.as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The verdict on the document with `digest`, if it was judged unusable.
+    pub fn refused_get(&self, digest: &Digest) -> Result<Option<RefusedDoc>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(REFUSED)?;
+        let Some(v) = table.get(digest.as_bytes().as_slice())? else {
+            return Ok(None);
+        };
+        decode("refused_docs", &digest.to_string(), v.value()).map(Some)
+    }
+
+    /// Whether the document with `digest` is cached or was judged unusable:
+    /// either way it needs no download.
+    pub fn judged(&self, digest: &Digest) -> Result<bool, StoreError> {
+        Ok(self.cache_contains(digest)? || self.refused_get(digest)?.is_some())
+    }
+
+    /// Removes cached documents not in `keep` and cached before `older_than_ms`
+    /// (and verdicts on unusable documents likewise).
     pub fn cache_gc(
         &self,
         keep: &BTreeSet<Digest>,
@@ -433,6 +489,24 @@ impl Store {
             for key in doomed {
                 table.remove(key.as_slice())?;
                 removed += 1;
+            }
+            let mut refused = txn.open_table(REFUSED)?;
+            let mut doomed = Vec::new();
+            for item in refused.iter()? {
+                let (k, v) = item?;
+                let key = k.value().to_vec();
+                let keep_it = <[u8; 32]>::try_from(key.as_slice())
+                    .ok()
+                    .is_some_and(|raw| keep.iter().any(|d| d.as_bytes() == &raw));
+                let old = codec::decode::<RefusedDoc>(v.value(), MAX_RECORD)
+                    .map(|r| r.refused_at_ms < older_than_ms)
+                    .unwrap_or(true);
+                if !keep_it && old {
+                    doomed.push(key);
+                }
+            }
+            for key in doomed {
+                refused.remove(key.as_slice())?;
             }
         }
         txn.commit()?;

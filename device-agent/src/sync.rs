@@ -54,6 +54,8 @@ use crate::store::{manifest_digest, AcceptedManifest, Store, StoreError};
 pub enum DownlinkError {
     #[error("topic {0:?} is not one this agent handles")]
     UnexpectedTopic(String),
+    #[error("no manager signing key to verify downlink messages with (a plain Margo identity)")]
+    NoManagerKey,
     #[error(transparent)]
     Message(#[from] MessageError),
     #[error("invalid manifest: {0}")]
@@ -145,6 +147,45 @@ pub enum Handled {
     Acked { removed: usize, sync: bool },
     /// A remote config of this version is now in force.
     Configured(u64),
+    /// A document whose digest is right but which the agent cannot use: it
+    /// is remembered by digest and its deployment fails alone.
+    Refused(Digest),
+}
+
+/// The verdict on one document whose bytes arrived for a listed deployment.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Verified and usable.
+    Usable(ApplicationDeployment),
+    /// The bytes are the listed ones, but the agent cannot use them (the
+    /// reason goes into the deployment's `failed` status).
+    Unusable(String),
+}
+
+/// The shared judgement of both transports on one document listed as `id`
+/// with `digest`: a digest mismatch or an id that is not the listed one is
+/// an error (the update is abandoned, nothing is remembered, it may be
+/// fetched again); a document with the right bytes that does not parse or
+/// names an unknown `apiVersion`/`kind` is [`Verdict::Unusable`]: the
+/// caller remembers it ([`Store::refused_put`]) so it is not fetched again,
+/// and the deployment fails alone while the rest of the manifest applies.
+pub fn judge_document(
+    id: &DeploymentId,
+    digest: &Digest,
+    bytes: Vec<u8>,
+) -> Result<Verdict, DownlinkError> {
+    match ApplicationDeployment::parse_verified(bytes, digest) {
+        Ok(doc) if doc.id != *id => Err(DownlinkError::IdMismatch {
+            topic_id: id.clone(),
+            doc_id: doc.id,
+        }),
+        Ok(doc) => Ok(Verdict::Usable(doc)),
+        Err(VerifiedParseError::Deployment(e)) => Ok(Verdict::Unusable(e.to_string())),
+        Err(source) => Err(DownlinkError::Deployment {
+            topic_id: id.clone(),
+            source,
+        }),
+    }
 }
 
 /// Puts remote schedules in force, falling back to the local one.
@@ -221,7 +262,7 @@ pub struct DownlinkSettings {
 /// The downlink message handler (see the module docs).
 pub struct Downlink {
     client: ClientId,
-    manager_key: VerifyingKey,
+    manager_key: Option<VerifyingKey>,
     settings: DownlinkSettings,
     store: Store,
     uplink: Uplink,
@@ -259,7 +300,8 @@ impl std::fmt::Debug for Downlink {
 #[derive(Debug, Clone)]
 pub struct DownlinkDeps {
     pub client: ClientId,
-    pub manager_key: VerifyingKey,
+    /// None for a plain Margo identity (every downlink message is refused).
+    pub manager_key: Option<VerifyingKey>,
     pub settings: DownlinkSettings,
     pub store: Store,
     pub uplink: Uplink,
@@ -347,6 +389,10 @@ impl ManifestSink {
         let version = manifest.manifest_version;
         for r in &manifest.deployments {
             let Some(doc) = self.store.cache_get(&r.digest)? else {
+                if self.store.refused_get(&r.digest)?.is_some() {
+                    // Judged unusable: this deployment fails alone in reconcile.
+                    continue;
+                }
                 return Err(DownlinkError::MissingContent {
                     version,
                     listed: r.deployment_id.clone(),
@@ -495,10 +541,14 @@ impl Downlink {
             debug!(client_id = %self.client, topic, "cleared retained topic");
             return Ok(Handled::Cleared);
         }
+        let manager_key = self
+            .manager_key
+            .as_ref()
+            .ok_or(DownlinkError::NoManagerKey)?;
         let envelope = Envelope::open(
             payload,
             self.settings.max_message_bytes,
-            &self.manager_key,
+            manager_key,
             &self.client,
             &leaf,
         )?;
@@ -601,7 +651,7 @@ impl Downlink {
         };
         let mut missing = Vec::new();
         for r in &pending.manifest.deployments {
-            if !self.store.cache_contains(&r.digest)? {
+            if !self.store.judged(&r.digest)? {
                 missing.push(r.deployment_id.clone());
             }
         }
@@ -616,7 +666,7 @@ impl Downlink {
         let version = pending.manifest.manifest_version;
         let mut missing = 0;
         for r in &pending.manifest.deployments {
-            if !self.store.cache_contains(&r.digest)? {
+            if !self.store.judged(&r.digest)? {
                 missing += 1;
             }
         }
@@ -643,19 +693,22 @@ impl Downlink {
         topic_id: DeploymentId,
         body: DeploymentBody,
     ) -> Result<Handled, DownlinkError> {
-        let doc =
-            ApplicationDeployment::parse_verified(body.yaml, &body.digest).map_err(|source| {
-                DownlinkError::Deployment {
-                    topic_id: topic_id.clone(),
-                    source,
+        let doc = match judge_document(&topic_id, &body.digest, body.yaml)? {
+            Verdict::Usable(doc) => doc,
+            Verdict::Unusable(reason) => {
+                let digest = body.digest;
+                self.store
+                    .refused_put(&digest, &topic_id, &reason, self.clock.unix_ms())?;
+                AgentStats::bump(&self.stats.deployments_refused);
+                warn!(client_id = %self.client, deployment_id = %topic_id, %digest, %reason, "deployment document cannot be used; this deployment fails alone");
+                if self.pending.is_some() {
+                    if let Handled::Accepted(v) = self.try_accept()? {
+                        return Ok(Handled::Accepted(v));
+                    }
                 }
-            })?;
-        if doc.id != topic_id {
-            return Err(DownlinkError::IdMismatch {
-                topic_id,
-                doc_id: doc.id,
-            });
-        }
+                return Ok(Handled::Refused(digest));
+            }
+        };
         let digest = doc.digest();
         self.store.cache_put(&doc, self.clock.unix_ms())?;
         AgentStats::bump(&self.stats.deployments_cached);

@@ -524,3 +524,70 @@ async fn remote_schedule_is_versioned_persisted_reported_and_falls_back_to_local
         Some((ScheduleSource::Local, 0, "UTC".into()))
     );
 }
+
+/// The MQTT side of "fails alone": a document whose digest is right but
+/// whose `apiVersion` the agent does not know is remembered by digest, and
+/// the manifest is accepted without waiting for it (the same judgement as
+/// the HTTP transport, `sync::judge_document`).
+#[tokio::test]
+async fn an_unusable_document_is_remembered_and_does_not_hold_the_manifest() {
+    use margo_schemas::digest::Digest;
+    use margo_schemas::ids::DeploymentId;
+    use margo_schemas::manifest::DeploymentRef;
+    let s = setup();
+    let mut parts = s.agent.parts().expect("parts");
+    let client = s.identity.client_id.clone();
+    let key = &s.fleet.signer;
+    let a = yaml("dep-a", "app-a", &[("web", "")]);
+    let odd = String::from_utf8(yaml("dep-b", "app-b", &[("web", "")]))
+        .expect("utf8")
+        .replace("application.margo.org/v1alpha1", "example.com/v9")
+        .into_bytes();
+    let mut m = manifest(1, &[&a]);
+    m.deployments.push(DeploymentRef {
+        deployment_id: DeploymentId::new("dep-b").expect("id"),
+        digest: Digest::of(&odd),
+        size_bytes: None,
+        url: None,
+    });
+    let (t, p) = manifest_msg(key, &client, &m);
+    assert_eq!(
+        parts.downlink.handle_publish(&t, &p).expect("manifest"),
+        Handled::Waiting {
+            version: 1,
+            missing: 2
+        }
+    );
+    let (t, p) = deployment_msg(key, &client, &a);
+    assert!(matches!(
+        parts.downlink.handle_publish(&t, &p),
+        Ok(Handled::Cached(_))
+    ));
+    let body = margo_schemas::messages::DeploymentBody {
+        deployment_id: DeploymentId::new("dep-b").expect("id"),
+        digest: Digest::of(&odd),
+        yaml: odd.clone(),
+    };
+    let topic = margo_schemas::topics::desired_deployment(
+        &client,
+        &DeploymentId::new("dep-b").expect("id"),
+    );
+    let payload = seal(key, &client, Message::Deployment(body));
+    assert_eq!(
+        parts
+            .downlink
+            .handle_publish(&topic, &payload)
+            .expect("judged"),
+        Handled::Accepted(1),
+        "the unusable document does not hold the manifest back"
+    );
+    let refused = s
+        .store
+        .refused_get(&Digest::of(&odd))
+        .expect("read")
+        .expect("remembered");
+    assert!(refused.reason.contains("apiVersion"), "{}", refused.reason);
+    let stats = s.agent.handle().stats;
+    assert_eq!(stats.deployments_refused.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.security_events.load(Ordering::Relaxed), 0);
+}

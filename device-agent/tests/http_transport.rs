@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use margo_agent::clock::{Clock, SimulatedClock, SystemClock};
-use margo_agent::config::{SignatureScheme, Transport};
+use margo_agent::config::{ApiMode, SignatureScheme, Transport};
 use margo_agent::http_transport::{
     CheckError, CheckOutcome, HttpDeps, HttpSettings, HttpTransport,
 };
@@ -365,6 +365,7 @@ impl Rig {
             ..margo_agent::AgentConfig::default()
         };
         config.http.manager_url = Some(url);
+        config.http.api = ApiMode::Rc2;
         margo_agent::Agent::new(
             config,
             margo_agent::AgentOptions {
@@ -393,6 +394,8 @@ impl Rig {
         let stats = agent.handle().stats;
         let settings = HttpSettings {
             manager: margo_agent::http::ManagerUrl::parse(&self.fake.url()).expect("url"),
+            // The fake manager serves the clientId routes, signed.
+            api: ApiMode::Rc2,
             max_body_bytes: 1 << 20,
             max_bundle_bytes: 4 << 20,
             request_timeout: Duration::from_secs(10),
@@ -442,7 +445,7 @@ async fn bundle_first_then_single_documents_and_304_downloads_nothing() {
     let (mut t, _, stats) = rig.transport();
     assert_eq!(
         within(WAIT, "first check", t.check()).await.expect("check"),
-        CheckOutcome::NothingDeployed
+        CheckOutcome::UnknownClient
     );
     let (a1, b1, c1) = (doc(A, 1), doc(B, 1), doc(C, 1));
     rig.fake.publish(1, &[&a1, &b1, &c1], &[]);
@@ -800,6 +803,7 @@ async fn inside_downtime_no_request_is_made() {
         ..margo_agent::AgentConfig::default()
     };
     config.http.manager_url = Some(url);
+    config.http.api = ApiMode::Rc2;
     let agent = margo_agent::Agent::new(
         config,
         margo_agent::AgentOptions {

@@ -16,7 +16,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use margo_agent::clock::SystemClock;
 use margo_agent::http::ManagerUrl;
-use margo_agent::identity::Identity;
+use margo_agent::identity::{Identity, WireClientId};
 use margo_agent::onboard::{OnboardError, OnboardOutcome, OnboardSettings, Onboarding};
 use margo_schemas::digest::Digest;
 use margo_schemas::http_sig;
@@ -371,7 +371,7 @@ async fn pending_request_is_polled_until_approved_and_the_bundle_is_written() {
     assert_eq!(
         outcome,
         OnboardOutcome::Onboarded {
-            client_id: ClientId::new(CLIENT_ID).expect("id"),
+            client_id: WireClientId::new(CLIENT_ID).expect("id"),
             name: "press-7".into()
         }
     );
@@ -410,7 +410,7 @@ async fn pending_request_is_polled_until_approved_and_the_bundle_is_written() {
         .expect("again");
     assert_eq!(
         again,
-        OnboardOutcome::AlreadyOnboarded(ClientId::new(CLIENT_ID).expect("id"))
+        OnboardOutcome::AlreadyOnboarded(WireClientId::new(CLIENT_ID).expect("id"))
     );
     let seen = manager.seen.lock().expect("lock");
     assert_eq!((seen.ca_gets, seen.posts, seen.polls), (1, 1, 2));

@@ -20,6 +20,7 @@ pub mod pki;
 pub mod proxy;
 pub mod simagent;
 pub mod spec_client;
+pub mod spec_wfm;
 
 /// Logs go to the test output when `RUST_LOG` is set.
 pub fn init_tracing() {

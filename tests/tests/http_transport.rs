@@ -66,7 +66,9 @@ fn start_agents(dir: &Path, manager: &ManagerProc) -> Result<Vec<AgentProc>> {
         dir,
         NAMES[1],
         &http_bundle,
-        &format!("transport = \"http\"\n[http]\nmanager_url = {https:?}\npoll_rate = \"1s\"\n"),
+        &format!(
+            "transport = \"http\"\n[http]\nmanager_url = {https:?}\npoll_rate = \"1s\"\napi = \"1.0.0-rc.2\"\n"
+        ),
     )?;
     Ok(vec![mqtt, http])
 }

@@ -655,7 +655,9 @@ fn prepare_device(index: usize, pem: IdentityPem, count: usize) -> Result<(usize
         index,
         LoadDevice {
             client_id: identity.client_id,
-            manager_key: identity.manager_key,
+            manager_key: identity
+                .manager_key
+                .context("a bundle identity has a manager signing key")?,
             tls: Arc::new(tls),
             payloads,
         },

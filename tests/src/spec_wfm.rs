@@ -1,0 +1,669 @@
+//! A minimal Margo Workload Fleet Manager written from the specification
+//! texts alone (`margo/specification`, `system-design/specification/
+//! margo-management-interface/`: `workload-management-api-1.0.0-rc.2.yaml`,
+//! `-1.0.0-rc.3.yaml`, `desired-state.md`, `device-client-onboarding.md`,
+//! `certificate-api.md`, `api-requirements-and-security.md`), to run our agent
+//! against something that cannot share our mistakes: it uses only generic
+//! crates (hyper, rustls, ring, rcgen, serde_json, tar, flate2), never
+//! margo-schemas or margo-manager.
+//!
+//! What it serves, under a base path (`/v1alpha2/margo` by default):
+//! - `GET /api/v1/onboarding/certificate` → `{"certificate": base64(PEM)}`;
+//! - `POST /api/v1/onboarding` `{apiVersion, kind: OnboardingRequest,
+//!   certificate}` → `201 {"clientId": "<uuid>"}` (the page's only success);
+//! - the `{clientId}` routes (1.0.0/rc.2): manifest with `ETag`/`304`/`406`,
+//!   single documents and the bundle by digest (`404` otherwise), status
+//!   `POST` → 200, capabilities `POST|PUT` (with or without `{deviceId}`) →
+//!   201, each body checked against `X-Payload-Signature` (each part
+//!   base64: `<public key>;<signature>`, the key being the onboarded
+//!   certificate's; ECDSA P-256 over SHA-256 of the body, DER or raw r||s);
+//! - the rc.3 routes over mutual TLS (the client is whoever presented the
+//!   certificate it onboarded with): `GET /api/v1/deployments`, documents,
+//!   bundle, `POST /api/v1/deployments/{id}/status` and `PUT
+//!   /api/v1/capabilities/{deviceId}` → 201 created / 200 updated; no or an
+//!   unknown certificate → 401.
+//!
+//! The bundle is a gzip tar whose root holds one YAML file per deployment,
+//! named `deployment-<n>.yaml`: the specification names no file names.
+//! Every request is recorded (method, path, headers, body, whether a client
+//! certificate came with it) for assertions.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use anyhow::{Context, Result};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_FIXED};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+pub const BASE_PATH: &str = "/v1alpha2/margo";
+pub const MANIFEST_TYPE: &str = "application/vnd.margo.manifest.v1+json";
+pub const BUNDLE_TYPE: &str = "application/vnd.margo.bundle.v1+tar+gzip";
+
+/// One request as received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    /// The path without the base path (`/api/v1/...`).
+    pub path: String,
+    pub headers: BTreeMap<String, String>,
+    pub body: Vec<u8>,
+    pub status: u16,
+    /// Whether a client certificate came with the TLS handshake.
+    pub client_cert: bool,
+}
+
+/// An onboarded client.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub id: String,
+    pub cert_der: Vec<u8>,
+}
+
+/// What the WFM holds; tests change it between polls.
+#[derive(Debug, Default)]
+pub struct WfmState {
+    pub requests: Vec<Recorded>,
+    pub clients: Vec<Client>,
+    pub manifest_version: u64,
+    /// `(deploymentId, YAML bytes)` in manifest order.
+    pub deployments: Vec<(String, Vec<u8>)>,
+    /// Status bodies by deployment id, in arrival order.
+    pub statuses: Vec<(String, Value)>,
+    /// Capabilities bodies as received.
+    pub capabilities: Vec<Value>,
+    /// Answer the next `n` capabilities requests with this status.
+    pub refuse_capabilities: Option<(u16, usize)>,
+    /// Requests whose `X-Payload-Signature` did not verify.
+    pub bad_signatures: usize,
+    /// rc.3: status documents seen (for 201 created / 200 updated).
+    seen_status: std::collections::BTreeSet<String>,
+    seen_capabilities: std::collections::BTreeSet<String>,
+}
+
+pub struct SpecWfm {
+    pub addr: SocketAddr,
+    pub ca_pem: String,
+    pub ca_der: Vec<u8>,
+    state: Arc<Mutex<WfmState>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SpecWfm {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// `sha256:<64 lowercase hex>` (desired-state.md, "Protocol - Digest").
+pub fn digest(bytes: &[u8]) -> String {
+    let hex: String = sha256(bytes).iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+fn b64() -> data_encoding::Encoding {
+    data_encoding::BASE64
+}
+
+/// Accepts any client certificate (the application decides who it is) but
+/// checks the handshake signature; a certificate is requested, not required.
+#[derive(Debug)]
+struct AnyClient(Arc<rustls::crypto::CryptoProvider>);
+
+impl ClientCertVerifier for AnyClient {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+impl SpecWfm {
+    /// Starts on 127.0.0.1 with a fresh CA and server certificate.
+    pub async fn start() -> Result<SpecWfm> {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "spec WFM root CA");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate()?)?;
+        let server_params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+        let server_key = rcgen::KeyPair::generate()?;
+        let server_cert = server_params.signed_by(&server_key, &ca)?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(Arc::new(AnyClient(Arc::clone(&provider))))
+            .with_single_cert(
+                vec![server_cert.der().clone(), ca.der().clone()],
+                PrivateKeyDer::try_from(server_key.serialize_der())
+                    .map_err(|e| anyhow::anyhow!("server key: {e}"))?,
+            )?;
+        let acceptor = TlsAcceptor::from(Arc::new(tls));
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(Mutex::new(WfmState {
+            manifest_version: 1,
+            ..WfmState::default()
+        }));
+        let ca_pem = ca.pem();
+        let shared = Arc::new(Shared {
+            state: Arc::clone(&state),
+            ca_pem: ca_pem.clone(),
+        });
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let acceptor = acceptor.clone();
+                let shared = Arc::clone(&shared);
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let peer = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .map(|c| c.as_ref().to_vec());
+                    let service = hyper::service::service_fn(move |req| {
+                        let shared = Arc::clone(&shared);
+                        let peer = peer.clone();
+                        async move { Ok::<_, std::convert::Infallible>(shared.handle(req, peer).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        Ok(SpecWfm {
+            addr,
+            ca_der: ca.der().to_vec(),
+            ca_pem,
+            state,
+            task,
+        })
+    }
+
+    /// `https://localhost:<port>/v1alpha2/margo`.
+    pub fn url(&self) -> String {
+        format!("https://localhost:{}{BASE_PATH}", self.addr.port())
+    }
+
+    /// The CA fingerprint as our agent's configuration takes it.
+    pub fn ca_fingerprint(&self) -> String {
+        digest(&self.ca_der)
+    }
+
+    pub fn state(&self) -> MutexGuard<'_, WfmState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Replaces the desired state: a new manifest version with `deployments`.
+    pub fn publish(&self, deployments: Vec<(String, Vec<u8>)>) {
+        let mut s = self.state();
+        s.manifest_version += 1;
+        s.deployments = deployments;
+    }
+}
+
+struct Shared {
+    state: Arc<Mutex<WfmState>>,
+    ca_pem: String,
+}
+
+fn respond(status: StatusCode, content_type: Option<&str>, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut builder = Response::builder().status(status);
+    if let Some(ct) = content_type {
+        builder = builder.header("content-type", ct);
+    }
+    builder
+        .body(Full::new(Bytes::from(body)))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+fn problem(status: StatusCode, detail: &str) -> Response<Full<Bytes>> {
+    let body = json!({"type": "about:blank", "title": status.canonical_reason(), "status": status.as_u16(), "detail": detail});
+    respond(
+        status,
+        Some("application/problem+json"),
+        body.to_string().into_bytes(),
+    )
+}
+
+/// The P-256 public key point of a certificate (via rustls' webpki parse).
+fn cert_point(der: &[u8]) -> Option<Vec<u8>> {
+    // The SubjectPublicKeyInfo of P-256 ends with the 65-byte uncompressed point.
+    let marker = [0x03u8, 0x42, 0x00, 0x04];
+    let at = der.windows(4).position(|w| w == marker)?;
+    der.get(at + 3..at + 3 + 65).map(<[u8]>::to_vec)
+}
+
+/// Verifies `X-Payload-Signature: base64(<public key>);base64(<signature>)`
+/// over `body` against the onboarded certificate's key.
+fn payload_signature_ok(header: Option<&str>, body: &[u8], cert_der: &[u8]) -> bool {
+    let Some((key_b64, sig_b64)) = header.and_then(|h| h.trim().split_once(';')) else {
+        return false;
+    };
+    let (Ok(key), Ok(sig)) = (
+        b64().decode(key_b64.trim().as_bytes()),
+        b64().decode(sig_b64.trim().as_bytes()),
+    ) else {
+        return false;
+    };
+    let Some(expected) = cert_point(cert_der) else {
+        return false;
+    };
+    // The key as an SPKI or as the bare point; it must be the onboarded one.
+    let point = if key.len() == 65 {
+        key
+    } else {
+        match cert_point(&key) {
+            Some(p) => p,
+            None => return false,
+        }
+    };
+    if point != expected {
+        return false;
+    }
+    UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, &point)
+        .verify(body, &sig)
+        .is_ok()
+        || UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &point)
+            .verify(body, &sig)
+            .is_ok()
+}
+
+fn accepts(accept: Option<&str>, media: &str) -> bool {
+    let Some(accept) = accept else {
+        return true;
+    };
+    let (major, _) = media.split_once('/').unwrap_or((media, ""));
+    accept.split(',').any(|item| {
+        let t = item.split(';').next().unwrap_or("").trim();
+        t == media || t == "*/*" || t == format!("{major}/*")
+    })
+}
+
+fn uuid_v4() -> String {
+    let mut b = [0u8; 16];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// The bundle: a gzip tar whose root holds each YAML (names are ours to choose).
+fn bundle(deployments: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+    let mut tar = tar::Builder::new(gz);
+    for (n, (_, yaml)) in deployments.iter().enumerate() {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(yaml.len() as u64);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        let _ = tar.append_data(
+            &mut header,
+            format!("deployment-{}.yaml", n + 1),
+            yaml.as_slice(),
+        );
+    }
+    match tar.into_inner() {
+        Ok(mut gz) => {
+            let _ = gz.flush();
+            gz.finish().unwrap_or_default()
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, WfmState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn handle(&self, req: Request<Incoming>, peer: Option<Vec<u8>>) -> Response<Full<Bytes>> {
+        let method = req.method().clone();
+        let full = req.uri().path().to_string();
+        let headers: BTreeMap<String, String> = req
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    v.to_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        let body = match Limited::new(req.into_body(), 1 << 20).collect().await {
+            Ok(b) => b.to_bytes().to_vec(),
+            Err(_) => return problem(StatusCode::PAYLOAD_TOO_LARGE, "body too large"),
+        };
+        let path = full.strip_prefix(BASE_PATH).unwrap_or("").to_string();
+        let response = if full.starts_with(BASE_PATH) {
+            self.route(&method, &path, &headers, &body, peer.as_deref())
+        } else {
+            problem(StatusCode::NOT_FOUND, "not under the base path")
+        };
+        self.lock().requests.push(Recorded {
+            method: method.to_string(),
+            path,
+            headers,
+            body,
+            status: response.status().as_u16(),
+            client_cert: peer.is_some(),
+        });
+        response
+    }
+
+    fn route(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &BTreeMap<String, String>,
+        body: &[u8],
+        peer: Option<&[u8]>,
+    ) -> Response<Full<Bytes>> {
+        let segments: Vec<&str> = path
+            .strip_prefix("/api/v1/")
+            .map(|p| p.split('/').collect())
+            .unwrap_or_default();
+        match (method, segments.as_slice()) {
+            (&Method::GET, ["onboarding", "certificate"]) => {
+                let body = json!({"certificate": b64().encode(self.ca_pem.as_bytes())});
+                respond(
+                    StatusCode::OK,
+                    Some("application/json"),
+                    body.to_string().into_bytes(),
+                )
+            }
+            (&Method::POST, ["onboarding"]) => self.onboard(body),
+            (_, ["clients", client, rest @ ..]) => {
+                let Some(known) = self
+                    .lock()
+                    .clients
+                    .iter()
+                    .find(|c| c.id == *client)
+                    .cloned()
+                else {
+                    return problem(StatusCode::NOT_FOUND, "unknown client");
+                };
+                let signed = || {
+                    payload_signature_ok(
+                        headers.get("x-payload-signature").map(String::as_str),
+                        body,
+                        &known.cert_der,
+                    )
+                };
+                let url_base = format!("/api/v1/clients/{client}");
+                self.desired(method, rest, headers, body, &url_base, false, signed)
+            }
+            (_, rest) => {
+                // rc.3: the client is the one whose certificate came with the handshake.
+                let known = peer.and_then(|der| {
+                    self.lock()
+                        .clients
+                        .iter()
+                        .find(|c| c.cert_der == der)
+                        .cloned()
+                });
+                if known.is_none() {
+                    return problem(StatusCode::UNAUTHORIZED, "no known client certificate");
+                }
+                self.desired(method, rest, headers, body, "/api/v1", true, || true)
+            }
+        }
+    }
+
+    fn onboard(&self, body: &[u8]) -> Response<Full<Bytes>> {
+        let invalid = || {
+            respond(
+                StatusCode::BAD_REQUEST,
+                Some("application/json"),
+                br#"{"error": "Invalid certificate"}"#.to_vec(),
+            )
+        };
+        let Ok(request) = serde_json::from_slice::<Value>(body) else {
+            return invalid();
+        };
+        if request["kind"] != "OnboardingRequest" || !request["apiVersion"].is_string() {
+            return invalid();
+        }
+        let Some(text) = request["certificate"].as_str() else {
+            return invalid();
+        };
+        let Ok(decoded) = b64().decode(text.trim().as_bytes()) else {
+            return invalid();
+        };
+        // Base64 of the DER, or of the PEM text.
+        let der = if decoded.starts_with(b"-----BEGIN") {
+            let pem = String::from_utf8_lossy(&decoded).to_string();
+            let inner: String = pem
+                .lines()
+                .filter(|l| !l.starts_with("-----"))
+                .collect::<Vec<_>>()
+                .join("");
+            match b64().decode(inner.as_bytes()) {
+                Ok(d) => d,
+                Err(_) => return invalid(),
+            }
+        } else {
+            decoded
+        };
+        if cert_point(&der).is_none() {
+            return invalid();
+        }
+        let id = uuid_v4();
+        self.lock().clients.push(Client {
+            id: id.clone(),
+            cert_der: der,
+        });
+        respond(
+            StatusCode::CREATED,
+            Some("application/json"),
+            json!({"clientId": id}).to_string().into_bytes(),
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn desired(
+        &self,
+        method: &Method,
+        rest: &[&str],
+        headers: &BTreeMap<String, String>,
+        body: &[u8],
+        url_base: &str,
+        rc3: bool,
+        signed: impl Fn() -> bool,
+    ) -> Response<Full<Bytes>> {
+        let mut s = self.lock();
+        match (method, rest) {
+            (&Method::GET, ["deployments"]) => {
+                if !accepts(headers.get("accept").map(String::as_str), MANIFEST_TYPE) {
+                    return problem(StatusCode::NOT_ACCEPTABLE, "manifest media type only");
+                }
+                let deployments: Vec<Value> = s
+                    .deployments
+                    .iter()
+                    .map(|(id, yaml)| {
+                        let d = digest(yaml);
+                        json!({"deploymentId": id, "digest": d, "sizeBytes": yaml.len(),
+                               "url": format!("{url_base}/deployments/{id}/{d}")})
+                    })
+                    .collect();
+                let bundle_ref = if s.deployments.is_empty() {
+                    Value::Null
+                } else {
+                    let b = bundle(&s.deployments);
+                    let d = digest(&b);
+                    json!({"mediaType": BUNDLE_TYPE, "digest": d, "sizeBytes": b.len(),
+                           "url": format!("{url_base}/bundles/{d}")})
+                };
+                let manifest = json!({"manifestVersion": s.manifest_version,
+                                      "bundle": bundle_ref, "deployments": deployments});
+                let bytes = manifest.to_string().into_bytes();
+                let etag = format!("\"{}\"", digest(&bytes));
+                if headers.get("if-none-match") == Some(&etag) {
+                    return Response::builder()
+                        .status(StatusCode::NOT_MODIFIED)
+                        .header("etag", etag)
+                        .body(Full::new(Bytes::new()))
+                        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())));
+                }
+                let mut r = respond(StatusCode::OK, Some(MANIFEST_TYPE), bytes);
+                if let Ok(v) = etag.parse() {
+                    r.headers_mut().insert("etag", v);
+                }
+                r
+            }
+            (&Method::GET, ["deployments", id, d]) => {
+                match s
+                    .deployments
+                    .iter()
+                    .find(|(i, y)| i == id && digest(y) == *d)
+                {
+                    Some((_, yaml)) => {
+                        let mut r = respond(StatusCode::OK, Some("application/yaml"), yaml.clone());
+                        if let Ok(v) = format!("\"{d}\"").parse() {
+                            r.headers_mut().insert("etag", v);
+                        }
+                        r
+                    }
+                    None => problem(StatusCode::NOT_FOUND, "no such digest"),
+                }
+            }
+            (&Method::GET, ["bundles", d]) => {
+                let b = bundle(&s.deployments);
+                if s.deployments.is_empty() || digest(&b) != *d {
+                    return problem(StatusCode::NOT_FOUND, "no such bundle");
+                }
+                let mut r = respond(StatusCode::OK, Some(BUNDLE_TYPE), b);
+                if let Ok(v) = format!("\"{d}\"").parse() {
+                    r.headers_mut().insert("etag", v);
+                }
+                r
+            }
+            (&Method::POST, ["deployments", id, "status"]) => {
+                if !signed() {
+                    s.bad_signatures += 1;
+                    return problem(StatusCode::UNAUTHORIZED, "bad X-Payload-Signature");
+                }
+                let Ok(value) = serde_json::from_slice::<Value>(body) else {
+                    return problem(StatusCode::BAD_REQUEST, "not JSON");
+                };
+                s.statuses.push((id.to_string(), value));
+                let created = s.seen_status.insert(id.to_string());
+                if rc3 && created {
+                    respond(StatusCode::CREATED, None, Vec::new())
+                } else {
+                    respond(StatusCode::OK, None, Vec::new())
+                }
+            }
+            (&Method::POST | &Method::PUT, ["capabilities", ..]) => {
+                if let Some((status, n)) = s.refuse_capabilities {
+                    if n > 0 {
+                        s.refuse_capabilities = (n > 1).then_some((status, n - 1));
+                        let code = StatusCode::from_u16(status).unwrap_or(StatusCode::UNAUTHORIZED);
+                        return problem(code, "refused by the test");
+                    }
+                }
+                if !signed() {
+                    s.bad_signatures += 1;
+                    return problem(StatusCode::UNAUTHORIZED, "bad X-Payload-Signature");
+                }
+                let Ok(value) = serde_json::from_slice::<Value>(body) else {
+                    return problem(StatusCode::BAD_REQUEST, "not JSON");
+                };
+                let key = rest.get(1).copied().unwrap_or("").to_string();
+                s.capabilities.push(value);
+                let created = s.seen_capabilities.insert(key);
+                if rc3 && !created {
+                    respond(StatusCode::OK, None, Vec::new())
+                } else {
+                    respond(StatusCode::CREATED, None, Vec::new())
+                }
+            }
+            _ => problem(StatusCode::NOT_FOUND, "no such route"),
+        }
+    }
+}
+
+/// Loads the first certificate of a PEM text as DER (for assertions).
+pub fn pem_to_der(pem: &str) -> Result<Vec<u8>> {
+    let inner: String = pem
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    b64()
+        .decode(inner.as_bytes())
+        .context("PEM body is not base64")
+}
