@@ -534,10 +534,13 @@ impl Onboarding {
         extensions
             .validate()
             .map_err(|e| OnboardError::Claims(e.to_string()))?;
+        // Always sent, empty when there are no claims: it tells a margo-mqtt
+        // manager that this client wants our extensions in the answer (a
+        // CA-issued certificate, the broker URL, 202 + polling), and a Margo
+        // WFM ignores it (`x-*-extensions` are the specification's extension
+        // mechanism) and answers its plain `201 {"clientId"}`.
         let mut request = OnboardingRequest::new(cert_der);
-        if extensions != RequestExtensions::default() {
-            request.extensions = Some(extensions);
-        }
+        request.extensions = Some(extensions);
         serde_json::to_vec(&request).map_err(|e| OnboardError::Claims(e.to_string()))
     }
 

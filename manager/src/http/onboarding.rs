@@ -251,14 +251,6 @@ fn plain_created(approved: &Approved) -> Response {
     response
 }
 
-/// Whether the request comes from our agent (`User-Agent: margo-agent/...`).
-fn is_margo_agent(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ua| ua.starts_with("margo-agent/"))
-}
-
 fn pending_response(state: &ApiState, request_id: &str, status: StatusCode) -> Response {
     let loc = location(request_id);
     let retry = state.onboarding.poll_interval.as_secs().max(1);
@@ -375,12 +367,10 @@ async fn decide(
         | DeviceKey::Rsa { spki, .. }
         | DeviceKey::Ed25519 { spki, .. } => margo_schemas::digest::Digest::of(spki).hex(),
     };
-    // Our extensions in the 201 body only for a client that asks for them:
-    // a request carrying `x-margo-mqtt-extensions` (an empty object will
-    // do), or an agent of ours that predates that rule (it sends no
-    // extension object when it has no claims; recognised by its
-    // User-Agent). Everyone else gets exactly Margo's `{"clientId"}`.
-    let wants_extensions = request.extensions.is_some() || is_margo_agent(headers);
+    // Our extensions in the 201 body only for a client that asks for them
+    // with `x-margo-mqtt-extensions` (an empty object will do; our agent
+    // always sends one). Everyone else gets exactly Margo's `{"clientId"}`.
+    let wants_extensions = request.extensions.is_some();
 
     let ext = request.extensions.unwrap_or_default();
     let submission = Submission {
