@@ -436,7 +436,8 @@ impl HttpTransport {
         // sign every request, with the assigned client id as `keyid`.
         if settings.api.client_id_paths() {
             let pkcs8 = pki::pkcs8_from_pem(&pem.key_pem, "client.key")?;
-            let auth = RequestAuth::new(settings.signature, &pkcs8, deps.identity.wire_id.as_str())?;
+            let auth =
+                RequestAuth::new(settings.signature, &pkcs8, deps.identity.wire_id.as_str())?;
             http = http.with_auth(Arc::new(auth));
         }
         let bundles = http

@@ -433,7 +433,9 @@ async fn serve_deployment(
         return Err(Refusal::typed(
             StatusCode::NOT_FOUND,
             ProblemType::DeploymentNotFound,
-            format!("client {client} has no deployment {raw_deployment:?} with digest {raw_digest:?}"),
+            format!(
+                "client {client} has no deployment {raw_deployment:?} with digest {raw_digest:?}"
+            ),
         ));
     };
     let etag = quoted(&digest.to_string())?;
