@@ -199,8 +199,10 @@ impl Agent {
             },
         };
         let capabilities = if config.capabilities.enabled {
+            let mut capabilities = config.capabilities.clone();
+            capabilities.shape = Some(config.capabilities_shape());
             let source = CapabilitiesSource {
-                config: config.capabilities.clone(),
+                config: capabilities,
                 identity_name: identity.name.clone(),
                 client_id: identity.client_id.clone(),
                 runtime: runtime.supported(),

@@ -343,7 +343,7 @@ impl CapabilitiesSource {
                 supported_deployment_types: deployment_types,
                 extensions: c.extensions.clone(),
             },
-            c.shape,
+            c.shape.unwrap_or_default(),
         );
         check_extension_names("capabilities", &c.extensions)?;
         parent
@@ -351,7 +351,7 @@ impl CapabilitiesSource {
             .map_err(|e| invalid("capabilities", field_of(&e.to_string())))?;
         let mut out = vec![parent];
         for (i, child) in c.children.iter().enumerate() {
-            out.push(build_child(&id, i, child, c.shape)?);
+            out.push(build_child(&id, i, child, c.shape.unwrap_or_default())?);
         }
         Ok(out)
     }

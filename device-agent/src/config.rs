@@ -198,6 +198,16 @@ impl ApiMode {
     pub fn client_id_paths(self) -> bool {
         self != Self::Rc3
     }
+
+    /// The revision whose document shapes this mode sends.
+    pub fn revision(self) -> margo_schemas::revision::Revision {
+        use margo_schemas::revision::Revision;
+        match self {
+            Self::Rc3 => Revision::Rc3,
+            Self::Rc2 => Revision::Rc2,
+            Self::V1 => Revision::V1_0_0,
+        }
+    }
 }
 
 impl std::fmt::Display for ApiMode {
@@ -267,6 +277,17 @@ impl Default for HttpConfig {
 }
 
 impl AgentConfig {
+    /// The capabilities document shape to send: `[capabilities] shape` if
+    /// set, else the revision of `[http] api` with the HTTP transport, else
+    /// the newest (rc.3).
+    pub fn capabilities_shape(&self) -> margo_schemas::revision::Revision {
+        match (self.capabilities.shape, self.transport) {
+            (Some(shape), _) => shape,
+            (None, Transport::Http) => self.http.api.revision(),
+            (None, _) => margo_schemas::revision::Revision::Rc3,
+        }
+    }
+
     /// The HTTP API the `http` transport talks to: `http.manager_url`, else
     /// `onboarding.manager_url`.
     pub fn http_manager_url(&self) -> Result<crate::manager_url::ManagerUrl, ConfigError> {
@@ -421,10 +442,12 @@ pub struct CapabilitiesConfig {
     pub extensions: BTreeMap<String, serde_json::Value>,
     /// Devices behind this gateway, reported after it (`[[capabilities.children]]`).
     pub children: Vec<ChildCapabilities>,
-    /// Which revision's document shape to send, on MQTT and HTTP alike:
-    /// `1.0.0-rc.3` (newest: no apiVersion/kind, `cpus`), `1.0.0-rc.2`
-    /// (apiVersion/kind, `cpu`) or `1.0.0` (`roles`, `resources`).
-    pub shape: margo_schemas::revision::Revision,
+    /// Which revision's document shape to send: `1.0.0-rc.3` (newest: no
+    /// apiVersion/kind, `cpus`), `1.0.0-rc.2` (apiVersion/kind, `cpu`) or
+    /// `1.0.0` (`roles`, `resources`). Unset: the revision of `[http] api`
+    /// with the HTTP transport (a WFM of that revision expects its shape),
+    /// the newest over MQTT ([`AgentConfig::capabilities_shape`]).
+    pub shape: Option<margo_schemas::revision::Revision>,
 }
 
 impl Default for CapabilitiesConfig {
@@ -445,7 +468,7 @@ impl Default for CapabilitiesConfig {
             otel_collector: None,
             extensions: BTreeMap::new(),
             children: Vec::new(),
-            shape: margo_schemas::revision::Revision::Rc3,
+            shape: None,
         }
     }
 }
@@ -1484,12 +1507,28 @@ kubeconfig = "/etc/rancher/k3s/k3s.yaml"
             AgentConfig::from_toml("version = 1\n[capabilities]\nshape = \"1.0.0-rc.2\"\n")
                 .unwrap();
         assert_eq!(
-            shaped.capabilities.shape,
+            shaped.capabilities_shape(),
             margo_schemas::revision::Revision::Rc2
         );
         assert_eq!(
-            AgentConfig::default().capabilities.shape,
+            AgentConfig::default().capabilities_shape(),
             margo_schemas::revision::Revision::Rc3
+        );
+        // Unset over HTTP: the shape of the WFM's revision.
+        let mut http = AgentConfig {
+            transport: Transport::Http,
+            ..AgentConfig::default()
+        };
+        http.http.api = ApiMode::Rc2;
+        assert_eq!(
+            http.capabilities_shape(),
+            margo_schemas::revision::Revision::Rc2
+        );
+        http.capabilities.shape = Some(margo_schemas::revision::Revision::Rc3);
+        assert_eq!(
+            http.capabilities_shape(),
+            margo_schemas::revision::Revision::Rc3,
+            "an explicit shape wins"
         );
         assert!(AgentConfig::from_toml("version = 1\n[capabilities]\nshape = \"2.0\"\n").is_err());
     }

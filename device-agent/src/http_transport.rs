@@ -61,8 +61,6 @@ use margo_schemas::manifest::{BundleRef, StateManifest, MEDIA_TYPE as MANIFEST_M
 use margo_schemas::messages::Message;
 use margo_schemas::pki::{self, PkiError};
 use margo_schemas::schedule::{ConnectionMode, ValidSchedule};
-use margo_schemas::status::DeploymentStatus;
-use serde::Serialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, instrument, warn};
@@ -238,16 +236,6 @@ pub struct HttpDeps {
     pub clock: Arc<dyn Clock>,
     pub stats: Arc<AgentStats>,
     pub snapshots: Snapshots,
-}
-
-/// The status body: Margo's DeploymentStatusManifest plus the newer
-/// draft's `adoptedManifestVersion`.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct StatusBody<'a> {
-    adopted_manifest_version: u64,
-    #[serde(flatten)]
-    status: &'a DeploymentStatus,
 }
 
 /// The next check: a wall-clock instant (schedule) or a monotonic one.
@@ -879,7 +867,7 @@ impl HttpTransport {
             match judge_document(&r.deployment_id, &r.digest, yaml)? {
                 Verdict::Usable(doc) => {
                     debug!(deployment_id = %r.deployment_id, digest = %r.digest, "deployment downloaded and verified");
-                    docs.usable.push(doc);
+                    docs.usable.push(*doc);
                 }
                 Verdict::Unusable(reason) => {
                     docs.unusable
@@ -969,10 +957,12 @@ impl HttpTransport {
             };
             let (what, method, path, body) = match &message {
                 Message::Status(report) => {
-                    let body = serde_json::to_vec(&StatusBody {
-                        adopted_manifest_version: report.adopted_manifest_version,
-                        status: &report.status,
-                    });
+                    // The shape of the WFM's revision (rc.3: no apiVersion/kind;
+                    // rc.2/1.0.0: their required apiVersion and kind).
+                    let body = serde_json::to_vec(&report.status.to_wire(
+                        self.settings.api.revision(),
+                        report.adopted_manifest_version,
+                    ));
                     (
                         "status",
                         Method::POST,

@@ -156,7 +156,7 @@ pub enum Handled {
 #[derive(Debug)]
 pub enum Verdict {
     /// Verified and usable.
-    Usable(ApplicationDeployment),
+    Usable(Box<ApplicationDeployment>),
     /// The bytes are the listed ones, but the agent cannot use them (the
     /// reason goes into the deployment's `failed` status).
     Unusable(String),
@@ -179,7 +179,7 @@ pub fn judge_document(
             topic_id: id.clone(),
             doc_id: doc.id,
         }),
-        Ok(doc) => Ok(Verdict::Usable(doc)),
+        Ok(doc) => Ok(Verdict::Usable(Box::new(doc))),
         Err(VerifiedParseError::Deployment(e)) => Ok(Verdict::Unusable(e.to_string())),
         Err(source) => Err(DownlinkError::Deployment {
             topic_id: id.clone(),
@@ -694,7 +694,7 @@ impl Downlink {
         body: DeploymentBody,
     ) -> Result<Handled, DownlinkError> {
         let doc = match judge_document(&topic_id, &body.digest, body.yaml)? {
-            Verdict::Usable(doc) => doc,
+            Verdict::Usable(doc) => *doc,
             Verdict::Unusable(reason) => {
                 let digest = body.digest;
                 self.store

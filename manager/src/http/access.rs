@@ -103,9 +103,9 @@ impl Default for AuthSettings {
     }
 }
 
-/// 401. The body also carries the `error`/`message` members of the RFC
-/// 9421 page's `application/json` answer (`{"error": "Invalid signature",
-/// "message": ...}`), for clients of that revision (readings R4).
+/// A `401` whose body also carries the `error`/`message` members of the
+/// RFC 9421 page's `application/json` answer (`{"error": "Invalid
+/// signature", "message": ...}`), for clients of that revision.
 fn unauthorized(detail: impl Into<String>) -> Refusal {
     Refusal::unauthorized(detail).with_error("Invalid signature")
 }
