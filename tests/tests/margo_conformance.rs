@@ -15,8 +15,7 @@
 //! every example payload of the specification pages (fixtures in
 //! `tests/fixtures/margo-spec/`, sources in its `SOURCES.md`). Each case
 //! quotes the line it checks. All cases run; the failures are reported
-//! together at the end (see `conformance::PENDING` for cases that wait
-//! for work not merged yet).
+//! together at the end, and any failure fails the test.
 
 mod conformance;
 
@@ -25,7 +24,7 @@ use std::net::SocketAddr;
 
 use anyhow::{anyhow, ensure, Context, Result};
 use conformance::{
-    admin, both, expect, expect_problem, fixture, start_manager, Suite, Waits, AUTO_APPROVAL_TOML,
+    admin, both, expect, expect_problem, fixture, start_manager, Area, Suite, AUTO_APPROVAL_TOML,
 };
 use hyper::Method;
 use margo_manager::admin::ProvisionedBundle;
@@ -85,9 +84,9 @@ struct Family {
     /// `/api/v1/clients/{clientId}` or `/api/v1`.
     prefix: String,
     /// Owners of the behaviour every case of this family needs.
-    waits: Vec<Waits>,
+    waits: Vec<Area>,
     /// And of requests without content (GET, DELETE).
-    read_waits: Vec<Waits>,
+    read_waits: Vec<Area>,
 }
 
 impl Family {
@@ -120,17 +119,17 @@ impl Family {
         let (prefix, waits, read_waits) = match scheme {
             Scheme::Rfc9421 => (
                 format!("/api/v1/clients/{client_id}"),
-                vec![Waits::Sig],
-                vec![Waits::Sig],
+                vec![Area::Sig],
+                vec![Area::Sig],
             ),
             // Bodies signed this way pass today; reads without a
             // Content-Digest (R2: "a GET needs no Content-Digest") wait.
             Scheme::XPayload => (
                 format!("/api/v1/clients/{client_id}"),
                 vec![],
-                vec![Waits::Sig],
+                vec![Area::Sig],
             ),
-            Scheme::MutualTls => ("/api/v1".to_string(), vec![Waits::Mtls], vec![Waits::Mtls]),
+            Scheme::MutualTls => ("/api/v1".to_string(), vec![Area::Mtls], vec![Area::Mtls]),
         };
         Ok(Self {
             label,
@@ -156,8 +155,8 @@ impl Family {
         format!("{}{rest}", self.prefix)
     }
 
-    /// Waits of a case: the family's, the reads' if `read`, and `extra`.
-    fn w(&self, read: bool, extra: &[Waits]) -> Vec<Waits> {
+    /// Area of a case: the family's, the reads' if `read`, and `extra`.
+    fn w(&self, read: bool, extra: &[Area]) -> Vec<Area> {
         let base = if read {
             both(&self.waits, &self.read_waits)
         } else {
@@ -229,7 +228,7 @@ async fn zero_manifest(s: &mut Suite, f: &Family) {
     case!(
         s,
         f.name("GET /deployments 200: zero-deployment manifest before any deployment (version 1, bundle null, deployments [])"),
-        &f.w(true, &[Waits::Desired]),
+        &f.w(true, &[Area::Desired]),
         {
             let r = f.client.get(&f.path("/deployments"), &[]).await?;
             let (m, _) = manifest_200(&r)?;
@@ -286,7 +285,7 @@ async fn desired_state(s: &mut Suite, f: &Family, docs: &BTreeMap<&str, String>)
     case!(
         s,
         f.name("GET /deployments 200: the first deployment makes manifestVersion 2 (R8)"),
-        &f.w(true, &[Waits::Desired]),
+        &f.w(true, &[Area::Desired]),
         {
             let (m, _) = need(&manifest)?;
             ensure!(
@@ -317,7 +316,7 @@ async fn desired_state(s: &mut Suite, f: &Family, docs: &BTreeMap<&str, String>)
     case!(
         s,
         f.name("GET /deployments 406: Accept: text/plain"),
-        &f.w(true, &[Waits::Mtls]),
+        &f.w(true, &[Area::Mtls]),
         {
             // "If the `Accept` header lists only unsupported types, the server MUST
             // return `406 Not Acceptable`"; problem type server-cannot-generate-response.
@@ -391,7 +390,7 @@ async fn desired_state(s: &mut Suite, f: &Family, docs: &BTreeMap<&str, String>)
     case!(
         s,
         f.name("GET /deployments/{deploymentId}/{digest} 404: a digest the server does not have"),
-        &f.w(true, &[Waits::Mtls]),
+        &f.w(true, &[Area::Mtls]),
         {
             // "404 Not Found | The referenced digest does not exist on the server."
             let reply = f
@@ -408,7 +407,7 @@ async fn desired_state(s: &mut Suite, f: &Family, docs: &BTreeMap<&str, String>)
     case!(
         s,
         f.name("GET /deployments/{deploymentId}/{digest} 404: a malformed digest (R9)"),
-        &f.w(true, &[Waits::Desired, Waits::Mtls]),
+        &f.w(true, &[Area::Desired, Area::Mtls]),
         {
             // "the server MUST return 404 if it does not have the exact digest referenced".
             for bad in ["sha256:XYZ", "md5:abc", "nothing"] {
@@ -468,7 +467,7 @@ async fn desired_state(s: &mut Suite, f: &Family, docs: &BTreeMap<&str, String>)
     case!(
         s,
         f.name("GET /bundles/{digest} 404: a digest the server does not have"),
-        &f.w(true, &[Waits::Mtls]),
+        &f.w(true, &[Area::Mtls]),
         {
             // "404 | Bundle not found for the given digest"; problem type invalid-bundle.
             let reply = f
@@ -482,7 +481,7 @@ async fn desired_state(s: &mut Suite, f: &Family, docs: &BTreeMap<&str, String>)
     case!(
         s,
         f.name("GET /bundles/{digest} 404: a malformed digest (R9)"),
-        &f.w(true, &[Waits::Desired, Waits::Mtls]),
+        &f.w(true, &[Area::Desired, Area::Mtls]),
         {
             // "If the server cannot produce content whose digest matches this value
             // it MUST return 404 Not Found."
@@ -495,7 +494,7 @@ async fn desired_state(s: &mut Suite, f: &Family, docs: &BTreeMap<&str, String>)
         case!(
             s,
             f.name("GET /bundles/{digest} 400: a clientId that is not a URL-safe identifier"),
-            &f.w(true, &[Waits::Mtls]),
+            &f.w(true, &[Area::Mtls]),
             {
                 // 1.0.0/rc.2 list "'400': Invalid request." for this GET; the
                 // client id is "URL safe" ("Unique Identifiers", 8e402245 page),
@@ -541,7 +540,7 @@ async fn deployment_status(s: &mut Suite, f: &Family) {
         case!(
             s,
             f.name("POST /deployments/{id}/status 201: deployment-status.md example, first report"),
-            &f.w(false, &[Waits::Shapes]),
+            &f.w(false, &[Area::Shapes]),
             {
                 let reply = f
                     .client
@@ -557,7 +556,7 @@ async fn deployment_status(s: &mut Suite, f: &Family) {
         case!(
             s,
             f.name("POST /deployments/{id}/status 200: the same example again (updated)"),
-            &f.w(false, &[Waits::Shapes]),
+            &f.w(false, &[Area::Shapes]),
             {
                 let reply = f
                     .client
@@ -573,7 +572,7 @@ async fn deployment_status(s: &mut Suite, f: &Family) {
         case!(
             s,
             f.name("POST /deployments/{id}/status 200: rc.3 shape with adoptedManifestVersion"),
-            &f.w(false, &[Waits::Shapes, Waits::Desired]),
+            &f.w(false, &[Area::Shapes, Area::Desired]),
             {
                 // -1.0.0-rc.3.yaml DeploymentStatusManifest: required [deploymentId,
                 // adoptedManifestVersion, status, components], no apiVersion/kind.
@@ -599,7 +598,7 @@ async fn deployment_status(s: &mut Suite, f: &Family) {
         case!(
             s,
             f.name("POST /deployments/{id}/status 200: deployment-status.md example"),
-            &f.w(false, &[Waits::Shapes]),
+            &f.w(false, &[Area::Shapes]),
             {
                 let reply = f
                     .client
@@ -612,7 +611,7 @@ async fn deployment_status(s: &mut Suite, f: &Family) {
                 expect(&reply, 200)
             }
         );
-        case!(s, f.name("POST /deployments/{id}/status 200: 1.0.0 OpenAPI shape (kind DeploymentStatusManifest, error{code,message})"), &f.w(false, &[Waits::Shapes]), {
+        case!(s, f.name("POST /deployments/{id}/status 200: 1.0.0 OpenAPI shape (kind DeploymentStatusManifest, error{code,message})"), &f.w(false, &[Area::Shapes]), {
             let body = openapi_1_0_0_status("installed").to_string();
             let reply = f.client.send_json(Method::POST, &path, body.as_bytes()).await?;
             expect(&reply, 200)
@@ -621,7 +620,7 @@ async fn deployment_status(s: &mut Suite, f: &Family) {
     case!(
         s,
         f.name("POST /deployments/{id}/status 400: malformed JSON"),
-        &f.w(false, &[Waits::Mtls]),
+        &f.w(false, &[Area::Mtls]),
         {
             // rc.3: "'400': Malformed request body."; problem type invalid-request.
             let reply = f
@@ -635,7 +634,7 @@ async fn deployment_status(s: &mut Suite, f: &Family) {
     case!(
         s,
         f.name("POST /deployments/{id}/status 422: a state outside the enumeration"),
-        &f.w(false, &[Waits::Mtls]),
+        &f.w(false, &[Area::Mtls]),
         {
             // "'422': Request body includes a semantic error."; states "MUST be one
             // the following options: pending, installing, installed, removing,
@@ -654,7 +653,7 @@ async fn deployment_status(s: &mut Suite, f: &Family) {
         f.name(
             "POST /deployments/{id}/status 404: a deployment never assigned to this client (R6)"
         ),
-        &f.w(false, &[Waits::Desired, Waits::Mtls]),
+        &f.w(false, &[Area::Desired, Area::Mtls]),
         {
             // problem-types.md: "deployment-not-found | 404"; R6: never stored.
             let mut body: Value =
@@ -686,7 +685,7 @@ async fn signed_refusals(s: &mut Suite, f: &Family, path: &str, body: String) {
         f.name(&format!(
             "POST …/{what} 400: Content-Digest does not match the body"
         )),
-        &f.w(false, &[Waits::Sig, Waits::Mtls]),
+        &f.w(false, &[Area::Sig, Area::Mtls]),
         {
             // "'400': Missing or invalid content-digest header. Ensure the SHA256
             // hash of the payload is included."
@@ -705,7 +704,7 @@ async fn signed_refusals(s: &mut Suite, f: &Family, path: &str, body: String) {
         f.name(&format!(
             "POST …/{what} 401: signed with a key that is not the client's"
         )),
-        &f.w(false, &[Waits::Mtls]),
+        &f.w(false, &[Area::Mtls]),
         {
             // "'401': Signature verification failed. Ensure you are signing with
             // the correct X.509 private key."
@@ -720,7 +719,7 @@ async fn signed_refusals(s: &mut Suite, f: &Family, path: &str, body: String) {
     case!(
         s,
         f.name(&format!("POST …/{what} 401: a tampered signature")),
-        &f.w(false, &[Waits::Mtls]),
+        &f.w(false, &[Area::Mtls]),
         {
             let mut headers = f
                 .client
@@ -767,7 +766,7 @@ async fn capabilities(s: &mut Suite, f: &Family) {
         "device-capabilities"
     };
     let caps = |name: &str| fixture(&format!("{page}/{name}.json"));
-    let shapes = f.w(false, &[Waits::Shapes]);
+    let shapes = f.w(false, &[Area::Shapes]);
     // rc.2: "201 OK | The device capabilities document was added, or updated,
     // successfully" (R3: 201 either way); rc.3 page: "200 OK | ... updated",
     // "201 Created | ... created".
@@ -846,7 +845,7 @@ async fn capabilities(s: &mut Suite, f: &Family) {
     case!(
         s,
         f.name("capabilities/{deviceId} 404: a child before its gateway"),
-        &f.w(false, &[Waits::Mtls, Waits::Shapes]),
+        &f.w(false, &[Area::Mtls, Area::Shapes]),
         {
             // "If a WFM receives a `DeviceCapabilitiesManifest` for a child-device
             // before it has received the `DeviceCapabilitiesManifest` of the parent
@@ -864,7 +863,7 @@ async fn capabilities(s: &mut Suite, f: &Family) {
     case!(
         s,
         f.name("capabilities/{deviceId} 400: malformed JSON"),
-        &f.w(false, &[Waits::Mtls]),
+        &f.w(false, &[Area::Mtls]),
         {
             // rc.3 page: "400 Bad Request | PUT: Malformed request body."
             let reply = f
@@ -877,7 +876,7 @@ async fn capabilities(s: &mut Suite, f: &Family) {
     case!(
         s,
         f.name("capabilities/{deviceId} 422: a required property (vendor) missing"),
-        &f.w(false, &[Waits::Mtls]),
+        &f.w(false, &[Area::Mtls]),
         {
             // "422 Unprocessable Content | Request body includes a semantic error.";
             // `properties.required: [id, vendor, modelNumber, serialNumber]`.
@@ -898,7 +897,7 @@ async fn capabilities(s: &mut Suite, f: &Family) {
         case!(
             s,
             f.name("DELETE capabilities/{deviceId} 400: a deviceId outside the DeviceId pattern"),
-            &f.w(true, &[Waits::Mtls]),
+            &f.w(true, &[Area::Mtls]),
             {
                 // rc.2 lists 400 for DELETE; `DeviceId.pattern:
                 // '^[A-Za-z0-9._~-]+(\/[A-Za-z0-9._~-]+)*$'`.
@@ -912,7 +911,7 @@ async fn capabilities(s: &mut Suite, f: &Family) {
         case!(
             s,
             f.name("DELETE capabilities/{deviceId} 401: a signed GET replayed as DELETE"),
-            &f.w(true, &[Waits::Mtls]),
+            &f.w(true, &[Area::Mtls]),
             {
                 // The signature covers "@method" and "@target-uri" (8e402245 page).
                 let path = f.path("/capabilities/gateway1/deviceA");
@@ -934,7 +933,7 @@ async fn capabilities(s: &mut Suite, f: &Family) {
         case!(
             s,
             f.name("DELETE capabilities/gateway1/deviceA 204: the page's example"),
-            &f.w(true, &[Waits::Shapes]),
+            &f.w(true, &[Area::Shapes]),
             {
                 // "See-thru gateway informing the WFM that a child device is no longer
                 // available: DELETE .../capabilities/gateway1/deviceA"; "204 No Content".
@@ -948,7 +947,7 @@ async fn capabilities(s: &mut Suite, f: &Family) {
         case!(
             s,
             f.name("DELETE capabilities/{deviceId} 404: no such device"),
-            &f.w(true, &[Waits::Mtls]),
+            &f.w(true, &[Area::Mtls]),
             {
                 // "DELETE: No device with the given `deviceId` was found for the
                 // client."; problem type device-not-found.
@@ -969,7 +968,7 @@ async fn unauthenticated(s: &mut Suite, f: &Family) {
     case!(
         s,
         f.name("GET /deployments 401: no credentials at all"),
-        &f.w(true, &[Waits::Sig, Waits::Mtls]),
+        &f.w(true, &[Area::Sig, Area::Mtls]),
         {
             // R2: "Missing credentials → 401" (rc.3: "No/unknown certificate → 401
             // problem+json"). The 8e402245 page's 401 body is `{"error", "message"}`
@@ -986,14 +985,14 @@ async fn unauthenticated(s: &mut Suite, f: &Family) {
     case!(
         s,
         f.name("GET /deployments 401: credentials the server does not know"),
-        &f.w(true, &[Waits::Sig, Waits::Mtls]),
+        &f.w(true, &[Area::Sig, Area::Mtls]),
         {
             let reply = f.stranger.get(&f.path("/deployments"), &[]).await?;
             expect_problem(&reply, 401, None)?;
             Ok(())
         }
     );
-    case!(s, f.name("POST /deployments/{id}/status 401 with Accept: application/json: the 8e402245 page's application/json body"), &f.w(false, &[Waits::Sig, Waits::Mtls]), {
+    case!(s, f.name("POST /deployments/{id}/status 401 with Accept: application/json: the 8e402245 page's application/json body"), &f.w(false, &[Area::Sig, Area::Mtls]), {
         // "HTTP/1.1 401 Unauthorized / Content-Type: application/json /
         // {"error": "Invalid signature", "message": ...}" (R4). A POST: the
         // manifest GET would answer 406 first for this Accept (R2 order).
@@ -1024,13 +1023,13 @@ async fn forbidden(s: &mut Suite, f: &Family, bundle: Option<&str>) {
     case!(
         s,
         f.name("GET /deployments 403: revoked client"),
-        &f.w(true, &[Waits::Mtls]),
+        &f.w(true, &[Area::Mtls]),
         { forbidden_type(&f.client.get(&f.path("/deployments"), &[]).await?) }
     );
     case!(
         s,
         f.name("GET /bundles/{digest} 403: revoked client"),
-        &f.w(true, &[Waits::Mtls]),
+        &f.w(true, &[Area::Mtls]),
         {
             let bd = bundle
                 .map(str::to_string)
@@ -1045,7 +1044,7 @@ async fn forbidden(s: &mut Suite, f: &Family, bundle: Option<&str>) {
     case!(
         s,
         f.name("GET /deployments/{id}/{digest} 403: revoked client"),
-        &f.w(true, &[Waits::Mtls]),
+        &f.w(true, &[Area::Mtls]),
         {
             let path = f.path(&format!("/deployments/{CLUSTER_ID}/{}", digest(b"nothing")));
             forbidden_type(&f.client.get(&path, &[]).await?)
@@ -1054,7 +1053,7 @@ async fn forbidden(s: &mut Suite, f: &Family, bundle: Option<&str>) {
     case!(
         s,
         f.name("POST /deployments/{id}/status 403: revoked client"),
-        &f.w(false, &[Waits::Mtls]),
+        &f.w(false, &[Area::Mtls]),
         {
             let body = openapi_1_0_0_status("installed").to_string();
             let path = f.path(&format!("/deployments/{CLUSTER_ID}/status"));
@@ -1068,7 +1067,7 @@ async fn forbidden(s: &mut Suite, f: &Family, bundle: Option<&str>) {
     case!(
         s,
         f.name("capabilities/{deviceId} 403: revoked client"),
-        &f.w(false, &[Waits::Mtls]),
+        &f.w(false, &[Area::Mtls]),
         {
             let body = intermediate_gateway("gateway1", !f.rc3());
             forbidden_type(&f.report_capabilities("gateway1", &body).await?)
@@ -1078,7 +1077,7 @@ async fn forbidden(s: &mut Suite, f: &Family, bundle: Option<&str>) {
         case!(
             s,
             f.name("DELETE capabilities/{deviceId} 403: revoked client"),
-            &f.w(true, &[Waits::Mtls]),
+            &f.w(true, &[Area::Mtls]),
             { forbidden_type(&f.client.delete(&f.path("/capabilities/gateway1")).await?) }
         );
     }
@@ -1095,7 +1094,7 @@ async fn onboarding_any_mode(s: &mut Suite, addr: SocketAddr, ca: &str) -> Resul
         None,
         Signing::XPayload(XPayloadSigner::new(&device.key_pkcs8)?),
     )?;
-    let mtls = [Waits::Mtls];
+    let mtls = [Area::Mtls];
     case!(
         s,
         "GET /api/v1/onboarding/certificate 200: {certificate} is the root CA",
@@ -1295,7 +1294,7 @@ async fn plain_margo_onboarding_with_auto_approval() -> Result<()> {
     margo_tests::init_tracing();
     let dir = tempfile::tempdir()?;
     let mut s = Suite::new("Margo onboarding, auto-approval on loopback");
-    let mtls = [Waits::Mtls];
+    let mtls = [Area::Mtls];
     let Some(manager) = case!(
         s,
         "setup: a manager with [onboarding] automatic approval on its loopback listener",
@@ -1351,6 +1350,29 @@ async fn plain_margo_onboarding_with_auto_approval() -> Result<()> {
         }
     );
 
+    case!(
+        s,
+        "POST /api/v1/onboarding 201 signed with HTTP Message Signatures (RFC 9421)",
+        &mtls,
+        {
+            // device-client-onboarding.md: "Requests to this endpoint MUST be
+            // authenticated using the HTTP Message Signature method"; the
+            // client has no id yet, so its keyid names its certificate (the
+            // page leaves the value open: "Key-Name").
+            let other = self_signed_device("plain-margo-device-rfc9421")?;
+            let signer = Rfc9421Signer::new(&other.key_pkcs8, "onboarding-certificate")?;
+            let rfc = SpecClient::new(addr, "localhost", &ca, None, Signing::Rfc9421(signer))?;
+            let reply = onboard(&rfc, &other.certificate_base64(), None).await?;
+            expect(&reply, 201)?;
+            let body = reply.json()?;
+            ensure!(
+                body["clientId"].as_str().is_some_and(|id| !id.is_empty()),
+                "{body}"
+            );
+            Ok(())
+        }
+    );
+
     if let Some(id) = &client_id {
         let rfc = SpecClient::new(
             addr,
@@ -1364,7 +1386,7 @@ async fn plain_margo_onboarding_with_auto_approval() -> Result<()> {
         case!(
             s,
             "onboarded, RFC 9421: GET …/deployments 200 zero-deployment manifest",
-            &[Waits::Sig, Waits::Desired],
+            &[Area::Sig, Area::Desired],
             {
                 let (m, _) = manifest_200(&rfc.get(&manifest, &[]).await?)?;
                 ensure!(m["manifestVersion"] == 1 && m["bundle"].is_null(), "{m}");
@@ -1374,17 +1396,17 @@ async fn plain_margo_onboarding_with_auto_approval() -> Result<()> {
         case!(
             s,
             "onboarded, X-Payload-Signature: GET …/deployments 200",
-            &[Waits::Sig, Waits::Desired],
+            &[Area::Sig, Area::Desired],
             { manifest_200(&xps.get(&manifest, &[]).await?).map(|_| ()) }
         );
-        case!(s, "onboarded, RFC 9421: POST …/capabilities/{deviceId} 201 device-capabilities.md example", &[Waits::Sig, Waits::Shapes], {
+        case!(s, "onboarded, RFC 9421: POST …/capabilities/{deviceId} 201 device-capabilities.md example", &[Area::Sig, Area::Shapes], {
             let body = fixture("device-capabilities/capabilities-example.json")?;
             let reply = rfc
                 .send_json(Method::POST, &format!("/api/v1/clients/{id}/capabilities/{EXAMPLE_DEVICE}"), body.as_bytes())
                 .await?;
             expect(&reply, 201)
         });
-        case!(s, "onboarded, RFC 9421 as the page writes it (\"Content-Digest\" capitalised): PUT …/capabilities/{deviceId} 201", &[Waits::Sig, Waits::Shapes], {
+        case!(s, "onboarded, RFC 9421 as the page writes it (\"Content-Digest\" capitalised): PUT …/capabilities/{deviceId} 201", &[Area::Sig, Area::Shapes], {
             // 8e402245 page: `sig1=("@method" "@target-uri" "Content-Digest")`.
             let page_form = SpecClient::new(
                 addr,
@@ -1399,7 +1421,7 @@ async fn plain_margo_onboarding_with_auto_approval() -> Result<()> {
                 .await?;
             expect(&reply, 201)
         });
-        case!(s, "onboarded, rc.3 over mTLS with the onboarding certificate: GET /api/v1/deployments 200", &[Waits::Mtls, Waits::Desired], {
+        case!(s, "onboarded, rc.3 over mTLS with the onboarding certificate: GET /api/v1/deployments 200", &[Area::Mtls, Area::Desired], {
             manifest_200(&by_cert.get("/api/v1/deployments", &[]).await?).map(|_| ())
         });
     }

@@ -27,7 +27,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use margo_schemas::digest::{Digest, DigestError};
 use margo_schemas::http_msg_sig::{self, PublicKey, CONTENT_DIGEST};
 use margo_schemas::http_sig::{self, PAYLOAD_SIGNATURE};
@@ -240,20 +240,47 @@ fn verify_rfc9421(
     record: &ClientRecord,
     auth: &AuthSettings,
 ) -> Result<(), Refusal> {
-    let headers = &parts.headers;
+    let keyid_ok = |k: &str| keyid_names(k, client, &record.cert_der);
+    let label = verify_message_signature(
+        &parts.method,
+        &parts.uri,
+        &parts.headers,
+        body,
+        key,
+        &keyid_ok,
+        auth,
+    )?;
+    debug!(client_id = %client, %label, "RFC 9421 signature verified");
+    Ok(())
+}
+
+/// Verifies the RFC 9421 signature of a request (method, target, headers
+/// and body as received) with `key`, the `Content-Digest` against the body,
+/// `created`/`expires` against `auth`, and the `keyid` with `keyid_ok`.
+/// Returns the label of the signature that verified. `401` for a signature
+/// that does not verify; `400` for a missing or mismatching digest.
+pub(super) fn verify_message_signature(
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+    key: &PublicKey,
+    keyid_ok: &dyn Fn(&str) -> bool,
+    auth: &AuthSettings,
+) -> Result<String, Refusal> {
     let has_body = !body.is_empty();
     let lines: Vec<(&str, &str)> = headers
         .iter()
         .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str(), v)))
         .collect();
     let authority = header_str(headers, header::HOST.as_str())
-        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+        .or_else(|| uri.authority().map(|a| a.as_str()))
         .unwrap_or("");
     let request = http_msg_sig::Request {
-        method: parts.method.as_str(),
+        method: method.as_str(),
         scheme: "https",
         authority,
-        path_and_query: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+        path_and_query: uri.path_and_query().map_or("/", |p| p.as_str()),
         headers: &lines,
     };
     let digest_lines = request.field_lines(CONTENT_DIGEST);
@@ -269,15 +296,13 @@ fn verify_rfc9421(
         max_future_skew: auth.clock_skew.as_secs(),
         has_body,
     };
-    let keyid_ok = |k: &str| keyid_names(k, client, &record.cert_der);
-    let verified = http_msg_sig::verify_request(&request, key, &policy, &keyid_ok)
+    let verified = http_msg_sig::verify_request(&request, key, &policy, keyid_ok)
         .map_err(|e| unauthorized(format!("HTTP message signature refused: {e}")))?;
     if !digest_lines.is_empty() {
         http_msg_sig::check_content_digest(&digest_lines, body)
             .map_err(|e| Refusal::bad_request(e.to_string()))?;
     }
-    debug!(client_id = %client, label = %verified.label, alg = %verified.alg, "RFC 9421 signature verified");
-    Ok(())
+    Ok(format!("{} ({})", verified.label, verified.alg))
 }
 
 #[cfg(test)]

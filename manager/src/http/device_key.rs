@@ -1,5 +1,6 @@
-//! The public key of a device certificate offered for onboarding, and the
-//! `X-Payload-Signature` check for the keys other than ECDSA P-256.
+//! The public key of a device certificate offered for onboarding: which
+//! types are accepted, and whether MQTT can use it. Signatures are checked
+//! with `margo_schemas::sig_key::PublicKey` (`http/onboarding.rs`).
 //!
 //! Margo states no key type for the device certificate; certificates made
 //! the common way (`openssl req -x509 -newkey rsa:2048`) carry RSA keys. We
@@ -7,12 +8,6 @@
 //! RSA of at least 2048 bits and Ed25519. A client onboarded with another
 //! key than P-256 is an HTTP-only client.
 
-use axum::http::HeaderMap;
-use margo_schemas::http_sig::{self, HttpSigError, CONTENT_DIGEST, PAYLOAD_SIGNATURE};
-use ring::signature::{
-    UnparsedPublicKey, VerificationAlgorithm, ECDSA_P384_SHA384_ASN1, ED25519,
-    RSA_PKCS1_2048_8192_SHA256,
-};
 use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::public_key::PublicKey;
 
@@ -123,59 +118,14 @@ impl DeviceKey {
             Self::Ed25519 { .. } => "Ed25519".into(),
         }
     }
-
-    /// Checks `Content-Digest` and `X-Payload-Signature` over `body` with
-    /// this key. P-256 goes through [`http_sig::verify_request`]; the others
-    /// take the same header form, `<base64 SubjectPublicKeyInfo>;<base64
-    /// signature>` (ECDSA: ASN.1 DER, P-384 with SHA-384; RSA: PKCS#1 v1.5
-    /// with SHA-256; Ed25519), the key equal to the certificate's.
-    pub fn verify_payload_signature(
-        &self,
-        headers: &HeaderMap,
-        body: &[u8],
-    ) -> Result<(), HttpSigError> {
-        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        let (spki, key, alg): (&[u8], &[u8], &'static dyn VerificationAlgorithm) = match self {
-            Self::P256(point) => {
-                return http_sig::verify_request(
-                    header(CONTENT_DIGEST),
-                    header(PAYLOAD_SIGNATURE),
-                    body,
-                    point,
-                )
-            }
-            Self::P384 { spki, point } => (spki, point, &ECDSA_P384_SHA384_ASN1),
-            Self::Rsa { spki, pkcs1, .. } => (spki, pkcs1, &RSA_PKCS1_2048_8192_SHA256),
-            Self::Ed25519 { spki, key } => (spki, key, &ED25519),
-        };
-        http_sig::verify_content_digest(header(CONTENT_DIGEST), body)?;
-        let value = header(PAYLOAD_SIGNATURE).ok_or(HttpSigError::MissingSignature)?;
-        // An RSA-4096 key and signature are about 1.4 KB of base64.
-        if value.len() > 8 * http_sig::MAX_HEADER_LEN {
-            return Err(HttpSigError::MalformedSignature);
-        }
-        let (key_b64, sig_b64) = value
-            .trim()
-            .split_once(';')
-            .ok_or(HttpSigError::MalformedSignature)?;
-        let decode = |text: &str| {
-            data_encoding::BASE64
-                .decode(text.trim().as_bytes())
-                .map_err(|_| HttpSigError::MalformedSignature)
-        };
-        if decode(key_b64)? != spki {
-            return Err(HttpSigError::WrongKey);
-        }
-        UnparsedPublicKey::new(alg, key)
-            .verify(body, &decode(sig_b64)?)
-            .map_err(|_| HttpSigError::BadSignature)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
+    use axum::http::{HeaderMap, HeaderValue};
+    use margo_schemas::http_sig::{self, HttpSigError, CONTENT_DIGEST, PAYLOAD_SIGNATURE};
+    use margo_schemas::sig_key::PublicKey;
     use rcgen::PublicKeyData;
     use ring::rand::SystemRandom;
     use ring::signature::{EcdsaKeyPair, Ed25519KeyPair, ECDSA_P384_SHA384_ASN1_SIGNING};
@@ -204,13 +154,27 @@ mod tests {
         h
     }
 
+    /// What the onboarding handler checks for an `X-Payload-Signature`.
+    fn verify(cert: &[u8], headers: &HeaderMap, body: &[u8]) -> Result<(), HttpSigError> {
+        let key = PublicKey::from_certificate(cert).unwrap();
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        http_sig::verify_with_key(
+            header(CONTENT_DIGEST),
+            header(PAYLOAD_SIGNATURE),
+            body,
+            &key,
+            true,
+        )
+    }
+
     #[test]
     fn p384_and_ed25519_signatures_verify_with_the_certificate_key() {
         let body = br#"{"kind":"OnboardingRequest"}"#;
         let rng = SystemRandom::new();
 
         let p384 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
-        let key = DeviceKey::of_der(&cert_of(&p384)).unwrap();
+        let cert = cert_of(&p384);
+        let key = DeviceKey::of_der(&cert).unwrap();
         assert_eq!(key.describe(), "ECDSA P-384");
         assert!(!key.mqtt_capable());
         let pair =
@@ -219,34 +183,35 @@ mod tests {
         let sig = pair.sign(&rng, body).unwrap();
         let spki = p384.subject_public_key_info();
         assert_eq!(
-            key.verify_payload_signature(&headers(&spki, sig.as_ref(), body), body),
+            verify(&cert, &headers(&spki, sig.as_ref(), body), body),
             Ok(())
         );
         assert_eq!(
-            key.verify_payload_signature(&headers(&spki, sig.as_ref(), b"other"), b"other"),
+            verify(&cert, &headers(&spki, sig.as_ref(), b"other"), b"other"),
             Err(HttpSigError::BadSignature)
         );
 
         let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
-        let key = DeviceKey::of_der(&cert_of(&ed)).unwrap();
+        let cert = cert_of(&ed);
+        let key = DeviceKey::of_der(&cert).unwrap();
         assert_eq!(key.describe(), "Ed25519");
         let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&ed.serialize_der()).unwrap();
         let sig = pair.sign(body);
         let ed_spki = ed.subject_public_key_info();
         assert_eq!(
-            key.verify_payload_signature(&headers(&ed_spki, sig.as_ref(), body), body),
+            verify(&cert, &headers(&ed_spki, sig.as_ref(), body), body),
             Ok(())
         );
         // Another key in the header than the certificate's.
         assert_eq!(
-            key.verify_payload_signature(&headers(&spki, sig.as_ref(), body), body),
+            verify(&cert, &headers(&spki, sig.as_ref(), body), body),
             Err(HttpSigError::WrongKey)
         );
         // No signature header at all.
         let mut only_digest = headers(&ed_spki, sig.as_ref(), body);
         only_digest.remove(PAYLOAD_SIGNATURE);
         assert_eq!(
-            key.verify_payload_signature(&only_digest, body),
+            verify(&cert, &only_digest, body),
             Err(HttpSigError::MissingSignature)
         );
     }

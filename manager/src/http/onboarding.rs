@@ -18,7 +18,7 @@ use std::time::Instant;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use margo_schemas::onboarding::{
@@ -28,6 +28,10 @@ use serde::Serialize;
 use tracing::{error, info, instrument, warn};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use margo_schemas::http_msg_sig::{self, PublicKey};
+use margo_schemas::http_sig;
+
+use super::access;
 use super::device_key::DeviceKey;
 use super::problem::Refusal;
 use super::ApiState;
@@ -325,15 +329,67 @@ fn decision_refusal(error: OnboardingError, request_id: &str) -> Refusal {
     refusal.for_request(request_id)
 }
 
+/// Checks the onboarding request's signature with the key of the
+/// certificate it offers (the client has no id yet, so no registered key):
+/// RFC 9421 HTTP Message Signatures when the request carries
+/// `Signature-Input`/`Signature` (what `device-client-onboarding.md`
+/// requires; any `keyid`, since the key comes with the request), otherwise
+/// `Content-Digest` + `X-Payload-Signature` (the older text). `400` for the
+/// digest, `401` for the signature.
+fn verify_request_signature(
+    state: &ApiState,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+    cert_der: &[u8],
+) -> Result<(), Refusal> {
+    let key = PublicKey::from_certificate(cert_der).map_err(|e| {
+        Refusal::bad_request(format!(
+            "the certificate's key cannot verify signatures: {e}"
+        ))
+    })?;
+    let rfc9421 = headers.contains_key(http_msg_sig::SIGNATURE_INPUT)
+        || headers.contains_key(http_msg_sig::SIGNATURE);
+    if rfc9421 {
+        let any_keyid = |_: &str| true;
+        access::verify_message_signature(
+            &Method::POST,
+            uri,
+            headers,
+            body,
+            &key,
+            &any_keyid,
+            &state.auth,
+        )?;
+        return Ok(());
+    }
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    http_sig::verify_with_key(
+        header(http_sig::CONTENT_DIGEST),
+        header(http_sig::PAYLOAD_SIGNATURE),
+        body,
+        &key,
+        true,
+    )
+    .map_err(|e| {
+        let detail = format!("X-Payload-Signature: {e}");
+        match e.status() {
+            400 => Refusal::bad_request(detail),
+            _ => Refusal::unauthorized(detail),
+        }
+    })
+}
+
 #[instrument(skip_all, fields(%peer))]
 pub(super) async fn submit(
     State(state): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    uri: Uri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     state.stats.requests.fetch_add(1, Ordering::Relaxed);
-    match decide(&state, peer, &headers, body).await {
+    match decide(&state, peer, &uri, &headers, body).await {
         Ok(response) => response,
         Err(refusal) => refused(&state, peer, "onboarding request", refusal),
     }
@@ -342,6 +398,7 @@ pub(super) async fn submit(
 async fn decide(
     state: &ApiState,
     peer: SocketAddr,
+    uri: &Uri,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Refusal> {
@@ -357,10 +414,8 @@ async fn decide(
     let request_id = margo_schemas::pki::fingerprint(&cert_der).hex();
     let key = check_device_certificate(&cert_der, peer)
         .map_err(|detail| Refusal::bad_request(detail).for_request(&request_id))?;
-    key.verify_payload_signature(headers, &body).map_err(|e| {
-        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED);
-        Refusal::new(status, e.to_string()).for_request(&request_id)
-    })?;
+    verify_request_signature(state, uri, headers, &body, &cert_der)
+        .map_err(|refusal| refusal.for_request(&request_id))?;
     let key_id = match &key {
         DeviceKey::P256(point) => crate::store::key_id(point),
         DeviceKey::P384 { spki, .. }

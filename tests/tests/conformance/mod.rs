@@ -23,39 +23,38 @@ pub const PROBLEM_BASE: &str = "https://docs.margo.org/specification/problem-typ
 /// allowed on a loopback listener without confirmation).
 pub const AUTO_APPROVAL_TOML: &str = "[onboarding]\napproval = \"auto\"\n";
 
-/// The piece of work (a helper branch of issue 10) that makes a case's
-/// behaviour true. A failing case whose owner is in [`PENDING`] is reported
-/// as pending, not failed, until that work is merged.
+/// The area of the implementation a case checks (printed with the case, to
+/// point a failure at the code that answers it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Waits {
-    /// Capabilities and status shapes, 201 on clientId capabilities.
+pub enum Area {
+    /// Capabilities and status shapes, 201 on clientId capabilities
+    /// (`margo_schemas::{capabilities, status}`, `http/uplink.rs`).
     Shapes,
-    /// RFC 9421, `X-Payload-Signature` on every request, order of checks.
+    /// RFC 9421, `X-Payload-Signature` on every request, order of checks
+    /// (`http/access.rs`).
     Sig,
-    /// Zero-deployment manifest, digest 404s, unknown-deployment status 404.
+    /// Zero-deployment manifest, digest 404s, unknown-deployment status 404
+    /// (`store`, `http/deployments.rs`).
     Desired,
-    /// rc.3 routes over mTLS, onboarding modes, problem+json types.
+    /// rc.3 routes over mTLS, onboarding modes, problem+json types
+    /// (`http/tls_peer.rs`, `http/onboarding.rs`, `http/problem.rs`).
     Mtls,
 }
 
-impl fmt::Display for Waits {
+impl fmt::Display for Area {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Waits::Shapes => "shapes",
-            Waits::Sig => "sig",
-            Waits::Desired => "desired",
-            Waits::Mtls => "mtls",
+            Area::Shapes => "shapes",
+            Area::Sig => "sig",
+            Area::Desired => "desired",
+            Area::Mtls => "mtls",
         })
     }
 }
 
-/// Work not merged yet. Empty this list as each branch lands; with
-/// `MARGO_CONFORMANCE_STRICT=1` every case is strict whatever it says.
-pub const PENDING: &[Waits] = &[];
-
 struct Row {
     case: String,
-    waits: Vec<Waits>,
+    waits: Vec<Area>,
     error: Option<String>,
 }
 
@@ -77,7 +76,7 @@ impl Suite {
     pub fn record<T>(
         &mut self,
         case: impl Into<String>,
-        waits: &[Waits],
+        waits: &[Area],
         r: Result<T>,
     ) -> Option<T> {
         let (value, error) = match r {
@@ -92,19 +91,17 @@ impl Suite {
         value
     }
 
-    /// Prints every case; fails if a case failed that waits for nothing
-    /// pending (or any, with `MARGO_CONFORMANCE_STRICT`).
+    /// Prints every case; fails if any case failed.
     pub fn finish(self) -> Result<()> {
-        let strict = std::env::var_os("MARGO_CONFORMANCE_STRICT").is_some();
         let mut failed = Vec::new();
-        let (mut passed, mut pending) = (0, 0);
+        let mut passed = 0;
         eprintln!("== {}: {} cases", self.name, self.rows.len());
         for row in &self.rows {
-            let waits: Vec<String> = row.waits.iter().map(Waits::to_string).collect();
+            let waits: Vec<String> = row.waits.iter().map(Area::to_string).collect();
             let waits = if waits.is_empty() {
                 String::new()
             } else {
-                format!(" [waits: {}]", waits.join(", "))
+                format!(" [area: {}]", waits.join(", "))
             };
             match &row.error {
                 None => {
@@ -112,22 +109,12 @@ impl Suite {
                     eprintln!("pass     {}{waits}", row.case);
                 }
                 Some(e) => {
-                    let excused = !strict && row.waits.iter().any(|w| PENDING.contains(w));
-                    if excused {
-                        pending += 1;
-                        eprintln!("PENDING  {}{waits}\n         {e}", row.case);
-                    } else {
-                        eprintln!("FAIL     {}{waits}\n         {e}", row.case);
-                        failed.push(format!("{}: {e}", row.case));
-                    }
+                    eprintln!("FAIL     {}{waits}\n         {e}", row.case);
+                    failed.push(format!("{}: {e}", row.case));
                 }
             }
         }
-        eprintln!(
-            "== {}: {passed} passed, {pending} pending (failing, waiting for unmerged work), {} failed",
-            self.name,
-            failed.len()
-        );
+        eprintln!("== {}: {passed} passed, {} failed", self.name, failed.len());
         if !failed.is_empty() {
             bail!("{} case(s) failed:\n{}", failed.len(), failed.join("\n"));
         }
@@ -145,7 +132,7 @@ macro_rules! case {
 }
 
 /// `a` and `b` together.
-pub fn both(a: &[Waits], b: &[Waits]) -> Vec<Waits> {
+pub fn both(a: &[Area], b: &[Area]) -> Vec<Area> {
     let mut v = a.to_vec();
     v.extend(b.iter().filter(|w| !a.contains(w)));
     v
