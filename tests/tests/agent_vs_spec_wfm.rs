@@ -36,7 +36,9 @@ const B: &str = "b3e2f5dc-912e-494f-8395-52cf3769bc07";
 
 fn start_agent(dir: &Path, wfm: &SpecWfm, name: &str, api: &str) -> Result<AgentProc> {
     let extra = format!(
-        "transport = \"http\"\n[http]\napi = \"{api}\"\npoll_rate = \"1s\"\n{}",
+        // The spec WFM verifies X-Payload-Signature only (it has no RFC 9421
+        // verifier of its own); the agent's default is RFC 9421.
+        "transport = \"http\"\n[http]\napi = \"{api}\"\npoll_rate = \"1s\"\nsignature = \"x-payload-signature\"\n{}",
         onboarding_toml(&wfm.url(), &wfm.ca_fingerprint(), Some(name), None)
     );
     AgentProc::start_onboarding(dir, name, &extra)

@@ -245,6 +245,15 @@ mod tests {
     use crate::clock::SystemClock;
     use std::os::unix::fs::PermissionsExt;
 
+    /// `Command` running `script` through `/bin/sh`: executing a file just
+    /// written races with other test threads' forks, which may still hold
+    /// its write descriptor ("Text file busy").
+    fn sh(script: &Path) -> Command {
+        let mut command = Command::new("/bin/sh");
+        command.arg(script);
+        command
+    }
+
     fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
         let path = dir.join(name);
         std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
@@ -301,7 +310,7 @@ mod tests {
             "i=0; while [ $i -lt 500 ]; do echo \"line $i\" >&2; i=$((i+1)); done; echo last >&2; exit 4",
         );
         let done = run(
-            Command::new(&noisy),
+            sh(&noisy),
             "noisy",
             Duration::from_secs(10),
             &SystemClock,
@@ -324,7 +333,7 @@ mod tests {
         }
         let hang = script(dir.path(), "hang", "exec sleep 30");
         let err = run(
-            Command::new(&hang),
+            sh(&hang),
             "hang",
             Duration::from_millis(200),
             &SystemClock,
