@@ -309,14 +309,9 @@ mod tests {
             "noisy",
             "i=0; while [ $i -lt 500 ]; do echo \"line $i\" >&2; i=$((i+1)); done; echo last >&2; exit 4",
         );
-        let done = run(
-            sh(&noisy),
-            "noisy",
-            Duration::from_secs(10),
-            &SystemClock,
-        )
-        .await
-        .unwrap();
+        let done = run(sh(&noisy), "noisy", Duration::from_secs(10), &SystemClock)
+            .await
+            .unwrap();
         assert!(!done.status.success());
         assert!(done.stderr.len() <= STDERR_TAIL);
         match done.check("noisy run") {
@@ -332,14 +327,9 @@ mod tests {
             other => panic!("expected an exit error, got {other:?}"),
         }
         let hang = script(dir.path(), "hang", "exec sleep 30");
-        let err = run(
-            sh(&hang),
-            "hang",
-            Duration::from_millis(200),
-            &SystemClock,
-        )
-        .await
-        .unwrap_err();
+        let err = run(sh(&hang), "hang", Duration::from_millis(200), &SystemClock)
+            .await
+            .unwrap_err();
         assert!(
             matches!(err, RuntimeError::Timeout { ref command, .. } if command == "hang"),
             "{err:?}"
