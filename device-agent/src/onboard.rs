@@ -46,7 +46,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, instrument, warn};
 
-use crate::clock::{Backoff, Clock, SystemClock};
+use crate::clock::{Backoff, Clock};
 use crate::config::{AgentConfig, ConfigError};
 use crate::http::{self, Answer, HttpsClient, JsonBody, ManagerUrl};
 use crate::identity::{
@@ -217,17 +217,6 @@ struct PendingRequest {
 /// Whether `dir` holds an identity bundle (its index exists).
 pub fn bundle_present(dir: &Path) -> bool {
     dir.join(INDEX_FILE).exists()
-}
-
-/// Onboards with `config.onboarding` unless the identity bundle exists; for `margo-agent run`.
-pub async fn ensure_onboarded(
-    config: &AgentConfig,
-    shutdown: CancellationToken,
-) -> Result<OnboardOutcome, OnboardError> {
-    let settings = OnboardSettings::from_config(config)?;
-    Onboarding::new(settings, Arc::new(SystemClock))
-        .run(shutdown)
-        .await
 }
 
 /// One onboarding run.

@@ -832,13 +832,6 @@ impl Store {
         Ok(RequestView::new(&id, record))
     }
 
-    /// How many requests wait for an operator.
-    pub fn onboarding_pending_count(&self) -> Result<u64> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(PENDING).map_err(db_err)?;
-        table.len().map_err(db_err)
-    }
-
     /// Creates an enrollment token good for `uses` approvals within `ttl_ms`.
     pub fn token_create(
         &self,

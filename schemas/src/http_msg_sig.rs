@@ -455,11 +455,6 @@ pub fn verify_request(
     Err(first_error.unwrap_or(MsgSigError::NoLabel))
 }
 
-/// Whether the request carries RFC 9421 signature fields.
-pub fn is_present(request: &Request<'_>) -> bool {
-    !request.field_lines(SIGNATURE_INPUT).is_empty() || !request.field_lines(SIGNATURE).is_empty()
-}
-
 /// The `Content-Digest` value for `body` (sha-256).
 pub fn content_digest(body: &[u8]) -> String {
     format!(

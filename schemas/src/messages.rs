@@ -295,12 +295,6 @@ fn decode_envelope(payload: &[u8], max: usize) -> Result<Envelope, MessageError>
     Ok(codec::decode(payload, max)?)
 }
 
-/// The device a capabilities report is about (its `properties.id` as
-/// written; checked only by [`DeviceCapabilitiesManifest::normalize`]).
-pub fn capabilities_device(report: &CapabilitiesReport) -> Option<&str> {
-    report.manifest.device_id()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

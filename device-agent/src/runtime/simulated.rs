@@ -85,11 +85,6 @@ impl SimulatedRuntime {
             .unwrap_or(0)
     }
 
-    /// Total `apply` calls.
-    pub fn total_applies(&self) -> u64 {
-        self.state().applies.values().sum()
-    }
-
     /// What is running: (deployment id, component) → digest of the deployment version.
     pub fn running(&self) -> BTreeMap<(String, String), Digest> {
         self.state().running.clone()
