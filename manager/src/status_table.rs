@@ -64,9 +64,14 @@ pub fn render(clients: &[ClientStatus], now_ms: u64) -> String {
                 .as_ref()
                 .map(|e| format!("  error {}: {}", e.code, e.message))
                 .unwrap_or_default();
+            let api = d
+                .api_version
+                .as_ref()
+                .map(|v| format!("  {v}"))
+                .unwrap_or_default();
             let _ = writeln!(
                 out,
-                "    {:<38} {:<28} {:<10} v{}{desired}{error}",
+                "    {:<38} {:<28} {:<10} v{}{api}{desired}{error}",
                 d.deployment_id,
                 d.name.as_deref().unwrap_or("-"),
                 or_dash(d.state),
@@ -106,6 +111,7 @@ mod tests {
             deployments: vec![DeploymentView {
                 deployment_id: DeploymentId::new("d1").expect("id"),
                 name: Some("line-monitor".into()),
+                api_version: Some("application.margo.org/v1alpha1".into()),
                 desired_digest: Some("sha256:00".into()),
                 state: Some(DeploymentState::Installing),
                 components: vec![ComponentStatus {
@@ -126,6 +132,10 @@ mod tests {
         assert!(lines[1].contains("press-7") && lines[1].ends_with("1m ago"));
         assert!(lines[1].contains(" between-checks "), "{text}");
         assert!(lines[2].contains("line-monitor") && lines[2].contains("installing"));
+        assert!(
+            lines[2].contains(" v2  application.margo.org/v1alpha1"),
+            "{text}"
+        );
         assert!(lines[3].contains("timeseries-db") && lines[3].ends_with("installed"));
     }
 }

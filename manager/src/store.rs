@@ -238,6 +238,9 @@ struct DeploymentEntry {
     digest: String,
     name: String,
     size: u64,
+    /// The document's `apiVersion` (absent in entries written before it was kept).
+    #[serde(default)]
+    api_version: Option<String>,
 }
 
 /// One uplink message as kept in the history.
@@ -471,6 +474,9 @@ pub struct DeploymentView {
     pub deployment_id: DeploymentId,
     /// `metadata.name` of the desired document, if desired.
     pub name: Option<String>,
+    /// `apiVersion` of the desired document, if desired (and recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
     /// Desired digest, `None` if no longer desired (e.g. being removed).
     pub desired_digest: Option<String>,
     /// Latest reported overall state.
@@ -1020,6 +1026,7 @@ impl Store {
                     digest,
                     name: doc.name.clone(),
                     size: doc.bytes().len() as u64,
+                    api_version: Some(doc.api_version.clone()),
                 };
                 deployments.insert(
                     (client.as_str(), doc.id.as_str()),
@@ -1788,6 +1795,7 @@ impl Store {
                     detail: e.to_string(),
                 })?,
                 name: None,
+                api_version: None,
                 desired_digest: None,
                 state: None,
                 components: Vec::new(),
@@ -1805,6 +1813,7 @@ impl Store {
             let entry: DeploymentEntry = decode("deployments", v.value())?;
             let mut view = empty_view(id)?;
             view.name = Some(entry.name);
+            view.api_version = entry.api_version;
             view.desired_digest = Some(entry.digest);
             views.insert(id.to_string(), view);
         }

@@ -26,6 +26,9 @@ spec:
           packageLocation: https://example.com/web.tar.gz
 ";
 
+/// The deployment of the `margo.org/v1alpha1` document.
+const OLDER_ID: &str = "5c2d8e4a-7b1f-4c3e-9d6a-2f8b1e0c4a77";
+
 struct Running(Child);
 
 impl Drop for Running {
@@ -274,6 +277,10 @@ fn init_then_serve_then_margoctl() {
         status[0]["deployments"][0]["deploymentId"],
         "0f6a4a38-1f7e-4d36-9a52-3c1d1b0d9f11"
     );
+    assert_eq!(
+        status[0]["deployments"][0]["apiVersion"],
+        "application.margo.org/v1alpha1"
+    );
     let out = margoctl(&data, &["status"]);
     assert!(out.status.success(), "{}", text(&out));
     let shown = String::from_utf8_lossy(&out.stdout);
@@ -291,6 +298,43 @@ fn init_then_serve_then_margoctl() {
     assert!(out.status.success(), "{}", text(&out));
     let out = margoctl(&data, &["clients", "list"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("line-3"));
+
+    // The older published apiVersion (`margo.org/v1alpha1`) deploys too, and
+    // the listings show each deployment's apiVersion.
+    let older = dir.path().join("older.yaml");
+    std::fs::write(
+        &older,
+        DOC.replace(
+            "apiVersion: application.margo.org/v1alpha1",
+            "apiVersion: margo.org/v1alpha1",
+        )
+        .replace("0f6a4a38-1f7e-4d36-9a52-3c1d1b0d9f11", OLDER_ID)
+        .replace("cli-app", "cli-older"),
+    )
+    .expect("write");
+    let out = margoctl(&data, &["deploy", "line-3", older.to_str().expect("utf8")]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = margoctl(&data, &["status", "line-3", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let listed = status[0]["deployments"]
+        .as_array()
+        .expect("deployments")
+        .iter()
+        .find(|d| d["deploymentId"] == OLDER_ID)
+        .cloned()
+        .unwrap_or_else(|| panic!("{OLDER_ID} not listed: {status:#}"));
+    assert_eq!(listed["apiVersion"], "margo.org/v1alpha1", "{status:#}");
+    assert_eq!(listed["name"], "cli-older", "{status:#}");
+    let out = margoctl(&data, &["status", "line-3"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.contains(OLDER_ID) && l.contains(" margo.org/v1alpha1")),
+        "{shown}"
+    );
 
     // Bulk: three bundles in one call, then one deploy for all of them.
     let fleet = dir.path().join("fleet");

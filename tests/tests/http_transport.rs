@@ -16,8 +16,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use margo_tests::eventually;
 use margo_tests::fleet::{
-    client_status, deployment_yaml, version_and_states_hold, write_file, AgentProc, ManagerProc,
-    SCENARIO_D1, SCENARIO_D2,
+    client_status, deployment_yaml, onboarding_toml, version_and_states_hold, write_file,
+    AgentProc, ManagerProc, SCENARIO_D1, SCENARIO_D2, START,
 };
 
 const CONVERGE: Duration = Duration::from_secs(60);
@@ -167,6 +167,87 @@ async fn an_http_agent_and_an_mqtt_agent_converge_side_by_side() -> Result<()> {
     assert!(
         !log.contains("security event"),
         "the HTTP agent logged a security event:\n{log}"
+    );
+    Ok(())
+}
+
+/// The agent in its default HTTP mode (`[http]` without `api`: rc.3, mutual
+/// TLS with the certificate issued at onboarding, paths without
+/// `{clientId}`, no signature headers) against our manager: it onboards,
+/// its capabilities arrive, a deployment is applied and its status reaches
+/// the manager.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_agent_in_its_default_mode_onboards_and_converges() -> Result<()> {
+    margo_tests::init_tracing();
+    let dir = tempfile::tempdir()?;
+    let manager = ManagerProc::start_for_onboarding(dir.path(), "")?;
+    let token = manager.create_token(1, "1h")?;
+    let name = "press-rc3";
+    let extra = format!(
+        "transport = \"http\"\n[http]\npoll_rate = \"1s\"\n{}",
+        onboarding_toml(
+            &manager.https_url()?,
+            &manager.ca_fingerprint()?,
+            Some(name),
+            Some(&token),
+        )
+    );
+    assert!(!extra.contains("api ="), "the default mode names no api");
+    let mut agent = AgentProc::start_onboarding(dir.path(), name, &extra)?;
+    agent.wait_ready(START)?;
+
+    // Capabilities arrived over HTTP.
+    eventually(CONVERGE, "capabilities of the rc.3 agent", || async {
+        let details = manager.client_details(name)?;
+        Ok(details["capabilities"]
+            .as_array()
+            .is_some_and(|c| !c.is_empty())
+            .then_some(()))
+    })
+    .await?;
+
+    let files = dir.path().join("yaml");
+    let d1 = SCENARIO_D1;
+    let a1 = write_file(
+        &files,
+        "a1.yaml",
+        &deployment_yaml(d1, "alpha", &["web", "db"], 1),
+    )?;
+    manager.ctl(&["deploy", name, &a1])?;
+    eventually(CONVERGE, "the rc.3 agent reported d1 installed", || async {
+        let status = manager.status()?;
+        Ok(
+            version_and_states_hold(&status, name, "applyingVersion", 2, &[(d1, "installed")])
+                .then_some(()),
+        )
+    })
+    .await
+    .map_err(|e| {
+        let last = manager.status().map(|s| s.to_string()).unwrap_or_default();
+        e.context(format!("last status: {last}"))
+    })?;
+
+    // The reports came through the rc.3 routes (their handlers are the
+    // `rc3_*` spans), not the `{clientId}` ones.
+    let log = manager.log_text();
+    for (route, what) in [
+        ("rc3_put_capabilities", "capabilities stored (HTTP)"),
+        ("rc3_status", "deployment status stored (HTTP)"),
+    ] {
+        assert!(
+            log.lines().any(|l| l.contains(route) && l.contains(what)),
+            "no {what:?} under {route} in the manager log:\n{log}"
+        );
+    }
+
+    assert!(agent.stop(), "{name} did not stop in time");
+    let store = margo_agent::Store::open(&agent.data_dir.join("agent.redb"))?;
+    let m = store.accepted_manifest()?.context("no accepted manifest")?;
+    assert_eq!(m.version(), 2);
+    let log = agent.log_text();
+    assert!(
+        !log.contains("security event"),
+        "the agent logged a security event:\n{log}"
     );
     Ok(())
 }
