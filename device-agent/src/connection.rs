@@ -38,16 +38,14 @@ use margo_schemas::pki::{self, PkiError};
 use margo_schemas::schedule::ValidSchedule;
 use margo_schemas::topics;
 use rumqttc::{
-    AsyncClient, ClientError, ConnectReturnCode, ConnectionError, Event, EventLoop, LastWill,
-    MqttOptions, Outgoing, Packet, QoS, Request, SubscribeFilter, TlsConfiguration, TlsError,
-    Transport,
+    AsyncClient, ClientError, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing,
+    Packet, QoS, Request, SubscribeFilter, TlsConfiguration, Transport,
 };
-use rustls::AlertDescription;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, instrument, warn};
 
-use crate::clock::{jitter, Backoff, Clock};
+use crate::clock::Clock;
 use crate::config::BrokerUrl;
 use crate::identity::Identity;
 use crate::outbox::Uplink;
@@ -57,6 +55,13 @@ use crate::snapshot::{ConnectionStatus, Snapshots};
 use crate::stats::AgentStats;
 use crate::store::Store;
 use crate::sync::Downlink;
+
+mod revocation;
+mod state;
+
+pub use revocation::is_revocation;
+
+use state::{PollFailure, RunState, ScheduleOutcome, SessionEnd, SessionKind, SessionState};
 
 /// Presence payload while connected.
 pub const ONLINE: &[u8] = b"online";
@@ -107,52 +112,12 @@ pub struct ConnectionSettings {
     pub connect_timeout: Duration,
 }
 
-/// What a session is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SessionKind {
-    /// Connected through a stretch the schedule allows (or for good).
-    Online,
-    /// One `per-check` check.
-    Check,
-}
-
-/// How a session ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SessionEnd {
-    Shutdown,
-    /// The schedule ended the stretch (downtime, end of the period).
-    Scheduled,
-    /// A `per-check` check settled or reached its bound.
-    CheckDone,
-}
-
 /// How a stretch away ended.
 #[derive(Debug)]
 enum AwayEnd {
     Shutdown,
     Woke,
     ScheduleChanged(Option<ValidSchedule>),
-}
-
-/// What an event was, for the session loop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Incoming {
-    ConnAck {
-        session_present: bool,
-    },
-    SubAck,
-    /// A message received or an ack of ours.
-    Exchange,
-    Other,
-}
-
-/// State carried across sessions.
-#[derive(Debug)]
-struct RunState {
-    state_due: Instant,
-    /// No session has ended yet since the process started.
-    first: bool,
-    revoked: bool,
 }
 
 /// Completes at the wall-clock instant, or never.
@@ -268,11 +233,7 @@ impl Connection {
     #[instrument(skip_all, fields(client_id = %self.client_id))]
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut planner = Planner::new(self.current_schedule());
-        let mut run = RunState {
-            state_due: self.clock.now() + self.settings.state_interval,
-            first: true,
-            revoked: false,
-        };
+        let mut run = RunState::new(self.clock.now(), self.settings.state_interval);
         self.set_status(ConnectionStatus::Connecting);
         loop {
             if shutdown.is_cancelled() {
@@ -345,7 +306,7 @@ impl Connection {
                     self.schedule_live = false;
                 }
                 () = self.clock.sleep_until(run.state_due) => {
-                    self.enqueue_state_report(&mut run.state_due);
+                    self.enqueue_state_report(run);
                 }
             }
         };
@@ -364,20 +325,25 @@ impl Connection {
     async fn session(
         &mut self,
         kind: SessionKind,
-        mut until: Option<u64>,
+        until: Option<u64>,
         planner: &mut Planner,
         shutdown: &CancellationToken,
         run: &mut RunState,
     ) -> SessionEnd {
+        let mut st = SessionState::new(
+            kind,
+            until,
+            run,
+            planner,
+            &self.settings,
+            self.clock.now(),
+            self.clock.unix_ms(),
+        );
         let mut options = self.options.clone();
-        // Under a schedule every session is clean: a persistent session left
-        // behind by a scheduled disconnect would queue every publication
-        // until the next process start.
-        let clean = !run.first || planner.schedule().is_some();
-        options.set_clean_session(clean);
+        options.set_clean_session(st.clean());
         // A check is a short visit: no `online`, so no will either (a device
         // dying mid-check stays `offline`, which it already is).
-        self.presence = kind == SessionKind::Online;
+        self.presence = st.presence();
         if self.presence {
             options.set_last_will(LastWill::new(
                 topics::presence(&self.client_id),
@@ -393,31 +359,13 @@ impl Connection {
         // to the manifest only when the ack announces a newer version, and
         // to a deployment topic only when that manifest names a document
         // the agent does not have (docs/benchmarks.md, bytes on the wire).
-        self.narrow = (kind == SessionKind::Check && !run.first).then(Narrow::default);
+        self.narrow = st.narrow().then(Narrow::default);
         self.downlink.set_manifest_on_demand(self.narrow.is_some());
         let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
         let mut network = eventloop.network_options();
         network.set_connection_timeout(self.settings.connect_timeout.as_secs().max(1));
         eventloop.set_network_options(network);
         let notify = self.uplink.notifier();
-        let mut state = ConnState::Connecting;
-        let mut backoff = Backoff::new(self.settings.reconnect_min, self.settings.reconnect_max);
-        let mut sent: HashMap<u64, Instant> = HashMap::new();
-        let mut first_connack = true;
-        let mut check_deadline = self.clock.now() + self.settings.check_timeout;
-        // An online session that a new schedule ends first delivers what is
-        // pending (the state report naming the new schedule), like a check.
-        let mut draining = false;
-        // `persistent` with a schedule: each check is an in-band sync, a
-        // state report whose ack names the manager's current version.
-        let mut inband_at = match kind {
-            SessionKind::Online => planner.next_check_after(self.clock.unix_ms()),
-            SessionKind::Check => None,
-        };
-        // `per-check`: when the check may count as settled (armed on SubAck,
-        // pushed back by every exchange).
-        let mut settle_at: Option<Instant> = None;
-        let quiet = !run.first;
         if kind == SessionKind::Check {
             debug!(until_ms = ?until, "scheduled check");
         }
@@ -425,69 +373,58 @@ impl Connection {
             self.set_status(ConnectionStatus::Connecting);
         }
         let end = loop {
-            let wake = self.next_wake(&sent, run.state_due);
-            let checking = kind == SessionKind::Check || draining;
-            match state {
+            let wake = st.next_wake(run.state_due, self.downlink.next_deadline());
+            let checking = st.checking();
+            match st.conn {
                 ConnState::Backoff(at) => {
                     tokio::select! {
                         () = shutdown.cancelled() => break SessionEnd::Shutdown,
-                        () = wall_sleep(&self.clock, until) => break SessionEnd::Scheduled,
-                        () = self.clock.sleep_until(check_deadline), if checking => {
+                        () = wall_sleep(&self.clock, st.until) => break SessionEnd::Scheduled,
+                        () = self.clock.sleep_until(st.check_deadline()), if checking => {
                             debug!("check ended at check_timeout without a connection");
                             break SessionEnd::CheckDone;
                         }
-                        () = wall_sleep(&self.clock, inband_at), if inband_at.is_some() => {
-                            inband_at = self.inband_check(planner, &mut run.state_due);
+                        () = wall_sleep(&self.clock, st.inband_at), if st.inband_at.is_some() => {
+                            self.inband_check(planner, &mut st, run);
                         }
                         () = self.clock.sleep_until(at) => {
-                            state = ConnState::Connecting;
+                            st.on_backoff_elapsed();
                             if !run.revoked {
                                 self.set_status(ConnectionStatus::Connecting);
                             }
                         }
                         () = self.clock.sleep_until(wake) => {
-                            self.on_timer(&client, &mut sent, &mut run.state_due, false);
+                            self.on_timer(&client, &mut st, run);
                         }
                     }
                 }
                 ConnState::Connecting | ConnState::Connected => {
-                    let connected = state == ConnState::Connected;
+                    let connected = st.connected();
+                    let settle_at = st.settle_at();
                     tokio::select! {
                         () = shutdown.cancelled() => break SessionEnd::Shutdown,
-                        () = wall_sleep(&self.clock, until) => break SessionEnd::Scheduled,
-                        () = self.clock.sleep_until(check_deadline), if checking => {
+                        () = wall_sleep(&self.clock, st.until) => break SessionEnd::Scheduled,
+                        () = self.clock.sleep_until(st.check_deadline()), if checking => {
                             let pending = self.uplink.lock().len();
                             debug!(pending, "check ended at check_timeout before it settled");
                             break SessionEnd::CheckDone;
                         }
-                        () = sleep_opt(&self.clock, settle_at), if checking && connected && settle_at.is_some() => {
-                            if self.downlink.next_deadline().is_none() && self.uplink.lock().is_empty() {
-                                break SessionEnd::CheckDone;
+                        () = sleep_opt(&self.clock, settle_at), if settle_at.is_some() => {
+                            let idle = self.downlink.next_deadline().is_none() && self.uplink.lock().is_empty();
+                            if let Some(end) = st.on_settle_elapsed(self.clock.now(), idle) {
+                                break end;
                             }
-                            settle_at = Some(self.clock.now() + self.settings.check_settle);
                         }
-                        () = wall_sleep(&self.clock, inband_at), if inband_at.is_some() && !draining => {
-                            inband_at = self.inband_check(planner, &mut run.state_due);
+                        () = wall_sleep(&self.clock, st.inband_at), if st.inband_at.is_some() && !st.draining() => {
+                            self.inband_check(planner, &mut st, run);
                         }
                         changed = self.schedule.changed(), if self.schedule_live => {
                             if changed.is_ok() {
                                 planner.set_schedule(self.current_schedule());
-                                match (kind, planner.phase(self.clock.unix_ms())) {
-                                    (SessionKind::Online, Phase::Online { until: next }) => {
-                                        until = next;
-                                        inband_at = planner.next_check_after(self.clock.unix_ms());
-                                    }
-                                    // A check finishes under the new schedule; its next check follows it.
-                                    (SessionKind::Check, _) => {}
-                                    _ if connected => {
-                                        debug!("the new schedule ends this session once the outbox is delivered");
-                                        let now_ms = self.clock.unix_ms();
-                                        planner.check_done(now_ms, now_ms);
-                                        draining = true;
-                                        check_deadline = self.clock.now() + self.settings.check_timeout;
-                                        settle_at = Some(self.clock.now() + self.settings.check_settle);
-                                    }
-                                    _ => break SessionEnd::Scheduled,
+                                match st.on_new_schedule(planner, self.clock.now(), self.clock.unix_ms()) {
+                                    ScheduleOutcome::Continue => {}
+                                    ScheduleOutcome::Drain => debug!("the new schedule ends this session once the outbox is delivered"),
+                                    ScheduleOutcome::End => break SessionEnd::Scheduled,
                                 }
                             } else {
                                 // The sender is gone: the schedule in force stays.
@@ -495,59 +432,25 @@ impl Connection {
                             }
                         }
                         event = eventloop.poll() => match event {
-                            Ok(event) => match self.on_event(&client, &mut eventloop, event, connected, &mut sent) {
-                                Incoming::ConnAck { session_present } => {
-                                    state = ConnState::Connected;
-                                    backoff.reset();
-                                    if run.revoked {
-                                        run.revoked = false;
-                                        info!("the gateway accepts this device again (no longer revoked)");
-                                    }
-                                    let ask_sync = if run.first && first_connack {
-                                        Some(SyncReason::Startup)
-                                    } else if !clean && !session_present {
-                                        Some(SyncReason::SessionLost)
-                                    } else {
-                                        None
-                                    };
-                                    self.on_connack(&client, session_present, ask_sync, quiet, &mut sent);
-                                    first_connack = false;
-                                }
-                                Incoming::SubAck | Incoming::Exchange if checking => {
-                                    settle_at = Some(self.clock.now() + self.settings.check_settle);
-                                }
-                                _ => {}
-                            },
+                            Ok(event) => self.on_event(&client, &mut eventloop, event, &mut st, run),
                             Err(error) => {
-                                let delay = if is_revocation(&error) {
-                                    // Slow retries only, in case the revocation is undone.
-                                    let delay = jitter(self.settings.reconnect_max);
-                                    self.on_revoked(&error, run.revoked, delay);
-                                    run.revoked = true;
-                                    delay
-                                } else {
-                                    let delay = backoff.next_delay();
-                                    self.on_error(&error, connected, backoff.attempts(), delay);
-                                    run.revoked = false;
-                                    delay
-                                };
-                                state = ConnState::Backoff(self.clock.now() + delay);
+                                let revocation = is_revocation(&error);
+                                let failure = st.on_poll_error(revocation, run, self.clock.now());
+                                self.on_poll_error(&error, failure);
                             }
                         },
                         () = notify.notified(), if connected => {
-                            self.pump(&client, &mut sent);
-                            if checking && settle_at.is_some() {
-                                settle_at = Some(self.clock.now() + self.settings.check_settle);
-                            }
+                            self.pump(&client, &mut st.sent);
+                            st.on_outbox_notified(self.clock.now());
                         }
                         () = self.clock.sleep_until(wake) => {
-                            self.on_timer(&client, &mut sent, &mut run.state_due, connected);
+                            self.on_timer(&client, &mut st, run);
                         }
                     }
                 }
             }
         };
-        if state == ConnState::Connected {
+        if st.connected() {
             self.disconnect(&client, &mut eventloop, end != SessionEnd::Shutdown)
                 .await;
         }
@@ -632,15 +535,15 @@ impl Connection {
         }
     }
 
-    /// Handles one event and says what kind it was.
+    /// Handles one event of the MQTT event loop.
     fn on_event(
         &mut self,
         client: &AsyncClient,
         eventloop: &mut EventLoop,
         event: Event,
-        connected: bool,
-        sent: &mut HashMap<u64, Instant>,
-    ) -> Incoming {
+        st: &mut SessionState,
+        run: &mut RunState,
+    ) {
         match event {
             Event::Incoming(Packet::ConnAck(ack)) => {
                 // rumqttc replays its own unacked publishes on a resumed session;
@@ -648,9 +551,12 @@ impl Connection {
                 eventloop
                     .pending
                     .retain(|r| !matches!(r, Request::Publish(_)));
-                Incoming::ConnAck {
-                    session_present: ack.session_present,
+                let session_present = ack.session_present;
+                let outcome = st.on_connack(session_present, run);
+                if outcome.unrevoked {
+                    info!("the gateway accepts this device again (no longer revoked)");
                 }
+                self.on_connack(client, session_present, outcome.ask_sync, st);
             }
             Event::Incoming(Packet::Publish(publish)) => {
                 // Errors are counted and logged inside.
@@ -661,17 +567,17 @@ impl Connection {
                 // pending one already (a check that ended waiting for content).
                 self.subscribe_manifest_if_behind(client);
                 self.subscribe_missing(client);
-                Incoming::Exchange
+                st.on_exchange(self.clock.now());
             }
-            Event::Incoming(Packet::PubAck(_)) if connected => {
-                self.pump(client, sent);
-                Incoming::Exchange
+            Event::Incoming(Packet::PubAck(_)) if st.connected() => {
+                self.pump(client, &mut st.sent);
+                st.on_exchange(self.clock.now());
             }
             Event::Incoming(Packet::SubAck(ack)) => {
                 debug!(codes = ?ack.return_codes, "subscribed");
-                Incoming::SubAck
+                st.on_exchange(self.clock.now());
             }
-            _ => Incoming::Other,
+            _ => {}
         }
     }
 
@@ -680,11 +586,10 @@ impl Connection {
         client: &AsyncClient,
         session_present: bool,
         ask_sync: Option<SyncReason>,
-        quiet: bool,
-        sent: &mut HashMap<u64, Instant>,
+        st: &mut SessionState,
     ) {
         AgentStats::bump(&self.stats.connects);
-        if quiet {
+        if st.quiet() {
             debug!(session_present, "connected");
         } else {
             info!(session_present, "connected");
@@ -730,90 +635,67 @@ impl Connection {
             // Logged inside; the outbox is the only thing that can fail here.
             let _ = self.downlink.request_sync(reason);
         }
-        sent.clear();
-        self.pump(client, sent);
+        self.pump(client, &mut st.sent);
     }
 
-    fn on_error(
-        &self,
-        error: &ConnectionError,
-        was_connected: bool,
-        attempt: u32,
-        delay: Duration,
-    ) {
+    fn on_poll_error(&self, error: &ConnectionError, failure: PollFailure) {
         AgentStats::bump(&self.stats.connection_errors);
-        self.set_status(ConnectionStatus::Backoff);
-        if was_connected {
-            warn!(%error, ?delay, "connection lost; reconnecting");
-        } else if attempt <= 1 {
-            warn!(%error, ?delay, "could not connect; retrying with backoff");
-        } else {
-            debug!(%error, attempt, ?delay, "still cannot connect");
+        match failure {
+            PollFailure::Revoked { already, delay } => {
+                AgentStats::bump(&self.stats.revoked_refusals);
+                self.set_status(ConnectionStatus::Revoked);
+                if already {
+                    debug!(%error, ?delay, "still revoked");
+                } else {
+                    error!(
+                        %error,
+                        ?delay,
+                        "the fleet manager revoked this device's certificate; re-onboard it \
+                         (retrying only slowly in case the revocation is undone)"
+                    );
+                }
+            }
+            PollFailure::Error {
+                was_connected,
+                attempt,
+                delay,
+            } => {
+                self.set_status(ConnectionStatus::Backoff);
+                if was_connected {
+                    warn!(%error, ?delay, "connection lost; reconnecting");
+                } else if attempt <= 1 {
+                    warn!(%error, ?delay, "could not connect; retrying with backoff");
+                } else {
+                    debug!(%error, attempt, ?delay, "still cannot connect");
+                }
+            }
         }
     }
 
-    fn on_revoked(&self, error: &ConnectionError, already: bool, delay: Duration) {
-        AgentStats::bump(&self.stats.connection_errors);
-        AgentStats::bump(&self.stats.revoked_refusals);
-        self.set_status(ConnectionStatus::Revoked);
-        if already {
-            debug!(%error, ?delay, "still revoked");
-        } else {
-            error!(
-                %error,
-                ?delay,
-                "the fleet manager revoked this device's certificate; re-onboard it \
-                 (retrying only slowly in case the revocation is undone)"
-            );
-        }
-    }
-
-    /// The earliest of: pending-content deadline, state report, ack timeouts.
-    fn next_wake(&self, sent: &HashMap<u64, Instant>, state_due: Instant) -> Instant {
-        let mut wake = state_due;
-        if let Some(d) = self.downlink.next_deadline() {
-            wake = wake.min(d);
-        }
-        if let Some(oldest) = sent.values().min() {
-            wake = wake.min(*oldest + self.settings.ack_timeout);
-        }
-        wake
-    }
-
-    fn on_timer(
-        &mut self,
-        client: &AsyncClient,
-        sent: &mut HashMap<u64, Instant>,
-        state_due: &mut Instant,
-        connected: bool,
-    ) {
+    fn on_timer(&mut self, client: &AsyncClient, st: &mut SessionState, run: &mut RunState) {
         let _ = self.downlink.on_timer();
-        self.enqueue_state_report(state_due);
-        if connected {
-            self.pump(client, sent);
-        } else {
-            // Nothing can be acked while disconnected; everything is resent on connect.
-            sent.clear();
+        self.enqueue_state_report(run);
+        if st.connected() {
+            self.pump(client, &mut st.sent);
         }
+        st.on_timer();
     }
 
     /// An in-band check of a `persistent` session: a state report now (its
     /// ack tells whether the manager has a newer version); returns the
     /// next check.
-    fn inband_check(&self, planner: &Planner, state_due: &mut Instant) -> Option<u64> {
+    fn inband_check(&self, planner: &Planner, st: &mut SessionState, run: &mut RunState) {
         debug!("in-band check");
-        *state_due = self.clock.now();
-        self.enqueue_state_report(state_due);
-        planner.next_check_after(self.clock.unix_ms())
+        run.state_due = self.clock.now();
+        self.enqueue_state_report(run);
+        st.on_inband_check(planner, self.clock.unix_ms());
     }
 
     /// Puts a `state` report in the outbox when `state_due` has passed.
-    fn enqueue_state_report(&self, state_due: &mut Instant) {
-        let now = self.clock.now();
-        if now < *state_due {
+    fn enqueue_state_report(&self, run: &mut RunState) {
+        if !run.take_state_report(self.clock.now(), self.settings.state_interval) {
             return;
         }
-        *state_due = now + self.settings.state_interval;
         match state_report(&self.store, crate::plan::reported(&self.schedule)) {
             Ok(report) => {
                 if let Err(error) = self.uplink.send(Message::State(report)) {
@@ -886,32 +768,4 @@ impl Connection {
             info!("disconnected cleanly");
         }
     }
-}
-
-/// Whether `error` means the gateway refuses this device's identity:
-/// CONNACK "not authorized" or "bad user name or password", or a TLS alert
-/// "certificate revoked" / "certificate unknown" (TLS 1.3 reports a refused
-/// client certificate on the first read, so it can arrive as an I/O error).
-pub fn is_revocation(error: &ConnectionError) -> bool {
-    match error {
-        ConnectionError::ConnectionRefused(code) => matches!(
-            code,
-            ConnectReturnCode::NotAuthorized | ConnectReturnCode::BadUserNamePassword
-        ),
-        ConnectionError::Tls(TlsError::TLS(e)) => is_revoked_alert(e),
-        ConnectionError::Tls(TlsError::Io(e)) | ConnectionError::Io(e) => e
-            .get_ref()
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-            .is_some_and(is_revoked_alert),
-        _ => false,
-    }
-}
-
-fn is_revoked_alert(error: &rustls::Error) -> bool {
-    matches!(
-        error,
-        rustls::Error::AlertReceived(
-            AlertDescription::CertificateRevoked | AlertDescription::CertificateUnknown
-        )
-    )
 }
