@@ -13,8 +13,9 @@
 //! - [`manager`]: wiring; [`Manager::start`] in-process, [`run`] for the binary.
 //! - [`availability`]: what a client's silence means (online, planned
 //!   downtime, between checks, overdue, ...), from its reported schedule.
-//! - [`status_table`]: the fleet table of `margoctl status` and the demo.
-//! - [`demo`]: `margo-manager demo`, a manager and simulated agents in one process.
+//! - [`status_table`]: the fleet table of `margoctl status` (and of `margo-demo`
+//!   in the `margo-tests` crate, which runs a manager and simulated agents in
+//!   one process; the manager does not depend on the agent).
 //!
 //! See `README.md` and `docs/architecture.md` for the protocol.
 
@@ -26,7 +27,6 @@ pub mod bundle;
 pub mod ca;
 pub mod capabilities;
 pub mod config;
-pub mod demo;
 pub mod histogram;
 pub mod http;
 pub mod ingest;

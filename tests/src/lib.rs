@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 
+pub mod demo;
 pub mod fleet;
 pub mod fleetsim;
 pub mod mosquitto;

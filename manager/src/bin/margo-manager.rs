@@ -2,15 +2,15 @@
 //!
 //!     margo-manager serve [--config FILE] [--data-dir D] [--broker URL] [-v]
 //!     margo-manager init  [--config FILE] [--data-dir D] [--hostname H]...
-//!     margo-manager demo  [--devices N] [--data-dir D [--keep]] [--delay 300ms] [--exit-when-converged]
+//!
+//! The demo (a manager and simulated agents in one process) is `margo-demo`
+//! in the `margo-tests` crate: the manager does not link the agent.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use margo_manager::config::{ManagerConfig, Overrides};
-use margo_manager::demo::{run_demo, DemoOptions};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -29,32 +29,12 @@ enum Command {
     Serve(Common),
     /// Create the PKI and the store, print their paths, and exit.
     Init(Common),
-    /// Run a manager and N simulated devices in this process, deploy the
-    /// examples, and show the fleet converging (loopback only).
-    Demo(DemoArgs),
-}
-
-#[derive(Args)]
-struct DemoArgs {
-    /// Number of simulated devices.
-    #[arg(long, default_value_t = 5)]
-    devices: usize,
-    /// Demo directory (manager data, device bundles and stores); kept on exit.
-    /// Default: a fresh temporary directory, removed on exit.
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// Keep the temporary demo directory on exit.
-    #[arg(long)]
-    keep: bool,
-    /// Simulated time of one component action (e.g. 300ms, 2s).
-    #[arg(long, default_value = "300ms", value_parser = humantime::parse_duration)]
-    delay: Duration,
-    /// Fail if the fleet has not converged within this.
-    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
-    timeout: Duration,
-    /// Exit 0 as soon as every device converged instead of serving until Ctrl-C.
-    #[arg(long)]
-    exit_when_converged: bool,
+    /// Moved: the demo is `margo-demo` (cargo run --release --bin margo-demo).
+    Demo {
+        /// Ignored; pass them to margo-demo.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Args)]
@@ -93,14 +73,10 @@ impl Common {
     }
 }
 
-fn init_tracing(verbose: u8, quiet: bool) {
-    // The demo prints its own progress on stdout; its logs stay at warn unless
-    // asked, without rumqttd's errors about connections closing (the broker's
-    // probe at start, every client at exit).
-    let default = match (verbose, quiet) {
-        (0, true) => "warn,rumqttd=off",
-        (0, false) | (1, true) => "info,rumqttd=warn",
-        (1, false) | (2, true) => "debug,rumqttd=info",
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "info,rumqttd=warn",
+        1 => "debug,rumqttd=info",
         _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -128,7 +104,7 @@ async fn shutdown_signal(token: CancellationToken) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing(cli.verbose, matches!(cli.command, Command::Demo(_)));
+    init_tracing(cli.verbose);
     match cli.command {
         Command::Init(common) => {
             let config = common.load()?;
@@ -156,23 +132,13 @@ async fn main() -> anyhow::Result<()> {
             signals.await.context("signal task")??;
             result.context("margo-manager failed")
         }
-        Command::Demo(args) => {
-            let opts = DemoOptions {
-                devices: args.devices,
-                data_dir: args.data_dir,
-                keep: args.keep,
-                delay: args.delay,
-                timeout: args.timeout,
-                exit_when_converged: args.exit_when_converged,
-                ..DemoOptions::default()
-            };
-            let token = CancellationToken::new();
-            let signals = tokio::spawn(shutdown_signal(token.clone()));
-            let result = run_demo(opts, token.clone()).await;
-            token.cancel();
-            signals.await.context("signal task")??;
-            result.context("demo failed")?;
-            Ok(())
+        Command::Demo { .. } => {
+            // The manager no longer links the agent (docs/decisions/0012-demo-outside-the-manager.md).
+            eprintln!(
+                "margo-manager demo has moved to its own binary, margo-demo (same options):\n  \
+                 cargo run --release --bin margo-demo -- [--devices N] [--delay D] [--exit-when-converged] ..."
+            );
+            std::process::exit(2)
         }
     }
 }

@@ -1,4 +1,4 @@
-//! `margo-manager demo`: the whole system in one process.
+//! `margo-demo`: the whole system in one process.
 //!
 //! A [`Manager`] with the embedded broker and device gateway on free loopback
 //! ports; `N` clients provisioned through the admin API, their identity
@@ -36,12 +36,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::admin::{AdminClient, AdminError};
-use crate::bundle::{write_bundle, BundleError};
-use crate::config::ManagerConfig;
-use crate::manager::{Manager, ManagerError, ManagerHandle};
-use crate::status_table;
-use crate::store::ClientStatus;
+use margo_manager::admin::{AdminClient, AdminError};
+use margo_manager::bundle::{write_bundle, BundleError};
+use margo_manager::config::ManagerConfig;
+use margo_manager::manager::{Manager, ManagerError, ManagerHandle};
+use margo_manager::status_table;
+use margo_manager::store::ClientStatus;
 
 /// The examples shipped in `config/examples/`, embedded so the binary works from anywhere.
 pub const EXAMPLES: [(&str, &str); 2] = [
@@ -60,7 +60,7 @@ pub const MAX_DEVICES: usize = 1000;
 /// How long stopping the agents may take before they are aborted.
 const AGENT_STOP: Duration = Duration::from_secs(10);
 
-/// What `margo-manager demo` was asked to do.
+/// What `margo-demo` was asked to do.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
     /// How many simulated devices (`demo-device-1..N`).
@@ -210,7 +210,7 @@ pub fn is_converged(c: &ClientStatus) -> bool {
         && desired(c).all(|d| d.state == Some(DeploymentState::Installed))
 }
 
-fn desired(c: &ClientStatus) -> impl Iterator<Item = &crate::store::DeploymentView> {
+fn desired(c: &ClientStatus) -> impl Iterator<Item = &margo_manager::store::DeploymentView> {
     c.deployments.iter().filter(|d| d.desired_digest.is_some())
 }
 

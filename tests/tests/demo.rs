@@ -1,14 +1,14 @@
-//! `margo-manager demo` as a library call: a manager with the embedded broker
+//! `margo-demo` as a library call: a manager with the embedded broker
 //! and gateway on loopback port 0 and three real agents in this process.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use margo_manager::demo::{is_converged, run_demo, DemoOptions, EXAMPLES};
 use margo_manager::AdminClient;
 use margo_schemas::deployment::ApplicationDeployment;
 use margo_schemas::ids::DeploymentId;
 use margo_schemas::status::DeploymentState;
+use margo_tests::demo::{is_converged, run_demo, DemoOptions, EXAMPLES};
 use tokio_util::sync::CancellationToken;
 
 /// Far more than three devices with a 20 ms delay need; a failure here is a hang.
