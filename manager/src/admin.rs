@@ -31,8 +31,9 @@ use tracing::{info, instrument, warn};
 use crate::ca::{CaError, FleetPki};
 use crate::http::{HttpStats, OnboardingStats};
 use crate::ingest::{IngestStats, IngestStatsSnapshot, IngestTimingSnapshot, KeyCache};
+use crate::mqtt_link::{LinkStats, LinkStatsSnapshot};
 use crate::onboarding::{CreatedToken, OnboardingError, RequestView, TokenView};
-use crate::publisher::{Downlink, LinkStats, LinkStatsSnapshot};
+use crate::publisher::Downlink;
 use crate::store::{
     now_ms, AuditEvent, CapabilitiesEntry, ClientStatus, RemoteConfig, Store, StoreError,
     UplinkSummary,

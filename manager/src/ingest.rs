@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use margo_schemas::cose::{CoseError, VerifyingKey};
 use margo_schemas::ids::ClientId;
 use margo_schemas::messages::{Envelope, Message, MessageError};
@@ -25,17 +24,9 @@ use tracing::{debug, error, warn};
 
 use crate::capabilities::CapabilitiesRejection;
 use crate::histogram::{Histogram, HistogramSnapshot, MICROS_BOUNDS, SIZE_BOUNDS};
+use crate::mqtt_link::RawUplink;
 use crate::publisher::Downlink;
 use crate::store::{now_ms, AuditEvent, IngestOutcome, Store, StoreError, UplinkItem};
-
-/// One publish received from the broker.
-#[derive(Debug, Clone)]
-pub struct RawUplink {
-    /// Its topic.
-    pub topic: String,
-    /// Its payload.
-    pub payload: Bytes,
-}
 
 /// Why one uplink message was rejected.
 #[derive(Debug, thiserror::Error)]

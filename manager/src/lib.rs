@@ -2,7 +2,8 @@
 //!
 //! - [`store`]: redb store (clients, desired state, uplink, audit).
 //! - [`ca`]: fleet CA, gateway/manager/signing certificates, device provisioning.
-//! - [`publisher`]: the MQTT connection and the downlink publisher (retained, signed).
+//! - [`mqtt_link`]: the MQTT connection (receive loop, options, link counters).
+//! - [`publisher`]: the downlink publisher (retained, signed).
 //! - [`ingest`]: verified, deduplicated, batched uplink storage with acks after commit.
 //! - [`admin`]: the admin API on a Unix socket and its [`admin::AdminClient`].
 //! - [`http`]: the HTTPS listener serving the Margo HTTP API (onboarding,
@@ -31,6 +32,7 @@ pub mod histogram;
 pub mod http;
 pub mod ingest;
 pub mod manager;
+pub mod mqtt_link;
 pub mod onboarding;
 pub mod publisher;
 pub mod state_manifest;

@@ -22,7 +22,8 @@ use crate::ca::{CaError, FleetPki};
 use crate::config::{BrokerMode, ConfigError, ManagerConfig};
 use crate::http::{self, ApiState, HttpError, HttpStats, HttpsServer, OnboardingStats};
 use crate::ingest::{Ingest, IngestStats, KeyCache};
-use crate::publisher::{self, Connection, Downlink, LinkStats, MqttTarget, Publisher};
+use crate::mqtt_link::{self, Connection, LinkStats, MqttTarget};
+use crate::publisher::{Downlink, Publisher};
 use crate::store::{Store, StoreError};
 
 /// Capacity of the connection → ingest channel.
@@ -289,16 +290,19 @@ impl Manager {
         };
         let http_addr = https.as_ref().map(HttpsServer::local_addr);
         let (client, mut eventloop) = AsyncClient::new(
-            publisher::mqtt_options(&target),
-            publisher::REQUEST_CAPACITY,
+            mqtt_link::mqtt_options(&target),
+            mqtt_link::REQUEST_CAPACITY,
         );
-        eventloop.set_network_options(publisher::network_options(eventloop.network_options()));
+        eventloop.set_network_options(mqtt_link::network_options(eventloop.network_options()));
         let (uplink_tx, uplink_rx) = mpsc::channel(UPLINK_CHANNEL);
 
         let connection = Connection::new(
             eventloop,
             uplink_tx,
-            downlink.clone(),
+            {
+                let downlink = downlink.clone();
+                move || downlink.on_connected()
+            },
             connected_tx,
             Arc::clone(&link_stats),
         );

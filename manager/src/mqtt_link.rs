@@ -1,0 +1,221 @@
+//! The manager's one MQTT connection (rumqttc).
+//!
+//! [`Connection`] owns the rumqttc event loop: it reconnects with exponential
+//! backoff and jitter, hands every uplink publish ([`RawUplink`]) to ingest
+//! over a bounded channel, and after every ConnAck calls its `on_connected`
+//! hook (the manager asks the publisher to resubscribe and republish all
+//! retained desired state and remote configs). Ingest and the publisher both
+//! depend on this module, not on each other.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::{Event, EventLoop, MqttOptions, Packet};
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// MQTT client id of the manager.
+pub const MANAGER_CLIENT_ID: &str = "margo-manager";
+/// Keep-alive of the manager's connection.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(30);
+/// Longest connection attempt to the broker (TCP, TLS, CONNECT/CONNACK).
+/// rumqttc's default is 5 s; after a broker restart the broker works
+/// through every device's handshake as well, and an attempt abandoned at
+/// 5 s only queues another (docs/benchmarks.md, reconnect storm).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Capacity of rumqttc's request channel.
+pub const REQUEST_CAPACITY: usize = 10_000;
+/// Most unacknowledged QoS 1 publishes in flight.
+pub const INFLIGHT: u16 = 100;
+/// First reconnect delay.
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+/// Longest reconnect delay.
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// One publish received from the broker.
+#[derive(Debug, Clone)]
+pub struct RawUplink {
+    /// Its topic.
+    pub topic: String,
+    /// Its payload.
+    pub payload: Bytes,
+}
+
+/// Where the manager's MQTT connection goes.
+#[derive(Clone)]
+pub struct MqttTarget {
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// TLS (trust anchors and the manager's client certificate), or plain MQTT.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for MqttTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttTarget")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// The manager's network options: `base` with [`CONNECT_TIMEOUT`].
+pub fn network_options(mut base: rumqttc::NetworkOptions) -> rumqttc::NetworkOptions {
+    base.set_connection_timeout(CONNECT_TIMEOUT.as_secs());
+    base
+}
+
+/// rumqttc options for the manager: persistent session, QoS 1, large request channel.
+pub fn mqtt_options(target: &MqttTarget) -> MqttOptions {
+    let mut opts = MqttOptions::new(MANAGER_CLIENT_ID, target.host.clone(), target.port);
+    opts.set_keep_alive(KEEP_ALIVE);
+    opts.set_clean_session(false);
+    opts.set_request_channel_capacity(REQUEST_CAPACITY);
+    opts.set_inflight(INFLIGHT);
+    // Never let one oversized packet kill the connection (it would be
+    // redelivered forever on a persistent session): accept what MQTT allows
+    // and let ingest reject it by size.
+    opts.set_max_packet_size(268_435_455, 268_435_455);
+    if let Some(tls) = &target.tls {
+        opts.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(Arc::clone(tls)),
+        ));
+    }
+    opts
+}
+
+/// Counters of the MQTT link and the publisher.
+#[derive(Debug, Default)]
+pub struct LinkStats {
+    /// ConnAcks received.
+    pub connects: AtomicU64,
+    /// Failed connection attempts and dropped connections.
+    pub connection_errors: AtomicU64,
+    /// Messages published (including clears).
+    pub published: AtomicU64,
+    /// Full republishes of every client.
+    pub republish_all: AtomicU64,
+    /// Publish work that failed (retried on the next request or reconnect).
+    pub publish_errors: AtomicU64,
+}
+
+/// A point-in-time copy of [`LinkStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkStatsSnapshot {
+    /// ConnAcks received.
+    pub connects: u64,
+    /// Failed connection attempts and dropped connections.
+    pub connection_errors: u64,
+    /// Messages published.
+    pub published: u64,
+    /// Full republishes.
+    pub republish_all: u64,
+    /// Failed publish work.
+    pub publish_errors: u64,
+}
+
+impl LinkStats {
+    /// Reads every counter.
+    pub fn snapshot(&self) -> LinkStatsSnapshot {
+        LinkStatsSnapshot {
+            connects: self.connects.load(Ordering::Relaxed),
+            connection_errors: self.connection_errors.load(Ordering::Relaxed),
+            published: self.published.load(Ordering::Relaxed),
+            republish_all: self.republish_all.load(Ordering::Relaxed),
+            publish_errors: self.publish_errors.load(Ordering::Relaxed),
+        }
+    }
+}
+
+// ---- the event loop -----------------------------------------------------------
+
+/// Owns the rumqttc event loop.
+pub struct Connection {
+    eventloop: EventLoop,
+    uplink: mpsc::Sender<RawUplink>,
+    on_connected: Box<dyn FnMut() + Send>,
+    connected: watch::Sender<bool>,
+    stats: Arc<LinkStats>,
+}
+
+impl Connection {
+    /// Wraps `eventloop`; uplink publishes go to `uplink`; `on_connected`
+    /// runs after every ConnAck (the manager asks the publisher to
+    /// resubscribe and republish).
+    pub fn new(
+        eventloop: EventLoop,
+        uplink: mpsc::Sender<RawUplink>,
+        on_connected: impl FnMut() + Send + 'static,
+        connected: watch::Sender<bool>,
+        stats: Arc<LinkStats>,
+    ) -> Self {
+        Self {
+            eventloop,
+            uplink,
+            on_connected: Box::new(on_connected),
+            connected,
+            stats,
+        }
+    }
+
+    /// Polls until `shutdown`; reconnects with exponential backoff and jitter.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let event = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                event = self.eventloop.poll() => event,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    backoff = BACKOFF_MIN;
+                    self.stats.connects.fetch_add(1, Ordering::Relaxed);
+                    info!(
+                        session_present = ack.session_present,
+                        "connected to the broker"
+                    );
+                    self.connected.send_replace(true);
+                    (self.on_connected)();
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    let raw = RawUplink {
+                        topic: publish.topic,
+                        payload: publish.payload,
+                    };
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        sent = self.uplink.send(raw) => {
+                            if sent.is_err() {
+                                debug!("ingest stopped; connection task ends");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    self.stats.connection_errors.fetch_add(1, Ordering::Relaxed);
+                    self.connected.send_replace(false);
+                    // Jitter: between half and the full delay.
+                    let millis = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX);
+                    let delay = Duration::from_millis(millis / 2 + fastrand::u64(0..=millis / 2));
+                    warn!(%error, retry_in = ?delay, "MQTT connection failed");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+        self.connected.send_replace(false);
+    }
+}
