@@ -14,7 +14,9 @@ use tracing::{info, warn};
 use crate::capabilities::{CapabilitiesError, CapabilitiesReporter, CapabilitiesSource, HostProbe};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{AdapterKind, AgentConfig, BrokerUrl, ConfigError, Transport};
-use crate::connection::{Connection, ConnectionDeps, ConnectionSettings, ConnectionSetupError};
+use crate::connection::{
+    ConnectionSetupError, MqttTransport, MqttTransportDeps, MqttTransportSettings,
+};
 #[cfg(feature = "http-transport")]
 use crate::http_transport::{HttpDeps, HttpSettings, HttpSetupError, HttpTransport};
 use crate::identity::{Identity, IdentityError, IdentityKind, WireClientId};
@@ -27,7 +29,9 @@ use crate::runtime::{
 use crate::snapshot::{AgentSnapshot, DeploymentView, Snapshots};
 use crate::stats::AgentStats;
 use crate::store::{Store, StoreError};
-use crate::sync::{Downlink, DownlinkDeps, DownlinkSettings, ManifestSink, ScheduleControl};
+use crate::sync::{
+    DesiredStateSync, DesiredStateSyncDeps, DesiredStateSyncSettings, ManifestSink, ScheduleControl,
+};
 
 /// Why the agent could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -98,7 +102,7 @@ pub struct Agent {
 /// The agent's parts before they run: lets tests drive the downlink
 /// handler and the reconciler without a broker.
 pub struct AgentParts {
-    pub downlink: Downlink,
+    pub downlink: DesiredStateSync,
     /// Where either transport hands verified manifests to the reconciler.
     pub sink: ManifestSink,
     pub reconciler: Reconciler,
@@ -279,11 +283,11 @@ impl Agent {
             self.snapshots.clone(),
             targets_tx,
         );
-        let downlink = Downlink::with_sink(
-            DownlinkDeps {
+        let downlink = DesiredStateSync::with_sink(
+            DesiredStateSyncDeps {
                 client: self.identity.client_id.clone(),
                 manager_key: self.identity.manager_key.clone(),
-                settings: DownlinkSettings {
+                settings: DesiredStateSyncSettings {
                     max_message_bytes: self.config.max_message_bytes,
                     content_timeout: self.config.content_timeout,
                 },
@@ -353,8 +357,8 @@ impl Agent {
                     }
                     .into());
                 };
-                let connection = Connection::new(
-                    ConnectionSettings {
+                let connection = MqttTransport::new(
+                    MqttTransportSettings {
                         broker: broker.clone(),
                         keep_alive: self.config.keep_alive,
                         tls_resumption: self.config.tls_resumption,
@@ -368,7 +372,7 @@ impl Agent {
                         check_timeout: self.config.check_timeout,
                         check_settle: self.config.check_settle,
                     },
-                    ConnectionDeps {
+                    MqttTransportDeps {
                         identity: self.identity.clone(),
                         downlink: parts.downlink,
                         uplink: parts.uplink.clone(),
@@ -473,7 +477,7 @@ impl Agent {
 
 /// The transport `run` drives (boxed: the two differ a lot in size).
 enum RunningTransport {
-    Mqtt(Box<Connection>),
+    Mqtt(Box<MqttTransport>),
     #[cfg(feature = "http-transport")]
     Http(Box<HttpTransport>),
 }

@@ -54,7 +54,7 @@ use crate::reconcile::state_report;
 use crate::snapshot::{ConnectionStatus, Snapshots};
 use crate::stats::AgentStats;
 use crate::store::Store;
-use crate::sync::Downlink;
+use crate::sync::DesiredStateSync;
 
 mod revocation;
 mod state;
@@ -90,9 +90,9 @@ pub enum ConnState {
     Backoff(Instant),
 }
 
-/// Connection settings.
+/// Settings of the MQTT transport.
 #[derive(Debug, Clone)]
-pub struct ConnectionSettings {
+pub struct MqttTransportSettings {
     pub broker: BrokerUrl,
     pub keep_alive: Duration,
     pub ack_timeout: Duration,
@@ -137,11 +137,11 @@ async fn sleep_opt(clock: &Arc<dyn Clock>, at: Option<Instant>) {
 }
 
 /// The connection task.
-pub struct Connection {
+pub struct MqttTransport {
     client_id: ClientId,
-    settings: ConnectionSettings,
+    settings: MqttTransportSettings,
     options: MqttOptions,
-    downlink: Downlink,
+    downlink: DesiredStateSync,
     uplink: Uplink,
     store: Store,
     clock: Arc<dyn Clock>,
@@ -168,10 +168,10 @@ struct Narrow {
     deployments: HashSet<DeploymentId>,
 }
 
-/// Everything [`Connection::new`] needs besides settings.
-pub struct ConnectionDeps {
+/// Everything [`MqttTransport::new`] needs besides settings.
+pub struct MqttTransportDeps {
     pub identity: Identity,
-    pub downlink: Downlink,
+    pub downlink: DesiredStateSync,
     pub uplink: Uplink,
     pub store: Store,
     pub clock: Arc<dyn Clock>,
@@ -181,11 +181,11 @@ pub struct ConnectionDeps {
     pub schedule: ScheduleRx,
 }
 
-impl Connection {
+impl MqttTransport {
     /// Builds the MQTT options (and the TLS configuration, once).
     pub fn new(
-        settings: ConnectionSettings,
-        deps: ConnectionDeps,
+        settings: MqttTransportSettings,
+        deps: MqttTransportDeps,
     ) -> Result<Self, ConnectionSetupError> {
         let client_id = deps.identity.client_id.clone();
         let mut options = MqttOptions::new(

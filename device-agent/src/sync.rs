@@ -1,6 +1,6 @@
 //! Desired-state sync: the downlink message handler.
 //!
-//! [`Downlink::handle_publish`] takes one MQTT publish (topic + payload) and
+//! [`DesiredStateSync::handle_publish`] takes one MQTT publish (topic + payload) and
 //! needs no broker, so tests drive it directly. It verifies every message
 //! with the manager's signing key through [`Envelope::open`] (bounded size,
 //! this client, kind fitting the topic), then:
@@ -15,7 +15,7 @@
 //! - `ack`: trims the outbox, and asks for a `sync` if the manager announces
 //!   a manifest version this agent does not have (in manifest-on-demand
 //!   mode it only records that; the connection then subscribes to the
-//!   manifest, see [`Downlink::set_manifest_on_demand`]).
+//!   manifest, see [`DesiredStateSync::set_manifest_on_demand`]).
 //! - `config` (on `R/config`): a newer version with a valid schedule (or
 //!   none: back to the local one) is stored, put in force and announced in a
 //!   `state` report; an older version is a security event (replay), an
@@ -254,16 +254,16 @@ struct Pending {
 
 /// Settings of the downlink handler.
 #[derive(Debug, Clone)]
-pub struct DownlinkSettings {
+pub struct DesiredStateSyncSettings {
     pub max_message_bytes: usize,
     pub content_timeout: Duration,
 }
 
 /// The downlink message handler (see the module docs).
-pub struct Downlink {
+pub struct DesiredStateSync {
     client: ClientId,
     manager_key: Option<VerifyingKey>,
-    settings: DownlinkSettings,
+    settings: DesiredStateSyncSettings,
     store: Store,
     uplink: Uplink,
     clock: Arc<dyn Clock>,
@@ -280,9 +280,9 @@ pub struct Downlink {
     manifest_on_demand: bool,
 }
 
-impl std::fmt::Debug for Downlink {
+impl std::fmt::Debug for DesiredStateSync {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Downlink")
+        f.debug_struct("DesiredStateSync")
             .field("client", &self.client)
             .field(
                 "accepted",
@@ -296,13 +296,13 @@ impl std::fmt::Debug for Downlink {
     }
 }
 
-/// Everything [`Downlink::new`] needs.
+/// Everything [`DesiredStateSync::new`] needs.
 #[derive(Debug, Clone)]
-pub struct DownlinkDeps {
+pub struct DesiredStateSyncDeps {
     pub client: ClientId,
     /// None for a plain Margo identity (every downlink message is refused).
     pub manager_key: Option<VerifyingKey>,
-    pub settings: DownlinkSettings,
+    pub settings: DesiredStateSyncSettings,
     pub store: Store,
     pub uplink: Uplink,
     pub clock: Arc<dyn Clock>,
@@ -422,11 +422,11 @@ impl ManifestSink {
     }
 }
 
-impl Downlink {
+impl DesiredStateSync {
     /// A handler starting from the accepted manifest in the store; accepted
     /// manifests are sent on `targets`.
     pub fn new(
-        deps: DownlinkDeps,
+        deps: DesiredStateSyncDeps,
         targets: watch::Sender<Option<Arc<AcceptedManifest>>>,
     ) -> Result<Self, StoreError> {
         let sink = ManifestSink::new(
@@ -440,7 +440,7 @@ impl Downlink {
     }
 
     /// A handler accepting through `sink`.
-    pub fn with_sink(deps: DownlinkDeps, sink: ManifestSink) -> Result<Self, StoreError> {
+    pub fn with_sink(deps: DesiredStateSyncDeps, sink: ManifestSink) -> Result<Self, StoreError> {
         let accepted = deps.store.accepted_manifest()?;
         Ok(Self {
             client: deps.client,
@@ -771,7 +771,7 @@ impl Downlink {
         Ok(true)
     }
 
-    /// When [`Downlink::on_timer`] next needs to run.
+    /// When [`DesiredStateSync::on_timer`] next needs to run.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.pending.as_ref().map(|p| p.deadline)
     }

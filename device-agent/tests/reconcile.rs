@@ -9,7 +9,7 @@ use common::*;
 use margo_agent::identity::Identity;
 use margo_agent::reconcile::PassOutcome;
 use margo_agent::store::Action;
-use margo_agent::sync::Downlink;
+use margo_agent::sync::DesiredStateSync;
 use margo_agent::{AgentParts, Store};
 use margo_schemas::digest::Digest;
 use margo_schemas::messages::Message;
@@ -58,7 +58,7 @@ impl World {
     }
 
     /// Feeds documents and a manifest into the downlink handler.
-    fn deliver(&self, downlink: &mut Downlink, version: u64, docs: &[&[u8]]) {
+    fn deliver(&self, downlink: &mut DesiredStateSync, version: u64, docs: &[&[u8]]) {
         let client = &self.identity.client_id;
         for d in docs {
             let (t, p) = deployment_msg(&self.fleet.signer, client, d);

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use crate::clock::{jitter, Backoff};
 use crate::plan::{Phase, Planner};
 
-use super::{ConnState, ConnectionSettings};
+use super::{ConnState, MqttTransportSettings};
 
 /// What a session is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,7 +136,7 @@ impl SessionState {
         until: Option<u64>,
         run: &RunState,
         planner: &Planner,
-        settings: &ConnectionSettings,
+        settings: &MqttTransportSettings,
         now: Instant,
         now_ms: u64,
     ) -> Self {
@@ -356,8 +356,8 @@ mod tests {
 
     const S: Duration = Duration::from_secs(1);
 
-    fn settings() -> ConnectionSettings {
-        ConnectionSettings {
+    fn settings() -> MqttTransportSettings {
+        MqttTransportSettings {
             broker: BrokerUrl {
                 host: "localhost".into(),
                 port: 1883,
