@@ -387,28 +387,47 @@ pub struct Ingest {
     max_payload: usize,
 }
 
+/// What the ingest task works with: shared handles owned elsewhere.
+pub struct IngestDeps {
+    /// Where verified uplink is stored.
+    pub store: Store,
+    /// The public keys of the clients, by client id.
+    pub keys: KeyCache,
+    /// The downlink publisher (acks, and republication on `sync`).
+    pub downlink: Downlink,
+    /// Counters shared with the admin API.
+    pub stats: Arc<IngestStats>,
+}
+
+/// How the ingest task batches and bounds its input.
+#[derive(Debug, Clone, Copy)]
+pub struct IngestSettings {
+    /// Most messages stored in one redb transaction (at least 1).
+    pub batch_max: usize,
+    /// How long a batch waits for more messages before it is stored.
+    pub batch_interval: Duration,
+    /// Largest uplink payload accepted, in bytes.
+    pub max_payload: usize,
+}
+
 impl Ingest {
     /// An ingest task reading `rx`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        rx: mpsc::Receiver<RawUplink>,
-        store: Store,
-        keys: KeyCache,
-        downlink: Downlink,
-        stats: Arc<IngestStats>,
-        batch_max: usize,
-        batch_interval: Duration,
-        max_payload: usize,
-    ) -> Self {
+    pub fn new(rx: mpsc::Receiver<RawUplink>, deps: IngestDeps, settings: IngestSettings) -> Self {
+        let IngestDeps {
+            store,
+            keys,
+            downlink,
+            stats,
+        } = deps;
         Self {
             rx,
             store,
             keys,
             downlink,
             stats,
-            batch_max: batch_max.max(1),
-            batch_interval,
-            max_payload,
+            batch_max: settings.batch_max.max(1),
+            batch_interval: settings.batch_interval,
+            max_payload: settings.max_payload,
         }
     }
 

@@ -21,7 +21,7 @@ use crate::admin::{self, AdminServeError, AdminState};
 use crate::ca::{CaError, FleetPki};
 use crate::config::{BrokerMode, ConfigError, ManagerConfig};
 use crate::http::{self, ApiState, HttpError, HttpStats, HttpsServer, OnboardingStats};
-use crate::ingest::{Ingest, IngestStats, KeyCache};
+use crate::ingest::{Ingest, IngestDeps, IngestSettings, IngestStats, KeyCache};
 use crate::mqtt_link::{self, Connection, LinkStats, MqttTarget};
 use crate::publisher::{Downlink, Publisher};
 use crate::store::{Store, StoreError};
@@ -317,13 +317,17 @@ impl Manager {
         tracker.spawn(publisher.run(shutdown.clone()));
         let ingest = Ingest::new(
             uplink_rx,
-            store.clone(),
-            keys.clone(),
-            downlink.clone(),
-            Arc::clone(&ingest_stats),
-            config.ingest.batch_max,
-            config.ingest.batch_interval,
-            config.max_payload_bytes,
+            IngestDeps {
+                store: store.clone(),
+                keys: keys.clone(),
+                downlink: downlink.clone(),
+                stats: Arc::clone(&ingest_stats),
+            },
+            IngestSettings {
+                batch_max: config.ingest.batch_max,
+                batch_interval: config.ingest.batch_interval,
+                max_payload: config.max_payload_bytes,
+            },
         );
         tracker.spawn(ingest.run(shutdown.clone()));
         if let Some(server) = https {
