@@ -41,4 +41,4 @@ pub mod store;
 
 pub use admin::AdminClient;
 pub use config::ManagerConfig;
-pub use manager::{init, run, Manager, ManagerError, ManagerHandle};
+pub use manager::{init, run, shutdown_on_signal, Manager, ManagerError, ManagerHandle};

@@ -512,6 +512,23 @@ impl ManagerHandle {
     }
 }
 
+/// Cancels `token` on SIGTERM or SIGINT; returns once `token` is cancelled,
+/// by a signal or by the caller. For the binaries that run a manager
+/// (`margo-manager serve`, `margo-demo`).
+pub async fn shutdown_on_signal(token: CancellationToken) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+        _ = token.cancelled() => {}
+    }
+    token.cancel();
+    Ok(())
+}
+
 /// Runs the manager until `shutdown` is cancelled. Prints the ready line on
 /// stdout (flushed) once serving.
 pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(), ManagerError> {

@@ -61,19 +61,6 @@ fn init_tracing(verbose: u8) {
         .init();
 }
 
-async fn shutdown_signal(token: CancellationToken) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-        _ = token.cancelled() => {}
-    }
-    token.cancel();
-    Ok(())
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -88,7 +75,7 @@ async fn main() -> anyhow::Result<()> {
         ..DemoOptions::default()
     };
     let token = CancellationToken::new();
-    let signals = tokio::spawn(shutdown_signal(token.clone()));
+    let signals = tokio::spawn(margo_manager::shutdown_on_signal(token.clone()));
     let result = run_demo(opts, token.clone()).await;
     token.cancel();
     signals.await.context("signal task")??;
