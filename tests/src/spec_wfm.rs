@@ -14,9 +14,16 @@
 //! - the `{clientId}` routes (1.0.0/rc.2): manifest with `ETag`/`304`/`406`,
 //!   single documents and the bundle by digest (`404` otherwise), status
 //!   `POST` → 200, capabilities `POST|PUT` (with or without `{deviceId}`) →
-//!   201, each body checked against `X-Payload-Signature` (each part
-//!   base64: `<public key>;<signature>`, the key being the onboarded
-//!   certificate's; ECDSA P-256 over SHA-256 of the body, DER or raw r||s);
+//!   201; every one of these requests, GETs included, must be signed with
+//!   either scheme Margo's texts name (`api-requirements-and-security.md`):
+//!   HTTP Message Signatures (RFC 9421 with RFC 9530 `Content-Digest`,
+//!   verified by [`msg_sig`], `keyid` = the clientId of the path) or
+//!   `X-Payload-Signature` (each part base64: `<public key>;<signature>`,
+//!   ECDSA P-256 over SHA-256 of the body, DER or raw r||s), both with the
+//!   onboarded certificate's key; a request that carries neither, or one
+//!   that does not verify, gets `401 {"error": "Invalid signature", ...}`
+//!   and counts in [`WfmState::bad_signatures`]; the onboarding request's
+//!   signatures, if any, are checked against the certificate it carries;
 //! - the rc.3 routes over mutual TLS (the client is whoever presented the
 //!   certificate it onboarded with): `GET /api/v1/deployments`, documents,
 //!   bundle, `POST /api/v1/deployments/{id}/status` and `PUT
@@ -26,7 +33,11 @@
 //! The bundle is a gzip tar whose root holds one YAML file per deployment,
 //! named `deployment-<n>.yaml`: the specification names no file names.
 //! Every request is recorded (method, path, headers, body, whether a client
-//! certificate came with it) for assertions.
+//! certificate came with it, which signature scheme verified) for
+//! assertions.
+
+pub mod msg_sig;
+pub mod structured_fields;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -61,6 +72,19 @@ pub struct Recorded {
     pub status: u16,
     /// Whether a client certificate came with the TLS handshake.
     pub client_cert: bool,
+    /// The signature scheme(s) that verified, if any did.
+    pub signed_with: Option<SignedWith>,
+}
+
+/// Which of Margo's request signature schemes a request carried, verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignedWith {
+    /// HTTP Message Signatures (RFC 9421) with `Content-Digest` (RFC 9530).
+    Rfc9421,
+    /// The older `X-Payload-Signature`.
+    XPayloadSignature,
+    /// Both, each verified (our agent's onboarding request).
+    Both,
 }
 
 /// An onboarded client.
@@ -84,8 +108,10 @@ pub struct WfmState {
     pub capabilities: Vec<Value>,
     /// Answer the next `n` capabilities requests with this status.
     pub refuse_capabilities: Option<(u16, usize)>,
-    /// Requests whose `X-Payload-Signature` did not verify.
+    /// Requests whose signature was missing or did not verify.
     pub bad_signatures: usize,
+    /// Why each of those was refused (`METHOD path: reason`).
+    pub signature_errors: Vec<String>,
     /// rc.3: status documents seen (for 201 created / 200 updated).
     seen_status: std::collections::BTreeSet<String>,
     seen_capabilities: std::collections::BTreeSet<String>,
@@ -271,6 +297,25 @@ struct Shared {
     ca_pem: String,
 }
 
+/// One request as the routes see it.
+struct Received<'a> {
+    method: &'a Method,
+    /// Without the base path.
+    path: &'a str,
+    headers: &'a BTreeMap<String, String>,
+    body: &'a [u8],
+    /// The client certificate of the TLS handshake, if any.
+    peer: Option<&'a [u8]>,
+    /// The parts RFC 9421's components are taken from.
+    message: msg_sig::Message<'a>,
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 fn respond(status: StatusCode, content_type: Option<&str>, body: Vec<u8>) -> Response<Full<Bytes>> {
     let mut builder = Response::builder().status(status);
     if let Some(ct) = content_type {
@@ -392,6 +437,7 @@ impl Shared {
     async fn handle(&self, req: Request<Incoming>, peer: Option<Vec<u8>>) -> Response<Full<Bytes>> {
         let method = req.method().clone();
         let full = req.uri().path().to_string();
+        let query = req.uri().query().map(str::to_string);
         let headers: BTreeMap<String, String> = req
             .headers()
             .iter()
@@ -402,15 +448,51 @@ impl Shared {
                 )
             })
             .collect();
+        // Every field line, repeated names included, for RFC 9421.
+        let fields: Vec<(String, String)> = req
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let authority = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| headers.get("host").cloned())
+            .unwrap_or_default();
         let body = match Limited::new(req.into_body(), 1 << 20).collect().await {
             Ok(b) => b.to_bytes().to_vec(),
             Err(_) => return problem(StatusCode::PAYLOAD_TOO_LARGE, "body too large"),
         };
         let path = full.strip_prefix(BASE_PATH).unwrap_or("").to_string();
-        let response = if full.starts_with(BASE_PATH) {
-            self.route(&method, &path, &headers, &body, peer.as_deref())
+        let rx = Received {
+            method: &method,
+            path: &path,
+            headers: &headers,
+            body: &body,
+            peer: peer.as_deref(),
+            message: msg_sig::Message {
+                method: method.as_str(),
+                scheme: "https",
+                authority: &authority,
+                path: &full,
+                query: query.as_deref(),
+                fields: &fields,
+                body: &body,
+            },
+        };
+        let (response, signed_with) = if full.starts_with(BASE_PATH) {
+            self.route(&rx)
         } else {
-            problem(StatusCode::NOT_FOUND, "not under the base path")
+            (
+                problem(StatusCode::NOT_FOUND, "not under the base path"),
+                None,
+            )
         };
         self.lock().requests.push(Recorded {
             method: method.to_string(),
@@ -419,32 +501,77 @@ impl Shared {
             body,
             status: response.status().as_u16(),
             client_cert: peer.is_some(),
+            signed_with,
         });
         response
     }
 
-    fn route(
-        &self,
-        method: &Method,
-        path: &str,
-        headers: &BTreeMap<String, String>,
-        body: &[u8],
-        peer: Option<&[u8]>,
-    ) -> Response<Full<Bytes>> {
-        let segments: Vec<&str> = path
+    /// Checks whichever signatures `rx` carries against the key of
+    /// `cert_der`: every one present must verify and one must be present.
+    /// `keyid`: the RFC 9421 key name to require (the clientId).
+    fn authenticate(
+        rx: &Received<'_>,
+        cert_der: &[u8],
+        keyid: Option<&str>,
+    ) -> Result<SignedWith, String> {
+        let has = |name: &str| rx.message.fields.iter().any(|(n, _)| n == name);
+        let rfc9421 = has("signature-input") || has("signature");
+        let payload = rx.headers.get("x-payload-signature");
+        if rfc9421 {
+            let key = msg_sig::ClientKey::from_certificate(cert_der).map_err(|e| e.to_string())?;
+            let policy = msg_sig::Policy {
+                now: unix_now(),
+                keyid: keyid.map(str::to_string),
+                margo: true,
+            };
+            msg_sig::verify(&rx.message, &key, &policy).map_err(|e| format!("RFC 9421: {e}"))?;
+        }
+        if let Some(header) = payload {
+            if !payload_signature_ok(Some(header), rx.body, cert_der) {
+                return Err("X-Payload-Signature does not verify".into());
+            }
+        }
+        match (rfc9421, payload.is_some()) {
+            (true, true) => Ok(SignedWith::Both),
+            (true, false) => Ok(SignedWith::Rfc9421),
+            (false, true) => Ok(SignedWith::XPayloadSignature),
+            (false, false) => {
+                Err("unsigned: neither Signature-Input/Signature nor X-Payload-Signature".into())
+            }
+        }
+    }
+
+    /// Counts a refused signature and answers as the Margo page says.
+    fn deny(s: &mut WfmState, rx: &Received<'_>, why: &str) -> Response<Full<Bytes>> {
+        s.bad_signatures += 1;
+        s.signature_errors
+            .push(format!("{} {}: {why}", rx.method, rx.path));
+        respond(
+            StatusCode::UNAUTHORIZED,
+            Some("application/json"),
+            json!({"error": "Invalid signature", "message": why})
+                .to_string()
+                .into_bytes(),
+        )
+    }
+
+    fn route(&self, rx: &Received<'_>) -> (Response<Full<Bytes>>, Option<SignedWith>) {
+        let segments: Vec<&str> = rx
+            .path
             .strip_prefix("/api/v1/")
             .map(|p| p.split('/').collect())
             .unwrap_or_default();
-        match (method, segments.as_slice()) {
+        match (rx.method, segments.as_slice()) {
             (&Method::GET, ["onboarding", "certificate"]) => {
                 let body = json!({"certificate": b64().encode(self.ca_pem.as_bytes())});
-                respond(
+                let r = respond(
                     StatusCode::OK,
                     Some("application/json"),
                     body.to_string().into_bytes(),
-                )
+                );
+                (r, None)
             }
-            (&Method::POST, ["onboarding"]) => self.onboard(body),
+            (&Method::POST, ["onboarding"]) => self.onboard(rx),
             (_, ["clients", client, rest @ ..]) => {
                 let Some(known) = self
                     .lock()
@@ -453,21 +580,16 @@ impl Shared {
                     .find(|c| c.id == *client)
                     .cloned()
                 else {
-                    return problem(StatusCode::NOT_FOUND, "unknown client");
+                    return (problem(StatusCode::NOT_FOUND, "unknown client"), None);
                 };
-                let signed = || {
-                    payload_signature_ok(
-                        headers.get("x-payload-signature").map(String::as_str),
-                        body,
-                        &known.cert_der,
-                    )
-                };
+                let verdict = Self::authenticate(rx, &known.cert_der, Some(client));
                 let url_base = format!("/api/v1/clients/{client}");
-                self.desired(method, rest, headers, body, &url_base, false, signed)
+                let r = self.desired(rx, rest, &url_base, false, Some(&verdict));
+                (r, verdict.ok())
             }
             (_, rest) => {
                 // rc.3: the client is the one whose certificate came with the handshake.
-                let known = peer.and_then(|der| {
+                let known = rx.peer.and_then(|der| {
                     self.lock()
                         .clients
                         .iter()
@@ -475,22 +597,24 @@ impl Shared {
                         .cloned()
                 });
                 if known.is_none() {
-                    return problem(StatusCode::UNAUTHORIZED, "no known client certificate");
+                    let r = problem(StatusCode::UNAUTHORIZED, "no known client certificate");
+                    return (r, None);
                 }
-                self.desired(method, rest, headers, body, "/api/v1", true, || true)
+                (self.desired(rx, rest, "/api/v1", true, None), None)
             }
         }
     }
 
-    fn onboard(&self, body: &[u8]) -> Response<Full<Bytes>> {
+    fn onboard(&self, rx: &Received<'_>) -> (Response<Full<Bytes>>, Option<SignedWith>) {
         let invalid = || {
-            respond(
+            let r = respond(
                 StatusCode::BAD_REQUEST,
                 Some("application/json"),
                 br#"{"error": "Invalid certificate"}"#.to_vec(),
-            )
+            );
+            (r, None)
         };
-        let Ok(request) = serde_json::from_slice::<Value>(body) else {
+        let Ok(request) = serde_json::from_slice::<Value>(rx.body) else {
             return invalid();
         };
         if request["kind"] != "OnboardingRequest" || !request["apiVersion"].is_string() {
@@ -517,37 +641,54 @@ impl Shared {
         } else {
             decoded
         };
-        if cert_point(&der).is_none() {
+        if msg_sig::ClientKey::from_certificate(&der).is_err() {
             return invalid();
         }
+        // Signed by the key being onboarded, if signed at all (no client
+        // id exists yet to name the key, so `keyid` is not checked).
+        let signed_with = match Self::authenticate(rx, &der, None) {
+            Ok(scheme) => Some(scheme),
+            Err(why) if why.starts_with("unsigned") => None,
+            Err(why) => return (Self::deny(&mut self.lock(), rx, &why), None),
+        };
         let id = uuid_v4();
         self.lock().clients.push(Client {
             id: id.clone(),
             cert_der: der,
         });
-        respond(
+        let r = respond(
             StatusCode::CREATED,
             Some("application/json"),
             json!({"clientId": id}).to_string().into_bytes(),
-        )
+        );
+        (r, signed_with)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// The desired-state, status and capabilities routes. `auth`: the
+    /// signature verdict on the `{clientId}` routes (`None` on the rc.3
+    /// routes, where mutual TLS identified the client), enforced after
+    /// content negotiation as the status codes imply.
     fn desired(
         &self,
-        method: &Method,
+        rx: &Received<'_>,
         rest: &[&str],
-        headers: &BTreeMap<String, String>,
-        body: &[u8],
         url_base: &str,
         rc3: bool,
-        signed: impl Fn() -> bool,
+        auth: Option<&Result<SignedWith, String>>,
     ) -> Response<Full<Bytes>> {
         let mut s = self.lock();
-        match (method, rest) {
+        let refused = match auth {
+            Some(Err(why)) => Some(why.as_str()),
+            _ => None,
+        };
+        let headers = rx.headers;
+        match (rx.method, rest) {
             (&Method::GET, ["deployments"]) => {
                 if !accepts(headers.get("accept").map(String::as_str), MANIFEST_TYPE) {
                     return problem(StatusCode::NOT_ACCEPTABLE, "manifest media type only");
+                }
+                if let Some(why) = refused {
+                    return Self::deny(&mut s, rx, why);
                 }
                 let deployments: Vec<Value> = s
                     .deployments
@@ -584,6 +725,9 @@ impl Shared {
                 r
             }
             (&Method::GET, ["deployments", id, d]) => {
+                if let Some(why) = refused {
+                    return Self::deny(&mut s, rx, why);
+                }
                 match s
                     .deployments
                     .iter()
@@ -600,6 +744,9 @@ impl Shared {
                 }
             }
             (&Method::GET, ["bundles", d]) => {
+                if let Some(why) = refused {
+                    return Self::deny(&mut s, rx, why);
+                }
                 let b = bundle(&s.deployments);
                 if s.deployments.is_empty() || digest(&b) != *d {
                     return problem(StatusCode::NOT_FOUND, "no such bundle");
@@ -611,11 +758,10 @@ impl Shared {
                 r
             }
             (&Method::POST, ["deployments", id, "status"]) => {
-                if !signed() {
-                    s.bad_signatures += 1;
-                    return problem(StatusCode::UNAUTHORIZED, "bad X-Payload-Signature");
+                if let Some(why) = refused {
+                    return Self::deny(&mut s, rx, why);
                 }
-                let Ok(value) = serde_json::from_slice::<Value>(body) else {
+                let Ok(value) = serde_json::from_slice::<Value>(rx.body) else {
                     return problem(StatusCode::BAD_REQUEST, "not JSON");
                 };
                 s.statuses.push((id.to_string(), value));
@@ -634,11 +780,10 @@ impl Shared {
                         return problem(code, "refused by the test");
                     }
                 }
-                if !signed() {
-                    s.bad_signatures += 1;
-                    return problem(StatusCode::UNAUTHORIZED, "bad X-Payload-Signature");
+                if let Some(why) = refused {
+                    return Self::deny(&mut s, rx, why);
                 }
-                let Ok(value) = serde_json::from_slice::<Value>(body) else {
+                let Ok(value) = serde_json::from_slice::<Value>(rx.body) else {
                     return problem(StatusCode::BAD_REQUEST, "not JSON");
                 };
                 let key = rest.get(1).copied().unwrap_or("").to_string();

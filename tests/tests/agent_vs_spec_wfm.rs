@@ -3,7 +3,9 @@
 //! no code with our manager), served under a base path (`/v1alpha2/margo`):
 //! plain onboarding (`201 {"clientId": "<uuid>"}` without our extensions),
 //! capabilities, manifest polls, bundle and single documents, statuses; in
-//! `1.0.0-rc.2` mode (clientId paths, `X-Payload-Signature`) and in
+//! `1.0.0-rc.2` mode (clientId paths), signing every request with the
+//! default RFC 9421 HTTP Message Signatures (checked by the spec WFM's own
+//! verifier, `spec_wfm::msg_sig`) or with `X-Payload-Signature`, and in
 //! `1.0.0-rc.3` mode (mutual TLS with the onboarded certificate, client-less
 //! paths). Also: a deployment with an unknown `apiVersion` fails alone and
 //! is not downloaded again; a capabilities report refused with 401 is kept
@@ -15,7 +17,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use margo_tests::eventually;
 use margo_tests::fleet::{onboarding_toml, AgentProc};
-use margo_tests::spec_wfm::{digest, Recorded, SpecWfm};
+use margo_tests::spec_wfm::{digest, Recorded, SignedWith, SpecWfm};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -34,14 +36,27 @@ fn yaml(id: &str, revision: &str) -> Vec<u8> {
 const A: &str = "a3e2f5dc-912e-494f-8395-52cf3769bc06";
 const B: &str = "b3e2f5dc-912e-494f-8395-52cf3769bc07";
 
-fn start_agent(dir: &Path, wfm: &SpecWfm, name: &str, api: &str) -> Result<AgentProc> {
+/// `http.signature`: the agent's configuration value, or `None` for the
+/// default (RFC 9421).
+fn start_agent_signing(
+    dir: &Path,
+    wfm: &SpecWfm,
+    name: &str,
+    api: &str,
+    signature: Option<&str>,
+) -> Result<AgentProc> {
+    let signature = signature
+        .map(|s| format!("signature = {s:?}\n"))
+        .unwrap_or_default();
     let extra = format!(
-        // The spec WFM verifies X-Payload-Signature only (it has no RFC 9421
-        // verifier of its own); the agent's default is RFC 9421.
-        "transport = \"http\"\n[http]\napi = \"{api}\"\npoll_rate = \"1s\"\nsignature = \"x-payload-signature\"\n{}",
+        "transport = \"http\"\n[http]\napi = \"{api}\"\npoll_rate = \"1s\"\n{signature}{}",
         onboarding_toml(&wfm.url(), &wfm.ca_fingerprint(), Some(name), None)
     );
     AgentProc::start_onboarding(dir, name, &extra)
+}
+
+fn start_agent(dir: &Path, wfm: &SpecWfm, name: &str, api: &str) -> Result<AgentProc> {
+    start_agent_signing(dir, wfm, name, api, Some("x-payload-signature"))
 }
 
 fn count(wfm: &SpecWfm, pred: impl Fn(&Recorded) -> bool) -> usize {
@@ -63,13 +78,24 @@ async fn wait_status(wfm: &SpecWfm, id: &str, state: &str) -> Result<serde_json:
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rc2_mode_onboards_plainly_under_a_base_path_and_signs_every_report() -> Result<()> {
+/// Our agent in rc.2 mode (clientId paths) against the spec WFM, signing
+/// with `signature` (`None`: the default): onboards with a plain `201`,
+/// reports capabilities, polls (`304` included), takes the bundle and then
+/// a single document, reports status; every request after onboarding
+/// carries `header` and verified as `scheme` (the onboarding request is
+/// signed with both schemes by design, each verified against the
+/// certificate it carries).
+async fn rc2_run(
+    name: &str,
+    signature: Option<&str>,
+    header: &str,
+    scheme: SignedWith,
+) -> Result<()> {
     margo_tests::init_tracing();
     let dir = tempfile::tempdir()?;
     let wfm = SpecWfm::start().await?;
     wfm.publish(vec![(A.into(), yaml(A, "one")), (B.into(), yaml(B, "two"))]);
-    let mut agent = start_agent(dir.path(), &wfm, "spec-rc2", "1.0.0-rc.2")?;
+    let mut agent = start_agent_signing(dir.path(), &wfm, name, "1.0.0-rc.2", signature)?;
     let client = agent.wait_ready(WAIT)?;
     // The id the WFM assigned (a UUID), not one of ours.
     let assigned = wfm.state().clients.first().context("onboarded")?.id.clone();
@@ -96,7 +122,7 @@ async fn rc2_mode_onboards_plainly_under_a_base_path_and_signs_every_report() ->
             "POST /api/v1/onboarding".to_string(),
             format!("GET {base}/deployments"),
             format!("POST {base}/deployments/{A}/status"),
-            format!("PUT {base}/capabilities/spec-rc2"),
+            format!("PUT {base}/capabilities/{name}"),
         ] {
             assert!(paths.contains(&wanted), "{wanted} not in {paths:#?}");
         }
@@ -106,19 +132,12 @@ async fn rc2_mode_onboards_plainly_under_a_base_path_and_signs_every_report() ->
                 .any(|p| p.starts_with(&format!("GET {base}/bundles/sha256:"))),
             "the first sync takes the bundle: {paths:#?}"
         );
-        assert_eq!(s.bad_signatures, 0);
-        for r in s.requests.iter().filter(|r| r.method != "GET") {
-            if r.path.starts_with(&base) {
-                assert!(r.headers.contains_key("x-payload-signature"), "{r:?}");
-                assert!(
-                    r.status < 300,
-                    "{} {} answered {}",
-                    r.method,
-                    r.path,
-                    r.status
-                );
-            }
-        }
+        let onboarding = s
+            .requests
+            .iter()
+            .find(|r| r.path == "/api/v1/onboarding")
+            .context("onboarding request")?;
+        assert_eq!(onboarding.signed_with, Some(SignedWith::Both));
     }
 
     // One of two changed: single documents (bundle_over_percent = 50).
@@ -148,7 +167,59 @@ async fn rc2_mode_onboards_plainly_under_a_base_path_and_signs_every_report() ->
     })
     .await?;
     agent.stop();
+
+    // Every request on the client's paths, reads included, was signed with
+    // the configured scheme and verified; nothing was refused.
+    let s = wfm.state();
+    assert_eq!(s.bad_signatures, 0, "{:#?}", s.signature_errors);
+    let signed: Vec<&Recorded> = s
+        .requests
+        .iter()
+        .filter(|r| r.path.starts_with(&base))
+        .collect();
+    for method in ["GET", "POST", "PUT"] {
+        assert!(signed.iter().any(|r| r.method == method), "a {method}");
+    }
+    for r in signed {
+        assert!(r.headers.contains_key(header), "{header} on {r:?}");
+        assert_eq!(r.signed_with, Some(scheme), "{} {}", r.method, r.path);
+        // Reads may answer 304; writes 200/201.
+        let ceiling = if r.method == "GET" { 400 } else { 300 };
+        assert!(
+            r.status < ceiling,
+            "{} {} answered {}",
+            r.method,
+            r.path,
+            r.status
+        );
+    }
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rc2_mode_onboards_plainly_under_a_base_path_and_signs_every_report() -> Result<()> {
+    rc2_run(
+        "spec-rc2",
+        Some("x-payload-signature"),
+        "x-payload-signature",
+        SignedWith::XPayloadSignature,
+    )
+    .await
+}
+
+/// The same run with the agent's default `http.signature = "rfc9421"`:
+/// every request carries `Signature-Input`/`Signature` (and
+/// `Content-Digest` with a body), verified by the spec WFM's verifier
+/// written from RFC 9421/9530 alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rc2_mode_signs_every_request_with_http_message_signatures_by_default() -> Result<()> {
+    rc2_run(
+        "spec-rc2-9421",
+        None,
+        "signature-input",
+        SignedWith::Rfc9421,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
