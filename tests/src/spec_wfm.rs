@@ -18,8 +18,8 @@
 //!   either scheme Margo's texts name (`api-requirements-and-security.md`):
 //!   HTTP Message Signatures (RFC 9421 with RFC 9530 `Content-Digest`,
 //!   verified by [`msg_sig`], `keyid` = the clientId of the path) or
-//!   `X-Payload-Signature` (each part base64: `<public key>;<signature>`,
-//!   ECDSA P-256 over SHA-256 of the body, DER or raw r||s), both with the
+//!   `X-Payload-Signature` ([`payload_sig`]: each part base64, `<public
+//!   key>;<signature>`, ECDSA P-256 over SHA-256 of the body), both with the
 //!   onboarded certificate's key; a request that carries neither, or one
 //!   that does not verify, gets `401 {"error": "Invalid signature", ...}`
 //!   and counts in [`WfmState::bad_signatures`]; the onboarding request's
@@ -37,6 +37,7 @@
 //! assertions.
 
 pub mod msg_sig;
+pub mod payload_sig;
 pub mod structured_fields;
 
 use std::collections::BTreeMap;
@@ -49,7 +50,6 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_FIXED};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
@@ -335,49 +335,6 @@ fn problem(status: StatusCode, detail: &str) -> Response<Full<Bytes>> {
     )
 }
 
-/// The P-256 public key point of a certificate (via rustls' webpki parse).
-fn cert_point(der: &[u8]) -> Option<Vec<u8>> {
-    // The SubjectPublicKeyInfo of P-256 ends with the 65-byte uncompressed point.
-    let marker = [0x03u8, 0x42, 0x00, 0x04];
-    let at = der.windows(4).position(|w| w == marker)?;
-    der.get(at + 3..at + 3 + 65).map(<[u8]>::to_vec)
-}
-
-/// Verifies `X-Payload-Signature: base64(<public key>);base64(<signature>)`
-/// over `body` against the onboarded certificate's key.
-fn payload_signature_ok(header: Option<&str>, body: &[u8], cert_der: &[u8]) -> bool {
-    let Some((key_b64, sig_b64)) = header.and_then(|h| h.trim().split_once(';')) else {
-        return false;
-    };
-    let (Ok(key), Ok(sig)) = (
-        b64().decode(key_b64.trim().as_bytes()),
-        b64().decode(sig_b64.trim().as_bytes()),
-    ) else {
-        return false;
-    };
-    let Some(expected) = cert_point(cert_der) else {
-        return false;
-    };
-    // The key as an SPKI or as the bare point; it must be the onboarded one.
-    let point = if key.len() == 65 {
-        key
-    } else {
-        match cert_point(&key) {
-            Some(p) => p,
-            None => return false,
-        }
-    };
-    if point != expected {
-        return false;
-    }
-    UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, &point)
-        .verify(body, &sig)
-        .is_ok()
-        || UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &point)
-            .verify(body, &sig)
-            .is_ok()
-}
-
 fn accepts(accept: Option<&str>, media: &str) -> bool {
     let Some(accept) = accept else {
         return true;
@@ -527,7 +484,7 @@ impl Shared {
             msg_sig::verify(&rx.message, &key, &policy).map_err(|e| format!("RFC 9421: {e}"))?;
         }
         if let Some(header) = payload {
-            if !payload_signature_ok(Some(header), rx.body, cert_der) {
+            if !payload_sig::verify(header, rx.body, cert_der) {
                 return Err("X-Payload-Signature does not verify".into());
             }
         }

@@ -547,3 +547,96 @@ fn p384_and_ed25519_device_keys_verify_too() {
         );
     }
 }
+
+/// A 2048-bit RSA test key (PKCS#1 RSAPrivateKey DER) and its
+/// SubjectPublicKeyInfo, made with `openssl genpkey -algorithm RSA` for
+/// this test only (ring cannot generate RSA keys).
+const RSA_PRIVATE_KEY: &str = "
+    MIIEpQIBAAKCAQEA0SxgLbJ3VXFBr8H6Jf/6E68Xes33LMq8JFz5veQl2+Y6hxqRO4Ru+D+ngUBT
+    MJuT2jNMgPEQtNBbe5z8aIJlMlnE6JBJLz6CqqC0Bxn5Nrl5OuVCSbzqYEM1YCwgom0sMDr9zS8u
+    IBPCnGHK7ehwji2e+w3y0jKB+F1AzFtBCmklRmUjuxMC7V2z6lvAfjzcM4CWpMTQZLsXsRJnnsd3
+    f05zSF38J96e62/Lo909Jx57kOzFEC5IPNohsNGrKRT0ryHo0/YAnjjP7fYZE0uZyoQx+chBdvg0
+    bakykICg9cb9pOG3KDoJ3A9HOkum4roL9AuO+O1RhQT+LshZyKg16QIDAQABAoIBAAoPf46E4wiv
+    H7nICMHqd1rTPBFQWZ1urtRXkyBeNrDUlPWfOyqP//iVzy+q1OrQJFvMcIHg66zk5XwxVYr/DTgW
+    aXTi+Qd6ITWlt/hIzaL4vPlnbMeNmHC0nJsnq0t9ikzhx7KYKuM29zPSGL0dReZkSVY7b6BK9rdZ
+    tcIJIucmMljoTPz7+E/v75tzhzyDxNorQbgxrY7wfLPr5b7ic74M5XzcOOTgc5nL31Dt8DQUCefs
+    ODdW9j7mIfcMjdg22eDquFMkJdxTTbDMPkC/Urm9sWteQEe2S/nLpYR1fATuEOVagT4By947/5WP
+    iQfd+C2azo6mRJwzvZnm8bj01PUCgYEA7J+g4JHwJrO6s8seCKO6yA9a07H1Lv5MYoybwYHptnrU
+    Nn2yaLcmzxt3Mtbr6+G8z6rWrrQCuOhvvLhRjfHzuQ9gxkifK8Qzt9DgF5VEnmvBJwH/YDYg7Z3w
+    oWd1dYU04pBS+m13e0C7I2Vx0hgtHcPPvhzQaI3B9tzLJXm9pmcCgYEA4k1ODFptpQPlpvPAtTle
+    Bnvny1Aq35/I7k2OCfQGoGjH4X09yJw9TNY/2YlL7x3Ia1XtgSPUCxhkzTWfXRZoG75HZoYaXvXq
+    58qO9WIIim4vlnbE6S3l4Cga4Bx20D8MqjqfwxqePKF+bD09NXohEpuFOv+VCJoIva2JqADQby8C
+    gYEAkd2Vftp4AGOrJEqCKTFFYy6T/wwk6OM6k0W6fn9nY2Y0i6LQ6Fx/QAzeXii/JpnxmtLlpKyz
+    QOmId/3nyGjupZYlQhZiiMhaWWYZvm/17PLgDvvcQaMciV5jiBwO/HMxNrlhbZ8tmH0+34MZtznQ
+    FhkvZzK8BrfcaiGR2XhCwOECgYEA3kd4RgH8eH0fcaEyw86ZYF0MDFOuCQD1Z7ydq4EZkS3aRs2x
+    hf6Q54v6Iz4Ma84hMeyw4IvElzFasYXeBp0fnUCE+Vr3RBbgqNP5H2UvZmlcLLp0J2WByW8bFs5e
+    laWYVwxGKGlYy80EVGTCXmibW5+OeajZRh2mQEjYUUCbetkCgYEAmCAe/vFwFpPL0dus52r5OA6w
+    8wLXQnMs1p9gHJ95wZys21bBhZQwtWB/Tle9VMDIorx5pToVzUosVZhS9YbJDrx20lrssV3nUpda
+    qhzFVzdrSgLqS/+kSXGJijZV5e9QEX2CxNTSSEKO9sUjKfEOZhBo7gf6fjgbmLlQJ9HBxC8=
+";
+const RSA_SPKI: &str = "
+    MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA0SxgLbJ3VXFBr8H6Jf/6E68Xes33LMq8
+    JFz5veQl2+Y6hxqRO4Ru+D+ngUBTMJuT2jNMgPEQtNBbe5z8aIJlMlnE6JBJLz6CqqC0Bxn5Nrl5
+    OuVCSbzqYEM1YCwgom0sMDr9zS8uIBPCnGHK7ehwji2e+w3y0jKB+F1AzFtBCmklRmUjuxMC7V2z
+    6lvAfjzcM4CWpMTQZLsXsRJnnsd3f05zSF38J96e62/Lo909Jx57kOzFEC5IPNohsNGrKRT0ryHo
+    0/YAnjjP7fYZE0uZyoQx+chBdvg0bakykICg9cb9pOG3KDoJ3A9HOkum4roL9AuO+O1RhQT+LshZ
+    yKg16QIDAQAB
+";
+
+fn unwrap_b64(text: &str) -> Vec<u8> {
+    let joined: String = text.split_whitespace().collect();
+    data_encoding::BASE64
+        .decode(joined.as_bytes())
+        .expect("test key")
+}
+
+#[test]
+fn rsa_device_keys_verify_with_each_rsa_algorithm() {
+    let rng = SystemRandom::new();
+    let pair = sig::RsaKeyPair::from_der(&unwrap_b64(RSA_PRIVATE_KEY)).expect("RSA key");
+    let key = ClientKey::from_spki(&unwrap_b64(RSA_SPKI)).expect("RSA SPKI");
+    assert_eq!(key, ClientKey::Rsa(pair.public_key().as_ref().to_vec()));
+    let path = status_path();
+    let digest = format!(
+        "sha-256=:{}:",
+        b64(ring::digest::digest(&ring::digest::SHA256, BODY).as_ref())
+    );
+    let encodings: [(Option<&str>, &'static dyn sig::RsaEncoding, &str); 4] = [
+        (None, &sig::RSA_PKCS1_SHA256, "rsa-v1_5-sha256"),
+        (
+            Some("rsa-v1_5-sha256"),
+            &sig::RSA_PKCS1_SHA256,
+            "rsa-v1_5-sha256",
+        ),
+        (
+            Some("rsa-pss-sha512"),
+            &sig::RSA_PSS_SHA512,
+            "rsa-pss-sha512",
+        ),
+        (
+            Some("rsa-pss-sha256"),
+            &sig::RSA_PSS_SHA256,
+            "rsa-pss-sha256",
+        ),
+    ];
+    for (alg, encoding, name) in encodings {
+        let mut f = fields(&[("host", AUTHORITY), ("content-digest", &digest)]);
+        let mut params = vec![
+            ("created".to_string(), BareItem::Integer(NOW)),
+            ("keyid".to_string(), BareItem::String(CLIENT.into())),
+        ];
+        if let Some(alg) = alg {
+            params.push(("alg".to_string(), BareItem::String(alg.into())));
+        }
+        let (items, input) = signature_input_value(MARGO, &params);
+        let base =
+            signature_base(&message("POST", &path, &f, BODY), &items, &params).expect("base");
+        let mut signature = vec![0u8; pair.public().modulus_len()];
+        pair.sign(encoding, &rng, base.as_bytes(), &mut signature)
+            .expect("sign");
+        f.push(("signature-input".into(), format!("sig1={input}")));
+        f.push(("signature".into(), format!("sig1=:{}:", b64(&signature))));
+        let verified = verify(&message("POST", &path, &f, BODY), &key, &policy()).expect(name);
+        assert_eq!(verified.alg, name);
+    }
+}
