@@ -1,6 +1,6 @@
 //! Margo conformance: the manager's HTTP API against a client written from
 //! the Margo specification only (`margo_tests::spec_client`), for each
-//! published revision we claim (readings R1-R9 in `docs/http-api.md`):
+//! published revision we claim (readings R1-R10 in `docs/http-api.md`):
 //!
 //! - `workload-management-api-1.0.0.yaml` and `-1.0.0-rc.2.yaml`: the
 //!   "clientId routes" `/api/v1/clients/{clientId}/...`, signed with RFC
