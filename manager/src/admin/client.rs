@@ -14,9 +14,10 @@ use tokio::net::UnixStream;
 use super::wire::{
     AddClientRequest, AddClientsRequest, ApproveRequest, ApproveResponse, AuditReport, CaInfo,
     ClientDetails, ClientSummary, CreateTokenRequest, DeployManyRequest, DeployResponse, Health,
-    Problem, ProvisionedBulk, ProvisionedBundle, RevokeResponse, ScheduleView,
+    ProvisionedBulk, ProvisionedBundle, RevokeResponse, ScheduleView,
 };
 use crate::onboarding::{CreatedToken, RequestView, TokenView};
+use crate::problem::Problem;
 use crate::store::{ClientStatus, UplinkSummary};
 
 /// Why an admin call failed.

@@ -3,18 +3,23 @@
 //!
 //! redb allows one process per file, so every operator action goes through
 //! the running manager. Errors are problem bodies (`application/problem+json`)
-//! with a `detail` that says what was wrong.
+//! with a `detail` that says what was wrong ([`crate::problem`]).
+//!
+//! - `wire`: the request and response bodies (re-exported here).
+//! - `server`: the socket, the router and its handlers.
+//! - `client`: [`AdminClient`], one connection per call.
 
 mod client;
 mod server;
 mod wire;
+
+pub use crate::problem::Problem;
 
 pub use client::{AdminClient, AdminError};
 pub use server::{bind_socket, router, AdminServeError, AdminState, ApiError};
 pub use wire::{
     parse_documents, AddClientRequest, AddClientsRequest, ApproveRequest, ApproveResponse,
     AuditReport, CaInfo, ClientDetails, ClientSummary, CreateTokenRequest, DeployManyRequest,
-    DeployResponse, Health, IngestStatsSnapshotWire, LinkStatsSnapshotWire, Problem,
-    ProvisionedBulk, ProvisionedBundle, ProvisionedDevicePem, RevokeResponse, ScheduleView,
-    MAX_BULK_CLIENTS,
+    DeployResponse, Health, IngestStatsSnapshotWire, LinkStatsSnapshotWire, ProvisionedBulk,
+    ProvisionedBundle, ProvisionedDevicePem, RevokeResponse, ScheduleView, MAX_BULK_CLIENTS,
 };

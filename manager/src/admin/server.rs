@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path as UrlPath, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -21,14 +21,15 @@ use tracing::{info, instrument, warn};
 use super::wire::{
     parse_documents, AddClientRequest, AddClientsRequest, ApproveRequest, ApproveResponse,
     AuditReport, CaInfo, ClientDetails, ClientSummary, CreateTokenRequest, DeployManyRequest,
-    DeployResponse, Health, Problem, ProvisionedBulk, ProvisionedBundle, ProvisionedDevicePem,
+    DeployResponse, Health, ProvisionedBulk, ProvisionedBundle, ProvisionedDevicePem,
     RevokeResponse, ScheduleView, MAX_BULK_CLIENTS,
 };
 use crate::ca::{CaError, FleetPki};
-use crate::http::{HttpStats, OnboardingStats};
+use crate::http_stats::{HttpStats, OnboardingStats};
 use crate::ingest::{IngestStats, IngestStatsSnapshot, KeyCache};
 use crate::mqtt_link::{LinkStats, LinkStatsSnapshot};
 use crate::onboarding::{CreatedToken, OnboardingError, RequestView, TokenView};
+use crate::problem::{self, Problem};
 use crate::publisher::Downlink;
 use crate::store::{now_ms, ClientStatus, Store, StoreError, UplinkSummary};
 
@@ -189,23 +190,7 @@ impl From<JsonRejection> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let problem = Problem {
-            kind: "about:blank".into(),
-            title: self
-                .status
-                .canonical_reason()
-                .unwrap_or("Error")
-                .to_string(),
-            status: self.status.as_u16(),
-            detail: self.detail,
-        };
-        let body = serde_json::to_vec(&problem).unwrap_or_default();
-        (
-            self.status,
-            [(header::CONTENT_TYPE, "application/problem+json")],
-            body,
-        )
-            .into_response()
+        problem::response(self.status, &Problem::blank(self.status, self.detail))
     }
 }
 

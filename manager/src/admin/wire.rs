@@ -313,22 +313,6 @@ pub struct AuditReport {
     pub counts: BTreeMap<String, u64>,
 }
 
-/// A problem body (RFC 9457).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Problem {
-    /// Always `about:blank`.
-    #[serde(rename = "type", default)]
-    pub kind: String,
-    /// Short summary (the HTTP reason).
-    #[serde(default)]
-    pub title: String,
-    /// HTTP status.
-    #[serde(default)]
-    pub status: u16,
-    /// What was wrong.
-    pub detail: String,
-}
-
 /// Parses deployment documents; the error names the document (0-based index) and the field.
 pub fn parse_documents(docs: Vec<String>) -> Result<Vec<ApplicationDeployment>, String> {
     let mut parsed: Vec<ApplicationDeployment> = Vec::with_capacity(docs.len());
