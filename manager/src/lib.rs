@@ -13,6 +13,8 @@
 //! - [`onboarding`]: onboarding requests, approval and enrollment tokens.
 //! - [`problem`]: RFC 9457 problem bodies, the error shape of the admin API
 //!   and the Margo HTTP API.
+//! - [`operations`]: operator side effects written once (approval, revocation)
+//!   for the admin API and the HTTPS onboarding.
 //! - [`capabilities`]: acceptance of capabilities reports (MQTT and HTTP).
 //! - [`manager`]: wiring; [`Manager::start`] in-process, [`run`] for the binary.
 //! - [`availability`]: what a client's silence means (online, planned
@@ -38,6 +40,7 @@ pub mod ingest;
 pub mod manager;
 pub mod mqtt_link;
 pub mod onboarding;
+pub mod operations;
 pub mod problem;
 pub mod publisher;
 pub mod state_manifest;

@@ -16,7 +16,7 @@ use margo_schemas::schedule::{Schedule, ValidSchedule};
 use serde::{Deserialize, Serialize};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
-use tracing::{info, instrument, warn};
+use tracing::{info, instrument};
 
 use super::wire::{
     parse_documents, AddClientRequest, AddClientsRequest, ApproveRequest, ApproveResponse,
@@ -29,6 +29,7 @@ use crate::http_stats::{HttpStats, OnboardingStats};
 use crate::ingest::{IngestStats, IngestStatsSnapshot, KeyCache};
 use crate::mqtt_link::{LinkStats, LinkStatsSnapshot};
 use crate::onboarding::{CreatedToken, OnboardingError, RequestView, TokenView};
+use crate::operations::{self, Revoked};
 use crate::problem::{self, Problem};
 use crate::publisher::Downlink;
 use crate::store::{now_ms, ClientStatus, Store, StoreError, UplinkSummary};
@@ -384,17 +385,18 @@ async fn revoke_client(
     UrlPath(client): UrlPath<String>,
 ) -> ApiResult<Json<RevokeResponse>> {
     let id = resolve(&state, client).await?;
-    let c = id.clone();
-    let (already_revoked, record) = state
-        .store
-        .run(move |s| {
-            let before = s.client(&c)?.is_some_and(|r| r.revoked);
-            Ok((before, s.set_revoked(&c, true)?))
-        })
-        .await?;
-    state.keys.forget(&id);
-    let connections_closed = state.revocations.as_ref().map(|r| r.revoke(&id));
-    state.downlink.revoked(&id);
+    let Revoked {
+        record,
+        already_revoked,
+        connections_closed,
+    } = operations::revoke(
+        &state.store,
+        &state.keys,
+        state.revocations.as_ref(),
+        &state.downlink,
+        &id,
+    )
+    .await?;
     info!(client_id = %id, already_revoked, ?connections_closed, "revoked a client");
     Ok(Json(RevokeResponse {
         client_id: id,
@@ -469,7 +471,6 @@ async fn approve_request(
             )
         })
         .await??;
-    state.downlink.republish(&approved.client_id);
     info!(
         request_id = %view.request_id,
         client_id = %approved.client_id,
@@ -477,15 +478,7 @@ async fn approve_request(
         decided_by = %approved.decided_by,
         "onboarding request approved"
     );
-    let http_only = margo_schemas::pki::cert_info(&approved.client.cert_der)
-        .map(|info| info.p256_public_key.is_none())
-        .unwrap_or(false);
-    if http_only {
-        warn!(
-            client_id = %approved.client_id,
-            "this client's key is not ECDSA P-256: it can use the HTTP API only (MQTT needs P-256 for COSE ES256)"
-        );
-    }
+    let http_only = operations::approval_committed(&state.downlink, &approved);
     Ok(Json(ApproveResponse {
         request: view,
         client_id: approved.client_id,

@@ -40,6 +40,7 @@ pub use crate::http_stats::{OnboardingStats, OnboardingStatsSnapshot};
 use crate::onboarding::{
     Approved, Claims, Lookup, OnboardingError, Submission, Submitted, TokenProblem,
 };
+use crate::operations;
 
 /// Largest onboarding request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -387,13 +388,13 @@ async fn decide(
             };
             counter.fetch_add(1, Ordering::Relaxed);
             if approved.now {
-                state.downlink.republish(&approved.client_id);
                 info!(
                     %peer,
                     request_id,
                     client_id = %approved.client_id,
                     name = %approved.client.name,
                     decided_by = %approved.decided_by,
+                    key = %key.describe(),
                     "device onboarded"
                 );
                 if approved.decided_by == "auto" {
@@ -403,13 +404,7 @@ async fn decide(
                         "AUTO-APPROVED without an operator ([onboarding] approval = \"auto\")"
                     );
                 }
-                if !key.mqtt_capable() {
-                    warn!(
-                        client_id = %approved.client_id,
-                        key = %key.describe(),
-                        "this client's key is not ECDSA P-256: it can use the HTTP API only (MQTT needs P-256 for COSE ES256)"
-                    );
-                }
+                operations::approval_committed(&state.downlink, &approved);
             }
             if wants_extensions {
                 approved_response(state, &approved, StatusCode::CREATED)
