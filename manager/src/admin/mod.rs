@@ -6,17 +6,20 @@
 //! with a `detail` that says what was wrong ([`crate::problem`]).
 //!
 //! - `wire`: the request and response bodies (re-exported here).
-//! - `server`: the socket, the router and its handlers.
+//! - `server`: the socket, the router and its handlers; `error`: their
+//!   problem answers.
 //! - `client`: [`AdminClient`], one connection per call.
 
 mod client;
+mod error;
 mod server;
 mod wire;
 
 pub use crate::problem::Problem;
 
 pub use client::{AdminClient, AdminError};
-pub use server::{bind_socket, router, AdminServeError, AdminState, ApiError};
+pub use error::ApiError;
+pub use server::{bind_socket, router, serve, AdminServeError, AdminState};
 pub use wire::{
     parse_documents, AddClientRequest, AddClientsRequest, ApproveRequest, ApproveResponse,
     AuditReport, CaInfo, ClientDetails, ClientSummary, CreateTokenRequest, DeployManyRequest,

@@ -1,4 +1,5 @@
-//! The admin API's server: the socket, the axum router and its handlers.
+//! The admin API's server: the socket, [`serve`], the router and its
+//! handlers (errors in `error.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
@@ -8,7 +9,6 @@ use std::sync::Arc;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use margo_schemas::ids::{ClientId, DeploymentId};
@@ -16,8 +16,10 @@ use margo_schemas::schedule::{Schedule, ValidSchedule};
 use serde::{Deserialize, Serialize};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
-use tracing::{info, instrument};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, instrument, warn};
 
+use super::error::ApiError;
 use super::wire::{
     parse_documents, AddClientRequest, AddClientsRequest, ApproveRequest, ApproveResponse,
     AuditReport, CaInfo, ClientDetails, ClientSummary, CreateTokenRequest, DeployManyRequest,
@@ -28,9 +30,8 @@ use crate::ca::{CaError, FleetPki};
 use crate::http_stats::{HttpStats, OnboardingStats};
 use crate::ingest::{IngestStats, IngestStatsSnapshot, KeyCache};
 use crate::mqtt_link::{LinkStats, LinkStatsSnapshot};
-use crate::onboarding::{CreatedToken, OnboardingError, RequestView, TokenView};
+use crate::onboarding::{CreatedToken, RequestView, TokenView};
 use crate::operations::{self, Revoked};
-use crate::problem::{self, Problem};
 use crate::publisher::Downlink;
 use crate::store::{now_ms, ClientStatus, Store, StoreError, UplinkSummary};
 
@@ -112,90 +113,17 @@ pub struct AdminState {
     pub onboarding_approval: &'static str,
 }
 
-/// An API error: a status and a detail.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    detail: String,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, detail: impl Into<String>) -> Self {
-        Self {
-            status,
-            detail: detail.into(),
-        }
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        let status = match &e {
-            StoreError::UnknownClient(_) | StoreError::NotDeployed { .. } => StatusCode::NOT_FOUND,
-            StoreError::NameTaken(_) | StoreError::ClientExists(_) | StoreError::Revoked(_) => {
-                StatusCode::CONFLICT
-            }
-            StoreError::InvalidName(_) | StoreError::TooManyDeployments { .. } => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        if status == StatusCode::INTERNAL_SERVER_ERROR {
-            tracing::error!(error = %e, "admin request failed in the store");
-        }
-        Self::new(status, e.to_string())
-    }
-}
-
-impl From<CaError> for ApiError {
-    fn from(e: CaError) -> Self {
-        tracing::error!(error = %e, "admin request failed in the CA");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-    }
-}
-
-impl From<OnboardingError> for ApiError {
-    fn from(e: OnboardingError) -> Self {
-        let detail = e.to_string();
-        let status = match e {
-            OnboardingError::Store(store) => return store.into(),
-            OnboardingError::UnknownRequest(_) | OnboardingError::UnknownToken(_) => {
-                StatusCode::NOT_FOUND
-            }
-            OnboardingError::AmbiguousRequest(_) | OnboardingError::InvalidToken(_) => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
-            OnboardingError::Decided { .. }
-            | OnboardingError::Revoked(_)
-            | OnboardingError::Rejected(_)
-            | OnboardingError::NoFreeName(_)
-            | OnboardingError::Token(_)
-            | OnboardingError::PendingFull { .. } => StatusCode::CONFLICT,
-            OnboardingError::Ca(_) | OnboardingError::Random => {
-                tracing::error!(error = %detail, "admin onboarding request failed");
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
-        };
-        Self::new(status, detail)
-    }
-}
-
-impl From<JsonRejection> for ApiError {
-    fn from(e: JsonRejection) -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            format!("request body: {}", e.body_text()),
-        )
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        problem::response(self.status, &Problem::blank(self.status, self.detail))
-    }
-}
-
 type ApiResult<T> = Result<T, ApiError>;
+
+/// Serves the admin API on `listener` until `shutdown`, then lets open
+/// connections finish (the caller bounds how long). An error is logged.
+pub async fn serve(listener: UnixListener, state: AdminState, shutdown: CancellationToken) {
+    let serve = axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await });
+    if let Err(error) = serve.await {
+        warn!(%error, "admin API stopped");
+    }
+}
 
 /// The admin router.
 pub fn router(state: AdminState) -> Router {
