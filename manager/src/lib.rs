@@ -8,8 +8,13 @@
 //! - [`admin`]: the admin API on a Unix socket and its [`admin::AdminClient`].
 //! - [`http`]: the HTTPS listener serving the Margo HTTP API (onboarding,
 //!   desired state, bundles, status and capabilities; `docs/http-api.md`).
+//! - [`http_stats`]: the HTTPS listener's counters (reported by the admin API).
 //! - [`state_manifest`]: the state manifest, one builder for MQTT and HTTP.
 //! - [`onboarding`]: onboarding requests, approval and enrollment tokens.
+//! - [`problem`]: RFC 9457 problem bodies, the error shape of the admin API
+//!   and the Margo HTTP API.
+//! - [`operations`]: operator side effects written once (approval, revocation)
+//!   for the admin API and the HTTPS onboarding.
 //! - [`capabilities`]: acceptance of capabilities reports (MQTT and HTTP).
 //! - [`manager`]: wiring; [`Manager::start`] in-process, [`run`] for the binary.
 //! - [`availability`]: what a client's silence means (online, planned
@@ -30,10 +35,13 @@ pub mod capabilities;
 pub mod config;
 pub mod histogram;
 pub mod http;
+pub mod http_stats;
 pub mod ingest;
 pub mod manager;
 pub mod mqtt_link;
 pub mod onboarding;
+pub mod operations;
+pub mod problem;
 pub mod publisher;
 pub mod state_manifest;
 pub mod status_table;

@@ -350,15 +350,7 @@ impl Manager {
             http_stats: Arc::clone(&http_stats),
             onboarding_approval: config.onboarding.approval.as_str(),
         };
-        let router = admin::router(state);
-        let admin_shutdown = shutdown.clone();
-        let admin_task = tokio::spawn(async move {
-            let serve = axum::serve(listener, router)
-                .with_graceful_shutdown(async move { admin_shutdown.cancelled().await });
-            if let Err(error) = serve.await {
-                warn!(%error, "admin API stopped");
-            }
-        });
+        let admin_task = tokio::spawn(admin::serve(listener, state, shutdown.clone()));
 
         let handle = ManagerHandle {
             admin_socket,

@@ -33,7 +33,6 @@ use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::{Extension, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
@@ -45,11 +44,11 @@ use margo_broker::tls::{accept_with_deadline, Handshake};
 
 use crate::ca::FleetPki;
 use crate::config::{HttpSettings, OnboardingSettings};
+pub use crate::http_stats::{HttpStats, HttpStatsSnapshot, OnboardingStats};
 use crate::publisher::Downlink;
 use crate::store::Store;
 
 use archive::BundleCache;
-pub use onboarding::OnboardingStats;
 use rate_limit::RateLimiter;
 
 /// Longest time a client may take to send a request's headers.
@@ -75,47 +74,6 @@ pub enum HttpError {
     /// The server certificate or key is unusable.
     #[error("HTTPS TLS: {0}")]
     Tls(String),
-}
-
-/// Connection-level counters of the HTTPS listener.
-#[derive(Debug, Default)]
-pub struct HttpStats {
-    /// Sockets accepted.
-    pub accepted: AtomicU64,
-    /// Closed at once: `max_connections` reached.
-    pub refused_connection_cap: AtomicU64,
-    /// TLS handshakes that failed.
-    pub handshake_failed: AtomicU64,
-    /// TLS handshakes that hit the deadline.
-    pub handshake_timeout: AtomicU64,
-    /// Requests that hit the request deadline.
-    pub request_timeout: AtomicU64,
-}
-
-/// A point-in-time copy of [`HttpStats`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-#[allow(missing_docs)]
-pub struct HttpStatsSnapshot {
-    pub accepted: u64,
-    pub refused_connection_cap: u64,
-    pub handshake_failed: u64,
-    pub handshake_timeout: u64,
-    pub request_timeout: u64,
-}
-
-impl HttpStats {
-    /// Reads every counter.
-    pub fn snapshot(&self) -> HttpStatsSnapshot {
-        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        HttpStatsSnapshot {
-            accepted: l(&self.accepted),
-            refused_connection_cap: l(&self.refused_connection_cap),
-            handshake_failed: l(&self.handshake_failed),
-            handshake_timeout: l(&self.handshake_timeout),
-            request_timeout: l(&self.request_timeout),
-        }
-    }
 }
 
 fn bump(counter: &AtomicU64) {

@@ -11,7 +11,7 @@
 //! Every refusal is counted and logged once with the source address.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -36,9 +36,11 @@ use super::device_key::DeviceKey;
 use super::problem::Refusal;
 use super::ApiState;
 use crate::config::Approval;
+pub use crate::http_stats::{OnboardingStats, OnboardingStatsSnapshot};
 use crate::onboarding::{
     Approved, Claims, Lookup, OnboardingError, Submission, Submitted, TokenProblem,
 };
+use crate::operations;
 
 /// Largest onboarding request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -49,90 +51,7 @@ pub const ONBOARDING_PATH: &str = "/api/v1/onboarding";
 /// Prefix of a request's poll location.
 pub const REQUESTS_PATH: &str = "/api/v1/onboarding/requests";
 
-/// Onboarding counters.
-#[derive(Debug, Default)]
-pub struct OnboardingStats {
-    /// `POST /api/v1/onboarding` received.
-    pub requests: AtomicU64,
-    /// Polls received.
-    pub polls: AtomicU64,
-    /// CA certificate downloads.
-    pub certificate: AtomicU64,
-    /// Approved by an enrollment token.
-    pub approved_token: AtomicU64,
-    /// Approved by the allow-list.
-    pub approved_allowlist: AtomicU64,
-    /// Approved by `[onboarding] approval = "auto"`.
-    pub approved_auto: AtomicU64,
-    /// Answered with an identity already issued (approved earlier or known key).
-    pub approved_earlier: AtomicU64,
-    /// New pending requests.
-    pub pending_created: AtomicU64,
-    /// 400: malformed request, unusable certificate, bad digest.
-    pub bad_request: AtomicU64,
-    /// 401: signature.
-    pub bad_signature: AtomicU64,
-    /// 403: rejected, revoked, bad token.
-    pub forbidden: AtomicU64,
-    /// 404 on polls.
-    pub not_found: AtomicU64,
-    /// 429: rate limit.
-    pub rate_limited: AtomicU64,
-    /// 503: pending cap.
-    pub pending_full: AtomicU64,
-    /// 413: body too large.
-    pub too_large: AtomicU64,
-    /// 500.
-    pub internal_errors: AtomicU64,
-}
-
-/// A point-in-time copy of [`OnboardingStats`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-#[allow(missing_docs)]
-pub struct OnboardingStatsSnapshot {
-    pub requests: u64,
-    pub polls: u64,
-    pub certificate: u64,
-    pub approved_token: u64,
-    pub approved_allowlist: u64,
-    pub approved_auto: u64,
-    pub approved_earlier: u64,
-    pub pending_created: u64,
-    pub bad_request: u64,
-    pub bad_signature: u64,
-    pub forbidden: u64,
-    pub not_found: u64,
-    pub rate_limited: u64,
-    pub pending_full: u64,
-    pub too_large: u64,
-    pub internal_errors: u64,
-}
-
 impl OnboardingStats {
-    /// Reads every counter.
-    pub fn snapshot(&self) -> OnboardingStatsSnapshot {
-        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        OnboardingStatsSnapshot {
-            requests: l(&self.requests),
-            polls: l(&self.polls),
-            certificate: l(&self.certificate),
-            approved_token: l(&self.approved_token),
-            approved_allowlist: l(&self.approved_allowlist),
-            approved_auto: l(&self.approved_auto),
-            approved_earlier: l(&self.approved_earlier),
-            pending_created: l(&self.pending_created),
-            bad_request: l(&self.bad_request),
-            bad_signature: l(&self.bad_signature),
-            forbidden: l(&self.forbidden),
-            not_found: l(&self.not_found),
-            rate_limited: l(&self.rate_limited),
-            pending_full: l(&self.pending_full),
-            too_large: l(&self.too_large),
-            internal_errors: l(&self.internal_errors),
-        }
-    }
-
     fn count_refusal(&self, status: StatusCode) {
         let counter = match status {
             StatusCode::BAD_REQUEST => &self.bad_request,
@@ -469,13 +388,13 @@ async fn decide(
             };
             counter.fetch_add(1, Ordering::Relaxed);
             if approved.now {
-                state.downlink.republish(&approved.client_id);
                 info!(
                     %peer,
                     request_id,
                     client_id = %approved.client_id,
                     name = %approved.client.name,
                     decided_by = %approved.decided_by,
+                    key = %key.describe(),
                     "device onboarded"
                 );
                 if approved.decided_by == "auto" {
@@ -485,13 +404,7 @@ async fn decide(
                         "AUTO-APPROVED without an operator ([onboarding] approval = \"auto\")"
                     );
                 }
-                if !key.mqtt_capable() {
-                    warn!(
-                        client_id = %approved.client_id,
-                        key = %key.describe(),
-                        "this client's key is not ECDSA P-256: it can use the HTTP API only (MQTT needs P-256 for COSE ES256)"
-                    );
-                }
+                operations::approval_committed(&state.downlink, &approved);
             }
             if wants_extensions {
                 approved_response(state, &approved, StatusCode::CREATED)

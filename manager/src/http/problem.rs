@@ -24,8 +24,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-/// Media type of problem bodies.
-pub const PROBLEM_JSON: &str = "application/problem+json";
+pub use crate::problem::PROBLEM_JSON;
+use crate::problem::{status_title, Problem, ABOUT_BLANK};
+
 /// Media type of the older revisions' error bodies.
 pub const JSON: &str = "application/json";
 /// Namespace of the Margo problem type URIs (newest registry, rc.3).
@@ -75,7 +76,7 @@ impl ProblemType {
     pub fn uri(self) -> String {
         match self.name() {
             Some(name) => format!("{TYPE_NAMESPACE}#{name}"),
-            None => "about:blank".to_string(),
+            None => ABOUT_BLANK.to_string(),
         }
     }
 
@@ -90,7 +91,7 @@ impl ProblemType {
             Self::InvalidBundle => "Invalid Bundle",
             Self::DeploymentNotFound => "Deployment Not Found",
             Self::ServerCannotGenerateResponse => "Server Cannot Generate Response",
-            Self::Blank => status.canonical_reason().unwrap_or("Error"),
+            Self::Blank => status_title(status),
         }
     }
 
@@ -113,15 +114,9 @@ impl ProblemType {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProblemBody {
-    /// Problem type URI.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// Short summary of the type.
-    pub title: String,
-    /// HTTP status.
-    pub status: u16,
-    /// What was wrong in this occurrence.
-    pub detail: String,
+    /// `type`, `title`, `status` and `detail`, in that order.
+    #[serde(flatten)]
+    pub problem: Problem,
     /// Whether the client may retry.
     pub retryable: bool,
     /// `none` or `exponential`.
@@ -241,10 +236,12 @@ impl Refusal {
                 | StatusCode::INTERNAL_SERVER_ERROR
         );
         ProblemBody {
-            kind: self.kind.uri(),
-            title: self.kind.title(self.status).to_string(),
-            status: self.status.as_u16(),
-            detail: self.detail.clone(),
+            problem: Problem::new(
+                self.kind.uri(),
+                self.kind.title(self.status),
+                self.status,
+                self.detail.clone(),
+            ),
             retryable,
             backoff_strategy: if retryable { "exponential" } else { "none" },
             retry_after_seconds: self.retry_after,
@@ -261,9 +258,7 @@ pub fn problem(status: StatusCode, detail: &str) -> Response {
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
-        let bytes = serde_json::to_vec(&self.body()).unwrap_or_default();
-        let mut response =
-            (self.status, [(header::CONTENT_TYPE, PROBLEM_JSON)], bytes).into_response();
+        let mut response = crate::problem::response(self.status, &self.body());
         if let Some(secs) = self.retry_after {
             response
                 .headers_mut()
@@ -335,19 +330,23 @@ mod tests {
     fn registry_types_and_blank() {
         let body = Refusal::forbidden("revoked").body();
         assert_eq!(
-            body.kind,
+            body.problem.kind,
             "https://docs.margo.org/specification/problem-types#not-authorized"
         );
-        assert_eq!(body.title, "Not Authorized");
+        assert_eq!(body.problem.title, "Not Authorized");
         assert!(!body.retryable);
         assert_eq!(body.backoff_strategy, "none");
         let body = Refusal::not_found("x").body();
         assert_eq!(
-            (body.kind.as_str(), body.title.as_str()),
+            (body.problem.kind.as_str(), body.problem.title.as_str()),
             ("about:blank", "Not Found")
         );
         let body = Refusal::typed(StatusCode::NOT_FOUND, ProblemType::InvalidBundle, "x").body();
-        assert!(body.kind.ends_with("#invalid-bundle"), "{}", body.kind);
+        assert!(
+            body.problem.kind.ends_with("#invalid-bundle"),
+            "{}",
+            body.problem.kind
+        );
         let body = Refusal::new(StatusCode::TOO_MANY_REQUESTS, "slow down")
             .retry_after(7)
             .body();
@@ -378,6 +377,32 @@ mod tests {
         assert_eq!(legacy["message"], "not P-256");
         assert_eq!(legacy["detail"], "not P-256");
         assert_eq!(legacy["status"], 400);
+    }
+
+    #[test]
+    fn body_members_in_order() {
+        let body = Refusal::bad_request("not P-256")
+            .with_error("Invalid certificate")
+            .body();
+        assert_eq!(
+            serde_json::to_string(&body).unwrap(),
+            concat!(
+                r#"{"type":"https://docs.margo.org/specification/problem-types#invalid-request","#,
+                r#""title":"Invalid Request","status":400,"detail":"not P-256","retryable":false,"#,
+                r#""backoffStrategy":"none","error":"Invalid certificate","message":"not P-256"}"#
+            )
+        );
+        let body = Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "full")
+            .retry_after(3)
+            .body();
+        assert_eq!(
+            serde_json::to_string(&body).unwrap(),
+            concat!(
+                r#"{"type":"about:blank","title":"Service Unavailable","status":503,"#,
+                r#""detail":"full","retryable":true,"backoffStrategy":"exponential","#,
+                r#""retryAfterSeconds":3}"#
+            )
+        );
     }
 
     #[test]
