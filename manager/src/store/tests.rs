@@ -1,0 +1,628 @@
+use super::clients::CLIENT_CERTS;
+use super::*;
+use crate::availability::Availability;
+use margo_schemas::deployment::ApplicationDeployment;
+use margo_schemas::ids::{ClientId, DeploymentId};
+use margo_schemas::messages::{
+    Envelope, Message, ScheduleInForce, StateReport, StatusReport, SyncReason, SyncRequest,
+};
+use margo_schemas::schedule::{Schedule, ValidSchedule};
+use margo_schemas::status::{ComponentStatus, DeploymentState, DeploymentStatus};
+
+fn doc(id: &str, revision: &str) -> ApplicationDeployment {
+    let yaml = format!(
+        "apiVersion: application.margo.org/v1alpha1\nkind: ApplicationDeployment\n\
+         metadata:\n  annotations:\n    id: {id}\n  name: app-{id}\n\
+         spec:\n  deploymentProfile:\n    type: compose\n    components:\n\
+         \x20     - name: web\n        properties:\n          revision: \"{revision}\"\n"
+    );
+    ApplicationDeployment::parse(yaml.into_bytes()).expect("valid test document")
+}
+
+fn open() -> (tempfile::TempDir, Store, ClientId) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("m.redb")).expect("open");
+    let id = ClientId::generate();
+    store.add_client(&id, "dev-1", b"cert").expect("add");
+    (dir, store, id)
+}
+
+fn state(client: &ClientId, seq: u64, low: u64, adopted: u64) -> UplinkItem {
+    let mut env = Envelope::new(
+        client.clone(),
+        seq,
+        1,
+        Message::State(StateReport {
+            adopted_manifest_version: adopted,
+            agent_version: "test".into(),
+            deployments: vec![],
+            schedule: None,
+        }),
+    );
+    env.low = low;
+    UplinkItem::Message(Box::new(env))
+}
+
+#[test]
+fn certificate_index_is_kept_and_rebuilt_for_older_databases() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("m.redb");
+    let store = Store::open(&path).expect("open");
+    let (a, b) = (ClientId::generate(), ClientId::generate());
+    store.add_client(&a, "dev-a", b"cert-a").expect("add");
+    store.add_client(&b, "dev-b", b"cert-b").expect("add");
+    store.set_revoked(&b, true).expect("revoke");
+    let found = |s: &Store, der: &[u8]| s.client_by_certificate(der).expect("lookup");
+    assert_eq!(found(&store, b"cert-a").map(|e| e.id), Some(a.clone()));
+    let revoked = found(&store, b"cert-b").expect("a revoked client is still found");
+    assert!(revoked.record.revoked);
+    assert!(found(&store, b"cert-c").is_none());
+    // A database from before the index: the table is empty.
+    {
+        let txn = store.db.begin_write().expect("txn");
+        txn.delete_table(CLIENT_CERTS).expect("drop the index");
+        txn.commit().expect("commit");
+    }
+    drop(store);
+    let store = Store::open(&path).expect("reopen");
+    assert_eq!(found(&store, b"cert-a").map(|e| e.id), Some(a));
+    assert_eq!(found(&store, b"cert-b").map(|e| e.id), Some(b));
+}
+
+#[test]
+fn clients_are_unique_and_resolvable_by_name() {
+    let (_dir, store, id) = open();
+    assert!(matches!(
+        store.add_client(&ClientId::generate(), "dev-1", b"x"),
+        Err(StoreError::NameTaken(_))
+    ));
+    assert!(matches!(
+        store.add_client(&id, "other", b"x"),
+        Err(StoreError::ClientExists(_))
+    ));
+    assert_eq!(store.resolve("dev-1").expect("by name"), id);
+    assert_eq!(store.resolve(id.as_str()).expect("by id"), id);
+    assert!(matches!(
+        store.resolve("nope"),
+        Err(StoreError::UnknownClient(_))
+    ));
+    assert!(matches!(
+        store.add_client(&ClientId::generate(), " padded", b"x"),
+        Err(StoreError::InvalidName(_))
+    ));
+}
+
+#[test]
+fn bulk_add_and_deploy_many_are_all_or_nothing() {
+    let (_dir, store, first) = open();
+    let more: Vec<(ClientId, String, Vec<u8>)> = (2..=4)
+        .map(|i| (ClientId::generate(), format!("dev-{i}"), b"cert".to_vec()))
+        .collect();
+    store.add_clients(&more).expect("bulk add");
+    // A taken name anywhere in the batch adds none of it.
+    let clash = vec![
+        (ClientId::generate(), "fresh".to_string(), b"c".to_vec()),
+        (ClientId::generate(), "dev-2".to_string(), b"c".to_vec()),
+    ];
+    assert!(matches!(
+        store.add_clients(&clash),
+        Err(StoreError::NameTaken(_))
+    ));
+    assert!(!store.name_taken("fresh").expect("lookup"));
+
+    store
+        .add_client(&ClientId::generate(), "other-1", b"c")
+        .expect("add");
+    let revoked = store.resolve("dev-4").expect("dev-4");
+    store.set_revoked(&revoked, true).expect("revoke");
+    let selected = store.clients_with_name_prefix("dev-").expect("prefix");
+    let mut expected = vec![first.clone(), more[0].0.clone(), more[1].0.clone()];
+    expected.sort_by_key(|id| store.client(id).expect("read").expect("known").name);
+    assert_eq!(
+        selected, expected,
+        "dev-1..3, not other-1, not revoked dev-4"
+    );
+
+    let outcomes = store
+        .deploy_many(&selected, &[doc("a", "1")])
+        .expect("deploy many");
+    // Version 1 is the zero-deployment manifest: the first deploy makes 2.
+    assert!(outcomes.iter().all(|o| o.manifest_version == 2));
+    let outcomes = store
+        .deploy_many(&selected, &[doc("a", "2")])
+        .expect("update many");
+    assert!(outcomes
+        .iter()
+        .all(|o| o.manifest_version == 3 && o.changed.len() == 1));
+    // A revoked client in the list fails the whole call; nothing changes.
+    let mut with_revoked = selected.clone();
+    with_revoked.push(revoked);
+    assert!(matches!(
+        store.deploy_many(&with_revoked, &[doc("a", "3")]),
+        Err(StoreError::Revoked(_))
+    ));
+    assert_eq!(
+        store.desired_state(&first).expect("state").manifest_version,
+        3
+    );
+}
+
+#[test]
+fn deploy_bumps_the_version_once_and_only_on_change() {
+    let (_dir, store, id) = open();
+    let out = store
+        .deploy(&id, &[doc("a", "1"), doc("b", "1")])
+        .expect("deploy");
+    assert_eq!(
+        out.manifest_version, 2,
+        "the first deploy follows version 1"
+    );
+    assert_eq!(out.changed.len(), 2);
+    let again = store.deploy(&id, &[doc("a", "1")]).expect("same again");
+    assert_eq!(again.manifest_version, 2);
+    assert!(again.changed.is_empty());
+    let update = store
+        .deploy(&id, &[doc("a", "2"), doc("b", "1")])
+        .expect("update");
+    assert_eq!(update.manifest_version, 3);
+    assert_eq!(update.changed, vec![DeploymentId::new("a").expect("id")]);
+
+    let desired = store.desired_state(&id).expect("desired");
+    assert_eq!(desired.manifest_version, 3);
+    assert_eq!(desired.deployments.len(), 2);
+    assert_eq!(desired.deployments[0].id.as_str(), "a");
+    assert_eq!(desired.deployments[0].yaml, doc("a", "2").bytes());
+    assert_eq!(desired.deployments[0].digest, doc("a", "2").digest());
+}
+
+#[test]
+fn undeploy_removes_and_bumps() {
+    let (_dir, store, id) = open();
+    store
+        .deploy(&id, &[doc("a", "1"), doc("b", "1")])
+        .expect("deploy");
+    let a = DeploymentId::new("a").expect("id");
+    assert_eq!(store.undeploy(&id, &a).expect("undeploy"), 3);
+    assert!(matches!(
+        store.undeploy(&id, &a),
+        Err(StoreError::NotDeployed { .. })
+    ));
+    let desired = store.desired_state(&id).expect("desired");
+    assert_eq!(desired.manifest_version, 3);
+    assert_eq!(desired.deployments.len(), 1);
+    assert_eq!(desired.ack.manifest_version, 3);
+}
+
+#[test]
+fn nothing_assigned_is_version_1_with_no_deployments() {
+    let (_dir, store, id) = open();
+    let desired = store.desired_state(&id).expect("desired");
+    assert_eq!(desired.manifest_version, 1);
+    assert!(desired.deployments.is_empty());
+    assert_eq!(desired.ack.manifest_version, 1);
+    assert_eq!(store.ack_for(&id).expect("ack").manifest_version, 1);
+    assert_eq!(
+        store.acks_for(std::slice::from_ref(&id)).expect("acks")[0].manifest_version,
+        1
+    );
+    let view = store.client_status(&id, now_ms()).expect("status");
+    assert_eq!(view.desired_version, 1);
+    // A database from before this reading: a stored 1 with a deployment
+    // stays 1, and the next change makes 2.
+    assert_eq!(desired_version(None), 1);
+    assert_eq!(desired_version(Some(0)), 1);
+    assert_eq!(desired_version(Some(1)), 1);
+    assert_eq!(desired_version(Some(7)), 7);
+}
+
+fn status_item(client: &ClientId, seq: u64, deployment: &str) -> UplinkItem {
+    UplinkItem::Message(Box::new(Envelope::new(
+        client.clone(),
+        seq,
+        1,
+        Message::Status(StatusReport {
+            adopted_manifest_version: 2,
+            status: DeploymentStatus::new(
+                DeploymentId::new(deployment).expect("id"),
+                vec![ComponentStatus {
+                    name: "web".into(),
+                    state: DeploymentState::Removed,
+                    error: None,
+                }],
+                None,
+            ),
+        }),
+    )))
+}
+
+#[test]
+fn status_of_a_deployment_never_assigned_is_settled_not_stored() {
+    let (_dir, store, id) = open();
+    store
+        .deploy(&id, &[doc("a", "1"), doc("b", "1")])
+        .expect("deploy");
+    let b = DeploymentId::new("b").expect("id");
+    store.undeploy(&id, &b).expect("undeploy");
+    let r = store
+        .ingest(&[
+            status_item(&id, 1, "never"),
+            status_item(&id, 2, "a"),
+            status_item(&id, 3, "b"),
+        ])
+        .expect("ingest");
+    assert_eq!(
+        r.outcomes,
+        vec![
+            IngestOutcome::NotAssigned(DeploymentId::new("never").expect("id")),
+            IngestOutcome::Stored,
+            IngestOutcome::Stored,
+        ],
+        "an undeployed deployment is still reported (removing/removed)"
+    );
+    // Settled: acknowledged, so the device's outbox drains.
+    assert!(r.ack.contains(&id));
+    assert_eq!(store.ack_for(&id).expect("ack").acked_seq, 3);
+    let view = store.client_status(&id, now_ms()).expect("status");
+    let ids: Vec<&str> = view
+        .deployments
+        .iter()
+        .map(|d| d.deployment_id.as_str())
+        .collect();
+    assert_eq!(ids, vec!["a", "b"]);
+    // Resent: a duplicate, not refused again.
+    let r = store
+        .ingest(&[status_item(&id, 1, "never")])
+        .expect("ingest");
+    assert_eq!(r.outcomes, vec![IngestOutcome::Duplicate]);
+
+    // Over HTTP: refused, never stored; an undeployed one accepted.
+    let never = DeploymentStatus::new(DeploymentId::new("never").expect("id"), vec![], None);
+    assert!(matches!(
+        store.record_http_status(&id, &never, None),
+        Err(ReportError::NotAssigned(d)) if d.as_str() == "never"
+    ));
+    let removed = DeploymentStatus::new(b.clone(), vec![], None);
+    assert!(store.record_http_status(&id, &removed, Some(3)).is_ok());
+    // Another client's deployment is not this one's.
+    let other = ClientId::generate();
+    store.add_client(&other, "dev-2", b"cert").expect("add");
+    assert!(matches!(
+        store.record_http_status(&other, &removed, None),
+        Err(ReportError::NotAssigned(_))
+    ));
+}
+
+#[test]
+fn revoked_clients_get_no_deployments_and_no_uplink() {
+    let (_dir, store, id) = open();
+    store.set_revoked(&id, true).expect("revoke");
+    assert!(matches!(
+        store.deploy(&id, &[doc("a", "1")]),
+        Err(StoreError::Revoked(_))
+    ));
+    let r = store.ingest(&[state(&id, 1, 0, 0)]).expect("ingest");
+    assert_eq!(r.outcomes, vec![IngestOutcome::Refused]);
+    assert!(r.ack.is_empty());
+}
+
+#[test]
+fn uplink_is_deduplicated_by_client_and_seq() {
+    let (_dir, store, id) = open();
+    let other = ClientId::generate();
+    store.add_client(&other, "dev-2", b"cert").expect("add");
+    let r = store
+        .ingest(&[
+            state(&id, 1, 0, 0),
+            state(&id, 1, 0, 0),
+            state(&other, 1, 0, 0),
+        ])
+        .expect("ingest");
+    assert_eq!(
+        r.outcomes,
+        vec![
+            IngestOutcome::Stored,
+            IngestOutcome::Duplicate,
+            IngestOutcome::Stored
+        ]
+    );
+    assert_eq!(r.ack.len(), 2);
+    // A later batch with the same seq is a duplicate too, and still acked.
+    let r = store.ingest(&[state(&id, 1, 0, 0)]).expect("ingest");
+    assert_eq!(r.outcomes, vec![IngestOutcome::Duplicate]);
+    assert!(r.ack.contains(&id));
+    assert_eq!(store.uplink(&id).expect("uplink").len(), 1);
+    assert_eq!(store.ack_for(&id).expect("ack").acked_seq, 1);
+}
+
+#[test]
+fn high_water_mark_follows_gaps_and_low() {
+    let (_dir, store, id) = open();
+    store
+        .ingest(&[state(&id, 1, 1, 0), state(&id, 3, 1, 0)])
+        .expect("ingest");
+    assert_eq!(store.ack_for(&id).expect("ack").acked_seq, 1, "gap at 2");
+    store.ingest(&[state(&id, 2, 1, 0)]).expect("ingest");
+    assert_eq!(store.ack_for(&id).expect("ack").acked_seq, 3, "gap filled");
+    // 4 was dropped by the device's overflow policy: low = 5 settles it.
+    store.ingest(&[state(&id, 6, 5, 0)]).expect("ingest");
+    assert_eq!(
+        store.ack_for(&id).expect("ack").acked_seq,
+        4,
+        "5 still missing"
+    );
+    store.ingest(&[state(&id, 5, 5, 0)]).expect("ingest");
+    assert_eq!(store.ack_for(&id).expect("ack").acked_seq, 6);
+    // low jumping past stored seqs above the mark clears them.
+    store
+        .ingest(&[state(&id, 9, 1, 0), state(&id, 12, 11, 0)])
+        .expect("ingest");
+    assert_eq!(store.ack_for(&id).expect("ack").acked_seq, 10);
+    let seqs: Vec<u64> = store
+        .uplink(&id)
+        .expect("uplink")
+        .iter()
+        .map(|u| u.seq)
+        .collect();
+    assert_eq!(seqs, vec![1, 2, 3, 5, 6, 9, 12]);
+    // Below the mark = duplicate.
+    let r = store.ingest(&[state(&id, 4, 0, 0)]).expect("ingest");
+    assert_eq!(r.outcomes, vec![IngestOutcome::Duplicate]);
+}
+
+#[test]
+fn status_state_and_sync_update_the_fleet_view() {
+    let (_dir, store, id) = open();
+    store.deploy(&id, &[doc("a", "1")]).expect("deploy");
+    let status = |seq: u64, s: DeploymentState| {
+        UplinkItem::Message(Box::new(Envelope::new(
+            id.clone(),
+            seq,
+            1,
+            Message::Status(StatusReport {
+                adopted_manifest_version: 2,
+                status: DeploymentStatus::new(
+                    DeploymentId::new("a").expect("id"),
+                    vec![ComponentStatus {
+                        name: "web".into(),
+                        state: s,
+                        error: None,
+                    }],
+                    None,
+                ),
+            }),
+        )))
+    };
+    let sync = UplinkItem::Message(Box::new(Envelope::new(
+        id.clone(),
+        4,
+        1,
+        Message::Sync(SyncRequest {
+            reason: SyncReason::Startup,
+            adopted_manifest_version: 0,
+        }),
+    )));
+    // Out of order: the newer status (seq 2) arrives before the older one.
+    let r = store
+        .ingest(&[
+            status(2, DeploymentState::Installed),
+            status(1, DeploymentState::Installing),
+            UplinkItem::Presence {
+                client: id.clone(),
+                online: true,
+            },
+            sync,
+        ])
+        .expect("ingest");
+    assert!(r.sync.contains(&id));
+    let view = store.client_status(&id, now_ms()).expect("status");
+    assert_eq!(view.presence, "online");
+    assert_eq!(view.desired_version, 2);
+    assert_eq!(view.adopted_version, None, "only a state report adopts");
+    assert_eq!(view.applying_version, Some(2));
+    assert_eq!(view.acked_seq, 2);
+    assert_eq!(view.deployments.len(), 1);
+    let d = &view.deployments[0];
+    assert_eq!(d.state, Some(DeploymentState::Installed));
+    assert_eq!(d.name.as_deref(), Some("app-a"));
+    assert_eq!(d.desired_digest, Some(doc("a", "1").digest().to_string()));
+    // A state report is authoritative over the status hint.
+    store.ingest(&[state(&id, 3, 0, 0)]).expect("ingest");
+    let view = store.client_status(&id, now_ms()).expect("status");
+    assert_eq!(view.adopted_version, Some(0));
+    assert_eq!(view.acked_seq, 4);
+    assert_eq!(view.agent_version.as_deref(), Some("test"));
+}
+
+#[test]
+fn audit_is_counted_and_bounded() {
+    let (_dir, store, _id) = open();
+    let event = |kind: &str| AuditEvent {
+        ts_ms: 1,
+        kind: kind.into(),
+        client_id: None,
+        topic: "t".into(),
+        detail: "d".into(),
+    };
+    store
+        .record_audit(&[
+            event("bad-signature"),
+            event("bad-signature"),
+            event("malformed"),
+        ])
+        .expect("audit");
+    let (events, counts) = store.audit(10).expect("read");
+    assert_eq!(events.len(), 3);
+    assert_eq!(counts.get("bad-signature"), Some(&2));
+    assert_eq!(counts.get("malformed"), Some(&1));
+}
+
+fn valid(text: &str) -> ValidSchedule {
+    let s: Schedule = toml::from_str(text).expect("test schedule parses");
+    ValidSchedule::try_from(s).expect("test schedule is valid")
+}
+
+const PER_CHECK_UTC: &str = "time_zone = \"UTC\"\nconnection = \"per-check\"\n\
+    [polling]\nperiod = [{ start = \"08:00\", end = \"18:00\" }]\nrate = \"15m\"\n";
+
+fn state_with_schedule(
+    client: &ClientId,
+    seq: u64,
+    schedule: Option<ScheduleInForce>,
+) -> UplinkItem {
+    UplinkItem::Message(Box::new(Envelope::new(
+        client.clone(),
+        seq,
+        1,
+        Message::State(StateReport {
+            adopted_manifest_version: 0,
+            agent_version: "test".into(),
+            deployments: vec![],
+            schedule,
+        }),
+    )))
+}
+
+fn ms(rfc3339: &str) -> u64 {
+    let t: jiff::Timestamp = rfc3339.parse().expect("test instant");
+    u64::try_from(t.as_millisecond()).expect("after the epoch")
+}
+
+#[test]
+fn remote_schedule_versions_grow_by_one_and_survive_reopening() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("m.redb");
+    let id = ClientId::generate();
+    let other = ClientId::generate();
+    {
+        let store = Store::open(&path).expect("open");
+        store.add_client(&id, "dev", b"cert").expect("add");
+        store.add_client(&other, "dev-2", b"cert").expect("add");
+        assert_eq!(store.remote_config(&id).expect("read"), None);
+        let first = store
+            .set_schedule(&id, Some(valid(PER_CHECK_UTC)))
+            .expect("set");
+        assert_eq!(first.version, 1);
+        assert_eq!(
+            first.schedule.as_ref().map(|s| s.time_zone.as_str()),
+            Some("UTC")
+        );
+        let second = store
+            .set_schedule(&id, Some(valid(PER_CHECK_UTC)))
+            .expect("set again");
+        assert_eq!(second.version, 2, "every call is a change");
+        // Versions are per client.
+        assert_eq!(store.set_schedule(&other, None).expect("clear").version, 1);
+    }
+    let store = Store::open(&path).expect("reopen");
+    let stored = store.remote_config(&id).expect("read").expect("stored");
+    assert_eq!(stored.version, 2);
+    let cleared = store.set_schedule(&id, None).expect("clear");
+    assert_eq!(cleared.version, 3);
+    assert_eq!(cleared.schedule, None);
+    assert_eq!(store.remote_config(&id).expect("read"), Some(cleared));
+}
+
+#[test]
+fn remote_schedule_of_unknown_or_revoked_clients_is_refused() {
+    let (_dir, store, id) = open();
+    assert!(matches!(
+        store.set_schedule(&ClientId::generate(), None),
+        Err(StoreError::UnknownClient(_))
+    ));
+    store.set_revoked(&id, true).expect("revoke");
+    assert!(matches!(
+        store.set_schedule(&id, Some(valid(PER_CHECK_UTC))),
+        Err(StoreError::Revoked(_))
+    ));
+    assert_eq!(store.remote_config(&id).expect("read"), None);
+}
+
+#[test]
+fn the_newest_reported_schedule_drives_availability() {
+    let (_dir, store, id) = open();
+    let in_force = |version: u64| ScheduleInForce {
+        source: margo_schemas::messages::ScheduleSource::Remote,
+        config_version: version,
+        schedule: valid(PER_CHECK_UTC).schedule().clone(),
+    };
+    // Seq 2 (version 5) arrives before seq 1 (version 4): the newest wins.
+    store
+        .ingest(&[
+            state_with_schedule(&id, 2, Some(in_force(5))),
+            state_with_schedule(&id, 1, Some(in_force(4))),
+        ])
+        .expect("ingest");
+    let view = store.client_status(&id, now_ms()).expect("status");
+    assert_eq!(
+        view.schedule_in_force.as_ref().map(|s| s.config_version),
+        Some(5)
+    );
+    // Heard from at 10:03 on Monday 2026-03-02 (the 10:00 check); no
+    // presence reported: classified by the schedule.
+    store
+        .ingest_at(
+            &[state_with_schedule(&id, 4, Some(in_force(5)))],
+            ms("2026-03-02T10:03:00Z"),
+        )
+        .expect("ingest");
+    let at = |t: &str| {
+        store
+            .client_status(&id, ms(t))
+            .expect("status")
+            .availability
+    };
+    assert_eq!(at("2026-03-02T10:14:00Z"), Availability::BetweenChecks);
+    assert_eq!(at("2026-03-02T10:25:00Z"), Availability::Overdue);
+    assert_eq!(
+        at("2026-03-02T20:00:00Z"),
+        Availability::OutsidePollingPeriod
+    );
+    assert_eq!(
+        store
+            .fleet_status(ms("2026-03-02T10:25:00Z"))
+            .expect("fleet")[0]
+            .availability,
+        Availability::Overdue
+    );
+    // Online presence wins; a later state without a schedule removes it.
+    store
+        .ingest(&[
+            UplinkItem::Presence {
+                client: id.clone(),
+                online: true,
+            },
+            state_with_schedule(&id, 5, None),
+        ])
+        .expect("ingest");
+    let view = store.client_status(&id, now_ms()).expect("status");
+    assert_eq!(view.availability, Availability::Online);
+    assert_eq!(view.schedule_in_force, None);
+    store
+        .ingest(&[UplinkItem::Presence {
+            client: id.clone(),
+            online: false,
+        }])
+        .expect("ingest");
+    let view = store.client_status(&id, now_ms()).expect("status");
+    assert_eq!(view.availability, Availability::Offline, "no schedule");
+    store.set_revoked(&id, true).expect("revoke");
+    let view = store.client_status(&id, now_ms()).expect("status");
+    assert_eq!(view.availability, Availability::Revoked);
+}
+
+#[test]
+fn data_survives_reopening() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("m.redb");
+    let id = ClientId::generate();
+    {
+        let store = Store::open(&path).expect("open");
+        store.add_client(&id, "dev", b"cert").expect("add");
+        store.deploy(&id, &[doc("a", "1")]).expect("deploy");
+        store.ingest(&[state(&id, 1, 0, 2)]).expect("ingest");
+    }
+    let store = Store::open(&path).expect("reopen");
+    let desired = store.desired_state(&id).expect("desired");
+    assert_eq!(desired.manifest_version, 2);
+    assert_eq!(desired.ack.acked_seq, 1);
+}
