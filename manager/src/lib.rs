@@ -1,6 +1,8 @@
 //! margo-manager: the fleet manager of margo-mqtt.
 //!
-//! - [`store`]: redb store (clients, desired state, uplink, audit).
+//! - [`store`]: redb store, persistence only (clients, desired state, uplink
+//!   and reports, onboarding, audit).
+//! - [`status_view`]: the fleet view operators see, joined from the store.
 //! - [`ca`]: fleet CA, gateway/manager/signing certificates, device provisioning.
 //! - [`mqtt_link`]: the MQTT connection (receive loop, options, link counters).
 //! - [`publisher`]: the downlink publisher (retained, signed).
@@ -37,6 +39,7 @@ pub mod onboarding;
 pub mod publisher;
 pub mod state_manifest;
 pub mod status_table;
+pub mod status_view;
 pub mod store;
 
 pub use admin::AdminClient;

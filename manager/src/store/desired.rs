@@ -68,13 +68,13 @@ pub(super) fn ever_assigned(
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(super) struct DeploymentEntry {
-    pub(super) digest: String,
-    pub(super) name: String,
-    pub(super) size: u64,
+pub(crate) struct DeploymentEntry {
+    pub(crate) digest: String,
+    pub(crate) name: String,
+    pub(crate) size: u64,
     /// The document's `apiVersion` (absent in entries written before it was kept).
     #[serde(default)]
-    pub(super) api_version: Option<String>,
+    pub(crate) api_version: Option<String>,
 }
 
 /// A client's remote settings as stored and published on `R/config`.

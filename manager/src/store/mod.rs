@@ -26,10 +26,10 @@ mod clients;
 mod desired;
 mod onboarding;
 mod reports;
+mod snapshot;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod uplink;
-mod view;
 
 pub use audit::{AuditEvent, MAX_AUDIT_EVENTS};
 pub use clients::{key_id, key_id_of_cert, validate_name, ClientEntry, ClientRecord, MAX_NAME_LEN};
@@ -37,8 +37,8 @@ pub use desired::{desired_version, DeployOutcome, DesiredDeployment, DesiredStat
 pub(crate) use onboarding::TokenRecord;
 pub use onboarding::{Claims, RequestRecord};
 pub use reports::{CapabilitiesEntry, ReportError, ReportOutcome, MAX_CAPABILITIES_HISTORY};
+pub(crate) use snapshot::ClientSnapshot;
 pub use uplink::{BatchResult, IngestOutcome, StoredUplink, UplinkItem, UplinkSummary};
-pub use view::{ClientStatus, DeploymentView};
 
 /// Everything the store can fail with.
 #[derive(Debug, thiserror::Error)]

@@ -1,15 +1,12 @@
 use super::clients::CLIENT_CERTS;
 use super::*;
-use crate::availability::Availability;
 use margo_schemas::deployment::ApplicationDeployment;
 use margo_schemas::ids::{ClientId, DeploymentId};
-use margo_schemas::messages::{
-    Envelope, Message, ScheduleInForce, StateReport, StatusReport, SyncReason, SyncRequest,
-};
+use margo_schemas::messages::{Envelope, Message, ScheduleInForce, StateReport, StatusReport};
 use margo_schemas::schedule::{Schedule, ValidSchedule};
 use margo_schemas::status::{ComponentStatus, DeploymentState, DeploymentStatus};
 
-fn doc(id: &str, revision: &str) -> ApplicationDeployment {
+pub(crate) fn doc(id: &str, revision: &str) -> ApplicationDeployment {
     let yaml = format!(
         "apiVersion: application.margo.org/v1alpha1\nkind: ApplicationDeployment\n\
          metadata:\n  annotations:\n    id: {id}\n  name: app-{id}\n\
@@ -19,7 +16,7 @@ fn doc(id: &str, revision: &str) -> ApplicationDeployment {
     ApplicationDeployment::parse(yaml.into_bytes()).expect("valid test document")
 }
 
-fn open() -> (tempfile::TempDir, Store, ClientId) {
+pub(crate) fn open() -> (tempfile::TempDir, Store, ClientId) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(&dir.path().join("m.redb")).expect("open");
     let id = ClientId::generate();
@@ -27,7 +24,7 @@ fn open() -> (tempfile::TempDir, Store, ClientId) {
     (dir, store, id)
 }
 
-fn state(client: &ClientId, seq: u64, low: u64, adopted: u64) -> UplinkItem {
+pub(crate) fn state(client: &ClientId, seq: u64, low: u64, adopted: u64) -> UplinkItem {
     let mut env = Envelope::new(
         client.clone(),
         seq,
@@ -205,8 +202,8 @@ fn nothing_assigned_is_version_1_with_no_deployments() {
         store.acks_for(std::slice::from_ref(&id)).expect("acks")[0].manifest_version,
         1
     );
-    let view = store.client_status(&id, now_ms()).expect("status");
-    assert_eq!(view.desired_version, 1);
+    let snapshot = store.client_snapshot(&id).expect("snapshot");
+    assert_eq!(snapshot.desired_version, 1, "what the fleet view shows");
     // A database from before this reading: a stored 1 with a deployment
     // stays 1, and the next change makes 2.
     assert_eq!(desired_version(None), 1);
@@ -262,13 +259,13 @@ fn status_of_a_deployment_never_assigned_is_settled_not_stored() {
     // Settled: acknowledged, so the device's outbox drains.
     assert!(r.ack.contains(&id));
     assert_eq!(store.ack_for(&id).expect("ack").acked_seq, 3);
-    let view = store.client_status(&id, now_ms()).expect("status");
-    let ids: Vec<&str> = view
-        .deployments
-        .iter()
-        .map(|d| d.deployment_id.as_str())
-        .collect();
-    assert_eq!(ids, vec!["a", "b"]);
+    // What the fleet view joins: a desired, b reported while removed,
+    // "never" nowhere.
+    let snapshot = store.client_snapshot(&id).expect("snapshot");
+    let desired: Vec<&str> = snapshot.desired.iter().map(|(d, _)| d.as_str()).collect();
+    let reported: Vec<&str> = snapshot.reported.iter().map(|(d, _)| d.as_str()).collect();
+    assert_eq!(desired, vec!["a"]);
+    assert_eq!(reported, vec!["a", "b"]);
     // Resent: a duplicate, not refused again.
     let r = store
         .ingest(&[status_item(&id, 1, "never")])
@@ -370,70 +367,6 @@ fn high_water_mark_follows_gaps_and_low() {
 }
 
 #[test]
-fn status_state_and_sync_update_the_fleet_view() {
-    let (_dir, store, id) = open();
-    store.deploy(&id, &[doc("a", "1")]).expect("deploy");
-    let status = |seq: u64, s: DeploymentState| {
-        UplinkItem::Message(Box::new(Envelope::new(
-            id.clone(),
-            seq,
-            1,
-            Message::Status(StatusReport {
-                adopted_manifest_version: 2,
-                status: DeploymentStatus::new(
-                    DeploymentId::new("a").expect("id"),
-                    vec![ComponentStatus {
-                        name: "web".into(),
-                        state: s,
-                        error: None,
-                    }],
-                    None,
-                ),
-            }),
-        )))
-    };
-    let sync = UplinkItem::Message(Box::new(Envelope::new(
-        id.clone(),
-        4,
-        1,
-        Message::Sync(SyncRequest {
-            reason: SyncReason::Startup,
-            adopted_manifest_version: 0,
-        }),
-    )));
-    // Out of order: the newer status (seq 2) arrives before the older one.
-    let r = store
-        .ingest(&[
-            status(2, DeploymentState::Installed),
-            status(1, DeploymentState::Installing),
-            UplinkItem::Presence {
-                client: id.clone(),
-                online: true,
-            },
-            sync,
-        ])
-        .expect("ingest");
-    assert!(r.sync.contains(&id));
-    let view = store.client_status(&id, now_ms()).expect("status");
-    assert_eq!(view.presence, "online");
-    assert_eq!(view.desired_version, 2);
-    assert_eq!(view.adopted_version, None, "only a state report adopts");
-    assert_eq!(view.applying_version, Some(2));
-    assert_eq!(view.acked_seq, 2);
-    assert_eq!(view.deployments.len(), 1);
-    let d = &view.deployments[0];
-    assert_eq!(d.state, Some(DeploymentState::Installed));
-    assert_eq!(d.name.as_deref(), Some("app-a"));
-    assert_eq!(d.desired_digest, Some(doc("a", "1").digest().to_string()));
-    // A state report is authoritative over the status hint.
-    store.ingest(&[state(&id, 3, 0, 0)]).expect("ingest");
-    let view = store.client_status(&id, now_ms()).expect("status");
-    assert_eq!(view.adopted_version, Some(0));
-    assert_eq!(view.acked_seq, 4);
-    assert_eq!(view.agent_version.as_deref(), Some("test"));
-}
-
-#[test]
 fn audit_is_counted_and_bounded() {
     let (_dir, store, _id) = open();
     let event = |kind: &str| AuditEvent {
@@ -456,15 +389,15 @@ fn audit_is_counted_and_bounded() {
     assert_eq!(counts.get("malformed"), Some(&1));
 }
 
-fn valid(text: &str) -> ValidSchedule {
+pub(crate) fn valid(text: &str) -> ValidSchedule {
     let s: Schedule = toml::from_str(text).expect("test schedule parses");
     ValidSchedule::try_from(s).expect("test schedule is valid")
 }
 
-const PER_CHECK_UTC: &str = "time_zone = \"UTC\"\nconnection = \"per-check\"\n\
+pub(crate) const PER_CHECK_UTC: &str = "time_zone = \"UTC\"\nconnection = \"per-check\"\n\
     [polling]\nperiod = [{ start = \"08:00\", end = \"18:00\" }]\nrate = \"15m\"\n";
 
-fn state_with_schedule(
+pub(crate) fn state_with_schedule(
     client: &ClientId,
     seq: u64,
     schedule: Option<ScheduleInForce>,
@@ -482,7 +415,7 @@ fn state_with_schedule(
     )))
 }
 
-fn ms(rfc3339: &str) -> u64 {
+pub(crate) fn ms(rfc3339: &str) -> u64 {
     let t: jiff::Timestamp = rfc3339.parse().expect("test instant");
     u64::try_from(t.as_millisecond()).expect("after the epoch")
 }
@@ -535,79 +468,6 @@ fn remote_schedule_of_unknown_or_revoked_clients_is_refused() {
         Err(StoreError::Revoked(_))
     ));
     assert_eq!(store.remote_config(&id).expect("read"), None);
-}
-
-#[test]
-fn the_newest_reported_schedule_drives_availability() {
-    let (_dir, store, id) = open();
-    let in_force = |version: u64| ScheduleInForce {
-        source: margo_schemas::messages::ScheduleSource::Remote,
-        config_version: version,
-        schedule: valid(PER_CHECK_UTC).schedule().clone(),
-    };
-    // Seq 2 (version 5) arrives before seq 1 (version 4): the newest wins.
-    store
-        .ingest(&[
-            state_with_schedule(&id, 2, Some(in_force(5))),
-            state_with_schedule(&id, 1, Some(in_force(4))),
-        ])
-        .expect("ingest");
-    let view = store.client_status(&id, now_ms()).expect("status");
-    assert_eq!(
-        view.schedule_in_force.as_ref().map(|s| s.config_version),
-        Some(5)
-    );
-    // Heard from at 10:03 on Monday 2026-03-02 (the 10:00 check); no
-    // presence reported: classified by the schedule.
-    store
-        .ingest_at(
-            &[state_with_schedule(&id, 4, Some(in_force(5)))],
-            ms("2026-03-02T10:03:00Z"),
-        )
-        .expect("ingest");
-    let at = |t: &str| {
-        store
-            .client_status(&id, ms(t))
-            .expect("status")
-            .availability
-    };
-    assert_eq!(at("2026-03-02T10:14:00Z"), Availability::BetweenChecks);
-    assert_eq!(at("2026-03-02T10:25:00Z"), Availability::Overdue);
-    assert_eq!(
-        at("2026-03-02T20:00:00Z"),
-        Availability::OutsidePollingPeriod
-    );
-    assert_eq!(
-        store
-            .fleet_status(ms("2026-03-02T10:25:00Z"))
-            .expect("fleet")[0]
-            .availability,
-        Availability::Overdue
-    );
-    // Online presence wins; a later state without a schedule removes it.
-    store
-        .ingest(&[
-            UplinkItem::Presence {
-                client: id.clone(),
-                online: true,
-            },
-            state_with_schedule(&id, 5, None),
-        ])
-        .expect("ingest");
-    let view = store.client_status(&id, now_ms()).expect("status");
-    assert_eq!(view.availability, Availability::Online);
-    assert_eq!(view.schedule_in_force, None);
-    store
-        .ingest(&[UplinkItem::Presence {
-            client: id.clone(),
-            online: false,
-        }])
-        .expect("ingest");
-    let view = store.client_status(&id, now_ms()).expect("status");
-    assert_eq!(view.availability, Availability::Offline, "no schedule");
-    store.set_revoked(&id, true).expect("revoke");
-    let view = store.client_status(&id, now_ms()).expect("status");
-    assert_eq!(view.availability, Availability::Revoked);
 }
 
 #[test]

@@ -57,21 +57,21 @@ pub struct StoredUplink {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(super) struct LatestStatus {
-    pub(super) seq: u64,
-    pub(super) received_ms: u64,
-    pub(super) adopted_manifest_version: u64,
-    pub(super) state: DeploymentState,
-    pub(super) error: Option<StatusError>,
-    pub(super) components: Vec<ComponentStatus>,
+pub(crate) struct LatestStatus {
+    pub(crate) seq: u64,
+    pub(crate) received_ms: u64,
+    pub(crate) adopted_manifest_version: u64,
+    pub(crate) state: DeploymentState,
+    pub(crate) error: Option<StatusError>,
+    pub(crate) components: Vec<ComponentStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(super) struct LatestState {
-    pub(super) seq: u64,
-    pub(super) received_ms: u64,
-    pub(super) adopted_manifest_version: u64,
-    pub(super) agent_version: String,
+pub(crate) struct LatestState {
+    pub(crate) seq: u64,
+    pub(crate) received_ms: u64,
+    pub(crate) adopted_manifest_version: u64,
+    pub(crate) agent_version: String,
 }
 
 impl LatestStatus {
@@ -88,18 +88,18 @@ impl LatestStatus {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub(super) struct ClientRuntime {
-    pub(super) presence: Option<String>,
-    pub(super) last_seen_ms: Option<u64>,
+pub(crate) struct ClientRuntime {
+    pub(crate) presence: Option<String>,
+    pub(crate) last_seen_ms: Option<u64>,
     /// From the newest `state` report (authoritative).
-    pub(super) state_adopted: Option<u64>,
-    pub(super) state_seq: u64,
+    pub(crate) state_adopted: Option<u64>,
+    pub(crate) state_seq: u64,
     /// Highest `adoptedManifestVersion` seen in status reports (a hint).
-    pub(super) status_hint: Option<u64>,
+    pub(crate) status_hint: Option<u64>,
     /// The schedule in force per the newest `state` report (absent in
     /// records written before schedules existed).
     #[serde(default)]
-    pub(super) schedule: Option<ScheduleInForce>,
+    pub(crate) schedule: Option<ScheduleInForce>,
 }
 
 /// One received uplink item, already verified.
