@@ -3,6 +3,8 @@
 //! - [`store`]: redb store, persistence only (clients, desired state, uplink
 //!   and reports, onboarding, audit).
 //! - [`status_view`]: the fleet view operators see, joined from the store.
+//! - [`seq_window`]: which uplink seqs of a client are settled (dedupe and
+//!   `ackedSeq`), a pure type the store loads and writes back.
 //! - [`ca`]: fleet CA, gateway/manager/signing certificates, device provisioning.
 //! - [`mqtt_link`]: the MQTT connection (receive loop, options, link counters).
 //! - [`publisher`]: the downlink publisher (retained, signed).
@@ -37,6 +39,7 @@ pub mod manager;
 pub mod mqtt_link;
 pub mod onboarding;
 pub mod publisher;
+pub mod seq_window;
 pub mod state_manifest;
 pub mod status_table;
 pub mod status_view;

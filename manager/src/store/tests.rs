@@ -1,4 +1,5 @@
 use super::clients::CLIENT_CERTS;
+use super::uplink::{ABOVE_HWM, HWM};
 use super::*;
 use margo_schemas::deployment::ApplicationDeployment;
 use margo_schemas::ids::{ClientId, DeploymentId};
@@ -364,6 +365,62 @@ fn high_water_mark_follows_gaps_and_low() {
     // Below the mark = duplicate.
     let r = store.ingest(&[state(&id, 4, 0, 0)]).expect("ingest");
     assert_eq!(r.outcomes, vec![IngestOutcome::Duplicate]);
+}
+
+/// The seq window as the tables hold it: the mark in `uplink_hwm`, one
+/// `(clientId, seq)` row per settled seq above it in `uplink_above_hwm`.
+fn stored_window(store: &Store, client: &ClientId) -> (Option<u64>, Vec<u64>) {
+    let txn = store.db.begin_read().expect("read");
+    let c = client.as_str();
+    let hwm = txn
+        .open_table(HWM)
+        .expect("table")
+        .get(c)
+        .expect("get")
+        .map(|v| v.value());
+    let above = txn
+        .open_table(ABOVE_HWM)
+        .expect("table")
+        .range((c, 0u64)..=(c, u64::MAX))
+        .expect("range")
+        .map(|r| r.expect("row").0.value().1)
+        .collect();
+    (hwm, above)
+}
+
+#[test]
+fn the_seq_window_is_stored_as_a_mark_and_rows_above_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("m.redb");
+    let id = ClientId::generate();
+    {
+        let store = Store::open(&path).expect("open");
+        store.add_client(&id, "dev", b"cert").expect("add");
+        assert_eq!(stored_window(&store, &id), (None, vec![]));
+        store
+            .ingest(&[
+                state(&id, 1, 0, 0),
+                state(&id, 3, 0, 0),
+                state(&id, 5, 0, 0),
+            ])
+            .expect("ingest");
+        assert_eq!(stored_window(&store, &id), (Some(1), vec![3, 5]));
+    }
+    // Read back after reopening: 2 closes the first gap, 4 is still missing.
+    let store = Store::open(&path).expect("reopen");
+    let r = store
+        .ingest(&[state(&id, 3, 0, 0), state(&id, 2, 0, 0)])
+        .expect("ingest");
+    assert_eq!(
+        r.outcomes,
+        vec![IngestOutcome::Duplicate, IngestOutcome::Stored]
+    );
+    assert_eq!(stored_window(&store, &id), (Some(3), vec![5]));
+    // low = 7 settles 4 and 6; the rows below the new mark go.
+    store.ingest(&[state(&id, 8, 7, 0)]).expect("ingest");
+    assert_eq!(stored_window(&store, &id), (Some(6), vec![8]));
+    store.ingest(&[state(&id, 7, 7, 0)]).expect("ingest");
+    assert_eq!(stored_window(&store, &id), (Some(8), vec![]));
 }
 
 #[test]

@@ -16,11 +16,13 @@ use super::desired::{ever_assigned, ASSIGNED, DEPLOYMENTS};
 use super::reports::{LatestCapabilities, CAPS_HISTORY, CAPS_LATEST};
 use super::{decode, encode, now_ms, Result, Store, StoreError};
 use crate::capabilities::{check_capabilities, CapabilitiesRejection};
+use crate::seq_window::SeqWindow;
 
-/// clientId → highest contiguous settled uplink seq.
+/// clientId → highest contiguous settled uplink seq ([`SeqWindow::hwm`]).
 pub(super) const HWM: TableDefinition<&str, u64> = TableDefinition::new("uplink_hwm");
-/// (clientId, seq) stored above the high-water mark.
-const ABOVE_HWM: TableDefinition<(&str, u64), ()> = TableDefinition::new("uplink_above_hwm");
+/// (clientId, seq) settled above the high-water mark ([`SeqWindow::above`]).
+pub(super) const ABOVE_HWM: TableDefinition<(&str, u64), ()> =
+    TableDefinition::new("uplink_above_hwm");
 /// (clientId, seq) → CBOR [`StoredUplink`]: the uplink history (status, state, capabilities, sync).
 const UPLINK_LOG: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("uplink_log");
 /// (clientId, deploymentId) → CBOR [`LatestStatus`].
@@ -187,7 +189,9 @@ impl Store {
             let assigned = txn.open_table(ASSIGNED)?;
             let deployments = txn.open_table(DEPLOYMENTS)?;
             let mut runtimes: BTreeMap<ClientId, ClientRuntime> = BTreeMap::new();
-            let mut hwms: BTreeMap<ClientId, u64> = BTreeMap::new();
+            // Each client's seq window as read (its stored rows above the
+            // mark) and as changed by the batch; written back at the end.
+            let mut windows: BTreeMap<ClientId, (BTreeSet<u64>, SeqWindow)> = BTreeMap::new();
             // Whether each client of the batch is live: read and decoded
             // once per batch, not once per message.
             let mut live_clients: BTreeMap<&ClientId, bool> = BTreeMap::new();
@@ -232,28 +236,18 @@ impl Store {
                     }
                     UplinkItem::Message(env) => env,
                 };
-                if !hwms.contains_key(client) {
-                    let h = hwm_table
-                        .get(client.as_str())?
-                        .map(|v| v.value())
-                        .unwrap_or(0);
-                    hwms.insert(client.clone(), h);
-                }
-                let mut hwm = hwms.get(client).copied().unwrap_or(0);
                 let c = client.as_str();
-                // Everything below `low` is settled on the device.
-                if env.low > 0 && env.low - 1 > hwm {
-                    hwm = env.low - 1;
-                    let settled: Vec<u64> = above
-                        .range((c, 0u64)..=(c, hwm))?
-                        .map(|r| r.map(|(k, _)| k.value().1))
-                        .collect::<Result<_, _>>()?;
-                    for seq in settled {
-                        above.remove((c, seq))?;
-                    }
+                if !windows.contains_key(client) {
+                    let read = read_window(&hwm_table, &above, c)?;
+                    windows.insert(client.clone(), read);
                 }
+                let Some((_, window)) = windows.get_mut(client) else {
+                    continue;
+                };
+                // Everything below `low` is settled on the device.
+                window.settle_below(env.low);
                 let seq = env.seq;
-                let duplicate = seq <= hwm || above.get((c, seq))?.is_some();
+                let duplicate = window.is_settled(seq);
                 // Capabilities checks that need the store (a child needs its
                 // parent's capabilities first), in the same transaction so a
                 // parent earlier in this batch counts.
@@ -281,14 +275,14 @@ impl Store {
                     result.outcomes.push(IngestOutcome::Duplicate);
                 } else if let Some(deployment) = unassigned {
                     // Settled (acknowledged) but not stored.
-                    above.insert((c, seq), ())?;
+                    window.settle(seq);
                     result.outcomes.push(IngestOutcome::NotAssigned(deployment));
                 } else if let Some(rejection) = rejection {
                     // Settled (acknowledged) but not stored.
-                    above.insert((c, seq), ())?;
+                    window.settle(seq);
                     result.outcomes.push(IngestOutcome::Rejected(rejection));
                 } else {
-                    above.insert((c, seq), ())?;
+                    window.settle(seq);
                     let stored = StoredUplink {
                         kind: env.msg.kind().to_string(),
                         ts: env.ts,
@@ -374,15 +368,10 @@ impl Store {
                 if matches!(env.msg, Message::Sync(_)) {
                     result.sync.insert(client.clone());
                 }
-                // Advance over contiguous stored seqs.
-                while above.remove((c, hwm + 1))?.is_some() {
-                    hwm += 1;
-                }
-                hwms.insert(client.clone(), hwm);
                 result.ack.insert(client.clone());
             }
-            for (client, hwm) in &hwms {
-                hwm_table.insert(client.as_str(), *hwm)?;
+            for (client, (rows, window)) in &windows {
+                write_window(&mut hwm_table, &mut above, client.as_str(), rows, window)?;
             }
             for (client, rt) in &runtimes {
                 runtime_table.insert(client.as_str(), encode("client_runtime", rt)?.as_slice())?;
@@ -413,4 +402,38 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// `client`'s seq window as stored, with the rows it has above the mark.
+fn read_window(
+    hwm_table: &redb::Table<'_, &str, u64>,
+    above: &redb::Table<'_, (&str, u64), ()>,
+    client: &str,
+) -> Result<(BTreeSet<u64>, SeqWindow)> {
+    let hwm = hwm_table.get(client)?.map_or(0, |v| v.value());
+    let rows: BTreeSet<u64> = above
+        .range((client, 0u64)..=(client, u64::MAX))?
+        .map(|r| r.map(|(k, _)| k.value().1))
+        .collect::<Result<_, _>>()?;
+    let window = SeqWindow::from_parts(hwm, rows.iter().copied());
+    Ok((rows, window))
+}
+
+/// Writes `window` back for `client`: its mark, and the rows above the
+/// mark that differ from `rows` (those read).
+fn write_window(
+    hwm_table: &mut redb::Table<'_, &str, u64>,
+    above: &mut redb::Table<'_, (&str, u64), ()>,
+    client: &str,
+    rows: &BTreeSet<u64>,
+    window: &SeqWindow,
+) -> Result<()> {
+    hwm_table.insert(client, window.hwm())?;
+    for &seq in rows.difference(window.above()) {
+        above.remove((client, seq))?;
+    }
+    for &seq in window.above().difference(rows) {
+        above.insert((client, seq), ())?;
+    }
+    Ok(())
 }
