@@ -1,6 +1,10 @@
 //! margo-manager: the fleet manager of margo-mqtt.
 //!
-//! - [`store`]: redb store (clients, desired state, uplink, audit).
+//! - [`store`]: redb store, persistence only (clients, desired state, uplink
+//!   and reports, onboarding, audit).
+//! - [`status_view`]: the fleet view operators see, joined from the store.
+//! - [`seq_window`]: which uplink seqs of a client are settled (dedupe and
+//!   `ackedSeq`), a pure type the store loads and writes back.
 //! - [`ca`]: fleet CA, gateway/manager/signing certificates, device provisioning.
 //! - [`mqtt_link`]: the MQTT connection (receive loop, options, link counters).
 //! - [`publisher`]: the downlink publisher (retained, signed).
@@ -43,8 +47,10 @@ pub mod onboarding;
 pub mod operations;
 pub mod problem;
 pub mod publisher;
+pub mod seq_window;
 pub mod state_manifest;
 pub mod status_table;
+pub mod status_view;
 pub mod store;
 
 pub use admin::AdminClient;

@@ -6,27 +6,22 @@
 //! operator, an enrollment token or the allow-list) happens in one write
 //! transaction: assign a [`ClientId`], issue the client certificate for the
 //! device's own key, add the client exactly as provisioning does, use up the
-//! token, and mark the request approved. The HTTP side is `crate::http`.
+//! token, and mark the request approved. The HTTP side is `crate::http`;
+//! the tables are the store's (`store::onboarding`).
 
 use data_encoding::BASE64URL_NOPAD;
 use margo_schemas::digest::Digest;
 use margo_schemas::ids::ClientId;
 use margo_schemas::onboarding::OnboardingState;
-use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
 use crate::ca::{CaError, IssuedCert};
-use crate::store::{now_ms, validate_name, ClientEntry, ClientRecord, Store, StoreError, NAMES};
-
-/// request id → CBOR [`RequestRecord`].
-const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("onboarding_requests");
-/// request ids in state pending (its length is the pending count).
-const PENDING: TableDefinition<&str, ()> = TableDefinition::new("onboarding_pending");
-/// token id → CBOR [`TokenRecord`].
-const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("enrollment_tokens");
-/// hex SHA-256 of a token → token id.
-const TOKEN_HASHES: TableDefinition<&str, &str> = TableDefinition::new("enrollment_token_hashes");
+use crate::store::{
+    key_id_of_cert, now_ms, validate_name, ClientEntry, ClientRecord, Store, StoreError,
+    TokenRecord, WriteTxn, MAX_NAME_LEN,
+};
+pub use crate::store::{Claims, RequestRecord};
 
 /// Random bytes in an enrollment token (256 bits).
 const TOKEN_BYTES: usize = 32;
@@ -42,14 +37,6 @@ pub const MAX_NOTE_LEN: usize = 256;
 pub const MIN_ID_PREFIX: usize = 8;
 /// Most tries at a unique `name-N` before giving up.
 const NAME_SUFFIX_TRIES: u32 = 1000;
-
-pub(crate) fn open_tables(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
-    txn.open_table(REQUESTS)?;
-    txn.open_table(PENDING)?;
-    txn.open_table(TOKENS)?;
-    txn.open_table(TOKEN_HASHES)?;
-    Ok(())
-}
 
 /// Why an onboarding operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -117,44 +104,6 @@ pub enum TokenProblem {
     /// Every use is spent.
     #[error("used up")]
     UsedUp,
-}
-
-/// What a device claims to be (from the request's extensions).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Claims {
-    /// The name it would like.
-    pub name: Option<String>,
-    /// Vendor.
-    pub vendor: Option<String>,
-    /// Model number.
-    pub model_number: Option<String>,
-    /// Serial number.
-    pub serial_number: Option<String>,
-}
-
-/// One onboarding request as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RequestRecord {
-    /// Pending, approved or rejected.
-    pub state: OnboardingState,
-    /// The device's self-signed certificate.
-    #[serde(with = "serde_bytes")]
-    pub cert_der: Vec<u8>,
-    /// What it claims to be (latest request).
-    pub claims: Claims,
-    /// Source address of the latest request.
-    pub source: String,
-    /// First request (ms since epoch).
-    pub first_seen_ms: u64,
-    /// Latest request (ms since epoch).
-    pub last_seen_ms: u64,
-    /// The client it became, once approved.
-    pub client_id: Option<ClientId>,
-    /// `operator`, `token <id>`, `allowlist`, `auto` or `known key`.
-    pub decided_by: Option<String>,
-    /// When approved or rejected (ms since epoch).
-    pub decided_ms: Option<u64>,
 }
 
 /// One request as the admin API shows it.
@@ -266,17 +215,6 @@ pub enum Lookup {
     Revoked(ClientId),
 }
 
-/// An enrollment token as stored (never the token itself).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct TokenRecord {
-    hash: String,
-    uses_total: u32,
-    uses_left: u32,
-    expires_ms: u64,
-    note: Option<String>,
-    created_ms: u64,
-}
-
 /// A token as listed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -333,30 +271,6 @@ impl std::fmt::Debug for CreatedToken {
 
 type Result<T, E = OnboardingError> = std::result::Result<T, E>;
 
-fn encode<T: Serialize>(table: &'static str, value: &T) -> Result<Vec<u8>> {
-    margo_schemas::codec::encode(value).map_err(|e| {
-        StoreError::Encode {
-            table,
-            detail: e.to_string(),
-        }
-        .into()
-    })
-}
-
-fn decode<T: serde::de::DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T> {
-    margo_schemas::codec::decode(bytes, usize::MAX).map_err(|e| {
-        StoreError::Corrupt {
-            table,
-            detail: e.to_string(),
-        }
-        .into()
-    })
-}
-
-fn db_err(e: impl Into<redb::Error>) -> OnboardingError {
-    OnboardingError::Store(StoreError::Database(e.into()))
-}
-
 /// The hex SHA-256 of an enrollment token, as stored.
 fn token_hash(token: &str) -> String {
     Digest::of(token.as_bytes()).hex()
@@ -370,11 +284,10 @@ fn random(len: usize) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-fn client_record(txn: &redb::WriteTransaction, id: &ClientId) -> Result<ClientRecord> {
-    let table = txn.open_table(crate::store::CLIENTS).map_err(db_err)?;
-    let found = table.get(id.as_str()).map_err(db_err)?;
-    match found {
-        Some(v) => decode("clients", v.value()),
+/// The client an approved request names (it must exist).
+fn client_record(txn: &WriteTxn<'_>, id: &ClientId) -> Result<ClientRecord> {
+    match txn.client(id)? {
+        Some(record) => Ok(record),
         None => Err(StoreError::Corrupt {
             table: "onboarding_requests",
             detail: format!("approved request names client {id}, which does not exist"),
@@ -387,13 +300,12 @@ fn client_record(txn: &redb::WriteTransaction, id: &ClientId) -> Result<ClientRe
 /// the claimed one, else `device-<first 8 of clientId>`; the last two get a
 /// `-2`, `-3`, ... suffix when taken.
 fn choose_name(
-    txn: &redb::WriteTransaction,
+    txn: &WriteTxn<'_>,
     operator: Option<&str>,
     claimed: Option<&str>,
     client: &ClientId,
 ) -> Result<String> {
-    let names = txn.open_table(NAMES).map_err(db_err)?;
-    let taken = |n: &str| -> Result<bool> { Ok(names.get(n).map_err(db_err)?.is_some()) };
+    let taken = |n: &str| -> Result<bool> { Ok(txn.name_taken(n)?) };
     if let Some(name) = operator {
         validate_name(name)?;
         if taken(name)? {
@@ -417,7 +329,7 @@ fn choose_name(
     for n in 2..NAME_SUFFIX_TRIES {
         let suffix = format!("-{n}");
         let mut stem = base.clone();
-        while stem.len() + suffix.len() > crate::store::MAX_NAME_LEN {
+        while stem.len() + suffix.len() > MAX_NAME_LEN {
             stem.pop();
         }
         let candidate = format!("{}{suffix}", stem.trim_end());
@@ -431,7 +343,7 @@ fn choose_name(
 /// Approves `record` (id `request_id`) inside `txn`: new client id, client
 /// certificate for the device's key, client record, request marked approved.
 fn approve_in(
-    txn: &redb::WriteTransaction,
+    txn: &WriteTxn<'_>,
     request_id: &str,
     record: &mut RequestRecord,
     operator_name: Option<&str>,
@@ -446,7 +358,7 @@ fn approve_in(
         &client_id,
     )?;
     let issued = issue(&client_id, &record.cert_der)?;
-    let client = Store::insert_client(txn, &client_id, &name, &issued.der)?;
+    let client = txn.insert_client(&client_id, &name, &issued.der)?;
     mark_approved(txn, request_id, record, &client_id, &decided_by)?;
     Ok(Approved {
         request_id: request_id.to_string(),
@@ -458,84 +370,28 @@ fn approve_in(
 }
 
 fn mark_approved(
-    txn: &redb::WriteTransaction,
+    txn: &WriteTxn<'_>,
     request_id: &str,
     record: &mut RequestRecord,
     client_id: &ClientId,
     decided_by: &str,
 ) -> Result<()> {
-    Store::bind_certificate(txn, &record.cert_der, client_id)?;
+    txn.bind_certificate(&record.cert_der, client_id)?;
     record.state = OnboardingState::Approved;
     record.client_id = Some(client_id.clone());
     record.decided_by = Some(decided_by.to_string());
     record.decided_ms = Some(now_ms());
-    put_request(txn, request_id, record)
-}
-
-fn put_request(txn: &redb::WriteTransaction, id: &str, record: &RequestRecord) -> Result<()> {
-    txn.open_table(REQUESTS)
-        .map_err(db_err)?
-        .insert(id, encode("onboarding_requests", record)?.as_slice())
-        .map_err(db_err)?;
-    let mut pending = txn.open_table(PENDING).map_err(db_err)?;
-    if record.state == OnboardingState::Pending {
-        pending.insert(id, ()).map_err(db_err)?;
-    } else {
-        pending.remove(id).map_err(db_err)?;
-    }
-    Ok(())
-}
-
-/// `(hex SHA-256 of the device certificate, clientId)` of every approved
-/// request: the certificates plain Margo clients present in TLS (rebuilding
-/// the store's certificate index).
-pub(crate) fn approved_certificates(
-    txn: &redb::WriteTransaction,
-) -> Result<Vec<(String, String)>, StoreError> {
-    let table = txn.open_table(REQUESTS)?;
-    let mut out = Vec::new();
-    for row in table.iter()? {
-        let (k, v) = row?;
-        let record: RequestRecord =
-            margo_schemas::codec::decode(v.value(), usize::MAX).map_err(|e| {
-                StoreError::Corrupt {
-                    table: "onboarding_requests",
-                    detail: e.to_string(),
-                }
-            })?;
-        if let (OnboardingState::Approved, Some(client)) = (record.state, record.client_id) {
-            out.push((k.value().to_string(), client.to_string()));
-        }
-    }
-    Ok(out)
-}
-
-fn get_request(txn: &redb::WriteTransaction, id: &str) -> Result<Option<RequestRecord>> {
-    let table = txn.open_table(REQUESTS).map_err(db_err)?;
-    let found = table.get(id).map_err(db_err)?;
-    found
-        .map(|v| decode("onboarding_requests", v.value()))
-        .transpose()
+    Ok(txn.put_onboarding_request(request_id, record)?)
 }
 
 /// Uses one use of `token` inside `txn`, or says why it cannot be used.
-fn spend_token(txn: &redb::WriteTransaction, token: &str, now: u64) -> Result<String> {
-    let hash = token_hash(token);
-    let id = txn
-        .open_table(TOKEN_HASHES)
-        .map_err(db_err)?
-        .get(hash.as_str())
-        .map_err(db_err)?
-        .map(|v| v.value().to_string())
-        .ok_or(OnboardingError::Token(TokenProblem::Unknown))?;
-    let mut tokens = txn.open_table(TOKENS).map_err(db_err)?;
-    let found = tokens
-        .get(id.as_str())
-        .map_err(db_err)?
-        .map(|v| v.value().to_vec());
-    let mut record: TokenRecord = match found {
-        Some(bytes) => decode("enrollment_tokens", &bytes)?,
-        None => return Err(OnboardingError::Token(TokenProblem::Unknown)),
+fn spend_token(txn: &WriteTxn<'_>, token: &str, now: u64) -> Result<String> {
+    let unknown = OnboardingError::Token(TokenProblem::Unknown);
+    let Some(id) = txn.token_id_by_hash(&token_hash(token))? else {
+        return Err(unknown);
+    };
+    let Some(mut record) = txn.token(&id)? else {
+        return Err(unknown);
     };
     if now >= record.expires_ms {
         return Err(OnboardingError::Token(TokenProblem::Expired));
@@ -544,13 +400,27 @@ fn spend_token(txn: &redb::WriteTransaction, token: &str, now: u64) -> Result<St
         return Err(OnboardingError::Token(TokenProblem::UsedUp));
     }
     record.uses_left -= 1;
-    tokens
-        .insert(
-            id.as_str(),
-            encode("enrollment_tokens", &record)?.as_slice(),
-        )
-        .map_err(db_err)?;
+    txn.put_token(&id, &record)?;
     Ok(id)
+}
+
+/// Resolves an operator-typed request id: the full id, `sha256:<id>`,
+/// or a unique prefix of at least [`MIN_ID_PREFIX`] characters.
+fn resolve_request(txn: &WriteTxn<'_>, typed: &str) -> Result<String> {
+    let wanted = typed.trim();
+    let wanted = wanted
+        .strip_prefix("sha256:")
+        .unwrap_or(wanted)
+        .to_ascii_lowercase();
+    let unknown = || OnboardingError::UnknownRequest(typed.chars().take(80).collect());
+    if wanted.len() < MIN_ID_PREFIX || !wanted.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(unknown());
+    }
+    let mut matches = txn.onboarding_request_ids(&wanted, 2)?;
+    if matches.len() > 1 {
+        return Err(OnboardingError::AmbiguousRequest(wanted));
+    }
+    matches.pop().ok_or_else(unknown)
 }
 
 impl Store {
@@ -568,181 +438,134 @@ impl Store {
         issue: impl FnOnce(&ClientId, &[u8]) -> Result<IssuedCert, CaError>,
     ) -> Result<Submitted> {
         let now = now_ms();
-        let txn = self.db.begin_write().map_err(db_err)?;
-        let existing = get_request(&txn, &sub.request_id)?;
-        let created = existing.is_none();
-        let mut record = match existing {
-            Some(r) if r.state == OnboardingState::Rejected => {
-                return Err(OnboardingError::Rejected(sub.request_id));
-            }
-            Some(mut record) if record.state == OnboardingState::Approved => {
-                let client_id = record.client_id.clone().ok_or(StoreError::Corrupt {
-                    table: "onboarding_requests",
-                    detail: format!("approved request {} has no client", sub.request_id),
-                })?;
-                let client = client_record(&txn, &client_id)?;
-                if client.revoked {
-                    return Err(OnboardingError::Revoked(client_id));
+        self.write(|txn| {
+            let existing = txn.onboarding_request(&sub.request_id)?;
+            let created = existing.is_none();
+            let mut record = match existing {
+                Some(r) if r.state == OnboardingState::Rejected => {
+                    return Err(OnboardingError::Rejected(sub.request_id));
                 }
-                record.last_seen_ms = now;
-                record.source = sub.source;
-                put_request(&txn, &sub.request_id, &record)?;
-                txn.commit().map_err(db_err)?;
+                Some(mut record) if record.state == OnboardingState::Approved => {
+                    let client_id = record.client_id.clone().ok_or(StoreError::Corrupt {
+                        table: "onboarding_requests",
+                        detail: format!("approved request {} has no client", sub.request_id),
+                    })?;
+                    let client = client_record(txn, &client_id)?;
+                    if client.revoked {
+                        return Err(OnboardingError::Revoked(client_id));
+                    }
+                    record.last_seen_ms = now;
+                    record.source = sub.source;
+                    txn.put_onboarding_request(&sub.request_id, &record)?;
+                    return Ok(Submitted::Approved(Approved {
+                        request_id: sub.request_id,
+                        client_id,
+                        client,
+                        decided_by: record.decided_by.unwrap_or_default(),
+                        now: false,
+                    }));
+                }
+                Some(pending) => pending,
+                None => RequestRecord {
+                    state: OnboardingState::Pending,
+                    cert_der: sub.cert_der,
+                    claims: Claims::default(),
+                    source: String::new(),
+                    first_seen_ms: now,
+                    last_seen_ms: now,
+                    client_id: None,
+                    decided_by: None,
+                    decided_ms: None,
+                },
+            };
+            record.claims = sub.claims;
+            record.source = sub.source;
+            record.last_seen_ms = now;
+
+            if let Some(ClientEntry { id, record: client }) = txn.client_by_key(&sub.key_id)? {
+                if client.revoked {
+                    return Err(OnboardingError::Revoked(id));
+                }
+                // The same device key with a new self-signed certificate: it is
+                // already a client, and proved possession of the key.
+                mark_approved(txn, &sub.request_id, &mut record, &id, "known key")?;
                 return Ok(Submitted::Approved(Approved {
                     request_id: sub.request_id,
-                    client_id,
+                    client_id: id,
                     client,
-                    decided_by: record.decided_by.unwrap_or_default(),
-                    now: false,
+                    decided_by: "known key".into(),
+                    now: true,
                 }));
             }
-            Some(pending) => pending,
-            None => RequestRecord {
-                state: OnboardingState::Pending,
-                cert_der: sub.cert_der,
-                claims: Claims::default(),
-                source: String::new(),
-                first_seen_ms: now,
-                last_seen_ms: now,
-                client_id: None,
-                decided_by: None,
-                decided_ms: None,
-            },
-        };
-        record.claims = sub.claims;
-        record.source = sub.source;
-        record.last_seen_ms = now;
-
-        if let Some(ClientEntry { id, record: client }) = Store::client_by_key(&txn, &sub.key_id)? {
-            if client.revoked {
-                return Err(OnboardingError::Revoked(id));
+            let decided_by = match &sub.token {
+                Some(token) => Some(format!("token {}", spend_token(txn, token, now)?)),
+                None if sub.allowlisted => Some("allowlist".to_string()),
+                None if sub.auto_approve => Some("auto".to_string()),
+                None => None,
+            };
+            if let Some(decided_by) = decided_by {
+                let approved =
+                    approve_in(txn, &sub.request_id, &mut record, None, decided_by, issue)?;
+                return Ok(Submitted::Approved(approved));
             }
-            // The same device key with a new self-signed certificate: it is
-            // already a client, and proved possession of the key.
-            mark_approved(&txn, &sub.request_id, &mut record, &id, "known key")?;
-            txn.commit().map_err(db_err)?;
-            return Ok(Submitted::Approved(Approved {
-                request_id: sub.request_id,
-                client_id: id,
-                client,
-                decided_by: "known key".into(),
-                now: true,
-            }));
-        }
-        let decided_by = match &sub.token {
-            Some(token) => Some(format!("token {}", spend_token(&txn, token, now)?)),
-            None if sub.allowlisted => Some("allowlist".to_string()),
-            None if sub.auto_approve => Some("auto".to_string()),
-            None => None,
-        };
-        if let Some(decided_by) = decided_by {
-            let approved = approve_in(&txn, &sub.request_id, &mut record, None, decided_by, issue)?;
-            txn.commit().map_err(db_err)?;
-            return Ok(Submitted::Approved(approved));
-        }
-        if created {
-            let waiting = txn
-                .open_table(PENDING)
-                .map_err(db_err)?
-                .len()
-                .map_err(db_err)?;
-            if waiting >= sub.max_pending as u64 {
+            if created && txn.pending_onboarding_requests()? >= sub.max_pending as u64 {
                 return Err(OnboardingError::PendingFull {
                     max: sub.max_pending,
                 });
             }
-        }
-        put_request(&txn, &sub.request_id, &record)?;
-        txn.commit().map_err(db_err)?;
-        Ok(Submitted::Pending {
-            request_id: sub.request_id,
-            created,
+            txn.put_onboarding_request(&sub.request_id, &record)?;
+            Ok(Submitted::Pending {
+                request_id: sub.request_id,
+                created,
+            })
         })
     }
 
     /// Where request `id` (exact id) stands, for polling devices.
     pub fn onboarding_lookup(&self, id: &str) -> Result<Option<Lookup>> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(REQUESTS).map_err(db_err)?;
-        let found = table.get(id).map_err(db_err)?;
-        let Some(record) = found
-            .map(|v| decode::<RequestRecord>("onboarding_requests", v.value()))
-            .transpose()?
-        else {
-            return Ok(None);
-        };
-        Ok(Some(match record.state {
-            OnboardingState::Pending => Lookup::Pending(record),
-            OnboardingState::Rejected => Lookup::Rejected,
-            OnboardingState::Approved => {
-                let client_id = record.client_id.clone().ok_or(StoreError::Corrupt {
-                    table: "onboarding_requests",
-                    detail: format!("approved request {id} has no client"),
-                })?;
-                let clients = txn.open_table(crate::store::CLIENTS).map_err(db_err)?;
-                let client: ClientRecord = match clients.get(client_id.as_str()).map_err(db_err)? {
-                    Some(v) => decode("clients", v.value())?,
-                    None => {
-                        return Err(StoreError::UnknownClient(client_id.to_string()).into());
+        self.read(|txn| {
+            let Some(record) = txn.onboarding_request(id)? else {
+                return Ok(None);
+            };
+            Ok(Some(match record.state {
+                OnboardingState::Pending => Lookup::Pending(record),
+                OnboardingState::Rejected => Lookup::Rejected,
+                OnboardingState::Approved => {
+                    let client_id = record.client_id.clone().ok_or(StoreError::Corrupt {
+                        table: "onboarding_requests",
+                        detail: format!("approved request {id} has no client"),
+                    })?;
+                    let client = match txn.client(&client_id)? {
+                        Some(client) => client,
+                        None => {
+                            return Err(StoreError::UnknownClient(client_id.to_string()).into());
+                        }
+                    };
+                    if client.revoked {
+                        Lookup::Revoked(client_id)
+                    } else {
+                        Lookup::Approved(Approved {
+                            request_id: id.to_string(),
+                            client_id,
+                            client,
+                            decided_by: record.decided_by.unwrap_or_default(),
+                            now: false,
+                        })
                     }
-                };
-                if client.revoked {
-                    Lookup::Revoked(client_id)
-                } else {
-                    Lookup::Approved(Approved {
-                        request_id: id.to_string(),
-                        client_id,
-                        client,
-                        decided_by: record.decided_by.unwrap_or_default(),
-                        now: false,
-                    })
                 }
-            }
-        }))
+            }))
+        })
     }
 
     /// Every onboarding request, most recently seen first.
     pub fn onboarding_requests(&self) -> Result<Vec<RequestView>> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(REQUESTS).map_err(db_err)?;
-        let mut out = Vec::new();
-        for row in table.iter().map_err(db_err)? {
-            let (k, v) = row.map_err(db_err)?;
-            out.push(RequestView::new(
-                k.value(),
-                decode("onboarding_requests", v.value())?,
-            ));
-        }
+        let mut out: Vec<RequestView> = self
+            .onboarding_request_records()?
+            .into_iter()
+            .map(|(id, record)| RequestView::new(&id, record))
+            .collect();
         out.sort_by_key(|r| std::cmp::Reverse(r.last_seen));
         Ok(out)
-    }
-
-    /// Resolves an operator-typed request id: the full id, `sha256:<id>`,
-    /// or a unique prefix of at least [`MIN_ID_PREFIX`] characters.
-    fn resolve_request(txn: &redb::WriteTransaction, typed: &str) -> Result<String> {
-        let wanted = typed.trim();
-        let wanted = wanted
-            .strip_prefix("sha256:")
-            .unwrap_or(wanted)
-            .to_ascii_lowercase();
-        let unknown = || OnboardingError::UnknownRequest(typed.chars().take(80).collect());
-        if wanted.len() < MIN_ID_PREFIX || !wanted.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(unknown());
-        }
-        let table = txn.open_table(REQUESTS).map_err(db_err)?;
-        let mut matches = Vec::new();
-        for row in table.range(wanted.as_str()..).map_err(db_err)? {
-            let (k, _) = row.map_err(db_err)?;
-            let id = k.value();
-            if !id.starts_with(&wanted) {
-                break;
-            }
-            matches.push(id.to_string());
-            if matches.len() > 1 {
-                return Err(OnboardingError::AmbiguousRequest(wanted));
-            }
-        }
-        matches.pop().ok_or_else(unknown)
     }
 
     /// An operator approves a request (pending or rejected); `name` overrides
@@ -754,64 +577,17 @@ impl Store {
         name: Option<&str>,
         issue: impl FnOnce(&ClientId, &[u8]) -> Result<IssuedCert, CaError>,
     ) -> Result<(RequestView, Approved)> {
-        let txn = self.db.begin_write().map_err(db_err)?;
-        let id = Self::resolve_request(&txn, typed_id)?;
-        let mut record =
-            get_request(&txn, &id)?.ok_or_else(|| OnboardingError::UnknownRequest(id.clone()))?;
-        if record.state == OnboardingState::Approved {
-            return Err(OnboardingError::Decided {
-                id,
-                state: "approved",
-                hint: format!(
-                    "it is client {}",
-                    record
-                        .client_id
-                        .as_ref()
-                        .map(ToString::to_string)
-                        .unwrap_or_default()
-                ),
-            });
-        }
-        let known = match crate::store::key_id_of_cert(&record.cert_der) {
-            Some(key) => Store::client_by_key(&txn, &key)?,
-            None => None,
-        };
-        let approved = match known {
-            Some(ClientEntry {
-                id: client_id,
-                record: client,
-            }) => {
-                if client.revoked {
-                    return Err(OnboardingError::Revoked(client_id));
-                }
-                mark_approved(&txn, &id, &mut record, &client_id, "known key")?;
-                Approved {
-                    request_id: id.clone(),
-                    client_id,
-                    client,
-                    decided_by: "known key".into(),
-                    now: true,
-                }
-            }
-            None => approve_in(&txn, &id, &mut record, name, "operator".into(), issue)?,
-        };
-        txn.commit().map_err(db_err)?;
-        Ok((RequestView::new(&id, record), approved))
-    }
-
-    /// An operator rejects a request (pending; rejecting again is a no-op).
-    pub fn onboarding_reject(&self, typed_id: &str) -> Result<RequestView> {
-        let txn = self.db.begin_write().map_err(db_err)?;
-        let id = Self::resolve_request(&txn, typed_id)?;
-        let mut record =
-            get_request(&txn, &id)?.ok_or_else(|| OnboardingError::UnknownRequest(id.clone()))?;
-        match record.state {
-            OnboardingState::Approved => {
+        self.write(|txn| {
+            let id = resolve_request(txn, typed_id)?;
+            let mut record = txn
+                .onboarding_request(&id)?
+                .ok_or_else(|| OnboardingError::UnknownRequest(id.clone()))?;
+            if record.state == OnboardingState::Approved {
                 return Err(OnboardingError::Decided {
                     id,
                     state: "approved",
                     hint: format!(
-                        "revoke client {} instead (margoctl clients revoke)",
+                        "it is client {}",
                         record
                             .client_id
                             .as_ref()
@@ -820,16 +596,65 @@ impl Store {
                     ),
                 });
             }
-            OnboardingState::Rejected => {}
-            OnboardingState::Pending => {
-                record.state = OnboardingState::Rejected;
-                record.decided_by = Some("operator".into());
-                record.decided_ms = Some(now_ms());
-                put_request(&txn, &id, &record)?;
+            let known = match key_id_of_cert(&record.cert_der) {
+                Some(key) => txn.client_by_key(&key)?,
+                None => None,
+            };
+            let approved = match known {
+                Some(ClientEntry {
+                    id: client_id,
+                    record: client,
+                }) => {
+                    if client.revoked {
+                        return Err(OnboardingError::Revoked(client_id));
+                    }
+                    mark_approved(txn, &id, &mut record, &client_id, "known key")?;
+                    Approved {
+                        request_id: id.clone(),
+                        client_id,
+                        client,
+                        decided_by: "known key".into(),
+                        now: true,
+                    }
+                }
+                None => approve_in(txn, &id, &mut record, name, "operator".into(), issue)?,
+            };
+            Ok((RequestView::new(&id, record), approved))
+        })
+    }
+
+    /// An operator rejects a request (pending; rejecting again is a no-op).
+    pub fn onboarding_reject(&self, typed_id: &str) -> Result<RequestView> {
+        self.write(|txn| {
+            let id = resolve_request(txn, typed_id)?;
+            let mut record = txn
+                .onboarding_request(&id)?
+                .ok_or_else(|| OnboardingError::UnknownRequest(id.clone()))?;
+            match record.state {
+                OnboardingState::Approved => {
+                    return Err(OnboardingError::Decided {
+                        id,
+                        state: "approved",
+                        hint: format!(
+                            "revoke client {} instead (margoctl clients revoke)",
+                            record
+                                .client_id
+                                .as_ref()
+                                .map(ToString::to_string)
+                                .unwrap_or_default()
+                        ),
+                    });
+                }
+                OnboardingState::Rejected => {}
+                OnboardingState::Pending => {
+                    record.state = OnboardingState::Rejected;
+                    record.decided_by = Some("operator".into());
+                    record.decided_ms = Some(now_ms());
+                    txn.put_onboarding_request(&id, &record)?;
+                }
             }
-        }
-        txn.commit().map_err(db_err)?;
-        Ok(RequestView::new(&id, record))
+            Ok(RequestView::new(&id, record))
+        })
     }
 
     /// Creates an enrollment token good for `uses` approvals within `ttl_ms`.
@@ -867,25 +692,13 @@ impl Store {
             note,
             created_ms: now,
         };
-        let txn = self.db.begin_write().map_err(db_err)?;
-        {
-            let mut tokens = txn.open_table(TOKENS).map_err(db_err)?;
-            if tokens.get(id.as_str()).map_err(db_err)?.is_some() {
+        self.write(|txn| {
+            if !txn.insert_token(&id, &record)? {
                 // 48 random bits colliding: refuse rather than overwrite.
                 return Err(OnboardingError::Random);
             }
-            tokens
-                .insert(
-                    id.as_str(),
-                    encode("enrollment_tokens", &record)?.as_slice(),
-                )
-                .map_err(db_err)?;
-            txn.open_table(TOKEN_HASHES)
-                .map_err(db_err)?
-                .insert(record.hash.as_str(), id.as_str())
-                .map_err(db_err)?;
-        }
-        txn.commit().map_err(db_err)?;
+            Ok(())
+        })?;
         Ok(CreatedToken {
             token,
             view: TokenView::new(&id, &record, now),
@@ -895,14 +708,11 @@ impl Store {
     /// Every enrollment token (never the token text), oldest first.
     pub fn tokens(&self) -> Result<Vec<TokenView>> {
         let now = now_ms();
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(TOKENS).map_err(db_err)?;
-        let mut out = Vec::new();
-        for row in table.iter().map_err(db_err)? {
-            let (k, v) = row.map_err(db_err)?;
-            let record: TokenRecord = decode("enrollment_tokens", v.value())?;
-            out.push(TokenView::new(k.value(), &record, now));
-        }
+        let mut out: Vec<TokenView> = self
+            .token_records()?
+            .iter()
+            .map(|(id, record)| TokenView::new(id, record, now))
+            .collect();
         out.sort_by_key(|t| t.created_at);
         Ok(out)
     }
@@ -910,24 +720,10 @@ impl Store {
     /// Deletes a token; devices presenting it are refused from now on.
     pub fn token_revoke(&self, id: &str) -> Result<TokenView> {
         let now = now_ms();
-        let txn = self.db.begin_write().map_err(db_err)?;
-        let view = {
-            let mut tokens = txn.open_table(TOKENS).map_err(db_err)?;
-            let removed = tokens
-                .remove(id.trim())
-                .map_err(db_err)?
-                .map(|v| v.value().to_vec());
-            let record: TokenRecord = match removed {
-                Some(bytes) => decode("enrollment_tokens", &bytes)?,
-                None => return Err(OnboardingError::UnknownToken(id.chars().take(40).collect())),
-            };
-            txn.open_table(TOKEN_HASHES)
-                .map_err(db_err)?
-                .remove(record.hash.as_str())
-                .map_err(db_err)?;
-            TokenView::new(id.trim(), &record, now)
-        };
-        txn.commit().map_err(db_err)?;
-        Ok(view)
+        let record = self.write(|txn| {
+            txn.remove_token(id.trim())?
+                .ok_or_else(|| OnboardingError::UnknownToken(id.chars().take(40).collect()))
+        })?;
+        Ok(TokenView::new(id.trim(), &record, now))
     }
 }

@@ -4,7 +4,7 @@
 use std::fmt::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::store::ClientStatus;
+use crate::status_view::ClientStatus;
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub fn now_ms() -> u64 {
@@ -91,7 +91,7 @@ mod tests {
     use margo_schemas::status::{ComponentStatus, DeploymentState};
 
     use super::*;
-    use crate::store::DeploymentView;
+    use crate::status_view::DeploymentView;
 
     #[test]
     fn renders_clients_deployments_and_components() {

@@ -41,7 +41,7 @@ use margo_manager::bundle::{write_bundle, BundleError};
 use margo_manager::config::ManagerConfig;
 use margo_manager::manager::{Manager, ManagerError, ManagerHandle};
 use margo_manager::status_table;
-use margo_manager::store::ClientStatus;
+use margo_manager::status_view::ClientStatus;
 
 /// The examples shipped in `config/examples/`, embedded so the binary works from anywhere.
 pub const EXAMPLES: [(&str, &str); 2] = [
@@ -210,7 +210,7 @@ pub fn is_converged(c: &ClientStatus) -> bool {
         && desired(c).all(|d| d.state == Some(DeploymentState::Installed))
 }
 
-fn desired(c: &ClientStatus) -> impl Iterator<Item = &margo_manager::store::DeploymentView> {
+fn desired(c: &ClientStatus) -> impl Iterator<Item = &margo_manager::status_view::DeploymentView> {
     c.deployments.iter().filter(|d| d.desired_digest.is_some())
 }
 

@@ -18,7 +18,8 @@ use super::wire::{
 };
 use crate::onboarding::{CreatedToken, RequestView, TokenView};
 use crate::problem::Problem;
-use crate::store::{ClientStatus, UplinkSummary};
+use crate::status_view::ClientStatus;
+use crate::store::UplinkSummary;
 
 /// Why an admin call failed.
 #[derive(Debug, thiserror::Error)]

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::ingest::IngestTimingSnapshot;
 use crate::onboarding::RequestView;
-use crate::store::{AuditEvent, CapabilitiesEntry, ClientStatus, RemoteConfig};
+use crate::status_view::ClientStatus;
+use crate::store::{AuditEvent, CapabilitiesEntry, RemoteConfig};
 
 /// `POST /v1/clients` body.
 #[derive(Debug, Clone, Serialize, Deserialize)]

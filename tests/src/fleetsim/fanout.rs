@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use margo_manager::admin::{AdminClient, DeployManyRequest};
-use margo_manager::store::ClientStatus;
+use margo_manager::status_view::ClientStatus;
 use margo_schemas::ids::ClientId;
 use margo_schemas::status::DeploymentState;
 use serde::Serialize;
