@@ -1,14 +1,15 @@
 //! Configuration: the in-memory form ([`BrokerConfig`]) used by the library,
-//! and the TOML file form ([`BrokerFileConfig`]) used by the `margo-broker` binary.
+//! and the TOML file form ([`BrokerFileConfig`]) used by the `margo-broker`
+//! binary, layered like the other binaries' (defaults → file →
+//! `MARGO_BROKER_*` environment → flags; [`Layered`]).
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use margo_schemas::config_layers::{parse_socket_addr, ConfigError, EnvVar, Layered};
 use serde::Deserialize;
-
-use crate::error::BrokerError;
 
 /// Largest remaining length an MQTT 3.1.1 packet can declare.
 pub const MQTT_MAX_REMAINING_LENGTH: usize = 268_435_455;
@@ -138,7 +139,7 @@ impl GatewayConfig {
     }
 
     /// Checks the values that can be checked without parsing the PEM material.
-    pub fn validate(&self) -> Result<(), BrokerError> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         positive("gateway.handshake_timeout", self.handshake_timeout)?;
         positive("gateway.connect_timeout", self.connect_timeout)?;
         at_least(
@@ -158,16 +159,16 @@ impl GatewayConfig {
 
 impl BrokerConfig {
     /// Checks every field; the error names the first bad one.
-    pub fn validate(&self) -> Result<(), BrokerError> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if !self.mqtt.listen.ip().is_loopback() && !self.mqtt.allow_non_loopback {
-            return Err(BrokerError::Config {
-                field: "mqtt.listen",
-                reason: format!(
+            return Err(ConfigError::invalid(
+                "mqtt.listen",
+                format!(
                     "{} is not a loopback address; the plain listener has no authentication \
                      (set mqtt.allow_non_loopback = true to override)",
                     self.mqtt.listen
                 ),
-            });
+            ));
         }
         self.limits.validate()?;
         if let Some(gateway) = &self.gateway {
@@ -179,7 +180,7 @@ impl BrokerConfig {
 
 impl Limits {
     /// Checks the limits against what rumqttd accepts without panicking.
-    pub fn validate(&self) -> Result<(), BrokerError> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         at_least("limits.max_payload_bytes", self.max_payload_bytes, 1)?;
         at_most(
             "limits.max_payload_bytes",
@@ -190,10 +191,10 @@ impl Limits {
         at_least("limits.max_inflight", usize::from(self.max_inflight), 1)?;
         positive("limits.connection_timeout", self.connection_timeout)?;
         if self.connection_timeout > Duration::from_millis(u64::from(u16::MAX)) {
-            return Err(BrokerError::Config {
-                field: "limits.connection_timeout",
-                reason: "rumqttd stores it in a u16 of milliseconds; at most 65.535s".into(),
-            });
+            return Err(ConfigError::invalid(
+                "limits.connection_timeout",
+                "rumqttd stores it in a u16 of milliseconds; at most 65.535s",
+            ));
         }
         at_least("limits.max_segment_bytes", self.max_segment_bytes, 1024)?;
         at_least(
@@ -203,41 +204,38 @@ impl Limits {
         )?;
         at_least("limits.max_segment_count", self.max_segment_count, 1)?;
         if self.max_outgoing_packet_count == 0 {
-            return Err(BrokerError::Config {
-                field: "limits.max_outgoing_packet_count",
-                reason: "must be at least 1".into(),
-            });
+            return Err(ConfigError::invalid(
+                "limits.max_outgoing_packet_count",
+                "must be at least 1",
+            ));
         }
         Ok(())
     }
 }
 
-fn positive(field: &'static str, value: Duration) -> Result<(), BrokerError> {
+fn positive(field: &'static str, value: Duration) -> Result<(), ConfigError> {
     if value.is_zero() {
-        return Err(BrokerError::Config {
-            field,
-            reason: "must be greater than zero".into(),
-        });
+        return Err(ConfigError::invalid(field, "must be greater than zero"));
     }
     Ok(())
 }
 
-fn at_least(field: &'static str, value: usize, min: usize) -> Result<(), BrokerError> {
+fn at_least(field: &'static str, value: usize, min: usize) -> Result<(), ConfigError> {
     if value < min {
-        return Err(BrokerError::Config {
+        return Err(ConfigError::invalid(
             field,
-            reason: format!("{value} is below the minimum {min}"),
-        });
+            format!("{value} is below the minimum {min}"),
+        ));
     }
     Ok(())
 }
 
-fn at_most(field: &'static str, value: usize, max: usize) -> Result<(), BrokerError> {
+fn at_most(field: &'static str, value: usize, max: usize) -> Result<(), ConfigError> {
     if value > max {
-        return Err(BrokerError::Config {
+        return Err(ConfigError::invalid(
             field,
-            reason: format!("{value} is above the maximum {max}"),
-        });
+            format!("{value} is above the maximum {max}"),
+        ));
     }
     Ok(())
 }
@@ -298,19 +296,44 @@ fn default_max_pending_per_ip() -> usize {
     64
 }
 
+impl Default for BrokerFileConfig {
+    fn default() -> Self {
+        Self {
+            version: CONFIG_VERSION,
+            mqtt: MqttListenerConfig::default(),
+            limits: Limits::default(),
+            gateway: None,
+        }
+    }
+}
+
+impl GatewayFileConfig {
+    /// The defaults, with no PEM paths yet (a gateway asked for by the
+    /// environment alone; [`BrokerFileConfig::validate`] requires them).
+    fn without_paths() -> Self {
+        Self {
+            listen: default_gateway_listen(),
+            ca: PathBuf::new(),
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+            handshake_timeout: default_ten_seconds(),
+            connect_timeout: default_ten_seconds(),
+            max_pending_handshakes: default_max_pending(),
+            max_pending_per_ip: default_max_pending_per_ip(),
+        }
+    }
+}
+
 impl BrokerFileConfig {
     /// Parses TOML text (no validation, no file access).
-    pub fn from_toml(text: &str, origin: &Path) -> Result<Self, BrokerError> {
-        toml::from_str(text).map_err(|source| BrokerError::ParseConfig {
-            path: origin.to_path_buf(),
-            source: Box::new(source),
-        })
+    pub fn from_toml(text: &str, origin: &Path) -> Result<Self, ConfigError> {
+        margo_schemas::config_layers::parse_toml(text, origin)
     }
 
-    /// Reads, parses and validates a configuration file. Relative PEM paths
-    /// are resolved against the file's directory.
-    pub fn load(path: &Path) -> Result<Self, BrokerError> {
-        let text = std::fs::read_to_string(path).map_err(|source| BrokerError::ReadFile {
+    /// Reads and parses a configuration file, without validating it.
+    /// Relative PEM paths are resolved against the file's directory.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
@@ -322,29 +345,50 @@ impl BrokerFileConfig {
                 }
             }
         }
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a configuration file (no environment;
+    /// the binary uses [`Layered::load_layered`]).
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let config = Self::from_file(path)?;
         config.validate()?;
         Ok(config)
     }
 
     /// Checks every field; the error names the first bad one.
-    pub fn validate(&self) -> Result<(), BrokerError> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.version != CONFIG_VERSION {
-            return Err(BrokerError::Config {
-                field: "version",
-                reason: format!(
+            return Err(ConfigError::invalid(
+                "version",
+                format!(
                     "{} is not supported; expected {CONFIG_VERSION}",
                     self.version
                 ),
-            });
+            ));
+        }
+        if let Some(gateway) = &self.gateway {
+            for (field, path, var) in [
+                ("gateway.ca", &gateway.ca, "GATEWAY_CA"),
+                ("gateway.cert", &gateway.cert, "GATEWAY_CERT"),
+                ("gateway.key", &gateway.key, "GATEWAY_KEY"),
+            ] {
+                if path.as_os_str().is_empty() {
+                    return Err(ConfigError::invalid(
+                        field,
+                        format!("required with a gateway (in [gateway] or {ENV_PREFIX}{var})"),
+                    ));
+                }
+            }
         }
         self.to_config_with(|_| Ok(Vec::new()))?.validate()
     }
 
     /// Reads the PEM files and builds the in-memory configuration.
-    pub fn into_config(self) -> Result<BrokerConfig, BrokerError> {
+    pub fn into_config(self) -> Result<BrokerConfig, ConfigError> {
         self.validate()?;
         self.to_config_with(|path| {
-            std::fs::read(path).map_err(|source| BrokerError::ReadFile {
+            std::fs::read(path).map_err(|source| ConfigError::Read {
                 path: path.to_path_buf(),
                 source,
             })
@@ -353,8 +397,8 @@ impl BrokerFileConfig {
 
     fn to_config_with(
         &self,
-        read: impl Fn(&Path) -> Result<Vec<u8>, BrokerError>,
-    ) -> Result<BrokerConfig, BrokerError> {
+        read: impl Fn(&Path) -> Result<Vec<u8>, ConfigError>,
+    ) -> Result<BrokerConfig, ConfigError> {
         let gateway = match &self.gateway {
             None => None,
             Some(g) => Some(GatewayConfig {
@@ -377,11 +421,67 @@ impl BrokerFileConfig {
             gateway,
         })
     }
+
+    /// The `[gateway]` table, created (without PEM paths) if the file has none.
+    fn gateway_mut(&mut self) -> &mut GatewayFileConfig {
+        self.gateway
+            .get_or_insert_with(GatewayFileConfig::without_paths)
+    }
+}
+
+/// Prefix of the environment variables that override the file.
+pub const ENV_PREFIX: &str = "MARGO_BROKER_";
+
+impl Layered for BrokerFileConfig {
+    const ENV_PREFIX: &'static str = ENV_PREFIX;
+    const ENV_VARS: &'static [&'static str] = &[
+        "MQTT_LISTEN",
+        "GATEWAY_LISTEN",
+        "GATEWAY_CA",
+        "GATEWAY_CERT",
+        "GATEWAY_KEY",
+    ];
+    /// `margo-broker` has no flags that change the configuration.
+    type Flags = ();
+
+    fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        Self::from_file(path)
+    }
+
+    fn apply_env_var(
+        &mut self,
+        name: &str,
+        var: &str,
+        value: String,
+    ) -> Result<EnvVar, ConfigError> {
+        match name {
+            "MQTT_LISTEN" => self.mqtt.listen = parse_socket_addr(var, &value)?,
+            "GATEWAY_LISTEN" => self.gateway_mut().listen = parse_socket_addr(var, &value)?,
+            "GATEWAY_CA" => self.gateway_mut().ca = PathBuf::from(value),
+            "GATEWAY_CERT" => self.gateway_mut().cert = PathBuf::from(value),
+            "GATEWAY_KEY" => self.gateway_mut().key = PathBuf::from(value),
+            _ => return Ok(EnvVar::Unknown),
+        }
+        Ok(EnvVar::Applied)
+    }
+
+    fn apply_flags(&mut self, (): ()) {}
+
+    fn check(&self) -> Result<(), ConfigError> {
+        self.validate()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn field_of<T: std::fmt::Debug>(result: Result<T, ConfigError>) -> String {
+        match result {
+            Err(ConfigError::Invalid { field, .. }) => field,
+            other => panic!("expected a field error, got {other:?}"),
+        }
+    }
 
     const EXAMPLE: &str = include_str!("../../config/margo-broker.toml");
 
@@ -408,43 +508,101 @@ mod tests {
     fn unknown_fields_and_wrong_version_are_rejected() {
         assert!(BrokerFileConfig::from_toml("version = 1\nlisten = 3", Path::new("x")).is_err());
         let config = BrokerFileConfig::from_toml("version = 2", Path::new("x")).expect("parses");
-        assert!(matches!(
-            config.validate(),
-            Err(BrokerError::Config {
-                field: "version",
-                ..
-            })
-        ));
+        assert_eq!(field_of(config.validate()), "version");
     }
 
     #[test]
     fn validation_names_the_field() {
         let text = "version = 1\n[mqtt]\nlisten = \"0.0.0.0:1883\"\n";
         let config = BrokerFileConfig::from_toml(text, Path::new("x")).expect("parses");
-        assert!(matches!(
-            config.validate(),
-            Err(BrokerError::Config {
-                field: "mqtt.listen",
-                ..
-            })
-        ));
+        assert_eq!(field_of(config.validate()), "mqtt.listen");
         let text = "version = 1\n[limits]\nconnection_timeout = \"2m\"\n";
         let config = BrokerFileConfig::from_toml(text, Path::new("x")).expect("parses");
-        assert!(matches!(
-            config.validate(),
-            Err(BrokerError::Config {
-                field: "limits.connection_timeout",
-                ..
-            })
-        ));
+        assert_eq!(field_of(config.validate()), "limits.connection_timeout");
         let text = "version = 1\n[gateway]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\nhandshake_timeout = \"0s\"\n";
         let config = BrokerFileConfig::from_toml(text, Path::new("x")).expect("parses");
-        assert!(matches!(
-            config.validate(),
-            Err(BrokerError::Config {
-                field: "gateway.handshake_timeout",
-                ..
-            })
-        ));
+        assert_eq!(field_of(config.validate()), "gateway.handshake_timeout");
+    }
+
+    fn vars(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn environment_overrides_the_file_and_unknown_variables_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("broker.toml");
+        std::fs::write(
+            &file,
+            "version = 1\n[mqtt]\nlisten = \"127.0.0.1:1884\"\n[gateway]\nlisten = \"127.0.0.1:8884\"\nca = \"ca.pem\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n",
+        )
+        .expect("write");
+        let c = BrokerFileConfig::load_layered(Some(&file), vars(&[]), ()).expect("file only");
+        assert_eq!(c.mqtt.listen.port(), 1884);
+        let gateway = c.gateway.expect("gateway");
+        assert_eq!(
+            gateway.ca,
+            dir.path().join("ca.pem"),
+            "relative to the file"
+        );
+
+        let c = BrokerFileConfig::load_layered(
+            Some(&file),
+            vars(&[
+                ("MARGO_BROKER_MQTT_LISTEN", "127.0.0.1:0"),
+                ("MARGO_BROKER_GATEWAY_LISTEN", "[::1]:0"),
+                ("MARGO_BROKER_GATEWAY_KEY", "/etc/k.pem"),
+                ("MARGO_AGENT_DATA_DIR", "/not/ours"),
+            ]),
+            (),
+        )
+        .expect("env over file");
+        assert_eq!(c.mqtt.listen.port(), 0);
+        let gateway = c.gateway.expect("gateway");
+        assert_eq!(gateway.listen, "[::1]:0".parse().expect("addr"));
+        assert_eq!(gateway.key, PathBuf::from("/etc/k.pem"));
+        assert_eq!(gateway.cert, dir.path().join("cert.pem"));
+
+        let err = BrokerFileConfig::load_layered(
+            Some(&file),
+            vars(&[("MARGO_BROKER_MQTT_LISTN", "127.0.0.1:0")]),
+            (),
+        );
+        assert_eq!(field_of(err), "MARGO_BROKER_MQTT_LISTN");
+        let err = BrokerFileConfig::load_layered(
+            Some(&file),
+            vars(&[("MARGO_BROKER_MQTT_LISTEN", "localhost")]),
+            (),
+        );
+        assert_eq!(field_of(err), "MARGO_BROKER_MQTT_LISTEN");
+        // A gateway from the environment alone needs all three PEM paths.
+        let bare = dir.path().join("bare.toml");
+        std::fs::write(&bare, "version = 1\n").expect("write");
+        let err = BrokerFileConfig::load_layered(
+            Some(&bare),
+            vars(&[
+                ("MARGO_BROKER_GATEWAY_CA", "/ca.pem"),
+                ("MARGO_BROKER_GATEWAY_CERT", "/cert.pem"),
+            ]),
+            (),
+        );
+        assert_eq!(field_of(err), "gateway.key");
+    }
+
+    #[test]
+    fn every_variable_is_read_and_documented() {
+        let docs = include_str!("../../docs/configuration.md");
+        for name in BrokerFileConfig::ENV_VARS {
+            let var = format!("{ENV_PREFIX}{name}");
+            let mut c = BrokerFileConfig::default();
+            let known = c.apply_env_var(name, &var, "127.0.0.1:1".into());
+            assert!(matches!(known, Ok(EnvVar::Applied)), "{var} is not read");
+            assert!(
+                docs.contains(&format!("`{var}`")),
+                "{var} is not in docs/configuration.md"
+            );
+        }
     }
 }

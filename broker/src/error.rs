@@ -1,7 +1,8 @@
 //! The crate's one error type.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+
+use margo_schemas::config_layers::ConfigError;
 
 /// Everything that can go wrong while configuring or starting the broker and gateway.
 ///
@@ -10,30 +11,10 @@ use std::path::PathBuf;
 /// [`crate::GatewayStats`], and never stop the listener.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    /// A configuration value is invalid; `field` names it as in the TOML file.
-    #[error("invalid configuration: {field}: {reason}")]
-    Config {
-        /// Dotted path of the offending field, e.g. `gateway.handshake_timeout`.
-        field: &'static str,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// A configuration file could not be read.
-    #[error("cannot read {path}: {source}")]
-    ReadFile {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// A configuration file is not valid TOML for [`crate::BrokerFileConfig`].
-    #[error("cannot parse {path}: {source}")]
-    ParseConfig {
-        /// The file.
-        path: PathBuf,
-        /// The TOML error.
-        source: Box<toml::de::Error>,
-    },
+    /// The configuration is unusable: a file not read or not parsed, or a
+    /// value invalid (`FIELD: reason`, the field named as in the TOML file).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// The gateway's PEM material is unusable.
     #[error("gateway TLS: {0}")]
     Tls(String),

@@ -31,7 +31,7 @@ pub mod tls;
 
 pub use config::{
     BrokerConfig, BrokerFileConfig, GatewayConfig, GatewayFileConfig, GatewayTls, Limits,
-    MqttListenerConfig, CONFIG_VERSION, MQTT_MAX_REMAINING_LENGTH,
+    MqttListenerConfig, CONFIG_VERSION, ENV_PREFIX, MQTT_MAX_REMAINING_LENGTH,
 };
 pub use embedded::{BrokerHandle, EmbeddedBroker};
 pub use error::BrokerError;

@@ -116,3 +116,57 @@ async fn binary_rejects_a_bad_config_naming_the_field() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("mqtt.listen"), "stderr: {stderr}");
 }
+
+/// `MARGO_BROKER_*` variables override the file: here the file names no
+/// gateway and the environment adds one (docs/configuration.md).
+#[tokio::test]
+async fn binary_takes_listeners_and_gateway_from_the_environment() {
+    let pki = Pki::new("fleet ca");
+    let tls = pki.gateway_tls();
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, pem) in [
+        ("ca.pem", &tls.ca_pem),
+        ("cert.pem", &tls.cert_pem),
+        ("key.pem", &tls.key_pem),
+    ] {
+        std::fs::write(dir.path().join(name), pem).expect("write");
+    }
+    let config = dir.path().join("broker.toml");
+    std::fs::write(&config, "version = 1\n[mqtt]\nlisten = \"127.0.0.1:1\"\n").expect("write");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_margo-broker"))
+        .arg("--config")
+        .arg(&config)
+        .env("MARGO_BROKER_MQTT_LISTEN", "127.0.0.1:0")
+        .env("MARGO_BROKER_GATEWAY_LISTEN", "127.0.0.1:0")
+        .env("MARGO_BROKER_GATEWAY_CA", dir.path().join("ca.pem"))
+        .env("MARGO_BROKER_GATEWAY_CERT", dir.path().join("cert.pem"))
+        .env("MARGO_BROKER_GATEWAY_KEY", dir.path().join("key.pem"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn margo-broker");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let line = within(WAIT, "ready line", lines.next_line())
+        .await
+        .expect("read stdout")
+        .expect("a line before EOF");
+    assert!(
+        line.starts_with("margo-broker ready mqtt=127.0.0.1:"),
+        "{line}"
+    );
+    assert!(
+        !line.contains("mqtt=127.0.0.1:1 "),
+        "the file's port won: {line}"
+    );
+    assert!(
+        line.contains(" gateway=127.0.0.1:"),
+        "no gateway from the environment: {line}"
+    );
+    signal(&child, "TERM");
+    let status = within(WAIT, "exit after SIGTERM", child.wait())
+        .await
+        .expect("wait");
+    assert!(status.success(), "exit status {status}");
+}

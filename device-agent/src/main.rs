@@ -14,9 +14,11 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use margo_agent::config::Flags;
 #[cfg(feature = "onboarding")]
 use margo_agent::onboard::{self, OnboardOutcome, OnboardSettings, Onboarding};
 use margo_agent::{Agent, AgentConfig, AgentOptions};
+use margo_schemas::config_layers::Layered;
 use tokio_util::sync::CancellationToken;
 
 /// The optional Cargo features this binary has, for `--help`.
@@ -134,19 +136,17 @@ fn init_logging(verbose: u8) {
 }
 
 fn load_config(args: &RunArgs) -> anyhow::Result<AgentConfig> {
-    let mut config = AgentConfig::load(&args.config)?;
-    config.apply_env()?;
-    if let Some(dir) = &args.identity_dir {
-        config.identity_dir = dir.clone();
-    }
-    if let Some(dir) = &args.data_dir {
-        config.data_dir = dir.clone();
-    }
-    if let Some(url) = &args.broker_url {
-        config.broker_url = Some(url.clone());
-    }
-    config.validate()?;
-    Ok(config)
+    let flags = Flags {
+        identity_dir: args.identity_dir.clone(),
+        data_dir: args.data_dir.clone(),
+        broker_url: args.broker_url.clone(),
+        onboarding: None,
+    };
+    Ok(AgentConfig::load_layered(
+        Some(&args.config),
+        std::env::vars(),
+        flags,
+    )?)
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {
@@ -168,32 +168,24 @@ async fn wait_for_signal() -> anyhow::Result<()> {
 
 #[cfg(feature = "onboarding")]
 fn load_onboard_config(args: &OnboardArgs) -> anyhow::Result<AgentConfig> {
-    let mut config = match &args.config {
-        Some(path) => AgentConfig::load(path)?,
-        None => AgentConfig::default(),
+    use margo_agent::config::OnboardingFlags;
+    let flags = Flags {
+        identity_dir: args.identity_dir.clone(),
+        data_dir: None,
+        broker_url: None,
+        onboarding: Some(OnboardingFlags {
+            manager_url: args.manager.clone(),
+            ca_fingerprint: args.ca_fingerprint.clone(),
+            token: args.token.clone(),
+            name: args.name.clone(),
+            insecure_tofu: args.insecure_tofu,
+        }),
     };
-    config.apply_env()?;
-    if let Some(dir) = &args.identity_dir {
-        config.identity_dir = dir.clone();
-    }
-    let onboarding = config.onboarding_mut();
-    if let Some(url) = &args.manager {
-        onboarding.manager_url = url.clone();
-    }
-    if let Some(fp) = &args.ca_fingerprint {
-        onboarding.ca_fingerprint = Some(fp.clone());
-    }
-    if let Some(token) = &args.token {
-        onboarding.token = Some(token.clone());
-    }
-    if let Some(name) = &args.name {
-        onboarding.name = Some(name.clone());
-    }
-    if args.insecure_tofu {
-        onboarding.insecure_tofu = true;
-    }
-    config.validate()?;
-    Ok(config)
+    Ok(AgentConfig::load_layered(
+        args.config.as_deref(),
+        std::env::vars(),
+        flags,
+    )?)
 }
 
 /// Runs onboarding until done or rejected; `None` after a signal.

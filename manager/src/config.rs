@@ -14,40 +14,14 @@ pub const DEFAULT_PUBLIC_BROKER_URL: &str = "mqtts://localhost:8883";
 /// Largest MQTT packet payload we will ever accept (MQTT 3.1.1 remaining length).
 const MQTT_MAX_PAYLOAD: usize = 268_435_455;
 
-/// Why a configuration could not be loaded or is invalid.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML for [`ManagerConfig`] (unknown keys included).
-    #[error("cannot parse {path}: {source}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// The TOML error.
-        source: Box<toml::de::Error>,
-    },
-    /// A value is invalid; `field` names it as in the TOML file (or the env variable).
-    #[error("invalid configuration: {field}: {reason}")]
-    Invalid {
-        /// Dotted path of the field, e.g. `broker.url`.
-        field: &'static str,
-        /// What is wrong with it.
-        reason: String,
-    },
-}
+pub use margo_schemas::config_layers::ConfigError;
+use margo_schemas::config_layers::{EnvVar, Layered};
 
-fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        field,
-        reason: reason.into(),
-    }
+/// Prefix of the environment variables that override the file.
+pub const ENV_PREFIX: &str = "MARGO_MANAGER_";
+
+fn invalid(field: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::invalid(field, reason)
 }
 
 /// Where the manager's MQTT broker comes from.
@@ -335,10 +309,7 @@ impl ManagerConfig {
 
     /// Parses TOML text; relative paths are taken relative to `base_dir`.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let mut config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            source: Box::new(e),
-        })?;
+        let mut config: Self = margo_schemas::config_layers::parse_toml(text, path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_relative(base);
         Ok(config)
@@ -353,39 +324,25 @@ impl ManagerConfig {
         Self::from_toml(&text, path)
     }
 
-    /// The full layering: defaults, then `file` (if any), then `env`
-    /// (`MARGO_MANAGER_DATA_DIR`, `MARGO_MANAGER_BROKER_URL`,
-    /// `MARGO_MANAGER_PUBLIC_BROKER_URL`, `MARGO_MANAGER_ADMIN_SOCKET`), then
+    /// The full layering ([`Layered::load_layered`]): defaults, then `file`
+    /// (if any), then the `MARGO_MANAGER_*` variables among `env`
+    /// ([`Layered::ENV_VARS`]; another name with the prefix is an error), then
     /// `overrides`; finally [`validate`](Self::validate).
     pub fn load(
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
         overrides: Overrides,
     ) -> Result<Self, ConfigError> {
-        let mut config = match file {
-            Some(path) => Self::from_file(path)?,
-            None => Self::default(),
-        };
-        config.apply_env(env);
-        config.apply_overrides(overrides);
-        config.validate()?;
-        Ok(config)
+        Self::load_layered(file, env, overrides)
     }
 
-    /// Applies the `MARGO_MANAGER_*` variables among `env`.
-    pub fn apply_env(&mut self, env: impl IntoIterator<Item = (String, String)>) {
-        for (key, value) in env {
-            match key.as_str() {
-                "MARGO_MANAGER_DATA_DIR" => self.data_dir = PathBuf::from(value),
-                "MARGO_MANAGER_BROKER_URL" => {
-                    self.broker.mode = BrokerMode::External;
-                    self.broker.url = Some(value);
-                }
-                "MARGO_MANAGER_PUBLIC_BROKER_URL" => self.public_broker_url = value,
-                "MARGO_MANAGER_ADMIN_SOCKET" => self.admin_socket = Some(PathBuf::from(value)),
-                _ => {}
-            }
-        }
+    /// Applies the `MARGO_MANAGER_*` variables among `env`; an unknown one
+    /// is an error naming it.
+    pub fn apply_env(
+        &mut self,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), ConfigError> {
+        Layered::apply_env(self, env)
     }
 
     /// Applies command-line values.
@@ -535,11 +492,11 @@ impl ManagerConfig {
                 broker.limits = self.broker.limits.clone();
                 broker.mqtt.listen = self.broker.mqtt_listen;
                 broker.validate().map_err(|e| match e {
-                    margo_broker::BrokerError::Config { field, reason } => ConfigError::Invalid {
-                        field: broker_field(field),
+                    ConfigError::Invalid { field, reason } => ConfigError::Invalid {
+                        field: broker_field(&field),
                         reason,
                     },
-                    other => invalid("broker", other.to_string()),
+                    other => other,
                 })?;
             }
         }
@@ -643,18 +600,56 @@ impl ManagerConfig {
     }
 }
 
-/// Maps a margo-broker field name onto ours (`limits.x` → `broker.limits.x`).
-fn broker_field(field: &'static str) -> &'static str {
+impl Layered for ManagerConfig {
+    const ENV_PREFIX: &'static str = ENV_PREFIX;
+    const ENV_VARS: &'static [&'static str] = &[
+        "DATA_DIR",
+        "BROKER_URL",
+        "PUBLIC_BROKER_URL",
+        "ADMIN_SOCKET",
+    ];
+    type Flags = Overrides;
+
+    fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        Self::from_file(path)
+    }
+
+    fn apply_env_var(
+        &mut self,
+        name: &str,
+        _var: &str,
+        value: String,
+    ) -> Result<EnvVar, ConfigError> {
+        match name {
+            "DATA_DIR" => self.data_dir = PathBuf::from(value),
+            // Like `--broker`: an external broker.
+            "BROKER_URL" => {
+                self.broker.mode = BrokerMode::External;
+                self.broker.url = Some(value);
+            }
+            "PUBLIC_BROKER_URL" => self.public_broker_url = value,
+            "ADMIN_SOCKET" => self.admin_socket = Some(PathBuf::from(value)),
+            _ => return Ok(EnvVar::Unknown),
+        }
+        Ok(EnvVar::Applied)
+    }
+
+    fn apply_flags(&mut self, flags: Overrides) {
+        self.apply_overrides(flags);
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        self.validate()
+    }
+}
+
+/// Maps a margo-broker field name onto ours (`limits.x` → `broker.limits.x`,
+/// `mqtt.listen` → `broker.mqtt_listen`).
+fn broker_field(field: &str) -> String {
     match field {
-        "limits.max_payload_bytes" => "broker.limits.max_payload_bytes",
-        "limits.max_connections" => "broker.limits.max_connections",
-        "limits.max_inflight" => "broker.limits.max_inflight",
-        "limits.connection_timeout" => "broker.limits.connection_timeout",
-        "limits.max_segment_bytes" => "broker.limits.max_segment_bytes",
-        "limits.max_segment_count" => "broker.limits.max_segment_count",
-        "limits.max_outgoing_packet_count" => "broker.limits.max_outgoing_packet_count",
-        "mqtt.listen" => "broker.mqtt_listen",
-        _ => "broker.limits",
+        "mqtt.listen" => "broker.mqtt_listen".to_string(),
+        f if f.starts_with("limits.") => format!("broker.{f}"),
+        _ => "broker.limits".to_string(),
     }
 }
 
@@ -682,7 +677,7 @@ pub use margo_schemas::broker_url::BrokerUrl;
 mod tests {
     use super::*;
 
-    fn field_of(e: ConfigError) -> &'static str {
+    fn field_of(e: ConfigError) -> String {
         match e {
             ConfigError::Invalid { field, .. } => field,
             other => panic!("not a validation error: {other}"),
@@ -724,7 +719,8 @@ batch_interval = "5ms"
                 "/var/lib/m".to_string(),
             ),
             ("UNRELATED".to_string(), "x".to_string()),
-        ]);
+        ])
+        .expect("known variables");
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/m"));
         c.apply_overrides(Overrides {
             data_dir: Some(PathBuf::from("/tmp/flag")),
@@ -852,5 +848,58 @@ batch_interval = "5ms"
             field_of(c.validate().unwrap_err()),
             "broker.limits.max_segment_bytes"
         );
+    }
+
+    #[test]
+    fn unknown_manager_variables_are_refused_by_name() {
+        let env = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        let err = ManagerConfig::load(
+            None,
+            env("MARGO_MANAGER_DATADIR", "/x"),
+            Overrides::default(),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert_eq!(field_of(err), "MARGO_MANAGER_DATADIR");
+        assert!(
+            text.contains("unknown variable; known: MARGO_MANAGER_DATA_DIR"),
+            "{text}"
+        );
+        // Other prefixes are not the manager's business.
+        ManagerConfig::load(None, env("MARGO_AGENT_NOPE", "1"), Overrides::default())
+            .expect("other prefixes ignored");
+        // BROKER_URL switches to an external broker, as --broker does; the flag wins.
+        let c = ManagerConfig::load(
+            None,
+            env("MARGO_MANAGER_BROKER_URL", "mqtt://127.0.0.1:1884"),
+            Overrides::default(),
+        )
+        .expect("external");
+        assert_eq!(c.broker.mode, BrokerMode::External);
+        let c = ManagerConfig::load(
+            None,
+            env("MARGO_MANAGER_BROKER_URL", "mqtt://127.0.0.1:1884"),
+            Overrides {
+                broker_url: Some("mqtt://127.0.0.1:1885".into()),
+                ..Overrides::default()
+            },
+        )
+        .expect("external");
+        assert_eq!(c.broker.url.as_deref(), Some("mqtt://127.0.0.1:1885"));
+    }
+
+    #[test]
+    fn every_variable_is_read_and_documented() {
+        let docs = include_str!("../../docs/configuration.md");
+        for name in ManagerConfig::ENV_VARS {
+            let var = format!("{ENV_PREFIX}{name}");
+            let mut c = ManagerConfig::default();
+            let known = c.apply_env_var(name, &var, "mqtt://127.0.0.1:1".into());
+            assert!(matches!(known, Ok(EnvVar::Applied)), "{var} is not read");
+            assert!(
+                docs.contains(&format!("`{var}`")),
+                "{var} is not in docs/configuration.md"
+            );
+        }
     }
 }

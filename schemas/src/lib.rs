@@ -7,6 +7,7 @@
 pub mod broker_url;
 pub mod capabilities;
 pub mod codec;
+pub mod config_layers;
 pub mod cose;
 pub mod deployment;
 pub mod digest;

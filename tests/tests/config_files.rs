@@ -213,3 +213,52 @@ fn check_acl(text: &str) {
         "ACL has no rules for the manager"
     );
 }
+
+/// Runs `binary args` with one extra environment variable; it must refuse to
+/// start (non-zero exit) and name the variable on stderr.
+fn refuses_unknown_variable(binary: &str, args: &[&std::ffi::OsStr], var: &str) {
+    let out = std::process::Command::new(margo_tests::bin(binary))
+        .args(args)
+        .env(var, "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {binary}: {e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "{binary} started with {var} set; stderr:\n{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{var}: unknown variable")),
+        "{binary}: stderr does not name {var}:\n{stderr}"
+    );
+}
+
+/// Every binary refuses an unknown variable with its prefix (a typo must not
+/// run with the default silently): docs/configuration.md.
+#[test]
+fn every_binary_refuses_an_unknown_prefixed_variable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("manager-data");
+    refuses_unknown_variable(
+        "margo-manager",
+        &["init".as_ref(), "--data-dir".as_ref(), data.as_os_str()],
+        "MARGO_MANAGER_DATADIR",
+    );
+    assert!(!data.exists(), "margo-manager init ran despite the error");
+
+    let broker = dir.path().join("broker.toml");
+    std::fs::write(&broker, "version = 1\n[mqtt]\nlisten = \"127.0.0.1:0\"\n").expect("write");
+    refuses_unknown_variable(
+        "margo-broker",
+        &["--config".as_ref(), broker.as_os_str()],
+        "MARGO_BROKER_LISTEN",
+    );
+
+    let agent = config_dir().join("margo-agent.toml");
+    refuses_unknown_variable(
+        "margo-agent",
+        &["run".as_ref(), "--config".as_ref(), agent.as_os_str()],
+        "MARGO_AGENT_KEEPALIVE",
+    );
+}

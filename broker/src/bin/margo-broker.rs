@@ -1,5 +1,7 @@
 //! `margo-broker --config FILE [--revocations FILE] [-v]`: runs the embedded
-//! rumqttd and the device gateway until SIGINT/SIGTERM.
+//! rumqttd and the device gateway until SIGINT/SIGTERM. `MARGO_BROKER_*`
+//! variables override the file; an unknown one is refused
+//! (docs/configuration.md).
 //!
 //! Prints `margo-broker ready mqtt=ADDR gateway=ADDR` on stdout once both
 //! listeners accept (`gateway=none` without a gateway); logs go to stderr.
@@ -10,6 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Parser;
 use margo_broker::{parse_revocation_list, BrokerFileConfig, EmbeddedBroker, Revocations};
+use margo_schemas::config_layers::Layered;
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
@@ -48,7 +51,8 @@ async fn main() -> Result<()> {
     // One process-wide rustls provider (ring) for every rustls user in the tree.
     let _ = rustls::crypto::ring::default_provider().install_default();
 
-    let config = BrokerFileConfig::load(&cli.config)
+    // Defaults → file → MARGO_BROKER_* environment (docs/configuration.md).
+    let config = BrokerFileConfig::load_layered(Some(&cli.config), std::env::vars(), ())
         .and_then(BrokerFileConfig::into_config)
         .with_context(|| format!("configuration {}", cli.config.display()))?;
 
