@@ -25,7 +25,7 @@ use margo_schemas::topics;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 mod common;
-use common::{start, Https, Reply, WAIT};
+use common::{capabilities_body, start, Https, Reply, WAIT};
 use margo_testkit::within;
 
 const DEP_A: &str = "a3e2f5dc-912e-494f-8395-52cf3769bc06";
@@ -269,22 +269,6 @@ fn status_body(deployment: &str, state: &str, adopted: Option<u64>) -> serde_jso
         body["adoptedManifestVersion"] = v.into();
     }
     body
-}
-
-fn capabilities_body(id: &str) -> serde_json::Value {
-    serde_json::json!({
-        "apiVersion": "device.margo.org/v1alpha1",
-        "kind": "DeviceCapabilitiesManifest",
-        "properties": {
-            "id": id,
-            "vendor": "Acme",
-            "modelNumber": "E1",
-            "serialNumber": "sn-1",
-            "cpu": [{"cores": 2, "architecture": "arm64"}],
-            "memory": "4Gi",
-            "storage": "32Gi"
-        }
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

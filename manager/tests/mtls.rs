@@ -17,7 +17,7 @@ use margo_schemas::onboarding::OnboardingRequest;
 use rcgen::{CertificateParams, KeyPair};
 
 mod common;
-use common::{start, Https, Reply};
+use common::{capabilities_body, start, Https, Reply};
 
 const DEP_A: &str = "a3e2f5dc-912e-494f-8395-52cf3769bc06";
 const DEP_B: &str = "b7e2f5dc-912e-494f-8395-52cf3769bc06";
@@ -41,16 +41,6 @@ fn yaml(id: &str, name: &str) -> String {
 }
 
 impl Reply {
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "HTTP {} body is not JSON ({e}): {}",
-                self.status,
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-
     /// Asserts `status` and a problem+json body; returns the body.
     fn problem(&self, status: StatusCode) -> serde_json::Value {
         assert_eq!(
@@ -144,22 +134,6 @@ fn status_body(deployment: &str, state: &str, adopted: u64) -> serde_json::Value
         "adoptedManifestVersion": adopted,
         "status": {"state": state},
         "components": [{"name": "web", "state": state}],
-    })
-}
-
-fn capabilities_body(id: &str) -> serde_json::Value {
-    serde_json::json!({
-        "apiVersion": "device.margo.org/v1alpha1",
-        "kind": "DeviceCapabilitiesManifest",
-        "properties": {
-            "id": id,
-            "vendor": "Acme",
-            "modelNumber": "E1",
-            "serialNumber": "sn-1",
-            "cpu": [{"cores": 2, "architecture": "arm64"}],
-            "memory": "4Gi",
-            "storage": "32Gi"
-        }
     })
 }
 

@@ -42,16 +42,6 @@ fn config(dir: &Path) -> ManagerConfig {
 // ---- HTTPS client ---------------------------------------------------------------
 
 impl Reply {
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "HTTP {} body is not JSON ({e}): {}",
-                self.status,
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-
     fn onboarding(&self) -> OnboardingResponse {
         serde_json::from_value(self.json()).expect("an OnboardingResponse")
     }

@@ -162,6 +162,17 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// The body as JSON; panics naming the status and the body when it is not.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "HTTP {} body is not JSON ({e}): {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
     pub fn header(&self, name: &str) -> Option<String> {
         self.headers
             .get(name)
@@ -247,4 +258,21 @@ impl Https {
         })
         .await
     }
+}
+
+/// A Margo device capabilities manifest for device `id` (JSON, as a device sends it).
+pub fn capabilities_body(id: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "device.margo.org/v1alpha1",
+        "kind": "DeviceCapabilitiesManifest",
+        "properties": {
+            "id": id,
+            "vendor": "Acme",
+            "modelNumber": "E1",
+            "serialNumber": "sn-1",
+            "cpu": [{"cores": 2, "architecture": "arm64"}],
+            "memory": "4Gi",
+            "storage": "32Gi"
+        }
+    })
 }
