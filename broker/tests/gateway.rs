@@ -312,27 +312,9 @@ async fn revocation_drops_the_live_connection_and_refuses_reconnects() {
     .await;
 
     // Reconnecting: CONNACK "not authorized", not a bare close.
-    let mut opts = rumqttc::MqttOptions::new("devr", gw.ip().to_string(), gw.port());
-    opts.set_transport(rumqttc::Transport::tls_with_config(
-        rumqttc::TlsConfiguration::Rustls(tls.clone()),
-    ));
-    let (_client, mut eventloop) = rumqttc::AsyncClient::new(opts, 8);
-    let refused = within(WAIT, "revoked identity's CONNACK", async {
-        loop {
-            match eventloop.poll().await {
-                Ok(_) => {}
-                Err(e) => return e,
-            }
-        }
-    })
-    .await;
-    assert!(
-        matches!(
-            refused,
-            rumqttc::ConnectionError::ConnectionRefused(rumqttc::ConnectReturnCode::NotAuthorized)
-        ),
-        "expected CONNACK not authorized, got {refused:?}"
-    );
+    TestClient::device(gw, tls.clone(), Options::new("devr"))
+        .refused_not_authorized("revoked identity's CONNACK")
+        .await;
     eventually(WAIT, "refusal counted", || {
         stats.refused_revoked.load(Ordering::Relaxed) == 1
     })

@@ -22,11 +22,11 @@ use margo_schemas::onboarding::{
 use margo_schemas::pki::{cert_info, certs_from_pem, client_tls_config};
 use margo_schemas::topics;
 use rcgen::{CertificateParams, KeyPair};
-use rumqttc::{AsyncClient, MqttOptions, QoS, TlsConfiguration, Transport};
+use rumqttc::{MqttOptions, QoS, TlsConfiguration, Transport};
 
 mod common;
 use common::{start, DevicePem, FakeDevice, Https, Reply, WAIT};
-use margo_testkit::within;
+use margo_testkit::mqtt::TestClient;
 
 const DEPLOYMENT_ID: &str = "b7e2f5dc-912e-494f-8395-52cf3769bc06";
 
@@ -502,23 +502,10 @@ async fn operator_approval_then_mqtt_then_capabilities_then_revocation() {
         Some((identity.cert.as_bytes(), key_pem.as_bytes())),
     )
     .expect("TLS");
-    let (_client, mut eventloop) =
-        AsyncClient::new(mqtt_options(gateway, &identity.client_id, tls), 8);
-    let refused = within(WAIT, "CONNACK of a revoked device", async {
-        loop {
-            if let Err(e) = eventloop.poll().await {
-                return e;
-            }
-        }
-    })
-    .await;
-    assert!(
-        matches!(
-            refused,
-            rumqttc::ConnectionError::ConnectionRefused(rumqttc::ConnectReturnCode::NotAuthorized)
-        ),
-        "expected CONNACK not authorized, got {refused:?}"
-    );
+    TestClient::spawn(mqtt_options(gateway, &identity.client_id, tls), 8)
+        .with_wait(WAIT)
+        .refused_not_authorized("CONNACK of a revoked device")
+        .await;
     let stats = manager.onboarding_stats().snapshot();
     assert_eq!(stats.pending_created, 1);
     assert!(stats.forbidden >= 3);

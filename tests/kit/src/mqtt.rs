@@ -305,6 +305,30 @@ impl TestClient {
         .await
     }
 
+    /// Waits for the connection to fail and asserts that the broker
+    /// refused it with CONNACK "not authorized" (not a bare close). Panics
+    /// after the wait.
+    pub async fn refused_not_authorized(&mut self, what: &str) {
+        let name = self.name.clone();
+        let refused = within(self.wait, &format!("{name}: {what}"), async {
+            loop {
+                match self.events.recv().await {
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return e,
+                    None => panic!("{name}: event loop ended without an error ({what})"),
+                }
+            }
+        })
+        .await;
+        assert!(
+            matches!(
+                refused,
+                ConnectionError::ConnectionRefused(rumqttc::ConnectReturnCode::NotAuthorized)
+            ),
+            "{name}: expected CONNACK not authorized, got {refused:?}"
+        );
+    }
+
     /// Asserts that the connection stays up for `quiet`, reading events.
     pub async fn stays_up(&mut self, quiet: Duration) {
         let deadline = tokio::time::Instant::now() + quiet;
