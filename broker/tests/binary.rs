@@ -5,6 +5,9 @@ mod common;
 use std::process::Stdio;
 
 use common::*;
+use margo_testkit::mqtt::{Options, TestClient};
+use margo_testkit::pki::{client_tls, TestPki};
+use margo_testkit::within;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -19,8 +22,8 @@ fn signal(child: &Child, sig: &str) {
 
 #[tokio::test]
 async fn binary_reports_ready_with_real_ports_and_exits_on_sigterm() {
-    let pki = Pki::new("fleet ca");
-    let tls = pki.gateway_tls();
+    let pki = TestPki::new("fleet ca");
+    let tls = gateway_tls(&pki);
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("ca.pem"), &tls.ca_pem).expect("write");
     std::fs::write(dir.path().join("cert.pem"), &tls.cert_pem).expect("write");
@@ -79,10 +82,10 @@ handshake_timeout = "2s"
     assert_ne!(mqtt.port(), 0);
     assert_ne!(gateway.port(), 0);
 
-    let mut manager = Client::plain(mqtt, "manager");
+    let mut manager = TestClient::plain(mqtt, "manager");
     manager.connack().await;
     let device_tls = client_tls(&pki, Some(&pki.client("devbin")));
-    let mut device = Client::device(gateway, device_tls.clone(), Options::new("devbin"));
+    let mut device = TestClient::device(gateway, device_tls.clone(), Options::new("devbin"));
     device.connack().await;
 
     // SIGHUP reloads the revocation list and cuts the revoked device.
@@ -121,8 +124,8 @@ async fn binary_rejects_a_bad_config_naming_the_field() {
 /// gateway and the environment adds one (docs/configuration.md).
 #[tokio::test]
 async fn binary_takes_listeners_and_gateway_from_the_environment() {
-    let pki = Pki::new("fleet ca");
-    let tls = pki.gateway_tls();
+    let pki = TestPki::new("fleet ca");
+    let tls = gateway_tls(&pki);
     let dir = tempfile::tempdir().expect("tempdir");
     for (name, pem) in [
         ("ca.pem", &tls.ca_pem),

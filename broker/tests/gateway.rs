@@ -8,6 +8,9 @@ use std::time::Duration;
 use common::*;
 use margo_schemas::ids::{ClientId, DeploymentId};
 use margo_schemas::topics;
+use margo_testkit::mqtt::{Options, TestClient};
+use margo_testkit::pki::{client_tls, TestPki};
+use margo_testkit::{eventually, within};
 use rumqttc::{LastWill, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -29,12 +32,12 @@ async fn peer_closes(stream: &mut (impl AsyncReadExt + Unpin)) -> bool {
 
 #[tokio::test]
 async fn device_gets_retained_desired_state_and_its_uplink_reaches_the_manager() {
-    let pki = Pki::new("fleet ca");
+    let pki = TestPki::new("fleet ca");
     let broker = start_broker(&pki, Duration::from_secs(10)).await;
     let gw = broker.gateway_addr().expect("gateway");
     let dev = id("dev1");
 
-    let mut manager = Client::plain(broker.mqtt_addr(), "manager");
+    let mut manager = TestClient::plain(broker.mqtt_addr(), "manager");
     manager.connack().await;
     manager
         .client
@@ -55,7 +58,7 @@ async fn device_gets_retained_desired_state_and_its_uplink_reaches_the_manager()
     manager.suback().await;
 
     let cert = pki.client("dev1");
-    let mut device = Client::device(gw, client_tls(&pki, Some(&cert)), Options::new("dev1"));
+    let mut device = TestClient::device(gw, client_tls(&pki, Some(&cert)), Options::new("dev1"));
     device.connack().await;
     device
         .client
@@ -89,7 +92,7 @@ async fn device_gets_retained_desired_state_and_its_uplink_reaches_the_manager()
 
 #[tokio::test]
 async fn topic_rule_violations_close_the_connection_and_are_counted() {
-    let pki = Pki::new("fleet ca");
+    let pki = TestPki::new("fleet ca");
     let broker = start_broker(&pki, Duration::from_secs(10)).await;
     let gw = broker.gateway_addr().expect("gateway");
     let stats = broker.stats();
@@ -99,7 +102,7 @@ async fn topic_rule_violations_close_the_connection_and_are_counted() {
     let tls = client_tls(&pki, Some(&pki.client("dev2")));
 
     // Subscribing to another client's topic.
-    let mut device = Client::device(gw, tls.clone(), Options::new("dev2"));
+    let mut device = TestClient::device(gw, tls.clone(), Options::new("dev2"));
     device.connack().await;
     device
         .client
@@ -107,13 +110,13 @@ async fn topic_rule_violations_close_the_connection_and_are_counted() {
         .await
         .expect("queue");
     device.closed("subscribe to another client's topic").await;
-    eventually("1 violation counted", || {
+    eventually(WAIT, "1 violation counted", || {
         stats.acl_violations.load(Ordering::Relaxed) == 1
     })
     .await;
 
     // Publishing on another client's topic.
-    let mut device = Client::device(gw, tls.clone(), Options::new("dev2"));
+    let mut device = TestClient::device(gw, tls.clone(), Options::new("dev2"));
     device.connack().await;
     device
         .client
@@ -126,13 +129,13 @@ async fn topic_rule_violations_close_the_connection_and_are_counted() {
         .await
         .expect("queue");
     device.closed("publish on another client's topic").await;
-    eventually("2 violations counted", || {
+    eventually(WAIT, "2 violations counted", || {
         stats.acl_violations.load(Ordering::Relaxed) == 2
     })
     .await;
 
     // Publishing on its own downlink topic.
-    let mut device = Client::device(gw, tls.clone(), Options::new("dev2"));
+    let mut device = TestClient::device(gw, tls.clone(), Options::new("dev2"));
     device.connack().await;
     device
         .client
@@ -145,7 +148,7 @@ async fn topic_rule_violations_close_the_connection_and_are_counted() {
         .await
         .expect("queue");
     device.closed("publish on own downlink topic").await;
-    eventually("3 violations counted", || {
+    eventually(WAIT, "3 violations counted", || {
         stats.acl_violations.load(Ordering::Relaxed) == 3
     })
     .await;
@@ -158,9 +161,9 @@ async fn topic_rule_violations_close_the_connection_and_are_counted() {
         QoS::AtLeastOnce,
         true,
     ));
-    let mut device = Client::device(gw, tls.clone(), options);
+    let mut device = TestClient::device(gw, tls.clone(), options);
     device.closed("will on another client's presence").await;
-    eventually("4 violations counted", || {
+    eventually(WAIT, "4 violations counted", || {
         stats.acl_violations.load(Ordering::Relaxed) == 4
     })
     .await;
@@ -173,7 +176,7 @@ async fn topic_rule_violations_close_the_connection_and_are_counted() {
         QoS::AtLeastOnce,
         true,
     ));
-    let mut device = Client::device(gw, tls, options);
+    let mut device = TestClient::device(gw, tls, options);
     device.connack().await;
     device.stays_up(Duration::from_millis(300)).await;
     assert_eq!(stats.acl_violations.load(Ordering::Relaxed), 4);
@@ -182,32 +185,32 @@ async fn topic_rule_violations_close_the_connection_and_are_counted() {
 
 #[tokio::test]
 async fn handshake_without_certificate_or_with_foreign_ca_fails() {
-    let pki = Pki::new("fleet ca");
-    let rogue = Pki::new("rogue ca");
+    let pki = TestPki::new("fleet ca");
+    let rogue = TestPki::new("rogue ca");
     let broker = start_broker(&pki, Duration::from_secs(10)).await;
     let gw = broker.gateway_addr().expect("gateway");
     let stats = broker.stats();
 
-    let mut device = Client::device(gw, client_tls(&pki, None), Options::new("dev3"));
+    let mut device = TestClient::device(gw, client_tls(&pki, None), Options::new("dev3"));
     device.closed("no client certificate").await;
-    eventually("1 handshake failure", || {
+    eventually(WAIT, "1 handshake failure", || {
         stats.handshake_failed.load(Ordering::Relaxed) == 1
     })
     .await;
 
     let foreign = rogue.client("dev3");
-    let mut device = Client::device(gw, client_tls(&pki, Some(&foreign)), Options::new("dev3"));
+    let mut device = TestClient::device(gw, client_tls(&pki, Some(&foreign)), Options::new("dev3"));
     device.closed("certificate from another CA").await;
-    eventually("2 handshake failures", || {
+    eventually(WAIT, "2 handshake failures", || {
         stats.handshake_failed.load(Ordering::Relaxed) == 2
     })
     .await;
 
     // A certificate whose CN is not a client id.
     let bad = pki.client("Not A Client Id");
-    let mut device = Client::device(gw, client_tls(&pki, Some(&bad)), Options::new("dev3"));
+    let mut device = TestClient::device(gw, client_tls(&pki, Some(&bad)), Options::new("dev3"));
     device.closed("CN is not a client id").await;
-    eventually("bad identity counted", || {
+    eventually(WAIT, "bad identity counted", || {
         stats.refused_bad_identity.load(Ordering::Relaxed) == 1
     })
     .await;
@@ -218,13 +221,13 @@ async fn handshake_without_certificate_or_with_foreign_ca_fails() {
 
 #[tokio::test]
 async fn client_id_in_connect_is_rewritten_so_sessions_cannot_be_stolen() {
-    let pki = Pki::new("fleet ca");
+    let pki = TestPki::new("fleet ca");
     let broker = start_broker(&pki, Duration::from_secs(10)).await;
     let gw = broker.gateway_addr().expect("gateway");
     let a = id("deva");
     let b = id("devb");
 
-    let mut device_a = Client::device(
+    let mut device_a = TestClient::device(
         gw,
         client_tls(&pki, Some(&pki.client("deva"))),
         Options::new("deva"),
@@ -238,7 +241,7 @@ async fn client_id_in_connect_is_rewritten_so_sessions_cannot_be_stolen() {
     device_a.suback().await;
 
     // B holds its own certificate but claims A's client id in CONNECT.
-    let mut device_b = Client::device(
+    let mut device_b = TestClient::device(
         gw,
         client_tls(&pki, Some(&pki.client("devb"))),
         Options::new("deva"),
@@ -253,7 +256,7 @@ async fn client_id_in_connect_is_rewritten_so_sessions_cannot_be_stolen() {
     device_b.suback().await;
 
     // ...and A was not kicked: it stays connected and keeps receiving.
-    let mut manager = Client::plain(broker.mqtt_addr(), "manager");
+    let mut manager = TestClient::plain(broker.mqtt_addr(), "manager");
     manager.connack().await;
     manager
         .client
@@ -274,14 +277,14 @@ async fn client_id_in_connect_is_rewritten_so_sessions_cannot_be_stolen() {
 
 #[tokio::test]
 async fn revocation_drops_the_live_connection_and_refuses_reconnects() {
-    let pki = Pki::new("fleet ca");
+    let pki = TestPki::new("fleet ca");
     let broker = start_broker(&pki, Duration::from_secs(10)).await;
     let gw = broker.gateway_addr().expect("gateway");
     let stats = broker.stats();
     let tls = client_tls(&pki, Some(&pki.client("devr")));
     let presence = topics::presence(&id("devr"));
 
-    let mut manager = Client::plain(broker.mqtt_addr(), "manager");
+    let mut manager = TestClient::plain(broker.mqtt_addr(), "manager");
     manager.connack().await;
     manager
         .client
@@ -292,7 +295,7 @@ async fn revocation_drops_the_live_connection_and_refuses_reconnects() {
 
     let mut options = Options::new("devr");
     options.will = Some(LastWill::new(&presence, "offline", QoS::AtLeastOnce, false));
-    let mut device = Client::device(gw, tls.clone(), options);
+    let mut device = TestClient::device(gw, tls.clone(), options);
     device.connack().await;
     assert_eq!(
         broker.revocations().revoke(&id("devr")),
@@ -303,47 +306,29 @@ async fn revocation_drops_the_live_connection_and_refuses_reconnects() {
     // The broker saw the connection drop: the device's will fires.
     let (payload, _) = manager.publish_on(&presence).await;
     assert_eq!(payload, b"offline");
-    eventually("no live connections", || {
+    eventually(WAIT, "no live connections", || {
         stats.live_connections.load(Ordering::Relaxed) == 0
     })
     .await;
 
     // Reconnecting: CONNACK "not authorized", not a bare close.
-    let mut opts = rumqttc::MqttOptions::new("devr", gw.ip().to_string(), gw.port());
-    opts.set_transport(rumqttc::Transport::tls_with_config(
-        rumqttc::TlsConfiguration::Rustls(tls.clone()),
-    ));
-    let (_client, mut eventloop) = rumqttc::AsyncClient::new(opts, 8);
-    let refused = within(WAIT, "revoked identity's CONNACK", async {
-        loop {
-            match eventloop.poll().await {
-                Ok(_) => {}
-                Err(e) => return e,
-            }
-        }
-    })
-    .await;
-    assert!(
-        matches!(
-            refused,
-            rumqttc::ConnectionError::ConnectionRefused(rumqttc::ConnectReturnCode::NotAuthorized)
-        ),
-        "expected CONNACK not authorized, got {refused:?}"
-    );
-    eventually("refusal counted", || {
+    TestClient::device(gw, tls.clone(), Options::new("devr"))
+        .refused_not_authorized("revoked identity's CONNACK")
+        .await;
+    eventually(WAIT, "refusal counted", || {
         stats.refused_revoked.load(Ordering::Relaxed) == 1
     })
     .await;
 
     broker.revocations().unrevoke(&id("devr"));
-    let mut device = Client::device(gw, tls, Options::new("devr"));
+    let mut device = TestClient::device(gw, tls, Options::new("devr"));
     device.connack().await;
     broker.shutdown().await;
 }
 
 #[tokio::test]
 async fn stalled_handshakes_do_not_block_others_and_hit_the_deadline() {
-    let pki = Pki::new("fleet ca");
+    let pki = TestPki::new("fleet ca");
     let broker = start_broker(&pki, Duration::from_secs(2)).await;
     let gw = broker.gateway_addr().expect("gateway");
     let stats = broker.stats();
@@ -357,14 +342,14 @@ async fn stalled_handshakes_do_not_block_others_and_hit_the_deadline() {
         ])
         .await
         .expect("write partial hello");
-    eventually("stalled sockets accepted", || {
+    eventually(WAIT, "stalled sockets accepted", || {
         stats.accepted.load(Ordering::Relaxed) == 2
     })
     .await;
 
     // Meanwhile a device connects and subscribes quickly.
     let dev = id("devs");
-    let mut device = Client::device(
+    let mut device = TestClient::device(
         gw,
         client_tls(&pki, Some(&pki.client("devs"))),
         Options::new("devs"),
@@ -399,7 +384,7 @@ async fn stalled_handshakes_do_not_block_others_and_hit_the_deadline() {
         peer_closes(&mut partial),
     )
     .await;
-    eventually("2 handshake timeouts", || {
+    eventually(WAIT, "2 handshake timeouts", || {
         stats.handshake_timeout.load(Ordering::Relaxed) == 2
     })
     .await;
@@ -409,12 +394,12 @@ async fn stalled_handshakes_do_not_block_others_and_hit_the_deadline() {
 
 #[tokio::test]
 async fn garbage_after_the_handshake_closes_only_that_connection() {
-    let pki = Pki::new("fleet ca");
+    let pki = TestPki::new("fleet ca");
     let broker = start_broker(&pki, Duration::from_secs(10)).await;
     let gw = broker.gateway_addr().expect("gateway");
     let stats = broker.stats();
 
-    let mut good = Client::device(
+    let mut good = TestClient::device(
         gw,
         client_tls(&pki, Some(&pki.client("devg"))),
         Options::new("devg"),
@@ -429,14 +414,14 @@ async fn garbage_after_the_handshake_closes_only_that_connection() {
         .expect("handshake");
     tls.write_all(&[0xff; 64]).await.expect("write garbage");
     within(WAIT, "garbage connection closed", peer_closes(&mut tls)).await;
-    eventually("violation counted", || {
+    eventually(WAIT, "violation counted", || {
         stats.acl_violations.load(Ordering::Relaxed) == 1
     })
     .await;
 
     // The other device is unaffected, and new devices still get in.
     good.stays_up(Duration::from_millis(200)).await;
-    let mut next = Client::device(
+    let mut next = TestClient::device(
         gw,
         client_tls(&pki, Some(&pki.client("devh"))),
         Options::new("devh"),
@@ -447,10 +432,10 @@ async fn garbage_after_the_handshake_closes_only_that_connection() {
 
 #[tokio::test]
 async fn shutdown_closes_device_connections() {
-    let pki = Pki::new("fleet ca");
+    let pki = TestPki::new("fleet ca");
     let broker = start_broker(&pki, Duration::from_secs(10)).await;
     let gw = broker.gateway_addr().expect("gateway");
-    let mut device = Client::device(
+    let mut device = TestClient::device(
         gw,
         client_tls(&pki, Some(&pki.client("devq"))),
         Options::new("devq"),
@@ -466,10 +451,10 @@ async fn shutdown_closes_device_connections() {
 
 #[tokio::test]
 async fn pending_handshake_cap_per_ip_refuses_excess_connections() {
-    let pki = Pki::new("fleet ca");
+    let pki = TestPki::new("fleet ca");
     let mut config = margo_broker::BrokerConfig::default();
     config.mqtt.listen = "127.0.0.1:0".parse().expect("addr");
-    let mut gateway = margo_broker::GatewayConfig::new(pki.gateway_tls());
+    let mut gateway = margo_broker::GatewayConfig::new(gateway_tls(&pki));
     gateway.listen = "127.0.0.1:0".parse().expect("addr");
     gateway.handshake_timeout = Duration::from_secs(1);
     gateway.max_pending_per_ip = 2;
@@ -486,7 +471,7 @@ async fn pending_handshake_cap_per_ip_refuses_excess_connections() {
 
     let _stall1 = TcpStream::connect(gw).await.expect("connect");
     let _stall2 = TcpStream::connect(gw).await.expect("connect");
-    eventually("two pending accepted", || {
+    eventually(WAIT, "two pending accepted", || {
         stats.accepted.load(Ordering::Relaxed) == 2
     })
     .await;
@@ -495,11 +480,11 @@ async fn pending_handshake_cap_per_ip_refuses_excess_connections() {
     assert_eq!(stats.refused_pending_cap.load(Ordering::Relaxed), 1);
 
     // After the stalled ones time out, devices get in again.
-    eventually("stalled handshakes timed out", || {
+    eventually(WAIT, "stalled handshakes timed out", || {
         stats.handshake_timeout.load(Ordering::Relaxed) == 2
     })
     .await;
-    let mut device = Client::device(
+    let mut device = TestClient::device(
         gw,
         client_tls(&pki, Some(&pki.client("devp"))),
         Options::new("devp"),
@@ -535,7 +520,7 @@ async fn raw_mqtt_session(
 
 #[tokio::test]
 async fn reconnects_resume_the_tls_session() {
-    let pki = Pki::new("fleet ca");
+    let pki = TestPki::new("fleet ca");
     let broker = start_broker(&pki, Duration::from_secs(10)).await;
     let gw = broker.gateway_addr().expect("gateway");
     let connector = tokio_rustls::TlsConnector::from(client_tls(&pki, Some(&pki.client("devt"))));

@@ -30,6 +30,7 @@ use margo_agent::{Agent, AgentConfig, AgentOptions, AgentParts, Store};
 use margo_schemas::deployment::{ApplicationDeployment, ProfileType};
 use margo_schemas::messages::{Message, StatusReport};
 use margo_schemas::status::{ComponentStatus, DeploymentState};
+use margo_testkit::within;
 
 const COMPOSE_ID: &str = "0c7e4d9a-58b1-4f3e-a6d2-91b8e3c5f702";
 const HELM_ID: &str = "6f1b2c0e-3d4a-4b8e-9c21-7a5d9e0f4c11";

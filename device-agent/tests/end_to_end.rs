@@ -19,6 +19,7 @@ use margo_schemas::messages::{Envelope, Message, SyncReason};
 use margo_schemas::pki;
 use margo_schemas::status::DeploymentState;
 use margo_schemas::topics;
+use margo_testkit::{eventually, within};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio_util::sync::CancellationToken;
 
@@ -204,7 +205,7 @@ async fn agent_installs_reports_and_empties_its_outbox_through_the_gateway() {
     );
     let seen = Arc::clone(&manager.seen);
     // The retained desired state is in the broker before the device connects.
-    eventually("manager published the retained desired state", || {
+    eventually(WAIT, "manager published the retained desired state", || {
         seen.lock().expect("lock").pubacks >= 3
     })
     .await;
@@ -289,7 +290,7 @@ async fn agent_installs_reports_and_empties_its_outbox_through_the_gateway() {
         .await
         .expect("join")
         .expect("clean stop");
-    eventually("offline presence on clean shutdown", || {
+    eventually(WAIT, "offline presence on clean shutdown", || {
         seen.lock()
             .expect("lock")
             .presence
@@ -370,7 +371,7 @@ async fn agent_reconnects_with_backoff_and_catches_up_after_an_outage() {
             manifest_msg(&signer, &client, &manifest(1, &[&a])),
         ],
     );
-    eventually("retained v1 published", || {
+    eventually(WAIT, "retained v1 published", || {
         manager.seen.lock().expect("lock").pubacks >= 2
     })
     .await;
@@ -416,7 +417,7 @@ async fn agent_reconnects_with_backoff_and_catches_up_after_an_outage() {
             ],
         )
         .await;
-    eventually("a few failed reconnects with backoff", || {
+    eventually(WAIT, "a few failed reconnects with backoff", || {
         handle
             .stats
             .connection_errors

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{dep, eventually, within, yaml, Fleet, WAIT};
+use common::{dep, yaml, Fleet, WAIT};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
@@ -36,6 +36,7 @@ use margo_schemas::manifest::{BundleRef, DeploymentRef, StateManifest};
 use margo_schemas::messages::{Message, StateReport, StatusReport};
 use margo_schemas::pki;
 use margo_schemas::status::{ComponentStatus, DeploymentState, DeploymentStatus};
+use margo_testkit::{eventually, within};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -752,7 +753,7 @@ async fn the_agent_over_http_installs_and_reports_through_the_shared_reconciler(
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(agent.run(shutdown.clone()));
     let status_path = format!("/api/v1/clients/{CLIENT}/deployments/{A}/status");
-    eventually("an installed status reaches the manager", || {
+    eventually(WAIT, "an installed status reaches the manager", || {
         rig.fake.state().reports.iter().any(|(p, b)| {
             p == &status_path
                 && serde_json::from_slice::<serde_json::Value>(b)
@@ -760,7 +761,7 @@ async fn the_agent_over_http_installs_and_reports_through_the_shared_reconciler(
         })
     })
     .await;
-    eventually("capabilities reach the manager", || {
+    eventually(WAIT, "capabilities reach the manager", || {
         rig.fake
             .state()
             .reports
@@ -768,7 +769,7 @@ async fn the_agent_over_http_installs_and_reports_through_the_shared_reconciler(
             .any(|(p, _)| p.contains("/capabilities/"))
     })
     .await;
-    eventually("adopted", || {
+    eventually(WAIT, "adopted", || {
         handle.snapshots.borrow().adopted_manifest_version == 1
     })
     .await;
@@ -818,7 +819,7 @@ async fn inside_downtime_no_request_is_made() {
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(agent.run(shutdown.clone()));
     // The transport goes to sleep until the first check after the downtime.
-    eventually("the transport sleeps for 12:00", || {
+    eventually(WAIT, "the transport sleeps for 12:00", || {
         clock.next_wake() == Some(monday_10 + 2 * 3600 * 1000)
     })
     .await;
@@ -830,11 +831,11 @@ async fn inside_downtime_no_request_is_made() {
     );
     // 12:00: the check happens, and the enqueued capabilities go out.
     clock.set_unix_ms(monday_10 + 2 * 3600 * 1000);
-    eventually("a check at 12:00", || {
+    eventually(WAIT, "a check at 12:00", || {
         rig.fake.state().count("GET", "/deployments") >= 1
     })
     .await;
-    eventually("capabilities after the downtime", || {
+    eventually(WAIT, "capabilities after the downtime", || {
         rig.fake.state().count("PUT", "/capabilities/") >= 1
     })
     .await;

@@ -25,7 +25,7 @@ use margo_schemas::onboarding::{
     IssuedIdentity, OnboardingRequest, OnboardingResponse, OnboardingState, ResponseExtensions,
 };
 use margo_schemas::pki;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use margo_testkit::pki::TestPki;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -68,31 +68,17 @@ struct Manager {
     mode: Arc<Mutex<Mode>>,
 }
 
+/// The kit's test CA with the manager's signing certificate.
 struct Pki {
-    ca: CertifiedIssuer<'static, KeyPair>,
+    ca: TestPki,
     signing_pem: String,
 }
 
 impl Pki {
     fn new() -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "onboarding test fleet ca");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca =
-            CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key")).expect("ca");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "margo-manager-signing");
-        let signing = params
-            .signed_by(&KeyPair::generate().expect("key"), &ca)
-            .expect("signing cert");
-        Self {
-            ca,
-            signing_pem: signing.pem(),
-        }
+        let ca = TestPki::new("onboarding test fleet ca");
+        let signing_pem = ca.leaf("margo-manager-signing").cert_pem();
+        Self { ca, signing_pem }
     }
 
     /// The client certificate for the device's own key, CN = clientId.
@@ -100,11 +86,7 @@ impl Pki {
         let mut spki = P256_SPKI_PREFIX.to_vec();
         spki.extend_from_slice(point);
         let public = rcgen::SubjectPublicKeyInfo::from_der(&spki).expect("spki");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, CLIENT_ID);
-        params.signed_by(&public, &self.ca).expect("issue").pem()
+        self.ca.certify(CLIENT_ID, &public)
     }
 }
 
@@ -133,7 +115,7 @@ fn answer(
             identity: point.map(|p| IssuedIdentity {
                 name: "press-7".into(),
                 client_certificate: pki.issue(p),
-                ca_certificate: pki.ca.pem(),
+                ca_certificate: pki.ca.ca_pem(),
                 manager_signing_certificate: pki.signing_pem.clone(),
                 broker_url: "mqtts://127.0.0.1:8883".into(),
             }),
@@ -164,7 +146,7 @@ async fn handle(
             s.ca_gets += 1;
             json(
                 StatusCode::OK,
-                &serde_json::json!({"certificate": data_encoding::BASE64.encode(pki.ca.pem().as_bytes())}),
+                &serde_json::json!({"certificate": data_encoding::BASE64.encode(pki.ca.ca_pem().as_bytes())}),
             )
         }
         ("POST", "/api/v1/onboarding") => {
@@ -257,27 +239,19 @@ async fn handle(
 async fn start_manager(mode: Mode) -> Manager {
     margo_schemas::pki::install_crypto_provider();
     let pki = Arc::new(Pki::new());
-    let server_key = KeyPair::generate().expect("key");
-    let server_cert =
-        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-            .expect("params")
-            .signed_by(&server_key, &pki.ca)
-            .expect("server cert");
+    let server = pki.ca.server();
     let tls = rustls::ServerConfig::builder_with_provider(pki::crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("tls13")
         .with_no_client_auth()
-        .with_single_cert(
-            vec![server_cert.der().clone()],
-            rustls_pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into()),
-        )
+        .with_single_cert(server.chain(), server.key_der())
         .expect("server tls");
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let seen = Arc::new(Mutex::new(Seen::default()));
     let mode = Arc::new(Mutex::new(mode));
-    let ca_fingerprint = pki::fingerprint(pki.ca.der());
+    let ca_fingerprint = pki::fingerprint(&pki.ca.ca_der());
     let (s, m) = (Arc::clone(&seen), Arc::clone(&mode));
     tokio::spawn(async move {
         loop {
@@ -386,7 +360,7 @@ async fn pending_request_is_polled_until_approved_and_the_bundle_is_written() {
     assert_eq!(identity.client_id.as_str(), CLIENT_ID);
     assert_eq!(identity.broker_url, "mqtts://127.0.0.1:8883");
     let key_pem = std::fs::read_to_string(dir.path().join("client.key")).expect("key");
-    let key = KeyPair::from_pem(&key_pem).expect("pkcs8 pem");
+    let key = rcgen::KeyPair::from_pem(&key_pem).expect("pkcs8 pem");
     let cert = pki::certs_from_pem(&identity.pem.cert_pem, "client.crt").expect("cert");
     let info = pki::cert_info(&cert[0]).expect("info");
     assert_eq!(info.p256_public_key.as_deref(), Some(key.public_key_raw()));

@@ -14,6 +14,7 @@ use margo_agent::{AgentParts, Store};
 use margo_schemas::digest::Digest;
 use margo_schemas::messages::Message;
 use margo_schemas::status::DeploymentState;
+use margo_testkit::eventually;
 use tokio_util::sync::CancellationToken;
 
 const CLIENT: &str = "dev7";
@@ -238,13 +239,15 @@ async fn failed_update_keeps_the_old_version_and_version_unadopted_then_retries(
     // The reconciler task retries with backoff; once the fault is gone, v2 is adopted.
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(parts.reconciler.run(shutdown.clone()));
-    eventually("the retry keeps failing while the fault is there", || {
-        w.runtime.apply_count("dep-a", "web") >= 3
-    })
+    eventually(
+        WAIT,
+        "the retry keeps failing while the fault is there",
+        || w.runtime.apply_count("dep-a", "web") >= 3,
+    )
     .await;
     assert_eq!(parts.store.adopted_version().expect("read"), 1);
     w.runtime.set_fail(Vec::<String>::new());
-    eventually("v2 adopted after the fault cleared", || {
+    eventually(WAIT, "v2 adopted after the fault cleared", || {
         parts.store.adopted_version().expect("read") == 2
     })
     .await;
@@ -269,10 +272,13 @@ async fn newer_manifest_supersedes_a_pending_retry_at_once() {
     w.deliver(&mut parts.downlink, 1, &[&bad]);
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(parts.reconciler.run(shutdown.clone()));
-    eventually("v1 failed", || w.runtime.apply_count("dep-a", "web") == 1).await;
+    eventually(WAIT, "v1 failed", || {
+        w.runtime.apply_count("dep-a", "web") == 1
+    })
+    .await;
     let good = yaml("dep-a", "app-a", &[("web", "")]);
     w.deliver(&mut parts.downlink, 2, &[&good]);
-    eventually("v2 adopted without waiting an hour", || {
+    eventually(WAIT, "v2 adopted without waiting an hour", || {
         parts.store.adopted_version().expect("read") == 2
     })
     .await;
@@ -292,7 +298,7 @@ async fn restart_mid_apply_redoes_only_the_interrupted_deployment() {
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(parts.reconciler.run(shutdown.clone()));
         let store = parts.store.clone();
-        eventually("slow install under way", || {
+        eventually(WAIT, "slow install under way", || {
             store
                 .applied()
                 .expect("read")
@@ -317,7 +323,7 @@ async fn restart_mid_apply_redoes_only_the_interrupted_deployment() {
     let shutdown = CancellationToken::new();
     let store = parts.store.clone();
     let task = tokio::spawn(parts.reconciler.run(shutdown.clone()));
-    eventually("v1 adopted after the restart", || {
+    eventually(WAIT, "v1 adopted after the restart", || {
         store.adopted_version().expect("read") == 1
     })
     .await;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use margo_agent::{ConnectionStatus, Store};
+use margo_testkit::within;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

@@ -3,25 +3,22 @@
 //! through the gateway with its provisioned bundle, signing with
 //! margo-schemas directly.
 
-use std::future::Future;
-use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::Duration;
+mod common;
 
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+
+use common::{config, start, FakeDevice, WAIT};
 use margo_manager::admin::ProvisionedBundle;
-use margo_manager::{Manager, ManagerConfig, ManagerHandle};
-use margo_schemas::cose::{SigningKey, VerifyingKey};
-use margo_schemas::ids::{ClientId, DeploymentId};
+use margo_schemas::cose::SigningKey;
+use margo_schemas::ids::DeploymentId;
 use margo_schemas::messages::{Ack, Envelope, Message, StatusReport};
-use margo_schemas::pki::{certs_from_pem, client_tls_config, pkcs8_from_pem};
 use margo_schemas::status::{ComponentStatus, DeploymentState, DeploymentStatus};
 use margo_schemas::topics;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
-use tokio::sync::mpsc;
+use margo_testkit::mqtt::TestClient;
+use margo_testkit::{eventually_async, within};
+use rumqttc::QoS;
 
-const WAIT: Duration = Duration::from_secs(15);
 const DEPLOYMENT_ID: &str = "a3e2f5dc-912e-494f-8395-52cf3769bc06";
 
 fn yaml(revision: &str) -> String {
@@ -33,128 +30,14 @@ fn yaml(revision: &str) -> String {
     )
 }
 
-async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(WAIT, fut).await {
-        Ok(v) => v,
-        Err(_) => panic!("timed out after {WAIT:?} waiting for: {what}"),
-    }
+/// A fake device through `gateway`, subscribed to its desired state and acks.
+async fn connect(gateway: SocketAddr, bundle: &ProvisionedBundle, clean: bool) -> FakeDevice {
+    let id = &bundle.client_id;
+    let filters = [topics::desired_filter(id), topics::ack(id)];
+    FakeDevice::connect(gateway, bundle.into(), clean, &filters).await
 }
 
-fn config(dir: &Path) -> ManagerConfig {
-    let mut config = ManagerConfig::with_data_dir(dir);
-    config.broker.mqtt_listen = "127.0.0.1:0".parse().expect("addr");
-    config.broker.gateway_listen = "127.0.0.1:0".parse().expect("addr");
-    config.http.listen = "127.0.0.1:0".parse().expect("addr");
-    config.ingest.batch_interval = Duration::from_millis(5);
-    config
-}
-
-async fn start(dir: &Path) -> ManagerHandle {
-    within("manager start", Manager::start(config(dir)))
-        .await
-        .expect("manager starts")
-}
-
-/// A fake device: mutual TLS through the gateway, signing with its bundle key.
-struct Device {
-    id: ClientId,
-    client: AsyncClient,
-    key: SigningKey,
-    manager_key: VerifyingKey,
-    events: mpsc::UnboundedReceiver<Result<rumqttc::Publish, String>>,
-}
-
-impl Device {
-    async fn connect(gateway: SocketAddr, bundle: &ProvisionedBundle, clean: bool) -> Self {
-        let tls = client_tls_config(
-            bundle.ca_pem.as_bytes(),
-            Some((bundle.cert_pem.as_bytes(), bundle.key_pem.as_bytes())),
-        )
-        .expect("device TLS config");
-        let mut opts = MqttOptions::new(bundle.client_id.as_str(), "127.0.0.1", gateway.port());
-        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-            Arc::new(tls),
-        )));
-        opts.set_clean_session(clean);
-        opts.set_keep_alive(Duration::from_secs(5));
-        let (client, mut eventloop) = AsyncClient::new(opts, 64);
-        let (tx, events) = mpsc::unbounded_channel();
-        let (connected_tx, connected_rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(async move {
-            let mut connected = Some(connected_tx);
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        if let Some(tx) = connected.take() {
-                            let _ = tx.send(());
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        if tx.send(Ok(p)).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        let _ = tx.send(Err(e.to_string()));
-                        return;
-                    }
-                }
-            }
-        });
-        within("device CONNACK", connected_rx)
-            .await
-            .expect("device connects through the gateway");
-        let id = bundle.client_id.clone();
-        client
-            .subscribe(topics::desired_filter(&id), QoS::AtLeastOnce)
-            .await
-            .expect("subscribe desired");
-        client
-            .subscribe(topics::ack(&id), QoS::AtLeastOnce)
-            .await
-            .expect("subscribe ack");
-        let pkcs8 = pkcs8_from_pem(bundle.key_pem.as_bytes(), "device key").expect("key");
-        let signing_der = certs_from_pem(bundle.signing_cert_pem.as_bytes(), "signing cert")
-            .expect("signing cert")
-            .remove(0);
-        Self {
-            id,
-            client,
-            key: SigningKey::from_pkcs8(&pkcs8).expect("device key"),
-            manager_key: VerifyingKey::from_certificate(signing_der.as_ref())
-                .expect("manager signing key"),
-            events,
-        }
-    }
-
-    /// Waits for a verified downlink message matching `pick`.
-    async fn expect<T>(&mut self, what: &str, mut pick: impl FnMut(&Message) -> Option<T>) -> T {
-        let id = self.id.clone();
-        let key = self.manager_key.clone();
-        within(what, async {
-            loop {
-                let publish = match self.events.recv().await {
-                    Some(Ok(p)) => p,
-                    Some(Err(e)) => panic!("device connection failed waiting for {what}: {e}"),
-                    None => panic!("device event loop ended waiting for {what}"),
-                };
-                if publish.payload.is_empty() {
-                    continue;
-                }
-                let (client, topic) =
-                    topics::parse_device_topic(&publish.topic).expect("device topic");
-                assert_eq!(client, id);
-                let env = Envelope::open(&publish.payload, 1 << 20, &key, &id, &topic)
-                    .expect("downlink verifies against the manager signing certificate");
-                if let Some(v) = pick(&env.msg) {
-                    return v;
-                }
-            }
-        })
-        .await
-    }
-
+impl FakeDevice {
     async fn expect_ack(&mut self, what: &str, cond: impl Fn(&Ack) -> bool) -> Ack {
         self.expect(what, |m| match m {
             Message::Ack(a) if cond(a) => Some(a.clone()),
@@ -165,7 +48,8 @@ impl Device {
 
     async fn publish_signed(&self, topic: String, env: &Envelope, key: &SigningKey) {
         let payload = env.seal(key).expect("seal");
-        self.client
+        self.mqtt
+            .client
             .publish(topic, QoS::AtLeastOnce, false, payload)
             .await
             .expect("publish");
@@ -192,19 +76,10 @@ impl Device {
     }
 }
 
-async fn eventually(what: &str, mut cond: impl AsyncFnMut() -> bool) {
-    within(what, async {
-        while !cond().await {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_status_ack_bad_signature_and_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let manager = start(dir.path()).await;
+    let manager = start(config(dir.path())).await;
     let admin = manager.admin();
     let gateway = manager.gateway_addr().expect("embedded gateway");
 
@@ -222,8 +97,9 @@ async fn deploy_status_ack_bad_signature_and_restart() {
         .expect_err("duplicate name");
     assert_eq!(dup.status(), Some(409));
 
-    let mut device = Device::connect(gateway, &bundle, false).await;
+    let mut device = connect(gateway, &bundle, false).await;
     device
+        .mqtt
         .client
         .publish(
             topics::presence(&device.id),
@@ -313,13 +189,13 @@ async fn deploy_status_ack_bad_signature_and_restart() {
         )
         .await;
     let stats = manager.ingest_stats();
-    eventually("bad signature counted", async || {
+    eventually_async(WAIT, "bad signature counted", async || {
         stats.bad_signature.load(Ordering::Relaxed) == 1
     })
     .await;
     // The counter moves when the message is judged; the audit row lands with
     // the next committed batch, so wait for it rather than racing it.
-    eventually("bad signature audited", async || {
+    eventually_async(WAIT, "bad signature audited", async || {
         admin
             .audit(10)
             .await
@@ -343,7 +219,7 @@ async fn deploy_status_ack_bad_signature_and_restart() {
             &device.key,
         )
         .await;
-    eventually("duplicate counted", async || {
+    eventually_async(WAIT, "duplicate counted", async || {
         stats.duplicates.load(Ordering::Relaxed) >= 1
     })
     .await;
@@ -365,9 +241,9 @@ async fn deploy_status_ack_bad_signature_and_restart() {
     // retained messages, no sessions) and must republish everything from redb.
     drop(device);
     manager.shutdown().await;
-    let manager = start(dir.path()).await;
+    let manager = start(config(dir.path())).await;
     let gateway = manager.gateway_addr().expect("embedded gateway");
-    let mut device = Device::connect(gateway, &bundle, true).await;
+    let mut device = connect(gateway, &bundle, true).await;
     let manifest = device
         .expect("republished manifest", |m| match m {
             Message::Manifest(m) => Some(m.clone()),
@@ -412,10 +288,10 @@ async fn deploy_status_ack_bad_signature_and_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_client_gets_the_zero_deployment_manifest() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let manager = start(dir.path()).await;
+    let manager = start(config(dir.path())).await;
     let admin = manager.admin();
     let bundle = admin.add_client("fresh-1", None).await.expect("add");
-    let mut device = Device::connect(manager.gateway_addr().expect("gateway"), &bundle, true).await;
+    let mut device = connect(manager.gateway_addr().expect("gateway"), &bundle, true).await;
     let sync = Envelope::new(
         device.id.clone(),
         1,
@@ -461,7 +337,7 @@ async fn a_fresh_client_gets_the_zero_deployment_manifest() {
         .await;
     let stats = manager.ingest_stats();
     assert_eq!(stats.unassigned_status.load(Ordering::Relaxed), 1);
-    eventually("refusal audited", async || {
+    eventually_async(WAIT, "refusal audited", async || {
         admin
             .audit(10)
             .await
@@ -515,14 +391,14 @@ async fn a_fresh_client_gets_the_zero_deployment_manifest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_republishes_and_unknown_topics_are_dropped() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let manager = start(dir.path()).await;
+    let manager = start(config(dir.path())).await;
     let admin = manager.admin();
     let bundle = admin.add_client("pump-1", None).await.expect("add");
     admin
         .deploy(bundle.client_id.as_str(), vec![yaml("1")])
         .await
         .expect("deploy");
-    let mut device = Device::connect(manager.gateway_addr().expect("gateway"), &bundle, true).await;
+    let mut device = connect(manager.gateway_addr().expect("gateway"), &bundle, true).await;
     device
         .expect_ack("first ack", |a| a.manifest_version == 2)
         .await;
@@ -553,6 +429,7 @@ async fn sync_republishes_and_unknown_topics_are_dropped() {
 
     // Garbage on a valid uplink topic: malformed, counted, loop goes on.
     device
+        .mqtt
         .client
         .publish(
             topics::state(&device.id),
@@ -563,7 +440,7 @@ async fn sync_republishes_and_unknown_topics_are_dropped() {
         .await
         .expect("publish garbage");
     let stats = manager.ingest_stats();
-    eventually("malformed counted", async || {
+    eventually_async(WAIT, "malformed counted", async || {
         stats.malformed.load(Ordering::Relaxed) == 1
     })
     .await;
@@ -577,6 +454,7 @@ async fn external_broker_mode_uses_the_same_code_path() {
     let mut broker_config = margo_broker::BrokerConfig::default();
     broker_config.mqtt.listen = "127.0.0.1:0".parse().expect("addr");
     let broker = within(
+        WAIT,
         "external broker start",
         margo_broker::EmbeddedBroker::start(broker_config),
     )
@@ -586,9 +464,7 @@ async fn external_broker_mode_uses_the_same_code_path() {
     let mut config = config(dir.path());
     config.broker.mode = margo_manager::config::BrokerMode::External;
     config.broker.url = Some(format!("mqtt://{}", broker.mqtt_addr()));
-    let manager = within("manager start", Manager::start(config))
-        .await
-        .expect("manager starts against the external broker");
+    let manager = start(config).await;
     assert!(manager.gateway_addr().is_none());
     assert!(manager.is_connected());
     let admin = manager.admin();
@@ -600,45 +476,9 @@ async fn external_broker_mode_uses_the_same_code_path() {
 
     // The device connects in plain MQTT (no gateway here); signatures still rule.
     let id = bundle.client_id.clone();
-    let mut opts = MqttOptions::new(id.as_str(), "127.0.0.1", broker.mqtt_addr().port());
-    opts.set_keep_alive(Duration::from_secs(5));
-    let (client, mut eventloop) = AsyncClient::new(opts, 64);
-    let (tx, events) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if tx.send(Ok(p)).is_err() {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    let _ = tx.send(Err(e.to_string()));
-                    return;
-                }
-            }
-        }
-    });
-    client
-        .subscribe(topics::desired_filter(&id), QoS::AtLeastOnce)
-        .await
-        .expect("subscribe");
-    client
-        .subscribe(topics::ack(&id), QoS::AtLeastOnce)
-        .await
-        .expect("subscribe");
-    let pkcs8 = pkcs8_from_pem(bundle.key_pem.as_bytes(), "key").expect("key");
-    let signing_der = certs_from_pem(bundle.signing_cert_pem.as_bytes(), "signing")
-        .expect("cert")
-        .remove(0);
-    let mut device = Device {
-        id: id.clone(),
-        client,
-        key: SigningKey::from_pkcs8(&pkcs8).expect("key"),
-        manager_key: VerifyingKey::from_certificate(signing_der.as_ref()).expect("key"),
-        events,
-    };
+    let mqtt = TestClient::plain(broker.mqtt_addr(), id.as_str()).with_wait(WAIT);
+    let filters = [topics::desired_filter(&id), topics::ack(&id)];
+    let mut device = FakeDevice::over(mqtt, (&bundle).into(), &filters).await;
     device
         .expect("retained manifest from the external broker", |m| match m {
             Message::Manifest(m) if m.manifest_version == 2 => Some(()),
@@ -663,27 +503,23 @@ async fn external_broker_mode_uses_the_same_code_path() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_clients_are_cut_off_and_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let manager = start(dir.path()).await;
+    let manager = start(config(dir.path())).await;
     let admin = manager.admin();
     let bundle = admin.add_client("old-1", None).await.expect("add");
     admin
         .deploy("old-1", vec![yaml("1")])
         .await
         .expect("deploy");
-    let mut device = Device::connect(manager.gateway_addr().expect("gateway"), &bundle, true).await;
+    let mut device = connect(manager.gateway_addr().expect("gateway"), &bundle, true).await;
     device
         .expect_ack("ack before revocation", |a| a.manifest_version == 2)
         .await;
     let revoked = admin.revoke("old-1").await.expect("revoke");
     assert!(revoked.revoked);
-    within("gateway closes the revoked device", async {
-        while let Some(event) = device.events.recv().await {
-            if event.is_err() {
-                return;
-            }
-        }
-    })
-    .await;
+    device
+        .mqtt
+        .closed("gateway closes the revoked device")
+        .await;
     let err = admin
         .deploy("old-1", vec![yaml("2")])
         .await

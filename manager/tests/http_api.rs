@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use hyper::{Method, StatusCode};
 use margo_manager::admin::ProvisionedBundle;
-use margo_manager::{Manager, ManagerConfig, ManagerHandle};
+use margo_manager::{ManagerConfig, ManagerHandle};
 use margo_schemas::cose::VerifyingKey;
 use margo_schemas::digest::Digest;
 use margo_schemas::http_msg_sig::RequestSigner;
@@ -25,19 +25,16 @@ use margo_schemas::topics;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 mod common;
-use common::{within, Https, Reply};
+use common::{capabilities_body, start, Https, Reply, WAIT};
+use margo_testkit::within;
 
 const DEP_A: &str = "a3e2f5dc-912e-494f-8395-52cf3769bc06";
 const DEP_B: &str = "b7e2f5dc-912e-494f-8395-52cf3769bc06";
 
+/// The shared test configuration with a 4 KiB body limit.
 fn config(dir: &Path) -> ManagerConfig {
-    let mut config = ManagerConfig::with_data_dir(dir);
-    let any = "127.0.0.1:0".parse().expect("addr");
-    config.broker.mqtt_listen = any;
-    config.broker.gateway_listen = any;
-    config.http.listen = any;
+    let mut config = common::config(dir);
     config.http.max_body_bytes = 4096;
-    config.ingest.batch_interval = Duration::from_millis(5);
     config
 }
 
@@ -209,7 +206,7 @@ async fn mqtt_manifest(
         .expect("signing cert")
         .remove(0);
     let key = VerifyingKey::from_certificate(signing.as_ref()).expect("signing key");
-    within(&format!("MQTT manifest version {version}"), async {
+    within(WAIT, &format!("MQTT manifest version {version}"), async {
         loop {
             let event = eventloop.poll().await.expect("MQTT connection");
             let Event::Incoming(Packet::Publish(p)) = event else {
@@ -274,28 +271,10 @@ fn status_body(deployment: &str, state: &str, adopted: Option<u64>) -> serde_jso
     body
 }
 
-fn capabilities_body(id: &str) -> serde_json::Value {
-    serde_json::json!({
-        "apiVersion": "device.margo.org/v1alpha1",
-        "kind": "DeviceCapabilitiesManifest",
-        "properties": {
-            "id": id,
-            "vendor": "Acme",
-            "modelNumber": "E1",
-            "serialNumber": "sn-1",
-            "cpu": [{"cores": 2, "architecture": "arm64"}],
-            "memory": "4Gi",
-            "storage": "32Gi"
-        }
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn desired_state_over_http_matches_mqtt() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let manager = within("manager start", Manager::start(config(dir.path())))
-        .await
-        .expect("manager starts");
+    let manager = start(config(dir.path())).await;
     let admin = manager.admin();
     let bundle = admin.add_client("press-1", None).await.expect("provision");
     let device = Device::new(manager.http_addr().expect("HTTPS"), &bundle);
@@ -571,9 +550,7 @@ async fn desired_state_over_http_matches_mqtt() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_over_http_show_like_mqtt_and_every_refusal() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let manager = within("manager start", Manager::start(config(dir.path())))
-        .await
-        .expect("manager starts");
+    let manager = start(config(dir.path())).await;
     let admin = manager.admin();
     let bundle = admin.add_client("press-2", None).await.expect("provision");
     let other = admin.add_client("press-3", None).await.expect("provision");
@@ -966,9 +943,7 @@ async fn reports_over_http_show_like_mqtt_and_every_refusal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rfc9421_signatures_bind_method_path_and_time() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let manager = within("manager start", Manager::start(config(dir.path())))
-        .await
-        .expect("manager starts");
+    let manager = start(config(dir.path())).await;
     let admin = manager.admin();
     let bundle = admin.add_client("press-9", None).await.expect("provision");
     let other = admin.add_client("press-10", None).await.expect("provision");
@@ -1200,9 +1175,7 @@ async fn signature_scheme_options() {
     let mut strict = config(dir.path());
     strict.http.signature_schemes = vec![margo_manager::config::SignatureScheme::Rfc9421];
     strict.http.require_signed_reads = false;
-    let manager = within("manager start", Manager::start(strict))
-        .await
-        .expect("manager starts");
+    let manager = start(strict).await;
     let admin = manager.admin();
     let bundle = admin.add_client("press-11", None).await.expect("provision");
     let device = Device::new(manager.http_addr().expect("HTTPS"), &bundle);
@@ -1295,9 +1268,7 @@ fn spec_fixture(name: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_published_capabilities_shape_is_stored_as_sent() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let manager = within("manager start", Manager::start(config(dir.path())))
-        .await
-        .expect("manager starts");
+    let manager = start(config(dir.path())).await;
     let admin = manager.admin();
     let bundle = admin.add_client("press-9", None).await.expect("provision");
     let device = Device::new(manager.http_addr().expect("HTTPS"), &bundle);

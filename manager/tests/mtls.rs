@@ -7,10 +7,9 @@
 //! onboarded with (`201 {"clientId"}` and nothing else).
 
 use std::path::Path;
-use std::time::Duration;
 
 use hyper::{Method, StatusCode};
-use margo_manager::{Manager, ManagerConfig, ManagerHandle};
+use margo_manager::ManagerConfig;
 use margo_schemas::digest::Digest;
 use margo_schemas::http_sig::{PayloadSigner, CONTENT_DIGEST, PAYLOAD_SIGNATURE};
 use margo_schemas::manifest::{StateManifest, MEDIA_TYPE};
@@ -18,28 +17,18 @@ use margo_schemas::onboarding::OnboardingRequest;
 use rcgen::{CertificateParams, KeyPair};
 
 mod common;
-use common::{within, Https, Reply};
+use common::{capabilities_body, start, Https, Reply};
 
 const DEP_A: &str = "a3e2f5dc-912e-494f-8395-52cf3769bc06";
 const DEP_B: &str = "b7e2f5dc-912e-494f-8395-52cf3769bc06";
 const NOT_AUTHORIZED: &str = "https://docs.margo.org/specification/problem-types#not-authorized";
 
+/// The shared test configuration with onboarding limits for many requests.
 fn config(dir: &Path) -> ManagerConfig {
-    let mut config = ManagerConfig::with_data_dir(dir);
-    let any = "127.0.0.1:0".parse().expect("addr");
-    config.broker.mqtt_listen = any;
-    config.broker.gateway_listen = any;
-    config.http.listen = any;
-    config.ingest.batch_interval = Duration::from_millis(5);
+    let mut config = common::config(dir);
     config.onboarding.rate_per_minute = 600;
     config.onboarding.rate_burst = 200;
     config
-}
-
-async fn start(config: ManagerConfig) -> ManagerHandle {
-    within("manager start", Manager::start(config))
-        .await
-        .expect("manager starts")
 }
 
 fn yaml(id: &str, name: &str) -> String {
@@ -52,16 +41,6 @@ fn yaml(id: &str, name: &str) -> String {
 }
 
 impl Reply {
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "HTTP {} body is not JSON ({e}): {}",
-                self.status,
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-
     /// Asserts `status` and a problem+json body; returns the body.
     fn problem(&self, status: StatusCode) -> serde_json::Value {
         assert_eq!(
@@ -155,22 +134,6 @@ fn status_body(deployment: &str, state: &str, adopted: u64) -> serde_json::Value
         "adoptedManifestVersion": adopted,
         "status": {"state": state},
         "components": [{"name": "web", "state": state}],
-    })
-}
-
-fn capabilities_body(id: &str) -> serde_json::Value {
-    serde_json::json!({
-        "apiVersion": "device.margo.org/v1alpha1",
-        "kind": "DeviceCapabilitiesManifest",
-        "properties": {
-            "id": id,
-            "vendor": "Acme",
-            "modelNumber": "E1",
-            "serialNumber": "sn-1",
-            "cpu": [{"cores": 2, "architecture": "arm64"}],
-            "memory": "4Gi",
-            "storage": "32Gi"
-        }
     })
 }
 

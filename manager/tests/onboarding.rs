@@ -11,58 +11,37 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::{Method, StatusCode};
-use margo_manager::{Manager, ManagerConfig, ManagerHandle};
+use margo_manager::ManagerConfig;
 use margo_schemas::capabilities::{DeviceCapabilitiesManifest, DeviceProperties};
-use margo_schemas::cose::{SigningKey, VerifyingKey};
 use margo_schemas::http_sig::{PayloadSigner, CONTENT_DIGEST, PAYLOAD_SIGNATURE};
 use margo_schemas::ids::{ClientId, DeviceId};
 use margo_schemas::messages::{CapabilitiesReport, Envelope, Message};
 use margo_schemas::onboarding::{
     OnboardingRequest, OnboardingResponse, OnboardingState, RequestExtensions,
 };
-use margo_schemas::pki::{cert_info, certs_from_pem, client_tls_config, pkcs8_from_pem};
+use margo_schemas::pki::{cert_info, certs_from_pem, client_tls_config};
 use margo_schemas::topics;
 use rcgen::{CertificateParams, KeyPair};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
-use tokio::sync::mpsc;
+use rumqttc::{MqttOptions, QoS, TlsConfiguration, Transport};
 
 mod common;
-use common::{within, Https, Reply};
+use common::{start, DevicePem, FakeDevice, Https, Reply, WAIT};
+use margo_testkit::mqtt::TestClient;
 
 const DEPLOYMENT_ID: &str = "b7e2f5dc-912e-494f-8395-52cf3769bc06";
 
+/// The shared test configuration, with onboarding limits for many requests.
 fn config(dir: &Path) -> ManagerConfig {
-    let mut config = ManagerConfig::with_data_dir(dir);
-    let any = "127.0.0.1:0".parse().expect("addr");
-    config.broker.mqtt_listen = any;
-    config.broker.gateway_listen = any;
-    config.http.listen = any;
-    config.ingest.batch_interval = Duration::from_millis(5);
+    let mut config = common::config(dir);
     config.onboarding.rate_per_minute = 600;
     config.onboarding.rate_burst = 200;
     config.onboarding.poll_interval = Duration::from_secs(3);
     config
 }
 
-async fn start(config: ManagerConfig) -> ManagerHandle {
-    within("manager start", Manager::start(config))
-        .await
-        .expect("manager starts")
-}
-
 // ---- HTTPS client ---------------------------------------------------------------
 
 impl Reply {
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "HTTP {} body is not JSON ({e}): {}",
-                self.status,
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-
     fn onboarding(&self) -> OnboardingResponse {
         serde_json::from_value(self.json()).expect("an OnboardingResponse")
     }
@@ -176,15 +155,6 @@ fn fingerprint_hex(der: &[u8]) -> String {
     margo_schemas::pki::fingerprint(der).hex()
 }
 
-/// An MQTT connection through the gateway with an onboarded identity.
-struct MqttDevice {
-    id: ClientId,
-    client: AsyncClient,
-    events: mpsc::UnboundedReceiver<Result<rumqttc::Publish, rumqttc::ConnectionError>>,
-    manager_key: VerifyingKey,
-    key: SigningKey,
-}
-
 fn mqtt_options(gateway: SocketAddr, id: &ClientId, tls: rustls::ClientConfig) -> MqttOptions {
     let mut opts = MqttOptions::new(id.as_str(), "127.0.0.1", gateway.port());
     opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
@@ -194,88 +164,27 @@ fn mqtt_options(gateway: SocketAddr, id: &ClientId, tls: rustls::ClientConfig) -
     opts
 }
 
-impl MqttDevice {
-    async fn connect(gateway: SocketAddr, identity: &Identity, device: &DeviceKey) -> Self {
-        let key_pem = device.key.serialize_pem();
-        let tls = client_tls_config(
-            identity.ca.as_bytes(),
-            Some((identity.cert.as_bytes(), key_pem.as_bytes())),
-        )
-        .expect("device TLS config");
-        let (client, mut eventloop) =
-            AsyncClient::new(mqtt_options(gateway, &identity.client_id, tls), 64);
-        let (tx, events) = mpsc::unbounded_channel();
-        let (connected_tx, connected_rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(async move {
-            let mut connected = Some(connected_tx);
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        if let Some(tx) = connected.take() {
-                            let _ = tx.send(());
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        if tx.send(Ok(p)).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        return;
-                    }
-                }
-            }
-        });
-        within("onboarded device's CONNACK", connected_rx)
-            .await
-            .expect("the onboarded identity connects through the gateway");
-        let id = identity.client_id.clone();
-        client
-            .subscribe(topics::desired_filter(&id), QoS::AtLeastOnce)
-            .await
-            .expect("subscribe desired");
-        client
-            .subscribe(topics::ack(&id), QoS::AtLeastOnce)
-            .await
-            .expect("subscribe ack");
-        let signing = certs_from_pem(identity.signing.as_bytes(), "signing cert")
-            .expect("signing cert")
-            .remove(0);
-        let pkcs8 = pkcs8_from_pem(key_pem.as_bytes(), "device key").expect("pkcs8");
-        Self {
-            id,
-            client,
-            events,
-            manager_key: VerifyingKey::from_certificate(signing.as_ref()).expect("signing key"),
-            key: SigningKey::from_pkcs8(&pkcs8).expect("device signing key"),
-        }
-    }
+/// A fake device through the gateway with an onboarded identity, subscribed
+/// to its desired state and acks.
+async fn connect_onboarded(
+    gateway: SocketAddr,
+    identity: &Identity,
+    device: &DeviceKey,
+) -> FakeDevice {
+    let key_pem = device.key.serialize_pem();
+    let pem = DevicePem {
+        client_id: &identity.client_id,
+        ca: &identity.ca,
+        cert: &identity.cert,
+        key: &key_pem,
+        signing_cert: &identity.signing,
+    };
+    let id = &identity.client_id;
+    let filters = [topics::desired_filter(id), topics::ack(id)];
+    FakeDevice::connect(gateway, pem, true, &filters).await
+}
 
-    async fn expect<T>(&mut self, what: &str, mut pick: impl FnMut(&Message) -> Option<T>) -> T {
-        let (id, key) = (self.id.clone(), self.manager_key.clone());
-        within(what, async {
-            loop {
-                let publish = match self.events.recv().await {
-                    Some(Ok(p)) => p,
-                    Some(Err(e)) => panic!("device connection failed waiting for {what}: {e}"),
-                    None => panic!("device event loop ended waiting for {what}"),
-                };
-                if publish.payload.is_empty() {
-                    continue;
-                }
-                let (_, topic) = topics::parse_device_topic(&publish.topic).expect("topic");
-                let env = Envelope::open(&publish.payload, 1 << 20, &key, &id, &topic)
-                    .expect("downlink verifies with the issued signing certificate");
-                if let Some(v) = pick(&env.msg) {
-                    return v;
-                }
-            }
-        })
-        .await
-    }
-
+impl FakeDevice {
     async fn capabilities(&self, seq: u64, manifest: DeviceCapabilitiesManifest) {
         let env = Envelope::new(
             self.id.clone(),
@@ -283,7 +192,8 @@ impl MqttDevice {
             1,
             Message::Capabilities(CapabilitiesReport { manifest }),
         );
-        self.client
+        self.mqtt
+            .client
             .publish(
                 topics::capabilities(&self.id),
                 QoS::AtLeastOnce,
@@ -470,7 +380,7 @@ async fn operator_approval_then_mqtt_then_capabilities_then_revocation() {
         .await
         .expect("deploy");
     let gateway = manager.gateway_addr().expect("gateway");
-    let mut mqtt = MqttDevice::connect(gateway, &identity, &device).await;
+    let mut mqtt = connect_onboarded(gateway, &identity, &device).await;
     let version = mqtt
         .expect("retained manifest", |m| match m {
             Message::Manifest(s) => Some(s.manifest_version),
@@ -592,23 +502,10 @@ async fn operator_approval_then_mqtt_then_capabilities_then_revocation() {
         Some((identity.cert.as_bytes(), key_pem.as_bytes())),
     )
     .expect("TLS");
-    let (_client, mut eventloop) =
-        AsyncClient::new(mqtt_options(gateway, &identity.client_id, tls), 8);
-    let refused = within("CONNACK of a revoked device", async {
-        loop {
-            if let Err(e) = eventloop.poll().await {
-                return e;
-            }
-        }
-    })
-    .await;
-    assert!(
-        matches!(
-            refused,
-            rumqttc::ConnectionError::ConnectionRefused(rumqttc::ConnectReturnCode::NotAuthorized)
-        ),
-        "expected CONNACK not authorized, got {refused:?}"
-    );
+    TestClient::spawn(mqtt_options(gateway, &identity.client_id, tls), 8)
+        .with_wait(WAIT)
+        .refused_not_authorized("CONNACK of a revoked device")
+        .await;
     let stats = manager.onboarding_stats().snapshot();
     assert_eq!(stats.pending_created, 1);
     assert!(stats.forbidden >= 3);

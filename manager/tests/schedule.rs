@@ -5,27 +5,24 @@
 //! cleared on revocation; a reported schedule shows in the client view and
 //! drives `availability`.
 
-use std::future::Future;
-use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+mod common;
 
+use std::net::SocketAddr;
+
+use common::{config, start, FakeDevice, WAIT};
 use margo_manager::admin::ProvisionedBundle;
 use margo_manager::availability::Availability;
-use margo_manager::{Manager, ManagerConfig, ManagerHandle};
-use margo_schemas::cose::{SigningKey, VerifyingKey};
+use margo_manager::ManagerHandle;
+use margo_schemas::cose::VerifyingKey;
 use margo_schemas::ids::ClientId;
 use margo_schemas::messages::{
     DeviceConfig, Envelope, Message, ScheduleInForce, ScheduleSource, StateReport,
 };
-use margo_schemas::pki::{certs_from_pem, client_tls_config, pkcs8_from_pem};
 use margo_schemas::schedule::Schedule;
 use margo_schemas::topics;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
-use tokio::sync::mpsc;
-
-const WAIT: Duration = Duration::from_secs(15);
+use margo_testkit::eventually_async;
+use margo_testkit::mqtt::TestClient;
+use rumqttc::{MqttOptions, QoS};
 
 /// Per-check office hours in UTC.
 const OFFICE: &str = r#"
@@ -49,138 +46,22 @@ fn schedule(text: &str) -> Schedule {
     toml::from_str(text).expect("test schedule parses")
 }
 
-async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(WAIT, fut).await {
-        Ok(v) => v,
-        Err(_) => panic!("timed out after {WAIT:?} waiting for: {what}"),
-    }
-}
-
-async fn eventually(what: &str, mut cond: impl AsyncFnMut() -> bool) {
-    within(what, async {
-        while !cond().await {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-}
-
-fn config(dir: &Path) -> ManagerConfig {
-    let mut config = ManagerConfig::with_data_dir(dir);
-    config.broker.mqtt_listen = "127.0.0.1:0".parse().expect("addr");
-    config.broker.gateway_listen = "127.0.0.1:0".parse().expect("addr");
-    config.http.listen = "127.0.0.1:0".parse().expect("addr");
-    config.ingest.batch_interval = Duration::from_millis(5);
-    config
-}
-
-async fn start(dir: &Path) -> ManagerHandle {
-    within("manager start", Manager::start(config(dir)))
-        .await
-        .expect("manager starts")
-}
-
-type Publishes = mpsc::UnboundedReceiver<Result<rumqttc::Publish, String>>;
-
-/// An MQTT connection that forwards every publish it receives.
-async fn connect(opts: MqttOptions) -> (AsyncClient, Publishes) {
-    let (client, mut eventloop) = AsyncClient::new(opts, 64);
-    let (tx, rx) = mpsc::unbounded_channel();
-    let (up_tx, up_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let mut up = Some(up_tx);
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    if let Some(up) = up.take() {
-                        let _ = up.send(());
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if tx.send(Ok(p)).is_err() {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    let _ = tx.send(Err(e.to_string()));
-                    return;
-                }
-            }
-        }
-    });
-    within("CONNACK", up_rx).await.expect("connected");
-    (client, rx)
+/// A plain MQTT connection on the loopback listener, after its CONNACK.
+async fn watcher(name: &str, port: u16) -> TestClient {
+    let mut watcher =
+        TestClient::spawn(MqttOptions::new(name, "127.0.0.1", port), 64).with_wait(WAIT);
+    watcher.connack().await;
+    watcher
 }
 
 /// A fake device behind the gateway, subscribed to its config and ack.
-struct Device {
-    id: ClientId,
-    client: AsyncClient,
-    key: SigningKey,
-    manager_key: VerifyingKey,
-    publishes: Publishes,
-    seq: u64,
+async fn connect(gateway: SocketAddr, bundle: &ProvisionedBundle) -> FakeDevice {
+    let id = &bundle.client_id;
+    let filters = [topics::config(id), topics::ack(id)];
+    FakeDevice::connect(gateway, bundle.into(), true, &filters).await
 }
 
-impl Device {
-    async fn connect(gateway: SocketAddr, bundle: &ProvisionedBundle) -> Self {
-        let tls = client_tls_config(
-            bundle.ca_pem.as_bytes(),
-            Some((bundle.cert_pem.as_bytes(), bundle.key_pem.as_bytes())),
-        )
-        .expect("device TLS config");
-        let mut opts = MqttOptions::new(bundle.client_id.as_str(), "127.0.0.1", gateway.port());
-        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-            Arc::new(tls),
-        )));
-        opts.set_keep_alive(Duration::from_secs(5));
-        let (client, publishes) = connect(opts).await;
-        let id = bundle.client_id.clone();
-        for topic in [topics::config(&id), topics::ack(&id)] {
-            client
-                .subscribe(topic, QoS::AtLeastOnce)
-                .await
-                .expect("subscribe");
-        }
-        let pkcs8 = pkcs8_from_pem(bundle.key_pem.as_bytes(), "device key").expect("key");
-        let signing = certs_from_pem(bundle.signing_cert_pem.as_bytes(), "signing cert")
-            .expect("signing cert")
-            .remove(0);
-        Self {
-            id,
-            client,
-            key: SigningKey::from_pkcs8(&pkcs8).expect("device key"),
-            manager_key: VerifyingKey::from_certificate(signing.as_ref()).expect("signing key"),
-            publishes,
-            seq: 0,
-        }
-    }
-
-    /// The next verified downlink message (empty retained payloads skipped).
-    async fn next(&mut self, what: &str) -> Message {
-        let (id, key) = (self.id.clone(), self.manager_key.clone());
-        within(what, async {
-            loop {
-                let publish = match self.publishes.recv().await {
-                    Some(Ok(p)) => p,
-                    Some(Err(e)) => panic!("device connection failed waiting for {what}: {e}"),
-                    None => panic!("device event loop ended waiting for {what}"),
-                };
-                if publish.payload.is_empty() {
-                    continue;
-                }
-                let (client, topic) =
-                    topics::parse_device_topic(&publish.topic).expect("a device topic");
-                assert_eq!(client, id);
-                let env = Envelope::open(&publish.payload, 1 << 20, &key, &id, &topic)
-                    .expect("downlink verifies against the manager signing certificate");
-                return env.msg;
-            }
-        })
-        .await
-    }
-
+impl FakeDevice {
     /// The next signed config on `R/config` (acks in between are skipped).
     async fn next_config(&mut self, what: &str) -> DeviceConfig {
         loop {
@@ -207,7 +88,8 @@ impl Device {
             }),
         );
         let payload = env.seal(&self.key).expect("seal");
-        self.client
+        self.mqtt
+            .client
             .publish(topics::state(&self.id), QoS::AtLeastOnce, false, payload)
             .await
             .expect("publish state");
@@ -221,7 +103,8 @@ impl Device {
     }
 
     async fn presence(&self, online: bool) {
-        self.client
+        self.mqtt
+            .client
             .publish(
                 topics::presence(&self.id),
                 QoS::AtLeastOnce,
@@ -242,21 +125,17 @@ async fn retained_config(
     name: &str,
 ) -> DeviceConfig {
     let port = manager.mqtt_addr().expect("embedded broker").port();
-    let (watcher, mut publishes) = connect(MqttOptions::new(name, "127.0.0.1", port)).await;
+    let mut watcher = watcher(name, port).await;
     watcher
+        .client
         .subscribe(topics::config(client), QoS::AtLeastOnce)
         .await
         .expect("subscribe");
-    let publish = within("the retained config", async {
-        loop {
-            match publishes.recv().await {
-                Some(Ok(p)) if !p.payload.is_empty() => return p,
-                Some(Ok(_)) => continue,
-                other => panic!("watcher: {other:?}"),
-            }
-        }
-    })
-    .await;
+    let publish = watcher
+        .expect_publish("the retained config", |p| {
+            (!p.payload.is_empty()).then(|| p.clone())
+        })
+        .await;
     assert!(publish.retain, "delivered as a retained message");
     let env = Envelope::open(
         &publish.payload,
@@ -266,7 +145,7 @@ async fn retained_config(
         &topics::DeviceTopic::Config,
     )
     .expect("the config verifies against the manager signing certificate");
-    let _ = watcher.disconnect().await;
+    let _ = watcher.client.disconnect().await;
     match env.msg {
         Message::Config(c) => c,
         other => panic!("a {} message on R/config", other.kind()),
@@ -276,10 +155,10 @@ async fn retained_config(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_schedule_is_versioned_signed_retained_and_republished() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let manager = start(dir.path()).await;
+    let manager = start(config(dir.path())).await;
     let admin = manager.admin();
     let bundle = admin.add_client("kiln-4", None).await.expect("add client");
-    let mut device = Device::connect(manager.gateway_addr().expect("gateway"), &bundle).await;
+    let mut device = connect(manager.gateway_addr().expect("gateway"), &bundle).await;
 
     // Nothing set yet: no config, the device follows its local schedule.
     let view = admin.schedule("kiln-4").await.expect("schedule view");
@@ -346,9 +225,9 @@ async fn remote_schedule_is_versioned_signed_retained_and_republished() {
     // retained, so the manager republishes the config from redb.
     drop(device);
     manager.shutdown().await;
-    let manager = start(dir.path()).await;
+    let manager = start(config(dir.path())).await;
     let admin = manager.admin();
-    let mut device = Device::connect(manager.gateway_addr().expect("gateway"), &bundle).await;
+    let mut device = connect(manager.gateway_addr().expect("gateway"), &bundle).await;
     let c = device.next_config("republished config v4").await;
     assert_eq!(c.version, 4);
     assert_eq!(c.schedule, Some(office));
@@ -357,40 +236,28 @@ async fn remote_schedule_is_versioned_signed_retained_and_republished() {
 
     // Revocation clears the retained config (an operator watching on the
     // loopback listener sees the empty retained payload).
-    let (watcher, mut watched) = connect(MqttOptions::new(
+    let mut watched = watcher(
         "schedule-test-watcher",
-        "127.0.0.1",
         manager.mqtt_addr().expect("embedded broker").port(),
-    ))
+    )
     .await;
-    watcher
+    watched
+        .client
         .subscribe(topics::config(&device.id), QoS::AtLeastOnce)
         .await
         .expect("watch config");
-    within("the retained config for the watcher", async {
-        loop {
-            match watched.recv().await {
-                Some(Ok(p)) if !p.payload.is_empty() => return,
-                Some(Ok(_)) => continue,
-                other => panic!("watcher: {other:?}"),
-            }
-        }
-    })
-    .await;
+    watched
+        .expect_publish("the retained config for the watcher", |p| {
+            (!p.payload.is_empty()).then_some(())
+        })
+        .await;
     admin.revoke("kiln-4").await.expect("revoke");
-    within("the config topic cleared on revocation", async {
-        loop {
-            match watched.recv().await {
-                Some(Ok(p)) if p.payload.is_empty() => {
-                    assert_eq!(p.topic, topics::config(&device.id));
-                    return;
-                }
-                Some(Ok(_)) => continue,
-                other => panic!("watcher: {other:?}"),
-            }
-        }
-    })
-    .await;
+    let cleared = watched
+        .expect_publish("the config topic cleared on revocation", |p| {
+            p.payload.is_empty().then(|| p.topic.clone())
+        })
+        .await;
+    assert_eq!(cleared, topics::config(&device.id));
     let refused = admin
         .set_schedule("kiln-4", &schedule(OFFICE))
         .await
@@ -402,10 +269,10 @@ async fn remote_schedule_is_versioned_signed_retained_and_republished() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reported_schedule_shows_and_drives_availability() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let manager = start(dir.path()).await;
+    let manager = start(config(dir.path())).await;
     let admin = manager.admin();
     let bundle = admin.add_client("press-2", None).await.expect("add client");
-    let mut device = Device::connect(manager.gateway_addr().expect("gateway"), &bundle).await;
+    let mut device = connect(manager.gateway_addr().expect("gateway"), &bundle).await;
 
     // Before any report: no presence, no schedule → offline.
     let status = admin.status(Some("press-2")).await.expect("status");
@@ -434,7 +301,7 @@ async fn reported_schedule_shows_and_drives_availability() {
 
     // Online presence wins; offline again falls back to the schedule.
     device.presence(true).await;
-    eventually("availability online", async || {
+    eventually_async(WAIT, "availability online", async || {
         admin
             .status(Some("press-2"))
             .await
@@ -442,7 +309,7 @@ async fn reported_schedule_shows_and_drives_availability() {
     })
     .await;
     device.presence(false).await;
-    eventually("availability in planned downtime", async || {
+    eventually_async(WAIT, "availability in planned downtime", async || {
         admin
             .status(Some("press-2"))
             .await

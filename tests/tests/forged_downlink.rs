@@ -12,11 +12,11 @@ use margo_schemas::ids::{ClientId, DeploymentId};
 use margo_schemas::manifest::{DeploymentRef, StateManifest};
 use margo_schemas::messages::{DeploymentBody, Envelope, Message};
 use margo_schemas::topics;
+use margo_testkit::mqtt::TestClient;
 use margo_tests::eventually;
 use margo_tests::fleet::{
     client_status, deployment_yaml, wait_converged, write_file, AgentProc, ManagerProc,
 };
-use margo_tests::mqtt::TestClient;
 
 const CONVERGE: Duration = Duration::from_secs(60);
 const D1: &str = "11111111-1111-4111-8111-111111111111";

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use anyhow::Result;
+use margo_testkit::mosquitto::{self, Mosquitto};
 use margo_tests::fleet::{deploy_update_undeploy, AgentProc, ManagerProc};
-use margo_tests::mosquitto::{self, Mosquitto};
 
 const CONVERGE: Duration = Duration::from_secs(90);
 

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use margo_schemas::ids::{ClientId, DeploymentId};
 use margo_schemas::topics;
-use margo_tests::mosquitto::{self, Mosquitto};
-use margo_tests::mqtt::TestClient;
-use margo_tests::pki::TestPki;
+use margo_testkit::mosquitto::{self, Mosquitto};
+use margo_testkit::mqtt::TestClient;
+use margo_testkit::pki::TestPki;
 use rumqttc::{LastWill, QoS};
 
 const QUIET: Duration = Duration::from_millis(1500);
@@ -22,7 +22,7 @@ async fn device_b_cannot_touch_device_a_on_mosquitto() -> anyhow::Result<()> {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
-    let pki = TestPki::new()?;
+    let pki = TestPki::new("margo test CA");
     pki.write_server_files(dir.path())?;
     let broker = Mosquitto::start(
         &dir.path().join("mosquitto"),
@@ -33,9 +33,9 @@ async fn device_b_cannot_touch_device_a_on_mosquitto() -> anyhow::Result<()> {
     let a = ClientId::new("aaaaaaaa")?;
     let b = ClientId::new("bbbbbbbb")?;
     let dep = DeploymentId::new("d1")?;
-    let a_tls = pki.client(a.as_str())?;
-    let b_tls = pki.client(b.as_str())?;
-    let mgr_tls = pki.client("margo-manager")?;
+    let a_tls = pki.tls_identity(a.as_str());
+    let b_tls = pki.tls_identity(b.as_str());
+    let mgr_tls = pki.tls_identity("margo-manager");
 
     // The manager publishes A's retained desired state and watches uplink.
     let mut manager =

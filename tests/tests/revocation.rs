@@ -14,12 +14,12 @@ use margo_schemas::ids::ClientId;
 use margo_schemas::messages::{Envelope, Message, StateReport};
 use margo_schemas::pki::pkcs8_from_pem;
 use margo_schemas::topics;
+use margo_testkit::mqtt::TestClient;
 use margo_tests::eventually;
 use margo_tests::fleet::{
     client_status, deployment_yaml, onboarding_toml, uplink_seqs, wait_converged, write_file,
     AgentProc, ManagerProc, START,
 };
-use margo_tests::mqtt::TestClient;
 
 const CONVERGE: Duration = Duration::from_secs(60);
 const D1: &str = "11111111-1111-4111-8111-111111111111";

@@ -1,9 +1,10 @@
-//! Test helpers: a throwaway fleet PKI (rcgen), identities, documents, and
-//! the manager's side of the protocol (signed manifests, deployments, acks).
+//! The agent's own test helpers: a fleet (the kit's test PKI plus the
+//! manager's signing key) issuing agent identities, documents, and the
+//! manager's side of the protocol (signed manifests, deployments, acks).
+//! Waits and the PKI itself come from margo-testkit.
 
 #![allow(dead_code)]
 
-use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,32 +18,14 @@ use margo_schemas::ids::{ClientId, DeploymentId};
 use margo_schemas::manifest::{DeploymentRef, StateManifest};
 use margo_schemas::messages::{Ack, DeploymentBody, Envelope, Message};
 use margo_schemas::topics;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use margo_testkit::pki::TestPki;
 
 /// Default wait for anything in these tests.
 pub const WAIT: Duration = Duration::from_secs(20);
 
-/// Awaits `fut` or panics with `what` after `limit`.
-pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(limit, fut).await {
-        Ok(v) => v,
-        Err(_) => panic!("timed out after {limit:?} waiting for: {what}"),
-    }
-}
-
-/// Polls `cond` every 20 ms until it holds, or panics with `what`.
-pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    within(WAIT, what, async {
-        while !cond() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-}
-
 /// A fleet CA with the manager's signing key.
 pub struct Fleet {
-    ca: CertifiedIssuer<'static, KeyPair>,
+    pki: TestPki,
     signing_cert_pem: String,
     /// The manager's fleet signing key.
     pub signer: SigningKey,
@@ -50,53 +33,36 @@ pub struct Fleet {
 
 impl Fleet {
     pub fn new() -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "test fleet ca");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca =
-            CertifiedIssuer::self_signed(params, KeyPair::generate().expect("ca key")).expect("ca");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("signing params");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "margo-manager-signing");
-        let key = KeyPair::generate().expect("signing key");
-        let cert = params.signed_by(&key, &ca).expect("signing cert");
-        let signer = SigningKey::from_pkcs8(&key.serialize_der()).expect("signer");
+        let pki = TestPki::new("test fleet ca");
+        let signing = pki.leaf("margo-manager-signing");
+        let signer = SigningKey::from_pkcs8(&signing.key.serialize_der()).expect("signer");
         Self {
-            ca,
-            signing_cert_pem: cert.pem(),
+            signing_cert_pem: signing.cert_pem(),
+            pki,
             signer,
         }
     }
 
     /// The gateway's server certificate for localhost / 127.0.0.1.
     pub fn gateway_tls(&self) -> GatewayTls {
-        let params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-            .expect("server params");
-        let key = KeyPair::generate().expect("server key");
-        let cert = params.signed_by(&key, &self.ca).expect("server cert");
+        let server = self.pki.server();
         GatewayTls {
-            ca_pem: self.ca.pem().into_bytes(),
-            cert_pem: cert.pem().into_bytes(),
-            key_pem: key.serialize_pem().into_bytes(),
+            ca_pem: self.pki.ca_pem().into_bytes(),
+            cert_pem: server.cert_pem().into_bytes(),
+            key_pem: server.key_pem().into_bytes(),
         }
     }
 
     /// A device identity (CN = client id) pointing at `broker_url`.
     pub fn device(&self, client: &str, broker_url: &str) -> IdentityPem {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("client params");
-        params.distinguished_name.push(DnType::CommonName, client);
-        let key = KeyPair::generate().expect("client key");
-        let cert = params.signed_by(&key, &self.ca).expect("client cert");
+        let cert = self.pki.client(client);
         IdentityPem {
             client_id: ClientId::new(client).expect("client id"),
             name: format!("test device {client}"),
             broker_url: broker_url.to_string(),
-            key_pem: key.serialize_pem().into_bytes(),
-            cert_pem: cert.pem().into_bytes(),
-            ca_pem: self.ca.pem().into_bytes(),
+            key_pem: cert.key_pem().into_bytes(),
+            cert_pem: cert.cert_pem().into_bytes(),
+            ca_pem: self.pki.ca_pem().into_bytes(),
             manager_signing_cert_pem: self.signing_cert_pem.clone().into_bytes(),
         }
     }

@@ -1,10 +1,11 @@
-//! Shared by the manager's HTTPS test files: waits that fail with a clear
-//! message and a small HTTP/1.1 client over tokio-rustls.
+//! Shared by the manager's test files: a manager on free ports, a fake
+//! device behind the gateway, and a small HTTP/1.1 client over tokio-rustls.
+//! Waits and the MQTT client come from margo-testkit.
 
 #![allow(dead_code)]
 
-use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,17 +13,144 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{HeaderMap, Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use margo_schemas::pki::client_tls_config;
+use margo_manager::admin::ProvisionedBundle;
+use margo_manager::{Manager, ManagerConfig, ManagerHandle};
+use margo_schemas::cose::{SigningKey, VerifyingKey};
+use margo_schemas::ids::ClientId;
+use margo_schemas::messages::{Envelope, Message};
+use margo_schemas::pki::{certs_from_pem, client_tls_config, pkcs8_from_pem};
+use margo_schemas::topics;
+use margo_testkit::mqtt::{Options, TestClient};
+use margo_testkit::within;
+use rumqttc::QoS;
 use tokio::net::TcpStream;
 
 /// Default wait for anything in these tests.
 pub const WAIT: Duration = Duration::from_secs(20);
 
-/// Awaits `fut` or panics with `what` after [`WAIT`].
-pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(WAIT, fut).await {
-        Ok(v) => v,
-        Err(_) => panic!("timed out after {WAIT:?} waiting for: {what}"),
+/// A manager configuration with data in `dir`, every listener on a free
+/// loopback port and uplink batches every 5 ms.
+pub fn config(dir: &Path) -> ManagerConfig {
+    let mut config = ManagerConfig::with_data_dir(dir);
+    let any = "127.0.0.1:0".parse().expect("addr");
+    config.broker.mqtt_listen = any;
+    config.broker.gateway_listen = any;
+    config.http.listen = any;
+    config.ingest.batch_interval = Duration::from_millis(5);
+    config
+}
+
+/// Starts a manager with `config`.
+pub async fn start(config: ManagerConfig) -> ManagerHandle {
+    within(WAIT, "manager start", Manager::start(config))
+        .await
+        .expect("manager starts")
+}
+
+/// What a fake device connects and signs with, as the manager issued it.
+pub struct DevicePem<'a> {
+    pub client_id: &'a ClientId,
+    pub ca: &'a str,
+    pub cert: &'a str,
+    pub key: &'a str,
+    pub signing_cert: &'a str,
+}
+
+impl<'a> From<&'a ProvisionedBundle> for DevicePem<'a> {
+    fn from(bundle: &'a ProvisionedBundle) -> Self {
+        Self {
+            client_id: &bundle.client_id,
+            ca: &bundle.ca_pem,
+            cert: &bundle.cert_pem,
+            key: &bundle.key_pem,
+            signing_cert: &bundle.signing_cert_pem,
+        }
+    }
+}
+
+/// A hand-rolled device: signs its uplink with its own key and verifies
+/// every downlink against the manager's signing certificate.
+pub struct FakeDevice {
+    pub id: ClientId,
+    pub mqtt: TestClient,
+    pub key: SigningKey,
+    pub manager_key: VerifyingKey,
+    /// The last uplink seq it used (for tests that count).
+    pub seq: u64,
+}
+
+impl FakeDevice {
+    /// Connects through the gateway at `gateway` with mutual TLS, waits for
+    /// the CONNACK and subscribes to `filters`.
+    pub async fn connect(
+        gateway: SocketAddr,
+        pem: DevicePem<'_>,
+        clean: bool,
+        filters: &[String],
+    ) -> Self {
+        let tls = client_tls_config(
+            pem.ca.as_bytes(),
+            Some((pem.cert.as_bytes(), pem.key.as_bytes())),
+        )
+        .expect("device TLS config");
+        let options = Options {
+            clean_session: clean,
+            ..Options::new(pem.client_id.as_str())
+        };
+        let mut mqtt = TestClient::device(gateway, Arc::new(tls), options).with_wait(WAIT);
+        mqtt.connack().await;
+        Self::over(mqtt, pem, filters).await
+    }
+
+    /// A device on an MQTT connection the test made (subscribes to
+    /// `filters` without waiting for the SUBACK).
+    pub async fn over(mqtt: TestClient, pem: DevicePem<'_>, filters: &[String]) -> Self {
+        for filter in filters {
+            mqtt.client
+                .subscribe(filter, QoS::AtLeastOnce)
+                .await
+                .expect("subscribe");
+        }
+        let pkcs8 = pkcs8_from_pem(pem.key.as_bytes(), "device key").expect("device key");
+        let signing = certs_from_pem(pem.signing_cert.as_bytes(), "signing cert")
+            .expect("signing cert")
+            .remove(0);
+        Self {
+            id: pem.client_id.clone(),
+            mqtt,
+            key: SigningKey::from_pkcs8(&pkcs8).expect("device signing key"),
+            manager_key: VerifyingKey::from_certificate(signing.as_ref())
+                .expect("manager signing key"),
+            seq: 0,
+        }
+    }
+
+    /// The next verified downlink message for which `pick` says `Some`
+    /// (empty retained payloads skipped).
+    pub async fn expect<T>(
+        &mut self,
+        what: &str,
+        mut pick: impl FnMut(&Message) -> Option<T>,
+    ) -> T {
+        let (id, key) = (self.id.clone(), self.manager_key.clone());
+        self.mqtt
+            .expect_publish(what, |publish| {
+                if publish.payload.is_empty() {
+                    return None;
+                }
+                let (client, topic) =
+                    topics::parse_device_topic(&publish.topic).expect("a device topic");
+                assert_eq!(client, id);
+                let env = Envelope::open(&publish.payload, 1 << 20, &key, &id, &topic)
+                    .expect("downlink verifies against the manager signing certificate");
+                pick(&env.msg)
+            })
+            .await
+    }
+
+    /// The next verified downlink message.
+    pub async fn next(&mut self, what: &str) -> Message {
+        self.expect(what, |m| Some(m.clone())).await
     }
 }
 
@@ -34,6 +162,17 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// The body as JSON; panics naming the status and the body when it is not.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "HTTP {} body is not JSON ({e}): {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
     pub fn header(&self, name: &str) -> Option<String> {
         self.headers
             .get(name)
@@ -80,7 +219,7 @@ impl Https {
         headers: &[(&str, String)],
         body: Vec<u8>,
     ) -> Reply {
-        within(&format!("{method} {path}"), async {
+        within(WAIT, &format!("{method} {path}"), async {
             let tcp = TcpStream::connect(self.addr).await.expect("TCP connect");
             let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
             let tls = self
@@ -119,4 +258,21 @@ impl Https {
         })
         .await
     }
+}
+
+/// A Margo device capabilities manifest for device `id` (JSON, as a device sends it).
+pub fn capabilities_body(id: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "device.margo.org/v1alpha1",
+        "kind": "DeviceCapabilitiesManifest",
+        "properties": {
+            "id": id,
+            "vendor": "Acme",
+            "modelNumber": "E1",
+            "serialNumber": "sn-1",
+            "cpu": [{"cores": 2, "architecture": "arm64"}],
+            "memory": "4Gi",
+            "storage": "32Gi"
+        }
+    })
 }

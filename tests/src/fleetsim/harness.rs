@@ -14,7 +14,7 @@ use tempfile::TempDir;
 use super::procstat;
 use super::sim::{self, FleetSpec, SimFleet};
 use crate::fleet::ManagerProc;
-use crate::mosquitto::{self, Mosquitto};
+use margo_testkit::mosquitto::{self, Mosquitto};
 
 /// How long a graceful stop of the manager or Mosquitto may take.
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);

@@ -54,7 +54,7 @@ impl Mosquitto {
         key: &Path,
     ) -> Result<Mosquitto> {
         std::fs::create_dir_all(dir)?;
-        let acl = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/mosquitto/margo.acl");
+        let acl = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/mosquitto/margo.acl");
         if !acl.exists() {
             bail!("missing {}", acl.display());
         }
