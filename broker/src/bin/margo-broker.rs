@@ -65,6 +65,9 @@ async fn main() -> Result<()> {
         info!(path = %path.display(), revoked = n, "revocation list loaded");
     }
 
+    // Handlers first: a supervisor may signal as soon as it reads the ready
+    // line, and an unhandled SIGTERM would kill the process uncleanly.
+    let signals = ExitSignals::install()?;
     let gateway = broker
         .gateway_addr()
         .map_or_else(|| "none".to_string(), |addr| addr.to_string());
@@ -78,7 +81,9 @@ async fn main() -> Result<()> {
     .context("writing the ready line")?;
     drop(stdout);
 
-    wait_for_exit(cli.revocations.as_deref(), &revocations).await?;
+    signals
+        .wait(cli.revocations.as_deref(), &revocations)
+        .await?;
     info!("shutting down");
     broker.shutdown().await;
     Ok(())
@@ -97,30 +102,58 @@ fn load_revocations(path: &Path, revocations: &Revocations) -> Result<usize> {
     Ok(n)
 }
 
+/// The signals that end (or, SIGHUP, reload) the broker, registered before
+/// the ready line is written.
 #[cfg(unix)]
-async fn wait_for_exit(revocation_file: Option<&Path>, revocations: &Revocations) -> Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
-    loop {
-        tokio::select! {
-            result = tokio::signal::ctrl_c() => {
-                result.context("SIGINT handler")?;
-                return Ok(());
-            }
-            _ = term.recv() => return Ok(()),
-            _ = hup.recv() => match revocation_file {
-                Some(path) => match load_revocations(path, revocations) {
-                    Ok(n) => info!(revoked = n, "revocation list reloaded"),
-                    Err(e) => error!(error = format!("{e:#}"), "revocation list not reloaded; keeping the previous one"),
+struct ExitSignals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl ExitSignals {
+    fn install() -> Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
+            term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
+            hup: signal(SignalKind::hangup()).context("SIGHUP handler")?,
+        })
+    }
+
+    /// Returns on SIGINT or SIGTERM; reloads the revocation list on SIGHUP.
+    async fn wait(
+        mut self,
+        revocation_file: Option<&Path>,
+        revocations: &Revocations,
+    ) -> Result<()> {
+        loop {
+            tokio::select! {
+                _ = self.int.recv() => return Ok(()),
+                _ = self.term.recv() => return Ok(()),
+                _ = self.hup.recv() => match revocation_file {
+                    Some(path) => match load_revocations(path, revocations) {
+                        Ok(n) => info!(revoked = n, "revocation list reloaded"),
+                        Err(e) => error!(error = format!("{e:#}"), "revocation list not reloaded; keeping the previous one"),
+                    },
+                    None => info!("SIGHUP ignored: no --revocations file"),
                 },
-                None => info!("SIGHUP ignored: no --revocations file"),
-            },
+            }
         }
     }
 }
 
 #[cfg(not(unix))]
-async fn wait_for_exit(_: Option<&Path>, _: &Revocations) -> Result<()> {
-    tokio::signal::ctrl_c().await.context("Ctrl-C handler")
+struct ExitSignals;
+
+#[cfg(not(unix))]
+impl ExitSignals {
+    fn install() -> Result<Self> {
+        Ok(Self)
+    }
+
+    async fn wait(self, _: Option<&Path>, _: &Revocations) -> Result<()> {
+        tokio::signal::ctrl_c().await.context("Ctrl-C handler")
+    }
 }
