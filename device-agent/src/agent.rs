@@ -21,11 +21,11 @@ use crate::connection::{
 use crate::http_transport::{HttpDeps, HttpSettings, HttpSetupError, HttpTransport};
 use crate::identity::{Identity, IdentityError, IdentityKind, WireClientId};
 use crate::outbox::{Outbox, OutboxError, Uplink};
-use crate::plan::ScheduleRx;
 use crate::reconcile::{ReconcileContext, ReconcileError, Reconciler, RetryPolicy};
 use crate::runtime::{
     ComposeRuntime, ExecRuntime, HelmRuntime, NativeRuntime, Runtime, SimulatedRuntime,
 };
+use crate::schedule_plan::ScheduleRx;
 use crate::snapshot::{AgentSnapshot, DeploymentView, Snapshots};
 use crate::stats::AgentStats;
 use crate::store::{Store, StoreError};

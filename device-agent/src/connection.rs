@@ -49,8 +49,8 @@ use crate::clock::Clock;
 use crate::config::BrokerUrl;
 use crate::identity::Identity;
 use crate::outbox::Uplink;
-use crate::plan::{AwayReason, Phase, Planner, ScheduleRx};
 use crate::reconcile::state_report;
+use crate::schedule_plan::{AwayReason, Phase, Planner, ScheduleRx};
 use crate::snapshot::{ConnectionStatus, Snapshots};
 use crate::stats::AgentStats;
 use crate::store::Store;
@@ -696,7 +696,7 @@ impl MqttTransport {
         if !run.take_state_report(self.clock.now(), self.settings.state_interval) {
             return;
         }
-        match state_report(&self.store, crate::plan::reported(&self.schedule)) {
+        match state_report(&self.store, crate::schedule_plan::reported(&self.schedule)) {
             Ok(report) => {
                 if let Err(error) = self.uplink.send(Message::State(report)) {
                     warn!(%error, "could not enqueue the state report");

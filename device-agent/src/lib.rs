@@ -29,11 +29,11 @@ pub mod manager_url;
 #[cfg(feature = "onboarding")]
 pub mod onboard;
 pub mod outbox;
-pub mod plan;
 pub mod reconcile;
 #[cfg(any(feature = "onboarding", feature = "http-transport"))]
 pub mod request_auth;
 pub mod runtime;
+pub mod schedule_plan;
 pub mod snapshot;
 pub mod stats;
 pub mod store;

@@ -30,8 +30,8 @@ use tracing::{debug, error, info, instrument, warn};
 
 use crate::clock::Clock;
 use crate::outbox::{OutboxError, Uplink};
-use crate::plan::ScheduleRx;
 use crate::runtime::{ApplyKind, Runtime};
+use crate::schedule_plan::ScheduleRx;
 use crate::snapshot::{AgentSnapshot, ConnectionStatus, DeploymentView, Snapshots};
 use crate::stats::AgentStats;
 use crate::store::{
@@ -234,7 +234,7 @@ impl ReconcileContext {
 
     /// Enqueues a `state` report.
     pub fn report_state(&self) -> Result<u64, ReconcileError> {
-        let report = state_report(&self.store, crate::plan::reported(&self.schedule))?;
+        let report = state_report(&self.store, crate::schedule_plan::reported(&self.schedule))?;
         Ok(self.uplink.send(Message::State(report))?)
     }
 

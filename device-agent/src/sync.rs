@@ -44,7 +44,7 @@ use tracing::{debug, info, warn};
 
 use crate::clock::Clock;
 use crate::outbox::{OutboxError, Uplink};
-use crate::plan::{ActiveSchedule, ScheduleRx};
+use crate::schedule_plan::{ActiveSchedule, ScheduleRx};
 use crate::snapshot::Snapshots;
 use crate::stats::AgentStats;
 use crate::store::{manifest_digest, AcceptedManifest, Store, StoreError};

@@ -441,7 +441,7 @@ async fn remote_schedule_is_versioned_persisted_reported_and_falls_back_to_local
     let mut parts = a.parts().expect("parts");
     let client = s.identity.client_id.clone();
     let key = &s.fleet.signer;
-    let in_force = |rx: &margo_agent::plan::ScheduleRx| {
+    let in_force = |rx: &margo_agent::schedule_plan::ScheduleRx| {
         rx.borrow().as_ref().map(|a| {
             (
                 a.source,

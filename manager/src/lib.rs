@@ -33,13 +33,13 @@
 
 pub mod admin;
 pub mod availability;
-pub mod bundle;
 pub mod ca;
 pub mod capabilities;
 pub mod config;
 pub mod histogram;
 pub mod http;
 pub mod http_stats;
+pub mod identity_bundle;
 pub mod ingest;
 pub mod manager;
 pub mod mqtt_link;

@@ -86,10 +86,10 @@ async fn deploy_status_ack_bad_signature_and_restart() {
     let bundle = admin.add_client("press-7", None).await.expect("add client");
     assert_eq!(bundle.broker_url, "mqtts://localhost:8883");
     let out = dir.path().join("bundle");
-    margo_manager::bundle::write_bundle(&out, &bundle).expect("write bundle");
+    margo_manager::identity_bundle::write_bundle(&out, &bundle).expect("write bundle");
     assert!(matches!(
-        margo_manager::bundle::write_bundle(&out, &bundle),
-        Err(margo_manager::bundle::BundleError::Exists(_))
+        margo_manager::identity_bundle::write_bundle(&out, &bundle),
+        Err(margo_manager::identity_bundle::BundleError::Exists(_))
     ));
     let dup = admin
         .add_client("press-7", None)

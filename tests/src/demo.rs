@@ -37,8 +37,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use margo_manager::admin::{AdminClient, AdminError};
-use margo_manager::bundle::{write_bundle, BundleError};
 use margo_manager::config::ManagerConfig;
+use margo_manager::identity_bundle::{write_bundle, BundleError};
 use margo_manager::manager::{Manager, ManagerError, ManagerHandle};
 use margo_manager::status_table;
 use margo_manager::status_view::ClientStatus;

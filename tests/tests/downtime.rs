@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Result;
-use margo_agent::plan::ms;
+use margo_agent::schedule_plan::ms;
 use margo_agent::ConnectionStatus;
 use margo_tests::eventually;
 use margo_tests::fleet::{

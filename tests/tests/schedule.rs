@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Result;
 use jiff::civil::date;
 use jiff::tz::TimeZone;
-use margo_agent::plan::ms;
+use margo_agent::schedule_plan::ms;
 use margo_agent::ConnectionStatus;
 use margo_tests::eventually;
 use margo_tests::fleet::{client_status, deployment_yaml, wait_converged, write_file, ManagerProc};

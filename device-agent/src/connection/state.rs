@@ -11,7 +11,7 @@ use margo_schemas::messages::SyncReason;
 use tokio::time::Instant;
 
 use crate::clock::{jitter, Backoff};
-use crate::plan::{Phase, Planner};
+use crate::schedule_plan::{Phase, Planner};
 
 use super::{ConnState, MqttTransportSettings};
 
@@ -383,7 +383,7 @@ mod tests {
     }
 
     fn at(rfc3339: &str) -> u64 {
-        crate::plan::ms(rfc3339.parse::<jiff::Timestamp>().unwrap())
+        crate::schedule_plan::ms(rfc3339.parse::<jiff::Timestamp>().unwrap())
     }
 
     const PERSISTENT: &str = "time_zone = \"UTC\"\nconnection = \"persistent\"\n[polling]\nperiod = [{ start = \"08:00\", end = \"18:00\" }]\nrate = \"15m\"\n";

@@ -117,7 +117,7 @@ impl std::fmt::Debug for ProvisionedBulk {
 }
 
 impl ProvisionedBulk {
-    /// Every device as a complete [`ProvisionedBundle`] (for [`crate::bundle::write_bundle`]).
+    /// Every device as a complete [`ProvisionedBundle`] (for [`crate::identity_bundle::write_bundle`]).
     pub fn bundles(&self) -> impl Iterator<Item = ProvisionedBundle> + '_ {
         self.clients.iter().map(|c| ProvisionedBundle {
             client_id: c.client_id.clone(),

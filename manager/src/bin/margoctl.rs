@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use margo_manager::admin::{parse_documents, AdminClient};
-use margo_manager::bundle::write_bundle;
+use margo_manager::identity_bundle::write_bundle;
 use margo_manager::status_table;
 use margo_schemas::schedule::{Schedule, ValidSchedule};
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use margo_manager::admin::AdminClient;
-use margo_manager::bundle::write_bundle;
+use margo_manager::identity_bundle::write_bundle;
 use margo_schemas::status::DeploymentState;
 use serde::Serialize;
 
