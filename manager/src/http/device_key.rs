@@ -104,11 +104,6 @@ impl DeviceKey {
         Self::of(&cert)
     }
 
-    /// Whether MQTT can use this key (COSE ES256 needs P-256).
-    pub fn mqtt_capable(&self) -> bool {
-        matches!(self, Self::P256(_))
-    }
-
     /// `ECDSA P-256`, `RSA 2048`, ...
     pub fn describe(&self) -> String {
         match self {
@@ -176,7 +171,6 @@ mod tests {
         let cert = cert_of(&p384);
         let key = DeviceKey::of_der(&cert).unwrap();
         assert_eq!(key.describe(), "ECDSA P-384");
-        assert!(!key.mqtt_capable());
         let pair =
             EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_ASN1_SIGNING, &p384.serialize_der(), &rng)
                 .unwrap();
@@ -217,10 +211,9 @@ mod tests {
     }
 
     #[test]
-    fn p256_is_the_mqtt_key() {
+    fn a_p256_certificate_key_is_described() {
         let p256 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let key = DeviceKey::of_der(&cert_of(&p256)).unwrap();
-        assert!(key.mqtt_capable());
         assert_eq!(key.describe(), "ECDSA P-256");
     }
 }
