@@ -4,8 +4,10 @@
 mod common;
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
+use common::manual_clock::ManualClock;
 use common::*;
 use margo_agent::sync::{DownlinkError, Handled};
 use margo_agent::Store;
@@ -14,25 +16,35 @@ use margo_schemas::messages::{Message, MessageError, SyncReason};
 
 const CLIENT: &str = "dev1";
 
+const CONTENT_TIMEOUT: Duration = Duration::from_millis(200);
+
 struct Setup {
     fleet: Fleet,
     identity: margo_agent::identity::Identity,
     store: Store,
     agent: margo_agent::Agent,
+    /// The agent's clock: timeouts pass when the test advances it.
+    clock: ManualClock,
 }
 
 fn setup() -> Setup {
     let fleet = Fleet::new();
     let identity = fleet.identity(CLIENT, "mqtts://localhost:8883");
     let store = Store::in_memory().expect("store");
-    let agent = agent(identity.clone(), store.clone(), sim(), |c| {
-        c.content_timeout = Duration::from_millis(200);
-    });
+    let clock = ManualClock::new();
+    let agent = agent_with_clock(
+        identity.clone(),
+        store.clone(),
+        sim(),
+        Some(Arc::new(clock.clone())),
+        |c| c.content_timeout = CONTENT_TIMEOUT,
+    );
     Setup {
         fleet,
         identity,
         store,
         agent,
+        clock,
     }
 }
 
@@ -286,20 +298,23 @@ async fn missing_content_and_newer_acks_ask_for_sync_and_acks_trim_the_outbox() 
     let (t, p) = manifest_msg(key, &client, &manifest(1, &[&a]));
     parts.downlink.handle_publish(&t, &p).expect("waiting");
     parts.downlink.on_timer().expect("timer");
+    s.clock.advance(CONTENT_TIMEOUT - Duration::from_millis(1));
+    parts.downlink.on_timer().expect("timer");
     assert!(
         syncs(&parts.uplink, &s.identity).is_empty(),
         "not before the timeout"
     );
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    s.clock.advance(Duration::from_millis(1));
     parts.downlink.on_timer().expect("timer");
     assert_eq!(
         syncs(&parts.uplink, &s.identity),
         vec![SyncReason::MissingContent]
     );
 
-    // The ack covers the sync; it also announces version 2, which we do not have.
+    // The ack covers the sync; it also announces version 2, which we do not
+    // have (a content timeout after the last sync, so not rate-limited).
     let (t, p) = ack_msg(key, &client, 1, 2);
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    s.clock.advance(CONTENT_TIMEOUT);
     assert_eq!(
         parts.downlink.handle_publish(&t, &p).expect("ack"),
         Handled::Acked {

@@ -21,6 +21,8 @@
 //!   for the admin API and the HTTPS onboarding.
 //! - [`capabilities`]: acceptance of capabilities reports (MQTT and HTTP).
 //! - [`manager`]: wiring; [`Manager::start`] in-process, [`run`] for the binary.
+//! - [`clock`]: the wall clock the store stamps with and time decisions
+//!   read (token expiry, availability); a manual one for tests.
 //! - [`availability`]: what a client's silence means (online, planned
 //!   downtime, between checks, overdue, ...), from its reported schedule.
 //! - [`status_table`]: the fleet table of `margoctl status` (and of `margo-demo`
@@ -35,6 +37,7 @@ pub mod admin;
 pub mod availability;
 pub mod ca;
 pub mod capabilities;
+pub mod clock;
 pub mod config;
 pub mod histogram;
 pub mod http;

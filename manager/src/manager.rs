@@ -19,6 +19,7 @@ use tracing::{info, warn};
 
 use crate::admin::{self, AdminServeError, AdminState};
 use crate::ca::{CaError, FleetPki};
+use crate::clock::Clock;
 use crate::config::{BrokerMode, ConfigError, ManagerConfig};
 use crate::http::{self, ApiState, HttpError, HttpStats, HttpsServer, OnboardingStats};
 use crate::ingest::{Ingest, IngestDeps, IngestSettings, IngestStats, KeyCache};
@@ -163,11 +164,21 @@ impl Manager {
     /// serves and the MQTT connection is up (embedded: required; external: a
     /// warning after 10 s, the connection keeps retrying).
     pub async fn start(config: ManagerConfig) -> Result<ManagerHandle, ManagerError> {
+        Self::start_with_clock(config, Clock::system()).await
+    }
+
+    /// [`Manager::start`] reading wall-clock time from `clock` (tests pass a
+    /// [`crate::clock::ManualClock`] to expire tokens or age clients
+    /// without sleeping).
+    pub async fn start_with_clock(
+        config: ManagerConfig,
+        clock: Clock,
+    ) -> Result<ManagerHandle, ManagerError> {
         config.validate()?;
         margo_schemas::pki::install_crypto_provider();
         prepare_data_dir(&config)?;
         let store_path = config.store_path();
-        let store = tokio::task::spawn_blocking(move || Store::open(&store_path))
+        let store = tokio::task::spawn_blocking(move || Store::open_with_clock(&store_path, clock))
             .await
             .map_err(|e| StoreError::Task(e.to_string()))??;
         let pki = Arc::new(load_pki(&config)?);

@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::ca::{CaError, IssuedCert};
 use crate::store::{
-    key_id_of_cert, now_ms, validate_name, ClientEntry, ClientRecord, Store, StoreError,
-    TokenRecord, WriteTxn, MAX_NAME_LEN,
+    key_id_of_cert, validate_name, ClientEntry, ClientRecord, Store, StoreError, TokenRecord,
+    WriteTxn, MAX_NAME_LEN,
 };
 pub use crate::store::{Claims, RequestRecord};
 
@@ -340,14 +340,16 @@ fn choose_name(
     Err(OnboardingError::NoFreeName(base))
 }
 
-/// Approves `record` (id `request_id`) inside `txn`: new client id, client
-/// certificate for the device's key, client record, request marked approved.
+/// Approves `record` (id `request_id`) at `now` inside `txn`: new client
+/// id, client certificate for the device's key, client record, request
+/// marked approved.
 fn approve_in(
     txn: &WriteTxn<'_>,
     request_id: &str,
     record: &mut RequestRecord,
     operator_name: Option<&str>,
     decided_by: String,
+    now: u64,
     issue: impl FnOnce(&ClientId, &[u8]) -> Result<IssuedCert, CaError>,
 ) -> Result<Approved> {
     let client_id = ClientId::generate();
@@ -358,8 +360,8 @@ fn approve_in(
         &client_id,
     )?;
     let issued = issue(&client_id, &record.cert_der)?;
-    let client = txn.insert_client(&client_id, &name, &issued.der)?;
-    mark_approved(txn, request_id, record, &client_id, &decided_by)?;
+    let client = txn.insert_client(&client_id, &name, &issued.der, now)?;
+    mark_approved(txn, request_id, record, &client_id, &decided_by, now)?;
     Ok(Approved {
         request_id: request_id.to_string(),
         client_id,
@@ -375,12 +377,13 @@ fn mark_approved(
     record: &mut RequestRecord,
     client_id: &ClientId,
     decided_by: &str,
+    now: u64,
 ) -> Result<()> {
     txn.bind_certificate(&record.cert_der, client_id)?;
     record.state = OnboardingState::Approved;
     record.client_id = Some(client_id.clone());
     record.decided_by = Some(decided_by.to_string());
-    record.decided_ms = Some(now_ms());
+    record.decided_ms = Some(now);
     Ok(txn.put_onboarding_request(request_id, record)?)
 }
 
@@ -437,7 +440,7 @@ impl Store {
         sub: Submission,
         issue: impl FnOnce(&ClientId, &[u8]) -> Result<IssuedCert, CaError>,
     ) -> Result<Submitted> {
-        let now = now_ms();
+        let now = self.clock().now_ms();
         self.write(|txn| {
             let existing = txn.onboarding_request(&sub.request_id)?;
             let created = existing.is_none();
@@ -488,7 +491,7 @@ impl Store {
                 }
                 // The same device key with a new self-signed certificate: it is
                 // already a client, and proved possession of the key.
-                mark_approved(txn, &sub.request_id, &mut record, &id, "known key")?;
+                mark_approved(txn, &sub.request_id, &mut record, &id, "known key", now)?;
                 return Ok(Submitted::Approved(Approved {
                     request_id: sub.request_id,
                     client_id: id,
@@ -504,8 +507,15 @@ impl Store {
                 None => None,
             };
             if let Some(decided_by) = decided_by {
-                let approved =
-                    approve_in(txn, &sub.request_id, &mut record, None, decided_by, issue)?;
+                let approved = approve_in(
+                    txn,
+                    &sub.request_id,
+                    &mut record,
+                    None,
+                    decided_by,
+                    now,
+                    issue,
+                )?;
                 return Ok(Submitted::Approved(approved));
             }
             if created && txn.pending_onboarding_requests()? >= sub.max_pending as u64 {
@@ -577,6 +587,7 @@ impl Store {
         name: Option<&str>,
         issue: impl FnOnce(&ClientId, &[u8]) -> Result<IssuedCert, CaError>,
     ) -> Result<(RequestView, Approved)> {
+        let now = self.clock().now_ms();
         self.write(|txn| {
             let id = resolve_request(txn, typed_id)?;
             let mut record = txn
@@ -608,7 +619,7 @@ impl Store {
                     if client.revoked {
                         return Err(OnboardingError::Revoked(client_id));
                     }
-                    mark_approved(txn, &id, &mut record, &client_id, "known key")?;
+                    mark_approved(txn, &id, &mut record, &client_id, "known key", now)?;
                     Approved {
                         request_id: id.clone(),
                         client_id,
@@ -617,7 +628,7 @@ impl Store {
                         now: true,
                     }
                 }
-                None => approve_in(txn, &id, &mut record, name, "operator".into(), issue)?,
+                None => approve_in(txn, &id, &mut record, name, "operator".into(), now, issue)?,
             };
             Ok((RequestView::new(&id, record), approved))
         })
@@ -649,7 +660,7 @@ impl Store {
                 OnboardingState::Pending => {
                     record.state = OnboardingState::Rejected;
                     record.decided_by = Some("operator".into());
-                    record.decided_ms = Some(now_ms());
+                    record.decided_ms = Some(self.clock().now_ms());
                     txn.put_onboarding_request(&id, &record)?;
                 }
             }
@@ -683,7 +694,7 @@ impl Store {
         }
         let token = BASE64URL_NOPAD.encode(&random(TOKEN_BYTES)?);
         let id = data_encoding::HEXLOWER.encode(&random(TOKEN_ID_BYTES)?);
-        let now = now_ms();
+        let now = self.clock().now_ms();
         let record = TokenRecord {
             hash: token_hash(&token),
             uses_total: uses,
@@ -707,7 +718,7 @@ impl Store {
 
     /// Every enrollment token (never the token text), oldest first.
     pub fn tokens(&self) -> Result<Vec<TokenView>> {
-        let now = now_ms();
+        let now = self.clock().now_ms();
         let mut out: Vec<TokenView> = self
             .token_records()?
             .iter()
@@ -719,11 +730,125 @@ impl Store {
 
     /// Deletes a token; devices presenting it are refused from now on.
     pub fn token_revoke(&self, id: &str) -> Result<TokenView> {
-        let now = now_ms();
+        let now = self.clock().now_ms();
         let record = self.write(|txn| {
             txn.remove_token(id.trim())?
                 .ok_or_else(|| OnboardingError::UnknownToken(id.chars().take(40).collect()))
         })?;
         Ok(TokenView::new(id.trim(), &record, now))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::clock::ManualClock;
+
+    const T0: u64 = 1_800_000_000_000;
+    const TTL: Duration = Duration::from_secs(60);
+
+    fn store(clock: &ManualClock) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store =
+            Store::open_with_clock(&dir.path().join("m.redb"), clock.clock()).expect("open");
+        (dir, store)
+    }
+
+    fn submit(store: &Store, device: &str, token: &str) -> Result<Submitted> {
+        let sub = Submission {
+            request_id: Digest::of(device.as_bytes()).hex(),
+            cert_der: device.as_bytes().to_vec(),
+            key_id: format!("key-{device}"),
+            claims: Claims::default(),
+            token: Some(token.to_string()),
+            source: "127.0.0.1".into(),
+            allowlisted: false,
+            auto_approve: false,
+            max_pending: 10,
+        };
+        store.onboarding_submit(sub, |_, der| {
+            Ok(IssuedCert {
+                pem: String::new(),
+                der: der.to_vec(),
+            })
+        })
+    }
+
+    fn expired(store: &Store) -> bool {
+        store.tokens().expect("tokens")[0].expired
+    }
+
+    #[test]
+    fn a_token_is_good_until_its_ttl_and_refused_from_then_on() {
+        let clock = ManualClock::starting_at(T0);
+        let (_dir, store) = store(&clock);
+        let created = store.token_create(5, 60_000, None).expect("token");
+        assert_eq!(created.view.created_at, T0);
+        assert_eq!(created.view.expires_at, T0 + 60_000);
+        assert!(!created.view.expired);
+
+        clock.advance(TTL - Duration::from_millis(1));
+        assert!(!expired(&store), "not expired 1 ms before its TTL");
+        let Submitted::Approved(approved) = submit(&store, "a", &created.token).expect("a") else {
+            panic!("a token approves at once");
+        };
+        assert_eq!(approved.decided_by, format!("token {}", created.view.id));
+        assert_eq!(
+            approved.client.created_ms,
+            T0 + 59_999,
+            "stamped by the clock"
+        );
+
+        clock.advance(Duration::from_millis(1));
+        assert!(expired(&store), "expired exactly at its TTL");
+        assert!(matches!(
+            submit(&store, "b", &created.token),
+            Err(OnboardingError::Token(TokenProblem::Expired))
+        ));
+        assert_eq!(store.tokens().expect("tokens")[0].uses_left, 4, "not spent");
+        assert_eq!(
+            store.onboarding_requests().expect("list").len(),
+            1,
+            "a refused token leaves no request"
+        );
+
+        // A clock set back makes it good again: expiry is a comparison with now.
+        clock.set_unix_ms(T0);
+        assert!(!expired(&store));
+    }
+
+    #[test]
+    fn onboarding_requests_are_stamped_by_the_store_clock() {
+        let clock = ManualClock::starting_at(T0);
+        let (_dir, store) = store(&clock);
+        let sub = |device: &str| Submission {
+            request_id: Digest::of(device.as_bytes()).hex(),
+            cert_der: device.as_bytes().to_vec(),
+            key_id: format!("key-{device}"),
+            claims: Claims::default(),
+            token: None,
+            source: "127.0.0.1".into(),
+            allowlisted: false,
+            auto_approve: false,
+            max_pending: 10,
+        };
+        let no_cert = |_: &ClientId, _: &[u8]| -> Result<IssuedCert, CaError> {
+            unreachable!("pending requests issue nothing")
+        };
+        store.onboarding_submit(sub("p"), no_cert).expect("pending");
+        clock.advance(Duration::from_secs(30));
+        store.onboarding_submit(sub("p"), no_cert).expect("again");
+        let listed = store.onboarding_requests().expect("list");
+        assert_eq!(
+            (listed[0].first_seen, listed[0].last_seen),
+            (T0, T0 + 30_000)
+        );
+        clock.advance(Duration::from_secs(30));
+        let rejected = store
+            .onboarding_reject(&listed[0].request_id)
+            .expect("reject");
+        assert_eq!(rejected.decided_at, Some(T0 + 60_000));
     }
 }

@@ -187,6 +187,7 @@ fn join(snapshot: ClientSnapshot, now_ms: u64) -> ClientStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::ManualClock;
     use crate::store::tests::{doc, ms, open, state, state_with_schedule, valid, PER_CHECK_UTC};
     use crate::store::{now_ms, UplinkItem};
     use margo_schemas::messages::{Envelope, Message, StatusReport, SyncReason, SyncRequest};
@@ -323,5 +324,35 @@ mod tests {
         store.set_revoked(&id, true).expect("revoke");
         let view = client_status(&store, &id, now_ms()).expect("status");
         assert_eq!(view.availability, Availability::Revoked);
+    }
+
+    #[test]
+    fn a_silent_client_becomes_overdue_as_the_store_clock_advances() {
+        let clock = ManualClock::starting_at(ms("2026-03-02T10:03:00Z"));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store =
+            Store::open_with_clock(&dir.path().join("m.redb"), clock.clock()).expect("open");
+        let id = ClientId::generate();
+        store.add_client(&id, "dev-1", b"cert").expect("add");
+        let in_force = ScheduleInForce {
+            source: margo_schemas::messages::ScheduleSource::Remote,
+            config_version: 1,
+            schedule: valid(PER_CHECK_UTC).schedule().clone(),
+        };
+        // Heard from at 10:03 (the 10:00 check), stamped by the store's clock.
+        store
+            .ingest(&[state_with_schedule(&id, 1, Some(in_force))])
+            .expect("ingest");
+        let now = |store: &Store| {
+            client_status(store, &id, store.clock().now_ms())
+                .expect("status")
+                .availability
+        };
+        let view = client_status(&store, &id, store.clock().now_ms()).expect("status");
+        assert_eq!(view.last_seen, Some(ms("2026-03-02T10:03:00Z")));
+        clock.set_unix_ms(ms("2026-03-02T10:14:00Z"));
+        assert_eq!(now(&store), Availability::BetweenChecks);
+        clock.set_unix_ms(ms("2026-03-02T10:25:00Z"));
+        assert_eq!(now(&store), Availability::Overdue, "missed the 10:15 check");
     }
 }

@@ -25,7 +25,7 @@ use rcgen::{CertificateParams, KeyPair};
 use rumqttc::{MqttOptions, QoS, TlsConfiguration, Transport};
 
 mod common;
-use common::{start, DevicePem, FakeDevice, Https, Reply, WAIT};
+use common::{start, start_with_manual_clock, DevicePem, FakeDevice, Https, Reply, WAIT};
 use margo_testkit::mqtt::TestClient;
 
 const DEPLOYMENT_ID: &str = "b7e2f5dc-912e-494f-8395-52cf3769bc06";
@@ -520,7 +520,7 @@ async fn tokens_and_allowlist_approve_at_once() {
     let mut cfg = config(dir.path());
     cfg.onboarding.allow_fingerprints =
         vec![margo_schemas::pki::fingerprint(&allowed_cert).to_string()];
-    let manager = start(cfg).await;
+    let (manager, clock) = start_with_manual_clock(cfg).await;
     let admin = manager.admin();
     let https = Https::new(manager.http_addr().expect("https"), manager.pki().ca_pem());
 
@@ -577,12 +577,24 @@ async fn tokens_and_allowlist_approve_at_once() {
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     assert!(r.detail().contains("unknown"));
-    // Expired token.
+    // Expired token: good until its TTL (by the manager's clock), refused
+    // from then on.
     let short = admin
         .create_token(5, Duration::from_secs(1), None)
         .await
         .expect("token");
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(short.view.expires_at, clock.now_ms() + 1000);
+    let expired = |tokens: Vec<margo_manager::onboarding::TokenView>| {
+        tokens
+            .into_iter()
+            .find(|t| t.id == short.view.id)
+            .expect("listed")
+            .expired
+    };
+    clock.advance(Duration::from_millis(999));
+    assert!(!expired(admin.tokens().await.expect("tokens")));
+    clock.advance(Duration::from_millis(1));
+    assert!(expired(admin.tokens().await.expect("tokens")));
     let r = https
         .post_signed(
             body(&b_cert, Some(with_token("line3-b", &short.token))),

@@ -20,6 +20,8 @@ use margo_schemas::messages::{Ack, DeploymentBody, Envelope, Message};
 use margo_schemas::topics;
 use margo_testkit::pki::TestPki;
 
+pub mod manual_clock;
+
 /// Default wait for anything in these tests.
 pub const WAIT: Duration = Duration::from_secs(20);
 
@@ -230,6 +232,17 @@ pub fn agent(
     runtime: Sim,
     tweak: impl FnOnce(&mut margo_agent::AgentConfig),
 ) -> margo_agent::Agent {
+    agent_with_clock(identity, store, runtime, None, tweak)
+}
+
+/// [`agent`] reading time from `clock` (the system clock when `None`).
+pub fn agent_with_clock(
+    identity: Identity,
+    store: margo_agent::Store,
+    runtime: Sim,
+    clock: Option<Arc<dyn margo_agent::clock::Clock>>,
+    tweak: impl FnOnce(&mut margo_agent::AgentConfig),
+) -> margo_agent::Agent {
     let mut config = margo_agent::AgentConfig {
         broker_url: Some("mqtt://127.0.0.1:9".into()),
         allow_plain_mqtt: true,
@@ -243,7 +256,7 @@ pub fn agent(
             store: Some(store),
             identity: Some(identity),
             runtime: Some(runtime),
-            clock: None,
+            clock,
             host: None,
         },
     )

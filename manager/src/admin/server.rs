@@ -34,7 +34,7 @@ use crate::onboarding::{CreatedToken, RequestView, TokenView};
 use crate::operations::{self, Revoked};
 use crate::publisher::Downlink;
 use crate::status_view::{self, ClientStatus};
-use crate::store::{now_ms, Store, StoreError, UplinkSummary};
+use crate::store::{Store, StoreError, UplinkSummary};
 
 /// Why the admin server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -348,7 +348,7 @@ async fn client_details(
             let record = s
                 .client(&id)?
                 .ok_or_else(|| StoreError::UnknownClient(id.to_string()))?;
-            let status = status_view::client_status(s, &id, now_ms())?;
+            let status = status_view::client_status(s, &id, s.clock().now_ms())?;
             let capabilities = s.capabilities_detail(&id)?;
             let remote_config = s.remote_config(&id)?;
             let info = margo_schemas::pki::cert_info(&record.cert_der).ok();
@@ -590,7 +590,8 @@ async fn schedule_view(state: &AdminState, id: ClientId) -> ApiResult<ScheduleVi
         .store
         .run(move |s| {
             let remote = s.remote_config(&id)?;
-            let in_force = status_view::client_status(s, &id, now_ms())?.schedule_in_force;
+            let in_force =
+                status_view::client_status(s, &id, s.clock().now_ms())?.schedule_in_force;
             Ok(ScheduleView {
                 client_id: id,
                 remote,
@@ -671,14 +672,14 @@ async fn status(
             Ok(Json(vec![
                 state
                     .store
-                    .run(move |s| status_view::client_status(s, &id, now_ms()))
+                    .run(move |s| status_view::client_status(s, &id, s.clock().now_ms()))
                     .await?,
             ]))
         }
         None => Ok(Json(
             state
                 .store
-                .run(|s| status_view::fleet_status(s, now_ms()))
+                .run(|s| status_view::fleet_status(s, s.clock().now_ms()))
                 .await?,
         )),
     }

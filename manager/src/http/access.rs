@@ -24,7 +24,7 @@
 //! `http.require_signed_reads = false` need no credential: an unknown client
 //! is then `404`. Details in `docs/http-api.md`, "Request authentication".
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
@@ -36,6 +36,7 @@ use tracing::{debug, error};
 
 use super::problem::Refusal;
 use super::{tls_peer, ApiState};
+use crate::clock::Clock;
 use crate::config::{HttpSettings, SignatureScheme};
 use crate::store::ClientRecord;
 
@@ -81,6 +82,8 @@ pub struct AuthSettings {
     pub max_age: Duration,
     /// Latest `created` accepted (clock skew).
     pub clock_skew: Duration,
+    /// The manager's clock, which `created` and `expires` are checked against.
+    pub clock: Clock,
 }
 
 impl AuthSettings {
@@ -93,6 +96,7 @@ impl AuthSettings {
                 .contains(&SignatureScheme::XPayloadSignature),
             max_age: http.signature_max_age,
             clock_skew: http.signature_clock_skew,
+            clock: Clock::system(),
         }
     }
 }
@@ -137,10 +141,8 @@ fn keyid_names(keyid: &str, client: &ClientId, cert_der: &[u8]) -> bool {
     given.eq_ignore_ascii_case(hex)
 }
 
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+fn unix_now(clock: &Clock) -> i64 {
+    i64::try_from(clock.now_ms() / 1000).unwrap_or(i64::MAX)
 }
 
 /// Checks who is calling for `client` (see the module docs), then the
@@ -291,7 +293,7 @@ pub(super) fn verify_message_signature(
         ));
     }
     let policy = http_msg_sig::Policy {
-        now: unix_now(),
+        now: unix_now(&auth.clock),
         max_age: auth.max_age.as_secs(),
         max_future_skew: auth.clock_skew.as_secs(),
         has_body,

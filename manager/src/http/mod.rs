@@ -156,6 +156,10 @@ impl ApiState {
         stats: Arc<OnboardingStats>,
     ) -> Self {
         let limiter = RateLimiter::new(settings.rate_per_minute, settings.rate_burst);
+        let auth = access::AuthSettings {
+            clock: store.clock().clone(),
+            ..access::AuthSettings::from_config(http)
+        };
         Self {
             store,
             pki,
@@ -168,7 +172,7 @@ impl ApiState {
             bundles: BundleCache::default(),
             max_body_bytes: http.max_body_bytes,
             require_signed_reads: http.require_signed_reads,
-            auth: Arc::new(access::AuthSettings::from_config(http)),
+            auth: Arc::new(auth),
         }
     }
 }

@@ -7,7 +7,7 @@ use margo_schemas::pki::cert_info;
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::{decode, encode, now_ms, ReadTxn, Result, Store, StoreError, WriteTxn};
+use super::{decode, encode, ReadTxn, Result, Store, StoreError, WriteTxn};
 
 /// clientId → CBOR [`ClientRecord`].
 pub(super) const CLIENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("clients");
@@ -96,7 +96,7 @@ impl Store {
     /// Adds a client. Fails if the id exists or the name is taken.
     pub fn add_client(&self, id: &ClientId, name: &str, cert_der: &[u8]) -> Result<ClientRecord> {
         let txn = self.db.begin_write()?;
-        let record = Self::insert_client(&txn, id, name, cert_der)?;
+        let record = Self::insert_client(&txn, id, name, cert_der, self.clock.now_ms())?;
         txn.commit()?;
         Ok(record)
     }
@@ -104,20 +104,23 @@ impl Store {
     /// Adds many clients in one transaction (bulk provisioning): all or none.
     pub fn add_clients(&self, clients: &[(ClientId, String, Vec<u8>)]) -> Result<()> {
         let txn = self.db.begin_write()?;
+        let now = self.clock.now_ms();
         for (id, name, cert_der) in clients {
-            Self::insert_client(&txn, id, name, cert_der)?;
+            Self::insert_client(&txn, id, name, cert_der, now)?;
         }
         txn.commit()?;
         Ok(())
     }
 
-    /// Adds a client inside `txn` (provisioning and onboarding approval both
-    /// use this): unique id and name, and its public key bound to it.
+    /// Adds a client created at `created_ms` inside `txn` (provisioning and
+    /// onboarding approval both use this): unique id and name, and its
+    /// public key bound to it.
     pub(super) fn insert_client(
         txn: &redb::WriteTransaction,
         id: &ClientId,
         name: &str,
         cert_der: &[u8],
+        created_ms: u64,
     ) -> Result<ClientRecord> {
         validate_name(name)?;
         let mut clients = txn.open_table(CLIENTS)?;
@@ -131,7 +134,7 @@ impl Store {
         let record = ClientRecord {
             name: name.to_string(),
             cert_der: cert_der.to_vec(),
-            created_ms: now_ms(),
+            created_ms,
             revoked: false,
         };
         clients.insert(id.as_str(), encode("clients", &record)?.as_slice())?;
@@ -364,8 +367,9 @@ impl WriteTxn<'_> {
         id: &ClientId,
         name: &str,
         cert_der: &[u8],
+        created_ms: u64,
     ) -> Result<ClientRecord> {
-        Store::insert_client(self.0, id, name, cert_der)
+        Store::insert_client(self.0, id, name, cert_der, created_ms)
     }
 
     /// Registers `cert_der` as a certificate of `client` (the onboarding

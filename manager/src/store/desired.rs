@@ -11,7 +11,7 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::uplink::HWM;
-use super::{decode, encode, now_ms, Result, Store, StoreError};
+use super::{decode, encode, Result, Store, StoreError};
 
 /// digest (`sha256:…`) → exact YAML bytes.
 const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
@@ -353,7 +353,7 @@ impl Store {
             let config = RemoteConfig {
                 version: previous + 1,
                 schedule: schedule.map(Schedule::from),
-                updated_at: now_ms(),
+                updated_at: self.clock.now_ms(),
             };
             table.insert(
                 client.as_str(),

@@ -15,11 +15,12 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use margo_schemas::ids::{ClientId, DeploymentId};
 use redb::{Database, ReadableDatabase};
 use serde::{de::DeserializeOwned, Serialize};
+
+use crate::clock::Clock;
 
 mod audit;
 mod clients;
@@ -133,18 +134,19 @@ fn decode<T: DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T> {
     })
 }
 
-/// Milliseconds since the Unix epoch.
+/// Milliseconds since the Unix epoch on the system clock (the store itself
+/// reads [`Store::clock`]).
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    crate::clock::system_now_ms()
 }
 
 /// The store. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Database>,
+    /// Stamps every timestamp the store writes; decisions on time (token
+    /// expiry, availability) read it too.
+    clock: Clock,
 }
 
 impl std::fmt::Debug for Store {
@@ -154,8 +156,13 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens (or creates) the database file and its tables.
+    /// Opens (or creates) the database file and its tables, on the system clock.
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with_clock(path, Clock::system())
+    }
+
+    /// [`Store::open`], reading time from `clock`.
+    pub fn open_with_clock(path: &Path, clock: Clock) -> Result<Self> {
         let db = Database::create(path)?;
         let txn = db.begin_write()?;
         {
@@ -168,7 +175,10 @@ impl Store {
             Self::rebuild_certificate_index(&txn)?;
         }
         txn.commit()?;
-        Ok(Self { db: Arc::new(db) })
+        Ok(Self {
+            db: Arc::new(db),
+            clock,
+        })
     }
 
     /// Waits (at most `timeout`) until this handle is the only one left:
@@ -186,6 +196,11 @@ impl Store {
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
+    }
+
+    /// The clock this store stamps and decides with.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// Runs `f` on the blocking pool.

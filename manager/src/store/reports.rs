@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::clients::{ClientRecord, CLIENTS};
 use super::desired::{desired_version, ever_assigned, ASSIGNED, DEPLOYMENTS, MANIFEST_VERSIONS};
 use super::uplink::{ClientRuntime, LatestStatus, RUNTIME, STATUS_LATEST};
-use super::{decode, encode, now_ms, Result, Store, StoreError};
+use super::{decode, encode, Result, Store, StoreError};
 use crate::capabilities::{check_capabilities, CapabilitiesRejection};
 
 /// (clientId, deviceId) → CBOR [`LatestCapabilities`].
@@ -216,7 +216,7 @@ impl Store {
         status: &DeploymentStatus,
         adopted: Option<u64>,
     ) -> Result<ReportOutcome, ReportError> {
-        let received_ms = now_ms();
+        let received_ms = self.clock.now_ms();
         let c = client.as_str();
         let dep = status.deployment_id.as_str();
         let txn = self.db.begin_write()?;
@@ -286,7 +286,7 @@ impl Store {
         client: &ClientId,
         manifest: &DeviceCapabilitiesManifest,
     ) -> Result<ReportOutcome, ReportError> {
-        let received_ms = now_ms();
+        let received_ms = self.clock.now_ms();
         let c = client.as_str();
         let txn = self.db.begin_write()?;
         let outcome = {
@@ -322,7 +322,7 @@ impl Store {
         client: &ClientId,
         device: &DeviceId,
     ) -> Result<(), ReportError> {
-        let received_ms = now_ms();
+        let received_ms = self.clock.now_ms();
         let c = client.as_str();
         let d = device.as_str();
         let txn = self.db.begin_write()?;

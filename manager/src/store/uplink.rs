@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::clients::{ClientRecord, CLIENTS};
 use super::desired::{ever_assigned, ASSIGNED, DEPLOYMENTS};
 use super::reports::{LatestCapabilities, CAPS_HISTORY, CAPS_LATEST};
-use super::{decode, encode, now_ms, Result, Store, StoreError};
+use super::{decode, encode, Result, Store, StoreError};
 use crate::capabilities::{check_capabilities, CapabilitiesRejection};
 use crate::seq_window::SeqWindow;
 
@@ -168,7 +168,7 @@ pub struct UplinkSummary {
 impl Store {
     /// Stores a batch of verified uplink items in one transaction.
     pub fn ingest(&self, items: &[UplinkItem]) -> Result<BatchResult> {
-        self.ingest_at(items, now_ms())
+        self.ingest_at(items, self.clock.now_ms())
     }
 
     /// [`ingest`](Self::ingest) with the receive time given (tests).

@@ -14,6 +14,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::{HeaderMap, Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use margo_manager::admin::ProvisionedBundle;
+use margo_manager::clock::ManualClock;
 use margo_manager::{Manager, ManagerConfig, ManagerHandle};
 use margo_schemas::cose::{SigningKey, VerifyingKey};
 use margo_schemas::ids::ClientId;
@@ -45,6 +46,20 @@ pub async fn start(config: ManagerConfig) -> ManagerHandle {
     within(WAIT, "manager start", Manager::start(config))
         .await
         .expect("manager starts")
+}
+
+/// Starts a manager with `config` whose wall clock only moves when the test
+/// moves the returned [`ManualClock`] (it starts at the system time).
+pub async fn start_with_manual_clock(config: ManagerConfig) -> (ManagerHandle, ManualClock) {
+    let clock = ManualClock::starting_now();
+    let manager = within(
+        WAIT,
+        "manager start",
+        Manager::start_with_clock(config, clock.clock()),
+    )
+    .await
+    .expect("manager starts");
+    (manager, clock)
 }
 
 /// What a fake device connects and signs with, as the manager issued it.
