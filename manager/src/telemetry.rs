@@ -58,19 +58,15 @@ impl Counter {
 /// that serves `[metrics]`, shared by any later one in the same process
 /// (tests start several), since a process has one global recorder.
 pub fn prometheus() -> Result<PrometheusHandle, TelemetryError> {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    if let Some(handle) = HANDLE.get() {
-        return Ok(handle.clone());
-    }
-    let recorder = PrometheusBuilder::new().build_recorder();
-    let handle = recorder.handle();
-    // Only one caller wins; the others take its handle.
-    let mut installed = Ok(());
-    let handle = HANDLE.get_or_init(|| {
-        installed = metrics::set_global_recorder(recorder).map_err(|_| TelemetryError::Recorder);
-        handle
-    });
-    installed.map(|()| handle.clone())
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok().map(|()| handle)
+        })
+        .clone()
+        .ok_or(TelemetryError::Recorder)
 }
 
 /// The metrics listener could not start.
