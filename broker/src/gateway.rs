@@ -27,7 +27,7 @@ use crate::config::GatewayConfig;
 use crate::error::BrokerError;
 use crate::inspect::{Inspector, Violation};
 use crate::revocation::Revocations;
-use crate::stats::{add, bump, GatewayStats};
+use crate::stats::{GatewayStats, HandshakeOutcome, Refusal};
 use crate::tls::{self, accept_with_deadline, Handshake};
 
 /// Bytes read from a socket at a time.
@@ -114,12 +114,15 @@ impl Gateway {
                     }
                 },
             };
-            bump(&self.shared.stats.accepted);
-            let Some(permit) = self.shared.pending.try_acquire(peer.ip()) else {
-                bump(&self.shared.stats.refused_pending_cap);
-                debug!(%peer, "pending handshake cap reached; connection closed");
-                drop(socket);
-                continue;
+            self.shared.stats.accepted();
+            let permit = match self.shared.pending.try_acquire(peer.ip()) {
+                Ok(permit) => permit,
+                Err(refusal) => {
+                    self.shared.stats.refused(refusal);
+                    debug!(%peer, reason = refusal.label(), "pending handshake cap reached; connection closed");
+                    drop(socket);
+                    continue;
+                }
             };
             let shared = Arc::clone(&self.shared);
             let token = shutdown.child_token();
@@ -178,15 +181,19 @@ impl PendingHandshakes {
         }
     }
 
-    fn try_acquire(&self, ip: IpAddr) -> Option<PendingPermit> {
+    /// A slot, or which cap refused it.
+    fn try_acquire(&self, ip: IpAddr) -> Result<PendingPermit, Refusal> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let from_ip = state.per_ip.get(&ip).copied().unwrap_or(0);
-        if state.total >= self.max_total || from_ip >= self.max_per_ip {
-            return None;
+        if state.total >= self.max_total {
+            return Err(Refusal::PendingCap);
+        }
+        if from_ip >= self.max_per_ip {
+            return Err(Refusal::PerIpCap);
         }
         state.total += 1;
         state.per_ip.insert(ip, from_ip + 1);
-        Some(PendingPermit {
+        Ok(PendingPermit {
             ip,
             state: Arc::clone(&self.state),
         })
@@ -211,16 +218,14 @@ struct LiveCount(Arc<GatewayStats>);
 
 impl LiveCount {
     fn new(stats: &Arc<GatewayStats>) -> Self {
-        bump(&stats.live_connections);
+        stats.live_opened();
         Self(Arc::clone(stats))
     }
 }
 
 impl Drop for LiveCount {
     fn drop(&mut self) {
-        self.0
-            .live_connections
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.live_closed();
     }
 }
 
@@ -236,23 +241,23 @@ async fn handle_connection(
         Handshake::Done(tls) => *tls,
         Handshake::Cancelled => return,
         Handshake::Failed(error) => {
-            bump(&shared.stats.handshake_failed);
+            shared.stats.handshake(HandshakeOutcome::Failed);
             debug!(%error, "TLS handshake failed");
             return;
         }
         Handshake::TimedOut => {
-            bump(&shared.stats.handshake_timeout);
+            shared.stats.handshake(HandshakeOutcome::Timeout);
             debug!(timeout = ?shared.handshake_timeout, "TLS handshake deadline passed");
             return;
         }
     };
     drop(permit);
-    bump(&shared.stats.handshakes_ok);
+    shared.stats.handshake(HandshakeOutcome::Ok);
 
     let identity = match tls::identity(tls.get_ref().1.peer_certificates()) {
         Ok(identity) => identity,
         Err(error) => {
-            bump(&shared.stats.refused_bad_identity);
+            shared.stats.refused(Refusal::BadIdentity);
             warn!(%error, "client certificate does not name a device");
             return;
         }
@@ -287,7 +292,7 @@ async fn relay_device(
     token: CancellationToken,
 ) {
     let Some(_live) = shared.revocations.register_live(&identity, token.clone()) else {
-        bump(&shared.stats.refused_revoked);
+        shared.stats.refused(Refusal::Revoked);
         let answered = tokio::select! {
             () = token.cancelled() => false,
             answered = refuse_not_authorized(&shared, tls, &identity) => answered,
@@ -308,7 +313,7 @@ async fn relay_device(
         }
         Ok(end) => debug!(?end, "connection closed"),
         Err(SessionError::Violation(violation)) => {
-            bump(&shared.stats.acl_violations);
+            shared.stats.violation(&violation);
             warn!(
                 topic = violation.topic().unwrap_or(""),
                 %violation,
@@ -360,7 +365,7 @@ async fn session(
     let _ = upstream.set_nodelay(true);
     let (mut broker_rx, mut broker_tx) = upstream.into_split();
     broker_tx.write_all(&connect).await?;
-    add(&shared.stats.bytes_up, connect.len());
+    shared.stats.bytes_up(connect.len());
     let _live = LiveCount::new(&shared.stats);
     debug!("device connected");
 
@@ -372,7 +377,7 @@ async fn session(
             }
             if !out.is_empty() {
                 broker_tx.write_all(&out).await?;
-                add(&shared.stats.bytes_up, out.len());
+                shared.stats.bytes_up(out.len());
                 out.clear();
             }
             buf.reserve(READ_CHUNK);
@@ -390,7 +395,7 @@ async fn session(
             }
             device_tx.write_all(&chunk[..n]).await?;
             device_tx.flush().await?;
-            add(&shared.stats.bytes_down, n);
+            shared.stats.bytes_down(n);
         }
     };
     tokio::select! {
@@ -469,10 +474,18 @@ mod tests {
         let b: IpAddr = [10, 0, 0, 2].into();
         let p1 = pending.try_acquire(a).expect("first");
         let _p2 = pending.try_acquire(a).expect("second");
-        assert!(pending.try_acquire(a).is_none(), "per-ip cap");
+        assert_eq!(
+            pending.try_acquire(a).err(),
+            Some(Refusal::PerIpCap),
+            "per-ip cap"
+        );
         let _p3 = pending.try_acquire(b).expect("other ip");
-        assert!(pending.try_acquire(b).is_none(), "total cap");
+        assert_eq!(
+            pending.try_acquire(b).err(),
+            Some(Refusal::PendingCap),
+            "total cap"
+        );
         drop(p1);
-        assert!(pending.try_acquire(a).is_some(), "slot released");
+        assert!(pending.try_acquire(a).is_ok(), "slot released");
     }
 }

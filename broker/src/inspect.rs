@@ -49,6 +49,20 @@ impl Violation {
             _ => None,
         }
     }
+
+    /// Short kind: the `reason` label of `margo_gateway_violations_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::NotConnect(_) => "not_connect",
+            Self::SecondConnect => "second_connect",
+            Self::Protocol(_) => "protocol",
+            Self::WillTopic(_) => "will",
+            Self::Subscribe(_) => "subscribe",
+            Self::Publish(_) => "publish",
+            Self::ServerOnly(_) => "server_only",
+            Self::Malformed(_) => "malformed",
+        }
+    }
 }
 
 /// Per-connection inspector of the client → broker byte stream.

@@ -37,4 +37,6 @@ pub use embedded::{BrokerHandle, EmbeddedBroker};
 pub use error::BrokerError;
 pub use gateway::{run_gateway, Gateway};
 pub use revocation::{parse_revocation_list, Revocations};
-pub use stats::{GatewayStats, GatewayStatsSnapshot};
+pub use stats::{
+    names as metric_names, GatewayStats, GatewayStatsSnapshot, HandshakeOutcome, Refusal,
+};

@@ -132,6 +132,28 @@ pub struct HttpSettings {
     pub signature_clock_skew: Duration,
 }
 
+/// `[metrics]`: the plain-HTTP listener for `GET /metrics` (Prometheus
+/// text), `GET /healthz` and `GET /readyz` (`docs/metrics.md`). It has no
+/// authentication, so it listens on loopback by default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Serve the listener at all. Default `false`: opt in, so several
+    /// managers on one host (and the test harnesses) do not race for the port.
+    pub enabled: bool,
+    /// Listen address. Default `127.0.0.1:9464`; port 0 picks a free port.
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9464),
+        }
+    }
+}
+
 /// A request signature scheme (`http.signature_schemes`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum SignatureScheme {
@@ -264,6 +286,8 @@ pub struct ManagerConfig {
     pub http: HttpSettings,
     /// Onboarding policy and limits.
     pub onboarding: OnboardingSettings,
+    /// The metrics and health listener.
+    pub metrics: MetricsSettings,
 }
 
 impl Default for ManagerConfig {
@@ -279,6 +303,7 @@ impl Default for ManagerConfig {
             pki: PkiSettings::default(),
             http: HttpSettings::default(),
             onboarding: OnboardingSettings::default(),
+            metrics: MetricsSettings::default(),
         }
     }
 }
@@ -586,6 +611,16 @@ impl ManagerConfig {
                 ),
             ));
         }
+        if self.metrics.enabled
+            && self.http.enabled
+            && self.metrics.listen.port() != 0
+            && self.metrics.listen == self.http.listen
+        {
+            return Err(invalid(
+                "metrics.listen",
+                format!("{} is also http.listen", self.metrics.listen),
+            ));
+        }
         match (&self.pki.ca_cert_file, &self.pki.ca_key_file) {
             (Some(_), None) => Err(invalid(
                 "pki.ca_key_file",
@@ -778,6 +813,28 @@ batch_interval = "5ms"
         assert!(d.http.enabled);
         assert_eq!(d.http.listen.port(), 8443);
         assert_eq!(d.onboarding.max_pending, 1000);
+    }
+
+    #[test]
+    fn metrics_section() {
+        let d = ManagerConfig::default();
+        assert!(!d.metrics.enabled);
+        assert_eq!(d.metrics.listen, "127.0.0.1:9464".parse().expect("addr"));
+        let c = ManagerConfig::from_toml(
+            "version = 1\n[metrics]\nenabled = true\nlisten = \"127.0.0.1:0\"\n",
+            Path::new("x"),
+        )
+        .expect("parses");
+        c.validate().expect("valid");
+        assert!(c.metrics.enabled);
+        assert_eq!(c.metrics.listen.port(), 0);
+        assert!(
+            ManagerConfig::from_toml("version = 1\n[metrics]\nport = 1\n", Path::new("x")).is_err()
+        );
+        let mut same = ManagerConfig::default();
+        same.metrics.enabled = true;
+        same.metrics.listen = same.http.listen;
+        assert_eq!(field_of(same.validate().unwrap_err()), "metrics.listen");
     }
 
     #[test]

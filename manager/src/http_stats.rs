@@ -3,23 +3,46 @@
 //! (`http`) counts; the admin API's `/v1/health` reports them, so they live
 //! apart from both.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use serde::Serialize;
 
+use crate::telemetry::Counter;
+
 /// Connection-level counters of the HTTPS listener.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct HttpStats {
     /// Sockets accepted.
-    pub accepted: AtomicU64,
+    pub accepted: Counter,
     /// Closed at once: `max_connections` reached.
-    pub refused_connection_cap: AtomicU64,
+    pub refused_connection_cap: Counter,
     /// TLS handshakes that failed.
-    pub handshake_failed: AtomicU64,
+    pub handshake_failed: Counter,
     /// TLS handshakes that hit the deadline.
-    pub handshake_timeout: AtomicU64,
+    pub handshake_timeout: Counter,
     /// Requests that hit the request deadline.
-    pub request_timeout: AtomicU64,
+    pub request_timeout: Counter,
+}
+
+impl Default for HttpStats {
+    fn default() -> Self {
+        Self {
+            accepted: Counter::new("margo_https_connections_accepted_total", &[]),
+            refused_connection_cap: Counter::new(
+                "margo_https_connections_refused_total",
+                &[("reason", "connection_cap")],
+            ),
+            handshake_failed: Counter::new(
+                "margo_https_handshakes_failed_total",
+                &[("reason", "failed")],
+            ),
+            handshake_timeout: Counter::new(
+                "margo_https_handshakes_failed_total",
+                &[("reason", "timeout")],
+            ),
+            request_timeout: Counter::new("margo_https_request_timeouts_total", &[]),
+        }
+    }
 }
 
 /// A point-in-time copy of [`HttpStats`].
@@ -37,7 +60,7 @@ pub struct HttpStatsSnapshot {
 impl HttpStats {
     /// Reads every counter.
     pub fn snapshot(&self) -> HttpStatsSnapshot {
-        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let l = |a: &Counter| a.load(Ordering::Relaxed);
         HttpStatsSnapshot {
             accepted: l(&self.accepted),
             refused_connection_cap: l(&self.refused_connection_cap),
@@ -49,40 +72,87 @@ impl HttpStats {
 }
 
 /// Onboarding counters.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct OnboardingStats {
     /// `POST /api/v1/onboarding` received.
-    pub requests: AtomicU64,
+    pub requests: Counter,
     /// Polls received.
-    pub polls: AtomicU64,
+    pub polls: Counter,
     /// CA certificate downloads.
-    pub certificate: AtomicU64,
+    pub certificate: Counter,
     /// Approved by an enrollment token.
-    pub approved_token: AtomicU64,
+    pub approved_token: Counter,
     /// Approved by the allow-list.
-    pub approved_allowlist: AtomicU64,
+    pub approved_allowlist: Counter,
     /// Approved by `[onboarding] approval = "auto"`.
-    pub approved_auto: AtomicU64,
+    pub approved_auto: Counter,
     /// Answered with an identity already issued (approved earlier or known key).
-    pub approved_earlier: AtomicU64,
+    pub approved_earlier: Counter,
     /// New pending requests.
-    pub pending_created: AtomicU64,
+    pub pending_created: Counter,
     /// 400: malformed request, unusable certificate, bad digest.
-    pub bad_request: AtomicU64,
+    pub bad_request: Counter,
     /// 401: signature.
-    pub bad_signature: AtomicU64,
+    pub bad_signature: Counter,
     /// 403: rejected, revoked, bad token.
-    pub forbidden: AtomicU64,
+    pub forbidden: Counter,
     /// 404 on polls.
-    pub not_found: AtomicU64,
+    pub not_found: Counter,
     /// 429: rate limit.
-    pub rate_limited: AtomicU64,
+    pub rate_limited: Counter,
     /// 503: pending cap.
-    pub pending_full: AtomicU64,
+    pub pending_full: Counter,
     /// 413: body too large.
-    pub too_large: AtomicU64,
+    pub too_large: Counter,
     /// 500.
-    pub internal_errors: AtomicU64,
+    pub internal_errors: Counter,
+}
+
+impl Default for OnboardingStats {
+    fn default() -> Self {
+        Self {
+            requests: Counter::new(
+                "margo_onboarding_requests_total",
+                &[("endpoint", "request")],
+            ),
+            polls: Counter::new("margo_onboarding_requests_total", &[("endpoint", "poll")]),
+            certificate: Counter::new(
+                "margo_onboarding_requests_total",
+                &[("endpoint", "certificate")],
+            ),
+            approved_token: Counter::new("margo_onboarding_approved_total", &[("by", "token")]),
+            approved_allowlist: Counter::new(
+                "margo_onboarding_approved_total",
+                &[("by", "allowlist")],
+            ),
+            approved_auto: Counter::new("margo_onboarding_approved_total", &[("by", "auto")]),
+            approved_earlier: Counter::new("margo_onboarding_approved_total", &[("by", "earlier")]),
+            pending_created: Counter::new("margo_onboarding_pending_created_total", &[]),
+            bad_request: Counter::new(
+                "margo_onboarding_refused_total",
+                &[("reason", "bad_request")],
+            ),
+            bad_signature: Counter::new(
+                "margo_onboarding_refused_total",
+                &[("reason", "bad_signature")],
+            ),
+            forbidden: Counter::new("margo_onboarding_refused_total", &[("reason", "forbidden")]),
+            not_found: Counter::new("margo_onboarding_refused_total", &[("reason", "not_found")]),
+            rate_limited: Counter::new(
+                "margo_onboarding_refused_total",
+                &[("reason", "rate_limited")],
+            ),
+            pending_full: Counter::new(
+                "margo_onboarding_refused_total",
+                &[("reason", "pending_full")],
+            ),
+            too_large: Counter::new("margo_onboarding_refused_total", &[("reason", "too_large")]),
+            internal_errors: Counter::new(
+                "margo_onboarding_refused_total",
+                &[("reason", "internal_error")],
+            ),
+        }
+    }
 }
 
 /// A point-in-time copy of [`OnboardingStats`].
@@ -111,7 +181,7 @@ pub struct OnboardingStatsSnapshot {
 impl OnboardingStats {
     /// Reads every counter.
     pub fn snapshot(&self) -> OnboardingStatsSnapshot {
-        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let l = |a: &Counter| a.load(Ordering::Relaxed);
         OnboardingStatsSnapshot {
             requests: l(&self.requests),
             polls: l(&self.polls),

@@ -27,6 +27,7 @@ use crate::histogram::{Histogram, HistogramSnapshot, MICROS_BOUNDS, SIZE_BOUNDS}
 use crate::mqtt_link::RawUplink;
 use crate::publisher::Downlink;
 use crate::store::{now_ms, AuditEvent, IngestOutcome, Store, StoreError, UplinkItem};
+use crate::telemetry::Counter;
 
 /// Why one uplink message was rejected.
 #[derive(Debug, thiserror::Error)]
@@ -105,46 +106,96 @@ impl IngestError {
     }
 }
 
-/// Ingest counters.
-#[derive(Debug, Default)]
+/// Counter, label `kind` (the message kind, e.g. `status`): uplink
+/// messages stored for the first time, by kind.
+pub const STORED_BY_KIND: &str = "margo_ingest_stored_total";
+
+/// Ingest counters (also exported as metrics, `docs/metrics.md`).
+#[derive(Debug)]
 pub struct IngestStats {
     /// Publishes received.
-    pub received: AtomicU64,
+    pub received: Counter,
     /// Messages stored for the first time.
-    pub stored: AtomicU64,
+    pub stored: Counter,
     /// Duplicates (already stored or settled; acked again).
-    pub duplicates: AtomicU64,
+    pub duplicates: Counter,
     /// Presence updates.
-    pub presence: AtomicU64,
+    pub presence: Counter,
     /// Batches committed.
-    pub batches: AtomicU64,
+    pub batches: Counter,
     /// Rejected: bad signature.
-    pub bad_signature: AtomicU64,
+    pub bad_signature: Counter,
     /// Rejected: malformed CBOR/COSE or presence.
-    pub malformed: AtomicU64,
+    pub malformed: Counter,
     /// Rejected: unknown client.
-    pub unknown_client: AtomicU64,
+    pub unknown_client: Counter,
     /// Rejected: revoked client.
-    pub revoked: AtomicU64,
+    pub revoked: Counter,
     /// Rejected: wrong topic, wrong client, or not uplink.
-    pub wrong_topic: AtomicU64,
+    pub wrong_topic: Counter,
     /// Rejected: oversized.
-    pub oversized: AtomicU64,
+    pub oversized: Counter,
     /// Rejected: unknown kind or protocol version.
-    pub unknown_kind: AtomicU64,
+    pub unknown_kind: Counter,
     /// Rejected: invalid body (status, seq).
-    pub invalid_body: AtomicU64,
+    pub invalid_body: Counter,
     /// Capabilities refused as invalid (settled and acked, not stored).
-    pub invalid_capabilities: AtomicU64,
+    pub invalid_capabilities: Counter,
     /// Capabilities of a gateway child before its parent's (settled and acked, not stored).
-    pub child_before_parent: AtomicU64,
+    pub child_before_parent: Counter,
     /// Status reports for a deployment never assigned to the client
     /// (settled and acked, not stored).
-    pub unassigned_status: AtomicU64,
+    pub unassigned_status: Counter,
     /// Batches that failed to commit (their messages are not acked; devices resend).
-    pub store_errors: AtomicU64,
+    pub store_errors: Counter,
     /// Where the time of committed batches goes.
     pub timing: IngestTiming,
+}
+
+impl Default for IngestStats {
+    fn default() -> Self {
+        Self {
+            received: Counter::new("margo_ingest_received_total", &[]),
+            stored: Counter::new("margo_ingest_messages_total", &[("outcome", "stored")]),
+            duplicates: Counter::new("margo_ingest_messages_total", &[("outcome", "duplicate")]),
+            presence: Counter::new("margo_ingest_messages_total", &[("outcome", "presence")]),
+            batches: Counter::new("margo_ingest_batches_total", &[]),
+            bad_signature: Counter::new(
+                "margo_ingest_rejected_total",
+                &[("reason", "bad_signature")],
+            ),
+            malformed: Counter::new("margo_ingest_rejected_total", &[("reason", "malformed")]),
+            unknown_client: Counter::new(
+                "margo_ingest_rejected_total",
+                &[("reason", "unknown_client")],
+            ),
+            revoked: Counter::new("margo_ingest_rejected_total", &[("reason", "revoked")]),
+            wrong_topic: Counter::new("margo_ingest_rejected_total", &[("reason", "wrong_topic")]),
+            oversized: Counter::new("margo_ingest_rejected_total", &[("reason", "oversized")]),
+            unknown_kind: Counter::new(
+                "margo_ingest_rejected_total",
+                &[("reason", "unknown_kind")],
+            ),
+            invalid_body: Counter::new(
+                "margo_ingest_rejected_total",
+                &[("reason", "invalid_body")],
+            ),
+            invalid_capabilities: Counter::new(
+                "margo_ingest_settled_unstored_total",
+                &[("reason", "invalid_capabilities")],
+            ),
+            child_before_parent: Counter::new(
+                "margo_ingest_settled_unstored_total",
+                &[("reason", "child_before_parent")],
+            ),
+            unassigned_status: Counter::new(
+                "margo_ingest_settled_unstored_total",
+                &[("reason", "unassigned_status")],
+            ),
+            store_errors: Counter::new("margo_ingest_store_errors_total", &[]),
+            timing: IngestTiming::default(),
+        }
+    }
 }
 
 /// Distributions and time totals of committed ingest batches: what the
@@ -246,7 +297,7 @@ pub struct IngestStatsSnapshot {
 impl IngestStats {
     /// Reads every counter.
     pub fn snapshot(&self) -> IngestStatsSnapshot {
-        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let l = |a: &Counter| a.load(Ordering::Relaxed);
         IngestStatsSnapshot {
             received: l(&self.received),
             stored: l(&self.stored),
@@ -269,16 +320,30 @@ impl IngestStats {
     }
 
     fn count_rejection(&self, error: &IngestError) {
-        let counter = match error.kind() {
-            "bad-signature" | "bad-certificate" => &self.bad_signature,
-            "malformed" => &self.malformed,
-            "unknown-client" => &self.unknown_client,
-            "revoked-client" => &self.revoked,
-            "oversized" => &self.oversized,
-            "unknown-kind" | "wrong-version" => &self.unknown_kind,
-            "invalid-body" => &self.invalid_body,
-            "store-error" => &self.store_errors,
-            _ => &self.wrong_topic,
+        let counter = match error {
+            IngestError::Message(MessageError::Signature(
+                CoseError::BadSignature | CoseError::WrongAlgorithm,
+            ))
+            | IngestError::Certificate(_) => &self.bad_signature,
+            IngestError::Message(MessageError::Signature(_) | MessageError::Codec(_))
+            | IngestError::BadPresence => &self.malformed,
+            IngestError::UnknownClient => &self.unknown_client,
+            IngestError::Revoked => &self.revoked,
+            IngestError::TooLarge { .. } | IngestError::Message(MessageError::TooLarge { .. }) => {
+                &self.oversized
+            }
+            IngestError::Message(MessageError::UnknownKind(_) | MessageError::Version(_)) => {
+                &self.unknown_kind
+            }
+            IngestError::ZeroSeq | IngestError::LowAboveSeq { .. } | IngestError::Status(_) => {
+                &self.invalid_body
+            }
+            IngestError::Store(_) => &self.store_errors,
+            IngestError::NotDeviceTopic
+            | IngestError::NotUplink
+            | IngestError::Message(
+                MessageError::WrongClient { .. } | MessageError::WrongTopic { .. },
+            ) => &self.wrong_topic,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -716,6 +781,9 @@ impl Committer {
                 (_, IngestOutcome::Rejected(_) | IngestOutcome::NotAssigned(_)) => continue,
             };
             counter.fetch_add(1, Ordering::Relaxed);
+            if let (UplinkItem::Message(env), IngestOutcome::Stored) = (item, outcome) {
+                metrics::counter!(STORED_BY_KIND, "kind" => env.msg.kind()).increment(1);
+            }
             if let UplinkItem::Message(env) = item {
                 debug!(client_id = %env.client, seq = env.seq, kind = env.msg.kind(), ?outcome, "uplink");
             }

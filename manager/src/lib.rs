@@ -13,6 +13,9 @@
 //! - [`http`]: the HTTPS listener serving the Margo HTTP API (onboarding,
 //!   desired state, bundles, status and capabilities; `docs/http-api.md`).
 //! - [`http_stats`]: the HTTPS listener's counters (reported by the admin API).
+//! - [`telemetry`]: the Prometheus recorder behind the `metrics` facade and
+//!   the `[metrics]` listener (`/metrics`, `/healthz`, `/readyz`;
+//!   `docs/metrics.md`).
 //! - [`state_manifest`]: the state manifest, one builder for MQTT and HTTP.
 //! - [`onboarding`]: onboarding requests, approval and enrollment tokens.
 //! - [`problem`]: RFC 9457 problem bodies, the error shape of the admin API
@@ -55,6 +58,7 @@ pub mod state_manifest;
 pub mod status_table;
 pub mod status_view;
 pub mod store;
+pub mod telemetry;
 
 pub use admin::AdminClient;
 pub use config::ManagerConfig;

@@ -26,6 +26,7 @@ use crate::ingest::{Ingest, IngestDeps, IngestSettings, IngestStats, KeyCache};
 use crate::mqtt_link::{self, Connection, LinkStats, MqttTarget};
 use crate::publisher::{Downlink, Publisher};
 use crate::store::{Store, StoreError};
+use crate::telemetry::{MetricsServer, Readiness};
 
 /// Capacity of the connection → ingest channel.
 const UPLINK_CHANNEL: usize = 4096;
@@ -68,6 +69,9 @@ pub enum ManagerError {
     /// The HTTPS listener could not start.
     #[error(transparent)]
     Http(#[from] HttpError),
+    /// The metrics listener could not start.
+    #[error(transparent)]
+    Metrics(#[from] crate::telemetry::TelemetryError),
     /// The embedded broker did not accept the manager's connection in time.
     #[error("no connection to the broker at {0} within {CONNECT_WAIT:?}")]
     NotConnected(String),
@@ -133,6 +137,7 @@ pub struct ManagerHandle {
     mqtt_addr: Option<SocketAddr>,
     gateway_addr: Option<SocketAddr>,
     http_addr: Option<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     admin_task: JoinHandle<()>,
@@ -155,6 +160,7 @@ impl std::fmt::Debug for ManagerHandle {
             .field("mqtt", &self.mqtt)
             .field("gateway_addr", &self.gateway_addr)
             .field("http_addr", &self.http_addr)
+            .field("metrics_addr", &self.metrics_addr)
             .finish_non_exhaustive()
     }
 }
@@ -300,6 +306,24 @@ impl Manager {
             None
         };
         let http_addr = https.as_ref().map(HttpsServer::local_addr);
+        let metrics = if config.metrics.enabled {
+            let readiness = Readiness {
+                broker_connected: connected.clone(),
+                shutdown: shutdown.clone(),
+            };
+            match MetricsServer::bind(config.metrics.listen, readiness).await {
+                Ok(server) => Some(server),
+                Err(error) => {
+                    if let Some(broker) = broker {
+                        broker.shutdown().await;
+                    }
+                    return Err(error.into());
+                }
+            }
+        } else {
+            None
+        };
+        let metrics_addr = metrics.as_ref().map(MetricsServer::local_addr);
         let (client, mut eventloop) = AsyncClient::new(
             mqtt_link::mqtt_options(&target),
             mqtt_link::REQUEST_CAPACITY,
@@ -344,6 +368,9 @@ impl Manager {
         if let Some(server) = https {
             tracker.spawn(server.run(shutdown.clone()));
         }
+        if let Some(server) = metrics {
+            tracker.spawn(server.run(shutdown.clone()));
+        }
 
         let admin_socket = config.admin_socket_path();
         let listener = admin::bind_socket(&admin_socket)?;
@@ -369,6 +396,7 @@ impl Manager {
             mqtt_addr,
             gateway_addr,
             http_addr,
+            metrics_addr,
             shutdown,
             tracker,
             admin_task,
@@ -401,6 +429,7 @@ impl Manager {
             mqtt = %handle.mqtt,
             gateway = ?handle.gateway_addr,
             http = ?handle.http_addr,
+            metrics = ?handle.metrics_addr,
             "margo-manager ready"
         );
         Ok(handle)
@@ -436,6 +465,11 @@ impl ManagerHandle {
     /// The HTTPS API's address, if enabled.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http_addr
+    }
+
+    /// The metrics listener's address (`[metrics] enabled`).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Onboarding counters.
@@ -474,16 +508,17 @@ impl ManagerHandle {
     }
 
     /// The ready line:
-    /// `margo-manager ready admin=<socket> mqtt=<addr|url> gateway=<addr|-> http=<addr|->`.
+    /// `margo-manager ready admin=<socket> mqtt=<addr|url> gateway=<addr|-> http=<addr|-> metrics=<addr|->`.
     pub fn ready_line(&self) -> String {
         let or_dash =
             |a: Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_else(|| "-".into());
         format!(
-            "margo-manager ready admin={} mqtt={} gateway={} http={}",
+            "margo-manager ready admin={} mqtt={} gateway={} http={} metrics={}",
             self.admin_socket.display(),
             self.mqtt,
             or_dash(self.gateway_addr),
             or_dash(self.http_addr),
+            or_dash(self.metrics_addr),
         )
     }
 

@@ -7,7 +7,7 @@
 //! retained desired state and remote configs). Ingest and the publisher both
 //! depend on this module, not on each other.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +17,11 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+
+use crate::telemetry::Counter;
+
+/// Gauge: 1 while the manager's MQTT link to the broker is connected, else 0.
+pub const CONNECTED_GAUGE: &str = "margo_mqtt_link_connected";
 
 /// MQTT client id of the manager.
 pub const MANAGER_CLIENT_ID: &str = "margo-manager";
@@ -92,18 +97,30 @@ pub fn mqtt_options(target: &MqttTarget) -> MqttOptions {
 }
 
 /// Counters of the MQTT link and the publisher.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LinkStats {
     /// ConnAcks received.
-    pub connects: AtomicU64,
+    pub connects: Counter,
     /// Failed connection attempts and dropped connections.
-    pub connection_errors: AtomicU64,
+    pub connection_errors: Counter,
     /// Messages published (including clears).
-    pub published: AtomicU64,
+    pub published: Counter,
     /// Full republishes of every client.
-    pub republish_all: AtomicU64,
+    pub republish_all: Counter,
     /// Publish work that failed (retried on the next request or reconnect).
-    pub publish_errors: AtomicU64,
+    pub publish_errors: Counter,
+}
+
+impl Default for LinkStats {
+    fn default() -> Self {
+        Self {
+            connects: Counter::new("margo_mqtt_link_connects_total", &[]),
+            connection_errors: Counter::new("margo_mqtt_link_connection_errors_total", &[]),
+            published: Counter::new("margo_publisher_published_total", &[]),
+            republish_all: Counter::new("margo_publisher_republish_all_total", &[]),
+            publish_errors: Counter::new("margo_publisher_errors_total", &[]),
+        }
+    }
 }
 
 /// A point-in-time copy of [`LinkStats`].
@@ -183,6 +200,7 @@ impl Connection {
                         "connected to the broker"
                     );
                     self.connected.send_replace(true);
+                    metrics::gauge!(CONNECTED_GAUGE).set(1.0);
                     (self.on_connected)();
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
@@ -204,6 +222,7 @@ impl Connection {
                 Err(error) => {
                     self.stats.connection_errors.fetch_add(1, Ordering::Relaxed);
                     self.connected.send_replace(false);
+                    metrics::gauge!(CONNECTED_GAUGE).set(0.0);
                     // Jitter: between half and the full delay.
                     let millis = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX);
                     let delay = Duration::from_millis(millis / 2 + fastrand::u64(0..=millis / 2));
@@ -217,5 +236,6 @@ impl Connection {
             }
         }
         self.connected.send_replace(false);
+        metrics::gauge!(CONNECTED_GAUGE).set(0.0);
     }
 }

@@ -21,7 +21,7 @@ pub mod tls_peer;
 pub mod uplink;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,6 +47,7 @@ use crate::config::{HttpSettings, OnboardingSettings};
 pub use crate::http_stats::{HttpStats, HttpStatsSnapshot, OnboardingStats};
 use crate::publisher::Downlink;
 use crate::store::Store;
+use crate::telemetry::Counter;
 
 use archive::BundleCache;
 use rate_limit::RateLimiter;
@@ -76,7 +77,7 @@ pub enum HttpError {
     Tls(String),
 }
 
-fn bump(counter: &AtomicU64) {
+fn bump(counter: &Counter) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
