@@ -240,13 +240,13 @@ impl AgentConfig {
     }
 }
 
-#[cfg(test)]
+// Its test needs the HTTP transport and onboarding features.
+#[cfg(all(test, feature = "onboarding", feature = "http-transport"))]
 mod tests {
     use super::super::field_of;
     use super::*;
 
     #[test]
-    #[cfg(all(feature = "onboarding", feature = "http-transport"))]
     fn transport_and_http_section() {
         let d = AgentConfig::default();
         assert_eq!(d.transport, Transport::Mqtt);

@@ -147,13 +147,13 @@ pub fn parse_fingerprint(text: &str) -> Result<Digest, ConfigError> {
     })
 }
 
-#[cfg(test)]
+// Its test needs the onboarding feature.
+#[cfg(all(test, feature = "onboarding"))]
 mod tests {
     use super::super::field_of;
     use super::*;
 
     #[test]
-    #[cfg(feature = "onboarding")]
     fn onboarding_section_and_fingerprints() {
         let c = AgentConfig::from_toml(
             "version = 1\n[onboarding]\nmanager_url = \"https://wfm:8443\"\nca_fingerprint = \"sha256:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\"\n",
