@@ -20,8 +20,10 @@
 //! - [`onboarding`]: onboarding requests, approval and enrollment tokens.
 //! - [`problem`]: RFC 9457 problem bodies, the error shape of the admin API
 //!   and the Margo HTTP API.
-//! - [`operations`]: operator side effects written once (approval, revocation)
-//!   for the admin API and the HTTPS onboarding.
+//! - [`fleet`]: the application core: every operation (provision, deploy,
+//!   schedules, onboarding decisions, tokens, revoke, reports, the fleet
+//!   view) and its side effects, written once; admin, HTTPS and ingest are
+//!   adapters that call it.
 //! - [`capabilities`]: acceptance of capabilities reports (MQTT and HTTP).
 //! - [`manager`]: wiring; [`Manager::start`] in-process, [`run`] for the binary.
 //! - [`clock`]: the wall clock the store stamps with and time decisions
@@ -42,6 +44,7 @@ pub mod ca;
 pub mod capabilities;
 pub mod clock;
 pub mod config;
+pub mod fleet;
 pub mod histogram;
 pub mod http;
 pub mod http_stats;
@@ -50,7 +53,6 @@ pub mod ingest;
 pub mod manager;
 pub mod mqtt_link;
 pub mod onboarding;
-pub mod operations;
 pub mod problem;
 pub mod publisher;
 pub mod seq_window;

@@ -21,6 +21,7 @@ use crate::admin::{self, AdminServeError, AdminState};
 use crate::ca::{CaError, FleetPki};
 use crate::clock::Clock;
 use crate::config::{BrokerMode, ConfigError, ManagerConfig};
+use crate::fleet::{Fleet, FleetParts};
 use crate::http::{self, ApiState, HttpError, HttpStats, HttpsServer, OnboardingStats};
 use crate::ingest::{Ingest, IngestDeps, IngestSettings, IngestStats, KeyCache};
 use crate::mqtt_link::{self, Connection, LinkStats, MqttTarget};
@@ -257,6 +258,14 @@ impl Manager {
         let keys = KeyCache::default();
         let onboarding_stats = Arc::new(OnboardingStats::default());
         let http_stats = Arc::new(HttpStats::default());
+        let fleet = Fleet::new(FleetParts {
+            store: store.clone(),
+            pki: Arc::clone(&pki),
+            downlink: downlink.clone(),
+            keys: keys.clone(),
+            revocations: broker.as_ref().map(BrokerHandle::revocations),
+            public_broker_url: config.public_broker_url.clone(),
+        });
 
         if config.http.enabled && config.onboarding.approval == crate::config::Approval::Auto {
             warn!(
@@ -271,12 +280,9 @@ impl Manager {
                 let (cert, key) = pki.server_pem()?;
                 let tls = http::server_tls_config(&cert, &key)?;
                 let api = ApiState::new(
-                    store.clone(),
-                    Arc::clone(&pki),
-                    downlink.clone(),
+                    fleet.clone(),
                     config.onboarding.clone(),
                     &config.http,
-                    config.public_broker_url.clone(),
                     Arc::clone(&onboarding_stats),
                 );
                 let router = http::router(api, Arc::clone(&http_stats));
@@ -375,12 +381,7 @@ impl Manager {
         let admin_socket = config.admin_socket_path();
         let listener = admin::bind_socket(&admin_socket)?;
         let state = AdminState {
-            store: store.clone(),
-            pki: Arc::clone(&pki),
-            downlink,
-            keys,
-            revocations: broker.as_ref().map(BrokerHandle::revocations),
-            public_broker_url: config.public_broker_url.clone(),
+            fleet,
             ingest_stats: Arc::clone(&ingest_stats),
             link_stats: Arc::clone(&link_stats),
             connected: connected.clone(),

@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use crate::ca::CaError;
+use crate::fleet::FleetError;
 use crate::onboarding::OnboardingError;
 use crate::problem::{self, Problem};
 use crate::store::StoreError;
@@ -78,6 +79,22 @@ impl From<OnboardingError> for ApiError {
             }
         };
         Self::new(status, detail)
+    }
+}
+
+impl From<FleetError> for ApiError {
+    fn from(e: FleetError) -> Self {
+        match e {
+            FleetError::Store(e) => e.into(),
+            FleetError::Pki(e) => e.into(),
+            FleetError::Onboarding(e) => e.into(),
+            FleetError::Incomplete(detail) => Self::new(StatusCode::BAD_REQUEST, detail),
+            FleetError::Invalid(detail) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, detail),
+            FleetError::Task(detail) => {
+                tracing::error!(error = %detail, "admin request failed in a blocking task");
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, detail)
+            }
+        }
     }
 }
 

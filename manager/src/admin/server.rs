@@ -1,7 +1,7 @@
 //! The admin API's server: the socket, [`serve`], the router and its
 //! handlers (errors in `error.rs`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,30 +11,29 @@ use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use margo_schemas::deployment::ApplicationDeployment;
 use margo_schemas::ids::{ClientId, DeploymentId};
 use margo_schemas::schedule::{Schedule, ValidSchedule};
 use serde::{Deserialize, Serialize};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, instrument, warn};
+use tracing::{instrument, warn};
 
 use super::error::ApiError;
 use super::wire::{
     parse_documents, AddClientRequest, AddClientsRequest, ApproveRequest, ApproveResponse,
     AuditReport, CaInfo, ClientDetails, ClientSummary, CreateTokenRequest, DeployManyRequest,
     DeployResponse, Health, ProvisionedBulk, ProvisionedBundle, ProvisionedDevicePem,
-    RevokeResponse, ScheduleView, MAX_BULK_CLIENTS,
+    RevokeResponse, ScheduleView,
 };
-use crate::ca::{CaError, FleetPki};
+use crate::fleet::{Deployed, Fleet, ScheduleState, Targets};
 use crate::http_stats::{HttpStats, OnboardingStats};
-use crate::ingest::{IngestStats, IngestStatsSnapshot, KeyCache};
+use crate::ingest::{IngestStats, IngestStatsSnapshot};
 use crate::mqtt_link::{LinkStats, LinkStatsSnapshot};
 use crate::onboarding::{CreatedToken, RequestView, TokenView};
-use crate::operations::{self, Revoked};
-use crate::publisher::Downlink;
-use crate::status_view::{self, ClientStatus};
-use crate::store::{Store, StoreError, UplinkSummary};
+use crate::status_view::ClientStatus;
+use crate::store::{ClientRecord, UplinkSummary};
 
 /// Why the admin server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -85,21 +84,12 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, AdminServeError> {
     Ok(listener)
 }
 
-/// Everything the handlers need.
+/// Everything the handlers need: the application core, and what
+/// `/v1/health` reports.
 #[derive(Clone)]
 pub struct AdminState {
-    /// The store.
-    pub store: Store,
-    /// The fleet PKI.
-    pub pki: Arc<FleetPki>,
-    /// Publisher requests.
-    pub downlink: Downlink,
-    /// Verifying-key cache of ingest (forgotten on revoke).
-    pub keys: KeyCache,
-    /// The embedded gateway's revocation set, if embedded.
-    pub revocations: Option<margo_broker::Revocations>,
-    /// Default broker URL for bundles.
-    pub public_broker_url: String,
+    /// The application core every handler calls.
+    pub fleet: Fleet,
     /// Ingest counters.
     pub ingest_stats: Arc<IngestStats>,
     /// Link counters.
@@ -181,8 +171,29 @@ async fn health(State(state): State<AdminState>) -> Json<Health> {
     })
 }
 
-async fn resolve(state: &AdminState, client: String) -> ApiResult<ClientId> {
-    Ok(state.store.run(move |s| s.resolve(&client)).await?)
+fn summary(client_id: ClientId, record: ClientRecord) -> ClientSummary {
+    ClientSummary {
+        client_id,
+        name: record.name,
+        revoked: record.revoked,
+        created_at: record.created_ms,
+    }
+}
+
+fn deploy_response(deployed: Deployed) -> DeployResponse {
+    DeployResponse {
+        client_id: deployed.client_id,
+        manifest_version: deployed.manifest_version,
+        changed: deployed.changed,
+    }
+}
+
+fn schedule_view(state: ScheduleState) -> ScheduleView {
+    ScheduleView {
+        client_id: state.client_id,
+        remote: state.remote,
+        in_force: state.in_force,
+    }
 }
 
 #[instrument(skip_all, fields(name = %req.as_ref().map(|r| r.name.as_str()).unwrap_or("-")))]
@@ -191,38 +202,17 @@ async fn add_client(
     req: Result<Json<AddClientRequest>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<ProvisionedBundle>)> {
     let Json(req) = req?;
-    crate::store::validate_name(&req.name)?;
-    let broker_url = req
-        .broker_url
-        .unwrap_or_else(|| state.public_broker_url.clone());
-    crate::config::BrokerUrl::parse(&broker_url)
-        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("brokerUrl: {e}")))?;
-    let name = req.name.clone();
-    if state.store.run(move |s| s.name_taken(&name)).await? {
-        return Err(StoreError::NameTaken(req.name).into());
-    }
-    let client_id = ClientId::generate();
-    let pki = Arc::clone(&state.pki);
-    let id = client_id.clone();
-    let device = tokio::task::spawn_blocking(move || pki.provision_device(&id))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
-    let (id, name, der) = (client_id.clone(), req.name.clone(), device.cert.der.clone());
-    state
-        .store
-        .run(move |s| s.add_client(&id, &name, &der))
-        .await?;
-    info!(client_id = %client_id, name = %req.name, "provisioned a client");
+    let made = state.fleet.provision(req.name, req.broker_url).await?;
     Ok((
         StatusCode::CREATED,
         Json(ProvisionedBundle {
-            client_id,
-            name: req.name,
-            broker_url,
-            key_pem: device.key_pem,
-            cert_pem: device.cert.pem,
-            ca_pem: state.pki.ca_pem().to_string(),
-            signing_cert_pem: state.pki.signing_cert_pem().to_string(),
+            client_id: made.client_id,
+            name: made.name,
+            broker_url: made.broker_url,
+            key_pem: made.device.key_pem,
+            cert_pem: made.device.cert.pem,
+            ca_pem: state.fleet.ca_pem().to_string(),
+            signing_cert_pem: state.fleet.signing_cert_pem().to_string(),
         }),
     ))
 }
@@ -233,54 +223,18 @@ async fn add_clients(
     req: Result<Json<AddClientsRequest>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<ProvisionedBulk>)> {
     let Json(req) = req?;
-    if !(1..=MAX_BULK_CLIENTS).contains(&req.count) {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("count: {} is not in 1..={MAX_BULK_CLIENTS}", req.count),
-        ));
-    }
-    let last = req.first.checked_add(req.count - 1).ok_or_else(|| {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "first + count overflows")
-    })?;
-    let names: Vec<String> = (req.first..=last)
-        .map(|i| format!("{}{i}", req.prefix))
-        .collect();
-    for name in &names {
-        crate::store::validate_name(name)?;
-    }
-    let broker_url = req
-        .broker_url
-        .unwrap_or_else(|| state.public_broker_url.clone());
-    crate::config::BrokerUrl::parse(&broker_url)
-        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("brokerUrl: {e}")))?;
-    // Keys and certificates on the blocking pool, then one transaction (which
-    // re-checks every name, so a concurrent add cannot slip in between).
-    let pki = Arc::clone(&state.pki);
-    let devices = tokio::task::spawn_blocking(move || {
-        names
-            .into_iter()
-            .map(|name| {
-                let id = ClientId::generate();
-                let device = pki.provision_device(&id)?;
-                Ok((id, name, device))
-            })
-            .collect::<Result<Vec<_>, CaError>>()
-    })
-    .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
-    let rows: Vec<(ClientId, String, Vec<u8>)> = devices
-        .iter()
-        .map(|(id, name, device)| (id.clone(), name.clone(), device.cert.der.clone()))
-        .collect();
-    state.store.run(move |s| s.add_clients(&rows)).await?;
-    info!(prefix = %req.prefix, count = req.count, "provisioned clients in bulk");
+    let made = state
+        .fleet
+        .provision_many(req.prefix, req.first, req.count, req.broker_url)
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(ProvisionedBulk {
-            broker_url,
-            ca_pem: state.pki.ca_pem().to_string(),
-            signing_cert_pem: state.pki.signing_cert_pem().to_string(),
-            clients: devices
+            broker_url: made.broker_url,
+            ca_pem: state.fleet.ca_pem().to_string(),
+            signing_cert_pem: state.fleet.signing_cert_pem().to_string(),
+            clients: made
+                .clients
                 .into_iter()
                 .map(|(client_id, name, device)| ProvisionedDevicePem {
                     client_id,
@@ -294,16 +248,11 @@ async fn add_clients(
 }
 
 async fn list_clients(State(state): State<AdminState>) -> ApiResult<Json<Vec<ClientSummary>>> {
-    let clients = state.store.run(|s| s.clients()).await?;
+    let clients = state.fleet.clients().await?;
     Ok(Json(
         clients
             .into_iter()
-            .map(|c| ClientSummary {
-                client_id: c.id,
-                name: c.record.name,
-                revoked: c.record.revoked,
-                created_at: c.record.created_ms,
-            })
+            .map(|c| summary(c.id, c.record))
             .collect(),
     ))
 }
@@ -313,27 +262,14 @@ async fn revoke_client(
     State(state): State<AdminState>,
     UrlPath(client): UrlPath<String>,
 ) -> ApiResult<Json<RevokeResponse>> {
-    let id = resolve(&state, client).await?;
-    let Revoked {
-        record,
-        already_revoked,
-        connections_closed,
-    } = operations::revoke(
-        &state.store,
-        &state.keys,
-        state.revocations.as_ref(),
-        &state.downlink,
-        &id,
-    )
-    .await?;
-    info!(client_id = %id, already_revoked, ?connections_closed, "revoked a client");
+    let revoked = state.fleet.revoke(client).await?;
     Ok(Json(RevokeResponse {
-        client_id: id,
-        name: record.name,
-        revoked: record.revoked,
-        created_at: record.created_ms,
-        already_revoked,
-        connections_closed,
+        client_id: revoked.client_id,
+        name: revoked.record.name,
+        revoked: revoked.record.revoked,
+        created_at: revoked.record.created_ms,
+        already_revoked: revoked.already_revoked,
+        connections_closed: revoked.connections_closed,
     }))
 }
 
@@ -341,45 +277,27 @@ async fn client_details(
     State(state): State<AdminState>,
     UrlPath(client): UrlPath<String>,
 ) -> ApiResult<Json<ClientDetails>> {
-    let id = resolve(&state, client).await?;
-    let details = state
-        .store
-        .run(move |s| {
-            let record = s
-                .client(&id)?
-                .ok_or_else(|| StoreError::UnknownClient(id.to_string()))?;
-            let status = status_view::client_status(s, &id, s.clock().now_ms())?;
-            let capabilities = s.capabilities_detail(&id)?;
-            let remote_config = s.remote_config(&id)?;
-            let info = margo_schemas::pki::cert_info(&record.cert_der).ok();
-            Ok(ClientDetails {
-                cert_fingerprint: margo_schemas::pki::fingerprint(&record.cert_der).to_string(),
-                cert_not_after: info.map(|i| i.not_after),
-                client: ClientSummary {
-                    client_id: id,
-                    name: record.name,
-                    revoked: record.revoked,
-                    created_at: record.created_ms,
-                },
-                status,
-                capabilities,
-                remote_config,
-            })
-        })
-        .await?;
-    Ok(Json(details))
+    let view = state.fleet.client_view(client).await?;
+    let info = margo_schemas::pki::cert_info(&view.record.cert_der).ok();
+    Ok(Json(ClientDetails {
+        cert_fingerprint: margo_schemas::pki::fingerprint(&view.record.cert_der).to_string(),
+        cert_not_after: info.map(|i| i.not_after),
+        client: summary(view.client_id, view.record),
+        status: view.status,
+        capabilities: view.capabilities,
+        remote_config: view.remote_config,
+    }))
 }
 
 async fn ca_info(State(state): State<AdminState>) -> ApiResult<Json<CaInfo>> {
     Ok(Json(CaInfo {
-        fingerprint: state.pki.ca_fingerprint()?.to_string(),
-        certificate_pem: state.pki.ca_pem().to_string(),
+        fingerprint: state.fleet.ca_fingerprint()?.to_string(),
+        certificate_pem: state.fleet.ca_pem().to_string(),
     }))
 }
 
 async fn onboarding_requests(State(state): State<AdminState>) -> ApiResult<Json<Vec<RequestView>>> {
-    let requests = state.store.run(|s| Ok(s.onboarding_requests())).await??;
-    Ok(Json(requests))
+    Ok(Json(state.fleet.onboarding_requests().await?))
 }
 
 #[instrument(skip_all, fields(request_id = %id))]
@@ -389,31 +307,13 @@ async fn approve_request(
     req: Result<Json<ApproveRequest>, JsonRejection>,
 ) -> ApiResult<Json<ApproveResponse>> {
     let Json(req) = req?;
-    let pki = Arc::clone(&state.pki);
-    let (view, approved) = state
-        .store
-        .run(move |s| {
-            Ok(
-                s.onboarding_approve(&id, req.name.as_deref(), |client, der| {
-                    pki.issue_for_device_cert(client, der)
-                }),
-            )
-        })
-        .await??;
-    info!(
-        request_id = %view.request_id,
-        client_id = %approved.client_id,
-        name = %approved.client.name,
-        decided_by = %approved.decided_by,
-        "onboarding request approved"
-    );
-    let http_only = operations::approval_committed(&state.downlink, &approved);
+    let decided = state.fleet.approve(id, req.name).await?;
     Ok(Json(ApproveResponse {
-        request: view,
-        client_id: approved.client_id,
-        name: approved.client.name,
-        decided_by: approved.decided_by,
-        http_only,
+        request: decided.request,
+        client_id: decided.approved.client_id,
+        name: decided.approved.client.name,
+        decided_by: decided.approved.decided_by,
+        http_only: decided.http_only,
     }))
 }
 
@@ -422,12 +322,7 @@ async fn reject_request(
     State(state): State<AdminState>,
     UrlPath(id): UrlPath<String>,
 ) -> ApiResult<Json<RequestView>> {
-    let view = state
-        .store
-        .run(move |s| Ok(s.onboarding_reject(&id)))
-        .await??;
-    info!(request_id = %view.request_id, "onboarding request rejected");
-    Ok(Json(view))
+    Ok(Json(state.fleet.reject(id).await?))
 }
 
 async fn create_token(
@@ -436,68 +331,48 @@ async fn create_token(
 ) -> ApiResult<(StatusCode, Json<CreatedToken>)> {
     let Json(req) = req?;
     let ttl_ms = req.expires_in_secs.saturating_mul(1000);
-    let created = state
-        .store
-        .run(move |s| Ok(s.token_create(req.uses, ttl_ms, req.note)))
-        .await??;
-    info!(token_id = %created.view.id, uses = created.view.uses, expires_at = created.view.expires_at, "enrollment token created");
+    let created = state.fleet.create_token(req.uses, ttl_ms, req.note).await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
 async fn list_tokens(State(state): State<AdminState>) -> ApiResult<Json<Vec<TokenView>>> {
-    Ok(Json(state.store.run(|s| Ok(s.tokens())).await??))
+    Ok(Json(state.fleet.tokens().await?))
 }
 
 async fn revoke_token(
     State(state): State<AdminState>,
     UrlPath(id): UrlPath<String>,
 ) -> ApiResult<Json<TokenView>> {
-    let view = state.store.run(move |s| Ok(s.token_revoke(&id))).await??;
-    info!(token_id = %view.id, "enrollment token revoked");
-    Ok(Json(view))
+    Ok(Json(state.fleet.revoke_token(id).await?))
 }
 
 async fn uplink(
     State(state): State<AdminState>,
     UrlPath(client): UrlPath<String>,
 ) -> ApiResult<Json<Vec<UplinkSummary>>> {
-    let id = resolve(&state, client).await?;
-    Ok(Json(state.store.run(move |s| s.uplink(&id)).await?))
+    Ok(Json(state.fleet.uplink(client).await?))
 }
 
 async fn capabilities(
     State(state): State<AdminState>,
     UrlPath(client): UrlPath<String>,
 ) -> ApiResult<Json<BTreeMap<String, serde_json::Value>>> {
-    let id = resolve(&state, client).await?;
-    Ok(Json(state.store.run(move |s| s.capabilities(&id)).await?))
+    Ok(Json(state.fleet.capabilities(client).await?))
 }
+
+/// The deployment documents of a request, parsed (422 names the document).
+fn documents(docs: Vec<String>) -> ApiResult<Vec<ApplicationDeployment>> {
+    parse_documents(docs).map_err(|detail| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, detail))
+}
+
 async fn deploy(
     State(state): State<AdminState>,
     UrlPath(client): UrlPath<String>,
     docs: Result<Json<Vec<String>>, JsonRejection>,
 ) -> ApiResult<Json<DeployResponse>> {
     let Json(docs) = docs?;
-    if docs.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "the body must list at least one ApplicationDeployment document",
-        ));
-    }
-    let parsed = parse_documents(docs)
-        .map_err(|detail| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, detail))?;
-    let id = resolve(&state, client).await?;
-    let c = id.clone();
-    let outcome = state.store.run(move |s| s.deploy(&c, &parsed)).await?;
-    if !outcome.changed.is_empty() {
-        state.downlink.desired_changed(&id, []);
-    }
-    info!(client_id = %id, manifest_version = outcome.manifest_version, changed = outcome.changed.len(), "deployed");
-    Ok(Json(DeployResponse {
-        client_id: id,
-        manifest_version: outcome.manifest_version,
-        changed: outcome.changed,
-    }))
+    let deployed = state.fleet.deploy(client, documents(docs)?).await?;
+    Ok(Json(deploy_response(deployed)))
 }
 
 #[instrument(skip_all)]
@@ -506,64 +381,15 @@ async fn deploy_many(
     req: Result<Json<DeployManyRequest>, JsonRejection>,
 ) -> ApiResult<Json<Vec<DeployResponse>>> {
     let Json(req) = req?;
-    if req.documents.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "documents must list at least one ApplicationDeployment document",
-        ));
-    }
-    if req.clients.is_empty() && req.name_prefix.is_none() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "name the clients (clients) or select them by name prefix (namePrefix)",
-        ));
-    }
-    let parsed = parse_documents(req.documents)
-        .map_err(|detail| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, detail))?;
-    let (clients, prefix) = (req.clients, req.name_prefix);
-    let (ids, outcomes) = state
-        .store
-        .run(move |s| {
-            let mut ids = Vec::with_capacity(clients.len());
-            let mut seen = BTreeSet::new();
-            for c in &clients {
-                let id = s.resolve(c)?;
-                if seen.insert(id.clone()) {
-                    ids.push(id);
-                }
-            }
-            if let Some(prefix) = &prefix {
-                for id in s.clients_with_name_prefix(prefix)? {
-                    if seen.insert(id.clone()) {
-                        ids.push(id);
-                    }
-                }
-            }
-            let outcomes = s.deploy_many(&ids, &parsed)?;
-            Ok((ids, outcomes))
-        })
+    let targets = Targets {
+        clients: req.clients,
+        name_prefix: req.name_prefix,
+    };
+    let deployed = state
+        .fleet
+        .deploy_many(targets, documents(req.documents)?)
         .await?;
-    let mut changed_clients = 0usize;
-    let responses: Vec<DeployResponse> = ids
-        .into_iter()
-        .zip(outcomes)
-        .map(|(id, outcome)| {
-            if !outcome.changed.is_empty() {
-                state.downlink.desired_changed(&id, []);
-                changed_clients += 1;
-            }
-            DeployResponse {
-                client_id: id,
-                manifest_version: outcome.manifest_version,
-                changed: outcome.changed,
-            }
-        })
-        .collect();
-    info!(
-        clients = responses.len(),
-        changed_clients, "deployed to many clients"
-    );
-    Ok(Json(responses))
+    Ok(Json(deployed.into_iter().map(deploy_response).collect()))
 }
 
 #[instrument(skip_all, fields(client_id = %client, deployment_id = %deployment))]
@@ -573,67 +399,15 @@ async fn undeploy(
 ) -> ApiResult<Json<DeployResponse>> {
     let deployment = DeploymentId::new(deployment)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let id = resolve(&state, client).await?;
-    let (c, d) = (id.clone(), deployment.clone());
-    let manifest_version = state.store.run(move |s| s.undeploy(&c, &d)).await?;
-    state.downlink.desired_changed(&id, [deployment.clone()]);
-    info!(client_id = %id, deployment_id = %deployment, manifest_version, "undeployed");
-    Ok(Json(DeployResponse {
-        client_id: id,
-        manifest_version,
-        changed: vec![deployment],
-    }))
-}
-
-async fn schedule_view(state: &AdminState, id: ClientId) -> ApiResult<ScheduleView> {
-    Ok(state
-        .store
-        .run(move |s| {
-            let remote = s.remote_config(&id)?;
-            let in_force =
-                status_view::client_status(s, &id, s.clock().now_ms())?.schedule_in_force;
-            Ok(ScheduleView {
-                client_id: id,
-                remote,
-                in_force,
-            })
-        })
-        .await?)
+    let deployed = state.fleet.undeploy(client, deployment).await?;
+    Ok(Json(deploy_response(deployed)))
 }
 
 async fn get_schedule(
     State(state): State<AdminState>,
     UrlPath(client): UrlPath<String>,
 ) -> ApiResult<Json<ScheduleView>> {
-    let id = resolve(&state, client).await?;
-    Ok(Json(schedule_view(&state, id).await?))
-}
-
-/// Stores `schedule` (validated; `None` clears) under the next config
-/// version, then asks the publisher for `R/config`. Answers only after the
-/// commit.
-async fn store_schedule(
-    state: &AdminState,
-    client: String,
-    schedule: Option<ValidSchedule>,
-) -> ApiResult<Json<ScheduleView>> {
-    let id = resolve(state, client).await?;
-    let c = id.clone();
-    let config = state
-        .store
-        .run(move |s| s.set_schedule(&c, schedule))
-        .await?;
-    state.downlink.config_changed(&id);
-    info!(
-        client_id = %id,
-        config_version = config.version,
-        remote = config.schedule.is_some(),
-        "remote schedule stored"
-    );
-    let mut view = schedule_view(state, id).await?;
-    // What this call committed, even if another call has committed since.
-    view.remote = Some(config);
-    Ok(Json(view))
+    Ok(Json(schedule_view(state.fleet.schedule(client).await?)))
 }
 
 #[instrument(skip_all, fields(client_id = %client))]
@@ -645,7 +419,8 @@ async fn set_schedule(
     let Json(schedule) = schedule?;
     let valid = ValidSchedule::try_from(schedule)
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
-    store_schedule(&state, client, Some(valid)).await
+    let stored = state.fleet.set_schedule(client, Some(valid)).await?;
+    Ok(Json(schedule_view(stored)))
 }
 
 #[instrument(skip_all, fields(client_id = %client))]
@@ -653,7 +428,8 @@ async fn clear_schedule(
     State(state): State<AdminState>,
     UrlPath(client): UrlPath<String>,
 ) -> ApiResult<Json<ScheduleView>> {
-    store_schedule(&state, client, None).await
+    let stored = state.fleet.set_schedule(client, None).await?;
+    Ok(Json(schedule_view(stored)))
 }
 
 /// `GET /v1/status` query.
@@ -666,23 +442,8 @@ async fn status(
     State(state): State<AdminState>,
     Query(q): Query<StatusQuery>,
 ) -> ApiResult<Json<Vec<ClientStatus>>> {
-    match q.client.filter(|c| !c.is_empty()) {
-        Some(client) => {
-            let id = resolve(&state, client).await?;
-            Ok(Json(vec![
-                state
-                    .store
-                    .run(move |s| status_view::client_status(s, &id, s.clock().now_ms()))
-                    .await?,
-            ]))
-        }
-        None => Ok(Json(
-            state
-                .store
-                .run(|s| status_view::fleet_status(s, s.clock().now_ms()))
-                .await?,
-        )),
-    }
+    let client = q.client.filter(|c| !c.is_empty());
+    Ok(Json(state.fleet.status(client).await?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -695,6 +456,6 @@ async fn audit(
     Query(q): Query<AuditQuery>,
 ) -> ApiResult<Json<AuditReport>> {
     let limit = q.limit.unwrap_or(100).min(10_000);
-    let (events, counts) = state.store.run(move |s| s.audit(limit)).await?;
+    let (events, counts) = state.fleet.audit(limit).await?;
     Ok(Json(AuditReport { events, counts }))
 }

@@ -56,7 +56,7 @@ impl std::fmt::Debug for ProvisionedBundle {
 }
 
 /// Most clients one `POST /v1/clients/bulk` call provisions.
-pub const MAX_BULK_CLIENTS: u32 = 10_000;
+pub use crate::fleet::MAX_BULK_CLIENTS;
 
 /// `POST /v1/clients/bulk` body: provisions `{prefix}{first}` ..
 /// `{prefix}{first + count - 1}` in one store transaction.

@@ -156,8 +156,7 @@ pub async fn authenticate(
     required: bool,
 ) -> Result<(), Refusal> {
     let headers = &parts.headers;
-    let id = client.clone();
-    let record = state.store.run(move |s| s.client(&id)).await.map_err(|e| {
+    let record = state.fleet.client_record(client).await.map_err(|e| {
         error!(client_id = %client, error = %e, "reading a client failed");
         Refusal::internal()
     })?;

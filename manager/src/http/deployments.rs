@@ -229,15 +229,10 @@ fn quoted(text: &str) -> Result<HeaderValue, Refusal> {
 }
 
 async fn desired(state: &ApiState, client: &ClientId) -> Result<DesiredState, Refusal> {
-    let id = client.clone();
-    state
-        .store
-        .run(move |s| s.desired_state(&id))
-        .await
-        .map_err(|e| {
-            error!(client_id = %client, error = %e, "reading the desired state failed");
-            Refusal::internal()
-        })
+    state.fleet.desired_state(client).await.map_err(|e| {
+        error!(client_id = %client, error = %e, "reading the desired state failed");
+        Refusal::internal()
+    })
 }
 
 /// The HTTP manifest of `state` in the `routes` family's form and its exact

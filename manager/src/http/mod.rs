@@ -42,11 +42,9 @@ use tracing::{debug, info, warn, Instrument};
 
 use margo_broker::tls::{accept_with_deadline, Handshake};
 
-use crate::ca::FleetPki;
 use crate::config::{HttpSettings, OnboardingSettings};
+use crate::fleet::Fleet;
 pub use crate::http_stats::{HttpStats, HttpStatsSnapshot, OnboardingStats};
-use crate::publisher::Downlink;
-use crate::store::Store;
 use crate::telemetry::Counter;
 
 use archive::BundleCache;
@@ -119,18 +117,12 @@ pub fn server_tls_config(
 /// Everything the API handlers need.
 #[derive(Clone)]
 pub struct ApiState {
-    /// The store.
-    pub store: Store,
-    /// The fleet PKI.
-    pub pki: Arc<FleetPki>,
-    /// Publisher requests (a newly approved client gets its retained ack).
-    pub downlink: Downlink,
+    /// The application core every handler calls.
+    pub fleet: Fleet,
     /// Onboarding policy and limits.
     pub onboarding: Arc<OnboardingSettings>,
     /// Allow-listed request ids (normalized fingerprints).
     pub allowlist: Arc<Vec<String>>,
-    /// Broker URL handed to approved devices.
-    pub public_broker_url: String,
     /// Per-source-address limiter.
     pub limiter: Arc<RateLimiter>,
     /// Onboarding counters.
@@ -148,26 +140,20 @@ pub struct ApiState {
 impl ApiState {
     /// State for `settings`, with fresh counters and limiter.
     pub fn new(
-        store: Store,
-        pki: Arc<FleetPki>,
-        downlink: Downlink,
+        fleet: Fleet,
         settings: OnboardingSettings,
         http: &HttpSettings,
-        public_broker_url: String,
         stats: Arc<OnboardingStats>,
     ) -> Self {
         let limiter = RateLimiter::new(settings.rate_per_minute, settings.rate_burst);
         let auth = access::AuthSettings {
-            clock: store.clock().clone(),
+            clock: fleet.store().clock().clone(),
             ..access::AuthSettings::from_config(http)
         };
         Self {
-            store,
-            pki,
-            downlink,
+            fleet,
             allowlist: Arc::new(settings.allowed_request_ids()),
             onboarding: Arc::new(settings),
-            public_broker_url,
             limiter: Arc::new(limiter),
             stats,
             bundles: BundleCache::default(),

@@ -12,7 +12,6 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
@@ -36,11 +35,11 @@ use super::device_key::DeviceKey;
 use super::problem::Refusal;
 use super::ApiState;
 use crate::config::Approval;
+use crate::fleet::FleetError;
 pub use crate::http_stats::{OnboardingStats, OnboardingStatsSnapshot};
 use crate::onboarding::{
     Approved, Claims, Lookup, OnboardingError, Submission, Submitted, TokenProblem,
 };
-use crate::operations;
 
 /// Largest onboarding request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -124,7 +123,7 @@ pub(super) async fn certificate(
     }
     state.stats.certificate.fetch_add(1, Ordering::Relaxed);
     Json(CertificateBody {
-        certificate: data_encoding::BASE64.encode(state.pki.ca_pem().as_bytes()),
+        certificate: data_encoding::BASE64.encode(state.fleet.ca_pem().as_bytes()),
     })
     .into_response()
 }
@@ -137,9 +136,9 @@ fn identity(state: &ApiState, approved: &Approved) -> IssuedIdentity {
     IssuedIdentity {
         name: approved.client.name.clone(),
         client_certificate: crate::ca::cert_pem(&approved.client.cert_der),
-        ca_certificate: state.pki.ca_pem().to_string(),
-        manager_signing_certificate: state.pki.signing_cert_pem().to_string(),
-        broker_url: state.public_broker_url.clone(),
+        ca_certificate: state.fleet.ca_pem().to_string(),
+        manager_signing_certificate: state.fleet.signing_cert_pem().to_string(),
+        broker_url: state.fleet.public_broker_url().to_string(),
     }
 }
 
@@ -363,18 +362,17 @@ async fn decide(
         auto_approve: state.onboarding.approval == Approval::Auto,
         max_pending: state.onboarding.max_pending,
     };
-    let pki = Arc::clone(&state.pki);
     let outcome = state
-        .store
-        .run(move |store| {
-            Ok(store.onboarding_submit(submission, |id, der| pki.issue_for_device_cert(id, der)))
-        })
+        .fleet
+        .submit_onboarding(submission)
         .await
-        .map_err(|e| {
-            error!(request_id, error = %e, "onboarding store call failed");
-            Refusal::internal().for_request(&request_id)
-        })?
-        .map_err(|e| decision_refusal(e, &request_id))?;
+        .map_err(|e| match e {
+            FleetError::Onboarding(e) => decision_refusal(e, &request_id),
+            e => {
+                error!(request_id, error = %e, "onboarding store call failed");
+                Refusal::internal().for_request(&request_id)
+            }
+        })?;
     Ok(match outcome {
         Submitted::Approved(approved) => {
             let counter = if !approved.now || approved.decided_by == "known key" {
@@ -404,7 +402,6 @@ async fn decide(
                         "AUTO-APPROVED without an operator ([onboarding] approval = \"auto\")"
                     );
                 }
-                operations::approval_committed(&state.downlink, &approved);
             }
             if wants_extensions {
                 approved_response(state, &approved, StatusCode::CREATED)
@@ -449,15 +446,10 @@ async fn lookup(state: &ApiState, peer: SocketAddr, id: String) -> Result<Respon
             "no such onboarding request (ids are 64 lowercase hex digits)",
         ));
     }
-    let key = id.clone();
     let found = state
-        .store
-        .run(move |store| Ok(store.onboarding_lookup(&key)))
+        .fleet
+        .onboarding_lookup(id.clone())
         .await
-        .map_err(|e| {
-            error!(request_id = %id, error = %e, "onboarding store call failed");
-            Refusal::internal().for_request(&id)
-        })?
         .map_err(|e| {
             error!(request_id = %id, error = %e, "onboarding lookup failed");
             Refusal::internal().for_request(&id)

@@ -148,14 +148,10 @@ pub async fn identify(state: &ApiState, extensions: &Extensions) -> Result<Peer,
     };
     let fingerprint = cert.fingerprint;
     let der = Arc::clone(&cert.der);
-    let found = state
-        .store
-        .run(move |s| s.client_by_certificate(&der))
-        .await
-        .map_err(|e| {
-            error!(%fingerprint, error = %e, "looking up a client certificate failed");
-            Refusal::internal()
-        })?;
+    let found = state.fleet.client_by_certificate(der).await.map_err(|e| {
+        error!(%fingerprint, error = %e, "looking up a client certificate failed");
+        Refusal::internal()
+    })?;
     Ok(match found {
         Some(entry) => Peer::Client(entry),
         None => Peer::Unknown(fingerprint),

@@ -40,7 +40,7 @@ use margo_schemas::revision::Revision;
 use margo_schemas::status::DeploymentStatus;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use tracing::{error, info, instrument};
+use tracing::{error, instrument};
 
 use super::access;
 use super::deployments::refused;
@@ -256,17 +256,11 @@ async fn store_status(
         .status
         .validate()
         .map_err(|e| Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, format!("status: {e}")))?;
-    let id = client.clone();
-    let outcome = state
-        .store
-        .run(move |s| {
-            Ok(s.record_http_status(&id, &parsed.status, parsed.adopted_manifest_version))
-        })
+    state
+        .fleet
+        .record_status_report(client, parsed.status, parsed.adopted_manifest_version)
         .await
-        .map_err(|e| store_refusal(client, ReportError::Store(e)))?
-        .map_err(|e| store_refusal(client, e))?;
-    info!(client_id = %client, ?outcome, "deployment status stored (HTTP)");
-    Ok(outcome)
+        .map_err(|e| store_refusal(client, e))
 }
 
 #[instrument(skip_all, fields(client_id = %raw.0, device_id = %raw.1))]
@@ -357,16 +351,11 @@ async fn store_capabilities(
             ));
         }
     }
-    let device_id = manifest.device_id().unwrap_or_default().to_string();
-    let id = client.clone();
-    let outcome = state
-        .store
-        .run(move |s| Ok(s.record_http_capabilities(&id, &manifest)))
+    state
+        .fleet
+        .record_capabilities_report(client, manifest)
         .await
-        .map_err(|e| store_refusal(client, ReportError::Store(e)))?
-        .map_err(|e| store_refusal(client, e))?;
-    info!(client_id = %client, device_id = %device_id, ?outcome, "capabilities stored (HTTP)");
-    Ok(outcome)
+        .map_err(|e| store_refusal(client, e))
 }
 
 #[instrument(skip_all, fields(client_id = %raw.0, device_id = %raw.1))]
@@ -438,14 +427,10 @@ async fn remove_capabilities(
     client: &ClientId,
     device: &DeviceId,
 ) -> Result<Response, Refusal> {
-    let id = client.clone();
-    let target = device.clone();
     state
-        .store
-        .run(move |s| Ok(s.delete_capabilities(&id, &target)))
+        .fleet
+        .delete_capabilities(client, device)
         .await
-        .map_err(|e| store_refusal(client, ReportError::Store(e)))?
         .map_err(|e| store_refusal(client, e))?;
-    info!(client_id = %client, device_id = %device, "capabilities deleted (HTTP)");
     Ok(StatusCode::NO_CONTENT.into_response())
 }
