@@ -434,3 +434,42 @@ impl Publisher {
         Ok(())
     }
 }
+
+/// What was asked of the publisher for one client (tests of the callers).
+#[cfg(test)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Requested {
+    /// Everything retained, republished (after an approval, on `sync`).
+    pub everything: bool,
+    /// Changed deployments and the manifest.
+    pub desired: bool,
+    /// The ack.
+    pub ack: bool,
+    /// The remote config.
+    pub config: bool,
+    /// Deployment topics to clear.
+    pub clears: Vec<DeploymentId>,
+    /// All retained topics cleared (revoked).
+    pub revoked: bool,
+}
+
+#[cfg(test)]
+impl Downlink {
+    /// Takes what was asked for `client` and not yet published (`None`:
+    /// nothing). Tests call it where no publisher drains the requests.
+    pub(crate) fn take_requested(&self, client: &ClientId) -> Option<Requested> {
+        let mut pending = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        pending.clients.remove(client).map(|work| Requested {
+            everything: work.full,
+            desired: work.desired,
+            ack: work.ack,
+            config: work.config,
+            clears: work.clears.into_iter().collect(),
+            revoked: work.revoked,
+        })
+    }
+}

@@ -156,3 +156,6 @@ impl Fleet {
             .map_err(|e| FleetError::Task(e.to_string()))??)
     }
 }
+
+#[cfg(test)]
+mod tests;
