@@ -291,6 +291,28 @@ fn init_then_serve_then_margoctl() {
         "{shown}"
     );
 
+    // Bulk reject (issue 12, finding 5): a filter or --all is required.
+    let out = margoctl(&data, &["onboarding", "reject"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("--all, --older-than or --from"),
+        "{}",
+        text(&out)
+    );
+    let out = margoctl(&data, &["onboarding", "reject", "--from", "10.0.0.0/40"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("prefix length"), "{}", text(&out));
+    let out = margoctl(
+        &data,
+        &["onboarding", "reject", "--all", "--older-than", "1h"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("0 request(s) rejected"),
+        "{}",
+        text(&out)
+    );
+
     let out = margoctl(
         &data,
         &["undeploy", "line-3", "0f6a4a38-1f7e-4d36-9a52-3c1d1b0d9f11"],

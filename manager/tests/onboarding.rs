@@ -834,3 +834,67 @@ async fn flood_gets_429_and_the_pending_cap_503() {
     assert_eq!(health.onboarding.get("rateLimited"), Some(&1));
     manager.shutdown().await;
 }
+
+/// Issue 12, finding 5, over the wire: one source address may hold only
+/// `max_pending_per_source` waiting requests (503 with Retry-After beyond
+/// it), and an operator clears a flood with one filtered reject.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_is_capped_and_a_flood_is_rejected_in_one_call() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(dir.path());
+    cfg.onboarding.max_pending_per_source = 2;
+    let manager = start(cfg).await;
+    let https = Https::new(manager.http_addr().expect("https"), manager.pki().ca_pem());
+    let devices: Vec<(DeviceKey, Vec<u8>)> = (0..3)
+        .map(|i| {
+            let d = DeviceKey::new();
+            let cert = d.cert(&format!("flood{i}"));
+            (d, cert)
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for (d, cert) in &devices {
+        let r = https.post_signed(body(cert, None), &d.signer).await;
+        statuses.push(r.status);
+        if r.status == StatusCode::SERVICE_UNAVAILABLE {
+            assert!(r.header("retry-after").is_some());
+            assert!(r.detail().contains("from 127.0.0.1"), "{}", r.detail());
+        }
+    }
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::ACCEPTED,
+            StatusCode::ACCEPTED,
+            StatusCode::SERVICE_UNAVAILABLE
+        ]
+    );
+
+    let admin = manager.admin();
+    let listed = admin.onboarding_requests().await.expect("list");
+    assert!(listed.iter().all(|r| r.expires_at.is_some()), "{listed:?}");
+    let none = admin
+        .reject_matching(&margo_manager::admin::RejectManyRequest::default())
+        .await
+        .expect_err("no filter");
+    assert_eq!(none.status(), Some(422));
+    let rejected = admin
+        .reject_matching(&margo_manager::admin::RejectManyRequest {
+            from: Some("127.0.0.0/8".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("reject");
+    assert_eq!(rejected.len(), 2);
+    let (d0, cert0) = &devices[0];
+    let r = https.post_signed(body(cert0, None), &d0.signer).await;
+    assert_eq!(
+        r.status,
+        StatusCode::FORBIDDEN,
+        "rejected devices stay refused"
+    );
+    let (d2, cert2) = &devices[2];
+    let r = https.post_signed(body(cert2, None), &d2.signer).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "the place is free again");
+    manager.shutdown().await;
+}

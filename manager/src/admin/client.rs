@@ -14,7 +14,7 @@ use tokio::net::UnixStream;
 use super::wire::{
     AddClientRequest, AddClientsRequest, ApproveRequest, ApproveResponse, AuditReport, CaInfo,
     ClientDetails, ClientSummary, CreateTokenRequest, DeployManyRequest, DeployResponse, Health,
-    ProvisionedBulk, ProvisionedBundle, RevokeResponse, ScheduleView,
+    ProvisionedBulk, ProvisionedBundle, RejectManyRequest, RevokeResponse, ScheduleView,
 };
 use crate::onboarding::{CreatedToken, RequestView, TokenView};
 use crate::problem::Problem;
@@ -231,6 +231,21 @@ impl AdminClient {
             encode_component(request)
         );
         self.call(axum::http::Method::POST, &path, None).await
+    }
+
+    /// Rejects every pending request the filters select (they combine;
+    /// with none, `all` must be true).
+    pub async fn reject_matching(
+        &self,
+        filter: &RejectManyRequest,
+    ) -> Result<Vec<RequestView>, AdminError> {
+        let body = serde_json::to_vec(filter)?;
+        self.call(
+            axum::http::Method::POST,
+            "/v1/onboarding/requests/reject",
+            Some(body),
+        )
+        .await
     }
 
     /// Creates an enrollment token; the returned token text is shown only now.

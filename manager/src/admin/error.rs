@@ -64,15 +64,16 @@ impl From<OnboardingError> for ApiError {
             OnboardingError::UnknownRequest(_) | OnboardingError::UnknownToken(_) => {
                 StatusCode::NOT_FOUND
             }
-            OnboardingError::AmbiguousRequest(_) | OnboardingError::InvalidToken(_) => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            OnboardingError::AmbiguousRequest(_)
+            | OnboardingError::InvalidToken(_)
+            | OnboardingError::NoFilter => StatusCode::UNPROCESSABLE_ENTITY,
             OnboardingError::Decided { .. }
             | OnboardingError::Revoked(_)
             | OnboardingError::Rejected(_)
             | OnboardingError::NoFreeName(_)
             | OnboardingError::Token(_)
-            | OnboardingError::PendingFull { .. } => StatusCode::CONFLICT,
+            | OnboardingError::PendingFull { .. }
+            | OnboardingError::SourcePendingFull { .. } => StatusCode::CONFLICT,
             OnboardingError::Ca(_) | OnboardingError::Random => {
                 tracing::error!(error = %detail, "admin onboarding request failed");
                 StatusCode::INTERNAL_SERVER_ERROR

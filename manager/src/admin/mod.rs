@@ -24,5 +24,6 @@ pub use wire::{
     parse_documents, AddClientRequest, AddClientsRequest, ApproveRequest, ApproveResponse,
     AuditReport, CaInfo, ClientDetails, ClientSummary, CreateTokenRequest, DeployManyRequest,
     DeployResponse, Health, IngestStatsSnapshotWire, LinkStatsSnapshotWire, ProvisionedBulk,
-    ProvisionedBundle, ProvisionedDevicePem, RevokeResponse, ScheduleView, MAX_BULK_CLIENTS,
+    ProvisionedBundle, ProvisionedDevicePem, RejectManyRequest, RevokeResponse, ScheduleView,
+    MAX_BULK_CLIENTS,
 };

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path as UrlPath, Query, State};
@@ -25,13 +26,13 @@ use super::wire::{
     parse_documents, AddClientRequest, AddClientsRequest, ApproveRequest, ApproveResponse,
     AuditReport, CaInfo, ClientDetails, ClientSummary, CreateTokenRequest, DeployManyRequest,
     DeployResponse, Health, ProvisionedBulk, ProvisionedBundle, ProvisionedDevicePem,
-    RevokeResponse, ScheduleView,
+    RejectManyRequest, RevokeResponse, ScheduleView,
 };
 use crate::fleet::{Deployed, Fleet, ScheduleState, Targets};
 use crate::http_stats::{HttpStats, OnboardingStats};
 use crate::ingest::{IngestStats, IngestStatsSnapshot};
 use crate::mqtt_link::{LinkStats, LinkStatsSnapshot};
-use crate::onboarding::{CreatedToken, RequestView, TokenView};
+use crate::onboarding::{CreatedToken, RejectFilter, RequestView, SourceFilter, TokenView};
 use crate::status_view::ClientStatus;
 use crate::store::{ClientRecord, UplinkSummary};
 
@@ -132,6 +133,7 @@ pub fn router(state: AdminState) -> Router {
             post(approve_request),
         )
         .route("/v1/onboarding/requests/{id}/reject", post(reject_request))
+        .route("/v1/onboarding/requests/reject", post(reject_requests))
         .route("/v1/tokens", post(create_token).get(list_tokens))
         .route("/v1/tokens/{id}", delete(revoke_token))
         .route("/v1/clients/{client}/uplink", get(uplink))
@@ -323,6 +325,25 @@ async fn reject_request(
     UrlPath(id): UrlPath<String>,
 ) -> ApiResult<Json<RequestView>> {
     Ok(Json(state.fleet.reject(id).await?))
+}
+
+#[instrument(skip_all)]
+async fn reject_requests(
+    State(state): State<AdminState>,
+    req: Result<Json<RejectManyRequest>, JsonRejection>,
+) -> ApiResult<Json<Vec<RequestView>>> {
+    let Json(req) = req?;
+    let from = req
+        .from
+        .map(|f| f.parse::<SourceFilter>())
+        .transpose()
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("from: {e}")))?;
+    let filter = RejectFilter {
+        all: req.all,
+        older_than: req.older_than_secs.map(Duration::from_secs),
+        from,
+    };
+    Ok(Json(state.fleet.reject_matching(filter).await?))
 }
 
 async fn create_token(

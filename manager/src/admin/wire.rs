@@ -197,6 +197,22 @@ pub struct ApproveRequest {
     pub name: Option<String>,
 }
 
+/// `POST /v1/onboarding/requests/reject` body: rejects every pending
+/// request the filters select (they combine; with none, `all` must be true).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RejectManyRequest {
+    /// Reject every pending request (required when no filter is given).
+    #[serde(default)]
+    pub all: bool,
+    /// Only requests first seen at least this many seconds ago.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub older_than_secs: Option<u64>,
+    /// Only requests from this address or network (`192.0.2.0/24`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+}
+
 /// `POST /v1/onboarding/requests/{id}/approve` response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

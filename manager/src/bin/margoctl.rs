@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use margo_manager::admin::{parse_documents, AdminClient};
+use margo_manager::admin::{parse_documents, AdminClient, RejectManyRequest};
 use margo_manager::identity_bundle::write_bundle;
 use margo_manager::status_table;
 use margo_schemas::schedule::{Schedule, ValidSchedule};
@@ -165,10 +165,20 @@ enum OnboardingCommand {
         #[arg(long)]
         name: Option<String>,
     },
-    /// Reject a request: the device is refused from now on.
+    /// Reject a request, or every pending request the filters select: the
+    /// devices are refused from now on.
     Reject {
-        /// Request id (or a unique prefix of 8+).
-        id: String,
+        /// Request id (or a unique prefix of 8+). Without it, filters select.
+        id: Option<String>,
+        /// Every pending request (needed when no other filter is given).
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+        /// Only requests first seen at least this long ago, e.g. 2h, 3days.
+        #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "id")]
+        older_than: Option<std::time::Duration>,
+        /// Only requests from this address or network (192.0.2.0/24, 2001:db8::/64).
+        #[arg(long, value_name = "ADDR", conflicts_with = "id")]
+        from: Option<String>,
     },
 }
 
@@ -528,12 +538,12 @@ async fn main() -> anyhow::Result<()> {
                     println!("{}", serde_json::to_string_pretty(&requests)?);
                 } else {
                     println!(
-                        "{:<64}  {:<8}  {:<20}  {:<12}  {:<12}  {:<12}  {:<22}  {:<20}  {:<20}  CLIENT",
-                        "REQUEST", "STATE", "NAME", "VENDOR", "MODEL", "SERIAL", "SOURCE", "FIRST SEEN", "LAST SEEN"
+                        "{:<64}  {:<8}  {:<20}  {:<12}  {:<12}  {:<12}  {:<22}  {:<20}  {:<20}  {:<20}  CLIENT",
+                        "REQUEST", "STATE", "NAME", "VENDOR", "MODEL", "SERIAL", "SOURCE", "FIRST SEEN", "LAST SEEN", "EXPIRES"
                     );
                     for r in requests {
                         println!(
-                            "{:<64}  {:<8}  {:<20}  {:<12}  {:<12}  {:<12}  {:<22}  {:<20}  {:<20}  {}",
+                            "{:<64}  {:<8}  {:<20}  {:<12}  {:<12}  {:<12}  {:<22}  {:<20}  {:<20}  {:<20}  {}",
                             r.request_id,
                             wire_name(&r.state),
                             or_dash(r.claims.name.as_deref()),
@@ -543,6 +553,7 @@ async fn main() -> anyhow::Result<()> {
                             r.source,
                             when(r.first_seen),
                             when(r.last_seen),
+                            r.expires_at.map(when).unwrap_or_else(|| "-".into()),
                             r.client_id.map(|c| c.to_string()).unwrap_or_else(|| "-".into())
                         );
                     }
@@ -560,9 +571,31 @@ async fn main() -> anyhow::Result<()> {
                     );
                 }
             }
-            OnboardingCommand::Reject { id } => {
+            OnboardingCommand::Reject { id: Some(id), .. } => {
                 let r = admin.reject(&id).await?;
                 println!("request {} rejected", r.request_id);
+            }
+            OnboardingCommand::Reject {
+                id: None,
+                all,
+                older_than,
+                from,
+            } => {
+                if !all && older_than.is_none() && from.is_none() {
+                    anyhow::bail!(
+                        "name a request id, or select requests with --all, --older-than or --from"
+                    );
+                }
+                let filter = RejectManyRequest {
+                    all,
+                    older_than_secs: older_than.map(|d| d.as_secs()),
+                    from,
+                };
+                let rejected = admin.reject_matching(&filter).await?;
+                for r in &rejected {
+                    println!("request {} rejected ({})", r.request_id, r.source);
+                }
+                println!("{} request(s) rejected", rejected.len());
             }
         },
         Command::Tokens { command } => match command {

@@ -195,6 +195,15 @@ pub struct OnboardingSettings {
     pub rate_burst: u32,
     /// Most requests waiting for an operator; new ones get 503 beyond it. Default 1000.
     pub max_pending: usize,
+    /// Most requests waiting for an operator from one IPv4 address or IPv6
+    /// /64; new ones from there get 503 beyond it (`max_pending` still
+    /// caps the whole queue). Default 16.
+    pub max_pending_per_source: usize,
+    /// How long a request waits for an operator after the device's latest
+    /// request; then it is forgotten (a device still polling posts it
+    /// again). Default 3 days.
+    #[serde(with = "humantime_serde")]
+    pub pending_ttl: Duration,
     /// Poll interval suggested to waiting devices (`Retry-After`). Default 30 s.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
@@ -235,6 +244,8 @@ impl Default for OnboardingSettings {
             rate_per_minute: 10,
             rate_burst: 20,
             max_pending: 1000,
+            max_pending_per_source: 16,
+            pending_ttl: crate::onboarding::DEFAULT_PENDING_TTL,
             poll_interval: Duration::from_secs(30),
             approval: Approval::Operator,
             allow_auto_approval_on_public_listener: false,
@@ -586,6 +597,22 @@ impl ManagerConfig {
             return Err(invalid(
                 "onboarding.max_pending",
                 "must be between 1 and 1000000",
+            ));
+        }
+        if self.onboarding.max_pending_per_source == 0
+            || self.onboarding.max_pending_per_source > 1_000_000
+        {
+            return Err(invalid(
+                "onboarding.max_pending_per_source",
+                "must be between 1 and 1000000",
+            ));
+        }
+        if self.onboarding.pending_ttl < Duration::from_secs(60)
+            || self.onboarding.pending_ttl > Duration::from_secs(366 * 24 * 3600)
+        {
+            return Err(invalid(
+                "onboarding.pending_ttl",
+                "must be at least 1m and at most 366 days",
             ));
         }
         if self.onboarding.poll_interval.is_zero()

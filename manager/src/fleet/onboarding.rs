@@ -7,7 +7,7 @@ use tracing::{info, warn};
 
 use super::{Fleet, FleetResult};
 use crate::onboarding::{
-    Approved, CreatedToken, Lookup, RequestView, Submission, Submitted, TokenView,
+    Approved, CreatedToken, Lookup, RejectFilter, RequestView, Submission, Submitted, TokenView,
 };
 
 /// What [`Fleet::approve`] decided.
@@ -123,6 +123,19 @@ impl Fleet {
             .await??;
         info!(request_id = %view.request_id, "onboarding request rejected");
         Ok(view)
+    }
+
+    /// An operator rejects every pending request `filter` selects (expired
+    /// ones are forgotten instead).
+    pub async fn reject_matching(&self, filter: RejectFilter) -> FleetResult<Vec<RequestView>> {
+        let log = format!("{filter:?}");
+        let rejected = self
+            .inner
+            .store
+            .run(move |s| Ok(s.onboarding_reject_matching(&filter)))
+            .await??;
+        info!(count = rejected.len(), filter = %log, "onboarding requests rejected in bulk");
+        Ok(rejected)
     }
 
     /// A new enrollment token for `uses` devices, valid `ttl_ms`.

@@ -6,7 +6,7 @@ use margo_broker::Revocations;
 use margo_schemas::ids::DeploymentId;
 
 use super::*;
-use crate::onboarding::{Submission, Submitted};
+use crate::onboarding::{OnboardingError, RejectFilter, Submission, Submitted};
 use crate::store::tests::{doc, valid, PER_CHECK_UTC};
 use crate::store::Claims;
 
@@ -18,9 +18,13 @@ struct Harness {
 }
 
 fn harness() -> Harness {
+    harness_with_clock(crate::clock::Clock::system())
+}
+
+fn harness_with_clock(clock: crate::clock::Clock) -> Harness {
     margo_schemas::pki::install_crypto_provider();
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(&dir.path().join("manager.redb")).expect("store");
+    let store = Store::open_with_clock(&dir.path().join("manager.redb"), clock).expect("store");
     let pki = FleetPki::load_or_create(&dir.path().join("pki"), &["localhost".into()], None)
         .expect("pki");
     let downlink = Downlink::new();
@@ -43,6 +47,11 @@ fn harness() -> Harness {
 
 /// A device's self-signed P-256 certificate, as onboarding receives it.
 fn device_submission(auto_approve: bool) -> Submission {
+    device_from("192.0.2.7:40000", auto_approve)
+}
+
+/// [`device_submission`] from `source` (`ip:port`).
+fn device_from(source: &str, auto_approve: bool) -> Submission {
     let made = rcgen::generate_simple_self_signed(vec!["device".into()]).expect("self-signed");
     let der = made.cert.der().to_vec();
     let info = margo_schemas::pki::cert_info(&der).expect("cert info");
@@ -55,10 +64,12 @@ fn device_submission(auto_approve: bool) -> Submission {
             ..Claims::default()
         },
         token: None,
-        source: "192.0.2.7".into(),
+        source: source.into(),
         allowlisted: false,
         auto_approve,
         max_pending: 10,
+        max_pending_per_source: 10,
+        pending_ttl_ms: 3_600_000,
     }
 }
 
@@ -268,5 +279,165 @@ async fn a_schedule_is_committed_then_published() {
     assert_eq!(
         h.fleet.schedule("dev-1".into()).await.expect("read").remote,
         Some(remote)
+    );
+}
+
+/// Issue 12, finding 5: 1,000 pending requests from 61 addresses filled the
+/// queue for good (they never expired, even across a restart). Now each
+/// waits `pending_ttl` after the device's latest request, then gives its
+/// place up.
+#[tokio::test]
+async fn pending_requests_expire_and_give_their_place_up() {
+    let clock = crate::clock::ManualClock::starting_at(1_800_000_000_000);
+    let h = harness_with_clock(clock.clock());
+    let full = |source: &str| {
+        let mut s = device_from(source, false);
+        s.max_pending = 2;
+        s.pending_ttl_ms = 3_600_000;
+        s
+    };
+    let first = full("192.0.2.1:1");
+    let first_id = first.request_id.clone();
+    h.fleet.submit_onboarding(first).await.expect("first waits");
+    h.fleet
+        .submit_onboarding(full("192.0.2.2:1"))
+        .await
+        .expect("second waits");
+    let refused = h.fleet.submit_onboarding(full("192.0.2.3:1")).await;
+    assert!(
+        matches!(
+            refused,
+            Err(FleetError::Onboarding(OnboardingError::PendingFull {
+                max: 2
+            }))
+        ),
+        "{refused:?}"
+    );
+
+    clock.advance(std::time::Duration::from_secs(3599));
+    let still = h.fleet.onboarding_requests().await.expect("list");
+    assert_eq!(still.len(), 2, "not expired 1 s before");
+    assert_eq!(still[0].expires_at, Some(1_800_000_000_000 + 3_600_000));
+
+    clock.advance(std::time::Duration::from_secs(1));
+    assert!(h
+        .fleet
+        .onboarding_requests()
+        .await
+        .expect("list")
+        .is_empty());
+    assert!(
+        h.fleet
+            .onboarding_lookup(first_id)
+            .await
+            .expect("lookup")
+            .is_none(),
+        "a polling device gets 404 and posts again"
+    );
+    let third = h.fleet.submit_onboarding(full("192.0.2.3:1")).await;
+    assert!(
+        matches!(third, Ok(Submitted::Pending { created: true, .. })),
+        "{third:?}"
+    );
+}
+
+/// Issue 12, finding 5: one source network may hold only so many pending
+/// requests (an IPv6 /64 counts as one source).
+#[tokio::test]
+async fn one_source_network_cannot_fill_the_queue() {
+    let h = harness();
+    let capped = |source: &str| {
+        let mut s = device_from(source, false);
+        s.max_pending_per_source = 2;
+        s
+    };
+    for source in ["[2001:db8:1:2::1]:1", "[2001:db8:1:2::ff]:9"] {
+        h.fleet
+            .submit_onboarding(capped(source))
+            .await
+            .expect("waits");
+    }
+    let refused = h
+        .fleet
+        .submit_onboarding(capped("[2001:db8:1:2:abcd::7]:3"))
+        .await;
+    assert!(
+        matches!(
+            &refused,
+            Err(FleetError::Onboarding(OnboardingError::SourcePendingFull { max: 2, group }))
+                if group == "2001:db8:1:2::/64"
+        ),
+        "{refused:?}"
+    );
+    let other = h
+        .fleet
+        .submit_onboarding(capped("[2001:db8:1:3::1]:1"))
+        .await;
+    assert!(
+        matches!(other, Ok(Submitted::Pending { .. })),
+        "another /64: {other:?}"
+    );
+}
+
+/// Issue 12, finding 5: clearing a flood took one `reject` per id; now one
+/// call rejects by age and by source network.
+#[tokio::test]
+async fn operators_reject_pending_requests_by_filter() {
+    let clock = crate::clock::ManualClock::starting_at(1_800_000_000_000);
+    let h = harness_with_clock(clock.clock());
+    for source in ["198.51.100.1:1", "198.51.100.2:1"] {
+        h.fleet
+            .submit_onboarding(device_from(source, false))
+            .await
+            .expect("waits");
+    }
+    clock.advance(std::time::Duration::from_secs(600));
+    let recent = device_from("203.0.113.5:1", false);
+    h.fleet
+        .submit_onboarding(recent.clone())
+        .await
+        .expect("waits");
+
+    let none = h.fleet.reject_matching(RejectFilter::default()).await;
+    assert!(
+        matches!(none, Err(FleetError::Onboarding(OnboardingError::NoFilter))),
+        "no filter and no --all: {none:?}"
+    );
+    let by_age = RejectFilter {
+        older_than: Some(std::time::Duration::from_secs(300)),
+        from: Some("198.51.100.2".parse().expect("filter")),
+        ..RejectFilter::default()
+    };
+    let rejected = h.fleet.reject_matching(by_age).await.expect("reject");
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0].source, "198.51.100.2:1");
+
+    let old = RejectFilter {
+        older_than: Some(std::time::Duration::from_secs(300)),
+        ..RejectFilter::default()
+    };
+    assert_eq!(h.fleet.reject_matching(old).await.expect("reject").len(), 1);
+    let pending: Vec<_> = h
+        .fleet
+        .onboarding_requests()
+        .await
+        .expect("list")
+        .into_iter()
+        .filter(|r| r.state == margo_schemas::onboarding::OnboardingState::Pending)
+        .collect();
+    assert_eq!(pending.len(), 1, "the recent one still waits");
+    assert_eq!(pending[0].request_id, recent.request_id);
+    let all = RejectFilter {
+        all: true,
+        ..RejectFilter::default()
+    };
+    assert_eq!(h.fleet.reject_matching(all).await.expect("reject").len(), 1);
+    let again = h.fleet.submit_onboarding(recent).await;
+    assert!(
+        matches!(
+            again,
+            Err(FleetError::Onboarding(OnboardingError::Rejected(_)))
+        ),
+        "a rejected device stays refused: {again:?}"
     );
 }

@@ -239,6 +239,13 @@ fn decision_refusal(error: OnboardingError, request_id: &str) -> Refusal {
             format!("{max} onboarding requests are waiting for an operator; retry later"),
         )
         .retry_after(300),
+        OnboardingError::SourcePendingFull { max, group } => Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{max} onboarding requests from {group} are waiting for an operator; retry later"
+            ),
+        )
+        .retry_after(300),
         other => {
             error!(request_id, error = %other, "onboarding decision failed");
             Refusal::internal()
@@ -361,6 +368,8 @@ async fn decide(
         allowlisted: state.allowlist.iter().any(|id| id == &request_id),
         auto_approve: state.onboarding.approval == Approval::Auto,
         max_pending: state.onboarding.max_pending,
+        max_pending_per_source: state.onboarding.max_pending_per_source,
+        pending_ttl_ms: u64::try_from(state.onboarding.pending_ttl.as_millis()).unwrap_or(u64::MAX),
     };
     let outcome = state
         .fleet

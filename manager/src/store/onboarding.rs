@@ -67,6 +67,12 @@ pub struct RequestRecord {
     pub decided_by: Option<String>,
     /// When approved or rejected (ms since epoch).
     pub decided_ms: Option<u64>,
+    /// When it stops waiting if nobody decides (ms since epoch; refreshed by
+    /// each request of the device). `None` in records written before
+    /// requests expired: [`crate::onboarding::DEFAULT_PENDING_TTL`] after
+    /// `last_seen_ms` then.
+    #[serde(default)]
+    pub expires_ms: Option<u64>,
 }
 
 /// An enrollment token as stored (never the token itself).
@@ -129,6 +135,23 @@ impl WriteTxn<'_> {
     /// How many requests are pending.
     pub(crate) fn pending_onboarding_requests(&self) -> Result<u64> {
         Ok(self.0.open_table(PENDING)?.len()?)
+    }
+
+    /// The ids of the pending requests, in id order.
+    pub(crate) fn pending_request_ids(&self) -> Result<Vec<String>> {
+        let table = self.0.open_table(PENDING)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            out.push(row?.0.value().to_string());
+        }
+        Ok(out)
+    }
+
+    /// Forgets a request (an expired pending one) and its pending entry.
+    pub(crate) fn remove_onboarding_request(&self, id: &str) -> Result<()> {
+        self.0.open_table(REQUESTS)?.remove(id)?;
+        self.0.open_table(PENDING)?.remove(id)?;
+        Ok(())
     }
 
     /// The ids of the requests that start with `prefix`, in order, at most `limit`.

@@ -23,6 +23,12 @@ use crate::store::{
 };
 pub use crate::store::{Claims, RequestRecord};
 
+mod housekeeping;
+
+pub use housekeeping::{
+    expires_ms, is_expired, source_group, RejectFilter, SourceFilter, DEFAULT_PENDING_TTL,
+};
+
 /// Random bytes in an enrollment token (256 bits).
 const TOKEN_BYTES: usize = 32;
 /// Random bytes in a token id (shown by `tokens list`, used by `tokens revoke`).
@@ -62,6 +68,17 @@ pub enum OnboardingError {
         /// The configured cap.
         max: usize,
     },
+    /// Too many requests from one source network wait for an operator.
+    #[error("{max} onboarding requests from {group} are already waiting for an operator; try again later")]
+    SourcePendingFull {
+        /// The configured cap per source.
+        max: usize,
+        /// The source network ([`source_group`]).
+        group: String,
+    },
+    /// A bulk reject named no filter and did not say `all`.
+    #[error("name the requests to reject: --all, --older-than or --from")]
+    NoFilter,
     /// No request with this id (or prefix).
     #[error("no onboarding request {0:?}")]
     UnknownRequest(String),
@@ -131,11 +148,16 @@ pub struct RequestView {
     pub decided_by: Option<String>,
     /// When decided (ms).
     pub decided_at: Option<u64>,
+    /// When a pending request stops waiting unless the device asks again (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
 }
 
 impl RequestView {
     fn new(id: &str, r: RequestRecord) -> Self {
+        let expires_at = (r.state == OnboardingState::Pending).then(|| expires_ms(&r));
         Self {
+            expires_at,
             request_id: id.to_string(),
             fingerprint: format!("sha256:{id}"),
             state: r.state,
@@ -171,6 +193,11 @@ pub struct Submission {
     pub auto_approve: bool,
     /// `[onboarding] max_pending`.
     pub max_pending: usize,
+    /// `[onboarding] max_pending_per_source`: per IPv4 address or IPv6 /64.
+    pub max_pending_per_source: usize,
+    /// `[onboarding] pending_ttl`: how long a request waits for an
+    /// operator after the device's latest request.
+    pub pending_ttl_ms: u64,
 }
 
 /// An approved request and its client.
@@ -442,7 +469,10 @@ impl Store {
     ) -> Result<Submitted> {
         let now = self.clock().now_ms();
         self.write(|txn| {
-            let existing = txn.onboarding_request(&sub.request_id)?;
+            // An expired request is gone: this one starts over.
+            let existing = txn
+                .onboarding_request(&sub.request_id)?
+                .filter(|r| !is_expired(r, now));
             let created = existing.is_none();
             let mut record = match existing {
                 Some(r) if r.state == OnboardingState::Rejected => {
@@ -479,11 +509,13 @@ impl Store {
                     client_id: None,
                     decided_by: None,
                     decided_ms: None,
+                    expires_ms: None,
                 },
             };
             record.claims = sub.claims;
             record.source = sub.source;
             record.last_seen_ms = now;
+            record.expires_ms = Some(now.saturating_add(sub.pending_ttl_ms));
 
             if let Some(ClientEntry { id, record: client }) = txn.client_by_key(&sub.key_id)? {
                 if client.revoked {
@@ -518,10 +550,20 @@ impl Store {
                 )?;
                 return Ok(Submitted::Approved(approved));
             }
-            if created && txn.pending_onboarding_requests()? >= sub.max_pending as u64 {
-                return Err(OnboardingError::PendingFull {
-                    max: sub.max_pending,
-                });
+            if created {
+                housekeeping::purge_expired(txn, now)?;
+                if txn.pending_onboarding_requests()? >= sub.max_pending as u64 {
+                    return Err(OnboardingError::PendingFull {
+                        max: sub.max_pending,
+                    });
+                }
+                let group = source_group(&record.source);
+                if housekeeping::pending_from(txn, &group)? >= sub.max_pending_per_source {
+                    return Err(OnboardingError::SourcePendingFull {
+                        max: sub.max_pending_per_source,
+                        group,
+                    });
+                }
             }
             txn.put_onboarding_request(&sub.request_id, &record)?;
             Ok(Submitted::Pending {
@@ -533,8 +575,9 @@ impl Store {
 
     /// Where request `id` (exact id) stands, for polling devices.
     pub fn onboarding_lookup(&self, id: &str) -> Result<Option<Lookup>> {
+        let now = self.clock().now_ms();
         self.read(|txn| {
-            let Some(record) = txn.onboarding_request(id)? else {
+            let Some(record) = txn.onboarding_request(id)?.filter(|r| !is_expired(r, now)) else {
                 return Ok(None);
             };
             Ok(Some(match record.state {
@@ -567,11 +610,14 @@ impl Store {
         })
     }
 
-    /// Every onboarding request, most recently seen first.
+    /// Every onboarding request, most recently seen first (pending ones
+    /// that expired are left out).
     pub fn onboarding_requests(&self) -> Result<Vec<RequestView>> {
+        let now = self.clock().now_ms();
         let mut out: Vec<RequestView> = self
             .onboarding_request_records()?
             .into_iter()
+            .filter(|(_, record)| !is_expired(record, now))
             .map(|(id, record)| RequestView::new(&id, record))
             .collect();
         out.sort_by_key(|r| std::cmp::Reverse(r.last_seen));
@@ -767,6 +813,8 @@ mod tests {
             allowlisted: false,
             auto_approve: false,
             max_pending: 10,
+            max_pending_per_source: 10,
+            pending_ttl_ms: 3_600_000,
         };
         store.onboarding_submit(sub, |_, der| {
             Ok(IssuedCert {
@@ -833,6 +881,8 @@ mod tests {
             allowlisted: false,
             auto_approve: false,
             max_pending: 10,
+            max_pending_per_source: 10,
+            pending_ttl_ms: 3_600_000,
         };
         let no_cert = |_: &ClientId, _: &[u8]| -> Result<IssuedCert, CaError> {
             unreachable!("pending requests issue nothing")
