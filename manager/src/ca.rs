@@ -193,6 +193,9 @@ fn set_validity(params: &mut CertificateParams, years: i32) {
     params.not_after = rcgen::date_time_ymd(year + years, 1, 1);
 }
 
+/// How far a revocation list's `nextUpdate` lies after its `thisUpdate`.
+pub const CRL_VALIDITY: std::time::Duration = std::time::Duration::from_secs(10 * 366 * 24 * 3600);
+
 fn random_serial() -> SerialNumber {
     let mut bytes = *uuid::Uuid::new_v4().as_bytes();
     bytes[0] &= 0x7f; // positive
@@ -473,6 +476,42 @@ impl FleetPki {
         let spki = SubjectPublicKeyInfo::from_der(cert.public_key().raw)
             .map_err(cert_err("the device certificate's public key"))?;
         self.issue_client_cert(client_id, &spki)
+    }
+
+    /// A certificate revocation list (PEM) of the fleet CA naming the
+    /// certificates with these serial numbers, each revoked at its time
+    /// (ms since epoch), issued at `now_ms` with CRL number `number`. Its
+    /// `nextUpdate` is [`CRL_VALIDITY`] away: brokers that check it (OpenSSL
+    /// refuses every client once a loaded CRL has expired) keep working
+    /// even if nobody reloads them for years; every revocation and every
+    /// manager start writes a fresh one anyway.
+    pub fn revocation_list_pem(
+        &self,
+        revoked: &[(Vec<u8>, u64)],
+        now_ms: u64,
+        number: u64,
+    ) -> Result<String, CaError> {
+        let at = |ms: u64| rcgen::date_time_ymd(1970, 1, 1) + std::time::Duration::from_millis(ms);
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: at(now_ms),
+            next_update: at(now_ms) + CRL_VALIDITY,
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|(serial, ms)| rcgen::RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(serial),
+                    revocation_time: at(*ms),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let crl = params
+            .signed_by(&self.issuer)
+            .map_err(cert_err("signing the revocation list"))?;
+        crl.pem().map_err(cert_err("encoding the revocation list"))
     }
 
     /// SHA-256 fingerprint of the fleet CA's DER (`sha256:<hex>`): what devices pin.

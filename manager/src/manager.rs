@@ -73,6 +73,9 @@ pub enum ManagerError {
     /// The metrics listener could not start.
     #[error(transparent)]
     Metrics(#[from] crate::telemetry::TelemetryError),
+    /// The revocation list for external brokers could not be written.
+    #[error("revocation list: {0}")]
+    RevocationList(crate::fleet::FleetError),
     /// The embedded broker did not accept the manager's connection in time.
     #[error("no connection to the broker at {0} within {CONNECT_WAIT:?}")]
     NotConnected(String),
@@ -120,7 +123,14 @@ pub fn init(config: &ManagerConfig) -> Result<InitReport, ManagerError> {
     config.validate()?;
     prepare_data_dir(config)?;
     let pki = load_pki(config)?;
-    drop(Store::open(&config.store_path())?);
+    let store = Store::open(&config.store_path())?;
+    let crl = pki
+        .paths()
+        .dir
+        .join(crate::fleet::revocation_list::CRL_FILE);
+    crate::fleet::revocation_list::write(&store, &pki, &crl)
+        .map_err(ManagerError::RevocationList)?;
+    drop(store);
     Ok(InitReport {
         pki: pki.paths().clone(),
         store: config.store_path(),
@@ -266,6 +276,12 @@ impl Manager {
             revocations: broker.as_ref().map(BrokerHandle::revocations),
             public_broker_url: config.public_broker_url.clone(),
         });
+        if let Err(error) = fleet.write_revocation_list().await {
+            if let Some(broker) = broker {
+                broker.shutdown().await;
+            }
+            return Err(ManagerError::RevocationList(error));
+        }
 
         if config.http.enabled && config.onboarding.approval == crate::config::Approval::Auto {
             warn!(

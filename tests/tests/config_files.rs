@@ -154,6 +154,10 @@ fn check_mosquitto_conf(text: &str) {
         );
     }
     assert!(lines.iter().any(|l| l.starts_with("acl_file ")));
+    assert!(
+        lines.iter().any(|l| l.starts_with("crlfile ")),
+        "mosquitto.conf must load the manager's revocation list (docs/external-broker.md)"
+    );
     for line in lines {
         let key = line.split_whitespace().next().unwrap_or_default();
         assert!(

@@ -272,6 +272,7 @@ async fn revoke_client(
         created_at: revoked.record.created_ms,
         already_revoked: revoked.already_revoked,
         connections_closed: revoked.connections_closed,
+        revocation_list_entries: revoked.revocation_list_entries,
     }))
 }
 

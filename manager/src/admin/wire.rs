@@ -176,6 +176,10 @@ pub struct RevokeResponse {
     pub already_revoked: bool,
     /// Live gateway connections cut (embedded gateway only).
     pub connections_closed: Option<usize>,
+    /// Certificates the rewritten revocation list (`pki/revoked.crl`, for
+    /// external brokers) names; absent if writing it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_list_entries: Option<usize>,
 }
 
 /// `GET /v1/ca`: what devices pin.

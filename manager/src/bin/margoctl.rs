@@ -525,9 +525,14 @@ async fn main() -> anyhow::Result<()> {
                     Some(n) => println!(
                         "gateway: {n} live connection(s) closed; new connections get CONNACK not authorized"
                     ),
-                    None => println!(
-                        "external broker: remove the client's access there too (its certificate stays valid)"
-                    ),
+                    None => match c.revocation_list_entries {
+                        Some(n) => println!(
+                            "external broker: the revocation list pki/revoked.crl now names {n} certificate(s); reload the broker so new connections are refused (Mosquitto: kill -HUP), and cut the live connection there (docs/external-broker.md)"
+                        ),
+                        None => println!(
+                            "external broker: the revocation list could NOT be rewritten (see the manager's log); the broker keeps accepting this certificate"
+                        ),
+                    },
                 }
             }
         },

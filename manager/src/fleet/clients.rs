@@ -2,7 +2,7 @@
 //! revocation.
 
 use margo_schemas::ids::ClientId;
-use tracing::info;
+use tracing::{error, info};
 
 use super::{Fleet, FleetError, FleetResult};
 use crate::ca::ProvisionedDevice;
@@ -61,6 +61,9 @@ pub struct Revoked {
     pub already_revoked: bool,
     /// Live gateway connections cut (`None` without an embedded gateway).
     pub connections_closed: Option<usize>,
+    /// Certificates the rewritten revocation list names (`None`: writing
+    /// it failed, logged; the revocation itself is committed).
+    pub revocation_list_entries: Option<usize>,
 }
 
 impl Fleet {
@@ -215,12 +218,20 @@ impl Fleet {
         self.inner.keys.forget(&client);
         let connections_closed = self.inner.revocations.as_ref().map(|r| r.revoke(&client));
         self.inner.downlink.revoked(&client);
-        info!(client_id = %client, already_revoked, ?connections_closed, "revoked a client");
+        let revocation_list_entries = match self.write_revocation_list().await {
+            Ok(entries) => Some(entries),
+            Err(error) => {
+                error!(client_id = %client, %error, "could not rewrite the revocation list; an external broker keeps accepting this client's certificate");
+                None
+            }
+        };
+        info!(client_id = %client, already_revoked, ?connections_closed, ?revocation_list_entries, "revoked a client");
         Ok(Revoked {
             client_id: client,
             record,
             already_revoked,
             connections_closed,
+            revocation_list_entries,
         })
     }
 }

@@ -33,6 +33,7 @@ mod clients;
 mod desired;
 mod onboarding;
 mod reports;
+pub mod revocation_list;
 
 pub use clients::{ClientView, Provisioned, ProvisionedMany, Revoked, MAX_BULK_CLIENTS};
 pub use desired::{Deployed, ScheduleState, Targets};

@@ -441,3 +441,51 @@ async fn operators_reject_pending_requests_by_filter() {
         "a rejected device stays refused: {again:?}"
     );
 }
+
+/// The serial numbers a revocation list PEM names.
+fn listed_serials(path: &std::path::Path) -> Vec<Vec<u8>> {
+    let pem = std::fs::read(path).expect("the list exists");
+    let (_, block) = x509_parser::pem::parse_x509_pem(&pem).expect("PEM");
+    assert_eq!(block.label, "X509 CRL");
+    let (_, crl) = x509_parser::parse_x509_crl(&block.contents).expect("a CRL");
+    crl.iter_revoked_certificates()
+        .map(|r| r.raw_serial().to_vec())
+        .collect()
+}
+
+/// Issue 12, finding 6: an external broker learns of a revocation from the
+/// fleet CA's revocation list, rewritten by every revoke.
+#[tokio::test]
+async fn revoke_rewrites_the_revocation_list_for_external_brokers() {
+    let h = harness();
+    let crl = h._dir.path().join("pki").join(revocation_list::CRL_FILE);
+    assert_eq!(h.fleet.write_revocation_list().await.expect("write"), 0);
+    assert!(listed_serials(&crl).is_empty());
+
+    let kept = h
+        .fleet
+        .provision("kept".into(), None)
+        .await
+        .expect("provision");
+    let gone = h
+        .fleet
+        .provision("gone".into(), None)
+        .await
+        .expect("provision");
+    let serial = |der: &[u8]| {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).expect("cert");
+        cert.tbs_certificate.raw_serial().to_vec()
+    };
+    let revoked = h.fleet.revoke("gone".into()).await.expect("revoke");
+    assert_eq!(revoked.revocation_list_entries, Some(1));
+    let listed = listed_serials(&crl);
+    assert_eq!(listed, [serial(&gone.device.cert.der)]);
+    assert!(!listed.contains(&serial(&kept.device.cert.der)));
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&crl).unwrap().permissions());
+    assert_eq!(
+        mode & 0o777,
+        0o644,
+        "public, readable by a broker running as another user"
+    );
+}

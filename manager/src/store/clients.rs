@@ -49,6 +49,10 @@ pub struct ClientRecord {
     pub created_ms: u64,
     /// Whether it is revoked.
     pub revoked: bool,
+    /// When it was revoked (ms since epoch; `None` if it is not, or was
+    /// revoked before the time was kept).
+    #[serde(default)]
+    pub revoked_ms: Option<u64>,
 }
 
 /// A client with its id.
@@ -136,6 +140,7 @@ impl Store {
             cert_der: cert_der.to_vec(),
             created_ms,
             revoked: false,
+            revoked_ms: None,
         };
         clients.insert(id.as_str(), encode("clients", &record)?.as_slice())?;
         names.insert(name, id.as_str())?;
@@ -292,6 +297,7 @@ impl Store {
 
     /// Marks a client revoked (or not). Returns the updated record.
     pub fn set_revoked(&self, id: &ClientId, revoked: bool) -> Result<ClientRecord> {
+        let now = self.clock.now_ms();
         let txn = self.db.begin_write()?;
         let record = {
             let mut clients = txn.open_table(CLIENTS)?;
@@ -299,6 +305,11 @@ impl Store {
             let mut record: ClientRecord = match found {
                 Some(bytes) => decode("clients", &bytes)?,
                 None => return Err(StoreError::UnknownClient(id.to_string())),
+            };
+            record.revoked_ms = match (revoked, record.revoked) {
+                (false, _) => None,
+                (true, true) => record.revoked_ms,
+                (true, false) => Some(now),
             };
             record.revoked = revoked;
             clients.insert(id.as_str(), encode("clients", &record)?.as_slice())?;

@@ -53,6 +53,20 @@ impl Mosquitto {
         cert: &Path,
         key: &Path,
     ) -> Result<Mosquitto> {
+        Self::start_with_crl(port, dir, ca, cert, key, None)
+    }
+
+    /// Like [`Mosquitto::start_on`], checking client certificates against
+    /// the revocation list `crl` (PEM) when given, as the shipped
+    /// `mosquitto.conf` does with the manager's `pki/revoked.crl`.
+    pub fn start_with_crl(
+        port: u16,
+        dir: &Path,
+        ca: &Path,
+        cert: &Path,
+        key: &Path,
+        crl: Option<&Path>,
+    ) -> Result<Mosquitto> {
         std::fs::create_dir_all(dir)?;
         let acl = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/mosquitto/margo.acl");
         if !acl.exists() {
@@ -79,7 +93,11 @@ impl Mosquitto {
              require_certificate true\n\
              use_identity_as_username true\n\
              use_username_as_clientid true\n\
-             acl_file {acl}\n",
+             acl_file {acl}\n\
+             {crl}",
+            crl = crl
+                .map(|p| format!("crlfile {}\n", p.display()))
+                .unwrap_or_default(),
             user = whoami(),
             persist = persistence.display(),
             ca = ca.display(),
@@ -120,6 +138,18 @@ impl Mosquitto {
             self.port,
             &format!("mosquitto-{}", self.restarts),
         )?;
+        Ok(())
+    }
+
+    /// SIGHUP: Mosquitto reloads its configuration, TLS files and
+    /// revocation list included.
+    pub fn reload(&self) -> Result<()> {
+        let pid = self.pid().context("mosquitto is not running")?;
+        let status = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .context("kill -HUP")?;
+        anyhow::ensure!(status.success(), "kill -HUP {pid}: {status}");
         Ok(())
     }
 
