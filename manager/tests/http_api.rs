@@ -1325,3 +1325,118 @@ async fn every_published_capabilities_shape_is_stored_as_sent() {
     );
     manager.shutdown().await;
 }
+
+/// Issue 12, finding 7: the headers of a device's signed request are never
+/// a credential for another request. Every signed request of the
+/// `/api/v1/clients/{clientId}` family, replayed on every other method and
+/// endpoint of that family, is refused (RFC 9421 binds `@method`,
+/// `@target-uri` and the body's `Content-Digest`); each is accepted where
+/// it was signed for; and a signature older than `http.signature_max_age`
+/// is refused everywhere, so a captured request cannot be replayed later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_signed_request_is_a_credential_for_another() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manager = start(config(dir.path())).await;
+    let admin = manager.admin();
+    let bundle = admin.add_client("press-11", None).await.expect("provision");
+    let device = Device::new(manager.http_addr().expect("HTTPS"), &bundle);
+    let deployed = admin
+        .deploy(
+            bundle.client_id.as_str(),
+            vec![yaml(DEP_A, "app-a", "https://example.com/a.tar.gz")],
+        )
+        .await
+        .expect("deploy");
+    let manifest = device.path("/deployments");
+    let served = device
+        .send(Method::GET, &manifest, &[], Vec::new(), Sign::Rfc9421)
+        .await;
+    served.ok();
+    let served: StateManifest = serde_json::from_slice(&served.body).expect("manifest");
+    let doc = &served.deployments[0];
+    let json = |v: serde_json::Value| serde_json::to_vec(&v).expect("json");
+    // (what, method, path, body): one of each signed route.
+    let requests: Vec<(&str, Method, String, Vec<u8>)> = vec![
+        ("GET manifest", Method::GET, manifest.clone(), Vec::new()),
+        (
+            "GET deployment",
+            Method::GET,
+            device.path(&format!(
+                "/deployments/{}/{}",
+                doc.deployment_id, doc.digest
+            )),
+            Vec::new(),
+        ),
+        (
+            "POST status",
+            Method::POST,
+            device.path(&format!("/deployments/{DEP_A}/status")),
+            json(status_body(
+                DEP_A,
+                "installed",
+                Some(deployed.manifest_version),
+            )),
+        ),
+        (
+            "PUT capabilities",
+            Method::PUT,
+            device.path("/capabilities"),
+            json(capabilities_body("gw")),
+        ),
+        (
+            "PUT capabilities/{deviceId}",
+            Method::PUT,
+            device.path("/capabilities/gw"),
+            json(capabilities_body("gw")),
+        ),
+        (
+            "DELETE capabilities/{deviceId}",
+            Method::DELETE,
+            device.path("/capabilities/gw"),
+            Vec::new(),
+        ),
+    ];
+    let send = |method: &Method, path: &str, headers: &[(&'static str, String)], body: &[u8]| {
+        let mut all = headers.to_vec();
+        if !body.is_empty() {
+            all.push(("content-type", "application/json".to_string()));
+        }
+        let (method, path, body) = (method.clone(), path.to_string(), body.to_vec());
+        let https = &device.https;
+        async move { https.send(method, &path, &all, body).await }
+    };
+    for (what, method, path, body) in &requests {
+        let signed = device.rfc9421(&device.msg_signer, method, path, body, unix_now());
+        for (target, t_method, t_path, t_body) in &requests {
+            if target == what {
+                continue;
+            }
+            let reply = send(t_method, t_path, &signed, t_body).await;
+            assert!(
+                matches!(
+                    reply.status,
+                    StatusCode::UNAUTHORIZED | StatusCode::BAD_REQUEST
+                ),
+                "{what}'s signature replayed as {target}: {} {}",
+                reply.status,
+                String::from_utf8_lossy(&reply.body)
+            );
+        }
+        let reply = send(method, path, &signed, body).await;
+        assert!(
+            reply.status.is_success(),
+            "{what} where it was signed for: {} {}",
+            reply.status,
+            String::from_utf8_lossy(&reply.body)
+        );
+        // Captured and replayed later than the freshness window (300 s).
+        let stale = device.rfc9421(&device.msg_signer, method, path, body, unix_now() - 301);
+        let reply = send(method, path, &stale, body).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::UNAUTHORIZED,
+            "{what} replayed late"
+        );
+    }
+    manager.shutdown().await;
+}
