@@ -555,6 +555,11 @@ impl MqttTransport {
                 let outcome = st.on_connack(session_present, run);
                 if outcome.unrevoked {
                     info!("the gateway accepts this device again (no longer revoked)");
+                } else if outcome.failed_attempts > 0 {
+                    info!(
+                        failed_attempts = outcome.failed_attempts,
+                        "connected again after failed attempts"
+                    );
                 }
                 self.on_connack(client, session_present, outcome.ask_sync, st);
             }
@@ -665,6 +670,8 @@ impl MqttTransport {
                     warn!(%error, ?delay, "connection lost; reconnecting");
                 } else if attempt <= 1 {
                     warn!(%error, ?delay, "could not connect; retrying with backoff");
+                } else if state::announce_retry(attempt) {
+                    info!(%error, attempt, ?delay, "still cannot connect; retrying with backoff");
                 } else {
                     debug!(%error, attempt, ?delay, "still cannot connect");
                 }

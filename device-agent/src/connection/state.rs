@@ -70,6 +70,16 @@ pub(super) struct ConnAckOutcome {
     pub ask_sync: Option<SyncReason>,
     /// The gateway had refused this device before (revoked) and accepts it now.
     pub unrevoked: bool,
+    /// Failed connection attempts since the previous ConnAck.
+    pub failed_attempts: u32,
+}
+
+/// Whether the `attempt`th failed connection attempt in a row is worth an
+/// INFO line: the first is a warning of its own, then the 2nd, 4th, 8th,
+/// ... so an agent that cannot connect for hours still says so, without
+/// a line per retry.
+pub(super) fn announce_retry(attempt: u32) -> bool {
+    attempt >= 2 && attempt.is_power_of_two()
 }
 
 /// What a failed poll means for the driver.
@@ -234,6 +244,7 @@ impl SessionState {
     /// is published afresh on this connection.
     pub fn on_connack(&mut self, session_present: bool, run: &mut RunState) -> ConnAckOutcome {
         self.conn = ConnState::Connected;
+        let failed_attempts = self.backoff.attempts();
         self.backoff.reset();
         let unrevoked = std::mem::replace(&mut run.revoked, false);
         let ask_sync = if run.first && self.first_connack {
@@ -248,6 +259,7 @@ impl SessionState {
         ConnAckOutcome {
             ask_sync,
             unrevoked,
+            failed_attempts,
         }
     }
 
@@ -502,6 +514,29 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Issue 12, finding 10: after the first failure the agent said nothing
+    /// while it retried. The ConnAck now tells how many attempts failed, and
+    /// the 2nd, 4th, 8th, ... failure in a row is announced.
+    #[test]
+    fn failed_attempts_are_counted_until_the_connack_and_announced_sparsely() {
+        let now = Instant::now();
+        let mut r = run(now);
+        let p = Planner::new(None);
+        let mut s = session(SessionKind::Online, &r, &p, now);
+        for _ in 0..5 {
+            s.on_poll_error(false, &mut r, now);
+        }
+        let outcome = s.on_connack(false, &mut r);
+        assert_eq!(outcome.failed_attempts, 5);
+        assert_eq!(
+            s.on_connack(true, &mut r).failed_attempts,
+            0,
+            "reset by the ConnAck"
+        );
+        let announced: Vec<u32> = (1..=40).filter(|a| announce_retry(*a)).collect();
+        assert_eq!(announced, [2, 4, 8, 16, 32]);
     }
 
     #[test]
