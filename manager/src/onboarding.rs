@@ -186,6 +186,25 @@ pub struct Approved {
     pub decided_by: String,
     /// Whether this call approved it (false: approved earlier).
     pub now: bool,
+    /// How this answer came about (what the onboarding metrics count).
+    pub by: ApprovedBy,
+}
+
+/// How an [`Approved`] answer came about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApprovedBy {
+    /// Approved before this call; the issued identity is handed out again.
+    Earlier,
+    /// The device's key belongs to a client already.
+    KnownKey,
+    /// An enrollment token was spent.
+    Token,
+    /// The device is on the allow-list.
+    Allowlist,
+    /// `[onboarding] approval = "auto"`.
+    Auto,
+    /// An operator approved it.
+    Operator,
 }
 
 /// The answer to a submission.
@@ -348,7 +367,7 @@ fn approve_in(
     request_id: &str,
     record: &mut RequestRecord,
     operator_name: Option<&str>,
-    decided_by: String,
+    (by, decided_by): (ApprovedBy, String),
     now: u64,
     issue: impl FnOnce(&ClientId, &[u8]) -> Result<IssuedCert, CaError>,
 ) -> Result<Approved> {
@@ -368,6 +387,7 @@ fn approve_in(
         client,
         decided_by,
         now: true,
+        by,
     })
 }
 
@@ -466,6 +486,7 @@ impl Store {
                         client,
                         decided_by: record.decided_by.unwrap_or_default(),
                         now: false,
+                        by: ApprovedBy::Earlier,
                     }));
                 }
                 Some(pending) => pending,
@@ -498,12 +519,16 @@ impl Store {
                     client,
                     decided_by: "known key".into(),
                     now: true,
+                    by: ApprovedBy::KnownKey,
                 }));
             }
             let decided_by = match &sub.token {
-                Some(token) => Some(format!("token {}", spend_token(txn, token, now)?)),
-                None if sub.allowlisted => Some("allowlist".to_string()),
-                None if sub.auto_approve => Some("auto".to_string()),
+                Some(token) => Some((
+                    ApprovedBy::Token,
+                    format!("token {}", spend_token(txn, token, now)?),
+                )),
+                None if sub.allowlisted => Some((ApprovedBy::Allowlist, "allowlist".to_string())),
+                None if sub.auto_approve => Some((ApprovedBy::Auto, "auto".to_string())),
                 None => None,
             };
             if let Some(decided_by) = decided_by {
@@ -560,6 +585,7 @@ impl Store {
                             client,
                             decided_by: record.decided_by.unwrap_or_default(),
                             now: false,
+                            by: ApprovedBy::Earlier,
                         })
                     }
                 }
@@ -626,9 +652,18 @@ impl Store {
                         client,
                         decided_by: "known key".into(),
                         now: true,
+                        by: ApprovedBy::KnownKey,
                     }
                 }
-                None => approve_in(txn, &id, &mut record, name, "operator".into(), now, issue)?,
+                None => approve_in(
+                    txn,
+                    &id,
+                    &mut record,
+                    name,
+                    (ApprovedBy::Operator, "operator".into()),
+                    now,
+                    issue,
+                )?,
             };
             Ok((RequestView::new(&id, record), approved))
         })

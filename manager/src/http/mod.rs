@@ -21,7 +21,6 @@ pub mod tls_peer;
 pub mod uplink;
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,10 +43,9 @@ use margo_broker::tls::{accept_with_deadline, Handshake};
 
 use crate::ca::FleetPki;
 use crate::config::{HttpSettings, OnboardingSettings};
-pub use crate::http_stats::{HttpStats, HttpStatsSnapshot, OnboardingStats};
+pub use crate::http_stats::{HttpMetric, HttpStats, OnboardingMetric, OnboardingStats};
 use crate::publisher::Downlink;
 use crate::store::Store;
-use crate::telemetry::Counter;
 
 use archive::BundleCache;
 use rate_limit::RateLimiter;
@@ -75,10 +73,6 @@ pub enum HttpError {
     /// The server certificate or key is unusable.
     #[error("HTTPS TLS: {0}")]
     Tls(String),
-}
-
-fn bump(counter: &Counter) {
-    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 /// The server's TLS configuration: TLS 1.3 only, HTTP/1.1 by ALPN, a client
@@ -316,7 +310,7 @@ async fn request_deadline(stats: Arc<HttpStats>, req: Request, next: Next) -> Re
     match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
         Ok(response) => response,
         Err(_) => {
-            bump(&stats.request_timeout);
+            stats.inc(HttpMetric::RequestTimeout);
             info!(%peer, timeout = ?REQUEST_TIMEOUT, "request deadline passed");
             problem::problem(
                 StatusCode::REQUEST_TIMEOUT,
@@ -397,9 +391,9 @@ impl HttpsServer {
                     }
                 },
             };
-            bump(&self.stats.accepted);
+            self.stats.inc(HttpMetric::Accepted);
             let Ok(permit) = Arc::clone(&self.connections).try_acquire_owned() else {
-                bump(&self.stats.refused_connection_cap);
+                self.stats.inc(HttpMetric::RefusedConnectionCap);
                 warn!(%peer, "HTTPS connection cap reached; connection closed");
                 drop(socket);
                 continue;
@@ -443,12 +437,12 @@ impl Connection {
                 Handshake::Done(tls) => *tls,
                 Handshake::Cancelled => return,
                 Handshake::Failed(error) => {
-                    bump(&self.stats.handshake_failed);
+                    self.stats.inc(HttpMetric::HandshakeFailed);
                     debug!(%error, "TLS handshake failed");
                     return;
                 }
                 Handshake::TimedOut => {
-                    bump(&self.stats.handshake_timeout);
+                    self.stats.inc(HttpMetric::HandshakeTimeout);
                     debug!(timeout = ?self.handshake_timeout, "TLS handshake deadline passed");
                     return;
                 }
