@@ -24,7 +24,7 @@ use tracing::{debug, info, instrument, warn};
 
 use crate::mqtt_link::{LinkMetric, LinkStats};
 use crate::state_manifest;
-use crate::store::{now_ms, DesiredState, Store, StoreError};
+use crate::store::{DesiredState, Store, StoreError};
 
 /// Why publishing failed.
 #[derive(Debug, thiserror::Error)]
@@ -416,7 +416,7 @@ impl Publisher {
         topic: String,
         msg: Message,
     ) -> Result<(), PublishError> {
-        let envelope = Envelope::new(client.clone(), 0, now_ms(), msg);
+        let envelope = Envelope::new(client.clone(), 0, self.store.clock().now_ms(), msg);
         let payload = envelope.seal(&self.key)?;
         self.client
             .publish(topic, QoS::AtLeastOnce, true, payload)

@@ -23,7 +23,7 @@ use tracing::{debug, error, warn};
 use crate::capabilities::CapabilitiesRejection;
 use crate::mqtt_link::RawUplink;
 use crate::publisher::Downlink;
-use crate::store::{now_ms, AuditEvent, IngestOutcome, Store, StoreError, UplinkItem};
+use crate::store::{AuditEvent, IngestOutcome, Store, StoreError, UplinkItem};
 
 mod stats;
 
@@ -419,7 +419,7 @@ fn verify_chunk(
                     "dropped an uplink message"
                 );
                 audit.push(AuditEvent {
-                    ts_ms: now_ms(),
+                    ts_ms: store.clock().now_ms(),
                     kind: err.kind().to_string(),
                     client_id,
                     topic: raw.topic.chars().take(256).collect(),
@@ -475,7 +475,7 @@ impl Committer {
                             "refused a status report for a deployment never assigned to the client (acknowledged, not stored)"
                         );
                         audit.push(AuditEvent {
-                            ts_ms: now_ms(),
+                            ts_ms: store.clock().now_ms(),
                             kind: "unassigned-deployment".to_string(),
                             client_id: Some(env.client.to_string()),
                             topic: topics::status(&env.client, deployment),
@@ -503,7 +503,7 @@ impl Committer {
                         "refused a capabilities report (acknowledged, not stored)"
                     );
                     audit.push(AuditEvent {
-                        ts_ms: now_ms(),
+                        ts_ms: store.clock().now_ms(),
                         kind: rejection.kind().to_string(),
                         client_id: Some(env.client.to_string()),
                         topic,
