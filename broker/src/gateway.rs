@@ -27,7 +27,7 @@ use crate::config::GatewayConfig;
 use crate::error::BrokerError;
 use crate::inspect::{Inspector, Violation};
 use crate::revocation::Revocations;
-use crate::stats::{GatewayStats, HandshakeOutcome, Refusal};
+use crate::stats::{to_u64, GatewayMetric, GatewayStats, HandshakeOutcome, Refusal};
 use crate::tls::{self, accept_with_deadline, Handshake};
 
 /// Bytes read from a socket at a time.
@@ -114,11 +114,11 @@ impl Gateway {
                     }
                 },
             };
-            self.shared.stats.accepted();
+            self.shared.stats.inc(GatewayMetric::Accepted);
             let permit = match self.shared.pending.try_acquire(peer.ip()) {
                 Ok(permit) => permit,
                 Err(refusal) => {
-                    self.shared.stats.refused(refusal);
+                    self.shared.stats.inc(refusal.metric());
                     debug!(%peer, reason = refusal.label(), "pending handshake cap reached; connection closed");
                     drop(socket);
                     continue;
@@ -218,14 +218,14 @@ struct LiveCount(Arc<GatewayStats>);
 
 impl LiveCount {
     fn new(stats: &Arc<GatewayStats>) -> Self {
-        stats.live_opened();
+        stats.inc(GatewayMetric::LiveConnections);
         Self(Arc::clone(stats))
     }
 }
 
 impl Drop for LiveCount {
     fn drop(&mut self) {
-        self.0.live_closed();
+        self.0.sub(GatewayMetric::LiveConnections, 1);
     }
 }
 
@@ -241,23 +241,23 @@ async fn handle_connection(
         Handshake::Done(tls) => *tls,
         Handshake::Cancelled => return,
         Handshake::Failed(error) => {
-            shared.stats.handshake(HandshakeOutcome::Failed);
+            shared.stats.inc(HandshakeOutcome::Failed.metric());
             debug!(%error, "TLS handshake failed");
             return;
         }
         Handshake::TimedOut => {
-            shared.stats.handshake(HandshakeOutcome::Timeout);
+            shared.stats.inc(HandshakeOutcome::Timeout.metric());
             debug!(timeout = ?shared.handshake_timeout, "TLS handshake deadline passed");
             return;
         }
     };
     drop(permit);
-    shared.stats.handshake(HandshakeOutcome::Ok);
+    shared.stats.inc(HandshakeOutcome::Ok.metric());
 
     let identity = match tls::identity(tls.get_ref().1.peer_certificates()) {
         Ok(identity) => identity,
         Err(error) => {
-            shared.stats.refused(Refusal::BadIdentity);
+            shared.stats.inc(Refusal::BadIdentity.metric());
             warn!(%error, "client certificate does not name a device");
             return;
         }
@@ -292,7 +292,7 @@ async fn relay_device(
     token: CancellationToken,
 ) {
     let Some(_live) = shared.revocations.register_live(&identity, token.clone()) else {
-        shared.stats.refused(Refusal::Revoked);
+        shared.stats.inc(Refusal::Revoked.metric());
         let answered = tokio::select! {
             () = token.cancelled() => false,
             answered = refuse_not_authorized(&shared, tls, &identity) => answered,
@@ -313,7 +313,7 @@ async fn relay_device(
         }
         Ok(end) => debug!(?end, "connection closed"),
         Err(SessionError::Violation(violation)) => {
-            shared.stats.violation(&violation);
+            shared.stats.inc(GatewayMetric::of_violation(&violation));
             warn!(
                 topic = violation.topic().unwrap_or(""),
                 %violation,
@@ -365,7 +365,9 @@ async fn session(
     let _ = upstream.set_nodelay(true);
     let (mut broker_rx, mut broker_tx) = upstream.into_split();
     broker_tx.write_all(&connect).await?;
-    shared.stats.bytes_up(connect.len());
+    shared
+        .stats
+        .add(GatewayMetric::BytesUp, to_u64(connect.len()));
     let _live = LiveCount::new(&shared.stats);
     debug!("device connected");
 
@@ -377,7 +379,7 @@ async fn session(
             }
             if !out.is_empty() {
                 broker_tx.write_all(&out).await?;
-                shared.stats.bytes_up(out.len());
+                shared.stats.add(GatewayMetric::BytesUp, to_u64(out.len()));
                 out.clear();
             }
             buf.reserve(READ_CHUNK);
@@ -395,7 +397,7 @@ async fn session(
             }
             device_tx.write_all(&chunk[..n]).await?;
             device_tx.flush().await?;
-            shared.stats.bytes_down(n);
+            shared.stats.add(GatewayMetric::BytesDown, to_u64(n));
         }
     };
     tokio::select! {

@@ -37,6 +37,4 @@ pub use embedded::{BrokerHandle, EmbeddedBroker};
 pub use error::BrokerError;
 pub use gateway::{run_gateway, Gateway};
 pub use revocation::{parse_revocation_list, Revocations};
-pub use stats::{
-    names as metric_names, GatewayStats, GatewayStatsSnapshot, HandshakeOutcome, Refusal,
-};
+pub use stats::{violations, GatewayMetric, GatewayStats, HandshakeOutcome, Refusal};

@@ -1,31 +1,96 @@
-//! Gateway counters: the [`GatewayStats`] atomics (read by the broker's own
-//! tests and the manager's `/v1/health`) and, at the same places, the
-//! `metrics` facade under the names in [`names`] (docs/metrics.md). With no
-//! recorder installed (the standalone broker) a facade call does nothing;
-//! the manager installs a Prometheus recorder and serves `GET /metrics`.
+//! Gateway counters, declared once in [`GatewayMetric`] (margo-metrics):
+//! kept per gateway in [`GatewayStats`] (read by the broker's own tests and
+//! the manager's `/v1/health`) and mirrored into the `metrics` facade
+//! (docs/metrics.md). With no recorder installed (the standalone broker) a
+//! facade call does nothing; the manager installs a Prometheus recorder and
+//! serves `GET /metrics`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use margo_metrics::{metric_set, MetricSet, Stats};
 
 use crate::inspect::Violation;
 
-/// Names of the gateway's metrics.
-pub mod names {
-    /// Counter: TCP connections accepted (before any check).
-    pub const CONNECTIONS_ACCEPTED: &str = "margo_gateway_connections_accepted_total";
-    /// Counter, label `outcome` = `ok` | `failed` | `timeout`: TLS handshakes.
-    pub const HANDSHAKES: &str = "margo_gateway_handshakes_total";
-    /// Counter, label `reason` = `pending_cap` | `per_ip_cap` | `revoked` |
-    /// `bad_identity`: connections refused before they were relayed.
-    pub const CONNECTIONS_REFUSED: &str = "margo_gateway_connections_refused_total";
-    /// Counter, label `reason` (see [`crate::Violation::kind`]): connections
-    /// closed for a protocol or topic-rule violation (refused subscribe,
-    /// publish, will, ...).
-    pub const VIOLATIONS: &str = "margo_gateway_violations_total";
-    /// Counter, label `direction` = `up` (device → broker) | `down`: bytes relayed.
-    pub const BYTES: &str = "margo_gateway_bytes_total";
-    /// Gauge: connections currently relayed to the broker.
-    pub const LIVE_CONNECTIONS: &str = "margo_gateway_live_connections";
+metric_set! {
+    /// Everything the gateway accepted, refused or dropped.
+    pub enum GatewayMetric {
+        counter "margo_gateway_connections_accepted_total",
+            "TCP connections accepted on the device port, before any check." {
+            /// TCP connections accepted.
+            Accepted() => "accepted",
+        }
+        counter "margo_gateway_handshakes_total", "TLS handshakes, by outcome." {
+            /// Completed with a verified client certificate.
+            HandshakesOk(outcome = "ok") => "handshakesOk",
+            /// Failed (no or untrusted certificate, bad protocol, I/O).
+            HandshakeFailed(outcome = "failed") => "handshakeFailed",
+            /// Aborted at the handshake deadline.
+            HandshakeTimeout(outcome = "timeout") => "handshakeTimeout",
+        }
+        counter "margo_gateway_connections_refused_total",
+            "Connections closed before they were relayed, by reason." {
+            /// The cap on pending handshakes in total was reached.
+            RefusedPendingCap(reason = "pending_cap") => "refusedPendingCap",
+            /// The cap on pending handshakes from one source address was reached.
+            RefusedPerIpCap(reason = "per_ip_cap") => "refusedPerIpCap",
+            /// The certificate's identity is revoked.
+            RefusedRevoked(reason = "revoked") => "refusedRevoked",
+            /// The certificate CN is not a valid client id.
+            RefusedBadIdentity(reason = "bad_identity") => "refusedBadIdentity",
+        }
+        counter "margo_gateway_violations_total",
+            "Connections closed for a protocol or topic-rule violation, by reason." {
+            /// A SUBSCRIBE outside the device's tree.
+            ViolationSubscribe(reason = "subscribe") => "violationSubscribe",
+            /// A PUBLISH outside the device's tree.
+            ViolationPublish(reason = "publish") => "violationPublish",
+            /// A last will outside the device's tree.
+            ViolationWill(reason = "will") => "violationWill",
+            /// The first packet was not CONNECT.
+            ViolationNotConnect(reason = "not_connect") => "violationNotConnect",
+            /// A second CONNECT.
+            ViolationSecondConnect(reason = "second_connect") => "violationSecondConnect",
+            /// Not MQTT 3.1.1.
+            ViolationProtocol(reason = "protocol") => "violationProtocol",
+            /// A broker-to-client packet from the client.
+            ViolationServerOnly(reason = "server_only") => "violationServerOnly",
+            /// A malformed or oversized packet.
+            ViolationMalformed(reason = "malformed") => "violationMalformed",
+        }
+        counter "margo_gateway_bytes_total", "Bytes relayed, by direction." {
+            /// Device → broker.
+            BytesUp(direction = "up") => "bytesUp",
+            /// Broker → device.
+            BytesDown(direction = "down") => "bytesDown",
+        }
+        gauge "margo_gateway_live_connections", "Connections currently relayed to the broker." {
+            /// Connections relayed now.
+            LiveConnections() => "liveConnections",
+        }
+    }
 }
+
+impl GatewayMetric {
+    /// The series counting `violation`.
+    pub fn of_violation(violation: &Violation) -> Self {
+        match violation {
+            Violation::NotConnect(_) => Self::ViolationNotConnect,
+            Violation::SecondConnect => Self::ViolationSecondConnect,
+            Violation::Protocol(_) => Self::ViolationProtocol,
+            Violation::WillTopic(_) => Self::ViolationWill,
+            Violation::Subscribe(_) => Self::ViolationSubscribe,
+            Violation::Publish(_) => Self::ViolationPublish,
+            Violation::ServerOnly(_) => Self::ViolationServerOnly,
+            Violation::Malformed(_) => Self::ViolationMalformed,
+        }
+    }
+
+    /// Whether this series counts a violation.
+    pub fn is_violation(self) -> bool {
+        self.metric().name == "margo_gateway_violations_total"
+    }
+}
+
+/// The gateway's values of [`GatewayMetric`].
+pub type GatewayStats = Stats<GatewayMetric>;
 
 /// Why the gateway closed a connection before relaying it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,14 +106,19 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// The series counting it.
+    pub fn metric(self) -> GatewayMetric {
+        match self {
+            Self::PendingCap => GatewayMetric::RefusedPendingCap,
+            Self::PerIpCap => GatewayMetric::RefusedPerIpCap,
+            Self::Revoked => GatewayMetric::RefusedRevoked,
+            Self::BadIdentity => GatewayMetric::RefusedBadIdentity,
+        }
+    }
+
     /// The `reason` label.
     pub fn label(self) -> &'static str {
-        match self {
-            Self::PendingCap => "pending_cap",
-            Self::PerIpCap => "per_ip_cap",
-            Self::Revoked => "revoked",
-            Self::BadIdentity => "bad_identity",
-        }
+        self.metric().metric().labels[0].1
     }
 }
 
@@ -64,145 +134,37 @@ pub enum HandshakeOutcome {
 }
 
 impl HandshakeOutcome {
-    /// The `outcome` label.
-    pub fn label(self) -> &'static str {
+    /// The series counting it.
+    pub fn metric(self) -> GatewayMetric {
         match self {
-            Self::Ok => "ok",
-            Self::Failed => "failed",
-            Self::Timeout => "timeout",
+            Self::Ok => GatewayMetric::HandshakesOk,
+            Self::Failed => GatewayMetric::HandshakeFailed,
+            Self::Timeout => GatewayMetric::HandshakeTimeout,
         }
     }
 }
 
-/// Counters of everything the gateway accepted, refused or dropped.
-///
-/// All fields are monotonic except `live_connections`, which is a gauge.
-/// Read them with [`GatewayStats::snapshot`] or directly with `load`.
-#[derive(Debug, Default)]
-pub struct GatewayStats {
-    /// TCP connections accepted (before any check).
-    pub accepted: AtomicU64,
-    /// TLS handshakes completed with a verified client certificate.
-    pub handshakes_ok: AtomicU64,
-    /// TLS handshakes that failed (no or untrusted certificate, bad protocol, I/O).
-    pub handshake_failed: AtomicU64,
-    /// TLS handshakes aborted at the handshake deadline.
-    pub handshake_timeout: AtomicU64,
-    /// Connections closed at once because a pending-handshake cap was reached.
-    pub refused_pending_cap: AtomicU64,
-    /// Connections refused because their identity is revoked.
-    pub refused_revoked: AtomicU64,
-    /// Connections refused because the certificate CN is not a valid client id.
-    pub refused_bad_identity: AtomicU64,
-    /// Connections closed for a protocol or topic-rule violation.
-    pub acl_violations: AtomicU64,
-    /// Bytes forwarded device → broker.
-    pub bytes_up: AtomicU64,
-    /// Bytes forwarded broker → device.
-    pub bytes_down: AtomicU64,
-    /// Connections currently relayed to the broker.
-    pub live_connections: AtomicU64,
+/// Connections closed for any violation (the sum over every reason).
+pub fn violations(stats: &GatewayStats) -> u64 {
+    stats.sum(GatewayMetric::is_violation)
 }
 
-/// A plain copy of [`GatewayStats`] at one instant.
-#[allow(missing_docs)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct GatewayStatsSnapshot {
-    pub accepted: u64,
-    pub handshakes_ok: u64,
-    pub handshake_failed: u64,
-    pub handshake_timeout: u64,
-    pub refused_pending_cap: u64,
-    pub refused_revoked: u64,
-    pub refused_bad_identity: u64,
-    pub acl_violations: u64,
-    pub bytes_up: u64,
-    pub bytes_down: u64,
-    pub live_connections: u64,
-}
-
-impl GatewayStats {
-    /// Reads every counter.
-    pub fn snapshot(&self) -> GatewayStatsSnapshot {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        GatewayStatsSnapshot {
-            accepted: get(&self.accepted),
-            handshakes_ok: get(&self.handshakes_ok),
-            handshake_failed: get(&self.handshake_failed),
-            handshake_timeout: get(&self.handshake_timeout),
-            refused_pending_cap: get(&self.refused_pending_cap),
-            refused_revoked: get(&self.refused_revoked),
-            refused_bad_identity: get(&self.refused_bad_identity),
-            acl_violations: get(&self.acl_violations),
-            bytes_up: get(&self.bytes_up),
-            bytes_down: get(&self.bytes_down),
-            live_connections: get(&self.live_connections),
-        }
-    }
-
-    /// Counts an accepted TCP connection.
-    pub(crate) fn accepted(&self) {
-        bump(&self.accepted);
-        metrics::counter!(names::CONNECTIONS_ACCEPTED).increment(1);
-    }
-
-    /// Counts a finished TLS handshake.
-    pub(crate) fn handshake(&self, outcome: HandshakeOutcome) {
-        bump(match outcome {
-            HandshakeOutcome::Ok => &self.handshakes_ok,
-            HandshakeOutcome::Failed => &self.handshake_failed,
-            HandshakeOutcome::Timeout => &self.handshake_timeout,
-        });
-        metrics::counter!(names::HANDSHAKES, "outcome" => outcome.label()).increment(1);
-    }
-
-    /// Counts a connection refused before it was relayed.
-    pub(crate) fn refused(&self, refusal: Refusal) {
-        bump(match refusal {
-            Refusal::PendingCap | Refusal::PerIpCap => &self.refused_pending_cap,
-            Refusal::Revoked => &self.refused_revoked,
-            Refusal::BadIdentity => &self.refused_bad_identity,
-        });
-        metrics::counter!(names::CONNECTIONS_REFUSED, "reason" => refusal.label()).increment(1);
-    }
-
-    /// Counts a connection closed for `violation`.
-    pub(crate) fn violation(&self, violation: &Violation) {
-        bump(&self.acl_violations);
-        metrics::counter!(names::VIOLATIONS, "reason" => violation.kind()).increment(1);
-    }
-
-    /// Counts bytes forwarded device → broker.
-    pub(crate) fn bytes_up(&self, n: usize) {
-        let n = to_u64(n);
-        self.bytes_up.fetch_add(n, Ordering::Relaxed);
-        metrics::counter!(names::BYTES, "direction" => "up").increment(n);
-    }
-
-    /// Counts bytes forwarded broker → device.
-    pub(crate) fn bytes_down(&self, n: usize) {
-        let n = to_u64(n);
-        self.bytes_down.fetch_add(n, Ordering::Relaxed);
-        metrics::counter!(names::BYTES, "direction" => "down").increment(n);
-    }
-
-    /// A connection starts being relayed.
-    pub(crate) fn live_opened(&self) {
-        bump(&self.live_connections);
-        metrics::gauge!(names::LIVE_CONNECTIONS).increment(1.0);
-    }
-
-    /// A relayed connection ended.
-    pub(crate) fn live_closed(&self) {
-        self.live_connections.fetch_sub(1, Ordering::Relaxed);
-        metrics::gauge!(names::LIVE_CONNECTIONS).decrement(1.0);
-    }
-}
-
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
-}
-
-fn to_u64(n: usize) -> u64 {
+pub(crate) fn to_u64(n: usize) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_labels_are_the_declared_ones() {
+        assert_eq!(Refusal::PerIpCap.label(), "per_ip_cap");
+        assert_eq!(Refusal::Revoked.label(), "revoked");
+        let violations = GatewayMetric::ALL
+            .iter()
+            .filter(|m| m.is_violation())
+            .count();
+        assert_eq!(violations, 8);
+    }
 }

@@ -2,10 +2,10 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
+use margo_broker::GatewayMetric;
 use margo_schemas::ids::{ClientId, DeploymentId};
 use margo_schemas::topics;
 use margo_testkit::mqtt::{Options, TestClient};
@@ -82,11 +82,11 @@ async fn device_gets_retained_desired_state_and_its_uplink_reaches_the_manager()
     let (payload, _) = manager.publish_on(&topics::state(&dev)).await;
     assert_eq!(payload, b"state");
 
-    let stats = broker.stats().snapshot();
-    assert_eq!(stats.handshakes_ok, 1);
-    assert_eq!(stats.live_connections, 1);
-    assert_eq!(stats.acl_violations, 0);
-    assert!(stats.bytes_up > 0 && stats.bytes_down > 0);
+    let stats = broker.stats();
+    assert_eq!(stats.get(GatewayMetric::HandshakesOk), 1);
+    assert_eq!(stats.get(GatewayMetric::LiveConnections), 1);
+    assert_eq!(margo_broker::violations(&stats), 0);
+    assert!(stats.get(GatewayMetric::BytesUp) > 0 && stats.get(GatewayMetric::BytesDown) > 0);
     broker.shutdown().await;
 }
 
@@ -111,7 +111,7 @@ async fn topic_rule_violations_close_the_connection_and_are_counted() {
         .expect("queue");
     device.closed("subscribe to another client's topic").await;
     eventually(WAIT, "1 violation counted", || {
-        stats.acl_violations.load(Ordering::Relaxed) == 1
+        margo_broker::violations(&stats) == 1
     })
     .await;
 
@@ -130,7 +130,7 @@ async fn topic_rule_violations_close_the_connection_and_are_counted() {
         .expect("queue");
     device.closed("publish on another client's topic").await;
     eventually(WAIT, "2 violations counted", || {
-        stats.acl_violations.load(Ordering::Relaxed) == 2
+        margo_broker::violations(&stats) == 2
     })
     .await;
 
@@ -149,7 +149,7 @@ async fn topic_rule_violations_close_the_connection_and_are_counted() {
         .expect("queue");
     device.closed("publish on own downlink topic").await;
     eventually(WAIT, "3 violations counted", || {
-        stats.acl_violations.load(Ordering::Relaxed) == 3
+        margo_broker::violations(&stats) == 3
     })
     .await;
 
@@ -164,7 +164,7 @@ async fn topic_rule_violations_close_the_connection_and_are_counted() {
     let mut device = TestClient::device(gw, tls.clone(), options);
     device.closed("will on another client's presence").await;
     eventually(WAIT, "4 violations counted", || {
-        stats.acl_violations.load(Ordering::Relaxed) == 4
+        margo_broker::violations(&stats) == 4
     })
     .await;
 
@@ -179,7 +179,7 @@ async fn topic_rule_violations_close_the_connection_and_are_counted() {
     let mut device = TestClient::device(gw, tls, options);
     device.connack().await;
     device.stays_up(Duration::from_millis(300)).await;
-    assert_eq!(stats.acl_violations.load(Ordering::Relaxed), 4);
+    assert_eq!(margo_broker::violations(&stats), 4);
     broker.shutdown().await;
 }
 
@@ -194,7 +194,7 @@ async fn handshake_without_certificate_or_with_foreign_ca_fails() {
     let mut device = TestClient::device(gw, client_tls(&pki, None), Options::new("dev3"));
     device.closed("no client certificate").await;
     eventually(WAIT, "1 handshake failure", || {
-        stats.handshake_failed.load(Ordering::Relaxed) == 1
+        stats.get(GatewayMetric::HandshakeFailed) == 1
     })
     .await;
 
@@ -202,7 +202,7 @@ async fn handshake_without_certificate_or_with_foreign_ca_fails() {
     let mut device = TestClient::device(gw, client_tls(&pki, Some(&foreign)), Options::new("dev3"));
     device.closed("certificate from another CA").await;
     eventually(WAIT, "2 handshake failures", || {
-        stats.handshake_failed.load(Ordering::Relaxed) == 2
+        stats.get(GatewayMetric::HandshakeFailed) == 2
     })
     .await;
 
@@ -211,11 +211,11 @@ async fn handshake_without_certificate_or_with_foreign_ca_fails() {
     let mut device = TestClient::device(gw, client_tls(&pki, Some(&bad)), Options::new("dev3"));
     device.closed("CN is not a client id").await;
     eventually(WAIT, "bad identity counted", || {
-        stats.refused_bad_identity.load(Ordering::Relaxed) == 1
+        stats.get(GatewayMetric::RefusedBadIdentity) == 1
     })
     .await;
-    assert_eq!(stats.handshakes_ok.load(Ordering::Relaxed), 1);
-    assert_eq!(stats.live_connections.load(Ordering::Relaxed), 0);
+    assert_eq!(stats.get(GatewayMetric::HandshakesOk), 1);
+    assert_eq!(stats.get(GatewayMetric::LiveConnections), 0);
     broker.shutdown().await;
 }
 
@@ -271,7 +271,7 @@ async fn client_id_in_connect_is_rewritten_so_sessions_cannot_be_stolen() {
     let (payload, _) = device_a.publish_on(&topics::desired_manifest(&a)).await;
     assert_eq!(payload, b"for-a");
     device_a.stays_up(Duration::from_millis(300)).await;
-    assert_eq!(broker.stats().snapshot().live_connections, 2);
+    assert_eq!(broker.stats().get(GatewayMetric::LiveConnections), 2);
     broker.shutdown().await;
 }
 
@@ -307,7 +307,7 @@ async fn revocation_drops_the_live_connection_and_refuses_reconnects() {
     let (payload, _) = manager.publish_on(&presence).await;
     assert_eq!(payload, b"offline");
     eventually(WAIT, "no live connections", || {
-        stats.live_connections.load(Ordering::Relaxed) == 0
+        stats.get(GatewayMetric::LiveConnections) == 0
     })
     .await;
 
@@ -316,7 +316,7 @@ async fn revocation_drops_the_live_connection_and_refuses_reconnects() {
         .refused_not_authorized("revoked identity's CONNACK")
         .await;
     eventually(WAIT, "refusal counted", || {
-        stats.refused_revoked.load(Ordering::Relaxed) == 1
+        stats.get(GatewayMetric::RefusedRevoked) == 1
     })
     .await;
 
@@ -343,7 +343,7 @@ async fn stalled_handshakes_do_not_block_others_and_hit_the_deadline() {
         .await
         .expect("write partial hello");
     eventually(WAIT, "stalled sockets accepted", || {
-        stats.accepted.load(Ordering::Relaxed) == 2
+        stats.get(GatewayMetric::Accepted) == 2
     })
     .await;
 
@@ -367,7 +367,7 @@ async fn stalled_handshakes_do_not_block_others_and_hit_the_deadline() {
     // It got in while both stalled handshakes were still pending, so it did
     // not queue behind them (rumqttd's own TLS listener would have).
     assert_eq!(
-        stats.handshake_timeout.load(Ordering::Relaxed),
+        stats.get(GatewayMetric::HandshakeTimeout),
         0,
         "the device only got in after the stalled handshakes timed out"
     );
@@ -385,7 +385,7 @@ async fn stalled_handshakes_do_not_block_others_and_hit_the_deadline() {
     )
     .await;
     eventually(WAIT, "2 handshake timeouts", || {
-        stats.handshake_timeout.load(Ordering::Relaxed) == 2
+        stats.get(GatewayMetric::HandshakeTimeout) == 2
     })
     .await;
     device.stays_up(Duration::from_millis(200)).await;
@@ -415,7 +415,7 @@ async fn garbage_after_the_handshake_closes_only_that_connection() {
     tls.write_all(&[0xff; 64]).await.expect("write garbage");
     within(WAIT, "garbage connection closed", peer_closes(&mut tls)).await;
     eventually(WAIT, "violation counted", || {
-        stats.acl_violations.load(Ordering::Relaxed) == 1
+        margo_broker::violations(&stats) == 1
     })
     .await;
 
@@ -472,16 +472,16 @@ async fn pending_handshake_cap_per_ip_refuses_excess_connections() {
     let _stall1 = TcpStream::connect(gw).await.expect("connect");
     let _stall2 = TcpStream::connect(gw).await.expect("connect");
     eventually(WAIT, "two pending accepted", || {
-        stats.accepted.load(Ordering::Relaxed) == 2
+        stats.get(GatewayMetric::Accepted) == 2
     })
     .await;
     let mut third = TcpStream::connect(gw).await.expect("connect");
     within(WAIT, "third socket closed at once", peer_closes(&mut third)).await;
-    assert_eq!(stats.refused_pending_cap.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.get(GatewayMetric::RefusedPerIpCap), 1);
 
     // After the stalled ones time out, devices get in again.
     eventually(WAIT, "stalled handshakes timed out", || {
-        stats.handshake_timeout.load(Ordering::Relaxed) == 2
+        stats.get(GatewayMetric::HandshakeTimeout) == 2
     })
     .await;
     let mut device = TestClient::device(
@@ -532,6 +532,6 @@ async fn reconnects_resume_the_tls_session() {
         raw_mqtt_session(gw, &connector).await,
         "second handshake resumed"
     );
-    assert_eq!(broker.stats().snapshot().refused_bad_identity, 0);
+    assert_eq!(broker.stats().get(GatewayMetric::RefusedBadIdentity), 0);
     broker.shutdown().await;
 }

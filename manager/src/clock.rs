@@ -3,16 +3,16 @@
 //!
 //! The store owns a [`Clock`] ([`crate::store::Store::clock`]) and stamps
 //! every timestamp it writes with it (received reports, onboarding requests,
-//! enrollment tokens, clients, remote configuration); the decisions read the
-//! same clock: enrollment token expiry, the availability a status query
+//! enrollment tokens, clients, remote configuration); ingest stamps the
+//! audit events it records and the publisher the envelopes it signs with the
+//! same clock; the decisions read it too: enrollment token expiry, the availability a status query
 //! classifies (`last seen` against now) and the age of an RFC 9421
 //! signature (`http::access::AuthSettings::clock`). [`Clock::system`] is the
 //! real wall clock; [`ManualClock`] is one a test sets and advances
 //! (`Manager::start_with_clock`).
 //!
 //! Monotonic timers (uplink batching, rate limits, timeouts) stay on tokio
-//! and `std::time::Instant`; certificate validity, audit events and the
-//! timestamps of downlink envelopes use the system clock.
+//! and `std::time::Instant`; certificate validity uses the system clock.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

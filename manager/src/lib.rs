@@ -12,7 +12,9 @@
 //! - [`admin`]: the admin API on a Unix socket and its [`admin::AdminClient`].
 //! - [`http`]: the HTTPS listener serving the Margo HTTP API (onboarding,
 //!   desired state, bundles, status and capabilities; `docs/http-api.md`).
-//! - [`http_stats`]: the HTTPS listener's counters (reported by the admin API).
+//! - [`http_stats`]: the HTTPS listener's and onboarding's metrics (reported
+//!   by the admin API). Every metric is declared once with
+//!   `margo_metrics::metric_set!`, next to what it counts.
 //! - [`telemetry`]: the Prometheus recorder behind the `metrics` facade and
 //!   the `[metrics]` listener (`/metrics`, `/healthz`, `/readyz`;
 //!   `docs/metrics.md`).
@@ -45,7 +47,6 @@ pub mod capabilities;
 pub mod clock;
 pub mod config;
 pub mod fleet;
-pub mod histogram;
 pub mod http;
 pub mod http_stats;
 pub mod identity_bundle;

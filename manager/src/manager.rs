@@ -403,6 +403,7 @@ impl Manager {
             connected: connected.clone(),
             onboarding_stats: Arc::clone(&onboarding_stats),
             http_stats: Arc::clone(&http_stats),
+            gateway_stats: broker.as_ref().map(BrokerHandle::stats),
             onboarding_approval: config.onboarding.approval.as_str(),
         };
         let admin_task = tokio::spawn(admin::serve(listener, state, shutdown.clone()));

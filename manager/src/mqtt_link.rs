@@ -7,21 +7,15 @@
 //! retained desired state and remote configs). Ingest and the publisher both
 //! depend on this module, not on each other.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use margo_metrics::{metric_set, Stats};
 use rumqttc::{Event, EventLoop, MqttOptions, Packet};
-use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
-
-use crate::telemetry::Counter;
-
-/// Gauge: 1 while the manager's MQTT link to the broker is connected, else 0.
-pub const CONNECTED_GAUGE: &str = "margo_mqtt_link_connected";
 
 /// MQTT client id of the manager.
 pub const MANAGER_CLIENT_ID: &str = "margo-manager";
@@ -96,61 +90,41 @@ pub fn mqtt_options(target: &MqttTarget) -> MqttOptions {
     opts
 }
 
-/// Counters of the MQTT link and the publisher.
-#[derive(Debug)]
-pub struct LinkStats {
-    /// ConnAcks received.
-    pub connects: Counter,
-    /// Failed connection attempts and dropped connections.
-    pub connection_errors: Counter,
-    /// Messages published (including clears).
-    pub published: Counter,
-    /// Full republishes of every client.
-    pub republish_all: Counter,
-    /// Publish work that failed (retried on the next request or reconnect).
-    pub publish_errors: Counter,
-}
-
-impl Default for LinkStats {
-    fn default() -> Self {
-        Self {
-            connects: Counter::new("margo_mqtt_link_connects_total", &[]),
-            connection_errors: Counter::new("margo_mqtt_link_connection_errors_total", &[]),
-            published: Counter::new("margo_publisher_published_total", &[]),
-            republish_all: Counter::new("margo_publisher_republish_all_total", &[]),
-            publish_errors: Counter::new("margo_publisher_errors_total", &[]),
+metric_set! {
+    /// Metrics of the MQTT link and the publisher.
+    pub enum LinkMetric {
+        gauge "margo_mqtt_link_connected",
+            "1 while the manager's MQTT connection to the broker is up, else 0." {
+            /// Connected now (1) or not (0).
+            Connected() => "connected",
+        }
+        counter "margo_mqtt_link_connects_total", "CONNACKs received (first connect and every reconnect)." {
+            /// ConnAcks received.
+            Connects() => "connects",
+        }
+        counter "margo_mqtt_link_connection_errors_total",
+            "Failed connection attempts and dropped connections to the broker." {
+            /// Failed connection attempts and dropped connections.
+            ConnectionErrors() => "connectionErrors",
+        }
+        counter "margo_publisher_published_total", "Downlink messages published (including clears)." {
+            /// Messages published.
+            Published() => "published",
+        }
+        counter "margo_publisher_republish_all_total", "Full republishes of every client (after a reconnect)." {
+            /// Full republishes.
+            RepublishAll() => "republishAll",
+        }
+        counter "margo_publisher_errors_total",
+            "Publish work that failed (retried on the next request or reconnect)." {
+            /// Failed publish work.
+            PublishErrors() => "publishErrors",
         }
     }
 }
 
-/// A point-in-time copy of [`LinkStats`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct LinkStatsSnapshot {
-    /// ConnAcks received.
-    pub connects: u64,
-    /// Failed connection attempts and dropped connections.
-    pub connection_errors: u64,
-    /// Messages published.
-    pub published: u64,
-    /// Full republishes.
-    pub republish_all: u64,
-    /// Failed publish work.
-    pub publish_errors: u64,
-}
-
-impl LinkStats {
-    /// Reads every counter.
-    pub fn snapshot(&self) -> LinkStatsSnapshot {
-        LinkStatsSnapshot {
-            connects: self.connects.load(Ordering::Relaxed),
-            connection_errors: self.connection_errors.load(Ordering::Relaxed),
-            published: self.published.load(Ordering::Relaxed),
-            republish_all: self.republish_all.load(Ordering::Relaxed),
-            publish_errors: self.publish_errors.load(Ordering::Relaxed),
-        }
-    }
-}
+/// The link's and the publisher's values of [`LinkMetric`].
+pub type LinkStats = Stats<LinkMetric>;
 
 // ---- the event loop -----------------------------------------------------------
 
@@ -194,13 +168,13 @@ impl Connection {
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     backoff = BACKOFF_MIN;
-                    self.stats.connects.fetch_add(1, Ordering::Relaxed);
+                    self.stats.inc(LinkMetric::Connects);
                     info!(
                         session_present = ack.session_present,
                         "connected to the broker"
                     );
                     self.connected.send_replace(true);
-                    metrics::gauge!(CONNECTED_GAUGE).set(1.0);
+                    self.stats.set(LinkMetric::Connected, 1);
                     (self.on_connected)();
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
@@ -220,9 +194,9 @@ impl Connection {
                 }
                 Ok(_) => {}
                 Err(error) => {
-                    self.stats.connection_errors.fetch_add(1, Ordering::Relaxed);
+                    self.stats.inc(LinkMetric::ConnectionErrors);
                     self.connected.send_replace(false);
-                    metrics::gauge!(CONNECTED_GAUGE).set(0.0);
+                    self.stats.set(LinkMetric::Connected, 0);
                     // Jitter: between half and the full delay.
                     let millis = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX);
                     let delay = Duration::from_millis(millis / 2 + fastrand::u64(0..=millis / 2));
@@ -236,6 +210,6 @@ impl Connection {
             }
         }
         self.connected.send_replace(false);
-        metrics::gauge!(CONNECTED_GAUGE).set(0.0);
+        self.stats.set(LinkMetric::Connected, 0);
     }
 }

@@ -10,7 +10,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::mem;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use margo_schemas::cose::SigningKey;
@@ -23,9 +22,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, instrument, warn};
 
-use crate::mqtt_link::LinkStats;
+use crate::mqtt_link::{LinkMetric, LinkStats};
 use crate::state_manifest;
-use crate::store::{now_ms, DesiredState, Store, StoreError};
+use crate::store::{DesiredState, Store, StoreError};
 
 /// Why publishing failed.
 #[derive(Debug, thiserror::Error)]
@@ -216,7 +215,7 @@ impl Publisher {
                 _ = shutdown.cancelled() => break,
                 result = self.serve(pending) => {
                     if let Err(error) = result {
-                        self.stats.publish_errors.fetch_add(1, Ordering::Relaxed);
+                        self.stats.inc(LinkMetric::PublishErrors);
                         warn!(%error, "publishing failed");
                         if matches!(error, PublishError::Client(_)) {
                             break;
@@ -235,7 +234,7 @@ impl Publisher {
             self.client.subscribe_many(filters).await?;
         }
         if pending.all {
-            self.stats.republish_all.fetch_add(1, Ordering::Relaxed);
+            self.stats.inc(LinkMetric::RepublishAll);
             let clients = self.store.run(|s| s.clients()).await?;
             info!(
                 clients = clients.len(),
@@ -268,7 +267,7 @@ impl Publisher {
                 Ok(read) => read,
                 Err(error) => {
                     // Like a failed client below: counted, retried on the next request.
-                    self.stats.publish_errors.fetch_add(1, Ordering::Relaxed);
+                    self.stats.inc(LinkMetric::PublishErrors);
                     warn!(%error, "reading acks failed");
                     (Vec::new(), Vec::new())
                 }
@@ -285,7 +284,7 @@ impl Publisher {
                 if matches!(error, PublishError::Client(_)) {
                     return Err(error);
                 }
-                self.stats.publish_errors.fetch_add(1, Ordering::Relaxed);
+                self.stats.inc(LinkMetric::PublishErrors);
                 warn!(client_id = %client, %error, "publishing to a client failed");
             }
         }
@@ -417,12 +416,12 @@ impl Publisher {
         topic: String,
         msg: Message,
     ) -> Result<(), PublishError> {
-        let envelope = Envelope::new(client.clone(), 0, now_ms(), msg);
+        let envelope = Envelope::new(client.clone(), 0, self.store.clock().now_ms(), msg);
         let payload = envelope.seal(&self.key)?;
         self.client
             .publish(topic, QoS::AtLeastOnce, true, payload)
             .await?;
-        self.stats.published.fetch_add(1, Ordering::Relaxed);
+        self.stats.inc(LinkMetric::Published);
         Ok(())
     }
 
@@ -430,7 +429,7 @@ impl Publisher {
         self.client
             .publish(topic, QoS::AtLeastOnce, true, Vec::new())
             .await?;
-        self.stats.published.fetch_add(1, Ordering::Relaxed);
+        self.stats.inc(LinkMetric::Published);
         Ok(())
     }
 }

@@ -1,10 +1,10 @@
 //! Metrics and health over plain HTTP: the Prometheus recorder behind the
-//! `metrics` facade, the counter type the stats structs are made of, and
-//! the `[metrics]` listener serving `GET /metrics`, `GET /healthz` and
-//! `GET /readyz`. Every metric name is listed in `docs/metrics.md`.
+//! `metrics` facade and the `[metrics]` listener serving `GET /metrics`,
+//! `GET /healthz` and `GET /readyz`. The metrics themselves are declared
+//! once per component with `margo_metrics::metric_set!` (listed in
+//! [`describe_all`]); every name is in `docs/metrics.md`.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use axum::extract::State;
@@ -12,47 +12,21 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use margo_broker::GatewayMetric;
+use margo_metrics::describe;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::http_stats::{HttpMetric, OnboardingMetric};
+use crate::ingest::{IngestMetric, HISTOGRAMS};
+use crate::mqtt_link::LinkMetric;
+
 /// The Prometheus text format's content type.
 pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
-
-/// A monotonic counter kept twice: as an atomic that the admin API's
-/// `/v1/health` reads, and as the `metrics` counter `name{labels}`.
-/// `fetch_add` and `load` mirror [`AtomicU64`]'s, so call sites read the same.
-#[derive(Debug)]
-pub struct Counter {
-    value: AtomicU64,
-    name: &'static str,
-    labels: &'static [(&'static str, &'static str)],
-}
-
-impl Counter {
-    /// A counter exported as `name` with `labels`.
-    pub const fn new(name: &'static str, labels: &'static [(&'static str, &'static str)]) -> Self {
-        Self {
-            value: AtomicU64::new(0),
-            name,
-            labels,
-        }
-    }
-
-    /// Adds `n`; returns the previous value of the atomic.
-    pub fn fetch_add(&self, n: u64, order: Ordering) -> u64 {
-        metrics::counter!(self.name, self.labels).increment(n);
-        self.value.fetch_add(n, order)
-    }
-
-    /// The atomic's value.
-    pub fn load(&self, order: Ordering) -> u64 {
-        self.value.load(order)
-    }
-}
 
 /// The process-wide Prometheus recorder: installed by the first manager
 /// that serves `[metrics]`, shared by any later one in the same process
@@ -61,12 +35,36 @@ pub fn prometheus() -> Result<PrometheusHandle, TelemetryError> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            let mut builder = PrometheusBuilder::new();
+            for h in HISTOGRAMS {
+                builder = builder
+                    .set_buckets_for_metric(
+                        Matcher::Full(h.name.to_string()),
+                        &h.exported_buckets(),
+                    )
+                    .ok()?;
+            }
+            let recorder = builder.build_recorder();
             let handle = recorder.handle();
-            metrics::set_global_recorder(recorder).ok().map(|()| handle)
+            metrics::set_global_recorder(recorder).ok()?;
+            describe_all();
+            Some(handle)
         })
         .clone()
         .ok_or(TelemetryError::Recorder)
+}
+
+/// Registers the help text of every metric of the manager and the gateway
+/// with the installed recorder.
+pub fn describe_all() {
+    describe::<GatewayMetric>();
+    describe::<LinkMetric>();
+    describe::<IngestMetric>();
+    describe::<HttpMetric>();
+    describe::<OnboardingMetric>();
+    for h in HISTOGRAMS {
+        h.describe();
+    }
 }
 
 /// The metrics listener could not start.
@@ -187,4 +185,48 @@ async fn readyz(State(state): State<ServerState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use margo_metrics::MetricSet;
+
+    use super::*;
+
+    fn names<M: MetricSet>() -> Vec<&'static str> {
+        M::ALL.iter().map(|s| s.metric().name).collect()
+    }
+
+    #[test]
+    fn every_metric_is_documented_and_every_series_unique() {
+        let docs = include_str!("../../docs/metrics.md");
+        let mut all = names::<GatewayMetric>();
+        all.extend(names::<LinkMetric>());
+        all.extend(names::<IngestMetric>());
+        all.extend(names::<HttpMetric>());
+        all.extend(names::<OnboardingMetric>());
+        all.extend(HISTOGRAMS.iter().map(|h| h.name));
+        for name in &all {
+            assert!(
+                docs.contains(&format!("`{name}`")),
+                "{name} is not in docs/metrics.md"
+            );
+        }
+        unique::<GatewayMetric>();
+        unique::<LinkMetric>();
+        unique::<IngestMetric>();
+        unique::<HttpMetric>();
+        unique::<OnboardingMetric>();
+    }
+
+    /// No two series of a set share their name and labels, or their key.
+    fn unique<M: MetricSet + std::fmt::Debug>() {
+        for (i, m) in M::ALL.iter().enumerate() {
+            for other in &M::ALL[i + 1..] {
+                let (a, b) = (m.metric(), other.metric());
+                assert_ne!((a.name, a.labels), (b.name, b.labels), "{m:?} {other:?}");
+                assert_ne!(a.key, b.key, "{m:?} {other:?}");
+            }
+        }
+    }
 }

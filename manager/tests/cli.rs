@@ -78,7 +78,7 @@ fn init_then_serve_then_margoctl() {
     std::fs::write(
         &config,
         format!(
-            "version = 1\ndata_dir = {:?}\n[broker]\nmqtt_listen = \"127.0.0.1:0\"\ngateway_listen = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n[onboarding]\napproval = \"auto\"\n",
+            "version = 1\ndata_dir = {:?}\n[broker]\nmqtt_listen = \"127.0.0.1:0\"\ngateway_listen = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[onboarding]\napproval = \"auto\"\n",
             data.display().to_string()
         ),
     )

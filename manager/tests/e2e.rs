@@ -6,10 +6,10 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 
 use common::{config, start, FakeDevice, WAIT};
 use margo_manager::admin::ProvisionedBundle;
+use margo_manager::ingest::IngestMetric;
 use margo_schemas::cose::SigningKey;
 use margo_schemas::ids::DeploymentId;
 use margo_schemas::messages::{Ack, Envelope, Message, StatusReport};
@@ -190,7 +190,7 @@ async fn deploy_status_ack_bad_signature_and_restart() {
         .await;
     let stats = manager.ingest_stats();
     eventually_async(WAIT, "bad signature counted", async || {
-        stats.bad_signature.load(Ordering::Relaxed) == 1
+        stats.get(IngestMetric::BadSignature) == 1
     })
     .await;
     // The counter moves when the message is judged; the audit row lands with
@@ -220,7 +220,7 @@ async fn deploy_status_ack_bad_signature_and_restart() {
         )
         .await;
     eventually_async(WAIT, "duplicate counted", async || {
-        stats.duplicates.load(Ordering::Relaxed) >= 1
+        stats.get(IngestMetric::Duplicates) >= 1
     })
     .await;
     let view = admin.status(Some("press-7")).await.expect("status");
@@ -336,7 +336,7 @@ async fn a_fresh_client_gets_the_zero_deployment_manifest() {
         .expect_ack("ack settling the refused status", |a| a.acked_seq == 2)
         .await;
     let stats = manager.ingest_stats();
-    assert_eq!(stats.unassigned_status.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.get(IngestMetric::UnassignedStatus), 1);
     eventually_async(WAIT, "refusal audited", async || {
         admin
             .audit(10)
@@ -384,7 +384,7 @@ async fn a_fresh_client_gets_the_zero_deployment_manifest() {
         view[0].deployments[0].state,
         Some(DeploymentState::Installed)
     );
-    assert_eq!(stats.unassigned_status.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.get(IngestMetric::UnassignedStatus), 1);
     manager.shutdown().await;
 }
 
@@ -441,7 +441,7 @@ async fn sync_republishes_and_unknown_topics_are_dropped() {
         .expect("publish garbage");
     let stats = manager.ingest_stats();
     eventually_async(WAIT, "malformed counted", async || {
-        stats.malformed.load(Ordering::Relaxed) == 1
+        stats.get(IngestMetric::Malformed) == 1
     })
     .await;
     assert!(manager.is_connected());

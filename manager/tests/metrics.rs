@@ -207,9 +207,26 @@ async fn metrics_move_with_connect_status_and_refused_subscribe() {
     let refused = "margo_gateway_violations_total{reason=\"subscribe\"}";
     wait_for(addr, refused, at(refused) + 1.0).await;
 
-    // The same numbers stay readable on the admin socket.
+    // The batch that stored the status is in the ingest histograms.
+    let commits = "margo_ingest_commit_seconds_count";
+    wait_for(addr, commits, at(commits) + 1.0).await;
+    let text = get(addr, "/metrics").await.2;
+    assert!(
+        text.contains("# TYPE margo_ingest_commit_seconds histogram")
+            && text.contains("margo_ingest_commit_seconds_bucket{le=\"0.00001\"}"),
+        "{text}"
+    );
+
+    // The same numbers stay readable on the admin socket, this manager's
+    // own: one device, one status, one refused subscribe.
     let health = admin.health().await.expect("health");
-    assert!(health.ingest.get("received").copied().unwrap_or(0) >= 1);
+    let value = |map: &BTreeMap<String, u64>, key: &str| map.get(key).copied().unwrap_or(0);
+    assert!(value(&health.ingest, "received") >= 1);
+    let (ingest, gateway) = (&health.ingest, &health.gateway);
+    assert_eq!(value(ingest, "storedStatus"), 1, "{ingest:?}");
+    assert_eq!(value(gateway, "handshakesOk"), 1, "{gateway:?}");
+    assert_eq!(value(gateway, "violationSubscribe"), 1, "{gateway:?}");
+    assert!(health.ingest_timing.commit_micros.count >= 1);
 
     manager.shutdown().await;
 }

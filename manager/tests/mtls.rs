@@ -9,6 +9,7 @@
 use std::path::Path;
 
 use hyper::{Method, StatusCode};
+use margo_manager::http::OnboardingMetric;
 use margo_manager::ManagerConfig;
 use margo_schemas::digest::Digest;
 use margo_schemas::http_sig::{PayloadSigner, CONTENT_DIGEST, PAYLOAD_SIGNATURE};
@@ -618,7 +619,9 @@ async fn auto_approval_onboards_common_certificates_with_the_plain_201() {
         approved += 1;
     }
     assert_eq!(
-        manager.onboarding_stats().snapshot().approved_auto,
+        manager
+            .onboarding_stats()
+            .get(OnboardingMetric::ApprovedAuto),
         approved
     );
 

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::{Method, StatusCode};
+use margo_manager::http::OnboardingMetric;
 use margo_manager::ManagerConfig;
 use margo_schemas::capabilities::{DeviceCapabilitiesManifest, DeviceProperties};
 use margo_schemas::http_sig::{PayloadSigner, CONTENT_DIGEST, PAYLOAD_SIGNATURE};
@@ -509,9 +510,9 @@ async fn operator_approval_then_mqtt_then_capabilities_then_revocation() {
         .with_wait(WAIT)
         .refused_not_authorized("CONNACK of a revoked device")
         .await;
-    let stats = manager.onboarding_stats().snapshot();
-    assert_eq!(stats.pending_created, 1);
-    assert!(stats.forbidden >= 3);
+    let stats = manager.onboarding_stats();
+    assert_eq!(stats.get(OnboardingMetric::PendingCreated), 1);
+    assert!(stats.get(OnboardingMetric::Forbidden) >= 3);
     manager.shutdown().await;
 }
 
@@ -643,8 +644,14 @@ async fn tokens_and_allowlist_approve_at_once() {
         .await
         .expect("revoke token");
     assert_eq!(admin.tokens().await.expect("tokens").len(), 1);
-    let stats = manager.onboarding_stats().snapshot();
-    assert_eq!((stats.approved_token, stats.approved_allowlist), (1, 1));
+    let stats = manager.onboarding_stats();
+    assert_eq!(
+        (
+            stats.get(OnboardingMetric::ApprovedToken),
+            stats.get(OnboardingMetric::ApprovedAllowlist)
+        ),
+        (1, 1)
+    );
     manager.shutdown().await;
 }
 
@@ -769,9 +776,13 @@ async fn bad_requests_signatures_and_rejection() {
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     let err = admin.approve("0000", None).await.expect_err("short prefix");
     assert_eq!(err.status(), Some(404));
-    let stats = manager.onboarding_stats().snapshot();
-    assert!(stats.bad_request >= 6, "{stats:?}");
-    assert_eq!(stats.bad_signature, 2);
+    let stats = manager.onboarding_stats();
+    assert!(
+        stats.get(OnboardingMetric::BadRequest) >= 6,
+        "{:?}",
+        stats.to_map()
+    );
+    assert_eq!(stats.get(OnboardingMetric::BadSignature), 2);
     manager.shutdown().await;
 }
 
@@ -827,9 +838,9 @@ async fn flood_gets_429_and_the_pending_cap_503() {
         .expect("seconds");
     assert!((1..=60).contains(&wait), "{wait}");
     r.detail();
-    let stats = manager.onboarding_stats().snapshot();
-    assert_eq!(stats.rate_limited, 1);
-    assert_eq!(stats.pending_full, 1);
+    let stats = manager.onboarding_stats();
+    assert_eq!(stats.get(OnboardingMetric::RateLimited), 1);
+    assert_eq!(stats.get(OnboardingMetric::PendingFull), 1);
     let health = manager.admin().health().await.expect("health");
     assert_eq!(health.onboarding.get("rateLimited"), Some(&1));
     manager.shutdown().await;

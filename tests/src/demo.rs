@@ -282,6 +282,7 @@ async fn run_in(
     config.broker.mqtt_listen = loopback_any;
     config.broker.gateway_listen = loopback_any;
     config.http.listen = loopback_any;
+    config.metrics.listen = loopback_any;
     let manager = Manager::start(config).await?;
     let agents_token = CancellationToken::new();
     let mut agents = JoinSet::new();

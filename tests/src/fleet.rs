@@ -68,6 +68,12 @@ impl ManagerProc {
         } else {
             format!("{toml}\n[http]\nlisten = \"127.0.0.1:0\"\n")
         };
+        // The metrics listener too (its default port is fixed: 9464).
+        let toml = if toml.contains("[metrics]") {
+            toml
+        } else {
+            format!("{toml}\n[metrics]\nlisten = \"127.0.0.1:0\"\n")
+        };
         std::fs::write(&config, toml)?;
         let (proc, line) = spawn_manager(&config, &dir.join("logs"), 0, &env)?;
         let mut m = ManagerProc {

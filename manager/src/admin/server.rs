@@ -12,10 +12,11 @@ use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use margo_broker::GatewayStats;
 use margo_schemas::deployment::ApplicationDeployment;
 use margo_schemas::ids::{ClientId, DeploymentId};
 use margo_schemas::schedule::{Schedule, ValidSchedule};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -30,8 +31,8 @@ use super::wire::{
 };
 use crate::fleet::{Deployed, Fleet, ScheduleState, Targets};
 use crate::http_stats::{HttpStats, OnboardingStats};
-use crate::ingest::{IngestStats, IngestStatsSnapshot};
-use crate::mqtt_link::{LinkStats, LinkStatsSnapshot};
+use crate::ingest::IngestStats;
+use crate::mqtt_link::LinkStats;
 use crate::onboarding::{CreatedToken, RejectFilter, RequestView, SourceFilter, TokenView};
 use crate::status_view::ClientStatus;
 use crate::store::{ClientRecord, UplinkSummary};
@@ -101,6 +102,8 @@ pub struct AdminState {
     pub onboarding_stats: Arc<OnboardingStats>,
     /// HTTPS connection counters.
     pub http_stats: Arc<HttpStats>,
+    /// The embedded gateway's counters (`None` with an external broker).
+    pub gateway_stats: Option<Arc<GatewayStats>>,
     /// `[onboarding] approval` (`operator` or `auto`).
     pub onboarding_approval: &'static str,
 }
@@ -152,24 +155,20 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-fn to_map<T: Serialize>(value: &T) -> BTreeMap<String, u64> {
-    serde_json::to_value(value)
-        .ok()
-        .and_then(|v| serde_json::from_value(v).ok())
-        .unwrap_or_default()
-}
-
 async fn health(State(state): State<AdminState>) -> Json<Health> {
-    let ingest: IngestStatsSnapshot = state.ingest_stats.snapshot();
-    let link: LinkStatsSnapshot = state.link_stats.snapshot();
     Json(Health {
         connected: *state.connected.borrow(),
-        ingest: to_map(&ingest),
-        link: to_map(&link),
-        onboarding: to_map(&state.onboarding_stats.snapshot()),
-        http: to_map(&state.http_stats.snapshot()),
+        ingest: state.ingest_stats.counters.to_map(),
+        link: state.link_stats.to_map(),
+        onboarding: state.onboarding_stats.to_map(),
+        http: state.http_stats.to_map(),
+        gateway: state
+            .gateway_stats
+            .as_ref()
+            .map(|g| g.to_map())
+            .unwrap_or_default(),
         onboarding_approval: Some(state.onboarding_approval.to_string()),
-        ingest_timing: state.ingest_stats.timing.snapshot(),
+        ingest_timing: state.ingest_stats.timing(),
     })
 }
 

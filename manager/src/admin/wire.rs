@@ -310,6 +310,9 @@ pub struct Health {
     /// HTTPS connection counters.
     #[serde(default)]
     pub http: BTreeMap<String, u64>,
+    /// The embedded device gateway's counters (empty with an external broker).
+    #[serde(default)]
+    pub gateway: BTreeMap<String, u64>,
     /// `[onboarding] approval`: `operator` or `auto` (every device that
     /// asks is approved).
     #[serde(default)]
@@ -319,9 +322,9 @@ pub struct Health {
     pub ingest_timing: IngestTimingSnapshot,
 }
 
-/// Ingest counters as JSON (same fields as [`crate::ingest::IngestStatsSnapshot`]).
+/// Ingest counters as JSON, by the keys of [`crate::ingest::IngestMetric`].
 pub type IngestStatsSnapshotWire = BTreeMap<String, u64>;
-/// Link counters as JSON (same fields as [`crate::mqtt_link::LinkStatsSnapshot`]).
+/// Link counters as JSON, by the keys of [`crate::mqtt_link::LinkMetric`].
 pub type LinkStatsSnapshotWire = BTreeMap<String, u64>;
 
 /// `GET /v1/audit`.

@@ -15,7 +15,7 @@ pub const DEFAULT_PUBLIC_BROKER_URL: &str = "mqtts://localhost:8883";
 const MQTT_MAX_PAYLOAD: usize = 268_435_455;
 
 pub use margo_schemas::config_layers::ConfigError;
-use margo_schemas::config_layers::{EnvVar, Layered};
+use margo_schemas::config_layers::{parse_bool, parse_socket_addr, EnvVar, Layered};
 
 /// Prefix of the environment variables that override the file.
 pub const ENV_PREFIX: &str = "MARGO_MANAGER_";
@@ -133,13 +133,14 @@ pub struct HttpSettings {
 }
 
 /// `[metrics]`: the plain-HTTP listener for `GET /metrics` (Prometheus
-/// text), `GET /healthz` and `GET /readyz` (`docs/metrics.md`). It has no
-/// authentication, so it listens on loopback by default.
+/// text), `GET /healthz` and `GET /readyz` (`docs/metrics.md`). On by
+/// default; it has no authentication, so it listens on loopback by default.
+/// Environment: `MARGO_MANAGER_METRICS_ENABLED`, `MARGO_MANAGER_METRICS_LISTEN`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsSettings {
-    /// Serve the listener at all. Default `false`: opt in, so several
-    /// managers on one host (and the test harnesses) do not race for the port.
+    /// Serve the listener at all. Default `true`. Several managers on one
+    /// host need a `listen` each (the test harnesses use port 0).
     pub enabled: bool,
     /// Listen address. Default `127.0.0.1:9464`; port 0 picks a free port.
     pub listen: SocketAddr,
@@ -148,7 +149,7 @@ pub struct MetricsSettings {
 impl Default for MetricsSettings {
     fn default() -> Self {
         Self {
-            enabled: false,
+            enabled: true,
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9464),
         }
     }
@@ -669,6 +670,8 @@ impl Layered for ManagerConfig {
         "BROKER_URL",
         "PUBLIC_BROKER_URL",
         "ADMIN_SOCKET",
+        "METRICS_ENABLED",
+        "METRICS_LISTEN",
     ];
     type Flags = Overrides;
 
@@ -679,7 +682,7 @@ impl Layered for ManagerConfig {
     fn apply_env_var(
         &mut self,
         name: &str,
-        _var: &str,
+        var: &str,
         value: String,
     ) -> Result<EnvVar, ConfigError> {
         match name {
@@ -691,6 +694,8 @@ impl Layered for ManagerConfig {
             }
             "PUBLIC_BROKER_URL" => self.public_broker_url = value,
             "ADMIN_SOCKET" => self.admin_socket = Some(PathBuf::from(value)),
+            "METRICS_ENABLED" => self.metrics.enabled = parse_bool(var, &value)?,
+            "METRICS_LISTEN" => self.metrics.listen = parse_socket_addr(var, &value)?,
             _ => return Ok(EnvVar::Unknown),
         }
         Ok(EnvVar::Applied)

@@ -105,17 +105,42 @@ fn http_and_onboarding_sections() {
 
 #[test]
 fn metrics_section() {
+    // On by default, loopback only.
     let d = ManagerConfig::default();
-    assert!(!d.metrics.enabled);
+    assert!(d.metrics.enabled);
     assert_eq!(d.metrics.listen, "127.0.0.1:9464".parse().expect("addr"));
     let c = ManagerConfig::from_toml(
-        "version = 1\n[metrics]\nenabled = true\nlisten = \"127.0.0.1:0\"\n",
+        "version = 1\n[metrics]\nenabled = false\nlisten = \"127.0.0.1:0\"\n",
         Path::new("x"),
     )
     .expect("parses");
     c.validate().expect("valid");
-    assert!(c.metrics.enabled);
+    assert!(!c.metrics.enabled);
     assert_eq!(c.metrics.listen.port(), 0);
+    // The environment overrides the file; a bad value names the variable.
+    let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let mut c = ManagerConfig::default();
+    c.apply_env(env(&[
+        ("MARGO_MANAGER_METRICS_ENABLED", "false"),
+        ("MARGO_MANAGER_METRICS_LISTEN", "127.0.0.1:9999"),
+    ]))
+    .expect("applies");
+    assert!(!c.metrics.enabled);
+    assert_eq!(c.metrics.listen.port(), 9999);
+    for (var, value) in [
+        ("MARGO_MANAGER_METRICS_ENABLED", "maybe"),
+        ("MARGO_MANAGER_METRICS_LISTEN", "localhost"),
+    ] {
+        let err = ManagerConfig::default()
+            .apply_env(env(&[(var, value)]))
+            .unwrap_err();
+        assert_eq!(field_of(err), var);
+    }
     assert!(
         ManagerConfig::from_toml("version = 1\n[metrics]\nport = 1\n", Path::new("x")).is_err()
     );
@@ -238,7 +263,13 @@ fn every_variable_is_read_and_documented() {
     for name in ManagerConfig::ENV_VARS {
         let var = format!("{ENV_PREFIX}{name}");
         let mut c = ManagerConfig::default();
-        let known = c.apply_env_var(name, &var, "mqtt://127.0.0.1:1".into());
+        // A value every variable accepts as its type.
+        let value = match *name {
+            "METRICS_ENABLED" => "true",
+            "METRICS_LISTEN" => "127.0.0.1:1",
+            _ => "mqtt://127.0.0.1:1",
+        };
+        let known = c.apply_env_var(name, &var, value.into());
         assert!(matches!(known, Ok(EnvVar::Applied)), "{var} is not read");
         assert!(
             docs.contains(&format!("`{var}`")),

@@ -21,7 +21,6 @@ pub mod tls_peer;
 pub mod uplink;
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,8 +43,7 @@ use margo_broker::tls::{accept_with_deadline, Handshake};
 
 use crate::config::{HttpSettings, OnboardingSettings};
 use crate::fleet::Fleet;
-pub use crate::http_stats::{HttpStats, HttpStatsSnapshot, OnboardingStats};
-use crate::telemetry::Counter;
+pub use crate::http_stats::{HttpMetric, HttpStats, OnboardingMetric, OnboardingStats};
 
 use archive::BundleCache;
 use rate_limit::RateLimiter;
@@ -73,10 +71,6 @@ pub enum HttpError {
     /// The server certificate or key is unusable.
     #[error("HTTPS TLS: {0}")]
     Tls(String),
-}
-
-fn bump(counter: &Counter) {
-    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 /// The server's TLS configuration: TLS 1.3 only, HTTP/1.1 by ALPN, a client
@@ -302,7 +296,7 @@ async fn request_deadline(stats: Arc<HttpStats>, req: Request, next: Next) -> Re
     match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
         Ok(response) => response,
         Err(_) => {
-            bump(&stats.request_timeout);
+            stats.inc(HttpMetric::RequestTimeout);
             info!(%peer, timeout = ?REQUEST_TIMEOUT, "request deadline passed");
             problem::problem(
                 StatusCode::REQUEST_TIMEOUT,
@@ -383,9 +377,9 @@ impl HttpsServer {
                     }
                 },
             };
-            bump(&self.stats.accepted);
+            self.stats.inc(HttpMetric::Accepted);
             let Ok(permit) = Arc::clone(&self.connections).try_acquire_owned() else {
-                bump(&self.stats.refused_connection_cap);
+                self.stats.inc(HttpMetric::RefusedConnectionCap);
                 warn!(%peer, "HTTPS connection cap reached; connection closed");
                 drop(socket);
                 continue;
@@ -429,12 +423,12 @@ impl Connection {
                 Handshake::Done(tls) => *tls,
                 Handshake::Cancelled => return,
                 Handshake::Failed(error) => {
-                    bump(&self.stats.handshake_failed);
+                    self.stats.inc(HttpMetric::HandshakeFailed);
                     debug!(%error, "TLS handshake failed");
                     return;
                 }
                 Handshake::TimedOut => {
-                    bump(&self.stats.handshake_timeout);
+                    self.stats.inc(HttpMetric::HandshakeTimeout);
                     debug!(timeout = ?self.handshake_timeout, "TLS handshake deadline passed");
                     return;
                 }

@@ -11,7 +11,6 @@
 //! Every refusal is counted and logged once with the source address.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::body::Bytes;
@@ -36,7 +35,7 @@ use super::problem::Refusal;
 use super::ApiState;
 use crate::config::Approval;
 use crate::fleet::FleetError;
-pub use crate::http_stats::{OnboardingStats, OnboardingStatsSnapshot};
+pub use crate::http_stats::{OnboardingMetric, OnboardingStats};
 use crate::onboarding::{
     Approved, Claims, Lookup, OnboardingError, Submission, Submitted, TokenProblem,
 };
@@ -50,29 +49,15 @@ pub const ONBOARDING_PATH: &str = "/api/v1/onboarding";
 /// Prefix of a request's poll location.
 pub const REQUESTS_PATH: &str = "/api/v1/onboarding/requests";
 
-impl OnboardingStats {
-    fn count_refusal(&self, status: StatusCode) {
-        let counter = match status {
-            StatusCode::BAD_REQUEST => &self.bad_request,
-            StatusCode::UNAUTHORIZED => &self.bad_signature,
-            StatusCode::FORBIDDEN => &self.forbidden,
-            StatusCode::NOT_FOUND => &self.not_found,
-            StatusCode::TOO_MANY_REQUESTS => &self.rate_limited,
-            StatusCode::SERVICE_UNAVAILABLE => &self.pending_full,
-            StatusCode::PAYLOAD_TOO_LARGE => &self.too_large,
-            _ => &self.internal_errors,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
 /// Route of a request's poll location.
 pub const POLL_ROUTE: &str = "/api/v1/onboarding/requests/{id}";
 
 /// Counts and logs a refusal once (warn for 401/403/429/503/5xx, info
 /// otherwise), then answers it.
 fn refused(state: &ApiState, peer: SocketAddr, what: &str, refusal: Refusal) -> Response {
-    state.stats.count_refusal(refusal.status);
+    state
+        .stats
+        .inc(OnboardingMetric::of_refusal(refusal.status));
     // The older revisions' `{"error": "..."}` beside the problem members
     // (device-client-onboarding.md; the RFC 9421 page for 401).
     let refusal = match refusal.status {
@@ -121,7 +106,7 @@ pub(super) async fn certificate(
     if let Err(refusal) = rate_limit(&state, peer) {
         return refused(&state, peer, "CA certificate request", refusal);
     }
-    state.stats.certificate.fetch_add(1, Ordering::Relaxed);
+    state.stats.inc(OnboardingMetric::Certificate);
     Json(CertificateBody {
         certificate: data_encoding::BASE64.encode(state.fleet.ca_pem().as_bytes()),
     })
@@ -313,7 +298,7 @@ pub(super) async fn submit(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    state.stats.requests.fetch_add(1, Ordering::Relaxed);
+    state.stats.inc(OnboardingMetric::Requests);
     match decide(&state, peer, &uri, &headers, body).await {
         Ok(response) => response,
         Err(refusal) => refused(&state, peer, "onboarding request", refusal),
@@ -384,16 +369,7 @@ async fn decide(
         })?;
     Ok(match outcome {
         Submitted::Approved(approved) => {
-            let counter = if !approved.now || approved.decided_by == "known key" {
-                &state.stats.approved_earlier
-            } else if approved.decided_by == "allowlist" {
-                &state.stats.approved_allowlist
-            } else if approved.decided_by == "auto" {
-                &state.stats.approved_auto
-            } else {
-                &state.stats.approved_token
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
+            state.stats.inc(OnboardingMetric::of_approval(approved.by));
             if approved.now {
                 info!(
                     %peer,
@@ -423,7 +399,7 @@ async fn decide(
             created,
         } => {
             if created {
-                state.stats.pending_created.fetch_add(1, Ordering::Relaxed);
+                state.stats.inc(OnboardingMetric::PendingCreated);
                 info!(%peer, request_id, "onboarding request waits for an operator");
             }
             pending_response(state, &request_id, StatusCode::ACCEPTED)
@@ -441,7 +417,7 @@ pub(super) async fn poll(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(id): Path<String>,
 ) -> Response {
-    state.stats.polls.fetch_add(1, Ordering::Relaxed);
+    state.stats.inc(OnboardingMetric::Polls);
     match lookup(&state, peer, id).await {
         Ok(response) => response,
         Err(refusal) => refused(&state, peer, "onboarding poll", refusal),

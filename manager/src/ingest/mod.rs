@@ -8,7 +8,6 @@
 //! never stops for one.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -24,13 +23,15 @@ use tracing::{debug, error, warn};
 use crate::capabilities::CapabilitiesRejection;
 use crate::mqtt_link::RawUplink;
 use crate::publisher::Downlink;
-use crate::store::{now_ms, AuditEvent, IngestOutcome, Store, StoreError, UplinkItem};
+use crate::store::{AuditEvent, IngestOutcome, Store, StoreError, UplinkItem};
 
 mod stats;
 
+pub use margo_metrics::HistogramSnapshot;
 use stats::{micros, nanos};
 pub use stats::{
-    IngestStats, IngestStatsSnapshot, IngestTiming, IngestTimingSnapshot, STORED_BY_KIND,
+    IngestMetric, IngestStats, IngestTimingSnapshot, BATCH_SIZE, BATCH_TIME, COMMIT_TIME,
+    HISTOGRAMS,
 };
 
 /// Why one uplink message was rejected.
@@ -382,7 +383,7 @@ impl Verifier {
                 }
                 Err(error) => {
                     // Not acked: the devices resend.
-                    self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+                    self.stats.inc(IngestMetric::StoreErrors);
                     error!(%error, "verifying part of an uplink batch failed");
                 }
             }
@@ -404,11 +405,11 @@ fn verify_chunk(
     let mut items = Vec::with_capacity(chunk.len());
     let mut audit = Vec::new();
     for raw in chunk {
-        stats.received.fetch_add(1, Ordering::Relaxed);
+        stats.inc(IngestMetric::Received);
         match verify(store, keys, raw, max) {
             Ok(item) => items.push(item),
             Err((client, err)) => {
-                stats.count_rejection(&err);
+                stats.inc(IngestMetric::of_rejection(&err));
                 let client_id = client.as_ref().map(ClientId::to_string);
                 warn!(
                     client_id = client_id.as_deref().unwrap_or("-"),
@@ -418,7 +419,7 @@ fn verify_chunk(
                     "dropped an uplink message"
                 );
                 audit.push(AuditEvent {
-                    ts_ms: now_ms(),
+                    ts_ms: store.clock().now_ms(),
                     kind: err.kind().to_string(),
                     client_id,
                     topic: raw.topic.chars().take(256).collect(),
@@ -428,9 +429,8 @@ fn verify_chunk(
         }
     }
     stats
-        .timing
-        .verify_nanos
-        .fetch_add(nanos(verifying.elapsed()), Ordering::Relaxed);
+        .counters
+        .add(IngestMetric::VerifyNanos, nanos(verifying.elapsed()));
     (items, audit)
 }
 
@@ -464,7 +464,7 @@ impl Committer {
                     if let (UplinkItem::Message(env), IngestOutcome::NotAssigned(deployment)) =
                         (item, outcome)
                     {
-                        stats.unassigned_status.fetch_add(1, Ordering::Relaxed);
+                        stats.inc(IngestMetric::UnassignedStatus);
                         let detail = format!(
                             "status report for deployment {deployment}, never assigned to this client"
                         );
@@ -475,7 +475,7 @@ impl Committer {
                             "refused a status report for a deployment never assigned to the client (acknowledged, not stored)"
                         );
                         audit.push(AuditEvent {
-                            ts_ms: now_ms(),
+                            ts_ms: store.clock().now_ms(),
                             kind: "unassigned-deployment".to_string(),
                             client_id: Some(env.client.to_string()),
                             topic: topics::status(&env.client, deployment),
@@ -488,13 +488,12 @@ impl Committer {
                     else {
                         continue;
                     };
-                    let counter = match rejection {
-                        CapabilitiesRejection::Invalid { .. } => &stats.invalid_capabilities,
+                    stats.inc(match rejection {
+                        CapabilitiesRejection::Invalid { .. } => IngestMetric::InvalidCapabilities,
                         CapabilitiesRejection::ChildBeforeParent { .. } => {
-                            &stats.child_before_parent
+                            IngestMetric::ChildBeforeParent
                         }
-                    };
-                    counter.fetch_add(1, Ordering::Relaxed);
+                    });
                     let topic = topics::capabilities(&env.client);
                     warn!(
                         client_id = %env.client,
@@ -504,7 +503,7 @@ impl Committer {
                         "refused a capabilities report (acknowledged, not stored)"
                     );
                     audit.push(AuditEvent {
-                        ts_ms: now_ms(),
+                        ts_ms: store.clock().now_ms(),
                         kind: rejection.kind().to_string(),
                         client_id: Some(env.client.to_string()),
                         topic,
@@ -520,30 +519,31 @@ impl Committer {
         let (items, result) = match outcome {
             Ok(v) => v,
             Err(error) => {
-                self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+                self.stats.inc(IngestMetric::StoreErrors);
                 error!(%error, "storing an uplink batch failed; devices will resend");
                 return;
             }
         };
-        self.stats.batches.fetch_add(1, Ordering::Relaxed);
-        let timing = &self.stats.timing;
-        timing.batch_size.record(size);
-        timing.commit_micros.record(micros(result.commit_time));
-        timing
-            .write_nanos
-            .fetch_add(nanos(result.write_time), Ordering::Relaxed);
+        let stats = &self.stats;
+        stats.inc(IngestMetric::Batches);
+        stats.batch_size.record(size);
+        stats.commit_micros.record(micros(result.commit_time));
+        stats
+            .counters
+            .add(IngestMetric::WriteNanos, nanos(result.write_time));
         for (item, outcome) in items.iter().zip(&result.outcomes) {
-            let counter = match (item, outcome) {
-                (UplinkItem::Presence { .. }, IngestOutcome::Stored) => &self.stats.presence,
-                (_, IngestOutcome::Stored) => &self.stats.stored,
-                (_, IngestOutcome::Duplicate) => &self.stats.duplicates,
-                (_, IngestOutcome::Refused) => &self.stats.revoked,
+            stats.inc(match (item, outcome) {
+                (UplinkItem::Presence { .. }, IngestOutcome::Stored) => IngestMetric::Presence,
+                (_, IngestOutcome::Stored) => IngestMetric::Stored,
+                (_, IngestOutcome::Duplicate) => IngestMetric::Duplicates,
+                (_, IngestOutcome::Refused) => IngestMetric::Revoked,
                 // Counted by kind when the batch was stored.
                 (_, IngestOutcome::Rejected(_) | IngestOutcome::NotAssigned(_)) => continue,
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
+            });
             if let (UplinkItem::Message(env), IngestOutcome::Stored) = (item, outcome) {
-                metrics::counter!(STORED_BY_KIND, "kind" => env.msg.kind()).increment(1);
+                if let Some(kind) = IngestMetric::of_stored(&env.msg) {
+                    stats.inc(kind);
+                }
             }
             if let UplinkItem::Message(env) = item {
                 debug!(client_id = %env.client, seq = env.seq, kind = env.msg.kind(), ?outcome, "uplink");
@@ -557,7 +557,7 @@ impl Committer {
             self.downlink.ack(client);
             acks += 1;
         }
-        timing.acks_requested.fetch_add(acks, Ordering::Relaxed);
-        timing.batch_micros.record(micros(started.elapsed()));
+        stats.counters.add(IngestMetric::AcksRequested, acks);
+        stats.batch_micros.record(micros(started.elapsed()));
     }
 }

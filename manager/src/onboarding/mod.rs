@@ -213,6 +213,25 @@ pub struct Approved {
     pub decided_by: String,
     /// Whether this call approved it (false: approved earlier).
     pub now: bool,
+    /// How this answer came about (what the onboarding metrics count).
+    pub by: ApprovedBy,
+}
+
+/// How an [`Approved`] answer came about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApprovedBy {
+    /// Approved before this call; the issued identity is handed out again.
+    Earlier,
+    /// The device's key belongs to a client already.
+    KnownKey,
+    /// An enrollment token was spent.
+    Token,
+    /// The device is on the allow-list.
+    Allowlist,
+    /// `[onboarding] approval = "auto"`.
+    Auto,
+    /// An operator approved it.
+    Operator,
 }
 
 /// The answer to a submission.
@@ -375,7 +394,7 @@ fn approve_in(
     request_id: &str,
     record: &mut RequestRecord,
     operator_name: Option<&str>,
-    decided_by: String,
+    (by, decided_by): (ApprovedBy, String),
     now: u64,
     issue: impl FnOnce(&ClientId, &[u8]) -> Result<IssuedCert, CaError>,
 ) -> Result<Approved> {
@@ -395,6 +414,7 @@ fn approve_in(
         client,
         decided_by,
         now: true,
+        by,
     })
 }
 
@@ -496,6 +516,7 @@ impl Store {
                         client,
                         decided_by: record.decided_by.unwrap_or_default(),
                         now: false,
+                        by: ApprovedBy::Earlier,
                     }));
                 }
                 Some(pending) => pending,
@@ -530,12 +551,16 @@ impl Store {
                     client,
                     decided_by: "known key".into(),
                     now: true,
+                    by: ApprovedBy::KnownKey,
                 }));
             }
             let decided_by = match &sub.token {
-                Some(token) => Some(format!("token {}", spend_token(txn, token, now)?)),
-                None if sub.allowlisted => Some("allowlist".to_string()),
-                None if sub.auto_approve => Some("auto".to_string()),
+                Some(token) => Some((
+                    ApprovedBy::Token,
+                    format!("token {}", spend_token(txn, token, now)?),
+                )),
+                None if sub.allowlisted => Some((ApprovedBy::Allowlist, "allowlist".to_string())),
+                None if sub.auto_approve => Some((ApprovedBy::Auto, "auto".to_string())),
                 None => None,
             };
             if let Some(decided_by) = decided_by {
@@ -603,6 +628,7 @@ impl Store {
                             client,
                             decided_by: record.decided_by.unwrap_or_default(),
                             now: false,
+                            by: ApprovedBy::Earlier,
                         })
                     }
                 }
@@ -672,9 +698,18 @@ impl Store {
                         client,
                         decided_by: "known key".into(),
                         now: true,
+                        by: ApprovedBy::KnownKey,
                     }
                 }
-                None => approve_in(txn, &id, &mut record, name, "operator".into(), now, issue)?,
+                None => approve_in(
+                    txn,
+                    &id,
+                    &mut record,
+                    name,
+                    (ApprovedBy::Operator, "operator".into()),
+                    now,
+                    issue,
+                )?,
             };
             Ok((RequestView::new(&id, record), approved))
         })

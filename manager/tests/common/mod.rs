@@ -37,6 +37,8 @@ pub fn config(dir: &Path) -> ManagerConfig {
     config.broker.mqtt_listen = any;
     config.broker.gateway_listen = any;
     config.http.listen = any;
+    // Parallel tests must not race for the metrics listener's default port.
+    config.metrics.listen = any;
     config.ingest.batch_interval = Duration::from_millis(5);
     config
 }

@@ -29,7 +29,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use coset::CborSerializable;
 use margo_agent::identity::{Identity, IdentityPem};
 use margo_manager::admin::{AdminClient, DeployManyRequest, Health};
-use margo_manager::histogram::HistogramSnapshot;
+use margo_manager::ingest::HistogramSnapshot;
 use margo_manager::ingest::IngestTimingSnapshot;
 use margo_schemas::cose::{SigningKey, VerifyingKey};
 use margo_schemas::ids::{ClientId, DeploymentId};

@@ -187,7 +187,7 @@ pub async fn start_manager(dir: &Path, extra: &str) -> Result<ManagerHandle> {
     let text = format!(
         "version = 1\ndata_dir = {data:?}\n\
          [broker]\nmqtt_listen = \"127.0.0.1:0\"\ngateway_listen = \"127.0.0.1:0\"\n\
-         [http]\nlisten = \"127.0.0.1:0\"\n{extra}",
+         [http]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n{extra}",
         data = dir.join("manager").display().to_string(),
     );
     std::fs::write(&path, &text)?;
