@@ -51,6 +51,7 @@ pub mod manager;
 pub mod mqtt_link;
 pub mod onboarding;
 pub mod operations;
+pub mod private_fs;
 pub mod problem;
 pub mod publisher;
 pub mod seq_window;

@@ -1,0 +1,170 @@
+//! Issue 12 regressions on the operator's side, with the real binaries:
+//! deployment typos refused (finding 8), private files whatever the umask
+//! (finding 11), and no admin call that waits forever (finding 12).
+
+#![cfg(unix)]
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(30);
+const MANAGER: &str = env!("CARGO_BIN_EXE_margo-manager");
+const MARGOCTL: &str = env!("CARGO_BIN_EXE_margoctl");
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `program args..` under `umask 000`, so nothing but our own modes
+/// narrows what we create.
+fn under_umask_000(program: &str) -> Command {
+    let mut c = Command::new("sh");
+    c.args(["-c", "umask 000; exec \"$0\" \"$@\"", program]);
+    c
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn margoctl(data_dir: &Path, args: &[&str]) -> Output {
+    under_umask_000(MARGOCTL)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .output()
+        .expect("margoctl runs")
+}
+
+/// `margo-manager serve` on free ports under umask 000, once it is ready.
+fn serve(dir: &Path) -> (Running, PathBuf) {
+    let data = dir.join("data");
+    let config = dir.join("manager.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "version = 1\ndata_dir = {:?}\n[broker]\nmqtt_listen = \"127.0.0.1:0\"\ngateway_listen = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n",
+            data.display().to_string()
+        ),
+    )
+    .expect("write config");
+    let mut child = under_umask_000(MANAGER)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("serve starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let child = Running(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let ready = rx
+        .recv_timeout(WAIT)
+        .expect("timed out waiting for the ready line of margo-manager serve");
+    assert!(ready.starts_with("margo-manager ready"), "{ready}");
+    (child, data)
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::symlink_metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+// ---- finding 11: modes whatever the umask ----------------------------------
+
+#[test]
+fn keys_state_and_bundles_are_private_whatever_the_umask() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_manager, data) = serve(dir.path());
+    let mut expected = vec![
+        (data.clone(), 0o700),
+        (data.join("pki"), 0o700),
+        (data.join("manager.redb"), 0o600),
+        (data.join("admin.sock"), 0o600),
+    ];
+    for entry in std::fs::read_dir(data.join("pki")).expect("pki") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "key") {
+            expected.push((path, 0o600));
+        }
+    }
+    assert!(expected.len() > 4, "no key files in pki/");
+
+    let bundle = dir.path().join("bundles/line-1");
+    let out = margoctl(
+        &data,
+        &[
+            "clients",
+            "add",
+            "line-1",
+            "--out",
+            bundle.to_str().expect("utf8"),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    expected.push((dir.path().join("bundles"), 0o700));
+    expected.push((bundle.clone(), 0o700));
+    expected.push((bundle.join("client.key"), 0o600));
+
+    let fleet = dir.path().join("fleet");
+    let out = margoctl(
+        &data,
+        &[
+            "clients",
+            "add-bulk",
+            "--count",
+            "2",
+            "--prefix",
+            "cell-",
+            "--out",
+            fleet.to_str().expect("utf8"),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    expected.push((fleet.clone(), 0o700));
+    for name in ["cell-1", "cell-2"] {
+        expected.push((fleet.join(name), 0o700));
+        expected.push((fleet.join(name).join("client.key"), 0o600));
+    }
+
+    let wrong: Vec<String> = expected
+        .iter()
+        .filter(|(path, want)| mode(path) != *want)
+        .map(|(path, want)| format!("{} is {:o}, not {want:o}", path.display(), mode(path)))
+        .collect();
+    assert!(wrong.is_empty(), "under umask 000: {wrong:#?}");
+    // Certificates and the index are public, but nobody else may write them.
+    for file in [
+        "client.crt",
+        "ca.crt",
+        "manager-signing.crt",
+        "identity.toml",
+    ] {
+        assert_eq!(mode(&bundle.join(file)) & 0o022, 0, "{file}");
+    }
+}
