@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(30);
 const MANAGER: &str = env!("CARGO_BIN_EXE_margo-manager");
@@ -167,4 +167,58 @@ fn keys_state_and_bundles_are_private_whatever_the_umask() {
     ] {
         assert_eq!(mode(&bundle.join(file)) & 0o022, 0, "{file}");
     }
+}
+
+// ---- finding 12: a frozen manager ------------------------------------------
+
+/// An admin socket that accepts connections and never answers (a manager
+/// stopped with SIGSTOP looks the same to a client).
+fn frozen_socket(dir: &Path) -> PathBuf {
+    let path = dir.join("admin.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            match stream {
+                Ok(s) => held.push(s),
+                Err(_) => return,
+            }
+        }
+    });
+    path
+}
+
+#[test]
+fn margoctl_gives_up_on_a_frozen_manager_and_says_on_what() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = frozen_socket(dir.path());
+    let started = Instant::now();
+    let mut child = Command::new(MARGOCTL)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("status")
+        .env("MARGO_ADMIN_TIMEOUT", "1s")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("margoctl runs");
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("margoctl status still waiting after 10 s on a manager that never answers");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().expect("output");
+    assert!(!status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("GET /v1/status") && err.contains(&socket.display().to_string()),
+        "the error does not say what it waited for: {}",
+        text(&out)
+    );
 }
