@@ -95,6 +95,126 @@ fn mode(path: &Path) -> u32 {
         & 0o777
 }
 
+// ---- finding 8: deployment typos -------------------------------------------
+
+const DOC: &str = "apiVersion: application.margo.org/v1alpha1
+kind: ApplicationDeployment
+metadata:
+  annotations:
+    id: 7d1c3e52-58a4-4b8e-9f0a-6c2b9d4e1f30
+  name: typo-app
+spec:
+  deploymentProfile:
+    type: compose
+    components:
+      - name: web
+        properties:
+          packageLocation: https://example.com/web.tar.gz
+  parameters:
+    greeting:
+      value: hello
+      targets:
+        - pointer: GREETING
+          components: [web]
+";
+
+#[test]
+fn deploy_refuses_typos_naming_file_document_and_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_manager, data) = serve(dir.path());
+    let out = margoctl(
+        &data,
+        &["clients", "add", "typo-1", "--out"]
+            .into_iter()
+            .chain([dir.path().join("bundle").to_str().expect("utf8")])
+            .collect::<Vec<_>>(),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+
+    let cases = [
+        (
+            "paramters.yaml",
+            DOC.replace("  parameters:", "  paramters:"),
+            "spec.paramters",
+        ),
+        (
+            "location.yaml",
+            DOC.replace("packageLocation:", "packageLocaton:"),
+            "spec.deploymentProfile.components[0].properties.packageLocaton",
+        ),
+        (
+            "profile.yaml",
+            DOC.replace("    type: compose", "    type: compose\n    component: []"),
+            "spec.deploymentProfile.component",
+        ),
+    ];
+    for (file, doc, field) in &cases {
+        let path = dir.path().join(file);
+        std::fs::write(&path, doc).expect("write");
+        let out = margoctl(&data, &["deploy", "typo-1", path.to_str().expect("utf8")]);
+        assert!(!out.status.success(), "{file} was accepted: {}", text(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(file) && err.contains(field) && err.contains("typo-app"),
+            "{file}: the error names neither the file, the field {field} nor the document: {}",
+            text(&out)
+        );
+    }
+    // Nothing was deployed: still the approval's version 1.
+    let out = margoctl(&data, &["status", "typo-1", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(status[0]["desiredVersion"], 1, "{status:#}");
+
+    // The admin API refuses on its own (no file: the document's index and name).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let admin = margo_manager::admin::AdminClient::new(data.join("admin.sock"));
+    let err = rt
+        .block_on(admin.deploy(
+            "typo-1",
+            vec![DOC.to_string(), cases[0].1.replace("7d1c3e52", "8d1c3e52")],
+        ))
+        .expect_err("a typo accepted by the admin API");
+    assert_eq!(err.status(), Some(422), "{err}");
+    let detail = err.to_string();
+    assert!(
+        detail.contains("document 1") && detail.contains("spec.paramters"),
+        "{detail}"
+    );
+
+    // What the spec allows still deploys: its examples, and vendor
+    // extensions where the schema is closed.
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/margo-spec");
+    let extended = dir.path().join("extended.yaml");
+    std::fs::write(
+        &extended,
+        DOC.replace(
+            "  parameters:",
+            "  x-acme-extensions:\n    tier: gold\n  parameters:",
+        )
+        .replace(
+            "      - name: web",
+            "      - name: web\n        x-acme-extensions: {}",
+        )
+        .replace(
+            "    type: compose",
+            "    type: compose\n    x-acme-extensions: {a: 1}",
+        ),
+    )
+    .expect("write");
+    for path in [
+        fixtures.join("desired-state/cluster-enabled-application-deployment.yaml"),
+        fixtures.join("desired-state/standalone-device-application-deployment.yaml"),
+        extended,
+    ] {
+        let out = margoctl(&data, &["deploy", "typo-1", path.to_str().expect("utf8")]);
+        assert!(out.status.success(), "{}: {}", path.display(), text(&out));
+    }
+}
+
 // ---- finding 11: modes whatever the umask ----------------------------------
 
 #[test]
