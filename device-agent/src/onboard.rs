@@ -890,11 +890,7 @@ fn remove_if_exists(path: &Path) -> Result<(), OnboardError> {
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), OnboardError> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir).map_err(io_err(dir))
+    crate::private_fs::create_dir_all(dir).map_err(io_err(dir))
 }
 
 /// Writes `name` in `dir` atomically: a temporary file in the same

@@ -228,11 +228,20 @@ fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, StoreE
 }
 
 impl Store {
-    /// Opens (or creates) the database file at `path`, creating its directory.
+    /// Opens (or creates) the database file at `path`, creating its
+    /// directory. Both are private whatever the umask (the store holds the
+    /// deployment documents): the directories created 0700, the file 0600.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Db(redb::Error::Io(e)))?;
+        let io = |e: std::io::Error, at: &Path| {
+            StoreError::Db(redb::Error::Io(std::io::Error::new(
+                e.kind(),
+                format!("{}: {e}", at.display()),
+            )))
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            crate::private_fs::create_dir_all(dir).map_err(|e| io(e, dir))?;
         }
+        crate::private_fs::prepare_file(path).map_err(|e| io(e, path))?;
         let db = Database::builder()
             .set_cache_size(16 * 1024 * 1024)
             .create(path)?;

@@ -67,7 +67,9 @@ pub fn write_bundle(dir: &Path, bundle: &ProvisionedBundle) -> Result<(), Bundle
     if let Some(existing) = names.iter().map(|n| dir.join(n)).find(|p| p.exists()) {
         return Err(BundleError::Exists(existing));
     }
-    fs::create_dir_all(dir).map_err(|source| BundleError::Io {
+    // 0700, and every parent created with it: nobody else may swap a
+    // certificate in (an existing directory keeps its mode).
+    crate::private_fs::create_dir_all(dir).map_err(|source| BundleError::Io {
         path: dir.to_path_buf(),
         source,
     })?;

@@ -4,7 +4,6 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,12 +97,8 @@ fn prepare_data_dir(config: &ManagerConfig) -> Result<(), ManagerError> {
         path: dir.clone(),
         source,
     };
-    let existed = dir.exists();
-    std::fs::create_dir_all(dir).map_err(err)?;
-    if !existed {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
-    }
-    Ok(())
+    // 0700 (and any parent we create), whatever the umask.
+    crate::private_fs::create_dir_all(dir).map_err(err)
 }
 
 fn load_pki(config: &ManagerConfig) -> Result<FleetPki, ManagerError> {

@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 use crate::digest::Digest;
 use crate::ids::DeploymentId;
 
+mod fields;
+
+pub use fields::is_extension_key;
+
 /// The pages' `apiVersion` (desired-state.md and its examples).
 pub const API_VERSION: &str = "application.margo.org/v1alpha1";
 /// Every `apiVersion` a published text gives an ApplicationDeployment: the
@@ -34,6 +38,10 @@ pub enum DeploymentError {
     Missing { field: String },
     #[error("{field}: {problem}")]
     Invalid { field: String, problem: String },
+    /// A key the Margo schema does not allow where it is closed, or a near
+    /// miss of a key it defines ([`ApplicationDeployment::parse_strict`]).
+    #[error("{field}: unknown field; {hint}")]
+    UnknownField { field: String, hint: String },
 }
 
 fn missing(field: &str) -> DeploymentError {
@@ -320,6 +328,17 @@ impl ApplicationDeployment {
         })
     }
 
+    /// [`Self::parse`], then refuses unknown fields where the Margo schema
+    /// is closed and near misses of the keys it defines elsewhere (see
+    /// `deployment/fields.rs`): for documents an operator submits, where a
+    /// typo would otherwise deploy silently without what it meant. What a
+    /// device receives is parsed with [`Self::parse`], which ignores them.
+    pub fn parse_strict(bytes: Vec<u8>) -> Result<Self, DeploymentError> {
+        let parsed = Self::parse(bytes)?;
+        fields::check(&parsed.bytes)?;
+        Ok(parsed)
+    }
+
     /// Parses and checks that the bytes hash to `expected`.
     pub fn parse_verified(bytes: Vec<u8>, expected: &Digest) -> Result<Self, VerifiedParseError> {
         expected.verify(&bytes)?;
@@ -352,6 +371,24 @@ impl ApplicationDeployment {
                 .map(move |t| (name.as_str(), t.pointer.as_str(), &p.value))
         })
     }
+}
+
+/// The document's `metadata.name`, if it has one: to name a document in an
+/// error when its parse failed.
+pub fn document_name(bytes: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Doc {
+        metadata: Option<Meta>,
+    }
+    #[derive(Deserialize)]
+    struct Meta {
+        name: Option<String>,
+    }
+    serde_norway::from_slice::<Doc>(bytes)
+        .ok()?
+        .metadata?
+        .name
+        .filter(|n| !n.trim().is_empty())
 }
 
 /// A digest check or a parse failed.
@@ -469,6 +506,98 @@ spec:
         let err = ApplicationDeployment::parse(HELM.replace(API_VERSION, "apps/v1").into_bytes())
             .unwrap_err();
         assert!(err.to_string().starts_with("apiVersion"), "{err}");
+    }
+
+    /// Issue 12, finding 8: typos are refused by the strict parse, naming
+    /// the field; the lenient parse (the agent's) still takes them.
+    #[test]
+    fn strict_parse_refuses_typos_and_names_the_field() {
+        let cases = [
+            (
+                HELM.replace("  parameters:", "  paramters:"),
+                "spec.paramters",
+            ),
+            (
+                HELM.replace("    type: helm.v3", "    type: helm.v3\n    typ: helm.v3"),
+                "spec.deploymentProfile.typ",
+            ),
+            (
+                HELM.replace("          revision: 2.3.7", "          revison: 2.3.7"),
+                "spec.deploymentProfile.components[0].properties.revison",
+            ),
+            (
+                HELM.replace(
+                    "      - name: digitron-orchestrator\n",
+                    "      - name: digitron-orchestrator\n        propreties: {}\n",
+                ),
+                "spec.deploymentProfile.components[1].propreties",
+            ),
+            (
+                HELM.replace(
+                    "        - pointer: idp.url",
+                    "        - pointr: idp.url\n          pointer: idp.url",
+                ),
+                "spec.parameters.idpUrl.targets[1].pointr",
+            ),
+            (
+                HELM.replace("  namespace: margo-poc", "  namespce: margo-poc"),
+                "metadata.namespce",
+            ),
+            (
+                HELM.replace("    applicationId:", "    applicationID:"),
+                "metadata.annotations.applicationID",
+            ),
+            (
+                HELM.replace("  parameters:", "  x-Acme-extensions: {}\n  parameters:"),
+                "spec.x-Acme-extensions",
+            ),
+            (
+                HELM.replace("  parameters:", "  x-acme-extensions: 3\n  parameters:"),
+                "spec.x-acme-extensions",
+            ),
+        ];
+        for (doc, field) in cases {
+            ApplicationDeployment::parse(doc.clone().into_bytes())
+                .unwrap_or_else(|e| panic!("the lenient parse refuses {field}: {e}"));
+            let err = ApplicationDeployment::parse_strict(doc.into_bytes()).unwrap_err();
+            assert!(
+                err.to_string().starts_with(&format!("{field}: ")),
+                "{err} does not name {field}"
+            );
+        }
+        let err = ApplicationDeployment::parse_strict(
+            HELM.replace("  parameters:", "  paramters:").into_bytes(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("did you mean parameters?"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn strict_parse_takes_what_the_spec_allows() {
+        let extended = HELM
+            .replace("  parameters:", "  x-acme-extensions:\n    tier: gold\n  applicationId: digitron\n  parameters:")
+            .replace("    type: helm.v3", "    type: helm.v3\n    x-acme-extensions: {}\n    deviceConstraints: {}")
+            .replace("      - name: database-services\n", "      - name: database-services\n        x-acme-extensions: {a: 1}\n")
+            .replace("          wait: true\n      - name: digitron", "          wait: true\n          simulatedDelayMs: 5\n          x-custom: 1\n      - name: digitron")
+            .replace("  namespace: margo-poc", "  namespace: margo-poc\n  labels: {a: b}\n  owner: ops")
+            .replace("kind: ApplicationDeployment", "kind: ApplicationDeployment\nstatus: {}");
+        let d = ApplicationDeployment::parse_strict(extended.clone().into_bytes()).unwrap();
+        assert_eq!(d.bytes(), extended.as_bytes());
+        ApplicationDeployment::parse_strict(HELM.as_bytes().to_vec()).unwrap();
+    }
+
+    #[test]
+    fn document_name_is_read_even_from_an_invalid_document() {
+        let doc = HELM.replace("  parameters:", "  paramters:");
+        assert_eq!(
+            document_name(doc.as_bytes()).as_deref(),
+            Some("digitron-orchestrator-deployment")
+        );
+        assert_eq!(document_name(b"{ not: [yaml"), None);
+        assert_eq!(document_name(b"kind: X"), None);
     }
 
     #[test]

@@ -197,3 +197,27 @@ fn every_status_example_is_accepted() {
         assert_eq!(back.status, v1.status);
     }
 }
+
+/// The spec's ApplicationDeployment examples (`tests/fixtures/margo-spec/
+/// desired-state`, desired-state.md) pass the operator-side strict parse:
+/// refusing unknown fields (issue 12, finding 8) refuses none of them.
+#[test]
+fn every_application_deployment_example_is_accepted_strictly() {
+    use margo_schemas::deployment::ApplicationDeployment;
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/margo-spec/desired-state");
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("fixtures")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 2, "{names:?}");
+    for path in names {
+        let bytes = std::fs::read(&path).expect("read");
+        let d = ApplicationDeployment::parse_strict(bytes.clone())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(d.bytes(), &bytes[..]);
+        assert!(!d.parameters.is_empty(), "{}", path.display());
+    }
+}

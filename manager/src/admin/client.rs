@@ -1,8 +1,10 @@
 //! The admin API's client, used by `margoctl` and tests: one connection per
-//! call over the Unix socket.
+//! call over the Unix socket, each call with a deadline (a frozen manager
+//! must not hang an operator's command: issue 12, finding 12).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use axum::http::header;
 use http_body_util::{BodyExt, Full};
@@ -49,6 +51,15 @@ pub enum AdminError {
     /// The response body is not what was expected.
     #[error("admin API response: {0}")]
     Decode(#[from] serde_json::Error),
+    /// The deadline passed (the manager is stopped, frozen or overloaded).
+    #[error("timed out after {} waiting for {waiting_for} (is margo-manager stopped or overloaded? margoctl --timeout sets the limit)", humantime::format_duration(*.after))]
+    Timeout {
+        /// What the call was waiting for: the connection to the socket,
+        /// or the response to `METHOD /path`, and the socket.
+        waiting_for: String,
+        /// The deadline.
+        after: Duration,
+    },
 }
 
 impl AdminError {
@@ -74,23 +85,54 @@ fn encode_component(s: &str) -> String {
     out
 }
 
+/// How long a call waits by default: for the connection, then for the
+/// whole answer.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What bulk provisioning adds to the deadline per client (key, certificate,
+/// store): 10,000 clients wait 100 s more. Measured: 0.61 s for 5,000 in a
+/// release build (docs/benchmarks.md).
+pub const BULK_TIME_PER_CLIENT: Duration = Duration::from_millis(10);
+
 /// A client of the admin API over its Unix socket (one connection per call).
 #[derive(Debug, Clone)]
 pub struct AdminClient {
     socket: PathBuf,
+    timeout: Duration,
+}
+
+/// Ends the connection's task when the call returns or is abandoned.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl AdminClient {
-    /// A client for the socket at `socket`.
+    /// A client for the socket at `socket`, with [`DEFAULT_TIMEOUT`].
     pub fn new(socket: impl Into<PathBuf>) -> Self {
         Self {
             socket: socket.into(),
+            timeout: DEFAULT_TIMEOUT,
         }
+    }
+
+    /// The same client with another deadline per call.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// The socket path.
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+
+    /// The deadline per call.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     async fn call<T: DeserializeOwned>(
@@ -99,32 +141,62 @@ impl AdminClient {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<T, AdminError> {
-        let stream =
-            UnixStream::connect(&self.socket)
-                .await
-                .map_err(|source| AdminError::Connect {
-                    path: self.socket.clone(),
-                    source,
-                })?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        let driver = tokio::spawn(async move {
-            if let Err(error) = conn.await {
-                tracing::debug!(%error, "admin connection ended");
+        self.call_within(self.timeout, method, path, body).await
+    }
+
+    async fn call_within<T: DeserializeOwned>(
+        &self,
+        limit: Duration,
+        method: axum::http::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, AdminError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let timeout = |waiting_for: String| AdminError::Timeout {
+            waiting_for,
+            after: limit,
+        };
+        let stream = tokio::time::timeout_at(deadline, UnixStream::connect(&self.socket))
+            .await
+            .map_err(|_| {
+                timeout(format!(
+                    "a connection to the manager's admin socket {}",
+                    self.socket.display()
+                ))
+            })?
+            .map_err(|source| AdminError::Connect {
+                path: self.socket.clone(),
+                source,
+            })?;
+        let waiting_for = format!(
+            "the response to {method} {} from the manager at {}",
+            path.split('?').next().unwrap_or(path),
+            self.socket.display()
+        );
+        let exchange = async {
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            let _driver = AbortOnDrop(tokio::spawn(async move {
+                if let Err(error) = conn.await {
+                    tracing::debug!(%error, "admin connection ended");
+                }
+            }));
+            let mut builder = axum::http::Request::builder()
+                .method(method)
+                .uri(path)
+                .header(header::HOST, "margo-manager");
+            if body.is_some() {
+                builder = builder.header(header::CONTENT_TYPE, "application/json");
             }
-        });
-        let mut builder = axum::http::Request::builder()
-            .method(method)
-            .uri(path)
-            .header(header::HOST, "margo-manager");
-        if body.is_some() {
-            builder = builder.header(header::CONTENT_TYPE, "application/json");
-        }
-        let request = builder.body(Full::new(bytes::Bytes::from(body.unwrap_or_default())))?;
-        let response = sender.send_request(request).await?;
-        let status = response.status();
-        let bytes = response.into_body().collect().await?.to_bytes();
-        driver.abort();
+            let request = builder.body(Full::new(bytes::Bytes::from(body.unwrap_or_default())))?;
+            let response = sender.send_request(request).await?;
+            let status = response.status();
+            let bytes = response.into_body().collect().await?.to_bytes();
+            Ok::<_, AdminError>((status, bytes))
+        };
+        let (status, bytes) = tokio::time::timeout_at(deadline, exchange)
+            .await
+            .map_err(|_| timeout(waiting_for))??;
         if !status.is_success() {
             let detail = serde_json::from_slice::<Problem>(&bytes)
                 .map(|p| p.detail)
@@ -157,7 +229,8 @@ impl AdminClient {
             .await
     }
 
-    /// Provisions `count` clients named `{prefix}{first}`.. in one call.
+    /// Provisions `count` clients named `{prefix}{first}`.. in one call,
+    /// waiting the timeout plus [`BULK_TIME_PER_CLIENT`] per client.
     pub async fn add_clients(
         &self,
         prefix: &str,
@@ -171,8 +244,15 @@ impl AdminClient {
             first,
             broker_url: broker_url.map(str::to_string),
         })?;
-        self.call(axum::http::Method::POST, "/v1/clients/bulk", Some(body))
-            .await
+        // Provisioning scales with the count: the deadline does too.
+        let limit = self.timeout + BULK_TIME_PER_CLIENT * count;
+        self.call_within(
+            limit,
+            axum::http::Method::POST,
+            "/v1/clients/bulk",
+            Some(body),
+        )
+        .await
     }
 
     /// Adds or updates the same documents on many clients in one transaction.
@@ -360,5 +440,66 @@ impl AdminClient {
     pub async fn audit(&self, limit: usize) -> Result<AuditReport, AdminError> {
         let path = format!("/v1/audit?limit={limit}");
         self.call(axum::http::Method::GET, &path, None).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A socket that accepts and never answers, as a manager stopped with
+    /// SIGSTOP looks to a client.
+    fn frozen(dir: &Path) -> PathBuf {
+        let path = dir.join("admin.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming().flatten() {
+                held.push(stream);
+            }
+        });
+        path
+    }
+
+    #[tokio::test]
+    async fn a_call_to_a_frozen_manager_times_out_naming_what_it_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = frozen(dir.path());
+        let admin = AdminClient::new(&socket).with_timeout(Duration::from_millis(300));
+        let started = std::time::Instant::now();
+        let err = tokio::time::timeout(Duration::from_secs(5), admin.status(Some("a b")))
+            .await
+            .expect("the call returns within its deadline")
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(3), "{err}");
+        let text = err.to_string();
+        assert!(matches!(err, AdminError::Timeout { .. }), "{text}");
+        assert!(
+            text.contains("timed out after 300ms waiting for the response to GET /v1/status")
+                && text.contains(&socket.display().to_string()),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn bulk_provisioning_waits_longer() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = frozen(dir.path());
+        let admin = AdminClient::new(&socket).with_timeout(Duration::from_millis(100));
+        let started = std::time::Instant::now();
+        let err = admin.add_clients("sim-", 40, 1, None).await.unwrap_err();
+        // 100 ms + 40 x 10 ms.
+        assert!(started.elapsed() >= Duration::from_millis(500), "{err}");
+        assert!(err.to_string().contains("POST /v1/clients/bulk"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn no_socket_is_a_connect_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = AdminClient::new(dir.path().join("none.sock"))
+            .health()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AdminError::Connect { .. }), "{err}");
     }
 }

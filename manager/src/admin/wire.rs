@@ -337,13 +337,19 @@ pub struct AuditReport {
     pub counts: BTreeMap<String, u64>,
 }
 
-/// Parses deployment documents; the error names the document (0-based index) and the field.
+/// Parses deployment documents an operator submits, refusing unknown
+/// fields ([`ApplicationDeployment::parse_strict`]); the error names the
+/// document (0-based index, and its `metadata.name` when it has one) and
+/// the field.
 pub fn parse_documents(docs: Vec<String>) -> Result<Vec<ApplicationDeployment>, String> {
     let mut parsed: Vec<ApplicationDeployment> = Vec::with_capacity(docs.len());
     let mut seen = BTreeSet::new();
     for (i, doc) in docs.into_iter().enumerate() {
-        let d = ApplicationDeployment::parse(doc.into_bytes())
-            .map_err(|e| format!("document {i}: {e}"))?;
+        let name = margo_schemas::deployment::document_name(doc.as_bytes());
+        let d = ApplicationDeployment::parse_strict(doc.into_bytes()).map_err(|e| match name {
+            Some(name) => format!("document {i}: {e} (metadata.name {name:?})"),
+            None => format!("document {i}: {e}"),
+        })?;
         if !seen.insert(d.id.clone()) {
             return Err(format!(
                 "document {i}: metadata.annotations.id: {} appears twice in this request",

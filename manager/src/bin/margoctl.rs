@@ -18,6 +18,11 @@ struct Cli {
     /// The manager's data directory (socket = DIR/admin.sock).
     #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
+    /// How long each call to the manager may take (connect and answer),
+    /// e.g. 30s. Bulk provisioning adds 10 ms per client.
+    #[arg(long, global = true, env = "MARGO_ADMIN_TIMEOUT", default_value = "10s",
+          value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
     /// More logging.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
@@ -407,7 +412,7 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let admin = AdminClient::new(socket_path(&cli));
+    let admin = AdminClient::new(socket_path(&cli)).with_timeout(cli.timeout);
     let data_dir = cli.data_dir.clone();
     match cli.command {
         Command::Clients { command } => match command {
