@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::config::GatewayConfig;
-use crate::error::BrokerError;
+use crate::error::{BrokerError, Listener};
 use crate::inspect::{Inspector, Violation};
 use crate::revocation::Revocations;
 use crate::stats::{GatewayStats, HandshakeOutcome, Refusal};
@@ -67,6 +67,7 @@ impl Gateway {
         let listener = TcpListener::bind(cfg.listen)
             .await
             .map_err(|source| BrokerError::Bind {
+                listener: Listener::Gateway,
                 addr: cfg.listen,
                 source,
             })?;

@@ -34,7 +34,7 @@ pub use config::{
     MqttListenerConfig, CONFIG_VERSION, ENV_PREFIX, MQTT_MAX_REMAINING_LENGTH,
 };
 pub use embedded::{BrokerHandle, EmbeddedBroker};
-pub use error::BrokerError;
+pub use error::{BrokerError, Listener};
 pub use gateway::{run_gateway, Gateway};
 pub use revocation::{parse_revocation_list, Revocations};
 pub use stats::{
