@@ -25,6 +25,7 @@ mod embedded;
 mod error;
 mod gateway;
 pub mod inspect;
+mod rate;
 mod revocation;
 mod stats;
 pub mod tls;
@@ -36,6 +37,7 @@ pub use config::{
 pub use embedded::{BrokerHandle, EmbeddedBroker};
 pub use error::{BrokerError, Listener};
 pub use gateway::{run_gateway, Gateway};
+pub use rate::DeviceRate;
 pub use revocation::{parse_revocation_list, Revocations};
 pub use stats::{
     names as metric_names, GatewayStats, GatewayStatsSnapshot, HandshakeOutcome, Refusal,

@@ -23,6 +23,8 @@ pub mod names {
     pub const VIOLATIONS: &str = "margo_gateway_violations_total";
     /// Counter, label `direction` = `up` (device → broker) | `down`: bytes relayed.
     pub const BYTES: &str = "margo_gateway_bytes_total";
+    /// Counter: pauses imposed on a device over its rate (`[gateway.device_rate]`).
+    pub const THROTTLED: &str = "margo_gateway_throttled_total";
     /// Gauge: connections currently relayed to the broker.
     pub const LIVE_CONNECTIONS: &str = "margo_gateway_live_connections";
 }
@@ -102,6 +104,8 @@ pub struct GatewayStats {
     pub bytes_down: AtomicU64,
     /// Connections currently relayed to the broker.
     pub live_connections: AtomicU64,
+    /// Pauses imposed on a device over its rate.
+    pub throttled: AtomicU64,
 }
 
 /// A plain copy of [`GatewayStats`] at one instant.
@@ -119,6 +123,7 @@ pub struct GatewayStatsSnapshot {
     pub bytes_up: u64,
     pub bytes_down: u64,
     pub live_connections: u64,
+    pub throttled: u64,
 }
 
 impl GatewayStats {
@@ -137,6 +142,7 @@ impl GatewayStats {
             bytes_up: get(&self.bytes_up),
             bytes_down: get(&self.bytes_down),
             live_connections: get(&self.live_connections),
+            throttled: get(&self.throttled),
         }
     }
 
@@ -184,6 +190,12 @@ impl GatewayStats {
         let n = to_u64(n);
         self.bytes_down.fetch_add(n, Ordering::Relaxed);
         metrics::counter!(names::BYTES, "direction" => "down").increment(n);
+    }
+
+    /// Counts a pause imposed on a device over its rate.
+    pub(crate) fn throttled(&self) {
+        bump(&self.throttled);
+        metrics::counter!(names::THROTTLED).increment(1);
     }
 
     /// A connection starts being relayed.

@@ -246,6 +246,7 @@ impl Manager {
                 let mut gateway = GatewayConfig::new(pki.gateway_tls()?);
                 gateway.listen = config.broker.gateway_listen;
                 gateway.max_packet_bytes = config.broker.limits.max_payload_bytes;
+                gateway.device_rate = config.broker.device_rate;
                 broker_config.gateway = Some(gateway);
                 let broker = EmbeddedBroker::start(broker_config)
                     .await
@@ -406,8 +407,16 @@ impl Manager {
             },
             connected_tx,
             Arc::clone(&link_stats),
-        );
+        )
+        .clearing_retained_with(client.clone());
         tracker.spawn(connection.run(shutdown.clone()));
+        if config.broker.mode == BrokerMode::External {
+            tracker.spawn(sweep_retained(
+                downlink.clone(),
+                config.broker.retained_sweep,
+                shutdown.clone(),
+            ));
+        }
         let publisher = Publisher::new(
             downlink.clone(),
             client,
@@ -613,6 +622,22 @@ impl ManagerHandle {
         }
         let _ = std::fs::remove_file(&self.admin_socket);
         info!("margo-manager stopped");
+    }
+}
+
+/// Every `every`, asks the publisher to subscribe again to the uplink
+/// topics that must hold no retained message: an external broker then
+/// delivers any a device left, and the MQTT connection clears it.
+async fn sweep_retained(downlink: Downlink, every: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate; the connect already subscribed.
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => downlink.sweep_retained(),
+        }
     }
 }
 

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttc::{Event, EventLoop, MqttOptions, Packet};
+use margo_schemas::topics;
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -22,6 +23,9 @@ use crate::telemetry::Counter;
 
 /// Gauge: 1 while the manager's MQTT link to the broker is connected, else 0.
 pub const CONNECTED_GAUGE: &str = "margo_mqtt_link_connected";
+
+/// Counter: retained messages devices left on uplink topics, cleared by the manager.
+pub const RETAINED_CLEARED: &str = "margo_mqtt_link_retained_cleared_total";
 
 /// MQTT client id of the manager.
 pub const MANAGER_CLIENT_ID: &str = "margo-manager";
@@ -161,6 +165,7 @@ pub struct Connection {
     on_connected: Box<dyn FnMut() + Send>,
     connected: watch::Sender<bool>,
     stats: Arc<LinkStats>,
+    retained: RetainedClearer,
 }
 
 impl Connection {
@@ -180,7 +185,15 @@ impl Connection {
             on_connected: Box::new(on_connected),
             connected,
             stats,
+            retained: RetainedClearer::default(),
         }
+    }
+
+    /// Clears, through `client`, every retained message a device left on
+    /// an uplink topic (issue 12, finding 1).
+    pub fn clearing_retained_with(mut self, client: AsyncClient) -> Self {
+        self.retained.client = Some(client);
+        self
     }
 
     /// Polls until `shutdown`; reconnects with exponential backoff and jitter.
@@ -204,6 +217,9 @@ impl Connection {
                     (self.on_connected)();
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    if publish.retain {
+                        self.retained.check(&publish.topic, &publish.payload);
+                    }
                     let raw = RawUplink {
                         topic: publish.topic,
                         payload: publish.payload,
@@ -237,5 +253,49 @@ impl Connection {
         }
         self.connected.send_replace(false);
         metrics::gauge!(CONNECTED_GAUGE).set(0.0);
+    }
+}
+
+/// Most retained-message clears logged (one line each); later ones are only
+/// counted, so a device cannot flood the log.
+const CLEARS_LOGGED: u64 = 20;
+
+/// Clears retained messages devices leave on their uplink topics: the
+/// gateway refuses them, but an external broker's ACL cannot (Mosquitto).
+/// A retained message reaches the manager with the retain flag when it
+/// subscribes (every connect, and every `[broker] retained_sweep`).
+#[derive(Default)]
+struct RetainedClearer {
+    client: Option<AsyncClient>,
+    cleared: u64,
+}
+
+impl RetainedClearer {
+    fn check(&mut self, topic: &str, payload: &Bytes) {
+        let Some(client) = &self.client else { return };
+        if payload.is_empty()
+            || !topics::is_device_uplink(topic)
+            || topics::device_may_retain(topic, payload.len())
+        {
+            return;
+        }
+        self.cleared += 1;
+        metrics::counter!(RETAINED_CLEARED).increment(1);
+        if self.cleared <= CLEARS_LOGGED {
+            warn!(
+                topic,
+                bytes = payload.len(),
+                cleared = self.cleared,
+                "a device left a retained message on its uplink topic; clearing it{}",
+                if self.cleared == CLEARS_LOGGED {
+                    " (further clears are not logged)"
+                } else {
+                    ""
+                }
+            );
+        }
+        if let Err(error) = client.try_publish(topic, QoS::AtLeastOnce, true, Bytes::new()) {
+            warn!(topic, %error, "could not queue the clear of a retained message");
+        }
     }
 }
