@@ -11,6 +11,8 @@ use std::time::Duration;
 use margo_schemas::config_layers::{parse_socket_addr, ConfigError, EnvVar, Layered};
 use serde::Deserialize;
 
+use crate::rate::DeviceRate;
+
 /// Largest remaining length an MQTT 3.1.1 packet can declare.
 pub const MQTT_MAX_REMAINING_LENGTH: usize = 268_435_455;
 
@@ -122,6 +124,8 @@ pub struct GatewayConfig {
     pub max_pending_per_ip: usize,
     /// Largest MQTT packet (remaining length) a device may send. Default 1 MiB.
     pub max_packet_bytes: usize,
+    /// How much one device may send (messages and bytes per second).
+    pub device_rate: DeviceRate,
 }
 
 impl GatewayConfig {
@@ -135,6 +139,7 @@ impl GatewayConfig {
             max_pending_handshakes: 1024,
             max_pending_per_ip: 64,
             max_packet_bytes: 1024 * 1024,
+            device_rate: DeviceRate::default(),
         }
     }
 
@@ -149,6 +154,7 @@ impl GatewayConfig {
         )?;
         at_least("gateway.max_pending_per_ip", self.max_pending_per_ip, 1)?;
         at_least("gateway.max_packet_bytes", self.max_packet_bytes, 1)?;
+        self.device_rate.validate("gateway.device_rate")?;
         at_most(
             "gateway.max_packet_bytes",
             self.max_packet_bytes,
@@ -281,6 +287,9 @@ pub struct GatewayFileConfig {
     /// Cap on handshakes in progress per source IP. Default 64.
     #[serde(default = "default_max_pending_per_ip")]
     pub max_pending_per_ip: usize,
+    /// `[gateway.device_rate]`: how much one device may send.
+    #[serde(default)]
+    pub device_rate: DeviceRate,
 }
 
 fn default_gateway_listen() -> SocketAddr {
@@ -320,6 +329,7 @@ impl GatewayFileConfig {
             connect_timeout: default_ten_seconds(),
             max_pending_handshakes: default_max_pending(),
             max_pending_per_ip: default_max_pending_per_ip(),
+            device_rate: DeviceRate::default(),
         }
     }
 }
@@ -413,6 +423,7 @@ impl BrokerFileConfig {
                 max_pending_handshakes: g.max_pending_handshakes,
                 max_pending_per_ip: g.max_pending_per_ip,
                 max_packet_bytes: self.limits.max_payload_bytes,
+                device_rate: g.device_rate,
             }),
         };
         Ok(BrokerConfig {

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use margo_schemas::ids::ClientId;
@@ -24,14 +24,17 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::config::GatewayConfig;
-use crate::error::BrokerError;
+use crate::error::{BrokerError, Listener};
 use crate::inspect::{Inspector, Violation};
+use crate::rate::{DeviceRate, Throttle};
 use crate::revocation::Revocations;
 use crate::stats::{to_u64, GatewayMetric, GatewayStats, HandshakeOutcome, Refusal};
 use crate::tls::{self, accept_with_deadline, Handshake};
 
 /// Bytes read from a socket at a time.
 const READ_CHUNK: usize = 16 * 1024;
+/// MQTT control packet type of PUBLISH (the high nibble of the first byte).
+const PUBLISH_TYPE: u8 = 3;
 /// Pause after a failed `accept` (e.g. out of file descriptors).
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -49,6 +52,7 @@ struct Shared {
     handshake_timeout: Duration,
     connect_timeout: Duration,
     max_packet_bytes: usize,
+    device_rate: DeviceRate,
     revocations: Revocations,
     stats: Arc<GatewayStats>,
     pending: PendingHandshakes,
@@ -67,6 +71,7 @@ impl Gateway {
         let listener = TcpListener::bind(cfg.listen)
             .await
             .map_err(|source| BrokerError::Bind {
+                listener: Listener::Gateway,
                 addr: cfg.listen,
                 source,
             })?;
@@ -80,6 +85,7 @@ impl Gateway {
                 handshake_timeout: cfg.handshake_timeout,
                 connect_timeout: cfg.connect_timeout,
                 max_packet_bytes: cfg.max_packet_bytes,
+                device_rate: cfg.device_rate,
                 revocations,
                 stats: Arc::new(GatewayStats::default()),
                 pending: PendingHandshakes::new(cfg.max_pending_handshakes, cfg.max_pending_per_ip),
@@ -373,8 +379,28 @@ async fn session(
 
     let up = async {
         let mut out = BytesMut::new();
+        let mut throttle = Throttle::new(&shared.device_rate, Instant::now());
+        let mut throttled_before = false;
         loop {
             while let Some(packet) = inspector.next(&mut buf)? {
+                let publish = packet.first().is_some_and(|b| b >> 4 == PUBLISH_TYPE);
+                let pause = throttle.charge(usize::from(publish), packet.len(), Instant::now());
+                if !pause.is_zero() {
+                    // Over its rate: forward what was within it, then stop
+                    // reading until the debt is paid (TCP pushes back on the
+                    // device); logged once per connection.
+                    if !out.is_empty() {
+                        broker_tx.write_all(&out).await?;
+                        shared.stats.add(GatewayMetric::BytesUp, to_u64(out.len()));
+                        out.clear();
+                    }
+                    shared.stats.inc(GatewayMetric::Throttled);
+                    if !throttled_before {
+                        info!(?pause, "device over its rate limit; throttled");
+                        throttled_before = true;
+                    }
+                    tokio::time::sleep(pause).await;
+                }
                 out.extend_from_slice(&packet);
             }
             if !out.is_empty() {

@@ -6,7 +6,10 @@
 
 use bytes::{Bytes, BytesMut};
 use margo_schemas::ids::ClientId;
-use margo_schemas::topics::{device_may_publish, device_may_set_will, device_may_subscribe};
+use margo_schemas::topics::{
+    device_may_publish, device_may_retain, device_may_set_will, device_may_subscribe,
+    MAX_PRESENCE_BYTES,
+};
 use rumqttc::mqttbytes::v4::{
     Connect, PubAck, PubComp, PubRec, PubRel, Publish, Subscribe, Unsubscribe,
 };
@@ -33,6 +36,11 @@ pub enum Violation {
     /// A PUBLISH on a topic the device may not use.
     #[error("publish on {0:?} not allowed")]
     Publish(String),
+    /// A retained PUBLISH (or retained will) other than the device's own
+    /// presence of at most [`MAX_PRESENCE_BYTES`]: devices store no
+    /// retained data in the broker (issue 12, finding 1).
+    #[error("retained publish on {0:?} not allowed (only the own presence, at most {MAX_PRESENCE_BYTES} bytes)")]
+    Retain(String),
     /// A packet type only a broker sends.
     #[error("{0:?} is a broker-to-client packet")]
     ServerOnly(PacketType),
@@ -45,7 +53,7 @@ impl Violation {
     /// The topic or filter involved, for logging.
     pub fn topic(&self) -> Option<&str> {
         match self {
-            Self::WillTopic(t) | Self::Subscribe(t) | Self::Publish(t) => Some(t),
+            Self::WillTopic(t) | Self::Subscribe(t) | Self::Publish(t) | Self::Retain(t) => Some(t),
             _ => None,
         }
     }
@@ -59,6 +67,7 @@ impl Violation {
             Self::WillTopic(_) => "will",
             Self::Subscribe(_) => "subscribe",
             Self::Publish(_) => "publish",
+            Self::Retain(_) => "retain",
             Self::ServerOnly(_) => "server_only",
             Self::Malformed(_) => "malformed",
         }
@@ -126,6 +135,9 @@ impl Inspector {
                 if !device_may_publish(&self.identity, &publish.topic) {
                     return Err(Violation::Publish(publish.topic));
                 }
+                if publish.retain && !device_may_retain(&publish.topic, publish.payload.len()) {
+                    return Err(Violation::Retain(publish.topic));
+                }
             }
             PacketType::Subscribe => {
                 let subscribe = Subscribe::read(header, frame.clone()).map_err(malformed)?;
@@ -173,6 +185,9 @@ impl Inspector {
         if let Some(will) = &connect.last_will {
             if !device_may_set_will(&self.identity, &will.topic) {
                 return Err(Violation::WillTopic(will.topic.clone()));
+            }
+            if will.retain && !device_may_retain(&will.topic, will.message.len()) {
+                return Err(Violation::Retain(will.topic.clone()));
             }
         }
         connect.client_id = self.identity.to_string();
@@ -351,6 +366,55 @@ mod tests {
         )
         .expect("unsubscribe");
         forwarded(&mut inspector, Packet::Disconnect).expect("disconnect");
+    }
+
+    #[test]
+    fn retained_data_only_as_own_small_presence() {
+        let a = id("aaa");
+        let mut inspector = connected("aaa");
+        let retained = |topic: String, payload: Vec<u8>| {
+            let mut p = Publish::new(topic, QoS::AtLeastOnce, payload);
+            p.retain = true;
+            Packet::Publish(p)
+        };
+        forwarded(
+            &mut inspector,
+            retained(topics::presence(&a), b"online".to_vec()),
+        )
+        .expect("own presence");
+        for topic in [
+            topics::state(&a),
+            topics::capabilities(&a),
+            topics::status(
+                &a,
+                &margo_schemas::ids::DeploymentId::new("x").expect("valid id"),
+            ),
+        ] {
+            assert!(matches!(
+                forwarded(&mut connected("aaa"), retained(topic, b"x".to_vec())),
+                Err(Violation::Retain(_))
+            ));
+        }
+        assert!(matches!(
+            forwarded(
+                &mut inspector,
+                retained(topics::presence(&a), vec![b'x'; MAX_PRESENCE_BYTES + 1])
+            ),
+            Err(Violation::Retain(_))
+        ));
+
+        let mut big_will = Connect::new("aaa");
+        big_will.last_will = Some(LastWill::new(
+            topics::presence(&a),
+            vec![b'x'; MAX_PRESENCE_BYTES + 1],
+            QoS::AtLeastOnce,
+            true,
+        ));
+        let mut buf = encode(Packet::Connect(big_will));
+        assert!(matches!(
+            Inspector::new(a, MAX).next(&mut buf),
+            Err(Violation::Retain(_))
+        ));
     }
 
     #[test]

@@ -25,6 +25,7 @@ mod embedded;
 mod error;
 mod gateway;
 pub mod inspect;
+mod rate;
 mod revocation;
 mod stats;
 pub mod tls;
@@ -34,7 +35,8 @@ pub use config::{
     MqttListenerConfig, CONFIG_VERSION, ENV_PREFIX, MQTT_MAX_REMAINING_LENGTH,
 };
 pub use embedded::{BrokerHandle, EmbeddedBroker};
-pub use error::BrokerError;
+pub use error::{BrokerError, Listener};
 pub use gateway::{run_gateway, Gateway};
+pub use rate::DeviceRate;
 pub use revocation::{parse_revocation_list, Revocations};
 pub use stats::{violations, GatewayMetric, GatewayStats, HandshakeOutcome, Refusal};

@@ -44,6 +44,8 @@ metric_set! {
             ViolationPublish(reason = "publish") => "violationPublish",
             /// A last will outside the device's tree.
             ViolationWill(reason = "will") => "violationWill",
+            /// A retained publish or will other than the device's own presence.
+            ViolationRetain(reason = "retain") => "violationRetain",
             /// The first packet was not CONNECT.
             ViolationNotConnect(reason = "not_connect") => "violationNotConnect",
             /// A second CONNECT.
@@ -60,6 +62,11 @@ metric_set! {
             BytesUp(direction = "up") => "bytesUp",
             /// Broker → device.
             BytesDown(direction = "down") => "bytesDown",
+        }
+        counter "margo_gateway_throttled_total",
+            "Pauses imposed on a device over its message or byte rate ([gateway.device_rate])." {
+            /// A device's reading paused until it is back within its rate.
+            Throttled() => "throttled",
         }
         gauge "margo_gateway_live_connections", "Connections currently relayed to the broker." {
             /// Connections relayed now.
@@ -78,6 +85,7 @@ impl GatewayMetric {
             Violation::WillTopic(_) => Self::ViolationWill,
             Violation::Subscribe(_) => Self::ViolationSubscribe,
             Violation::Publish(_) => Self::ViolationPublish,
+            Violation::Retain(_) => Self::ViolationRetain,
             Violation::ServerOnly(_) => Self::ViolationServerOnly,
             Violation::Malformed(_) => Self::ViolationMalformed,
         }
@@ -165,6 +173,6 @@ mod tests {
             .iter()
             .filter(|m| m.is_violation())
             .count();
-        assert_eq!(violations, 8);
+        assert_eq!(violations, 9);
     }
 }

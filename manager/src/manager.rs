@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use margo_broker::{BrokerConfig, BrokerHandle, EmbeddedBroker, GatewayConfig};
+use margo_broker::{
+    BrokerConfig, BrokerError, BrokerHandle, EmbeddedBroker, GatewayConfig, Listener,
+};
 use rumqttc::AsyncClient;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -26,7 +28,7 @@ use crate::ingest::{Ingest, IngestDeps, IngestSettings, IngestStats, KeyCache};
 use crate::mqtt_link::{self, Connection, LinkStats, MqttTarget};
 use crate::publisher::{Downlink, Publisher};
 use crate::store::{Store, StoreError};
-use crate::telemetry::{MetricsServer, Readiness};
+use crate::telemetry::{MetricsServer, Readiness, TelemetryError};
 
 /// Capacity of the connection → ingest channel.
 const UPLINK_CHANNEL: usize = 4096;
@@ -75,9 +77,56 @@ pub enum ManagerError {
     /// The revocation list for external brokers could not be written.
     #[error("revocation list: {0}")]
     RevocationList(crate::fleet::FleetError),
+    /// A listener cannot take its address (another process holds the port?).
+    #[error(
+        "cannot listen on {addr} ({what}): {reason}; another process may hold it: \
+         move it with `{key}` in the configuration file"
+    )]
+    Listen {
+        /// Which listener, in words.
+        what: &'static str,
+        /// The configuration key of its address.
+        key: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// What went wrong.
+        reason: String,
+    },
     /// The embedded broker did not accept the manager's connection in time.
     #[error("no connection to the broker at {0} within {CONNECT_WAIT:?}")]
     NotConnected(String),
+}
+
+/// The embedded broker's listener errors in the manager's own configuration
+/// keys (`[broker] mqtt_listen`, `[broker] gateway_listen`).
+fn broker_listen_error(error: BrokerError) -> ManagerError {
+    let key = |listener| match listener {
+        Listener::Mqtt => "[broker] mqtt_listen",
+        Listener::Gateway => "[broker] gateway_listen",
+    };
+    match error {
+        BrokerError::Bind {
+            listener,
+            addr,
+            source,
+        } => ManagerError::Listen {
+            what: listener.describe(),
+            key: key(listener),
+            addr,
+            reason: source.to_string(),
+        },
+        BrokerError::NotOurs {
+            listener,
+            addr,
+            reason,
+        } => ManagerError::Listen {
+            what: listener.describe(),
+            key: key(listener),
+            addr,
+            reason,
+        },
+        other => other.into(),
+    }
 }
 
 /// What `init` created.
@@ -203,8 +252,11 @@ impl Manager {
                 let mut gateway = GatewayConfig::new(pki.gateway_tls()?);
                 gateway.listen = config.broker.gateway_listen;
                 gateway.max_packet_bytes = config.broker.limits.max_payload_bytes;
+                gateway.device_rate = config.broker.device_rate;
                 broker_config.gateway = Some(gateway);
-                let broker = EmbeddedBroker::start(broker_config).await?;
+                let broker = EmbeddedBroker::start(broker_config)
+                    .await
+                    .map_err(broker_listen_error)?;
                 let revoked = store
                     .run(|s| s.clients())
                     .await?
@@ -297,17 +349,24 @@ impl Manager {
                     Arc::clone(&onboarding_stats),
                 );
                 let router = http::router(api, Arc::clone(&http_stats));
-                Ok::<_, ManagerError>(
-                    HttpsServer::bind(
-                        config.http.listen,
-                        tls,
-                        router,
-                        config.http.handshake_timeout,
-                        config.http.max_connections,
-                        Arc::clone(&http_stats),
-                    )
-                    .await?,
+                HttpsServer::bind(
+                    config.http.listen,
+                    tls,
+                    router,
+                    config.http.handshake_timeout,
+                    config.http.max_connections,
+                    Arc::clone(&http_stats),
                 )
+                .await
+                .map_err(|error| match error {
+                    HttpError::Bind { addr, source } => ManagerError::Listen {
+                        what: "the HTTPS API",
+                        key: "[http] listen",
+                        addr,
+                        reason: source.to_string(),
+                    },
+                    other => other.into(),
+                })
             }
             .await;
             match bound {
@@ -334,7 +393,15 @@ impl Manager {
                     if let Some(broker) = broker {
                         broker.shutdown().await;
                     }
-                    return Err(error.into());
+                    return Err(match error {
+                        TelemetryError::Bind { addr, source } => ManagerError::Listen {
+                            what: "the metrics listener",
+                            key: "[metrics] listen",
+                            addr,
+                            reason: source.to_string(),
+                        },
+                        other => other.into(),
+                    });
                 }
             }
         } else {
@@ -357,8 +424,16 @@ impl Manager {
             },
             connected_tx,
             Arc::clone(&link_stats),
-        );
+        )
+        .clearing_retained_with(client.clone());
         tracker.spawn(connection.run(shutdown.clone()));
+        if config.broker.mode == BrokerMode::External {
+            tracker.spawn(sweep_retained(
+                downlink.clone(),
+                config.broker.retained_sweep,
+                shutdown.clone(),
+            ));
+        }
         let publisher = Publisher::new(
             downlink.clone(),
             client,
@@ -560,6 +635,22 @@ impl ManagerHandle {
         }
         let _ = std::fs::remove_file(&self.admin_socket);
         info!("margo-manager stopped");
+    }
+}
+
+/// Every `every`, asks the publisher to subscribe again to the uplink
+/// topics that must hold no retained message: an external broker then
+/// delivers any a device left, and the MQTT connection clears it.
+async fn sweep_retained(downlink: Downlink, every: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate; the connect already subscribed.
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => downlink.sweep_retained(),
+        }
     }
 }
 

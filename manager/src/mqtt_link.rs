@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use margo_metrics::{metric_set, Stats};
-use rumqttc::{Event, EventLoop, MqttOptions, Packet};
+use margo_schemas::topics;
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -107,6 +108,11 @@ metric_set! {
             /// Failed connection attempts and dropped connections.
             ConnectionErrors() => "connectionErrors",
         }
+        counter "margo_mqtt_link_retained_cleared_total",
+            "Retained messages devices left on uplink topics (external broker), cleared by the manager." {
+            /// Retained uplink messages cleared.
+            RetainedCleared() => "retainedCleared",
+        }
         counter "margo_publisher_published_total", "Downlink messages published (including clears)." {
             /// Messages published.
             Published() => "published",
@@ -135,6 +141,7 @@ pub struct Connection {
     on_connected: Box<dyn FnMut() + Send>,
     connected: watch::Sender<bool>,
     stats: Arc<LinkStats>,
+    retained: RetainedClearer,
 }
 
 impl Connection {
@@ -154,7 +161,15 @@ impl Connection {
             on_connected: Box::new(on_connected),
             connected,
             stats,
+            retained: RetainedClearer::default(),
         }
+    }
+
+    /// Clears, through `client`, every retained message a device left on
+    /// an uplink topic (issue 12, finding 1).
+    pub fn clearing_retained_with(mut self, client: AsyncClient) -> Self {
+        self.retained.client = Some(client);
+        self
     }
 
     /// Polls until `shutdown`; reconnects with exponential backoff and jitter.
@@ -178,6 +193,10 @@ impl Connection {
                     (self.on_connected)();
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    if publish.retain {
+                        self.retained
+                            .check(&publish.topic, &publish.payload, &self.stats);
+                    }
                     let raw = RawUplink {
                         topic: publish.topic,
                         payload: publish.payload,
@@ -211,5 +230,49 @@ impl Connection {
         }
         self.connected.send_replace(false);
         self.stats.set(LinkMetric::Connected, 0);
+    }
+}
+
+/// Most retained-message clears logged (one line each); later ones are only
+/// counted, so a device cannot flood the log.
+const CLEARS_LOGGED: u64 = 20;
+
+/// Clears retained messages devices leave on their uplink topics: the
+/// gateway refuses them, but an external broker's ACL cannot (Mosquitto).
+/// A retained message reaches the manager with the retain flag when it
+/// subscribes (every connect, and every `[broker] retained_sweep`).
+#[derive(Default)]
+struct RetainedClearer {
+    client: Option<AsyncClient>,
+    cleared: u64,
+}
+
+impl RetainedClearer {
+    fn check(&mut self, topic: &str, payload: &Bytes, stats: &LinkStats) {
+        let Some(client) = &self.client else { return };
+        if payload.is_empty()
+            || !topics::is_device_uplink(topic)
+            || topics::device_may_retain(topic, payload.len())
+        {
+            return;
+        }
+        self.cleared += 1;
+        stats.inc(LinkMetric::RetainedCleared);
+        if self.cleared <= CLEARS_LOGGED {
+            warn!(
+                topic,
+                bytes = payload.len(),
+                cleared = self.cleared,
+                "a device left a retained message on its uplink topic; clearing it{}",
+                if self.cleared == CLEARS_LOGGED {
+                    " (further clears are not logged)"
+                } else {
+                    ""
+                }
+            );
+        }
+        if let Err(error) = client.try_publish(topic, QoS::AtLeastOnce, true, Bytes::new()) {
+            warn!(topic, %error, "could not queue the clear of a retained message");
+        }
     }
 }

@@ -81,6 +81,7 @@ impl ClientWork {
 #[derive(Debug, Default)]
 struct Pending {
     resubscribe: bool,
+    sweep: bool,
     all: bool,
     clients: BTreeMap<ClientId, ClientWork>,
 }
@@ -121,6 +122,13 @@ impl Downlink {
             p.resubscribe = true;
             p.all = true;
         });
+    }
+
+    /// Subscribe again to the uplink filters that should hold no retained
+    /// message, so the broker delivers any that a device left (the MQTT
+    /// connection clears them; issue 12, finding 1).
+    pub fn sweep_retained(&self) {
+        self.update(|p| p.sweep = true);
     }
 
     /// Republish every client's retained state.
@@ -229,6 +237,11 @@ impl Publisher {
     async fn serve(&mut self, mut pending: Pending) -> Result<(), PublishError> {
         if pending.resubscribe {
             let filters = topics::manager_uplink_filters()
+                .into_iter()
+                .map(|f| rumqttc::SubscribeFilter::new(f, QoS::AtLeastOnce));
+            self.client.subscribe_many(filters).await?;
+        } else if pending.sweep {
+            let filters = topics::manager_retained_sweep_filters()
                 .into_iter()
                 .map(|f| rumqttc::SubscribeFilter::new(f, QoS::AtLeastOnce));
             self.client.subscribe_many(filters).await?;

@@ -76,6 +76,16 @@ pub fn fleet_summary() -> String {
     format!("{FLEET}/summary")
 }
 
+/// The uplink filters on which no retained message should ever be: all
+/// but presence. The manager subscribes to them again now and then to find
+/// (and clear) retained messages a device left on an external broker.
+pub fn manager_retained_sweep_filters() -> Vec<String> {
+    ["capabilities", "status/+", "state", "sync"]
+        .iter()
+        .map(|leaf| format!("{CLIENTS}/+/{leaf}"))
+        .collect()
+}
+
 /// Filters the manager subscribes to for device uplink.
 pub fn manager_uplink_filters() -> Vec<String> {
     ["capabilities", "status/+", "state", "sync", "presence"]
@@ -163,6 +173,25 @@ pub fn device_may_subscribe(client: &ClientId, filter: &str) -> bool {
             .strip_prefix("desired/deployments/")
             .is_some_and(|id| DeploymentId::new(id).is_ok()),
     }
+}
+
+/// Largest retained presence payload (or last will) a device may leave in
+/// the broker; the agents send `online` and `offline`.
+pub const MAX_PRESENCE_BYTES: usize = 64;
+
+/// May a device leave a retained message of `len` bytes on `topic`? Only a
+/// presence of at most [`MAX_PRESENCE_BYTES`]: devices store no other
+/// retained data in the broker (the gateway refuses it; on an external
+/// broker the manager clears it).
+pub fn device_may_retain(topic: &str, len: usize) -> bool {
+    len <= MAX_PRESENCE_BYTES
+        && matches!(parse_device_topic(topic), Some((_, DeviceTopic::Presence)))
+}
+
+/// Whether `topic` is a device uplink topic (`R/capabilities`,
+/// `R/status/+`, `R/state`, `R/sync`, `R/presence`) of any client.
+pub fn is_device_uplink(topic: &str) -> bool {
+    parse_device_topic(topic).is_some_and(|(_, leaf)| leaf.is_uplink())
 }
 
 /// May the device authenticated as `client` set a last will on `topic`?
@@ -263,5 +292,16 @@ mod tests {
         assert!(device_may_set_will(&a, "margo/v1/clients/aaa/presence"));
         assert!(!device_may_set_will(&a, "margo/v1/clients/bbb/presence"));
         assert!(!device_may_set_will(&a, "margo/v1/clients/aaa/status/x"));
+    }
+
+    #[test]
+    fn devices_retain_only_a_small_presence() {
+        let a = c("aaa");
+        assert!(device_may_retain(&presence(&a), 7));
+        assert!(!device_may_retain(&presence(&a), MAX_PRESENCE_BYTES + 1));
+        assert!(!device_may_retain(&state(&a), 1));
+        assert!(!device_may_retain("margo/v1/fleet/summary", 1));
+        assert!(is_device_uplink(&state(&a)) && is_device_uplink(&presence(&a)));
+        assert!(!is_device_uplink(&ack(&a)) && !is_device_uplink("other/topic"));
     }
 }

@@ -53,6 +53,14 @@ pub struct BrokerSettings {
     pub hostnames: Vec<String>,
     /// Embedded: rumqttd limits (see margo-broker).
     pub limits: margo_broker::Limits,
+    /// Embedded: how much one device may send through the gateway
+    /// (`[broker.device_rate]`; see margo-broker).
+    pub device_rate: margo_broker::DeviceRate,
+    /// External: how often the manager subscribes again to the uplink
+    /// topics to find (and clear) retained messages a device left there,
+    /// which an external broker's ACL cannot forbid. Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub retained_sweep: Duration,
 }
 
 impl Default for BrokerSettings {
@@ -65,6 +73,8 @@ impl Default for BrokerSettings {
             gateway_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 8883),
             hostnames: vec!["localhost".to_string()],
             limits: margo_broker::Limits::default(),
+            device_rate: margo_broker::DeviceRate::default(),
+            retained_sweep: Duration::from_secs(60),
         }
     }
 }
@@ -497,6 +507,12 @@ impl ManagerConfig {
         match self.broker.mode {
             BrokerMode::External => {
                 self.external_broker()?;
+                if self.broker.retained_sweep.is_zero() {
+                    return Err(invalid(
+                        "broker.retained_sweep",
+                        "must be greater than zero",
+                    ));
+                }
             }
             BrokerMode::Embedded => {
                 if self.broker.url.is_some() {
@@ -528,6 +544,7 @@ impl ManagerConfig {
                 let mut broker = margo_broker::BrokerConfig::default();
                 broker.limits = self.broker.limits.clone();
                 broker.mqtt.listen = self.broker.mqtt_listen;
+                self.broker.device_rate.validate("broker.device_rate")?;
                 broker.validate().map_err(|e| match e {
                     ConfigError::Invalid { field, reason } => ConfigError::Invalid {
                         field: broker_field(&field),

@@ -53,7 +53,7 @@ impl Mosquitto {
         cert: &Path,
         key: &Path,
     ) -> Result<Mosquitto> {
-        Self::start_with_crl(port, dir, ca, cert, key, None)
+        Self::start_configured(port, dir, ca, cert, key, None, "")
     }
 
     /// Like [`Mosquitto::start_on`], checking client certificates against
@@ -67,11 +67,46 @@ impl Mosquitto {
         key: &Path,
         crl: Option<&Path>,
     ) -> Result<Mosquitto> {
+        Self::start_configured(port, dir, ca, cert, key, crl, "")
+    }
+
+    /// Like [`Mosquitto::start_on`], with `extra_acl` appended to the
+    /// shipped ACL (e.g. a read-only observer a test checks through:
+    /// `user observer\ntopic read margo/v1/#`).
+    pub fn start_with_acl(
+        port: u16,
+        dir: &Path,
+        ca: &Path,
+        cert: &Path,
+        key: &Path,
+        extra_acl: &str,
+    ) -> Result<Mosquitto> {
+        Self::start_configured(port, dir, ca, cert, key, None, extra_acl)
+    }
+
+    fn start_configured(
+        port: u16,
+        dir: &Path,
+        ca: &Path,
+        cert: &Path,
+        key: &Path,
+        crl: Option<&Path>,
+        extra_acl: &str,
+    ) -> Result<Mosquitto> {
         std::fs::create_dir_all(dir)?;
-        let acl = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/mosquitto/margo.acl");
-        if !acl.exists() {
-            bail!("missing {}", acl.display());
+        let shipped =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/mosquitto/margo.acl");
+        if !shipped.exists() {
+            bail!("missing {}", shipped.display());
         }
+        let acl = if extra_acl.is_empty() {
+            shipped
+        } else {
+            let combined = dir.join("margo.acl");
+            let text = std::fs::read_to_string(&shipped)?;
+            std::fs::write(&combined, format!("{text}\n{extra_acl}\n"))?;
+            combined
+        };
         let persistence = dir.join("persist");
         std::fs::create_dir_all(&persistence)?;
         // Same settings as config/mosquitto/mosquitto.conf, with test paths

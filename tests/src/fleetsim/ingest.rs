@@ -370,6 +370,13 @@ pub async fn run(opts: &IngestOptions) -> Result<IngestReport> {
             opts.devices + 64
         ));
     }
+    // The benchmark measures the manager, not the gateway's per-device rate
+    // limit (issue 12, finding 1): lift it far above what a simulated device
+    // sends with its window.
+    extra.push_str(
+        "[broker.device_rate]\nmessages_per_second = 1000000\nmessage_burst = 1000000\n\
+         bytes_per_second = 1000000000000\nbyte_burst = 1000000000000\n",
+    );
     if opts.batch_max.is_some() || opts.batch_interval.is_some() {
         extra.push_str("[ingest]\n");
         if let Some(b) = opts.batch_max {
