@@ -22,9 +22,9 @@ use crate::admin::{self, AdminServeError, AdminState};
 use crate::ca::{CaError, FleetPki};
 use crate::clock::Clock;
 use crate::config::{BrokerMode, ConfigError, ManagerConfig};
-use crate::fleet::{Fleet, FleetParts};
+use crate::fleet::{Fleet, FleetParts, KeyCache};
 use crate::http::{self, ApiState, HttpError, HttpStats, HttpsServer, OnboardingStats};
-use crate::ingest::{Ingest, IngestDeps, IngestSettings, IngestStats, KeyCache};
+use crate::ingest::{Ingest, IngestDeps, IngestSettings, IngestStats};
 use crate::mqtt_link::{self, Connection, LinkStats, MqttTarget};
 use crate::publisher::{Downlink, Publisher};
 use crate::store::{Store, StoreError};
@@ -312,14 +312,13 @@ impl Manager {
         let link_stats = Arc::new(LinkStats::default());
         let (connected_tx, connected) = watch::channel(false);
         let downlink = Downlink::new();
-        let keys = KeyCache::default();
         let onboarding_stats = Arc::new(OnboardingStats::default());
         let http_stats = Arc::new(HttpStats::default());
         let fleet = Fleet::new(FleetParts {
             store: store.clone(),
             pki: Arc::clone(&pki),
             downlink: downlink.clone(),
-            keys: keys.clone(),
+            keys: KeyCache::default(),
             revocations: broker.as_ref().map(BrokerHandle::revocations),
             public_broker_url: config.public_broker_url.clone(),
         });
@@ -445,9 +444,7 @@ impl Manager {
         let ingest = Ingest::new(
             uplink_rx,
             IngestDeps {
-                store: store.clone(),
-                keys: keys.clone(),
-                downlink: downlink.clone(),
+                fleet: fleet.clone(),
                 stats: Arc::clone(&ingest_stats),
             },
             IngestSettings {

@@ -17,6 +17,9 @@
 //!   and enrollment tokens.
 //! - `reports.rs`: the fleet view (status, uplink, capabilities, audit) and
 //!   the reports devices send over HTTP.
+//! - `uplink.rs`: uplink batches verified by MQTT ingest, stored and acked;
+//!   `keys.rs` the verifying keys ingest checks them with.
+//! - `revocation_list.rs`: the fleet CA's revocation list for external brokers.
 
 use std::sync::Arc;
 
@@ -24,20 +27,23 @@ use margo_broker::Revocations;
 use margo_schemas::ids::ClientId;
 
 use crate::ca::{CaError, FleetPki};
-use crate::ingest::KeyCache;
 use crate::onboarding::OnboardingError;
 use crate::publisher::Downlink;
 use crate::store::{Store, StoreError};
 
 mod clients;
 mod desired;
+mod keys;
 mod onboarding;
 mod reports;
 pub mod revocation_list;
+mod uplink;
 
 pub use clients::{ClientView, Provisioned, ProvisionedMany, Revoked, MAX_BULK_CLIENTS};
 pub use desired::{Deployed, ScheduleState, Targets};
+pub use keys::{KeyCache, KeyError};
 pub use onboarding::ApprovedRequest;
+pub use uplink::Ingested;
 
 /// Why an operation failed. The adapters map each variant to their own
 /// status (the admin API: 400, 404, 409, 422 or 500).

@@ -8,7 +8,7 @@ use margo_schemas::ids::DeploymentId;
 use super::*;
 use crate::onboarding::{OnboardingError, RejectFilter, Submission, Submitted};
 use crate::store::tests::{doc, valid, PER_CHECK_UTC};
-use crate::store::Claims;
+use crate::store::{Claims, IngestOutcome};
 
 struct Harness {
     _dir: tempfile::TempDir,
@@ -488,4 +488,53 @@ async fn revoke_rewrites_the_revocation_list_for_external_brokers() {
         0o644,
         "public, readable by a broker running as another user"
     );
+}
+
+/// An uplink batch is stored in one transaction, its refusals become
+/// security events, and acks are asked for only after the commit (a
+/// duplicate is acked again, never stored twice).
+#[tokio::test]
+async fn an_uplink_batch_is_stored_audited_and_acked() {
+    use crate::store::tests::{state, status_item};
+    let h = harness();
+    let id = h
+        .fleet
+        .provision("dev-1".into(), None)
+        .await
+        .expect("provision")
+        .client_id;
+    h.downlink.take_requested(&id);
+    let verification = crate::store::AuditEvent {
+        ts_ms: 1,
+        kind: "bad-signature".into(),
+        client_id: Some(id.to_string()),
+        topic: "t".into(),
+        detail: "refused while verifying".into(),
+    };
+    let batch = vec![state(&id, 1, 1, 1), status_item(&id, 2, "never-assigned")];
+    let ingested = h
+        .fleet
+        .ingest(batch, vec![verification])
+        .await
+        .expect("ingest");
+    assert!(matches!(
+        ingested.result.outcomes.as_slice(),
+        [IngestOutcome::Stored, IngestOutcome::NotAssigned(_)]
+    ));
+    assert_eq!(ingested.acks_requested, 1);
+    assert!(h.downlink.take_requested(&id).is_some_and(|r| r.ack));
+    let (_, counts) = h.fleet.audit(10).await.expect("audit");
+    assert_eq!(counts.get("bad-signature"), Some(&1));
+    assert_eq!(counts.get("unassigned-deployment"), Some(&1));
+
+    let again = h
+        .fleet
+        .ingest(vec![state(&id, 1, 1, 1)], Vec::new())
+        .await
+        .expect("ingest again");
+    assert!(matches!(
+        again.result.outcomes.as_slice(),
+        [IngestOutcome::Duplicate]
+    ));
+    assert!(h.downlink.take_requested(&id).is_some_and(|r| r.ack));
 }

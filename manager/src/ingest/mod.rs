@@ -7,11 +7,10 @@
 //! message is counted, logged once with its client and dropped; the loop
 //! never stops for one.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use margo_schemas::cose::{CoseError, VerifyingKey};
+use margo_schemas::cose::CoseError;
 use margo_schemas::ids::ClientId;
 use margo_schemas::messages::{Envelope, Message, MessageError};
 use margo_schemas::status::StatusErrorKind;
@@ -21,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
 use crate::capabilities::CapabilitiesRejection;
+use crate::fleet::{Fleet, Ingested, KeyCache, KeyError};
 use crate::mqtt_link::RawUplink;
-use crate::publisher::Downlink;
 use crate::store::{AuditEvent, IngestOutcome, Store, StoreError, UplinkItem};
 
 mod stats;
@@ -111,41 +110,14 @@ impl IngestError {
     }
 }
 
-/// Verifying keys of live clients, taken from their stored certificates.
-#[derive(Debug, Clone, Default)]
-pub struct KeyCache {
-    keys: Arc<Mutex<HashMap<ClientId, VerifyingKey>>>,
-}
-
-impl KeyCache {
-    /// Drops a client's cached key (after revocation).
-    pub fn forget(&self, client: &ClientId) {
-        self.keys
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(client);
-    }
-
-    fn get(&self, store: &Store, client: &ClientId) -> Result<VerifyingKey, IngestError> {
-        if let Some(key) = self
-            .keys
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(client)
-        {
-            return Ok(key.clone());
+impl From<KeyError> for IngestError {
+    fn from(e: KeyError) -> Self {
+        match e {
+            KeyError::UnknownClient => Self::UnknownClient,
+            KeyError::Revoked => Self::Revoked,
+            KeyError::Certificate(e) => Self::Certificate(e),
+            KeyError::Store(e) => Self::Store(e),
         }
-        let record = store.client(client)?.ok_or(IngestError::UnknownClient)?;
-        if record.revoked {
-            return Err(IngestError::Revoked);
-        }
-        let key =
-            VerifyingKey::from_certificate(&record.cert_der).map_err(IngestError::Certificate)?;
-        self.keys
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(client.clone(), key.clone());
-        Ok(key)
     }
 }
 
@@ -168,7 +140,7 @@ pub fn verify(
             max: max_payload,
         }));
     }
-    let key = keys.get(store, &client).map_err(fail)?;
+    let key = keys.get(store, &client).map_err(|e| fail(e.into()))?;
     if topic == DeviceTopic::Presence {
         let online = match raw.payload.trim_ascii() {
             b"online" => true,
@@ -205,9 +177,7 @@ pub fn verify(
 /// The ingest task.
 pub struct Ingest {
     rx: mpsc::Receiver<RawUplink>,
-    store: Store,
-    keys: KeyCache,
-    downlink: Downlink,
+    fleet: Fleet,
     stats: Arc<IngestStats>,
     batch_max: usize,
     batch_interval: Duration,
@@ -216,12 +186,9 @@ pub struct Ingest {
 
 /// What the ingest task works with: shared handles owned elsewhere.
 pub struct IngestDeps {
-    /// Where verified uplink is stored.
-    pub store: Store,
-    /// The public keys of the clients, by client id.
-    pub keys: KeyCache,
-    /// The downlink publisher (acks, and republication on `sync`).
-    pub downlink: Downlink,
+    /// The application core: the clients' keys to verify with, and
+    /// [`Fleet::ingest`] to store a batch and ack it.
+    pub fleet: Fleet,
     /// Counters shared with the admin API.
     pub stats: Arc<IngestStats>,
 }
@@ -240,17 +207,10 @@ pub struct IngestSettings {
 impl Ingest {
     /// An ingest task reading `rx`.
     pub fn new(rx: mpsc::Receiver<RawUplink>, deps: IngestDeps, settings: IngestSettings) -> Self {
-        let IngestDeps {
-            store,
-            keys,
-            downlink,
-            stats,
-        } = deps;
+        let IngestDeps { fleet, stats } = deps;
         Self {
             rx,
-            store,
-            keys,
-            downlink,
+            fleet,
             stats,
             batch_max: settings.batch_max.max(1),
             batch_interval: settings.batch_interval,
@@ -270,25 +230,19 @@ impl Ingest {
         let (tx, rx) = mpsc::channel::<Verified>(1);
         let Ingest {
             rx: mut uplinks,
-            store,
-            keys,
-            downlink,
+            fleet,
             stats,
             batch_max,
             batch_interval,
             max_payload,
         } = self;
-        let committer = Committer {
-            store: store.clone(),
-            downlink,
-            stats: Arc::clone(&stats),
-        };
         let verifier = Verifier {
-            store,
-            keys,
-            stats,
+            store: fleet.store().clone(),
+            keys: fleet.keys().clone(),
+            stats: Arc::clone(&stats),
             max_payload,
         };
+        let committer = Committer { fleet, stats };
         let collect = async move {
             loop {
                 let first = tokio::select! {
@@ -434,10 +388,10 @@ fn verify_chunk(
     (items, audit)
 }
 
-/// The storing stage: one transaction per verified batch, then the acks.
+/// The storing stage: one [`Fleet::ingest`] per verified batch (the
+/// transaction, then the acks), counted here.
 struct Committer {
-    store: Store,
-    downlink: Downlink,
+    fleet: Fleet,
     stats: Arc<IngestStats>,
 }
 
@@ -452,72 +406,15 @@ impl Committer {
         let Verified {
             received: size,
             items,
-            mut audit,
+            audit,
             started,
         } = verified;
-        let stats = Arc::clone(&self.stats);
-        let outcome = self
-            .store
-            .run(move |store| {
-                let result = store.ingest(&items)?;
-                for (item, outcome) in items.iter().zip(&result.outcomes) {
-                    if let (UplinkItem::Message(env), IngestOutcome::NotAssigned(deployment)) =
-                        (item, outcome)
-                    {
-                        stats.inc(IngestMetric::UnassignedStatus);
-                        let detail = format!(
-                            "status report for deployment {deployment}, never assigned to this client"
-                        );
-                        warn!(
-                            client_id = %env.client,
-                            seq = env.seq,
-                            deployment_id = %deployment,
-                            "refused a status report for a deployment never assigned to the client (acknowledged, not stored)"
-                        );
-                        audit.push(AuditEvent {
-                            ts_ms: store.clock().now_ms(),
-                            kind: "unassigned-deployment".to_string(),
-                            client_id: Some(env.client.to_string()),
-                            topic: topics::status(&env.client, deployment),
-                            detail,
-                        });
-                        continue;
-                    }
-                    let (UplinkItem::Message(env), IngestOutcome::Rejected(rejection)) =
-                        (item, outcome)
-                    else {
-                        continue;
-                    };
-                    stats.inc(match rejection {
-                        CapabilitiesRejection::Invalid { .. } => IngestMetric::InvalidCapabilities,
-                        CapabilitiesRejection::ChildBeforeParent { .. } => {
-                            IngestMetric::ChildBeforeParent
-                        }
-                    });
-                    let topic = topics::capabilities(&env.client);
-                    warn!(
-                        client_id = %env.client,
-                        seq = env.seq,
-                        kind = rejection.kind(),
-                        error = %rejection,
-                        "refused a capabilities report (acknowledged, not stored)"
-                    );
-                    audit.push(AuditEvent {
-                        ts_ms: store.clock().now_ms(),
-                        kind: rejection.kind().to_string(),
-                        client_id: Some(env.client.to_string()),
-                        topic,
-                        detail: rejection.to_string().chars().take(512).collect(),
-                    });
-                }
-                if let Err(error) = store.record_audit(&audit) {
-                    error!(%error, "could not record security events");
-                }
-                Ok((items, result))
-            })
-            .await;
-        let (items, result) = match outcome {
-            Ok(v) => v,
+        let Ingested {
+            items,
+            result,
+            acks_requested,
+        } = match self.fleet.ingest(items, audit).await {
+            Ok(ingested) => ingested,
             Err(error) => {
                 self.stats.inc(IngestMetric::StoreErrors);
                 error!(%error, "storing an uplink batch failed; devices will resend");
@@ -537,8 +434,13 @@ impl Committer {
                 (_, IngestOutcome::Stored) => IngestMetric::Stored,
                 (_, IngestOutcome::Duplicate) => IngestMetric::Duplicates,
                 (_, IngestOutcome::Refused) => IngestMetric::Revoked,
-                // Counted by kind when the batch was stored.
-                (_, IngestOutcome::Rejected(_) | IngestOutcome::NotAssigned(_)) => continue,
+                (_, IngestOutcome::NotAssigned(_)) => IngestMetric::UnassignedStatus,
+                (_, IngestOutcome::Rejected(CapabilitiesRejection::Invalid { .. })) => {
+                    IngestMetric::InvalidCapabilities
+                }
+                (_, IngestOutcome::Rejected(CapabilitiesRejection::ChildBeforeParent { .. })) => {
+                    IngestMetric::ChildBeforeParent
+                }
             });
             if let (UplinkItem::Message(env), IngestOutcome::Stored) = (item, outcome) {
                 if let Some(kind) = IngestMetric::of_stored(&env.msg) {
@@ -549,15 +451,9 @@ impl Committer {
                 debug!(client_id = %env.client, seq = env.seq, kind = env.msg.kind(), ?outcome, "uplink");
             }
         }
-        for client in &result.sync {
-            self.downlink.republish(client);
-        }
-        let mut acks = 0;
-        for client in result.ack.iter().filter(|c| !result.sync.contains(*c)) {
-            self.downlink.ack(client);
-            acks += 1;
-        }
-        stats.counters.add(IngestMetric::AcksRequested, acks);
+        stats
+            .counters
+            .add(IngestMetric::AcksRequested, acks_requested);
         stats.batch_micros.record(micros(started.elapsed()));
     }
 }

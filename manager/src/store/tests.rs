@@ -213,7 +213,7 @@ fn nothing_assigned_is_version_1_with_no_deployments() {
     assert_eq!(desired_version(Some(7)), 7);
 }
 
-fn status_item(client: &ClientId, seq: u64, deployment: &str) -> UplinkItem {
+pub(crate) fn status_item(client: &ClientId, seq: u64, deployment: &str) -> UplinkItem {
     UplinkItem::Message(Box::new(Envelope::new(
         client.clone(),
         seq,
