@@ -19,6 +19,8 @@ metric_set! {
             "HTTPS connections closed at once, by reason." {
             /// `http.max_connections` reached.
             RefusedConnectionCap(reason = "connection_cap") => "refusedConnectionCap",
+            /// `http.max_connections_per_source` reached for the source network.
+            RefusedSourceCap(reason = "source_cap") => "refusedSourceCap",
         }
         counter "margo_https_handshakes_failed_total", "HTTPS TLS handshakes that failed, by reason." {
             /// TLS handshakes that failed.

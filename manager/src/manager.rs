@@ -352,8 +352,7 @@ impl Manager {
                     config.http.listen,
                     tls,
                     router,
-                    config.http.handshake_timeout,
-                    config.http.max_connections,
+                    &config.http,
                     Arc::clone(&http_stats),
                 )
                 .await

@@ -122,6 +122,10 @@ pub struct HttpSettings {
     pub handshake_timeout: Duration,
     /// Most concurrent connections (handshaking or open). Default 1024.
     pub max_connections: usize,
+    /// Most concurrent connections from one source network (an IPv4
+    /// address, an IPv6 /64), so one source cannot take every slot.
+    /// Default 128.
+    pub max_connections_per_source: usize,
     /// Largest JSON body of a status or capabilities request; larger ones get
     /// 413. Default 64 KiB.
     pub max_body_bytes: usize,
@@ -185,6 +189,7 @@ impl Default for HttpSettings {
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 8443),
             handshake_timeout: Duration::from_secs(10),
             max_connections: 1024,
+            max_connections_per_source: 128,
             max_body_bytes: 64 * 1024,
             require_signed_reads: true,
             signature_schemes: vec![SignatureScheme::Rfc9421, SignatureScheme::XPayloadSignature],
@@ -566,6 +571,14 @@ impl ManagerConfig {
             return Err(invalid(
                 "http.max_connections",
                 "must be between 1 and 100000",
+            ));
+        }
+        if self.http.max_connections_per_source == 0
+            || self.http.max_connections_per_source > self.http.max_connections
+        {
+            return Err(invalid(
+                "http.max_connections_per_source",
+                "must be between 1 and http.max_connections",
             ));
         }
         if self.http.max_body_bytes < 1024 || self.http.max_body_bytes > 16 * 1024 * 1024 {

@@ -6,8 +6,9 @@
 //! Each accepted socket runs in its own task: a TLS 1.3 handshake with a
 //! deadline (a slow or stalled client delays nobody else), then HTTP/1.1
 //! served by hyper with the axum router, a header-read deadline and a
-//! per-request deadline. Connections beyond `max_connections` are closed at
-//! once and counted. On shutdown every connection finishes its request in
+//! per-request deadline. Connections beyond `max_connections`, or beyond
+//! `max_connections_per_source` from one source network (an IPv4 address,
+//! an IPv6 /64), are closed at once and counted. On shutdown every connection finishes its request in
 //! flight (bounded) and closes.
 
 pub mod access;
@@ -314,7 +315,66 @@ pub struct HttpsServer {
     router: Router,
     handshake_timeout: Duration,
     connections: Arc<Semaphore>,
+    per_source: Arc<SourceSlots>,
     stats: Arc<HttpStats>,
+}
+
+/// Open connections per source network ([`crate::source_network`]), each
+/// at most `limit`: one source cannot take every slot of `max_connections`.
+#[derive(Debug)]
+struct SourceSlots {
+    limit: usize,
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One connection's place in [`SourceSlots`], given back when dropped.
+#[derive(Debug)]
+struct SourceSlot {
+    slots: Arc<SourceSlots>,
+    network: std::net::IpAddr,
+}
+
+impl SourceSlots {
+    fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            limit: limit.max(1),
+            open: Default::default(),
+        })
+    }
+
+    /// A slot for a connection from `peer`, unless its network holds `limit`.
+    fn try_take(self: &Arc<Self>, peer: std::net::IpAddr) -> Option<SourceSlot> {
+        let network = crate::source_network::of(peer);
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = open.entry(network).or_insert(0);
+        if *count >= self.limit {
+            return None;
+        }
+        *count += 1;
+        Some(SourceSlot {
+            slots: Arc::clone(self),
+            network,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .slots
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let std::collections::hash_map::Entry::Occupied(mut entry) = open.entry(self.network) {
+            *entry.get_mut() -= 1;
+            if *entry.get() == 0 {
+                entry.remove();
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for HttpsServer {
@@ -326,13 +386,13 @@ impl std::fmt::Debug for HttpsServer {
 }
 
 impl HttpsServer {
-    /// Binds `listen` and prepares to serve `router` over `tls`.
+    /// Binds `listen` and prepares to serve `router` over `tls` with the
+    /// handshake deadline and connection caps of `limits`.
     pub async fn bind(
         listen: SocketAddr,
         tls: Arc<rustls::ServerConfig>,
         router: Router,
-        handshake_timeout: Duration,
-        max_connections: usize,
+        limits: &HttpSettings,
         stats: Arc<HttpStats>,
     ) -> Result<Self, HttpError> {
         let listener = TcpListener::bind(listen)
@@ -350,8 +410,9 @@ impl HttpsServer {
             local_addr,
             acceptor: TlsAcceptor::from(tls),
             router,
-            handshake_timeout,
-            connections: Arc::new(Semaphore::new(max_connections.max(1))),
+            handshake_timeout: limits.handshake_timeout,
+            connections: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+            per_source: SourceSlots::new(limits.max_connections_per_source),
             stats,
         })
     }
@@ -378,6 +439,12 @@ impl HttpsServer {
                 },
             };
             self.stats.inc(HttpMetric::Accepted);
+            let Some(slot) = self.per_source.try_take(peer.ip()) else {
+                self.stats.inc(HttpMetric::RefusedSourceCap);
+                debug!(%peer, "HTTPS per-source connection cap reached; connection closed");
+                drop(socket);
+                continue;
+            };
             let Ok(permit) = Arc::clone(&self.connections).try_acquire_owned() else {
                 self.stats.inc(HttpMetric::RefusedConnectionCap);
                 warn!(%peer, "HTTPS connection cap reached; connection closed");
@@ -391,7 +458,7 @@ impl HttpsServer {
                 stats: Arc::clone(&self.stats),
             };
             tracker.spawn(
-                conn.serve(socket, peer, permit, shutdown.clone())
+                conn.serve(socket, peer, (permit, slot), shutdown.clone())
                     .instrument(tracing::debug_span!("https", %peer)),
             );
         }
@@ -413,7 +480,7 @@ impl Connection {
         self,
         socket: TcpStream,
         peer: SocketAddr,
-        _permit: OwnedSemaphorePermit,
+        _slots: (OwnedSemaphorePermit, SourceSlot),
         shutdown: CancellationToken,
     ) {
         let tls =
@@ -457,5 +524,40 @@ impl Connection {
         if let Err(error) = result {
             debug!(%error, "HTTPS connection ended with an error");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_source_network_holds_at_most_its_share_and_gives_it_back() {
+        let slots = SourceSlots::new(2);
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let a1 = slots.try_take(ip("192.0.2.1")).expect("first");
+        let _a2 = slots.try_take(ip("192.0.2.1")).expect("second");
+        assert!(
+            slots.try_take(ip("192.0.2.1")).is_none(),
+            "third from one address"
+        );
+        let _b = slots
+            .try_take(ip("192.0.2.2"))
+            .expect("another address has its own");
+        // One IPv6 /64 is one source.
+        let _c1 = slots.try_take(ip("2001:db8::1")).expect("v6 first");
+        let _c2 = slots.try_take(ip("2001:db8::ffff:1")).expect("v6 second");
+        assert!(slots.try_take(ip("2001:db8::abcd")).is_none(), "same /64");
+        drop(a1);
+        assert!(
+            slots.try_take(ip("192.0.2.1")).is_some(),
+            "a closed connection frees its slot"
+        );
+        drop(_b);
+        let open = slots.open.lock().unwrap();
+        assert!(
+            !open.contains_key(&ip("192.0.2.2")),
+            "empty networks are forgotten"
+        );
     }
 }

@@ -43,21 +43,8 @@ pub fn source_group(source: &str) -> String {
         .map(|a| a.ip())
         .or_else(|_| source.parse::<IpAddr>());
     match ip {
-        Ok(ip) => group_of(ip),
+        Ok(ip) => crate::source_network::display(ip),
         Err(_) => source.to_string(),
-    }
-}
-
-fn group_of(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => {
-                let s = v6.segments();
-                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-            }
-        },
     }
 }
 
