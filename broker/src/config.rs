@@ -120,8 +120,13 @@ pub struct GatewayConfig {
     pub connect_timeout: Duration,
     /// Most handshakes in progress at once; more connections are closed at once.
     pub max_pending_handshakes: usize,
-    /// Most handshakes in progress from one source IP address.
+    /// Most connections in progress (TLS handshake, then the wait for
+    /// CONNECT) from one source network: an IPv4 address or an IPv6 /64.
     pub max_pending_per_ip: usize,
+    /// Most live connections of one device identity (certificate CN) at
+    /// once; more are closed at once. Default 4 (a reconnect that takes
+    /// over a half-open session needs 2).
+    pub max_connections_per_identity: usize,
     /// Largest MQTT packet (remaining length) a device may send. Default 1 MiB.
     pub max_packet_bytes: usize,
     /// How much one device may send (messages and bytes per second).
@@ -138,6 +143,7 @@ impl GatewayConfig {
             connect_timeout: Duration::from_secs(10),
             max_pending_handshakes: 1024,
             max_pending_per_ip: 64,
+            max_connections_per_identity: 4,
             max_packet_bytes: 1024 * 1024,
             device_rate: DeviceRate::default(),
         }
@@ -153,6 +159,11 @@ impl GatewayConfig {
             1,
         )?;
         at_least("gateway.max_pending_per_ip", self.max_pending_per_ip, 1)?;
+        at_least(
+            "gateway.max_connections_per_identity",
+            self.max_connections_per_identity,
+            1,
+        )?;
         at_least("gateway.max_packet_bytes", self.max_packet_bytes, 1)?;
         self.device_rate.validate("gateway.device_rate")?;
         at_most(
@@ -284,9 +295,13 @@ pub struct GatewayFileConfig {
     /// Cap on handshakes in progress. Default 1024.
     #[serde(default = "default_max_pending")]
     pub max_pending_handshakes: usize,
-    /// Cap on handshakes in progress per source IP. Default 64.
+    /// Cap on connections in progress (handshake, then CONNECT) per source
+    /// network (IPv4 address, IPv6 /64). Default 64.
     #[serde(default = "default_max_pending_per_ip")]
     pub max_pending_per_ip: usize,
+    /// Cap on live connections per device identity. Default 4.
+    #[serde(default = "default_max_per_identity")]
+    pub max_connections_per_identity: usize,
     /// `[gateway.device_rate]`: how much one device may send.
     #[serde(default)]
     pub device_rate: DeviceRate,
@@ -303,6 +318,9 @@ fn default_max_pending() -> usize {
 }
 fn default_max_pending_per_ip() -> usize {
     64
+}
+fn default_max_per_identity() -> usize {
+    4
 }
 
 impl Default for BrokerFileConfig {
@@ -329,6 +347,7 @@ impl GatewayFileConfig {
             connect_timeout: default_ten_seconds(),
             max_pending_handshakes: default_max_pending(),
             max_pending_per_ip: default_max_pending_per_ip(),
+            max_connections_per_identity: default_max_per_identity(),
             device_rate: DeviceRate::default(),
         }
     }
@@ -422,6 +441,7 @@ impl BrokerFileConfig {
                 connect_timeout: g.connect_timeout,
                 max_pending_handshakes: g.max_pending_handshakes,
                 max_pending_per_ip: g.max_pending_per_ip,
+                max_connections_per_identity: g.max_connections_per_identity,
                 max_packet_bytes: self.limits.max_payload_bytes,
                 device_rate: g.device_rate,
             }),

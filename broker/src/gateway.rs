@@ -27,7 +27,7 @@ use crate::config::GatewayConfig;
 use crate::error::{BrokerError, Listener};
 use crate::inspect::{Inspector, Violation};
 use crate::rate::{DeviceRate, Throttle};
-use crate::revocation::Revocations;
+use crate::revocation::{LiveRefusal, Revocations};
 use crate::stats::{to_u64, GatewayMetric, GatewayStats, HandshakeOutcome, Refusal};
 use crate::tls::{self, accept_with_deadline, Handshake};
 
@@ -56,6 +56,7 @@ struct Shared {
     revocations: Revocations,
     stats: Arc<GatewayStats>,
     pending: PendingHandshakes,
+    max_per_identity: usize,
 }
 
 impl Gateway {
@@ -89,6 +90,7 @@ impl Gateway {
                 revocations,
                 stats: Arc::new(GatewayStats::default()),
                 pending: PendingHandshakes::new(cfg.max_pending_handshakes, cfg.max_pending_per_ip),
+                max_per_identity: cfg.max_connections_per_identity,
             }),
         })
     }
@@ -159,7 +161,9 @@ pub async fn run_gateway(
         .await
 }
 
-/// Counts handshakes in progress, in total and per source address.
+/// Counts connections in progress (the TLS handshake, then the wait for
+/// CONNECT), in total and per source network (an IPv4 address, an IPv6
+/// /64: [`margo_schemas::source_network`]).
 struct PendingHandshakes {
     max_total: usize,
     max_per_ip: usize,
@@ -189,6 +193,7 @@ impl PendingHandshakes {
 
     /// A slot, or which cap refused it.
     fn try_acquire(&self, ip: IpAddr) -> Result<PendingPermit, Refusal> {
+        let ip = margo_schemas::source_network::of(ip);
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let from_ip = state.per_ip.get(&ip).copied().unwrap_or(0);
         if state.total >= self.max_total {
@@ -257,7 +262,6 @@ async fn handle_connection(
             return;
         }
     };
-    drop(permit);
     shared.stats.inc(HandshakeOutcome::Ok.metric());
 
     let identity = match tls::identity(tls.get_ref().1.peer_certificates()) {
@@ -269,7 +273,7 @@ async fn handle_connection(
         }
     };
     let span = tracing::info_span!("session", client_id = %identity);
-    relay_device(shared, tls, identity, token)
+    relay_device(shared, tls, identity, permit, token)
         .instrument(span)
         .await;
 }
@@ -291,27 +295,47 @@ enum SessionError {
     Io(#[from] std::io::Error),
 }
 
+/// Relays a device's session. `permit` holds its place among the
+/// connections in progress until its CONNECT arrives, so sockets that finish
+/// TLS and then stay silent count against the pending caps too.
 async fn relay_device(
     shared: Arc<Shared>,
     tls: TlsStream<TcpStream>,
     identity: ClientId,
+    permit: PendingPermit,
     token: CancellationToken,
 ) {
-    let Some(_live) = shared.revocations.register_live(&identity, token.clone()) else {
-        shared.stats.inc(Refusal::Revoked.metric());
-        let answered = tokio::select! {
-            () = token.cancelled() => false,
-            answered = refuse_not_authorized(&shared, tls, &identity) => answered,
-        };
-        warn!(
-            connack_sent = answered,
-            "revoked identity refused (CONNACK not authorized)"
-        );
-        return;
+    let registered =
+        shared
+            .revocations
+            .register_live(&identity, token.clone(), shared.max_per_identity);
+    let _live = match registered {
+        Ok(live) => live,
+        Err(LiveRefusal::TooMany) => {
+            shared.stats.inc(Refusal::IdentityCap.metric());
+            debug!(
+                max = shared.max_per_identity,
+                "identity already holds its cap of connections; connection closed"
+            );
+            return;
+        }
+        Err(LiveRefusal::Revoked) => {
+            drop(permit);
+            shared.stats.inc(Refusal::Revoked.metric());
+            let answered = tokio::select! {
+                () = token.cancelled() => false,
+                answered = refuse_not_authorized(&shared, tls, &identity) => answered,
+            };
+            warn!(
+                connack_sent = answered,
+                "revoked identity refused (CONNACK not authorized)"
+            );
+            return;
+        }
     };
     let result = tokio::select! {
         () = token.cancelled() => Ok(End::Cancelled),
-        result = session(&shared, tls, &identity) => result,
+        result = session(&shared, tls, &identity, permit) => result,
     };
     match result {
         Ok(End::Cancelled) if shared.revocations.is_revoked(&identity) => {
@@ -334,6 +358,7 @@ async fn session(
     shared: &Shared,
     tls: TlsStream<TcpStream>,
     identity: &ClientId,
+    permit: PendingPermit,
 ) -> Result<End, SessionError> {
     let (mut device_rx, mut device_tx) = tokio::io::split(tls);
     let mut inspector = Inspector::new(identity.clone(), shared.max_packet_bytes);
@@ -351,6 +376,7 @@ async fn session(
         Ok(Ok(None)) => return Ok(End::DeviceClosed),
         Ok(Err(e)) => return Err(e),
     };
+    drop(permit);
 
     let upstream = match tokio::time::timeout(
         shared.connect_timeout,

@@ -31,6 +31,15 @@ struct State {
     live: HashMap<ClientId, HashMap<u64, CancellationToken>>,
 }
 
+/// Why [`Revocations::register_live`] refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LiveRefusal {
+    /// The identity is revoked.
+    Revoked,
+    /// The identity already has its cap of live connections.
+    TooMany,
+}
+
 /// A live connection's entry in the registry; removes itself on drop.
 #[derive(Debug)]
 pub(crate) struct LiveGuard {
@@ -105,16 +114,21 @@ impl Revocations {
     }
 
     /// Registers a live connection of `client`, atomically with the revocation
-    /// check: `None` if the client is revoked. The connection must stop when
-    /// `token` is cancelled; dropping the guard unregisters it.
+    /// check and the cap of `max_live` connections per identity. The
+    /// connection must stop when `token` is cancelled; dropping the guard
+    /// unregisters it.
     pub(crate) fn register_live(
         &self,
         client: &ClientId,
         token: CancellationToken,
-    ) -> Option<LiveGuard> {
+        max_live: usize,
+    ) -> Result<LiveGuard, LiveRefusal> {
         let mut state = lock(&self.inner.state);
         if state.revoked.contains(client) {
-            return None;
+            return Err(LiveRefusal::Revoked);
+        }
+        if state.live.get(client).is_some_and(|c| c.len() >= max_live) {
+            return Err(LiveRefusal::TooMany);
         }
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         state
@@ -122,7 +136,7 @@ impl Revocations {
             .entry(client.clone())
             .or_default()
             .insert(id, token);
-        Some(LiveGuard {
+        Ok(LiveGuard {
             inner: Arc::clone(&self.inner),
             client: client.clone(),
             id,
@@ -171,13 +185,36 @@ mod tests {
         let r = Revocations::new();
         let a = id("aaa");
         let token = CancellationToken::new();
-        let guard = r.register_live(&a, token.clone()).expect("not revoked");
+        let guard = r.register_live(&a, token.clone(), 4).expect("not revoked");
         assert_eq!(r.revoke(&a), 1);
         assert!(token.is_cancelled());
         drop(guard);
-        assert!(r.register_live(&a, CancellationToken::new()).is_none());
+        assert_eq!(
+            r.register_live(&a, CancellationToken::new(), 4).err(),
+            Some(LiveRefusal::Revoked)
+        );
         r.unrevoke(&a);
-        assert!(r.register_live(&a, CancellationToken::new()).is_some());
+        assert!(r.register_live(&a, CancellationToken::new(), 4).is_ok());
+    }
+
+    #[test]
+    fn an_identity_holds_at_most_max_live_connections() {
+        let r = Revocations::new();
+        let a = id("aaa");
+        let first = r.register_live(&a, CancellationToken::new(), 2).expect("1");
+        let _second = r.register_live(&a, CancellationToken::new(), 2).expect("2");
+        assert_eq!(
+            r.register_live(&a, CancellationToken::new(), 2).err(),
+            Some(LiveRefusal::TooMany)
+        );
+        assert!(r
+            .register_live(&id("bbb"), CancellationToken::new(), 2)
+            .is_ok());
+        drop(first);
+        assert!(
+            r.register_live(&a, CancellationToken::new(), 2).is_ok(),
+            "a slot came back"
+        );
     }
 
     #[test]
@@ -185,7 +222,7 @@ mod tests {
         let r = Revocations::new();
         r.revoke(&id("aaa"));
         let token = CancellationToken::new();
-        let _guard = r.register_live(&id("bbb"), token.clone());
+        let _guard = r.register_live(&id("bbb"), token.clone(), 4);
         assert_eq!(r.replace_all([id("bbb")]), 1);
         assert!(token.is_cancelled());
         assert!(!r.is_revoked(&id("aaa")));
@@ -207,7 +244,7 @@ mod tests {
     fn dropped_guards_leave_the_registry() {
         let r = Revocations::new();
         let a = id("aaa");
-        drop(r.register_live(&a, CancellationToken::new()));
+        drop(r.register_live(&a, CancellationToken::new(), 4));
         assert_eq!(r.revoke(&a), 0);
     }
 }

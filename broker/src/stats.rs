@@ -35,6 +35,8 @@ metric_set! {
             RefusedRevoked(reason = "revoked") => "refusedRevoked",
             /// The certificate CN is not a valid client id.
             RefusedBadIdentity(reason = "bad_identity") => "refusedBadIdentity",
+            /// The identity already holds `max_connections_per_identity` connections.
+            RefusedIdentityCap(reason = "identity_cap") => "refusedIdentityCap",
         }
         counter "margo_gateway_violations_total",
             "Connections closed for a protocol or topic-rule violation, by reason." {
@@ -111,6 +113,8 @@ pub enum Refusal {
     Revoked,
     /// The certificate CN is not a valid client id.
     BadIdentity,
+    /// The identity already holds its cap of connections.
+    IdentityCap,
 }
 
 impl Refusal {
@@ -121,6 +125,7 @@ impl Refusal {
             Self::PerIpCap => GatewayMetric::RefusedPerIpCap,
             Self::Revoked => GatewayMetric::RefusedRevoked,
             Self::BadIdentity => GatewayMetric::RefusedBadIdentity,
+            Self::IdentityCap => GatewayMetric::RefusedIdentityCap,
         }
     }
 

@@ -535,3 +535,100 @@ async fn reconnects_resume_the_tls_session() {
     assert_eq!(broker.stats().get(GatewayMetric::RefusedBadIdentity), 0);
     broker.shutdown().await;
 }
+
+/// A broker whose gateway is shaped by `shape` (the other settings as in
+/// the tests above).
+async fn start_shaped(
+    pki: &TestPki,
+    shape: impl FnOnce(&mut margo_broker::GatewayConfig),
+) -> margo_broker::BrokerHandle {
+    let mut config = margo_broker::BrokerConfig::default();
+    config.mqtt.listen = "127.0.0.1:0".parse().expect("addr");
+    let mut gateway = margo_broker::GatewayConfig::new(gateway_tls(pki));
+    gateway.listen = "127.0.0.1:0".parse().expect("addr");
+    shape(&mut gateway);
+    config.gateway = Some(gateway);
+    within(
+        WAIT,
+        "broker start",
+        margo_broker::EmbeddedBroker::start(config),
+    )
+    .await
+    .expect("starts")
+}
+
+/// A TLS session as `cn` that never sends CONNECT.
+async fn silent_session(
+    gw: std::net::SocketAddr,
+    pki: &TestPki,
+    cn: &str,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let connector = tokio_rustls::TlsConnector::from(client_tls(pki, Some(&pki.client(cn))));
+    let tcp = TcpStream::connect(gw).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    within(WAIT, "TLS handshake", connector.connect(name, tcp))
+        .await
+        .expect("handshake")
+}
+
+/// Issue 12, finding 4: one valid device certificate opened 2,844 TLS
+/// sessions that never sent CONNECT within 8 s (`Too many open files`): the
+/// per-address cap covered only the handshake. A connection now holds its
+/// place among those in progress until its CONNECT arrives.
+#[tokio::test]
+async fn silent_tls_sessions_count_against_the_per_address_cap() {
+    let pki = TestPki::new("fleet ca");
+    let broker = start_shaped(&pki, |g| {
+        g.max_pending_per_ip = 2;
+        g.connect_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let gw = broker.gateway_addr().expect("gateway");
+    let stats = broker.stats();
+    let _silent_1 = silent_session(gw, &pki, "devs1").await;
+    let _silent_2 = silent_session(gw, &pki, "devs2").await;
+    eventually(WAIT, "both handshakes done", || {
+        stats.get(GatewayMetric::HandshakesOk) == 2
+    })
+    .await;
+    let mut third = TcpStream::connect(gw).await.expect("connect");
+    within(WAIT, "third socket closed at once", peer_closes(&mut third)).await;
+    assert_eq!(stats.get(GatewayMetric::RefusedPerIpCap), 1);
+    drop((_silent_1, _silent_2));
+    broker.shutdown().await;
+}
+
+/// Issue 12, finding 4: one identity holds at most
+/// `max_connections_per_identity` connections; others still get in.
+#[tokio::test]
+async fn one_identity_holds_at_most_its_cap_of_connections() {
+    let pki = TestPki::new("fleet ca");
+    let broker = start_shaped(&pki, |g| {
+        g.max_connections_per_identity = 2;
+        g.connect_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let gw = broker.gateway_addr().expect("gateway");
+    let stats = broker.stats();
+    let _one = silent_session(gw, &pki, "devc").await;
+    let _two = silent_session(gw, &pki, "devc").await;
+    eventually(WAIT, "both handshakes done", || {
+        stats.get(GatewayMetric::HandshakesOk) == 2
+    })
+    .await;
+    let mut three = silent_session(gw, &pki, "devc").await;
+    within(
+        WAIT,
+        "the third of one identity is closed",
+        peer_closes(&mut three),
+    )
+    .await;
+    assert_eq!(stats.get(GatewayMetric::RefusedIdentityCap), 1);
+    let mut other = TestClient::device(
+        gw,
+        client_tls(&pki, Some(&pki.client("devd"))),
+        Options::new("devd"),
+    );
+    other.connack().await;
+    broker.shutdown().await;
+}

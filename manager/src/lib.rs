@@ -3,8 +3,6 @@
 //! - [`store`]: redb store, persistence only (clients, desired state, uplink
 //!   and reports, onboarding, audit).
 //! - [`status_view`]: the fleet view operators see, joined from the store.
-//! - [`source_network`]: the network (IPv4 address, IPv6 /64) a source
-//!   address counts against in every per-source limit.
 //! - [`seq_window`]: which uplink seqs of a client are settled (dedupe and
 //!   `ackedSeq`), a pure type the store loads and writes back.
 //! - [`ca`]: fleet CA, gateway/manager/signing certificates, device provisioning.
@@ -60,7 +58,6 @@ pub mod private_fs;
 pub mod problem;
 pub mod publisher;
 pub mod seq_window;
-pub mod source_network;
 pub mod state_manifest;
 pub mod status_table;
 pub mod status_view;

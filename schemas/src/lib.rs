@@ -23,5 +23,6 @@ pub mod revision;
 pub mod schedule;
 pub mod sfv;
 pub mod sig_key;
+pub mod source_network;
 pub mod status;
 pub mod topics;

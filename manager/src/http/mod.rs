@@ -319,7 +319,7 @@ pub struct HttpsServer {
     stats: Arc<HttpStats>,
 }
 
-/// Open connections per source network ([`crate::source_network`]), each
+/// Open connections per source network ([`margo_schemas::source_network`]), each
 /// at most `limit`: one source cannot take every slot of `max_connections`.
 #[derive(Debug)]
 struct SourceSlots {
@@ -344,7 +344,7 @@ impl SourceSlots {
 
     /// A slot for a connection from `peer`, unless its network holds `limit`.
     fn try_take(self: &Arc<Self>, peer: std::net::IpAddr) -> Option<SourceSlot> {
-        let network = crate::source_network::of(peer);
+        let network = margo_schemas::source_network::of(peer);
         let mut open = self
             .open
             .lock()

@@ -43,7 +43,7 @@ pub fn source_group(source: &str) -> String {
         .map(|a| a.ip())
         .or_else(|_| source.parse::<IpAddr>());
     match ip {
-        Ok(ip) => crate::source_network::display(ip),
+        Ok(ip) => margo_schemas::source_network::display(ip),
         Err(_) => source.to_string(),
     }
 }
