@@ -29,7 +29,6 @@ pub mod manager_url;
 #[cfg(feature = "onboarding")]
 pub mod onboard;
 pub mod outbox;
-pub mod private_fs;
 pub mod reconcile;
 #[cfg(any(feature = "onboarding", feature = "http-transport"))]
 pub mod request_auth;

@@ -890,7 +890,7 @@ fn remove_if_exists(path: &Path) -> Result<(), OnboardError> {
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), OnboardError> {
-    crate::private_fs::create_dir_all(dir).map_err(io_err(dir))
+    margo_schemas::private_fs::create_dir_all(dir).map_err(io_err(dir))
 }
 
 /// Writes `name` in `dir` atomically: a temporary file in the same

@@ -239,9 +239,9 @@ impl Store {
             )))
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            crate::private_fs::create_dir_all(dir).map_err(|e| io(e, dir))?;
+            margo_schemas::private_fs::create_dir_all(dir).map_err(|e| io(e, dir))?;
         }
-        crate::private_fs::prepare_file(path).map_err(|e| io(e, path))?;
+        margo_schemas::private_fs::prepare_file(path).map_err(|e| io(e, path))?;
         let db = Database::builder()
             .set_cache_size(16 * 1024 * 1024)
             .create(path)?;

@@ -69,7 +69,7 @@ pub fn write_bundle(dir: &Path, bundle: &ProvisionedBundle) -> Result<(), Bundle
     }
     // 0700, and every parent created with it: nobody else may swap a
     // certificate in (an existing directory keeps its mode).
-    crate::private_fs::create_dir_all(dir).map_err(|source| BundleError::Io {
+    margo_schemas::private_fs::create_dir_all(dir).map_err(|source| BundleError::Io {
         path: dir.to_path_buf(),
         source,
     })?;

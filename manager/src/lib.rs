@@ -54,7 +54,6 @@ pub mod ingest;
 pub mod manager;
 pub mod mqtt_link;
 pub mod onboarding;
-pub mod private_fs;
 pub mod problem;
 pub mod publisher;
 pub mod seq_window;

@@ -147,7 +147,7 @@ fn prepare_data_dir(config: &ManagerConfig) -> Result<(), ManagerError> {
         source,
     };
     // 0700 (and any parent we create), whatever the umask.
-    crate::private_fs::create_dir_all(dir).map_err(err)
+    margo_schemas::private_fs::create_dir_all(dir).map_err(err)
 }
 
 fn load_pki(config: &ManagerConfig) -> Result<FleetPki, ManagerError> {

@@ -19,6 +19,7 @@ pub mod manifest;
 pub mod messages;
 pub mod onboarding;
 pub mod pki;
+pub mod private_fs;
 pub mod revision;
 pub mod schedule;
 pub mod sfv;

@@ -165,7 +165,7 @@ impl Store {
     pub fn open_with_clock(path: &Path, clock: Clock) -> Result<Self> {
         // redb would create the file with the umask's mode: it holds the
         // fleet's state, so 0600 first (an existing file is set to 0600 too).
-        crate::private_fs::prepare_file(path).map_err(|e| {
+        margo_schemas::private_fs::prepare_file(path).map_err(|e| {
             redb::Error::Io(std::io::Error::new(
                 e.kind(),
                 format!("{}: {e}", path.display()),
