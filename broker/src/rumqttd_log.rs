@@ -3,8 +3,8 @@
 //!
 //! rumqttd logs at ERROR what is routine for us: the manager's own
 //! readiness probe and every client that closes its socket before CONNECT
-//! ("Error while handling MQTT connect packet"), every session taken over or
-//! closed by the router ("router-drop"), every disconnect the router has
+//! ("Error while handling MQTT connect packet"), every clean DISCONNECT and
+//! every session taken over or closed by the router ("router-drop"), every disconnect the router has
 //! already handled ("no-connection id N is already gone"), and a peer
 //! closing its socket ("disconnected"). tracing fixes an event's level at
 //! its callsite, so these cannot be re-levelled to DEBUG: [`QuietRumqttd`]
