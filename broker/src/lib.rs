@@ -27,6 +27,7 @@ mod gateway;
 pub mod inspect;
 mod rate;
 mod revocation;
+pub mod rumqttd_log;
 mod stats;
 pub mod tls;
 

@@ -9,6 +9,7 @@
 //! - [`mqtt_link`]: the MQTT connection (receive loop, options, link counters).
 //! - [`publisher`]: the downlink publisher (retained, signed).
 //! - [`ingest`]: verified, deduplicated, batched uplink storage with acks after commit.
+//! - [`log_limit`]: per-client rate limit for warnings a device can trigger.
 //! - [`admin`]: the admin API on a Unix socket and its [`admin::AdminClient`].
 //! - [`http`]: the HTTPS listener serving the Margo HTTP API (onboarding,
 //!   desired state, bundles, status and capabilities; `docs/http-api.md`).
@@ -51,6 +52,7 @@ pub mod http;
 pub mod http_stats;
 pub mod identity_bundle;
 pub mod ingest;
+pub mod log_limit;
 pub mod manager;
 pub mod mqtt_link;
 pub mod onboarding;

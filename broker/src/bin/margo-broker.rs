@@ -14,7 +14,6 @@ use clap::Parser;
 use margo_broker::{parse_revocation_list, BrokerFileConfig, EmbeddedBroker, Revocations};
 use margo_schemas::config_layers::Layered;
 use tracing::{error, info};
-use tracing_subscriber::EnvFilter;
 
 /// Embedded MQTT broker on loopback plus the margo device gateway.
 #[derive(Debug, Parser)]
@@ -34,20 +33,9 @@ struct Cli {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    // rumqttd logs every accepted connection at info; keep it quieter by default.
-    let default_level = match cli.verbose {
-        0 => "info,rumqttd=warn",
-        1 => "debug,rumqttd=info",
-        _ => "trace",
-    };
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour only for a person at a terminal, not in log files and journals.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // rumqttd logs every accepted connection at info, and routine events at
+    // error: quieter by default (margo_broker::rumqttd_log).
+    margo_broker::rumqttd_log::init_stderr(cli.verbose);
     // One process-wide rustls provider (ring) for every rustls user in the tree.
     let _ = rustls::crypto::ring::default_provider().install_default();
 

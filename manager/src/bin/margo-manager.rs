@@ -73,25 +73,11 @@ impl Common {
     }
 }
 
-fn init_tracing(verbose: u8) {
-    let default = match verbose {
-        0 => "info,rumqttd=warn",
-        1 => "debug,rumqttd=info",
-        _ => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing(cli.verbose);
+    // Routine rumqttd errors of the embedded broker are dropped below -vv.
+    margo_broker::rumqttd_log::init_stderr(cli.verbose);
     match cli.command {
         Command::Init(common) => {
             let config = common.load()?;

@@ -95,6 +95,8 @@ pub struct FleetParts {
 #[derive(Clone)]
 pub struct Fleet {
     inner: Arc<FleetParts>,
+    /// The rate limits of the refusal warnings of [`Fleet::ingest`].
+    refusals: Arc<uplink::RefusalWarnings>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -111,6 +113,7 @@ impl Fleet {
     pub fn new(parts: FleetParts) -> Self {
         Self {
             inner: Arc::new(parts),
+            refusals: Arc::new(uplink::RefusalWarnings::default()),
         }
     }
 

@@ -2,10 +2,13 @@
 //! transaction with the security events they raise, then acknowledged
 //! through the publisher. Acks go out only after the commit.
 
+use std::sync::Arc;
+
 use margo_schemas::topics;
 use tracing::{error, warn};
 
 use super::{Fleet, FleetResult};
+use crate::log_limit::ClientWarnings;
 use crate::store::{AuditEvent, BatchResult, IngestOutcome, UplinkItem};
 
 /// What [`Fleet::ingest`] stored and asked for.
@@ -20,21 +23,50 @@ pub struct Ingested {
     pub acks_requested: u64,
 }
 
+const UNASSIGNED: &str =
+    "refused a status report for a deployment never assigned to the client (acknowledged, not stored)";
+const CAPABILITIES: &str = "refused a capabilities report (acknowledged, not stored)";
+
+/// The per-client rate limits of the refusal warnings (a device can send
+/// as many refused reports as it likes; each is still audited).
+#[derive(Debug)]
+pub(super) struct RefusalWarnings {
+    unassigned: ClientWarnings,
+    capabilities: ClientWarnings,
+}
+
+impl Default for RefusalWarnings {
+    fn default() -> Self {
+        Self {
+            unassigned: ClientWarnings::new(UNASSIGNED),
+            capabilities: ClientWarnings::new(CAPABILITIES),
+        }
+    }
+}
+
 /// The security event of an item the store acknowledged but did not keep:
 /// a status for a deployment never assigned to the client, or a refused
-/// capabilities report. Logged once here.
-fn refusal_event(item: &UplinkItem, outcome: &IngestOutcome, now_ms: u64) -> Option<AuditEvent> {
+/// capabilities report. Logged here, within the client's share of
+/// `warnings`.
+fn refusal_event(
+    item: &UplinkItem,
+    outcome: &IngestOutcome,
+    now_ms: u64,
+    warnings: &RefusalWarnings,
+) -> Option<AuditEvent> {
     let UplinkItem::Message(env) = item else {
         return None;
     };
     match outcome {
         IngestOutcome::NotAssigned(deployment) => {
-            warn!(
-                client_id = %env.client,
-                seq = env.seq,
-                deployment_id = %deployment,
-                "refused a status report for a deployment never assigned to the client (acknowledged, not stored)"
-            );
+            if warnings.unassigned.allow(env.client.as_str()) {
+                warn!(
+                    client_id = %env.client,
+                    seq = env.seq,
+                    deployment_id = %deployment,
+                    "{UNASSIGNED}"
+                );
+            }
             Some(AuditEvent {
                 ts_ms: now_ms,
                 kind: "unassigned-deployment".to_string(),
@@ -46,13 +78,15 @@ fn refusal_event(item: &UplinkItem, outcome: &IngestOutcome, now_ms: u64) -> Opt
             })
         }
         IngestOutcome::Rejected(rejection) => {
-            warn!(
-                client_id = %env.client,
-                seq = env.seq,
-                kind = rejection.kind(),
-                error = %rejection,
-                "refused a capabilities report (acknowledged, not stored)"
-            );
+            if warnings.capabilities.allow(env.client.as_str()) {
+                warn!(
+                    client_id = %env.client,
+                    seq = env.seq,
+                    kind = rejection.kind(),
+                    error = %rejection,
+                    "{CAPABILITIES}"
+                );
+            }
             Some(AuditEvent {
                 ts_ms: now_ms,
                 kind: rejection.kind().to_string(),
@@ -77,24 +111,22 @@ impl Fleet {
         items: Vec<UplinkItem>,
         mut audit: Vec<AuditEvent>,
     ) -> FleetResult<Ingested> {
-        let (items, result) = self
-            .inner
-            .store
-            .run(move |store| {
-                let result = store.ingest(&items)?;
-                let now = store.clock().now_ms();
-                audit.extend(
-                    items
-                        .iter()
-                        .zip(&result.outcomes)
-                        .filter_map(|(item, outcome)| refusal_event(item, outcome, now)),
-                );
-                if let Err(error) = store.record_audit(&audit) {
-                    error!(%error, "could not record security events");
-                }
-                Ok((items, result))
-            })
-            .await?;
+        let warnings = Arc::clone(&self.refusals);
+        let (items, result) =
+            self.inner
+                .store
+                .run(move |store| {
+                    let result = store.ingest(&items)?;
+                    let now = store.clock().now_ms();
+                    audit.extend(items.iter().zip(&result.outcomes).filter_map(
+                        |(item, outcome)| refusal_event(item, outcome, now, &warnings),
+                    ));
+                    if let Err(error) = store.record_audit(&audit) {
+                        error!(%error, "could not record security events");
+                    }
+                    Ok((items, result))
+                })
+                .await?;
         for client in &result.sync {
             self.inner.downlink.republish(client);
         }

@@ -4,7 +4,8 @@
 //! the client's certificate, body), collected into a batch of up to
 //! `batch_max` messages or `batch_interval`, stored in one redb transaction,
 //! and only after the commit are acks requested from the publisher. A bad
-//! message is counted, logged once with its client and dropped; the loop
+//! message is counted, audited, logged with its client (at most a few lines
+//! per client a minute: [`crate::log_limit`]) and dropped; the loop
 //! never stops for one.
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use tracing::{debug, error, warn};
 
 use crate::capabilities::CapabilitiesRejection;
 use crate::fleet::{Fleet, Ingested, KeyCache, KeyError};
+use crate::log_limit::ClientWarnings;
 use crate::mqtt_link::RawUplink;
 use crate::store::{AuditEvent, IngestOutcome, Store, StoreError, UplinkItem};
 
@@ -241,6 +243,7 @@ impl Ingest {
             keys: fleet.keys().clone(),
             stats: Arc::clone(&stats),
             max_payload,
+            warnings: Arc::new(ClientWarnings::new(DROPPED)),
         };
         let committer = Committer { fleet, stats };
         let collect = async move {
@@ -300,6 +303,7 @@ struct Verifier {
     keys: KeyCache,
     stats: Arc<IngestStats>,
     max_payload: usize,
+    warnings: Arc<ClientWarnings>,
 }
 
 impl Verifier {
@@ -313,14 +317,15 @@ impl Verifier {
         let mut tasks = Vec::with_capacity(parts);
         for _ in 0..parts {
             let chunk: Vec<RawUplink> = batch.by_ref().take(per_part).collect();
-            let (store, keys, stats) = (
+            let (store, keys, stats, warnings) = (
                 self.store.clone(),
                 self.keys.clone(),
                 Arc::clone(&self.stats),
+                Arc::clone(&self.warnings),
             );
             let max = self.max_payload;
             tasks.push(tokio::task::spawn_blocking(move || {
-                verify_chunk(&store, &keys, &stats, &chunk, max)
+                verify_chunk(&store, &keys, &stats, &warnings, &chunk, max)
             }));
         }
         let mut verified = Verified {
@@ -346,12 +351,16 @@ impl Verifier {
     }
 }
 
-/// Verifies `chunk` (synchronous: store reads, crypto); counts and logs
-/// every rejection.
+/// The warning of a rejected uplink message.
+const DROPPED: &str = "dropped an uplink message";
+
+/// Verifies `chunk` (synchronous: store reads, crypto); counts and audits
+/// every rejection, and logs it within the client's share of `warnings`.
 fn verify_chunk(
     store: &Store,
     keys: &KeyCache,
     stats: &IngestStats,
+    warnings: &ClientWarnings,
     chunk: &[RawUplink],
     max: usize,
 ) -> (Vec<UplinkItem>, Vec<AuditEvent>) {
@@ -365,13 +374,16 @@ fn verify_chunk(
             Err((client, err)) => {
                 stats.inc(IngestMetric::of_rejection(&err));
                 let client_id = client.as_ref().map(ClientId::to_string);
-                warn!(
-                    client_id = client_id.as_deref().unwrap_or("-"),
-                    topic = %raw.topic,
-                    kind = err.kind(),
-                    error = %err,
-                    "dropped an uplink message"
-                );
+                let shown = client_id.as_deref().unwrap_or("-");
+                if warnings.allow(shown) {
+                    warn!(
+                        client_id = shown,
+                        topic = %raw.topic,
+                        kind = err.kind(),
+                        error = %err,
+                        "{DROPPED}"
+                    );
+                }
                 audit.push(AuditEvent {
                     ts_ms: store.clock().now_ms(),
                     kind: err.kind().to_string(),
