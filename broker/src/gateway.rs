@@ -320,7 +320,8 @@ async fn relay_device(
             return;
         }
         Err(LiveRefusal::Revoked) => {
-            drop(permit);
+            // Keeps its place among the connections in progress until the
+            // refusal is answered, like any other connection before CONNECT.
             shared.stats.inc(Refusal::Revoked.metric());
             let answered = tokio::select! {
                 () = token.cancelled() => false,

@@ -4,25 +4,16 @@
 
 #![cfg(unix)]
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Output, Stdio};
+
+use margo_testkit::Proc;
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(30);
 const MANAGER: &str = env!("CARGO_BIN_EXE_margo-manager");
 const MARGOCTL: &str = env!("CARGO_BIN_EXE_margoctl");
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// `program args..` under `umask 000`, so nothing but our own modes
 /// narrows what we create.
@@ -51,7 +42,7 @@ fn margoctl(data_dir: &Path, args: &[&str]) -> Output {
 }
 
 /// `margo-manager serve` on free ports under umask 000, once it is ready.
-fn serve(dir: &Path) -> (Running, PathBuf) {
+fn serve(dir: &Path) -> (Proc, PathBuf) {
     let data = dir.join("data");
     let config = dir.join("manager.toml");
     std::fs::write(
@@ -62,29 +53,12 @@ fn serve(dir: &Path) -> (Running, PathBuf) {
         ),
     )
     .expect("write config");
-    let mut child = under_umask_000(MANAGER)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("serve starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let child = Running(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let ready = rx
-        .recv_timeout(WAIT)
-        .expect("timed out waiting for the ready line of margo-manager serve");
+    let mut cmd = under_umask_000(MANAGER);
+    cmd.args(["serve", "--config"]).arg(&config);
+    let (manager, ready) = Proc::spawn("margo-manager", cmd, dir, "margo-manager ready", WAIT)
+        .expect("margo-manager serve prints its ready line");
     assert!(ready.starts_with("margo-manager ready"), "{ready}");
-    (child, data)
+    (manager, data)
 }
 
 fn mode(path: &Path) -> u32 {
