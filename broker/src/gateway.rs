@@ -8,9 +8,8 @@
 //! broker packet inspected ([`crate::inspect`]) and broker → client bytes
 //! copied unchanged.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -28,6 +27,7 @@ use crate::error::{BrokerError, Listener};
 use crate::inspect::{Inspector, Violation};
 use crate::rate::{DeviceRate, Throttle};
 use crate::revocation::{LiveRefusal, Revocations};
+use crate::slots::{Slot, SlotRefusal, SourceSlots};
 use crate::stats::{to_u64, GatewayMetric, GatewayStats, HandshakeOutcome, Refusal};
 use crate::tls::{self, accept_with_deadline, Handshake};
 
@@ -55,7 +55,8 @@ struct Shared {
     device_rate: DeviceRate,
     revocations: Revocations,
     stats: Arc<GatewayStats>,
-    pending: PendingHandshakes,
+    /// Connections in progress: from accept until their CONNECT arrives.
+    pending: SourceSlots,
     max_per_identity: usize,
 }
 
@@ -89,7 +90,7 @@ impl Gateway {
                 device_rate: cfg.device_rate,
                 revocations,
                 stats: Arc::new(GatewayStats::default()),
-                pending: PendingHandshakes::new(cfg.max_pending_handshakes, cfg.max_pending_per_ip),
+                pending: SourceSlots::new(cfg.max_pending_handshakes, cfg.max_pending_per_ip),
                 max_per_identity: cfg.max_connections_per_identity,
             }),
         })
@@ -123,9 +124,13 @@ impl Gateway {
                 },
             };
             self.shared.stats.inc(GatewayMetric::Accepted);
-            let permit = match self.shared.pending.try_acquire(peer.ip()) {
+            let permit = match self.shared.pending.try_take(peer.ip()) {
                 Ok(permit) => permit,
                 Err(refusal) => {
+                    let refusal = match refusal {
+                        SlotRefusal::Total => Refusal::PendingCap,
+                        SlotRefusal::PerSource => Refusal::PerIpCap,
+                    };
                     self.shared.stats.inc(refusal.metric());
                     debug!(%peer, reason = refusal.label(), "pending handshake cap reached; connection closed");
                     drop(socket);
@@ -161,69 +166,6 @@ pub async fn run_gateway(
         .await
 }
 
-/// Counts connections in progress (the TLS handshake, then the wait for
-/// CONNECT), in total and per source network (an IPv4 address, an IPv6
-/// /64: [`margo_schemas::source_network`]).
-struct PendingHandshakes {
-    max_total: usize,
-    max_per_ip: usize,
-    state: Arc<Mutex<PendingState>>,
-}
-
-#[derive(Default)]
-struct PendingState {
-    total: usize,
-    per_ip: HashMap<IpAddr, usize>,
-}
-
-/// One pending handshake; releases its slot on drop.
-struct PendingPermit {
-    ip: IpAddr,
-    state: Arc<Mutex<PendingState>>,
-}
-
-impl PendingHandshakes {
-    fn new(max_total: usize, max_per_ip: usize) -> Self {
-        Self {
-            max_total,
-            max_per_ip,
-            state: Arc::default(),
-        }
-    }
-
-    /// A slot, or which cap refused it.
-    fn try_acquire(&self, ip: IpAddr) -> Result<PendingPermit, Refusal> {
-        let ip = margo_schemas::source_network::of(ip);
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let from_ip = state.per_ip.get(&ip).copied().unwrap_or(0);
-        if state.total >= self.max_total {
-            return Err(Refusal::PendingCap);
-        }
-        if from_ip >= self.max_per_ip {
-            return Err(Refusal::PerIpCap);
-        }
-        state.total += 1;
-        state.per_ip.insert(ip, from_ip + 1);
-        Ok(PendingPermit {
-            ip,
-            state: Arc::clone(&self.state),
-        })
-    }
-}
-
-impl Drop for PendingPermit {
-    fn drop(&mut self) {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.total = state.total.saturating_sub(1);
-        if let Some(n) = state.per_ip.get_mut(&self.ip) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                state.per_ip.remove(&self.ip);
-            }
-        }
-    }
-}
-
 /// Decrements `live_connections` on drop.
 struct LiveCount(Arc<GatewayStats>);
 
@@ -243,7 +185,7 @@ impl Drop for LiveCount {
 async fn handle_connection(
     shared: Arc<Shared>,
     socket: TcpStream,
-    permit: PendingPermit,
+    permit: Slot,
     token: CancellationToken,
 ) {
     let tls = match accept_with_deadline(&shared.acceptor, socket, shared.handshake_timeout, &token)
@@ -302,7 +244,7 @@ async fn relay_device(
     shared: Arc<Shared>,
     tls: TlsStream<TcpStream>,
     identity: ClientId,
-    permit: PendingPermit,
+    permit: Slot,
     token: CancellationToken,
 ) {
     let registered =
@@ -359,7 +301,7 @@ async fn session(
     shared: &Shared,
     tls: TlsStream<TcpStream>,
     identity: &ClientId,
-    permit: PendingPermit,
+    permit: Slot,
 ) -> Result<End, SessionError> {
     let (mut device_rx, mut device_tx) = tokio::io::split(tls);
     let mut inspector = Inspector::new(identity.clone(), shared.max_packet_bytes);
@@ -515,32 +457,5 @@ async fn read_packet<R: AsyncRead + Unpin>(
         if reader.read_buf(buf).await? == 0 {
             return Ok(None);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pending_caps_total_and_per_ip() {
-        let pending = PendingHandshakes::new(3, 2);
-        let a: IpAddr = [10, 0, 0, 1].into();
-        let b: IpAddr = [10, 0, 0, 2].into();
-        let p1 = pending.try_acquire(a).expect("first");
-        let _p2 = pending.try_acquire(a).expect("second");
-        assert_eq!(
-            pending.try_acquire(a).err(),
-            Some(Refusal::PerIpCap),
-            "per-ip cap"
-        );
-        let _p3 = pending.try_acquire(b).expect("other ip");
-        assert_eq!(
-            pending.try_acquire(b).err(),
-            Some(Refusal::PendingCap),
-            "total cap"
-        );
-        drop(p1);
-        assert!(pending.try_acquire(a).is_ok(), "slot released");
     }
 }

@@ -28,6 +28,7 @@ pub mod inspect;
 mod rate;
 mod revocation;
 pub mod rumqttd_log;
+pub mod slots;
 mod stats;
 pub mod tls;
 

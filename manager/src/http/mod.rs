@@ -34,12 +34,12 @@ use axum::{Extension, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
+use margo_broker::slots::{Slot, SlotRefusal, SourceSlots};
 use margo_broker::tls::{accept_with_deadline, Handshake};
 
 use crate::config::{HttpSettings, OnboardingSettings};
@@ -314,67 +314,9 @@ pub struct HttpsServer {
     acceptor: TlsAcceptor,
     router: Router,
     handshake_timeout: Duration,
-    connections: Arc<Semaphore>,
-    per_source: Arc<SourceSlots>,
+    /// Open connections, capped in total and per source network.
+    connections: SourceSlots,
     stats: Arc<HttpStats>,
-}
-
-/// Open connections per source network ([`margo_schemas::source_network`]), each
-/// at most `limit`: one source cannot take every slot of `max_connections`.
-#[derive(Debug)]
-struct SourceSlots {
-    limit: usize,
-    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
-}
-
-/// One connection's place in [`SourceSlots`], given back when dropped.
-#[derive(Debug)]
-struct SourceSlot {
-    slots: Arc<SourceSlots>,
-    network: std::net::IpAddr,
-}
-
-impl SourceSlots {
-    fn new(limit: usize) -> Arc<Self> {
-        Arc::new(Self {
-            limit: limit.max(1),
-            open: Default::default(),
-        })
-    }
-
-    /// A slot for a connection from `peer`, unless its network holds `limit`.
-    fn try_take(self: &Arc<Self>, peer: std::net::IpAddr) -> Option<SourceSlot> {
-        let network = margo_schemas::source_network::of(peer);
-        let mut open = self
-            .open
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let count = open.entry(network).or_insert(0);
-        if *count >= self.limit {
-            return None;
-        }
-        *count += 1;
-        Some(SourceSlot {
-            slots: Arc::clone(self),
-            network,
-        })
-    }
-}
-
-impl Drop for SourceSlot {
-    fn drop(&mut self) {
-        let mut open = self
-            .slots
-            .open
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let std::collections::hash_map::Entry::Occupied(mut entry) = open.entry(self.network) {
-            *entry.get_mut() -= 1;
-            if *entry.get() == 0 {
-                entry.remove();
-            }
-        }
-    }
 }
 
 impl std::fmt::Debug for HttpsServer {
@@ -411,8 +353,10 @@ impl HttpsServer {
             acceptor: TlsAcceptor::from(tls),
             router,
             handshake_timeout: limits.handshake_timeout,
-            connections: Arc::new(Semaphore::new(limits.max_connections.max(1))),
-            per_source: SourceSlots::new(limits.max_connections_per_source),
+            connections: SourceSlots::new(
+                limits.max_connections,
+                limits.max_connections_per_source,
+            ),
             stats,
         })
     }
@@ -439,17 +383,18 @@ impl HttpsServer {
                 },
             };
             self.stats.inc(HttpMetric::Accepted);
-            let Some(slot) = self.per_source.try_take(peer.ip()) else {
-                self.stats.inc(HttpMetric::RefusedSourceCap);
-                debug!(%peer, "HTTPS per-source connection cap reached; connection closed");
-                drop(socket);
-                continue;
-            };
-            let Ok(permit) = Arc::clone(&self.connections).try_acquire_owned() else {
-                self.stats.inc(HttpMetric::RefusedConnectionCap);
-                warn!(%peer, "HTTPS connection cap reached; connection closed");
-                drop(socket);
-                continue;
+            let slot = match self.connections.try_take(peer.ip()) {
+                Ok(slot) => slot,
+                Err(SlotRefusal::PerSource) => {
+                    self.stats.inc(HttpMetric::RefusedSourceCap);
+                    debug!(%peer, "HTTPS per-source connection cap reached; connection closed");
+                    continue;
+                }
+                Err(SlotRefusal::Total) => {
+                    self.stats.inc(HttpMetric::RefusedConnectionCap);
+                    warn!(%peer, "HTTPS connection cap reached; connection closed");
+                    continue;
+                }
             };
             let conn = Connection {
                 acceptor: self.acceptor.clone(),
@@ -458,7 +403,7 @@ impl HttpsServer {
                 stats: Arc::clone(&self.stats),
             };
             tracker.spawn(
-                conn.serve(socket, peer, (permit, slot), shutdown.clone())
+                conn.serve(socket, peer, slot, shutdown.clone())
                     .instrument(tracing::debug_span!("https", %peer)),
             );
         }
@@ -480,7 +425,7 @@ impl Connection {
         self,
         socket: TcpStream,
         peer: SocketAddr,
-        _slots: (OwnedSemaphorePermit, SourceSlot),
+        _slot: Slot,
         shutdown: CancellationToken,
     ) {
         let tls =
@@ -524,40 +469,5 @@ impl Connection {
         if let Err(error) = result {
             debug!(%error, "HTTPS connection ended with an error");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn each_source_network_holds_at_most_its_share_and_gives_it_back() {
-        let slots = SourceSlots::new(2);
-        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
-        let a1 = slots.try_take(ip("192.0.2.1")).expect("first");
-        let _a2 = slots.try_take(ip("192.0.2.1")).expect("second");
-        assert!(
-            slots.try_take(ip("192.0.2.1")).is_none(),
-            "third from one address"
-        );
-        let _b = slots
-            .try_take(ip("192.0.2.2"))
-            .expect("another address has its own");
-        // One IPv6 /64 is one source.
-        let _c1 = slots.try_take(ip("2001:db8::1")).expect("v6 first");
-        let _c2 = slots.try_take(ip("2001:db8::ffff:1")).expect("v6 second");
-        assert!(slots.try_take(ip("2001:db8::abcd")).is_none(), "same /64");
-        drop(a1);
-        assert!(
-            slots.try_take(ip("192.0.2.1")).is_some(),
-            "a closed connection frees its slot"
-        );
-        drop(_b);
-        let open = slots.open.lock().unwrap();
-        assert!(
-            !open.contains_key(&ip("192.0.2.2")),
-            "empty networks are forgotten"
-        );
     }
 }

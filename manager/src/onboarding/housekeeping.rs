@@ -33,18 +33,23 @@ pub fn is_expired(record: &RequestRecord, now: u64) -> bool {
     record.state == OnboardingState::Pending && now >= expires_ms(record)
 }
 
+/// The address of a request's stored source (`ip:port`, or a bare address).
+fn source_ip(source: &str) -> Option<IpAddr> {
+    source
+        .parse::<SocketAddr>()
+        .map(|a| a.ip())
+        .or_else(|_| source.parse::<IpAddr>())
+        .ok()
+}
+
 /// The network a source address counts against: the IPv4 address itself,
 /// an IPv6 address's /64 (one subscriber usually holds a whole /64, so
 /// per-address limits on single IPv6 addresses would be no limit at all).
 /// `source` is what requests store: `ip:port`, or a bare address.
 pub fn source_group(source: &str) -> String {
-    let ip = source
-        .parse::<SocketAddr>()
-        .map(|a| a.ip())
-        .or_else(|_| source.parse::<IpAddr>());
-    match ip {
-        Ok(ip) => margo_schemas::source_network::display(ip),
-        Err(_) => source.to_string(),
+    match source_ip(source) {
+        Some(ip) => margo_schemas::source_network::display(ip),
+        None => source.to_string(),
     }
 }
 
@@ -91,11 +96,9 @@ impl SourceFilter {
     /// Whether a request stored with `source` (`ip:port` or an address)
     /// came from this network.
     pub fn matches(&self, source: &str) -> bool {
-        let ip = source
-            .parse::<SocketAddr>()
-            .map(|a| a.ip())
-            .or_else(|_| source.parse::<IpAddr>());
-        let Ok(ip) = ip else { return false };
+        let Some(ip) = source_ip(source) else {
+            return false;
+        };
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             v4 => v4,
@@ -145,33 +148,21 @@ impl RejectFilter {
     }
 }
 
-/// Forgets every pending request that expired by `now`; how many.
-pub(super) fn purge_expired(txn: &WriteTxn<'_>, now: u64) -> Result<usize> {
-    let mut purged = 0;
+/// Forgets every pending request that expired by `now` and returns the
+/// others with their ids, in id order (one pass over the pending index).
+pub(super) fn live_pending(txn: &WriteTxn<'_>, now: u64) -> Result<Vec<(String, RequestRecord)>> {
+    let mut live = Vec::new();
     for id in txn.pending_request_ids()? {
-        if txn
-            .onboarding_request(&id)?
-            .is_some_and(|r| is_expired(&r, now))
-        {
+        let Some(record) = txn.onboarding_request(&id)? else {
+            continue;
+        };
+        if is_expired(&record, now) {
             txn.remove_onboarding_request(&id)?;
-            purged += 1;
+        } else {
+            live.push((id, record));
         }
     }
-    Ok(purged)
-}
-
-/// How many pending requests came from `group` ([`source_group`]).
-pub(super) fn pending_from(txn: &WriteTxn<'_>, group: &str) -> Result<usize> {
-    let mut count = 0;
-    for id in txn.pending_request_ids()? {
-        if txn
-            .onboarding_request(&id)?
-            .is_some_and(|r| source_group(&r.source) == group)
-        {
-            count += 1;
-        }
-    }
-    Ok(count)
+    Ok(live)
 }
 
 impl Store {
@@ -184,12 +175,8 @@ impl Store {
         }
         let now = self.clock().now_ms();
         self.write(|txn| {
-            purge_expired(txn, now)?;
             let mut rejected = Vec::new();
-            for id in txn.pending_request_ids()? {
-                let Some(mut record) = txn.onboarding_request(&id)? else {
-                    continue;
-                };
+            for (id, mut record) in live_pending(txn, now)? {
                 if !filter.matches(&record, now) {
                     continue;
                 }

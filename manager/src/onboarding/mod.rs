@@ -468,14 +468,18 @@ impl Store {
                 return Ok(Submitted::Approved(approved));
             }
             if created {
-                housekeeping::purge_expired(txn, now)?;
-                if txn.pending_onboarding_requests()? >= sub.max_pending as u64 {
+                let pending = housekeeping::live_pending(txn, now)?;
+                if pending.len() >= sub.max_pending {
                     return Err(OnboardingError::PendingFull {
                         max: sub.max_pending,
                     });
                 }
                 let group = source_group(&record.source);
-                if housekeeping::pending_from(txn, &group)? >= sub.max_pending_per_source {
+                let from_group = pending
+                    .iter()
+                    .filter(|(_, r)| source_group(&r.source) == group)
+                    .count();
+                if from_group >= sub.max_pending_per_source {
                     return Err(OnboardingError::SourcePendingFull {
                         max: sub.max_pending_per_source,
                         group,

@@ -8,14 +8,14 @@
 
 use margo_schemas::ids::ClientId;
 use margo_schemas::onboarding::OnboardingState;
-use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::{decode, encode, ReadTxn, Result, Store, WriteTxn};
 
 /// request id → CBOR [`RequestRecord`].
 const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("onboarding_requests");
-/// request ids in state pending (its length is the pending count).
+/// request ids in state pending (the index the queue caps and expiry walk).
 const PENDING: TableDefinition<&str, ()> = TableDefinition::new("onboarding_pending");
 /// token id → CBOR [`TokenRecord`].
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("enrollment_tokens");
@@ -130,11 +130,6 @@ impl WriteTxn<'_> {
             pending.remove(id)?;
         }
         Ok(())
-    }
-
-    /// How many requests are pending.
-    pub(crate) fn pending_onboarding_requests(&self) -> Result<u64> {
-        Ok(self.0.open_table(PENDING)?.len()?)
     }
 
     /// The ids of the pending requests, in id order.
