@@ -19,26 +19,40 @@ pub const MQTT_MAX_REMAINING_LENGTH: usize = 268_435_455;
 /// The only `version` of the configuration file this crate understands.
 pub const CONFIG_VERSION: u32 = 1;
 
+/// User name of the login rumqttd's internal listener requires (the
+/// manager's session and the relays of the gateway and the read-only
+/// listener present it).
+pub const INTERNAL_USERNAME: &str = "margo-internal";
+
 /// Everything [`crate::EmbeddedBroker::start`] needs.
 #[derive(Debug, Clone, Default)]
 pub struct BrokerConfig {
-    /// The plain MQTT listener of the embedded rumqttd (loopback only by default).
+    /// The operator's plain MQTT listener: read-only (subscribe only),
+    /// loopback by default.
     pub mqtt: MqttListenerConfig,
+    /// rumqttd's own listener: loopback, login required.
+    pub internal: InternalListenerConfig,
     /// rumqttd router and connection limits.
     pub limits: Limits,
     /// The TLS device gateway in front of rumqttd; `None` runs rumqttd alone.
     pub gateway: Option<GatewayConfig>,
 }
 
-/// The embedded rumqttd's plain (unencrypted, unauthenticated) listener.
+/// The operator's plain (unencrypted, unauthenticated) listener. It is
+/// read-only: clients may subscribe to anything but never publish, set a
+/// last will or keep a session, and their client ids are kept apart from
+/// the manager's and the devices' (issue 12, finding 2).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MqttListenerConfig {
     /// Address to listen on; port 0 picks a free port. Default `127.0.0.1:1883`.
     pub listen: SocketAddr,
     /// Permit a non-loopback `listen` address. The plain listener has no
-    /// authentication and no ACLs, so this is refused unless set explicitly.
+    /// authentication (anyone who reaches it reads the fleet's traffic), so
+    /// this is refused unless set explicitly.
     pub allow_non_loopback: bool,
+    /// Most connections open at once on this listener. Default 64.
+    pub max_connections: usize,
 }
 
 impl Default for MqttListenerConfig {
@@ -46,7 +60,69 @@ impl Default for MqttListenerConfig {
         Self {
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1883),
             allow_non_loopback: false,
+            max_connections: 64,
         }
+    }
+}
+
+/// rumqttd's own listener. Only the manager's session and the relays (the
+/// gateway, the read-only listener) connect here, with the login
+/// [`INTERNAL_USERNAME`] and this password.
+#[derive(Clone)]
+pub struct InternalListenerConfig {
+    /// Loopback address; port 0 picks a free port. Default `127.0.0.1:0`.
+    pub listen: SocketAddr,
+    /// The password; `None` draws a random one at every start (only this
+    /// process can then connect, which is right when the manager embeds the
+    /// broker).
+    pub password: Option<String>,
+}
+
+impl Default for InternalListenerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+            password: None,
+        }
+    }
+}
+
+impl fmt::Debug for InternalListenerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InternalListenerConfig")
+            .field("listen", &self.listen)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// The internal listener's password kept in `path`: read (surrounding white
+/// space trimmed) when the file exists, else a new random one written to a
+/// new 0600 file. Shared by a standalone `margo-broker` and the manager
+/// that connects to it.
+pub fn load_or_create_password(path: &Path) -> Result<String, ConfigError> {
+    let read_error = |source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let password = text.trim().to_string();
+            if password.is_empty() {
+                return Err(ConfigError::invalid(
+                    "password_file",
+                    format!("{} is empty", path.display()),
+                ));
+            }
+            Ok(password)
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let password = crate::embedded::random_hex(24);
+            margo_schemas::private_fs::prepare_file(path).map_err(read_error)?;
+            std::fs::write(path, format!("{password}\n")).map_err(read_error)?;
+            Ok(password)
+        }
+        Err(error) => Err(read_error(error)),
     }
 }
 
@@ -187,6 +263,23 @@ impl BrokerConfig {
                 ),
             ));
         }
+        at_least("mqtt.max_connections", self.mqtt.max_connections, 1)?;
+        if !self.internal.listen.ip().is_loopback() {
+            return Err(ConfigError::invalid(
+                "internal.listen",
+                format!(
+                    "{} is not a loopback address; the internal listener carries the \
+                     broker's write access in plain text",
+                    self.internal.listen
+                ),
+            ));
+        }
+        if self.internal.password.as_deref() == Some("") {
+            return Err(ConfigError::invalid(
+                "internal.password",
+                "must not be empty",
+            ));
+        }
         self.limits.validate()?;
         if let Some(gateway) = &self.gateway {
             gateway.validate()?;
@@ -263,14 +356,40 @@ fn at_most(field: &'static str, value: usize, max: usize) -> Result<(), ConfigEr
 pub struct BrokerFileConfig {
     /// File format version; must be [`CONFIG_VERSION`].
     pub version: u32,
-    /// The plain loopback listener.
+    /// The operator's read-only loopback listener.
     #[serde(default)]
     pub mqtt: MqttListenerConfig,
+    /// rumqttd's own (authenticated) listener.
+    #[serde(default)]
+    pub internal: InternalFileConfig,
     /// rumqttd limits.
     #[serde(default)]
     pub limits: Limits,
     /// The device gateway; omit the table to run without it.
     pub gateway: Option<GatewayFileConfig>,
+}
+
+/// The `[internal]` table: rumqttd's own listener, where a manager
+/// running in `external` mode connects with [`INTERNAL_USERNAME`] and the
+/// password in `password_file`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InternalFileConfig {
+    /// Loopback address. Default `127.0.0.1:1884`.
+    pub listen: SocketAddr,
+    /// File holding the password (created 0600 with a random one when
+    /// missing). Unset: a random password per start, so only the gateway
+    /// and the read-only listener reach rumqttd and no manager can connect.
+    pub password_file: Option<PathBuf>,
+}
+
+impl Default for InternalFileConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1884),
+            password_file: None,
+        }
+    }
 }
 
 /// The `[gateway]` table: like [`GatewayConfig`] but with paths to PEM files.
@@ -328,6 +447,7 @@ impl Default for BrokerFileConfig {
         Self {
             version: CONFIG_VERSION,
             mqtt: MqttListenerConfig::default(),
+            internal: InternalFileConfig::default(),
             limits: Limits::default(),
             gateway: None,
         }
@@ -360,13 +480,19 @@ impl BrokerFileConfig {
     }
 
     /// Reads and parses a configuration file, without validating it.
-    /// Relative PEM paths are resolved against the file's directory.
+    /// Relative PEM and password file paths are resolved against the
+    /// file's directory.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
         let mut config = Self::from_toml(&text, path)?;
+        if let (Some(file), Some(dir)) = (config.internal.password_file.as_mut(), path.parent()) {
+            if file.is_relative() {
+                *file = dir.join(&*file);
+            }
+        }
         if let (Some(gateway), Some(dir)) = (config.gateway.as_mut(), path.parent()) {
             for p in [&mut gateway.ca, &mut gateway.cert, &mut gateway.key] {
                 if p.is_relative() {
@@ -414,14 +540,19 @@ impl BrokerFileConfig {
     }
 
     /// Reads the PEM files and builds the in-memory configuration.
+    /// Reads (or creates) the internal password file.
     pub fn into_config(self) -> Result<BrokerConfig, ConfigError> {
         self.validate()?;
-        self.to_config_with(|path| {
+        let mut config = self.to_config_with(|path| {
             std::fs::read(path).map_err(|source| ConfigError::Read {
                 path: path.to_path_buf(),
                 source,
             })
-        })
+        })?;
+        if let Some(path) = &self.internal.password_file {
+            config.internal.password = Some(load_or_create_password(path)?);
+        }
+        Ok(config)
     }
 
     fn to_config_with(
@@ -448,6 +579,10 @@ impl BrokerFileConfig {
         };
         Ok(BrokerConfig {
             mqtt: self.mqtt.clone(),
+            internal: InternalListenerConfig {
+                listen: self.internal.listen,
+                password: None,
+            },
             limits: self.limits.clone(),
             gateway,
         })
@@ -467,6 +602,8 @@ impl Layered for BrokerFileConfig {
     const ENV_PREFIX: &'static str = ENV_PREFIX;
     const ENV_VARS: &'static [&'static str] = &[
         "MQTT_LISTEN",
+        "INTERNAL_LISTEN",
+        "INTERNAL_PASSWORD_FILE",
         "GATEWAY_LISTEN",
         "GATEWAY_CA",
         "GATEWAY_CERT",
@@ -487,6 +624,8 @@ impl Layered for BrokerFileConfig {
     ) -> Result<EnvVar, ConfigError> {
         match name {
             "MQTT_LISTEN" => self.mqtt.listen = parse_socket_addr(var, &value)?,
+            "INTERNAL_LISTEN" => self.internal.listen = parse_socket_addr(var, &value)?,
+            "INTERNAL_PASSWORD_FILE" => self.internal.password_file = Some(PathBuf::from(value)),
             "GATEWAY_LISTEN" => self.gateway_mut().listen = parse_socket_addr(var, &value)?,
             "GATEWAY_CA" => self.gateway_mut().ca = PathBuf::from(value),
             "GATEWAY_CERT" => self.gateway_mut().cert = PathBuf::from(value),

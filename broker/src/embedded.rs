@@ -1,4 +1,6 @@
-//! The embedded rumqttd on loopback, plus the device gateway in front of it.
+//! The embedded rumqttd on an authenticated loopback port, plus the two
+//! relays in front of it: the device gateway and the operator's read-only
+//! listener ([`crate::observer`]).
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
@@ -14,9 +16,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::{BrokerConfig, Limits};
+use crate::config::{BrokerConfig, Limits, INTERNAL_USERNAME};
 use crate::error::{BrokerError, Listener};
 use crate::gateway::Gateway;
+use crate::inspect::Login;
+use crate::observer::{ObserverListener, ObserverSettings};
+use crate::relay::Upstream;
 use crate::revocation::Revocations;
 use crate::stats::GatewayStats;
 
@@ -33,11 +38,12 @@ const VERIFY_TOPIC: &str = "margo/v1/broker/verify";
 pub struct EmbeddedBroker;
 
 impl EmbeddedBroker {
-    /// Validates `config`, checks the plain listener's address and binds the
-    /// gateway (if configured), starts rumqttd on its own thread and waits
-    /// until its loopback listener is proven to be this broker's (a nonce
-    /// published over TCP reaches its in-process link), then starts serving
-    /// devices. A taken address is an error naming the listener and its
+    /// Validates `config`, binds the operator's read-only listener and the
+    /// gateway (if configured), checks the internal listener's address,
+    /// starts rumqttd on its own thread with a login required on that
+    /// address and waits until it is proven to be this broker's (a nonce
+    /// published there reaches its in-process link), then starts serving.
+    /// A taken address is an error naming the listener and its
     /// configuration key ([`BrokerError::Bind`], [`BrokerError::NotOurs`]).
     ///
     /// rumqttd 0.20 cannot be stopped: its threads live until the process
@@ -48,25 +54,54 @@ impl EmbeddedBroker {
         if !config.mqtt.listen.ip().is_loopback() {
             warn!(
                 listen = %config.mqtt.listen,
-                "plain MQTT listener on a non-loopback address: no authentication, no ACLs"
+                "read-only MQTT listener on a non-loopback address: anyone who reaches it reads the fleet's traffic"
             );
         }
-        // Every listener's address is checked (and the gateway bound) before
-        // rumqttd starts: a taken port is a start error naming it, never a
-        // line in rumqttd's log while we talk to whatever holds the port.
-        let mqtt_addr = probe_bind(config.mqtt.listen)?;
+        // Every listener is bound (or its address checked) before rumqttd
+        // starts: a taken port is a start error naming it, never a line in
+        // rumqttd's log while we talk to whatever holds the port.
+        let internal_addr = probe_bind(config.internal.listen)?;
+        let login = Login {
+            username: INTERNAL_USERNAME.to_string(),
+            password: config
+                .internal
+                .password
+                .clone()
+                .unwrap_or_else(|| random_hex(24)),
+        };
+        let upstream = Upstream {
+            addr: internal_addr,
+            login: Some(login.clone()),
+        };
+        let stats = Arc::new(GatewayStats::default());
+        let observer = ObserverListener::bind(ObserverSettings {
+            listen: config.mqtt.listen,
+            upstream: upstream.clone(),
+            connect_timeout: config.limits.connection_timeout,
+            max_packet_bytes: config.limits.max_payload_bytes,
+            max_connections: config.mqtt.max_connections,
+            stats: Arc::clone(&stats),
+        })
+        .await?;
         let revocations = Revocations::new();
         let gateway = match config.gateway {
             None => None,
-            Some(gateway_config) => {
-                Some(Gateway::bind(gateway_config, mqtt_addr, revocations.clone()).await?)
-            }
+            Some(gateway_config) => Some(
+                Gateway::bind_with_stats(
+                    gateway_config,
+                    upstream.clone(),
+                    revocations.clone(),
+                    Arc::clone(&stats),
+                )
+                .await?,
+            ),
         };
-        let mut broker = rumqttd::Broker::new(rumqttd_config(mqtt_addr, &config.limits));
+        let mut broker =
+            rumqttd::Broker::new(rumqttd_config(internal_addr, &config.limits, &login));
         let link = broker
             .link(VERIFY_LINK)
             .map_err(|e| BrokerError::NotReady {
-                addr: mqtt_addr,
+                addr: internal_addr,
                 reason: format!("in-process link: {e}"),
             })?;
         let (ended_tx, ended_rx) = oneshot::channel();
@@ -83,31 +118,39 @@ impl EmbeddedBroker {
             })?;
         tokio::select! {
             _ = ended_rx => return Err(BrokerError::Bind {
-                listener: Listener::Mqtt,
-                addr: mqtt_addr,
+                listener: Listener::Internal,
+                addr: internal_addr,
                 source: std::io::Error::other("rumqttd's listener stopped at start (its log says why)"),
             }),
-            verified = verify_own_listener(mqtt_addr, link) => verified?,
+            verified = verify_own_listener(&upstream, link) => verified?,
         }
-        info!(%mqtt_addr, "embedded rumqttd accepting");
+        info!(%internal_addr, "embedded rumqttd accepting (login required)");
 
         let shutdown = CancellationToken::new();
-        let (gateway_addr, stats, task) = match gateway {
-            None => (None, Arc::new(GatewayStats::default()), None),
+        let mqtt_addr = observer.local_addr();
+        let mut tasks = vec![tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                observer.run(shutdown).await;
+                Ok(())
+            }
+        })];
+        let gateway_addr = match gateway {
+            None => None,
             Some(gateway) => {
                 let addr = gateway.local_addr();
-                let stats = gateway.stats();
-                let task = tokio::spawn(gateway.run(shutdown.clone()));
-                (Some(addr), stats, Some(task))
+                tasks.push(tokio::spawn(gateway.run(shutdown.clone())));
+                Some(addr)
             }
         };
         Ok(BrokerHandle {
             mqtt_addr,
+            upstream,
             gateway_addr,
             revocations,
             stats,
             shutdown,
-            gateway_task: task,
+            tasks,
         })
     }
 }
@@ -117,17 +160,25 @@ impl EmbeddedBroker {
 #[derive(Debug)]
 pub struct BrokerHandle {
     mqtt_addr: SocketAddr,
+    upstream: Upstream,
     gateway_addr: Option<SocketAddr>,
     revocations: Revocations,
     stats: Arc<GatewayStats>,
     shutdown: CancellationToken,
-    gateway_task: Option<JoinHandle<Result<(), BrokerError>>>,
+    tasks: Vec<JoinHandle<Result<(), BrokerError>>>,
 }
 
 impl BrokerHandle {
-    /// The plain loopback MQTT address (the real port when configured with 0).
+    /// The operator's read-only MQTT address (the real port when
+    /// configured with 0).
     pub fn mqtt_addr(&self) -> SocketAddr {
         self.mqtt_addr
+    }
+
+    /// rumqttd's internal listener and its login: where the manager's own
+    /// session connects (and where another relay would).
+    pub fn upstream(&self) -> Upstream {
+        self.upstream.clone()
     }
 
     /// The device gateway's address, if one is configured.
@@ -140,22 +191,22 @@ impl BrokerHandle {
         self.revocations.clone()
     }
 
-    /// The gateway's counters (all zero without a gateway).
+    /// The counters of the gateway and the read-only listener.
     pub fn stats(&self) -> Arc<GatewayStats> {
         Arc::clone(&self.stats)
     }
 
-    /// Stops the gateway: closes its listener and every device connection,
-    /// and waits for its tasks. The embedded rumqttd cannot be stopped
-    /// (rumqttd 0.20 has no shutdown); its threads and loopback listener live
-    /// until the process exits.
+    /// Stops the gateway and the read-only listener: closes them and every
+    /// connection they relay, and waits for their tasks. The embedded
+    /// rumqttd cannot be stopped (rumqttd 0.20 has no shutdown); its
+    /// threads and internal listener live until the process exits.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
-        if let Some(task) = self.gateway_task {
+        for task in self.tasks {
             match task.await {
                 Ok(Ok(())) => {}
-                Ok(Err(error)) => error!(%error, "device gateway failed"),
-                Err(error) => error!(%error, "device gateway task panicked"),
+                Ok(Err(error)) => error!(%error, "broker listener failed"),
+                Err(error) => error!(%error, "broker listener task panicked"),
             }
         }
     }
@@ -167,7 +218,7 @@ impl BrokerHandle {
 /// race is closed by [`verify_own_listener`].
 fn probe_bind(listen: SocketAddr) -> Result<SocketAddr, BrokerError> {
     let bind_error = |source| BrokerError::Bind {
-        listener: Listener::Mqtt,
+        listener: Listener::Internal,
         addr: listen,
         source,
     };
@@ -175,9 +226,10 @@ fn probe_bind(listen: SocketAddr) -> Result<SocketAddr, BrokerError> {
     probe.local_addr().map_err(bind_error)
 }
 
-/// The rumqttd configuration: one MQTT 3.1.1 server, our limits.
-fn rumqttd_config(listen: SocketAddr, limits: &Limits) -> rumqttd::Config {
-    let connections = rumqttd::ConnectionSettings {
+/// The rumqttd configuration: one MQTT 3.1.1 server, our limits, `login`
+/// required of every client.
+fn rumqttd_config(listen: SocketAddr, limits: &Limits, login: &Login) -> rumqttd::Config {
+    let mut connections = rumqttd::ConnectionSettings {
         connection_timeout_ms: u16::try_from(limits.connection_timeout.as_millis())
             .unwrap_or(u16::MAX),
         max_payload_size: limits.max_payload_bytes,
@@ -186,6 +238,12 @@ fn rumqttd_config(listen: SocketAddr, limits: &Limits) -> rumqttd::Config {
         external_auth: None,
         dynamic_filters: true,
     };
+    let expected = login.clone();
+    connections.set_auth_handler(move |_client_id, username: String, password: String| {
+        let ok = username == expected.username
+            && constant_time_eq(password.as_bytes(), expected.password.as_bytes());
+        async move { ok }
+    });
     let server = rumqttd::ServerSettings {
         name: "margo-v4".into(),
         listen,
@@ -211,14 +269,20 @@ fn rumqttd_config(listen: SocketAddr, limits: &Limits) -> rumqttd::Config {
     }
 }
 
-/// Proves that `addr` is served by the rumqttd behind `link` (its
-/// in-process link): an MQTT client on `addr` publishes a fresh random nonce
+/// Whether `a` and `b` are equal, in time that depends only on their lengths.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Proves that `upstream` is served by the rumqttd behind `link` (its
+/// in-process link): an MQTT client there publishes a fresh random nonce
 /// on a topic only the link subscribes to, until the link hears it. A
 /// foreign broker (or anything else) on the port never delivers it there.
 async fn verify_own_listener(
-    addr: SocketAddr,
+    upstream: &Upstream,
     (mut link_tx, mut link_rx): (LinkTx, LinkRx),
 ) -> Result<(), BrokerError> {
+    let addr = upstream.addr;
     let nonce = random_hex(16);
     let topic = format!("{VERIFY_TOPIC}/{nonce}");
     let deadline = Instant::now() + READY_DEADLINE;
@@ -247,6 +311,9 @@ async fn verify_own_listener(
         addr.port(),
     );
     options.set_keep_alive(Duration::from_secs(5));
+    if let Some(login) = &upstream.login {
+        options.set_credentials(&login.username, &login.password);
+    }
     let (client, mut eventloop) = AsyncClient::new(options, 16);
     let mut tick = tokio::time::interval(READY_POLL * 5);
     let mut last_error = String::from("no answer");
@@ -273,7 +340,7 @@ async fn verify_own_listener(
         return Ok(());
     }
     Err(BrokerError::NotOurs {
-        listener: Listener::Mqtt,
+        listener: Listener::Internal,
         addr,
         reason: format!(
             "a probe published there never reached the embedded broker within {READY_DEADLINE:?} ({last_error})"
@@ -308,31 +375,47 @@ mod tests {
     #[tokio::test]
     async fn only_the_broker_behind_the_link_passes_the_proof() {
         let addr = probe_bind("127.0.0.1:0".parse().expect("addr")).expect("free port");
-        let mut serving = rumqttd::Broker::new(rumqttd_config(addr, &Limits::default()));
+        let login = Login {
+            username: INTERNAL_USERNAME.into(),
+            password: random_hex(8),
+        };
+        let upstream = Upstream {
+            addr,
+            login: Some(login.clone()),
+        };
+        let mut serving = rumqttd::Broker::new(rumqttd_config(addr, &Limits::default(), &login));
         let serving_link = serving.link(VERIFY_LINK).expect("link");
         std::thread::spawn(move || {
             let _ = serving.start();
         });
-        verify_own_listener(addr, serving_link)
+        verify_own_listener(&upstream, serving_link)
             .await
             .expect("the serving broker's own listener");
 
         // A second router (never listening), asking about the first one's port.
-        let other = rumqttd::Broker::new(rumqttd_config(addr, &Limits::default()));
+        let other = rumqttd::Broker::new(rumqttd_config(addr, &Limits::default(), &login));
         let other_link = other.link(VERIFY_LINK).expect("link");
-        let error = verify_own_listener(addr, other_link)
+        let error = verify_own_listener(&upstream, other_link)
             .await
             .expect_err("not the other broker's listener");
         assert!(
             matches!(
                 error,
                 BrokerError::NotOurs {
-                    listener: Listener::Mqtt,
+                    listener: Listener::Internal,
                     ..
                 }
             ),
             "{error}"
         );
-        assert!(error.to_string().contains("[mqtt] listen"), "{error}");
+        assert!(error.to_string().contains("[internal] listen"), "{error}");
+    }
+
+    #[test]
+    fn constant_time_eq_compares() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret!"));
+        assert!(constant_time_eq(b"", b""));
     }
 }

@@ -8,8 +8,10 @@ use margo_schemas::config_layers::ConfigError;
 /// configuration key moves it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Listener {
-    /// The embedded rumqttd's plain loopback listener.
+    /// The operator's read-only loopback listener.
     Mqtt,
+    /// rumqttd's own, authenticated listener.
+    Internal,
     /// The device gateway.
     Gateway,
 }
@@ -18,7 +20,8 @@ impl Listener {
     /// What it is, in words.
     pub fn describe(self) -> &'static str {
         match self {
-            Self::Mqtt => "the plain MQTT listener",
+            Self::Mqtt => "the read-only MQTT listener",
+            Self::Internal => "the broker's internal listener",
             Self::Gateway => "the device gateway",
         }
     }
@@ -27,6 +30,7 @@ impl Listener {
     pub fn config_key(self) -> &'static str {
         match self {
             Self::Mqtt => "[mqtt] listen",
+            Self::Internal => "[internal] listen",
             Self::Gateway => "[gateway] listen",
         }
     }
@@ -35,6 +39,7 @@ impl Listener {
     pub fn env_var(self) -> &'static str {
         match self {
             Self::Mqtt => "MARGO_BROKER_MQTT_LISTEN",
+            Self::Internal => "MARGO_BROKER_INTERNAL_LISTEN",
             Self::Gateway => "MARGO_BROKER_GATEWAY_LISTEN",
         }
     }

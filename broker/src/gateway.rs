@@ -10,11 +10,11 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use margo_schemas::ids::ClientId;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
@@ -24,17 +24,13 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::config::GatewayConfig;
 use crate::error::{BrokerError, Listener};
-use crate::inspect::{Inspector, Violation};
-use crate::rate::{DeviceRate, Throttle};
+use crate::inspect::Inspector;
+use crate::rate::DeviceRate;
+use crate::relay::{read_packet, End, Relay, SessionError, Upstream, READ_CHUNK};
 use crate::revocation::{LiveRefusal, Revocations};
 use crate::slots::{Slot, SlotRefusal, SourceSlots};
-use crate::stats::{to_u64, GatewayMetric, GatewayStats, HandshakeOutcome, Refusal};
+use crate::stats::{GatewayMetric, GatewayStats, HandshakeOutcome, Refusal};
 use crate::tls::{self, accept_with_deadline, Handshake};
-
-/// Bytes read from a socket at a time.
-const READ_CHUNK: usize = 16 * 1024;
-/// MQTT control packet type of PUBLISH (the high nibble of the first byte).
-const PUBLISH_TYPE: u8 = 3;
 /// Pause after a failed `accept` (e.g. out of file descriptors).
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -48,7 +44,7 @@ pub struct Gateway {
 
 struct Shared {
     acceptor: TlsAcceptor,
-    upstream: SocketAddr,
+    upstream: Upstream,
     handshake_timeout: Duration,
     connect_timeout: Duration,
     max_packet_bytes: usize,
@@ -62,11 +58,23 @@ struct Shared {
 
 impl Gateway {
     /// Validates `cfg`, builds the TLS config and binds the listener.
-    /// `upstream` is the plain MQTT broker address the gateway relays to.
+    /// `upstream` is the broker the gateway relays to (its internal
+    /// listener and login; a bare address for a broker without login).
     pub async fn bind(
         cfg: GatewayConfig,
-        upstream: SocketAddr,
+        upstream: impl Into<Upstream>,
         revocations: Revocations,
+    ) -> Result<Self, BrokerError> {
+        Self::bind_with_stats(cfg, upstream, revocations, Arc::default()).await
+    }
+
+    /// Like [`Gateway::bind`], counting into `stats` (shared with the
+    /// embedded broker's read-only listener).
+    pub(crate) async fn bind_with_stats(
+        cfg: GatewayConfig,
+        upstream: impl Into<Upstream>,
+        revocations: Revocations,
+        stats: Arc<GatewayStats>,
     ) -> Result<Self, BrokerError> {
         cfg.validate()?;
         let server_config = tls::server_config(&cfg.tls)?;
@@ -83,13 +91,13 @@ impl Gateway {
             local_addr,
             shared: Arc::new(Shared {
                 acceptor: TlsAcceptor::from(server_config),
-                upstream,
+                upstream: upstream.into(),
                 handshake_timeout: cfg.handshake_timeout,
                 connect_timeout: cfg.connect_timeout,
                 max_packet_bytes: cfg.max_packet_bytes,
                 device_rate: cfg.device_rate,
                 revocations,
-                stats: Arc::new(GatewayStats::default()),
+                stats,
                 pending: SourceSlots::new(cfg.max_pending_handshakes, cfg.max_pending_per_ip),
                 max_per_identity: cfg.max_connections_per_identity,
             }),
@@ -109,7 +117,7 @@ impl Gateway {
     /// Serves devices until `shutdown` is cancelled, then closes every
     /// connection and returns once their tasks have ended.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), BrokerError> {
-        info!(listen = %self.local_addr, upstream = %self.shared.upstream, "device gateway serving");
+        info!(listen = %self.local_addr, upstream = %self.shared.upstream.addr, "device gateway serving");
         let tracker = TaskTracker::new();
         loop {
             let (socket, peer) = tokio::select! {
@@ -156,7 +164,7 @@ impl Gateway {
 /// address or read the counters.
 pub async fn run_gateway(
     cfg: GatewayConfig,
-    upstream: SocketAddr,
+    upstream: impl Into<Upstream>,
     revocations: Revocations,
     shutdown: CancellationToken,
 ) -> Result<(), BrokerError> {
@@ -164,22 +172,6 @@ pub async fn run_gateway(
         .await?
         .run(shutdown)
         .await
-}
-
-/// Decrements `live_connections` on drop.
-struct LiveCount(Arc<GatewayStats>);
-
-impl LiveCount {
-    fn new(stats: &Arc<GatewayStats>) -> Self {
-        stats.inc(GatewayMetric::LiveConnections);
-        Self(Arc::clone(stats))
-    }
-}
-
-impl Drop for LiveCount {
-    fn drop(&mut self) {
-        self.0.sub(GatewayMetric::LiveConnections, 1);
-    }
 }
 
 async fn handle_connection(
@@ -218,23 +210,6 @@ async fn handle_connection(
     relay_device(shared, tls, identity, permit, token)
         .instrument(span)
         .await;
-}
-
-/// How a relayed session ended, when it ended without a violation.
-#[derive(Debug)]
-enum End {
-    DeviceClosed,
-    BrokerClosed,
-    Cancelled,
-    ConnectTimeout,
-}
-
-#[derive(Debug, thiserror::Error)]
-enum SessionError {
-    #[error(transparent)]
-    Violation(#[from] Violation),
-    #[error("I/O: {0}")]
-    Io(#[from] std::io::Error),
 }
 
 /// Relays a device's session. `permit` holds its place among the
@@ -276,9 +251,17 @@ async fn relay_device(
             return;
         }
     };
+    let relay = Relay {
+        upstream: &shared.upstream,
+        connect_timeout: shared.connect_timeout,
+        rate: Some(&shared.device_rate),
+        stats: Some(&shared.stats),
+    };
+    let inspector = Inspector::new(identity.clone(), shared.max_packet_bytes)
+        .with_login(shared.upstream.login.clone());
     let result = tokio::select! {
         () = token.cancelled() => Ok(End::Cancelled),
-        result = session(&shared, tls, &identity, permit) => result,
+        result = relay.session(tls, inspector, permit) => result,
     };
     match result {
         Ok(End::Cancelled) if shared.revocations.is_revoked(&identity) => {
@@ -294,110 +277,6 @@ async fn relay_device(
             );
         }
         Err(SessionError::Io(error)) => debug!(%error, "connection closed by I/O error"),
-    }
-}
-
-async fn session(
-    shared: &Shared,
-    tls: TlsStream<TcpStream>,
-    identity: &ClientId,
-    permit: Slot,
-) -> Result<End, SessionError> {
-    let (mut device_rx, mut device_tx) = tokio::io::split(tls);
-    let mut inspector = Inspector::new(identity.clone(), shared.max_packet_bytes);
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
-
-    // Wait for the CONNECT before touching the broker.
-    let first = tokio::time::timeout(
-        shared.connect_timeout,
-        read_packet(&mut device_rx, &mut buf, &mut inspector),
-    )
-    .await;
-    let connect = match first {
-        Err(_) => return Ok(End::ConnectTimeout),
-        Ok(Ok(Some(connect))) => connect,
-        Ok(Ok(None)) => return Ok(End::DeviceClosed),
-        Ok(Err(e)) => return Err(e),
-    };
-    drop(permit);
-
-    let upstream = match tokio::time::timeout(
-        shared.connect_timeout,
-        TcpStream::connect(shared.upstream),
-    )
-    .await
-    {
-        Ok(Ok(upstream)) => upstream,
-        Ok(Err(error)) => {
-            warn!(upstream = %shared.upstream, %error, "broker unreachable; device connection closed");
-            return Err(error.into());
-        }
-        Err(_) => {
-            warn!(upstream = %shared.upstream, "broker connect timed out; device connection closed");
-            return Ok(End::ConnectTimeout);
-        }
-    };
-    let _ = upstream.set_nodelay(true);
-    let (mut broker_rx, mut broker_tx) = upstream.into_split();
-    broker_tx.write_all(&connect).await?;
-    shared
-        .stats
-        .add(GatewayMetric::BytesUp, to_u64(connect.len()));
-    let _live = LiveCount::new(&shared.stats);
-    debug!("device connected");
-
-    let up = async {
-        let mut out = BytesMut::new();
-        let mut throttle = Throttle::new(&shared.device_rate, Instant::now());
-        let mut throttled_before = false;
-        loop {
-            while let Some(packet) = inspector.next(&mut buf)? {
-                let publish = packet.first().is_some_and(|b| b >> 4 == PUBLISH_TYPE);
-                let pause = throttle.charge(usize::from(publish), packet.len(), Instant::now());
-                if !pause.is_zero() {
-                    // Over its rate: forward what was within it, then stop
-                    // reading until the debt is paid (TCP pushes back on the
-                    // device); logged once per connection.
-                    if !out.is_empty() {
-                        broker_tx.write_all(&out).await?;
-                        shared.stats.add(GatewayMetric::BytesUp, to_u64(out.len()));
-                        out.clear();
-                    }
-                    shared.stats.inc(GatewayMetric::Throttled);
-                    if !throttled_before {
-                        info!(?pause, "device over its rate limit; throttled");
-                        throttled_before = true;
-                    }
-                    tokio::time::sleep(pause).await;
-                }
-                out.extend_from_slice(&packet);
-            }
-            if !out.is_empty() {
-                broker_tx.write_all(&out).await?;
-                shared.stats.add(GatewayMetric::BytesUp, to_u64(out.len()));
-                out.clear();
-            }
-            buf.reserve(READ_CHUNK);
-            if device_rx.read_buf(&mut buf).await? == 0 {
-                return Ok::<_, SessionError>(End::DeviceClosed);
-            }
-        }
-    };
-    let down = async {
-        let mut chunk = vec![0u8; READ_CHUNK];
-        loop {
-            let n = broker_rx.read(&mut chunk).await?;
-            if n == 0 {
-                return Ok::<_, SessionError>(End::BrokerClosed);
-            }
-            device_tx.write_all(&chunk[..n]).await?;
-            device_tx.flush().await?;
-            shared.stats.add(GatewayMetric::BytesDown, to_u64(n));
-        }
-    };
-    tokio::select! {
-        result = up => result,
-        result = down => result,
     }
 }
 
@@ -440,22 +319,5 @@ async fn refuse_not_authorized(
             false
         }
         Err(_) => false,
-    }
-}
-
-/// Reads until `inspector` yields a packet; `None` if the device closed first.
-async fn read_packet<R: AsyncRead + Unpin>(
-    reader: &mut R,
-    buf: &mut BytesMut,
-    inspector: &mut Inspector,
-) -> Result<Option<bytes::Bytes>, SessionError> {
-    loop {
-        if let Some(packet) = inspector.next(buf)? {
-            return Ok(Some(packet));
-        }
-        buf.reserve(READ_CHUNK);
-        if reader.read_buf(buf).await? == 0 {
-            return Ok(None);
-        }
     }
 }

@@ -1,6 +1,8 @@
 //! Client → broker packet inspection: framing with the rumqttc MQTT 3.1.1
 //! codec, authorization against the per-device topic rules of
-//! `margo_schemas::topics`, and the CONNECT rewrite.
+//! `margo_schemas::topics` (devices on the gateway) or the read-only rules
+//! of the operator's loopback listener (observers), and the CONNECT rewrite
+//! (client id, clean session and the broker login of the internal listener).
 //!
 //! Pure and synchronous (no I/O), so it can be unit-tested and fuzzed.
 
@@ -44,6 +46,10 @@ pub enum Violation {
     /// A packet type only a broker sends.
     #[error("{0:?} is a broker-to-client packet")]
     ServerOnly(PacketType),
+    /// An observer (the operator's read-only listener) tried to write: a
+    /// PUBLISH, a PUBREL or a last will (issue 12, finding 2).
+    #[error("read-only listener: {0} not allowed")]
+    ReadOnly(&'static str),
     /// Not a well-formed MQTT 3.1.1 packet, or over the size limit.
     #[error("malformed packet: {0}")]
     Malformed(mqttbytes::Error),
@@ -69,15 +75,50 @@ impl Violation {
             Self::Publish(_) => "publish",
             Self::Retain(_) => "retain",
             Self::ServerOnly(_) => "server_only",
+            Self::ReadOnly(_) => "read_only",
             Self::Malformed(_) => "malformed",
         }
     }
 }
 
+/// Prefix of every observer's client id at the broker. Device ids are
+/// lowercase letters and digits only and the manager's ids start with
+/// `margo-`, so an observer can never take over their sessions.
+pub const OBSERVER_PREFIX: &str = "observer-";
+
+/// The user name and password a relayed CONNECT presents to the broker's
+/// authenticated internal listener.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Login {
+    /// User name.
+    pub username: String,
+    /// Password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Whose traffic is inspected.
+#[derive(Debug, Clone)]
+enum Role {
+    /// A device authenticated (by its certificate) as this identity.
+    Device(ClientId),
+    /// A read-only observer on the operator's loopback listener.
+    Observer,
+}
+
 /// Per-connection inspector of the client → broker byte stream.
 #[derive(Debug)]
 pub struct Inspector {
-    identity: ClientId,
+    role: Role,
+    login: Option<Login>,
     max_packet_bytes: usize,
     connected: bool,
     keep_alive: Option<u16>,
@@ -86,12 +127,31 @@ pub struct Inspector {
 impl Inspector {
     /// An inspector for a device authenticated as `identity`.
     pub fn new(identity: ClientId, max_packet_bytes: usize) -> Self {
+        Self::with_role(Role::Device(identity), max_packet_bytes)
+    }
+
+    /// An inspector for a read-only observer: no publish, no will, a clean
+    /// session, and its client id put under [`OBSERVER_PREFIX`].
+    pub fn observer(max_packet_bytes: usize) -> Self {
+        Self::with_role(Role::Observer, max_packet_bytes)
+    }
+
+    fn with_role(role: Role, max_packet_bytes: usize) -> Self {
         Self {
-            identity,
+            role,
+            login: None,
             max_packet_bytes,
             connected: false,
             keep_alive: None,
         }
+    }
+
+    /// The login the rewritten CONNECT presents to the broker (replacing
+    /// whatever the client sent); without one the CONNECT carries none.
+    #[must_use]
+    pub fn with_login(mut self, login: Option<Login>) -> Self {
+        self.login = login;
+        self
     }
 
     /// Whether the CONNECT has been seen.
@@ -131,8 +191,11 @@ impl Inspector {
         match kind {
             PacketType::Connect => return Err(Violation::SecondConnect),
             PacketType::Publish => {
+                let Role::Device(identity) = &self.role else {
+                    return Err(Violation::ReadOnly("publish"));
+                };
                 let publish = Publish::read(header, frame.clone()).map_err(malformed)?;
-                if !device_may_publish(&self.identity, &publish.topic) {
+                if !device_may_publish(identity, &publish.topic) {
                     return Err(Violation::Publish(publish.topic));
                 }
                 if publish.retain && !device_may_retain(&publish.topic, publish.payload.len()) {
@@ -141,12 +204,14 @@ impl Inspector {
             }
             PacketType::Subscribe => {
                 let subscribe = Subscribe::read(header, frame.clone()).map_err(malformed)?;
-                if let Some(bad) = subscribe
-                    .filters
-                    .into_iter()
-                    .find(|f| !device_may_subscribe(&self.identity, &f.path))
-                {
-                    return Err(Violation::Subscribe(bad.path));
+                if let Role::Device(identity) = &self.role {
+                    if let Some(bad) = subscribe
+                        .filters
+                        .into_iter()
+                        .find(|f| !device_may_subscribe(identity, &f.path))
+                    {
+                        return Err(Violation::Subscribe(bad.path));
+                    }
                 }
             }
             PacketType::Unsubscribe => {
@@ -159,6 +224,10 @@ impl Inspector {
                 PubRec::read(header, frame.clone()).map_err(malformed)?;
             }
             PacketType::PubRel => {
+                // Only the sender of a QoS 2 PUBLISH sends PUBREL.
+                if matches!(self.role, Role::Observer) {
+                    return Err(Violation::ReadOnly("pubrel"));
+                }
                 PubRel::read(header, frame.clone()).map_err(malformed)?;
             }
             PacketType::PubComp => {
@@ -182,16 +251,32 @@ impl Inspector {
         if connect.protocol != Protocol::V4 {
             return Err(Violation::Protocol(connect.protocol));
         }
-        if let Some(will) = &connect.last_will {
-            if !device_may_set_will(&self.identity, &will.topic) {
-                return Err(Violation::WillTopic(will.topic.clone()));
+        match &self.role {
+            Role::Device(identity) => {
+                if let Some(will) = &connect.last_will {
+                    if !device_may_set_will(identity, &will.topic) {
+                        return Err(Violation::WillTopic(will.topic.clone()));
+                    }
+                    if will.retain && !device_may_retain(&will.topic, will.message.len()) {
+                        return Err(Violation::Retain(will.topic.clone()));
+                    }
+                }
+                connect.client_id = identity.to_string();
             }
-            if will.retain && !device_may_retain(&will.topic, will.message.len()) {
-                return Err(Violation::Retain(will.topic.clone()));
+            Role::Observer => {
+                if connect.last_will.is_some() {
+                    return Err(Violation::ReadOnly("last will"));
+                }
+                // Never a persistent session: the broker would queue the
+                // whole fleet's traffic for an observer that went away.
+                connect.clean_session = true;
+                connect.client_id = format!("{OBSERVER_PREFIX}{}", connect.client_id);
             }
         }
-        connect.client_id = self.identity.to_string();
-        connect.login = None;
+        connect.login = self
+            .login
+            .as_ref()
+            .map(|l| mqttbytes::v4::Login::new(&l.username, &l.password));
         let mut out = BytesMut::with_capacity(connect.size());
         connect.write(&mut out).map_err(Violation::Malformed)?;
         self.connected = true;

@@ -1,7 +1,8 @@
-//! margo-broker: an embedded rumqttd on loopback plus the margo **device
-//! gateway** in front of it.
+//! margo-broker: an embedded rumqttd on an authenticated loopback port,
+//! the margo **device gateway** in front of it, and a read-only loopback
+//! listener for operators.
 //!
-//! Devices never reach rumqttd directly. The gateway terminates TLS 1.3 with
+//! Devices and operators never reach rumqttd directly. The gateway terminates TLS 1.3 with
 //! client certificates, takes the device identity from the certificate CN,
 //! rewrites the MQTT client id to it, and checks every CONNECT (will),
 //! SUBSCRIBE and PUBLISH against the per-device rules of
@@ -25,7 +26,9 @@ mod embedded;
 mod error;
 mod gateway;
 pub mod inspect;
+mod observer;
 mod rate;
+mod relay;
 mod revocation;
 pub mod rumqttd_log;
 pub mod slots;
@@ -33,12 +36,15 @@ mod stats;
 pub mod tls;
 
 pub use config::{
-    BrokerConfig, BrokerFileConfig, GatewayConfig, GatewayFileConfig, GatewayTls, Limits,
-    MqttListenerConfig, CONFIG_VERSION, ENV_PREFIX, MQTT_MAX_REMAINING_LENGTH,
+    load_or_create_password, BrokerConfig, BrokerFileConfig, GatewayConfig, GatewayFileConfig,
+    GatewayTls, InternalFileConfig, InternalListenerConfig, Limits, MqttListenerConfig,
+    CONFIG_VERSION, ENV_PREFIX, INTERNAL_USERNAME, MQTT_MAX_REMAINING_LENGTH,
 };
 pub use embedded::{BrokerHandle, EmbeddedBroker};
 pub use error::{BrokerError, Listener};
 pub use gateway::{run_gateway, Gateway};
+pub use inspect::Login;
 pub use rate::DeviceRate;
+pub use relay::Upstream;
 pub use revocation::{parse_revocation_list, Revocations};
 pub use stats::{violations, GatewayMetric, GatewayStats, HandshakeOutcome, Refusal};

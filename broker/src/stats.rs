@@ -74,6 +74,15 @@ metric_set! {
             /// Connections relayed now.
             LiveConnections() => "liveConnections",
         }
+        counter "margo_observer_connections_total",
+            "Connections to the operator's read-only MQTT listener ([mqtt] listen), by outcome." {
+            /// Accepted (relayed to the broker once its CONNECT arrives).
+            ObserverAccepted(outcome = "accepted") => "observerAccepted",
+            /// Closed at once: the listener's connection cap was reached.
+            ObserverRefusedCap(outcome = "refused_cap") => "observerRefusedCap",
+            /// Closed for a write (PUBLISH, will) or a protocol violation.
+            ObserverViolation(outcome = "violation") => "observerViolation",
+        }
     }
 }
 
@@ -90,6 +99,8 @@ impl GatewayMetric {
             Violation::Retain(_) => Self::ViolationRetain,
             Violation::ServerOnly(_) => Self::ViolationServerOnly,
             Violation::Malformed(_) => Self::ViolationMalformed,
+            // Only the observer policy refuses writes as such.
+            Violation::ReadOnly(_) => Self::ObserverViolation,
         }
     }
 

@@ -37,6 +37,9 @@ async fn binary_reports_ready_with_real_ports_and_exits_on_sigterm() {
 version = 1
 [mqtt]
 listen = "127.0.0.1:0"
+[internal]
+listen = "127.0.0.1:0"
+password_file = "internal.password"
 [gateway]
 listen = "127.0.0.1:0"
 ca = "ca.pem"
@@ -73,6 +76,12 @@ handshake_timeout = "2s"
         .expect("mqtt=")
         .parse()
         .expect("mqtt addr");
+    let internal: std::net::SocketAddr = fields
+        .next()
+        .and_then(|f| f.strip_prefix("internal="))
+        .expect("internal=")
+        .parse()
+        .expect("internal addr");
     let gateway: std::net::SocketAddr = fields
         .next()
         .and_then(|f| f.strip_prefix("gateway="))
@@ -80,10 +89,28 @@ handshake_timeout = "2s"
         .parse()
         .expect("gateway addr");
     assert_ne!(mqtt.port(), 0);
+    assert_ne!(internal.port(), 0);
     assert_ne!(gateway.port(), 0);
 
-    let mut manager = TestClient::plain(mqtt, "manager");
+    // The password file was created beside the configuration, owner-only;
+    // a manager presents it on the internal listener.
+    let password_file = dir.path().join("internal.password");
+    let password = std::fs::read_to_string(&password_file).expect("password file created");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&password_file)
+        .expect("stat")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let mut manager = TestClient::plain_login(
+        internal,
+        "manager",
+        margo_broker::INTERNAL_USERNAME,
+        password.trim(),
+    );
     manager.connack().await;
+    let mut observer = TestClient::plain(mqtt, "observer");
+    observer.connack().await;
     let device_tls = client_tls(&pki, Some(&pki.client("devbin")));
     let mut device = TestClient::device(gateway, device_tls.clone(), Options::new("devbin"));
     device.connack().await;

@@ -33,7 +33,7 @@ async fn a_device_over_its_message_rate_is_throttled_not_dropped() {
         .expect("broker starts");
     let dev = ClientId::new("dev1").expect("id");
 
-    let mut manager = TestClient::plain(broker.mqtt_addr(), "manager");
+    let mut manager = common::internal_client(&broker, "manager");
     manager.connack().await;
     manager
         .subscribe(&topics::state(&dev))

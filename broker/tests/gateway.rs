@@ -37,7 +37,7 @@ async fn device_gets_retained_desired_state_and_its_uplink_reaches_the_manager()
     let gw = broker.gateway_addr().expect("gateway");
     let dev = id("dev1");
 
-    let mut manager = TestClient::plain(broker.mqtt_addr(), "manager");
+    let mut manager = common::internal_client(&broker, "manager");
     manager.connack().await;
     manager
         .client
@@ -256,7 +256,7 @@ async fn client_id_in_connect_is_rewritten_so_sessions_cannot_be_stolen() {
     device_b.suback().await;
 
     // ...and A was not kicked: it stays connected and keeps receiving.
-    let mut manager = TestClient::plain(broker.mqtt_addr(), "manager");
+    let mut manager = common::internal_client(&broker, "manager");
     manager.connack().await;
     manager
         .client
@@ -284,7 +284,7 @@ async fn revocation_drops_the_live_connection_and_refuses_reconnects() {
     let tls = client_tls(&pki, Some(&pki.client("devr")));
     let presence = topics::presence(&id("devr"));
 
-    let mut manager = TestClient::plain(broker.mqtt_addr(), "manager");
+    let mut manager = common::internal_client(&broker, "manager");
     manager.connack().await;
     manager
         .client

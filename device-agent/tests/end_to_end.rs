@@ -6,13 +6,12 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
 use margo_agent::{Agent, AgentConfig, AgentOptions, Store};
-use margo_broker::{BrokerConfig, EmbeddedBroker, GatewayConfig};
+use margo_broker::{BrokerConfig, EmbeddedBroker, GatewayConfig, Upstream};
 use margo_schemas::cose::{SigningKey, VerifyingKey};
 use margo_schemas::ids::ClientId;
 use margo_schemas::messages::{Envelope, Message, SyncReason};
@@ -43,7 +42,7 @@ struct Seen {
 
 /// A minimal manager: verifies uplink with the device's key, acks the highest contiguous seq.
 fn spawn_manager(
-    mqtt: SocketAddr,
+    mqtt: Upstream,
     client: ClientId,
     device_key: VerifyingKey,
     signer: Arc<SigningKey>,
@@ -52,8 +51,12 @@ fn spawn_manager(
 ) -> Manager {
     let seen = Arc::new(Mutex::new(Seen::default()));
     let out = Arc::clone(&seen);
-    let mut options = MqttOptions::new("test-manager", mqtt.ip().to_string(), mqtt.port());
+    let mut options =
+        MqttOptions::new("test-manager", mqtt.addr.ip().to_string(), mqtt.addr.port());
     options.set_keep_alive(Duration::from_secs(5));
+    if let Some(login) = &mqtt.login {
+        options.set_credentials(&login.username, &login.password);
+    }
     options.set_max_packet_size(2 << 20, 2 << 20);
     let (mqtt_client, mut eventloop) = AsyncClient::new(options, 64);
     let handle = mqtt_client.clone();
@@ -196,7 +199,7 @@ async fn agent_installs_reports_and_empties_its_outbox_through_the_gateway() {
         ack_msg(&signer, &client, 0, 1),
     ];
     let manager = spawn_manager(
-        broker.mqtt_addr(),
+        broker.upstream(),
         client.clone(),
         device_key,
         Arc::clone(&signer),
@@ -345,7 +348,7 @@ async fn agent_reconnects_with_backoff_and_catches_up_after_an_outage() {
     gateway_config.listen = "127.0.0.1:0".parse().expect("addr");
     let gateway = Gateway::bind(
         gateway_config.clone(),
-        broker.mqtt_addr(),
+        broker.upstream(),
         Revocations::new(),
     )
     .await
@@ -361,7 +364,7 @@ async fn agent_reconnects_with_backoff_and_catches_up_after_an_outage() {
     let signer = Arc::new(fleet.signer);
     let a = yaml("dep-a", "app-a", &[("web", "")]);
     let manager = spawn_manager(
-        broker.mqtt_addr(),
+        broker.upstream(),
         client.clone(),
         device_key,
         Arc::clone(&signer),
@@ -431,7 +434,7 @@ async fn agent_reconnects_with_backoff_and_catches_up_after_an_outage() {
         listen: gw,
         ..gateway_config
     };
-    let gateway = Gateway::bind(gateway_config, broker.mqtt_addr(), Revocations::new())
+    let gateway = Gateway::bind(gateway_config, broker.upstream(), Revocations::new())
         .await
         .expect("gateway rebinds");
     let recovery = CancellationToken::new();

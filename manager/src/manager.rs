@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use margo_broker::{
-    BrokerConfig, BrokerError, BrokerHandle, EmbeddedBroker, GatewayConfig, Listener,
+    BrokerConfig, BrokerError, BrokerHandle, EmbeddedBroker, GatewayConfig, Listener, Login,
 };
 use rumqttc::AsyncClient;
 use tokio::sync::{mpsc, watch};
@@ -65,6 +65,9 @@ pub enum ManagerError {
     /// TLS material for an external broker is unusable.
     #[error("broker TLS: {0}")]
     Tls(String),
+    /// The broker login (`[broker] password_file`) is unusable.
+    #[error("broker login: {0}")]
+    Login(String),
     /// The admin socket could not be served.
     #[error(transparent)]
     Admin(#[from] AdminServeError),
@@ -102,6 +105,7 @@ pub enum ManagerError {
 fn broker_listen_error(error: BrokerError) -> ManagerError {
     let key = |listener| match listener {
         Listener::Mqtt => "[broker] mqtt_listen",
+        Listener::Internal => "[broker] internal_listen",
         Listener::Gateway => "[broker] gateway_listen",
     };
     match error {
@@ -127,6 +131,25 @@ fn broker_listen_error(error: BrokerError) -> ManagerError {
         },
         other => other.into(),
     }
+}
+
+/// The login presented to an external broker: `[broker] username` (default
+/// `margo-internal`, a standalone margo-broker's) with the password in
+/// `[broker] password_file`; none without a password file.
+fn external_login(config: &ManagerConfig) -> Result<Option<Login>, ManagerError> {
+    let Some(path) = &config.broker.password_file else {
+        return Ok(None);
+    };
+    let password = std::fs::read_to_string(path)
+        .map_err(|e| ManagerError::Login(format!("broker.password_file {}: {e}", path.display())))?
+        .trim()
+        .to_string();
+    let username = config
+        .broker
+        .username
+        .clone()
+        .unwrap_or_else(|| margo_broker::INTERNAL_USERNAME.to_string());
+    Ok(Some(Login { username, password }))
 }
 
 /// What `init` created.
@@ -248,6 +271,12 @@ impl Manager {
             BrokerMode::Embedded => {
                 let mut broker_config = BrokerConfig::default();
                 broker_config.mqtt.listen = config.broker.mqtt_listen;
+                broker_config.internal.listen = config.broker.internal_listen;
+                if let Some(path) = &config.broker.password_file {
+                    let password = margo_broker::load_or_create_password(path)
+                        .map_err(|e| ManagerError::Login(format!("broker.password_file: {e}")))?;
+                    broker_config.internal.password = Some(password);
+                }
                 broker_config.limits = config.broker.limits.clone();
                 let mut gateway = GatewayConfig::new(pki.gateway_tls()?);
                 gateway.listen = config.broker.gateway_listen;
@@ -264,11 +293,15 @@ impl Manager {
                     .filter(|c| c.record.revoked)
                     .map(|c| c.id);
                 broker.revocations().replace_all(revoked);
+                // The manager's own session goes to rumqttd's internal
+                // listener with the login; `mqtt` is the operators' read-only one.
                 let addr = broker.mqtt_addr();
+                let upstream = broker.upstream();
                 let target = MqttTarget {
-                    host: addr.ip().to_string(),
-                    port: addr.port(),
+                    host: upstream.addr.ip().to_string(),
+                    port: upstream.addr.port(),
                     tls: None,
+                    login: upstream.login,
                 };
                 let gateway_addr = broker.gateway_addr();
                 (
@@ -301,6 +334,7 @@ impl Manager {
                     host: url.host.clone(),
                     port: url.port,
                     tls,
+                    login: external_login(&config)?,
                 };
                 (None, target, url.to_string(), None, None)
             }

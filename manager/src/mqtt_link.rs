@@ -54,6 +54,9 @@ pub struct MqttTarget {
     pub port: u16,
     /// TLS (trust anchors and the manager's client certificate), or plain MQTT.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// User name and password, if the broker wants them (the embedded
+    /// broker's internal listener always does).
+    pub login: Option<margo_broker::Login>,
 }
 
 impl std::fmt::Debug for MqttTarget {
@@ -62,6 +65,7 @@ impl std::fmt::Debug for MqttTarget {
             .field("host", &self.host)
             .field("port", &self.port)
             .field("tls", &self.tls.is_some())
+            .field("login", &self.login)
             .finish()
     }
 }
@@ -83,6 +87,9 @@ pub fn mqtt_options(target: &MqttTarget) -> MqttOptions {
     // redelivered forever on a persistent session): accept what MQTT allows
     // and let ingest reject it by size.
     opts.set_max_packet_size(268_435_455, 268_435_455);
+    if let Some(login) = &target.login {
+        opts.set_credentials(&login.username, &login.password);
+    }
     if let Some(tls) = &target.tls {
         opts.set_transport(rumqttc::Transport::tls_with_config(
             rumqttc::TlsConfiguration::Rustls(Arc::clone(tls)),

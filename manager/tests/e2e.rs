@@ -453,6 +453,8 @@ async fn external_broker_mode_uses_the_same_code_path() {
     // A bare rumqttd (no gateway) stands in for an external broker.
     let mut broker_config = margo_broker::BrokerConfig::default();
     broker_config.mqtt.listen = "127.0.0.1:0".parse().expect("addr");
+    let password = "e2e-internal-password";
+    broker_config.internal.password = Some(password.to_string());
     let broker = within(
         WAIT,
         "external broker start",
@@ -463,7 +465,13 @@ async fn external_broker_mode_uses_the_same_code_path() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = config(dir.path());
     config.broker.mode = margo_manager::config::BrokerMode::External;
-    config.broker.url = Some(format!("mqtt://{}", broker.mqtt_addr()));
+    // The manager presents the broker's internal login (a standalone
+    // margo-broker's `[internal] password_file`).
+    let internal = broker.upstream().addr;
+    let password_file = dir.path().join("broker.password");
+    std::fs::write(&password_file, format!("{password}\n")).expect("write password");
+    config.broker.url = Some(format!("mqtt://{internal}"));
+    config.broker.password_file = Some(password_file);
     let manager = start(config).await;
     assert!(manager.gateway_addr().is_none());
     assert!(manager.is_connected());
@@ -476,7 +484,13 @@ async fn external_broker_mode_uses_the_same_code_path() {
 
     // The device connects in plain MQTT (no gateway here); signatures still rule.
     let id = bundle.client_id.clone();
-    let mqtt = TestClient::plain(broker.mqtt_addr(), id.as_str()).with_wait(WAIT);
+    let mqtt = TestClient::plain_login(
+        internal,
+        id.as_str(),
+        margo_broker::INTERNAL_USERNAME,
+        password,
+    )
+    .with_wait(WAIT);
     let filters = [topics::desired_filter(&id), topics::ack(&id)];
     let mut device = FakeDevice::over(mqtt, (&bundle).into(), &filters).await;
     device

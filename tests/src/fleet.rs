@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use crate::{bin, free_port, ready_field, Proc};
+use margo_testkit::mqtt::TestClient;
 
 /// How long a process may take to print its ready line.
 pub const START: Duration = Duration::from_secs(30);
@@ -106,6 +107,20 @@ impl ManagerProc {
     /// `Retry-After` for waiting devices and a rate limit no test reaches.
     /// `extra` may only hold sections (not `[broker]`).
     pub fn start_for_onboarding(dir: &Path, extra: &str) -> Result<ManagerProc> {
+        Self::onboarding_manager(dir, extra, "")
+    }
+
+    /// Like [`ManagerProc::start_for_onboarding`], and the broker write
+    /// access an attacker with the internal password would have.
+    pub fn start_for_onboarding_with_internal(
+        dir: &Path,
+        extra: &str,
+    ) -> Result<(ManagerProc, InternalAccess)> {
+        let (lines, internal) = InternalAccess::broker_lines(dir)?;
+        Ok((Self::onboarding_manager(dir, extra, &lines)?, internal))
+    }
+
+    fn onboarding_manager(dir: &Path, extra: &str, broker_lines: &str) -> Result<ManagerProc> {
         let gateway = free_port();
         let onboarding = if extra.contains("[onboarding]") {
             String::new()
@@ -119,7 +134,7 @@ impl ManagerProc {
                 "public_broker_url = \"mqtts://localhost:{gateway}\"\n\
                  [broker]\nmode = \"embedded\"\nmqtt_listen = \"127.0.0.1:{mqtt}\"\n\
                  gateway_listen = \"127.0.0.1:{gateway}\"\nhostnames = [\"localhost\"]\n\
-                 {onboarding}{extra}\n",
+                 {broker_lines}{onboarding}{extra}\n",
                 mqtt = free_port(),
             ),
         )
@@ -674,11 +689,67 @@ pub fn assert_contiguous(seqs: &[u64], what: &str) -> u64 {
     n
 }
 
+/// Write access to a manager's embedded broker, as only the manager itself
+/// (and a compromised broker, or an insider who read the internal password)
+/// has it: tests of the layers behind the broker (signatures, revocation at
+/// ingest) play that attacker. The read-only loopback listener refuses every
+/// write (issue 12, finding 2).
+pub struct InternalAccess {
+    /// rumqttd's internal listener.
+    pub port: u16,
+    /// Its password (user `margo-internal`).
+    pub password: String,
+}
+
+impl InternalAccess {
+    /// A `[broker]` section for an embedded manager (free ports) whose
+    /// internal listener is on a known port with a known password.
+    pub fn embedded_section(dir: &Path) -> Result<(String, InternalAccess)> {
+        let (lines, internal) = Self::broker_lines(dir)?;
+        let section = format!(
+            "[broker]\nmode = \"embedded\"\nmqtt_listen = \"127.0.0.1:{}\"\n\
+             gateway_listen = \"127.0.0.1:{}\"\nhostnames = [\"localhost\"]\n{lines}",
+            free_port(),
+            free_port(),
+        );
+        Ok((section, internal))
+    }
+
+    /// The `[broker]` lines that fix the internal listener's port and
+    /// password (written to a file in `dir`).
+    fn broker_lines(dir: &Path) -> Result<(String, InternalAccess)> {
+        let port = free_port();
+        let password = format!("test-{}", fastrand::u64(..));
+        let file = dir.join("internal.password");
+        std::fs::write(&file, format!("{password}\n"))?;
+        let lines = format!(
+            "internal_listen = \"127.0.0.1:{port}\"\npassword_file = {file:?}\n",
+            file = file.display().to_string(),
+        );
+        Ok((lines, InternalAccess { port, password }))
+    }
+
+    /// A client with write access, after its CONNACK.
+    pub async fn connect(&self, client_id: &str) -> Result<TestClient> {
+        let mut opts = rumqttc::MqttOptions::new(client_id, "127.0.0.1", self.port);
+        opts.set_keep_alive(Duration::from_secs(30));
+        opts.set_credentials("margo-internal", &self.password);
+        let mut client = TestClient::spawn(opts, 100);
+        client.connected().await?;
+        Ok(client)
+    }
+}
+
 /// A `margo-broker` process (embedded rumqttd + device gateway) using the
-/// manager's PKI, on fixed ports so a restart reuses them.
+/// manager's PKI, on fixed ports so a restart reuses them. A manager in
+/// `external` mode reaches it on `internal_port` with the password in
+/// [`BrokerProc::password_file`] ([`BrokerProc::manager_section`]).
 pub struct BrokerProc {
     pub proc: Proc,
+    /// The operator's read-only listener.
     pub mqtt_port: u16,
+    /// rumqttd's own listener (login required).
+    pub internal_port: u16,
     pub gateway_port: u16,
     config: PathBuf,
     log_dir: PathBuf,
@@ -690,16 +761,41 @@ impl BrokerProc {
         Self::start_on(dir, pki_dir, free_port())
     }
 
-    /// Like [`BrokerProc::start`] with the plain MQTT listener on `mqtt_port`.
-    pub fn start_on(dir: &Path, pki_dir: &Path, mqtt_port: u16) -> Result<BrokerProc> {
+    /// The internal listener's password file of a broker in `dir` (created
+    /// by the broker when missing, or by [`BrokerProc::manager_section`]).
+    pub fn password_file(dir: &Path) -> PathBuf {
+        dir.join("broker.password")
+    }
+
+    /// The `[broker]` section of a manager in `external` mode that talks to
+    /// the broker in `dir` on `internal_port`. Writes the password file now,
+    /// so the manager can start before the broker (it creates the PKI).
+    pub fn manager_section(dir: &Path, internal_port: u16) -> Result<String> {
+        let file = Self::password_file(dir);
+        if !file.exists() {
+            std::fs::write(&file, format!("test-{}\n", fastrand::u64(..)))?;
+        }
+        Ok(format!(
+            "[broker]\nmode = \"external\"\nurl = \"mqtt://127.0.0.1:{internal_port}\"\n\
+             password_file = {file:?}\n",
+            file = file.display().to_string(),
+        ))
+    }
+
+    /// Like [`BrokerProc::start`] with the internal listener (the one a
+    /// manager connects to) on `internal_port`.
+    pub fn start_on(dir: &Path, pki_dir: &Path, internal_port: u16) -> Result<BrokerProc> {
+        let mqtt_port = free_port();
         let gateway_port = free_port();
         let config = dir.join("broker.toml");
         std::fs::write(
             &config,
             format!(
                 "version = 1\n[mqtt]\nlisten = \"127.0.0.1:{mqtt_port}\"\n\
+                 [internal]\nlisten = \"127.0.0.1:{internal_port}\"\npassword_file = {password:?}\n\
                  [gateway]\nlisten = \"127.0.0.1:{gateway_port}\"\n\
                  ca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\nhandshake_timeout = \"5s\"\n",
+                password = Self::password_file(dir).display().to_string(),
                 ca = pki_dir.join("ca.crt").display().to_string(),
                 cert = pki_dir.join("gateway.crt").display().to_string(),
                 key = pki_dir.join("gateway.key").display().to_string(),
@@ -710,6 +806,7 @@ impl BrokerProc {
         Ok(BrokerProc {
             proc,
             mqtt_port,
+            internal_port,
             gateway_port,
             config,
             log_dir,

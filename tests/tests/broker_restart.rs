@@ -20,14 +20,15 @@ const D2: &str = "22222222-2222-4222-8222-222222222222";
 async fn broker_restart_loses_nothing() -> Result<()> {
     margo_tests::init_tracing();
     let dir = tempfile::tempdir()?;
-    let mqtt_port = margo_tests::free_port();
+    let internal_port = margo_tests::free_port();
     // The manager starts first (it creates the PKI the broker uses) and keeps
     // retrying until the broker is there.
     let manager = ManagerProc::start(
         dir.path(),
-        &format!("[broker]\nmode = \"external\"\nurl = \"mqtt://127.0.0.1:{mqtt_port}\"\n"),
+        &BrokerProc::manager_section(dir.path(), internal_port)?,
     )?;
-    let mut broker = BrokerProc::start_on(dir.path(), &manager.data_dir.join("pki"), mqtt_port)?;
+    let mut broker =
+        BrokerProc::start_on(dir.path(), &manager.data_dir.join("pki"), internal_port)?;
     let url = format!("mqtts://localhost:{}", broker.gateway_port);
     let names = ["site-a", "site-b"];
     let mut agents = Vec::new();

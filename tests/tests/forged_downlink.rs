@@ -12,10 +12,10 @@ use margo_schemas::ids::{ClientId, DeploymentId};
 use margo_schemas::manifest::{DeploymentRef, StateManifest};
 use margo_schemas::messages::{DeploymentBody, Envelope, Message};
 use margo_schemas::topics;
-use margo_testkit::mqtt::TestClient;
 use margo_tests::eventually;
 use margo_tests::fleet::{
-    client_status, deployment_yaml, wait_converged, write_file, AgentProc, ManagerProc,
+    client_status, deployment_yaml, wait_converged, write_file, AgentProc, InternalAccess,
+    ManagerProc,
 };
 
 const CONVERGE: Duration = Duration::from_secs(60);
@@ -25,7 +25,10 @@ const D1: &str = "11111111-1111-4111-8111-111111111111";
 async fn forged_replayed_and_tampered_downlink_is_rejected() -> Result<()> {
     margo_tests::init_tracing();
     let dir = tempfile::tempdir()?;
-    let manager = ManagerProc::start(dir.path(), "")?;
+    // The attacker holds broker write access (a compromised broker); the
+    // read-only loopback listener would refuse every write.
+    let (section, internal) = InternalAccess::embedded_section(dir.path())?;
+    let manager = ManagerProc::start(dir.path(), &section)?;
     let url = format!(
         "mqtts://localhost:{}",
         manager.gateway.context("gateway")?.port()
@@ -34,9 +37,8 @@ async fn forged_replayed_and_tampered_downlink_is_rejected() -> Result<()> {
     let agent = AgentProc::start(dir.path(), "line-9", &bundle, "")?;
     let files = dir.path().join("yaml");
 
-    // v1, captured off the broker by a rogue local client.
-    let mqtt_port = manager.mqtt.context("embedded mqtt")?.port();
-    let mut rogue = TestClient::connect("rogue", mqtt_port, None, None, true).await?;
+    // v1, captured off the broker by a rogue client with write access.
+    let mut rogue = internal.connect("rogue").await?;
     let v1 = write_file(
         &files,
         "v1.yaml",

@@ -14,7 +14,6 @@ use margo_schemas::ids::ClientId;
 use margo_schemas::messages::{Envelope, Message, StateReport};
 use margo_schemas::pki::pkcs8_from_pem;
 use margo_schemas::topics;
-use margo_testkit::mqtt::TestClient;
 use margo_tests::eventually;
 use margo_tests::fleet::{
     client_status, deployment_yaml, onboarding_toml, uplink_seqs, wait_converged, write_file,
@@ -44,7 +43,9 @@ async fn ingest_counter(admin: &AdminClient, name: &str) -> Result<u64> {
 async fn revoked_device_is_cut_off_refused_and_says_so_once() -> Result<()> {
     margo_tests::init_tracing();
     let dir = tempfile::tempdir()?;
-    let manager = ManagerProc::start_for_onboarding(dir.path(), "")?;
+    // The rogue below holds broker write access (a compromised broker): the
+    // read-only loopback listener would refuse its publish outright.
+    let (manager, internal) = ManagerProc::start_for_onboarding_with_internal(dir.path(), "")?;
     let admin = AdminClient::new(&manager.socket);
     let token = manager.create_token(1, "1h")?;
     let mut agent = AgentProc::start_onboarding(
@@ -143,8 +144,7 @@ async fn revoked_device_is_cut_off_refused_and_says_so_once() -> Result<()> {
         }),
     )
     .seal(&key)?;
-    let mqtt_port = manager.mqtt.context("embedded mqtt")?.port();
-    let mut rogue = TestClient::connect("after-revocation", mqtt_port, None, None, true).await?;
+    let mut rogue = internal.connect("after-revocation").await?;
     rogue
         .publish(&topics::state(&client), false, forged)
         .await?;

@@ -3,8 +3,11 @@
 //! variables override the file; an unknown one is refused
 //! (docs/configuration.md).
 //!
-//! Prints `margo-broker ready mqtt=ADDR gateway=ADDR` on stdout once both
-//! listeners accept (`gateway=none` without a gateway); logs go to stderr.
+//! Prints `margo-broker ready mqtt=ADDR internal=ADDR gateway=ADDR` on
+//! stdout once every listener accepts (`gateway=none` without a gateway):
+//! `mqtt` is the operator's read-only listener, `internal` rumqttd's own
+//! (login `margo-internal` with the password in `[internal] password_file`,
+//! for a manager in `external` mode). Logs go to stderr.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,7 +16,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use margo_broker::{parse_revocation_list, BrokerFileConfig, EmbeddedBroker, Revocations};
 use margo_schemas::config_layers::Layered;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// Embedded MQTT broker on loopback plus the margo device gateway.
 #[derive(Debug, Parser)]
@@ -40,8 +43,17 @@ async fn main() -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
 
     // Defaults → file → MARGO_BROKER_* environment (docs/configuration.md).
-    let config = BrokerFileConfig::load_layered(Some(&cli.config), std::env::vars(), ())
-        .and_then(BrokerFileConfig::into_config)
+    let file = BrokerFileConfig::load_layered(Some(&cli.config), std::env::vars(), ())
+        .with_context(|| format!("configuration {}", cli.config.display()))?;
+    if file.internal.password_file.is_none() {
+        warn!(
+            "no [internal] password_file: the broker's internal listener takes a random \
+             password, so only the gateway and the read-only listener reach it and no \
+             manager can connect"
+        );
+    }
+    let config = file
+        .into_config()
         .with_context(|| format!("configuration {}", cli.config.display()))?;
 
     let broker = EmbeddedBroker::start(config)
@@ -62,8 +74,9 @@ async fn main() -> Result<()> {
     let mut stdout = std::io::stdout().lock();
     writeln!(
         stdout,
-        "margo-broker ready mqtt={} gateway={gateway}",
-        broker.mqtt_addr()
+        "margo-broker ready mqtt={} internal={} gateway={gateway}",
+        broker.mqtt_addr(),
+        broker.upstream().addr,
     )
     .and_then(|()| stdout.flush())
     .context("writing the ready line")?;

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use margo_broker::{BrokerConfig, BrokerHandle, EmbeddedBroker, GatewayConfig, GatewayTls};
+use margo_testkit::mqtt::TestClient;
 use margo_testkit::pki::TestPki;
 use margo_testkit::within;
 
@@ -35,4 +36,14 @@ pub async fn start_broker(pki: &TestPki, handshake_timeout: Duration) -> BrokerH
     within(WAIT, "broker start", EmbeddedBroker::start(config))
         .await
         .expect("broker starts")
+}
+
+/// A client on the broker's internal listener with its login: write
+/// access, like the manager's own session.
+pub fn internal_client(broker: &BrokerHandle, client_id: &str) -> TestClient {
+    let upstream = broker.upstream();
+    let login = upstream
+        .login
+        .expect("the embedded broker requires a login");
+    TestClient::plain_login(upstream.addr, client_id, &login.username, &login.password)
 }

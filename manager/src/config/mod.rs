@@ -44,8 +44,21 @@ pub struct BrokerSettings {
     pub url: Option<String>,
     /// External `mqtts`: the CA the broker's certificate chains to (default: the fleet CA).
     pub ca_file: Option<PathBuf>,
-    /// Embedded: the plain loopback MQTT listener. Default `127.0.0.1:1883`.
+    /// Embedded: the operator's read-only loopback MQTT listener. Default
+    /// `127.0.0.1:1883`.
     pub mqtt_listen: SocketAddr,
+    /// Embedded: rumqttd's own loopback listener, login required (the
+    /// manager's session and the relays). Default `127.0.0.1:0`.
+    pub internal_listen: SocketAddr,
+    /// External: the user name presented to the broker (default
+    /// `margo-internal` when `password_file` is set, as a standalone
+    /// margo-broker expects).
+    pub username: Option<String>,
+    /// External: file holding the password presented to the broker.
+    /// Embedded: file holding the internal listener's password (created
+    /// 0600 with a random one when missing); unset, a random password per
+    /// start that nothing outside this process knows.
+    pub password_file: Option<PathBuf>,
     /// Embedded: the TLS device gateway. Default `0.0.0.0:8883`.
     pub gateway_listen: SocketAddr,
     /// Embedded: DNS names / IP addresses put into the gateway certificate
@@ -70,6 +83,9 @@ impl Default for BrokerSettings {
             url: None,
             ca_file: None,
             mqtt_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1883),
+            internal_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+            username: None,
+            password_file: None,
             gateway_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 8883),
             hostnames: vec!["localhost".to_string()],
             limits: margo_broker::Limits::default(),
@@ -520,11 +536,13 @@ impl ManagerConfig {
                 }
             }
             BrokerMode::Embedded => {
-                if self.broker.url.is_some() {
-                    return Err(invalid(
-                        "broker.url",
-                        "only used with broker.mode = \"external\"",
-                    ));
+                for (field, set) in [
+                    ("broker.url", self.broker.url.is_some()),
+                    ("broker.username", self.broker.username.is_some()),
+                ] {
+                    if set {
+                        return Err(invalid(field, "only used with broker.mode = \"external\""));
+                    }
                 }
                 if !self.broker.mqtt_listen.ip().is_loopback() {
                     return Err(invalid(
@@ -549,6 +567,7 @@ impl ManagerConfig {
                 let mut broker = margo_broker::BrokerConfig::default();
                 broker.limits = self.broker.limits.clone();
                 broker.mqtt.listen = self.broker.mqtt_listen;
+                broker.internal.listen = self.broker.internal_listen;
                 self.broker.device_rate.validate("broker.device_rate")?;
                 broker.validate().map_err(|e| match e {
                     ConfigError::Invalid { field, reason } => ConfigError::Invalid {
@@ -741,10 +760,12 @@ impl Layered for ManagerConfig {
 }
 
 /// Maps a margo-broker field name onto ours (`limits.x` → `broker.limits.x`,
-/// `mqtt.listen` → `broker.mqtt_listen`).
+/// `mqtt.listen` → `broker.mqtt_listen`, `internal.listen` →
+/// `broker.internal_listen`).
 fn broker_field(field: &str) -> String {
     match field {
         "mqtt.listen" => "broker.mqtt_listen".to_string(),
+        "internal.listen" => "broker.internal_listen".to_string(),
         f if f.starts_with("limits.") => format!("broker.{f}"),
         _ => "broker.limits".to_string(),
     }

@@ -58,6 +58,15 @@ impl TestClient {
         Self::spawn(opts, 64)
     }
 
+    /// Like [`TestClient::plain`], presenting `username` and `password`
+    /// (the embedded broker's internal listener requires its login).
+    pub fn plain_login(addr: SocketAddr, client_id: &str, username: &str, password: &str) -> Self {
+        let mut opts = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+        opts.set_keep_alive(Duration::from_secs(5));
+        opts.set_credentials(username, password);
+        Self::spawn(opts, 64)
+    }
+
     /// A device over TLS with `tls` (keep-alive 5 s); does not wait for the
     /// CONNACK.
     pub fn device(addr: SocketAddr, tls: Arc<rustls::ClientConfig>, options: Options) -> Self {
