@@ -36,8 +36,11 @@ async fn start_error(config: ManagerConfig) -> String {
 #[tokio::test]
 async fn every_taken_listener_is_a_start_error_naming_its_key() {
     type Set = fn(&mut ManagerConfig, SocketAddr);
-    let cases: [(&str, Set); 4] = [
+    let cases: [(&str, Set); 5] = [
         ("[broker] mqtt_listen", |c, a| c.broker.mqtt_listen = a),
+        ("[broker] internal_listen", |c, a| {
+            c.broker.internal_listen = a
+        }),
         ("[broker] gateway_listen", |c, a| {
             c.broker.gateway_listen = a
         }),
