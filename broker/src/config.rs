@@ -146,6 +146,12 @@ pub struct Limits {
     pub max_segment_count: usize,
     /// Most packets the router hands one connection per iteration.
     pub max_outgoing_packet_count: u64,
+    /// File descriptors kept for known clients: once this close to the
+    /// process's open-file limit, the gateway (and the manager's HTTPS
+    /// listener) close new connections from source networks that held no
+    /// authenticated session in the last 7 days. Default 256
+    /// ([`crate::FdReserve`]).
+    pub fd_reserve: u64,
 }
 
 impl Default for Limits {
@@ -158,6 +164,7 @@ impl Default for Limits {
             max_segment_bytes: 8 * 1024 * 1024,
             max_segment_count: 10,
             max_outgoing_packet_count: 1000,
+            fd_reserve: 256,
         }
     }
 }

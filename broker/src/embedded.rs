@@ -18,6 +18,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{BrokerConfig, Limits, INTERNAL_USERNAME};
 use crate::error::{BrokerError, Listener};
+use crate::fd_reserve::FdReserve;
 use crate::gateway::Gateway;
 use crate::inspect::Login;
 use crate::observer::{ObserverListener, ObserverSettings};
@@ -74,6 +75,7 @@ impl EmbeddedBroker {
             login: Some(login.clone()),
         };
         let stats = Arc::new(GatewayStats::default());
+        let fd_reserve = Arc::new(FdReserve::new(config.limits.fd_reserve));
         let observer = ObserverListener::bind(ObserverSettings {
             listen: config.mqtt.listen,
             upstream: upstream.clone(),
@@ -92,6 +94,7 @@ impl EmbeddedBroker {
                     upstream.clone(),
                     revocations.clone(),
                     Arc::clone(&stats),
+                    Arc::clone(&fd_reserve),
                 )
                 .await?,
             ),
@@ -149,6 +152,7 @@ impl EmbeddedBroker {
             gateway_addr,
             revocations,
             stats,
+            fd_reserve,
             shutdown,
             tasks,
         })
@@ -164,6 +168,7 @@ pub struct BrokerHandle {
     gateway_addr: Option<SocketAddr>,
     revocations: Revocations,
     stats: Arc<GatewayStats>,
+    fd_reserve: Arc<FdReserve>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<Result<(), BrokerError>>>,
 }
@@ -189,6 +194,12 @@ impl BrokerHandle {
     /// The gateway's revocation set (shared: changes apply at once).
     pub fn revocations(&self) -> Revocations {
         self.revocations.clone()
+    }
+
+    /// The process's descriptor reserve ([`FdReserve`]): the manager's
+    /// HTTPS listener shares it with the gateway.
+    pub fn fd_reserve(&self) -> Arc<FdReserve> {
+        Arc::clone(&self.fd_reserve)
     }
 
     /// The counters of the gateway and the read-only listener.

@@ -24,6 +24,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::config::GatewayConfig;
 use crate::error::{BrokerError, Listener};
+use crate::fd_reserve::{fd_of, FdReserve};
 use crate::inspect::Inspector;
 use crate::rate::DeviceRate;
 use crate::relay::{read_packet, End, Relay, SessionError, Upstream, READ_CHUNK};
@@ -54,6 +55,7 @@ struct Shared {
     /// Connections in progress: from accept until their CONNECT arrives.
     pending: SourceSlots,
     max_per_identity: usize,
+    fd_reserve: Arc<FdReserve>,
 }
 
 impl Gateway {
@@ -65,16 +67,19 @@ impl Gateway {
         upstream: impl Into<Upstream>,
         revocations: Revocations,
     ) -> Result<Self, BrokerError> {
-        Self::bind_with_stats(cfg, upstream, revocations, Arc::default()).await
+        let reserve = Arc::new(FdReserve::new(crate::Limits::default().fd_reserve));
+        Self::bind_with_stats(cfg, upstream, revocations, Arc::default(), reserve).await
     }
 
     /// Like [`Gateway::bind`], counting into `stats` (shared with the
-    /// embedded broker's read-only listener).
+    /// embedded broker's read-only listener) and sharing the process's
+    /// descriptor reserve.
     pub(crate) async fn bind_with_stats(
         cfg: GatewayConfig,
         upstream: impl Into<Upstream>,
         revocations: Revocations,
         stats: Arc<GatewayStats>,
+        fd_reserve: Arc<FdReserve>,
     ) -> Result<Self, BrokerError> {
         cfg.validate()?;
         let server_config = tls::server_config(&cfg.tls)?;
@@ -100,6 +105,7 @@ impl Gateway {
                 stats,
                 pending: SourceSlots::new(cfg.max_pending_handshakes, cfg.max_pending_per_ip),
                 max_per_identity: cfg.max_connections_per_identity,
+                fd_reserve,
             }),
         })
     }
@@ -132,6 +138,11 @@ impl Gateway {
                 },
             };
             self.shared.stats.inc(GatewayMetric::Accepted);
+            if !self.shared.fd_reserve.admits(fd_of(&socket), peer.ip()) {
+                self.shared.stats.inc(Refusal::FdReserve.metric());
+                debug!(%peer, "near the open-file limit: only known sources get in; connection closed");
+                continue;
+            }
             let permit = match self.shared.pending.try_take(peer.ip()) {
                 Ok(permit) => permit,
                 Err(refusal) => {
@@ -180,6 +191,7 @@ async fn handle_connection(
     permit: Slot,
     token: CancellationToken,
 ) {
+    let peer = socket.peer_addr().ok().map(|a| a.ip());
     let tls = match accept_with_deadline(&shared.acceptor, socket, shared.handshake_timeout, &token)
         .await
     {
@@ -207,7 +219,7 @@ async fn handle_connection(
         }
     };
     let span = tracing::info_span!("session", client_id = %identity);
-    relay_device(shared, tls, identity, permit, token)
+    relay_device(shared, tls, identity, peer, permit, token)
         .instrument(span)
         .await;
 }
@@ -219,6 +231,7 @@ async fn relay_device(
     shared: Arc<Shared>,
     tls: TlsStream<TcpStream>,
     identity: ClientId,
+    peer: Option<std::net::IpAddr>,
     permit: Slot,
     token: CancellationToken,
 ) {
@@ -227,7 +240,14 @@ async fn relay_device(
             .revocations
             .register_live(&identity, token.clone(), shared.max_per_identity);
     let _live = match registered {
-        Ok(live) => live,
+        Ok(live) => {
+            // A device of the fleet: its network keeps a place when
+            // descriptors run short.
+            if let Some(peer) = peer {
+                shared.fd_reserve.mark_known(peer);
+            }
+            live
+        }
         Err(LiveRefusal::TooMany) => {
             shared.stats.inc(Refusal::IdentityCap.metric());
             debug!(

@@ -24,6 +24,7 @@
 mod config;
 mod embedded;
 mod error;
+pub mod fd_reserve;
 mod gateway;
 pub mod inspect;
 mod observer;
@@ -42,6 +43,7 @@ pub use config::{
 };
 pub use embedded::{BrokerHandle, EmbeddedBroker};
 pub use error::{BrokerError, Listener};
+pub use fd_reserve::FdReserve;
 pub use gateway::{run_gateway, Gateway};
 pub use inspect::Login;
 pub use rate::DeviceRate;

@@ -37,6 +37,8 @@ metric_set! {
             RefusedBadIdentity(reason = "bad_identity") => "refusedBadIdentity",
             /// The identity already holds `max_connections_per_identity` connections.
             RefusedIdentityCap(reason = "identity_cap") => "refusedIdentityCap",
+            /// Near the open-file limit, from a source network with no recent session.
+            RefusedFdReserve(reason = "fd_reserve") => "refusedFdReserve",
         }
         counter "margo_gateway_violations_total",
             "Connections closed for a protocol or topic-rule violation, by reason." {
@@ -126,6 +128,8 @@ pub enum Refusal {
     BadIdentity,
     /// The identity already holds its cap of connections.
     IdentityCap,
+    /// Near the open-file limit, from a source network with no recent session.
+    FdReserve,
 }
 
 impl Refusal {
@@ -137,6 +141,7 @@ impl Refusal {
             Self::Revoked => GatewayMetric::RefusedRevoked,
             Self::BadIdentity => GatewayMetric::RefusedBadIdentity,
             Self::IdentityCap => GatewayMetric::RefusedIdentityCap,
+            Self::FdReserve => GatewayMetric::RefusedFdReserve,
         }
     }
 

@@ -21,6 +21,8 @@ metric_set! {
             RefusedConnectionCap(reason = "connection_cap") => "refusedConnectionCap",
             /// `http.max_connections_per_source` reached for the source network.
             RefusedSourceCap(reason = "source_cap") => "refusedSourceCap",
+            /// Near the open-file limit, from a source network with no recent session.
+            RefusedFdReserve(reason = "fd_reserve") => "refusedFdReserve",
         }
         counter "margo_https_handshakes_failed_total", "HTTPS TLS handshakes that failed, by reason." {
             /// TLS handshakes that failed.

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use margo_broker::{
-    BrokerConfig, BrokerError, BrokerHandle, EmbeddedBroker, GatewayConfig, Listener, Login,
+    BrokerConfig, BrokerError, BrokerHandle, EmbeddedBroker, FdReserve, GatewayConfig, Listener,
+    Login,
 };
 use rumqttc::AsyncClient;
 use tokio::sync::{mpsc, watch};
@@ -375,11 +376,18 @@ impl Manager {
             let bound = async {
                 let (cert, key) = pki.server_pem()?;
                 let tls = http::server_tls_config(&cert, &key)?;
+                // One descriptor reserve per process: the gateway's, or
+                // the listener's own with an external broker.
+                let fd_reserve = broker.as_ref().map_or_else(
+                    || Arc::new(FdReserve::new(config.broker.limits.fd_reserve)),
+                    BrokerHandle::fd_reserve,
+                );
                 let api = ApiState::new(
                     fleet.clone(),
                     config.onboarding.clone(),
                     &config.http,
                     Arc::clone(&onboarding_stats),
+                    Arc::clone(&fd_reserve),
                 );
                 let router = http::router(api, Arc::clone(&http_stats));
                 HttpsServer::bind(
@@ -388,6 +396,7 @@ impl Manager {
                     router,
                     &config.http,
                     Arc::clone(&http_stats),
+                    fd_reserve,
                 )
                 .await
                 .map_err(|error| match error {

@@ -24,8 +24,10 @@
 //! `http.require_signed_reads = false` need no credential: an unknown client
 //! is then `404`. Details in `docs/http-api.md`, "Request authentication".
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
+use axum::extract::ConnectInfo;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use margo_schemas::digest::{Digest, DigestError};
@@ -147,7 +149,9 @@ fn unix_now(clock: &Clock) -> i64 {
 
 /// Checks who is calling for `client` (see the module docs), then the
 /// client's state. `required`: whether this route needs a credential at all
-/// (`false` only for reads with `http.require_signed_reads` off).
+/// (`false` only for reads with `http.require_signed_reads` off). A
+/// verified credential makes the caller's source network known to the
+/// descriptor reserve.
 pub async fn authenticate(
     state: &ApiState,
     client: &ClientId,
@@ -155,6 +159,23 @@ pub async fn authenticate(
     body: &[u8],
     required: bool,
 ) -> Result<(), Refusal> {
+    let credential = verify_caller(state, client, parts, body, required).await?;
+    if credential {
+        if let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {
+            state.fd_reserve.mark_known(peer.ip());
+        }
+    }
+    Ok(())
+}
+
+/// [`authenticate`]'s checks; `Ok(true)` when a credential was verified.
+async fn verify_caller(
+    state: &ApiState,
+    client: &ClientId,
+    parts: &Parts,
+    body: &[u8],
+    required: bool,
+) -> Result<bool, Refusal> {
     let headers = &parts.headers;
     let record = state.fleet.client_record(client).await.map_err(|e| {
         error!(client_id = %client, error = %e, "reading a client failed");
@@ -162,13 +183,13 @@ pub async fn authenticate(
     })?;
     // 1. A TLS client certificate that maps to this client.
     if tls_peer::certifies(state, parts, client).await? {
-        return client_state(client, record.as_ref());
+        return client_state(client, record.as_ref()).map(|()| true);
     }
     let has_rfc9421 = headers.contains_key(http_msg_sig::SIGNATURE_INPUT)
         || headers.contains_key(http_msg_sig::SIGNATURE);
     let has_payload_signature = headers.contains_key(PAYLOAD_SIGNATURE);
     if !required {
-        return client_state(client, record.as_ref());
+        return client_state(client, record.as_ref()).map(|()| false);
     }
     if !has_rfc9421 && !has_payload_signature {
         return Err(unauthorized(
@@ -230,7 +251,7 @@ pub async fn authenticate(
             }
         })?;
     }
-    client_state(client, Some(&record))
+    client_state(client, Some(&record)).map(|()| true)
 }
 
 fn verify_rfc9421(

@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
+use margo_broker::fd_reserve::{fd_of, FdReserve};
 use margo_broker::slots::{Slot, SlotRefusal, SourceSlots};
 use margo_broker::tls::{accept_with_deadline, Handshake};
 
@@ -130,6 +131,9 @@ pub struct ApiState {
     pub require_signed_reads: bool,
     /// Accepted signature schemes and the RFC 9421 time window.
     pub auth: Arc<access::AuthSettings>,
+    /// The process's descriptor reserve: a device's authenticated request
+    /// makes its source network known.
+    pub fd_reserve: Arc<FdReserve>,
 }
 
 impl ApiState {
@@ -139,6 +143,7 @@ impl ApiState {
         settings: OnboardingSettings,
         http: &HttpSettings,
         stats: Arc<OnboardingStats>,
+        fd_reserve: Arc<FdReserve>,
     ) -> Self {
         let limiter = RateLimiter::new(settings.rate_per_minute, settings.rate_burst);
         let auth = access::AuthSettings {
@@ -155,6 +160,7 @@ impl ApiState {
             max_body_bytes: http.max_body_bytes,
             require_signed_reads: http.require_signed_reads,
             auth: Arc::new(auth),
+            fd_reserve,
         }
     }
 }
@@ -316,6 +322,8 @@ pub struct HttpsServer {
     handshake_timeout: Duration,
     /// Open connections, capped in total and per source network.
     connections: SourceSlots,
+    /// Near the open-file limit, only known source networks get in.
+    fd_reserve: Arc<FdReserve>,
     stats: Arc<HttpStats>,
 }
 
@@ -336,6 +344,7 @@ impl HttpsServer {
         router: Router,
         limits: &HttpSettings,
         stats: Arc<HttpStats>,
+        fd_reserve: Arc<FdReserve>,
     ) -> Result<Self, HttpError> {
         let listener = TcpListener::bind(listen)
             .await
@@ -357,6 +366,7 @@ impl HttpsServer {
                 limits.max_connections,
                 limits.max_connections_per_source,
             ),
+            fd_reserve,
             stats,
         })
     }
@@ -383,6 +393,11 @@ impl HttpsServer {
                 },
             };
             self.stats.inc(HttpMetric::Accepted);
+            if !self.fd_reserve.admits(fd_of(&socket), peer.ip()) {
+                self.stats.inc(HttpMetric::RefusedFdReserve);
+                debug!(%peer, "near the open-file limit: only known sources get in; connection closed");
+                continue;
+            }
             let slot = match self.connections.try_take(peer.ip()) {
                 Ok(slot) => slot,
                 Err(SlotRefusal::PerSource) => {
