@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::clones;
 use crate::config::GatewayConfig;
 use crate::error::{BrokerError, Listener};
 use crate::inspect::{Inspector, Violation};
@@ -69,6 +70,7 @@ impl Gateway {
         revocations: Revocations,
     ) -> Result<Self, BrokerError> {
         cfg.validate()?;
+        revocations.clones().set_rule(cfg.clone_detection);
         let server_config = tls::server_config(&cfg.tls)?;
         let listener = TcpListener::bind(cfg.listen)
             .await
@@ -276,6 +278,12 @@ async fn relay_device(
             return;
         }
     };
+    let peer = tls.get_ref().0.peer_addr().ok().map(|a| a.ip());
+    let (_watched, suspected) =
+        clones::watch_connection(&shared.revocations.clones(), &identity, peer);
+    if suspected {
+        shared.stats.inc(GatewayMetric::ClonesSuspected);
+    }
     let result = tokio::select! {
         () = token.cancelled() => Ok(End::Cancelled),
         result = session(&shared, tls, &identity, permit) => result,

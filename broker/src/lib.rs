@@ -20,6 +20,7 @@
 
 #![warn(missing_docs)]
 
+pub mod clones;
 mod config;
 mod embedded;
 mod error;
@@ -32,6 +33,7 @@ pub mod slots;
 mod stats;
 pub mod tls;
 
+pub use clones::{CloneAlert, CloneRule, CloneWatch};
 pub use config::{
     BrokerConfig, BrokerFileConfig, GatewayConfig, GatewayFileConfig, GatewayTls, Limits,
     MqttListenerConfig, CONFIG_VERSION, ENV_PREFIX, MQTT_MAX_REMAINING_LENGTH,
