@@ -13,10 +13,11 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use margo_manager::admin::AdminClient;
 use margo_tests::eventually;
-use margo_tests::fleet::{AgentProc, ManagerProc};
+use margo_tests::fleet::{deployment_yaml, write_file, AgentProc, ManagerProc};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 
+const D1: &str = "11111111-1111-4111-8111-111111111111";
 const DETECT: Duration = Duration::from_secs(60);
 const START: Duration = Duration::from_secs(30);
 /// The agents' renumbering warning (device-agent/src/outbox.rs).
@@ -142,10 +143,16 @@ async fn two_devices_with_one_bundle_are_reported_once_and_do_not_renumber() -> 
     })
     .await?;
 
-    // The agents go on taking the session from each other; a while later
-    // the manager has still said it once, and neither agent renumbers its
+    // The agents go on taking the session from each other, and both report
+    // on a deployment (uplink, so acks, from both); a while later the
+    // manager has still said it once, and neither agent renumbers its
     // outbox for the other's acks.
-    let renumbered = count(&first.log_text(), RENUMBERING) + count(&second.log_text(), RENUMBERING);
+    let yaml = write_file(
+        &dir.path().join("yaml"),
+        "d.yaml",
+        &deployment_yaml(D1, "alpha", &["web"], 1),
+    )?;
+    manager.ctl(&["deploy", "twin", &yaml])?;
     tokio::time::sleep(Duration::from_secs(15)).await;
     let log = manager.log_text();
     assert_eq!(
@@ -154,11 +161,12 @@ async fn two_devices_with_one_bundle_are_reported_once_and_do_not_renumber() -> 
         1,
         "the gateway logs a suspected clone once per window:\n{log}"
     );
-    let renumbered_later =
-        count(&first.log_text(), RENUMBERING) + count(&second.log_text(), RENUMBERING);
+    // Only the second device, at its first appearance, may renumber once
+    // (it could be a reset store); after that each ignores the other's acks.
+    let renumbered = count(&first.log_text(), RENUMBERING) + count(&second.log_text(), RENUMBERING);
     assert!(
-        renumbered_later <= 1 && renumbered_later == renumbered,
-        "agents renumbered for each other's acks ({renumbered} then {renumbered_later} times):\n{}\n{}",
+        renumbered <= 1,
+        "agents renumbered for each other's acks ({renumbered} times):\n{}\n{}",
         first.log_text(),
         second.log_text()
     );
