@@ -11,6 +11,7 @@ use std::time::Duration;
 use margo_schemas::config_layers::{parse_socket_addr, ConfigError, EnvVar, Layered};
 use serde::Deserialize;
 
+use crate::clones::CloneRule;
 use crate::rate::DeviceRate;
 
 /// Largest remaining length an MQTT 3.1.1 packet can declare.
@@ -214,6 +215,8 @@ pub struct GatewayConfig {
     pub max_packet_bytes: usize,
     /// How much one device may send (messages and bytes per second).
     pub device_rate: DeviceRate,
+    /// When an identity switching between sources is a suspected clone.
+    pub clone_detection: CloneRule,
 }
 
 impl GatewayConfig {
@@ -229,6 +232,7 @@ impl GatewayConfig {
             max_connections_per_identity: 4,
             max_packet_bytes: 1024 * 1024,
             device_rate: DeviceRate::default(),
+            clone_detection: CloneRule::default(),
         }
     }
 
@@ -249,6 +253,7 @@ impl GatewayConfig {
         )?;
         at_least("gateway.max_packet_bytes", self.max_packet_bytes, 1)?;
         self.device_rate.validate("gateway.device_rate")?;
+        self.clone_detection.validate("gateway.clone_detection")?;
         at_most(
             "gateway.max_packet_bytes",
             self.max_packet_bytes,
@@ -431,6 +436,10 @@ pub struct GatewayFileConfig {
     /// `[gateway.device_rate]`: how much one device may send.
     #[serde(default)]
     pub device_rate: DeviceRate,
+    /// `[gateway.clone_detection]`: when an identity switching between
+    /// source networks is a suspected clone.
+    #[serde(default)]
+    pub clone_detection: CloneRule,
 }
 
 fn default_gateway_listen() -> SocketAddr {
@@ -476,6 +485,7 @@ impl GatewayFileConfig {
             max_pending_per_ip: default_max_pending_per_ip(),
             max_connections_per_identity: default_max_per_identity(),
             device_rate: DeviceRate::default(),
+            clone_detection: CloneRule::default(),
         }
     }
 }
@@ -582,6 +592,7 @@ impl BrokerFileConfig {
                 max_connections_per_identity: g.max_connections_per_identity,
                 max_packet_bytes: self.limits.max_payload_bytes,
                 device_rate: g.device_rate,
+                clone_detection: g.clone_detection,
             }),
         };
         Ok(BrokerConfig {

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::clones;
 use crate::config::GatewayConfig;
 use crate::error::{BrokerError, Listener};
 use crate::fd_reserve::{fd_of, FdReserve};
@@ -82,6 +83,7 @@ impl Gateway {
         fd_reserve: Arc<FdReserve>,
     ) -> Result<Self, BrokerError> {
         cfg.validate()?;
+        revocations.clones().set_rule(cfg.clone_detection);
         let server_config = tls::server_config(&cfg.tls)?;
         let listener = TcpListener::bind(cfg.listen)
             .await
@@ -271,6 +273,11 @@ async fn relay_device(
             return;
         }
     };
+    let (_watched, suspected) =
+        clones::watch_connection(&shared.revocations.clones(), &identity, peer);
+    if suspected {
+        shared.stats.inc(GatewayMetric::ClonesSuspected);
+    }
     let relay = Relay {
         upstream: &shared.upstream,
         connect_timeout: shared.connect_timeout,

@@ -21,6 +21,7 @@
 
 #![warn(missing_docs)]
 
+pub mod clones;
 mod config;
 mod embedded;
 mod error;
@@ -36,6 +37,7 @@ pub mod slots;
 mod stats;
 pub mod tls;
 
+pub use clones::{CloneAlert, CloneRule, CloneWatch};
 pub use config::{
     load_or_create_password, BrokerConfig, BrokerFileConfig, GatewayConfig, GatewayFileConfig,
     GatewayTls, InternalFileConfig, InternalListenerConfig, Limits, MqttListenerConfig,

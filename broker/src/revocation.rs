@@ -1,4 +1,6 @@
-//! The revocation set, and the registry of live gateway connections it cuts.
+//! The revocation set, and the registry of live gateway connections it cuts
+//! (with the watch for identities in use from several sources at once,
+//! [`crate::clones`], which the manager reads through the same handle).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -7,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use margo_schemas::ids::ClientId;
 use tokio_util::sync::CancellationToken;
 
+use crate::clones::CloneWatch;
 use crate::error::BrokerError;
 
 /// Shared handle to the set of revoked client identities.
@@ -23,6 +26,7 @@ pub struct Revocations {
 struct Inner {
     state: Mutex<State>,
     next_id: AtomicU64,
+    clones: CloneWatch,
 }
 
 #[derive(Debug, Default)]
@@ -96,6 +100,12 @@ impl Revocations {
         }
         state.revoked = revoked;
         closed
+    }
+
+    /// The gateway's watch for cloned identities (shared: the manager
+    /// subscribes to its alerts).
+    pub fn clones(&self) -> CloneWatch {
+        self.inner.clones.clone()
     }
 
     /// Whether `client` is revoked.

@@ -72,6 +72,11 @@ metric_set! {
             /// A device's reading paused until it is back within its rate.
             Throttled() => "throttled",
         }
+        counter "margo_gateway_clones_suspected_total",
+            "Identities seen switching between source networks in turns (a cloned bundle?), once per identity per [gateway.clone_detection] window." {
+            /// An identity reached the switches of [gateway.clone_detection] within its window.
+            ClonesSuspected() => "clonesSuspected",
+        }
         gauge "margo_gateway_live_connections", "Connections currently relayed to the broker." {
             /// Connections relayed now.
             LiveConnections() => "liveConnections",

@@ -632,3 +632,73 @@ async fn one_identity_holds_at_most_its_cap_of_connections() {
     other.connack().await;
     broker.shutdown().await;
 }
+
+/// A TLS session as `cn` from the loopback address `source`, without CONNECT.
+async fn silent_session_from(
+    gw: std::net::SocketAddr,
+    pki: &TestPki,
+    cn: &str,
+    source: [u8; 4],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let connector = tokio_rustls::TlsConnector::from(client_tls(pki, Some(&pki.client(cn))));
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(std::net::SocketAddr::from((source, 0)))
+        .expect("bind source");
+    let tcp = socket.connect(gw).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    within(WAIT, "TLS handshake", connector.connect(name, tcp))
+        .await
+        .expect("handshake")
+}
+
+/// Issue 12, finding 9: one identity taking the session in turns from two
+/// addresses is a suspected clone, counted once per window and announced
+/// to the manager; one move is not.
+#[tokio::test]
+async fn an_identity_alternating_between_two_addresses_is_a_suspected_clone() {
+    let pki = TestPki::new("fleet ca");
+    let broker = start_shaped(&pki, |g| {
+        g.connect_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let gw = broker.gateway_addr().expect("gateway");
+    let stats = broker.stats();
+    let mut alerts = broker.revocations().clones().subscribe();
+    let (a, b) = ([127, 0, 0, 1], [127, 0, 0, 2]);
+    let mut held = Vec::new();
+    for (n, source) in [a, b, a, b, a].into_iter().enumerate() {
+        held.push(silent_session_from(gw, &pki, "devx", source).await);
+        eventually(WAIT, "handshake done", || {
+            stats.get(GatewayMetric::HandshakesOk) == n as u64 + 1
+        })
+        .await;
+        if held.len() > 2 {
+            held.remove(0);
+        }
+        let expected = u64::from(n >= 3);
+        eventually(WAIT, "the clone count", || {
+            stats.get(GatewayMetric::ClonesSuspected) == expected
+        })
+        .await;
+    }
+    let alert = within(WAIT, "an alert", alerts.recv())
+        .await
+        .expect("alert");
+    assert_eq!(alert.client, id("devx"));
+    assert!(alert.first);
+    assert_eq!(
+        alert.sources,
+        vec![
+            std::net::IpAddr::from([127, 0, 0, 1]),
+            std::net::IpAddr::from([127, 0, 0, 2])
+        ]
+    );
+    assert_eq!(
+        stats.get(GatewayMetric::ClonesSuspected),
+        1,
+        "once per identity per window"
+    );
+    drop(held);
+    broker.shutdown().await;
+}

@@ -15,7 +15,10 @@
 //!    is refused.
 //!
 //! Every drop is counted; the first drop of an overflow episode is logged at
-//! warn. Each envelope's `low` is the lowest pending seq; an entry whose
+//! warn. Every envelope carries the store's random instance id; an ack
+//! naming another instance (a device cloned from the same bundle) is
+//! ignored, so only acks for this store's own seqs trim or renumber it.
+//! Each envelope's `low` is the lowest pending seq; an entry whose
 //! sealed `low` is stale (for example after a drop left a gap) is re-sealed
 //! with the current one when sent, so the manager can count the gap settled.
 
@@ -24,7 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use margo_schemas::codec;
 use margo_schemas::cose::{SigningKey, VerifyingKey};
-use margo_schemas::ids::{ClientId, DeploymentId};
+use margo_schemas::ids::{ClientId, DeploymentId, InstanceId};
 use margo_schemas::messages::{Envelope, Message, MessageError};
 use margo_schemas::topics;
 use tokio::sync::Notify;
@@ -135,6 +138,10 @@ pub fn plan_drops(
 pub struct Outbox {
     store: Store,
     client: ClientId,
+    /// This store's instance id, sealed into every envelope.
+    instance: InstanceId,
+    /// The last other instance whose ack was ignored (logged once each).
+    foreign: Option<InstanceId>,
     key: Arc<SigningKey>,
     own_key: VerifyingKey,
     clock: Arc<dyn Clock>,
@@ -196,9 +203,12 @@ impl Outbox {
         }
         let next_seq = next_seq.max(index.keys().next_back().map_or(1, |s| s + 1));
         let own_key = key.public_key();
+        let instance = store.instance_id()?;
         Ok(Self {
             store,
             client,
+            instance,
+            foreign: None,
             key,
             own_key,
             clock,
@@ -264,6 +274,7 @@ impl Outbox {
         // Seal once to learn the size, then again if drops move `low`.
         let mut envelope = Envelope::new(self.client.clone(), seq, self.clock.unix_ms(), message);
         envelope.low = self.low().min(seq);
+        envelope.instance = Some(self.instance.clone());
         let mut payload = self.seal(&envelope)?;
         let meta = EntryMeta {
             size: payload.len() + topic.len(),
@@ -360,7 +371,29 @@ impl Outbox {
     /// saw seqs from an earlier life of this client (a lost store): the
     /// pending entries are renumbered above it so the manager does not
     /// discard them as duplicates.
-    pub fn ack(&mut self, acked_seq: u64) -> Result<usize, OutboxError> {
+    ///
+    /// An ack naming another `instance` answers another store's seqs (the
+    /// same identity in use on another device): it is ignored, and logged
+    /// once per other instance. An ack naming none (an older manager) is
+    /// taken as ours.
+    pub fn ack(
+        &mut self,
+        acked_seq: u64,
+        instance: Option<&InstanceId>,
+    ) -> Result<usize, OutboxError> {
+        if let Some(other) = instance.filter(|i| **i != self.instance) {
+            if self.foreign.as_ref() != Some(other) {
+                warn!(
+                    client_id = %self.client,
+                    instance = %self.instance,
+                    other_instance = %other,
+                    acked_seq,
+                    "ack for another agent store with this identity ignored: is this device's bundle in use on another device too?"
+                );
+                self.foreign = Some(other.clone());
+            }
+            return Ok(0);
+        }
         if acked_seq >= self.next_seq {
             warn!(
                 client_id = %self.client,
@@ -537,8 +570,8 @@ impl Uplink {
     }
 
     /// Applies a manager ack (see [`Outbox::ack`]).
-    pub fn ack(&self, acked_seq: u64) -> Result<usize, OutboxError> {
-        let result = self.lock().ack(acked_seq);
+    pub fn ack(&self, acked_seq: u64, instance: Option<&InstanceId>) -> Result<usize, OutboxError> {
+        let result = self.lock().ack(acked_seq, instance);
         self.refresh();
         result
     }
@@ -639,7 +672,7 @@ mod tests {
 
         let mut ob = outbox(store.clone(), key.clone(), 100);
         assert_eq!(ob.pending(), vec![1, 2, 3]);
-        assert_eq!(ob.ack(2).unwrap(), 2);
+        assert_eq!(ob.ack(2, None).unwrap(), 2);
         assert_eq!(ob.pending(), vec![3]);
         assert_eq!(ob.enqueue(state()).unwrap(), 4);
         let ob = outbox(store, key, 100);
@@ -712,18 +745,43 @@ mod tests {
         for _ in 0..3 {
             ob.enqueue(state()).unwrap();
         }
-        ob.ack(1).unwrap();
+        ob.ack(1, None).unwrap();
         let (_, payload) = ob.payload_for_send(3).unwrap().unwrap();
         let env = open_env(&ob, &payload);
         assert_eq!((env.seq, env.low), (3, 2));
 
         // The manager has seen up to 50 from a previous life of this client.
-        ob.ack(50).unwrap();
+        ob.ack(50, None).unwrap();
         assert_eq!(ob.pending(), vec![51, 52]);
         let (_, payload) = ob.payload_for_send(52).unwrap().unwrap();
         let env = open_env(&ob, &payload);
         assert_eq!((env.seq, env.low), (52, 51));
         assert_eq!(ob.enqueue(state()).unwrap(), 53);
+    }
+
+    #[test]
+    fn acks_for_another_instance_neither_trim_nor_renumber() {
+        let store = Store::in_memory().unwrap();
+        let own = store.instance_id().unwrap();
+        let (key, _) = SigningKey::generate().unwrap();
+        let mut ob = outbox(store, Arc::new(key), 100);
+        for _ in 0..3 {
+            ob.enqueue(state()).unwrap();
+        }
+        let (_, payload) = ob.payload_for_send(1).unwrap().unwrap();
+        assert_eq!(open_env(&ob, &payload).instance.as_ref(), Some(&own));
+
+        // A clone's acks, below and beyond our seqs: ignored.
+        let clone = InstanceId::generate();
+        assert_eq!(ob.ack(2, Some(&clone)).unwrap(), 0);
+        assert_eq!(ob.ack(500, Some(&clone)).unwrap(), 0);
+        assert_eq!(ob.pending(), vec![1, 2, 3]);
+        assert_eq!(ob.next_seq(), 4);
+
+        // Our own: trims, and beyond our seqs still renumbers (store reset).
+        assert_eq!(ob.ack(1, Some(&own)).unwrap(), 1);
+        ob.ack(50, Some(&own)).unwrap();
+        assert_eq!(ob.pending(), vec![51, 52]);
     }
 
     #[test]

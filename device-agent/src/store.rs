@@ -15,7 +15,7 @@ use std::sync::Arc;
 use margo_schemas::codec;
 use margo_schemas::deployment::{ApplicationDeployment, VerifiedParseError};
 use margo_schemas::digest::Digest;
-use margo_schemas::ids::DeploymentId;
+use margo_schemas::ids::{DeploymentId, InstanceId};
 use margo_schemas::manifest::StateManifest;
 use margo_schemas::messages::DeviceConfig;
 use margo_schemas::status::{DeploymentState, StatusError};
@@ -36,6 +36,7 @@ const KEY_RETRY: &str = "retry";
 const KEY_CAPABILITIES: &str = "capabilities_digest";
 const KEY_REMOTE_CONFIG: &str = "remote_config";
 const KEY_HTTP_ETAG: &str = "http_etag";
+const KEY_INSTANCE: &str = "instance";
 
 /// Largest record we decode from our own store (a YAML document is at most 512 KiB).
 const MAX_RECORD: usize = 2 * 1024 * 1024;
@@ -266,9 +267,27 @@ impl Store {
             txn.open_table(APPLIED)?;
             txn.open_table(OUTBOX)?;
             txn.open_table(REFUSED)?;
+            // This store's random instance id, made once with the store (or
+            // on the first open of a store that predates it).
+            let mut docs = txn.open_table(DOCS)?;
+            if docs.get(KEY_INSTANCE)?.is_none() {
+                let id = encode("instance id", &InstanceId::generate())?;
+                docs.insert(KEY_INSTANCE, id.as_slice())?;
+            }
         }
         txn.commit()?;
         Ok(Self { db: Arc::new(db) })
+    }
+
+    /// This store's instance id: random, made with the store and kept
+    /// across restarts (uplink envelopes carry it; see
+    /// [`margo_schemas::messages::Ack::instance`]).
+    pub fn instance_id(&self) -> Result<InstanceId, StoreError> {
+        self.doc(KEY_INSTANCE)?.ok_or_else(|| StoreError::Corrupt {
+            table: "docs",
+            key: KEY_INSTANCE.to_string(),
+            reason: "missing".to_string(),
+        })
     }
 
     fn meta(&self, key: &str) -> Result<Option<u64>, StoreError> {
@@ -710,12 +729,23 @@ spec:
     fn everything_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/agent.redb");
-        {
+        let instance = {
             let store = Store::open(&path).unwrap();
             everything(&store);
-        }
+            store.instance_id().unwrap()
+        };
         let store = Store::open(&path).unwrap();
         check(&store);
+        assert_eq!(
+            store.instance_id().unwrap(),
+            instance,
+            "the instance id is kept across restarts"
+        );
+        assert_ne!(
+            Store::in_memory().unwrap().instance_id().unwrap(),
+            instance,
+            "another store, another instance"
+        );
         store.set_adopted(3).unwrap();
         assert!(
             store.retry_state().unwrap().is_none(),

@@ -722,7 +722,7 @@ impl DesiredStateSync {
     }
 
     fn on_ack(&mut self, ack: Ack) -> Result<Handled, DownlinkError> {
-        let removed = self.uplink.ack(ack.acked_seq)?;
+        let removed = self.uplink.ack(ack.acked_seq, ack.instance.as_ref())?;
         let mut sync = false;
         self.announced = self.announced.max(ack.manifest_version);
         if ack.manifest_version > self.known_version() && self.manifest_on_demand {

@@ -307,7 +307,7 @@ impl Bed {
             })
             .collect();
         let next = self.parts.uplink.lock().next_seq();
-        self.parts.uplink.ack(next - 1).expect("ack");
+        self.parts.uplink.ack(next - 1, None).expect("ack");
         out
     }
 }

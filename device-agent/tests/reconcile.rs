@@ -97,7 +97,7 @@ impl World {
 
     fn clear_outbox(&self, parts: &AgentParts) {
         let next = parts.uplink.lock().next_seq();
-        parts.uplink.ack(next - 1).expect("ack");
+        parts.uplink.ack(next - 1, None).expect("ack");
     }
 }
 

@@ -265,7 +265,8 @@ impl Manager {
         let store_path = config.store_path();
         let store = tokio::task::spawn_blocking(move || Store::open_with_clock(&store_path, clock))
             .await
-            .map_err(|e| StoreError::Task(e.to_string()))??;
+            .map_err(|e| StoreError::Task(e.to_string()))??
+            .with_clone_rule(config.broker.clone_detection);
         let pki = Arc::new(load_pki(&config)?);
 
         let (broker, target, mqtt, mqtt_addr, gateway_addr) = match config.broker.mode {
@@ -283,6 +284,7 @@ impl Manager {
                 gateway.listen = config.broker.gateway_listen;
                 gateway.max_packet_bytes = config.broker.limits.max_payload_bytes;
                 gateway.device_rate = config.broker.device_rate;
+                gateway.clone_detection = config.broker.clone_detection;
                 broker_config.gateway = Some(gateway);
                 let broker = EmbeddedBroker::start(broker_config)
                     .await
@@ -496,6 +498,7 @@ impl Manager {
             },
         );
         tracker.spawn(ingest.run(shutdown.clone()));
+        tracker.spawn(fleet.clone().follow_gateway_clones(shutdown.clone()));
         if let Some(server) = https {
             tracker.spawn(server.run(shutdown.clone()));
         }

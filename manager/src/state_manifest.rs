@@ -125,6 +125,7 @@ mod tests {
             ack: Ack {
                 acked_seq: 0,
                 manifest_version: 3,
+                instance: None,
             },
         }
     }

@@ -53,6 +53,9 @@ pub fn render(clients: &[ClientStatus], now_ms: u64) -> String {
             c.acked_seq,
             ago(c.last_seen, now_ms)
         );
+        if let Some(cloned) = &c.cloned {
+            let _ = writeln!(out, "    ! {}", cloned.describe());
+        }
         for d in &c.deployments {
             let desired = if d.desired_digest.is_some() {
                 ""
@@ -108,6 +111,7 @@ mod tests {
             agent_version: None,
             schedule_in_force: None,
             availability: crate::availability::Availability::BetweenChecks,
+            cloned: None,
             deployments: vec![DeploymentView {
                 deployment_id: DeploymentId::new("d1").expect("id"),
                 name: Some("line-monitor".into()),
@@ -137,5 +141,37 @@ mod tests {
             "{text}"
         );
         assert!(lines[3].contains("timeseries-db") && lines[3].ends_with("installed"));
+    }
+
+    #[test]
+    fn a_suspected_clone_is_shown_under_its_client() {
+        let mut client = ClientStatus {
+            client_id: ClientId::new("abc").expect("id"),
+            name: "press-7".into(),
+            revoked: false,
+            desired_version: 1,
+            adopted_version: None,
+            applying_version: None,
+            presence: "online".into(),
+            last_seen: None,
+            acked_seq: 0,
+            agent_version: None,
+            schedule_in_force: None,
+            availability: crate::availability::Availability::Online,
+            cloned: None,
+            deployments: Vec::new(),
+        };
+        client.cloned = Some(crate::status_view::CloneSuspicion {
+            sources: vec!["address 192.0.2.1".into(), "address 192.0.2.2".into()],
+            since: 0,
+            last_seen: 0,
+        });
+        let text = render(&[client], 75_000);
+        assert!(
+            text.lines().nth(2).is_some_and(|l| l.contains(
+                "! identity in use from 2 sources (cloned?) since 1970-01-01T00:00:00Z: address 192.0.2.1, address 192.0.2.2"
+            )),
+            "{text}"
+        );
     }
 }

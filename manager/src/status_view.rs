@@ -80,6 +80,36 @@ pub struct ClientStatus {
     /// `between-checks`, `overdue`, `offline` or `revoked`.
     #[serde(default)]
     pub availability: Availability,
+    /// Set while its identity looks in use from several places at once
+    /// (a cloned bundle?): the fleet core's suspicion, not stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloned: Option<CloneSuspicion>,
+}
+
+/// What the operator sees of a suspected clone (issue 12, finding 9).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CloneSuspicion {
+    /// Where it was seen from: `address 192.0.2.1` (the gateway's source
+    /// networks) or `agent store <instance id>` (uplink).
+    pub sources: Vec<String>,
+    /// Since when (ms since the epoch).
+    pub since: u64,
+    /// Last renewed (ms since the epoch).
+    pub last_seen: u64,
+}
+
+impl CloneSuspicion {
+    /// `identity in use from 2 sources (cloned?) since 2025-01-31T12:00:00Z: …`.
+    pub fn describe(&self) -> String {
+        let since = std::time::UNIX_EPOCH + std::time::Duration::from_millis(self.since);
+        format!(
+            "identity in use from {} sources (cloned?) since {}: {}",
+            self.sources.len(),
+            humantime::format_rfc3339_seconds(since),
+            self.sources.join(", ")
+        )
+    }
 }
 
 /// The fleet view of one client; availability as of `now_ms`.
@@ -181,6 +211,7 @@ fn join(snapshot: ClientSnapshot, now_ms: u64) -> ClientStatus {
         deployments: views.into_values().collect(),
         schedule_in_force: rt.schedule,
         availability,
+        cloned: None,
     }
 }
 

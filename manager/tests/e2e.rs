@@ -174,7 +174,8 @@ async fn deploy_status_ack_bad_signature_and_restart() {
         ack,
         Ack {
             acked_seq: 1,
-            manifest_version: 2
+            manifest_version: 2,
+            instance: None,
         }
     );
 

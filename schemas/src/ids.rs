@@ -178,6 +178,25 @@ string_id!(
     }
 );
 
+string_id!(
+    /// The random id of one agent store (created with the store, kept across
+    /// restarts): which copy of an identity an uplink message or an ack
+    /// belongs to. Lowercase ASCII letters and digits.
+    InstanceId,
+    "instance id",
+    MAX_CLIENT_ID_LEN,
+    "lowercase letters a-z and digits 0-9",
+    |c: char| c.is_ascii_lowercase() || c.is_ascii_digit(),
+    |_: &str| Ok::<(), IdError>(())
+);
+
+impl InstanceId {
+    /// A fresh random instance id (26 lowercase base32 characters of a v4 UUID).
+    pub fn generate() -> Self {
+        Self(ClientId::generate().0)
+    }
+}
+
 impl ClientId {
     /// A fresh random client id: the 26-character lowercase base32 form of a v4 UUID.
     pub fn generate() -> Self {
@@ -209,6 +228,14 @@ mod tests {
         assert_eq!(a.as_str().len(), 26);
         assert!(ClientId::new(a.as_str()).is_ok());
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn generated_instance_ids_are_valid_and_distinct() {
+        let a = InstanceId::generate();
+        assert!(InstanceId::new(a.as_str()).is_ok());
+        assert_ne!(a, InstanceId::generate());
+        assert!(InstanceId::new("A/b").is_err());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::capabilities::DeviceCapabilitiesManifest;
 use crate::codec::{self, CodecError};
 use crate::cose::{CoseError, SigningKey, VerifyingKey};
 use crate::digest::Digest;
-use crate::ids::{ClientId, DeploymentId};
+use crate::ids::{ClientId, DeploymentId, InstanceId};
 use crate::manifest::StateManifest;
 use crate::schedule::Schedule;
 use crate::status::DeploymentStatus;
@@ -46,6 +46,12 @@ pub struct Ack {
     pub acked_seq: u64,
     /// The client's current desired manifest version (0 = none yet).
     pub manifest_version: u64,
+    /// The agent store whose uplink this ack answers (the `instance` of the
+    /// newest uplink envelope the manager stored for the client). An agent
+    /// ignores an ack naming another instance: it answers a clone's seqs.
+    /// Absent from managers that predate it, and for agents that send none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<InstanceId>,
 }
 
 /// One deployment document, content-addressed.
@@ -220,6 +226,11 @@ pub struct Envelope {
     /// Milliseconds since the Unix epoch when it was signed.
     pub ts: u64,
     pub msg: Message,
+    /// Uplink: the sending agent store's random id, so acks can be told
+    /// apart when two devices share one identity (absent from older agents
+    /// and on downlink).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<InstanceId>,
 }
 
 impl Envelope {
@@ -231,6 +242,7 @@ impl Envelope {
             low: 0,
             ts,
             msg,
+            instance: None,
         }
     }
 
@@ -388,6 +400,45 @@ mod tests {
             ),
             Err(MessageError::WrongTopic { kind: "config" })
         ));
+    }
+
+    #[test]
+    fn instance_is_optional_both_ways() {
+        // An older agent's envelope and an older manager's ack have none.
+        let old = Envelope::new(
+            client(),
+            3,
+            1,
+            Message::Sync(SyncRequest {
+                reason: SyncReason::Check,
+                adopted_manifest_version: 0,
+            }),
+        );
+        let bytes = codec::encode(&old).unwrap();
+        let decoded: Envelope = codec::decode(&bytes, 4096).unwrap();
+        assert_eq!(decoded.instance, None);
+        let mut new = old.clone();
+        new.instance = Some(InstanceId::generate());
+        let decoded: Envelope = codec::decode(&codec::encode(&new).unwrap(), 4096).unwrap();
+        assert_eq!(decoded, new);
+
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct OldAck {
+            acked_seq: u64,
+            manifest_version: u64,
+        }
+        let ack: Ack = codec::decode(
+            &codec::encode(&OldAck {
+                acked_seq: 4,
+                manifest_version: 2,
+            })
+            .unwrap(),
+            4096,
+        )
+        .unwrap();
+        assert_eq!(ack.instance, None);
+        assert_eq!(ack.acked_seq, 4);
     }
 
     #[test]

@@ -195,6 +195,7 @@ pub fn ack_msg(
             Message::Ack(Ack {
                 acked_seq,
                 manifest_version,
+                instance: None,
             }),
         ),
     )

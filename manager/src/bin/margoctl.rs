@@ -243,6 +243,9 @@ fn print_client(d: &margo_manager::admin::ClientDetails) {
     }
     println!("presence     {}", s.presence);
     println!("availability {}", s.availability);
+    if let Some(cloned) = &s.cloned {
+        println!("warning      {}", cloned.describe());
+    }
     println!(
         "schedule     {}",
         print_in_force(s.schedule_in_force.as_ref())

@@ -74,6 +74,11 @@ pub struct BrokerSettings {
     /// which an external broker's ACL cannot forbid. Default 60 s.
     #[serde(with = "humantime_serde")]
     pub retained_sweep: Duration,
+    /// When one identity in use from several places is a suspected clone
+    /// (`[broker.clone_detection]`): switches between source networks at
+    /// the embedded gateway, and between agent stores (instance ids) in
+    /// uplink with either broker.
+    pub clone_detection: margo_broker::CloneRule,
 }
 
 impl Default for BrokerSettings {
@@ -91,6 +96,7 @@ impl Default for BrokerSettings {
             limits: margo_broker::Limits::default(),
             device_rate: margo_broker::DeviceRate::default(),
             retained_sweep: Duration::from_secs(60),
+            clone_detection: margo_broker::CloneRule::default(),
         }
     }
 }
@@ -525,6 +531,9 @@ impl ManagerConfig {
                 "must be greater than 0 and at most 10s",
             ));
         }
+        self.broker
+            .clone_detection
+            .validate("broker.clone_detection")?;
         match self.broker.mode {
             BrokerMode::External => {
                 self.external_broker()?;

@@ -180,7 +180,7 @@ impl Fleet {
     /// store call.
     pub async fn client_view(&self, reference: String) -> FleetResult<ClientView> {
         let id = self.resolve(reference).await?;
-        Ok(self
+        let mut view = self
             .inner
             .store
             .run(move |s| {
@@ -196,7 +196,11 @@ impl Fleet {
                     status,
                 })
             })
-            .await?)
+            .await?;
+        view.status.cloned = self
+            .clones
+            .current(&view.client_id, self.inner.store.clock().now_ms());
+        Ok(view)
     }
 
     /// Revokes the client `reference` names: commits the flag, then forgets
@@ -216,6 +220,8 @@ impl Fleet {
             })
             .await?;
         self.inner.keys.forget(&client);
+        // The operator acted on it: a suspected clone is settled.
+        self.clones.clear(&client);
         let connections_closed = self.inner.revocations.as_ref().map(|r| r.revoke(&client));
         self.inner.downlink.revoked(&client);
         let revocation_list_entries = match self.write_revocation_list().await {

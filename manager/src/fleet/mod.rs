@@ -20,6 +20,8 @@
 //! - `uplink.rs`: uplink batches verified by MQTT ingest, stored and acked;
 //!   `keys.rs` the verifying keys ingest checks them with.
 //! - `revocation_list.rs`: the fleet CA's revocation list for external brokers.
+//! - `clones.rs`: identities in use from several places at once (the
+//!   gateway's and ingest's suspicions, shown to operators).
 
 use std::sync::Arc;
 
@@ -32,6 +34,7 @@ use crate::publisher::Downlink;
 use crate::store::{Store, StoreError};
 
 mod clients;
+mod clones;
 mod desired;
 mod keys;
 mod onboarding;
@@ -40,6 +43,7 @@ pub mod revocation_list;
 mod uplink;
 
 pub use clients::{ClientView, Provisioned, ProvisionedMany, Revoked, MAX_BULK_CLIENTS};
+pub use clones::CloneOrigin;
 pub use desired::{Deployed, ScheduleState, Targets};
 pub use keys::{KeyCache, KeyError};
 pub use onboarding::ApprovedRequest;
@@ -97,6 +101,8 @@ pub struct Fleet {
     inner: Arc<FleetParts>,
     /// The rate limits of the refusal warnings of [`Fleet::ingest`].
     refusals: Arc<uplink::RefusalWarnings>,
+    /// Suspected clones in force.
+    clones: Arc<clones::Suspicions>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -111,9 +117,11 @@ impl std::fmt::Debug for Fleet {
 impl Fleet {
     /// The core over `parts`.
     pub fn new(parts: FleetParts) -> Self {
+        let clones = Arc::new(clones::Suspicions::new(parts.store.clone_rule().window));
         Self {
             inner: Arc::new(parts),
             refusals: Arc::new(uplink::RefusalWarnings::default()),
+            clones,
         }
     }
 

@@ -24,13 +24,14 @@ impl Fleet {
                     .store
                     .run(move |s| status_view::client_status(s, &id, s.clock().now_ms()))
                     .await?;
-                Ok(vec![one])
+                Ok(self.with_clones(vec![one]))
             }
-            None => Ok(self
-                .inner
-                .store
-                .run(|s| status_view::fleet_status(s, s.clock().now_ms()))
-                .await?),
+            None => Ok(self.with_clones(
+                self.inner
+                    .store
+                    .run(|s| status_view::fleet_status(s, s.clock().now_ms()))
+                    .await?,
+            )),
         }
     }
 

@@ -21,6 +21,8 @@ pub struct Ingested {
     /// Acks asked of the publisher (clients that asked for a sync get a
     /// full republication instead).
     pub acks_requested: u64,
+    /// Clients the batch made suspected clones (several agent stores).
+    pub new_clones: u64,
 }
 
 const UNASSIGNED: &str =
@@ -127,6 +129,7 @@ impl Fleet {
                     Ok((items, result))
                 })
                 .await?;
+        let new_clones = self.note_instance_clones(result.clones.clone()).await;
         for client in &result.sync {
             self.inner.downlink.republish(client);
         }
@@ -139,6 +142,7 @@ impl Fleet {
             items,
             result,
             acks_requested,
+            new_clones,
         })
     }
 }

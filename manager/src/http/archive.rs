@@ -155,6 +155,7 @@ mod tests {
             ack: Ack {
                 acked_seq: 0,
                 manifest_version: 7,
+                instance: None,
             },
         }
     }

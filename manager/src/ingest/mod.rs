@@ -425,6 +425,7 @@ impl Committer {
             items,
             result,
             acks_requested,
+            new_clones,
         } = match self.fleet.ingest(items, audit).await {
             Ok(ingested) => ingested,
             Err(error) => {
@@ -466,6 +467,9 @@ impl Committer {
         stats
             .counters
             .add(IngestMetric::AcksRequested, acks_requested);
+        stats
+            .counters
+            .add(IngestMetric::ClonesSuspected, new_clones);
         stats.batch_micros.record(micros(started.elapsed()));
     }
 }

@@ -81,6 +81,11 @@ metric_set! {
             /// Acks requested.
             AcksRequested() => "acksRequested",
         }
+        counter "margo_ingest_clones_suspected_total",
+            "Clients whose uplink came from several agent stores in turns (a cloned bundle?), once per suspicion." {
+            /// New suspicions of a cloned identity found in uplink.
+            ClonesSuspected() => "clonesSuspected",
+        }
         counter "margo_ingest_verify_nanoseconds_total",
             "Time spent verifying uplink (topic, size, key lookup, signature, decode, validation)." {
             /// Total verification time, ns.

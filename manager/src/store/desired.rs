@@ -10,6 +10,7 @@ use margo_schemas::schedule::{Schedule, ValidSchedule};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use super::instances::{self, INSTANCES};
 use super::uplink::HWM;
 use super::{decode, encode, Result, Store, StoreError};
 
@@ -283,14 +284,17 @@ impl Store {
             .get(client.as_str())?
             .map(|v| v.value())
             .unwrap_or(0);
+        let mut ack = Ack {
+            acked_seq,
+            manifest_version,
+            instance: None,
+        };
+        instances::shape_ack(&txn.open_table(INSTANCES)?, client.as_str(), &mut ack)?;
         Ok(DesiredState {
             client: client.clone(),
             manifest_version,
             deployments: out,
-            ack: Ack {
-                acked_seq,
-                manifest_version,
-            },
+            ack,
         })
     }
 
@@ -307,10 +311,13 @@ impl Store {
             .get(client.as_str())?
             .map(|v| v.value())
             .unwrap_or(0);
-        Ok(Ack {
+        let mut ack = Ack {
             acked_seq,
             manifest_version,
-        })
+            instance: None,
+        };
+        instances::shape_ack(&txn.open_table(INSTANCES)?, client.as_str(), &mut ack)?;
+        Ok(ack)
     }
 
     /// The acks `clients` should see now, in one read transaction.
@@ -318,15 +325,19 @@ impl Store {
         let txn = self.db.begin_read()?;
         let versions = txn.open_table(MANIFEST_VERSIONS)?;
         let hwm = txn.open_table(HWM)?;
+        let tracks = txn.open_table(INSTANCES)?;
         clients
             .iter()
             .map(|client| {
-                Ok(Ack {
+                let mut ack = Ack {
                     acked_seq: hwm.get(client.as_str())?.map_or(0, |v| v.value()),
                     manifest_version: desired_version(
                         versions.get(client.as_str())?.map(|v| v.value()),
                     ),
-                })
+                    instance: None,
+                };
+                instances::shape_ack(&tracks, client.as_str(), &mut ack)?;
+                Ok(ack)
             })
             .collect()
     }

@@ -25,6 +25,7 @@ use crate::clock::Clock;
 mod audit;
 mod clients;
 mod desired;
+mod instances;
 mod onboarding;
 mod reports;
 mod snapshot;
@@ -35,6 +36,7 @@ mod uplink;
 pub use audit::{AuditEvent, MAX_AUDIT_EVENTS};
 pub use clients::{key_id, key_id_of_cert, validate_name, ClientEntry, ClientRecord, MAX_NAME_LEN};
 pub use desired::{desired_version, DeployOutcome, DesiredDeployment, DesiredState, RemoteConfig};
+pub use instances::InstanceClone;
 pub(crate) use onboarding::TokenRecord;
 pub use onboarding::{Claims, RequestRecord};
 pub use reports::{CapabilitiesEntry, ReportError, ReportOutcome, MAX_CAPABILITIES_HISTORY};
@@ -147,6 +149,8 @@ pub struct Store {
     /// Stamps every timestamp the store writes; decisions on time (token
     /// expiry, availability) read it too.
     clock: Clock,
+    /// When uplink switching between agent stores is a suspected clone.
+    clone_rule: margo_broker::CloneRule,
 }
 
 impl std::fmt::Debug for Store {
@@ -177,6 +181,7 @@ impl Store {
             clients::open_tables(&txn)?;
             desired::open_tables(&txn)?;
             uplink::open_tables(&txn)?;
+            instances::open_tables(&txn)?;
             reports::open_tables(&txn)?;
             audit::open_tables(&txn)?;
             onboarding::open_tables(&txn)?;
@@ -186,7 +191,20 @@ impl Store {
         Ok(Self {
             db: Arc::new(db),
             clock,
+            clone_rule: margo_broker::CloneRule::default(),
         })
+    }
+
+    /// The rule uplink instance switches are judged by.
+    pub fn clone_rule(&self) -> margo_broker::CloneRule {
+        self.clone_rule
+    }
+
+    /// This store, judging uplink instance switches by `rule`
+    /// (`[broker.clone_detection]`).
+    pub fn with_clone_rule(mut self, rule: margo_broker::CloneRule) -> Self {
+        self.clone_rule = rule;
+        self
     }
 
     /// Waits (at most `timeout`) until this handle is the only one left:

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::clients::{ClientRecord, CLIENTS};
 use super::desired::{ever_assigned, ASSIGNED, DEPLOYMENTS};
+use super::instances::{self, InstanceClone, InstanceTrack, INSTANCES};
 use super::reports::{LatestCapabilities, CAPS_HISTORY, CAPS_LATEST};
 use super::{decode, encode, Result, Store, StoreError};
 use crate::capabilities::{check_capabilities, CapabilitiesRejection};
@@ -145,6 +146,9 @@ pub struct BatchResult {
     pub ack: BTreeSet<ClientId>,
     /// Clients that asked for a resync.
     pub sync: BTreeSet<ClientId>,
+    /// Clients whose uplink switches between agent stores (instance ids)
+    /// like a cloned bundle's, as of this batch.
+    pub clones: BTreeMap<ClientId, InstanceClone>,
     /// Time spent writing the batch into the transaction (before the commit).
     pub write_time: std::time::Duration,
     /// Time the commit took (with default durability: written and fsynced).
@@ -188,6 +192,8 @@ impl Store {
             let mut runtime_table = txn.open_table(RUNTIME)?;
             let assigned = txn.open_table(ASSIGNED)?;
             let deployments = txn.open_table(DEPLOYMENTS)?;
+            let mut instance_table = txn.open_table(INSTANCES)?;
+            let mut tracks: BTreeMap<ClientId, InstanceTrack> = BTreeMap::new();
             let mut runtimes: BTreeMap<ClientId, ClientRuntime> = BTreeMap::new();
             // Each client's seq window as read (its stored rows above the
             // mark) and as changed by the batch; written back at the end.
@@ -247,6 +253,18 @@ impl Store {
                 // Everything below `low` is settled on the device.
                 window.settle_below(env.low);
                 let seq = env.seq;
+                if let Some(instance) = &env.instance {
+                    if !tracks.contains_key(client) {
+                        let track = instances::read_track(&instance_table, c)?;
+                        tracks.insert(client.clone(), track);
+                    }
+                    if let Some(track) = tracks.get_mut(client) {
+                        match track.observe(instance, seq, received_ms, &self.clone_rule) {
+                            Some(found) => result.clones.insert(client.clone(), found),
+                            None => result.clones.remove(client),
+                        };
+                    }
+                }
                 let duplicate = window.is_settled(seq);
                 // Capabilities checks that need the store (a child needs its
                 // parent's capabilities first), in the same transaction so a
@@ -372,6 +390,9 @@ impl Store {
             }
             for (client, (rows, window)) in &windows {
                 write_window(&mut hwm_table, &mut above, client.as_str(), rows, window)?;
+            }
+            for (client, track) in &tracks {
+                instances::write_track(&mut instance_table, client.as_str(), track)?;
             }
             for (client, rt) in &runtimes {
                 runtime_table.insert(client.as_str(), encode("client_runtime", rt)?.as_slice())?;
