@@ -15,17 +15,17 @@
 //!    is refused.
 //!
 //! Every drop is counted; the first drop of an overflow episode is logged at
-//! warn.
+//! warn. Each envelope's `low` is the lowest pending seq; an entry whose
+//! sealed `low` is stale (for example after a drop left a gap) is re-sealed
+//! with the current one when sent, so the manager can count the gap settled.
 //!
 //! A message the store cannot take (no space left, read-only file system)
 //! is held in memory, not dropped and not sent: a newer message of the same
-//! kind (and deployment, for `status`) replaces it, and the held messages
-//! are stored in order, before anything newer, as soon as the store takes
-//! writes again (tried on every enqueue and every send pass). Only a
-//! process that dies meanwhile loses them; its next start reports its state
-//! afresh. Each envelope's `low` is the lowest pending seq; an entry whose
-//! sealed `low` is stale (for example after a drop left a gap) is re-sealed
-//! with the current one when sent, so the manager can count the gap settled.
+//! kind (and deployment, for `status`; device, for capabilities) replaces
+//! it, and the held messages are stored in order, before anything newer, as
+//! soon as the store takes writes again (tried on every enqueue and every
+//! send pass). Only a process that dies meanwhile loses them; its next
+//! start reports its state afresh.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -624,12 +624,15 @@ impl Uplink {
     /// Stores the messages held while the store refused writes (see
     /// [`Outbox::store_held`]).
     pub fn store_held(&self) {
-        let stored = {
+        let had = {
             let mut outbox = self.lock();
-            let before = outbox.held();
-            before > 0 && outbox.store_held()
+            let had = outbox.held() > 0;
+            if had {
+                outbox.store_held();
+            }
+            had
         };
-        if stored {
+        if had {
             self.refresh();
         }
     }
