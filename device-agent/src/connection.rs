@@ -48,7 +48,7 @@ use tracing::{debug, error, info, instrument, warn};
 use crate::clock::Clock;
 use crate::config::BrokerUrl;
 use crate::identity::Identity;
-use crate::outbox::Uplink;
+use crate::outbox::{OutboxError, Uplink};
 use crate::reconcile::state_report;
 use crate::schedule_plan::{AwayReason, Phase, Planner, ScheduleRx};
 use crate::snapshot::{ConnectionStatus, Snapshots};
@@ -731,6 +731,11 @@ impl MqttTransport {
             let (topic, payload) = match item {
                 Ok(Some(item)) => item,
                 Ok(None) => continue,
+                Err(OutboxError::Store(error)) if error.is_unavailable() => {
+                    // The store logged it once; sent once it can be read again.
+                    debug!(seq, %error, "could not read an outbox entry");
+                    continue;
+                }
                 Err(error) => {
                     warn!(seq, %error, "could not read an outbox entry");
                     continue;
