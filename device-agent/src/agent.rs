@@ -42,6 +42,17 @@ pub enum AgentError {
     Identity(#[from] IdentityError),
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// The database file could not be opened at start (a full or read-only
+    /// file system, ...): nothing was changed in it.
+    #[error(
+        "cannot open the store {}: {source}; it lives in `data_dir` of the configuration \
+         file: free space or make the directory writable (or move `data_dir`), then start again",
+        path.display()
+    )]
+    StoreOpen {
+        path: std::path::PathBuf,
+        source: StoreError,
+    },
     #[error("outbox: {0}")]
     Outbox(#[from] OutboxError),
     #[error("connection: {0}")]
@@ -168,7 +179,10 @@ impl Agent {
         };
         let store = match options.store {
             Some(store) => store,
-            None => Store::open(&config.store_path())?,
+            None => Store::open(&config.store_path()).map_err(|source| AgentError::StoreOpen {
+                path: config.store_path(),
+                source,
+            })?,
         };
         let runtime: Arc<dyn Runtime> = match options.runtime {
             Some(runtime) => runtime,
@@ -465,6 +479,11 @@ impl Agent {
             Ok(Err(e)) => Err(AgentError::Reconcile(e)),
             Err(_) => Err(AgentError::TaskPanicked),
         };
+        parts.uplink.store_held();
+        let held = parts.uplink.lock().held();
+        if held > 0 {
+            warn!(client_id = %self.identity.client_id, held, "stopping with uplink messages the store refused (not kept; the next start reports the state afresh)");
+        }
         parts.uplink.refresh();
         let pending = parts.uplink.lock().len();
         if pending > 0 {

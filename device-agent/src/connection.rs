@@ -48,7 +48,7 @@ use tracing::{debug, error, info, instrument, warn};
 use crate::clock::Clock;
 use crate::config::BrokerUrl;
 use crate::identity::Identity;
-use crate::outbox::Uplink;
+use crate::outbox::{OutboxError, Uplink};
 use crate::reconcile::state_report;
 use crate::schedule_plan::{AwayReason, Phase, Planner, ScheduleRx};
 use crate::snapshot::{ConnectionStatus, Snapshots};
@@ -705,7 +705,7 @@ impl MqttTransport {
         }
         match state_report(&self.store, crate::schedule_plan::reported(&self.schedule)) {
             Ok(report) => {
-                if let Err(error) = self.uplink.send(Message::State(report)) {
+                if let Err(error) = self.uplink.post(Message::State(report)) {
                     warn!(%error, "could not enqueue the state report");
                 }
             }
@@ -716,6 +716,8 @@ impl MqttTransport {
     /// Publishes every pending entry not sent on this connection, or sent
     /// longer than the ack timeout ago, until the client's queue is full.
     fn pump(&mut self, client: &AsyncClient, sent: &mut HashMap<u64, Instant>) {
+        // Messages held while the store refused writes go first, once it takes them.
+        self.uplink.store_held();
         let now = self.clock.now();
         let pending = self.uplink.lock().pending();
         sent.retain(|seq, _| pending.binary_search(seq).is_ok());
@@ -729,6 +731,11 @@ impl MqttTransport {
             let (topic, payload) = match item {
                 Ok(Some(item)) => item,
                 Ok(None) => continue,
+                Err(OutboxError::Store(error)) if error.is_unavailable() => {
+                    // The store logged it once; sent once it can be read again.
+                    debug!(seq, %error, "could not read an outbox entry");
+                    continue;
+                }
                 Err(error) => {
                     warn!(seq, %error, "could not read an outbox entry");
                     continue;

@@ -21,6 +21,14 @@
 //! Each envelope's `low` is the lowest pending seq; an entry whose
 //! sealed `low` is stale (for example after a drop left a gap) is re-sealed
 //! with the current one when sent, so the manager can count the gap settled.
+//!
+//! A message the store cannot take (no space left, read-only file system)
+//! is held in memory, not dropped and not sent: a newer message of the same
+//! kind (and deployment, for `status`; device, for capabilities) replaces
+//! it, and the held messages are stored in order, before anything newer, as
+//! soon as the store takes writes again (tried on every enqueue and every
+//! send pass). Only a process that dies meanwhile loses them; its next
+//! start reports its state afresh.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -55,6 +63,10 @@ pub enum OutboxError {
     Full { kind: &'static str },
     #[error("stored outbox entry {seq} is unreadable: {reason}")]
     Corrupt { seq: u64, reason: String },
+    /// The store refused the write; the message is held in memory and
+    /// stored (then sent) once the store takes writes again.
+    #[error("a {kind} message is held in memory until the store takes writes again")]
+    Held { kind: &'static str },
 }
 
 /// What the overflow policy needs to know about an entry.
@@ -152,6 +164,8 @@ pub struct Outbox {
     bytes: usize,
     overflowing: bool,
     notify: Arc<Notify>,
+    /// Messages the store refused, oldest first, one per kind and deployment.
+    held: Vec<Message>,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -219,6 +233,7 @@ impl Outbox {
             bytes,
             overflowing: false,
             notify: Arc::new(Notify::new()),
+            held: Vec::new(),
         })
     }
 
@@ -261,9 +276,68 @@ impl Outbox {
         self.index.contains_key(&seq)
     }
 
+    /// Messages held in memory because the store refused them.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
     /// Seals `message` with the next seq and commits it (after applying the
-    /// overflow policy). Returns the seq.
+    /// overflow policy). Returns the seq. When the store refuses the write,
+    /// the message is held ([`OutboxError::Held`]); so is any message while
+    /// earlier ones are still held, to keep their order.
     pub fn enqueue(&mut self, message: Message) -> Result<u64, OutboxError> {
+        if self.store_held() {
+            match self.store_message(message.clone()) {
+                Err(OutboxError::Store(e)) if e.is_unavailable() => {}
+                other => return other,
+            }
+        }
+        let kind = message.kind();
+        self.hold(message);
+        Err(OutboxError::Held { kind })
+    }
+
+    /// Stores the held messages, oldest first, until the store refuses one.
+    /// True when none is left held.
+    pub fn store_held(&mut self) -> bool {
+        while !self.held.is_empty() {
+            let message = self.held.remove(0);
+            match self.store_message(message.clone()) {
+                Err(OutboxError::Store(e)) if e.is_unavailable() => {
+                    self.held.insert(0, message);
+                    return false;
+                }
+                Ok(seq) => {
+                    debug!(client_id = %self.client, seq, "stored a held message");
+                }
+                Err(error) => {
+                    warn!(client_id = %self.client, %error, "a held message could not be stored");
+                }
+            }
+        }
+        true
+    }
+
+    /// Keeps `message` in memory, replacing a held one it supersedes (same
+    /// kind; for `status`, same deployment).
+    fn hold(&mut self, message: Message) {
+        let key = |m: &Message| {
+            let of = match m {
+                Message::Status(s) => Some(s.status.deployment_id.to_string()),
+                Message::Capabilities(c) => c.manifest.device_id().map(str::to_string),
+                _ => None,
+            };
+            (m.kind(), of)
+        };
+        let new = key(&message);
+        if self.held.is_empty() {
+            info!(client_id = %self.client, kind = message.kind(), "the store refuses writes: holding uplink messages in memory until it takes them");
+        }
+        self.held.retain(|m| key(m) != new);
+        self.held.push(message);
+    }
+
+    fn store_message(&mut self, message: Message) -> Result<u64, OutboxError> {
         let kind = message.kind();
         let topic = uplink_topic(&self.client, &message)?;
         let status_of = match &message {
@@ -567,6 +641,33 @@ impl Uplink {
         let result = self.lock().enqueue(message);
         self.refresh();
         result
+    }
+
+    /// [`Uplink::send`] for a caller that goes on when the message is held
+    /// in memory because the store refuses writes (`None`): it is stored
+    /// and sent later.
+    pub fn post(&self, message: Message) -> Result<Option<u64>, OutboxError> {
+        match self.send(message) {
+            Ok(seq) => Ok(Some(seq)),
+            Err(OutboxError::Held { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Stores the messages held while the store refused writes (see
+    /// [`Outbox::store_held`]).
+    pub fn store_held(&self) {
+        let had = {
+            let mut outbox = self.lock();
+            let had = outbox.held() > 0;
+            if had {
+                outbox.store_held();
+            }
+            had
+        };
+        if had {
+            self.refresh();
+        }
     }
 
     /// Applies a manager ack (see [`Outbox::ack`]).

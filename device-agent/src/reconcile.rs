@@ -56,6 +56,17 @@ pub enum ReconcileError {
     Outbox(#[from] OutboxError),
 }
 
+impl ReconcileError {
+    /// Whether the store refused a write (full, read-only): the pass is
+    /// retried, and the store logged it once.
+    pub fn is_storage_failure(&self) -> bool {
+        match self {
+            Self::Store(e) | Self::Outbox(OutboxError::Store(e)) => e.is_unavailable(),
+            Self::Outbox(_) => false,
+        }
+    }
+}
+
 /// One planned action.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
@@ -233,9 +244,9 @@ impl ReconcileContext {
     }
 
     /// Enqueues a `state` report.
-    pub fn report_state(&self) -> Result<u64, ReconcileError> {
+    pub fn report_state(&self) -> Result<Option<u64>, ReconcileError> {
         let report = state_report(&self.store, crate::schedule_plan::reported(&self.schedule))?;
-        Ok(self.uplink.send(Message::State(report))?)
+        Ok(self.uplink.post(Message::State(report))?)
     }
 
     fn collect_garbage(&self, target: &AcceptedManifest) -> Result<(), ReconcileError> {
@@ -286,11 +297,11 @@ impl ReconcileContext {
             status.status.state = DeploymentState::Failed;
         }
         let state = status.status.state;
-        let seq = self.uplink.send(Message::Status(StatusReport {
+        let seq = self.uplink.post(Message::Status(StatusReport {
             adopted_manifest_version: version,
             status,
         }))?;
-        debug!(deployment_id = %id, seq, %state, "status enqueued");
+        debug!(deployment_id = %id, ?seq, %state, "status enqueued");
         Ok(())
     }
 
@@ -747,6 +758,10 @@ impl Reconciler {
         match outcome {
             Ok(PassOutcome::Adopted(_) | PassOutcome::Superseded) => return Ok(None),
             Ok(PassOutcome::Failed { .. }) => {}
+            Err(e) if e.is_storage_failure() => {
+                // Logged once by the store; the pass is retried like a failed one.
+                debug!(client_id = %ctx.client, manifest_version = version, error = %e, "reconcile pass failed");
+            }
             Err(e) => {
                 error!(client_id = %ctx.client, manifest_version = version, error = %e, "reconcile pass failed");
             }
@@ -755,11 +770,19 @@ impl Reconciler {
             Some(r) if r.manifest_version == version => r.attempts.saturating_add(1),
             _ => 1,
         };
-        ctx.store.set_retry_state(Some(&RetryState {
+        let retry = RetryState {
             manifest_version: version,
             attempts,
             failed_at_ms: ctx.clock.unix_ms(),
-        }))?;
+        };
+        match ctx.store.set_retry_state(Some(&retry)) {
+            // A store that refuses writes does not stop the agent: the retry
+            // is scheduled from memory (a restart meanwhile retries at once).
+            Err(e) if e.is_unavailable() => {
+                debug!(client_id = %ctx.client, error = %e, "retry bookkeeping not stored");
+            }
+            other => other?,
+        }
         let delay = self.retry.delay(attempts);
         info!(client_id = %ctx.client, manifest_version = version, attempts, ?delay, "will retry");
         Ok(Some(ctx.clock.now() + delay))

@@ -7,19 +7,27 @@
 //! that acts or acknowledges after a successful call knows the write
 //! survives a power loss (file backend). The in-memory backend serves the
 //! fleet simulator.
+//!
+//! A write the file system refuses (no space left, read-only, I/O error)
+//! fails as [`StoreError::Unavailable`] and is logged once until writes
+//! work again; the file is reopened by a later call once it can be
+//! ([`margo_schemas::db_file`]). The caller keeps what it could not store
+//! (an outbox entry stays in memory, a manifest is not acknowledged) and
+//! tries again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
 use margo_schemas::codec;
+use margo_schemas::db_file::{self, DbFile};
 use margo_schemas::deployment::{ApplicationDeployment, VerifiedParseError};
 use margo_schemas::digest::Digest;
 use margo_schemas::ids::{DeploymentId, InstanceId};
 use margo_schemas::manifest::StateManifest;
 use margo_schemas::messages::DeviceConfig;
 use margo_schemas::status::{DeploymentState, StatusError};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableTable, TableDefinition};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -46,6 +54,11 @@ const MAX_RECORD: usize = 2 * 1024 * 1024;
 pub enum StoreError {
     #[error("redb: {0}")]
     Db(#[from] redb::Error),
+    /// The database file cannot be written (or read) now: no space left on
+    /// the device, a read-only file system, an I/O error. Nothing was
+    /// written; the same call may succeed later.
+    #[error(transparent)]
+    Unavailable(#[from] db_file::Unavailable),
     #[error("stored {table} record {key:?} is unreadable: {reason}")]
     Corrupt {
         table: &'static str,
@@ -65,6 +78,15 @@ macro_rules! db_from {
         }
     )*};
 }
+impl From<db_file::DbError> for StoreError {
+    fn from(e: db_file::DbError) -> Self {
+        match e {
+            db_file::DbError::Unavailable(u) => Self::Unavailable(u),
+            db_file::DbError::Other(e) => Self::Db(e),
+        }
+    }
+}
+
 db_from!(
     redb::DatabaseError,
     redb::TransactionError,
@@ -72,6 +94,18 @@ db_from!(
     redb::StorageError,
     redb::CommitError
 );
+
+impl StoreError {
+    /// Whether the storage refused the call (full, read-only, I/O error)
+    /// rather than the data being wrong: it may work later.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Unavailable(_) => true,
+            Self::Db(e) => db_file::is_storage_failure(e),
+            _ => false,
+        }
+    }
+}
 
 /// The last manifest accepted (verified, newer, all content present).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -200,7 +234,7 @@ impl OutboxRecord {
 /// Handle to the agent's database; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    file: Arc<DbFile>,
 }
 
 impl std::fmt::Debug for Store {
@@ -243,10 +277,8 @@ impl Store {
             margo_schemas::private_fs::create_dir_all(dir).map_err(|e| io(e, dir))?;
         }
         margo_schemas::private_fs::prepare_file(path).map_err(|e| io(e, path))?;
-        let db = Database::builder()
-            .set_cache_size(16 * 1024 * 1024)
-            .create(path)?;
-        Self::init(db)
+        let file = DbFile::open(path, Some(16 * 1024 * 1024))?;
+        Self::init(file)
     }
 
     /// A fresh database in memory (nothing survives the process). Clone the
@@ -255,11 +287,14 @@ impl Store {
         let db = Database::builder()
             .set_cache_size(256 * 1024)
             .create_with_backend(redb::backends::InMemoryBackend::new())?;
-        Self::init(db)
+        Self::init(DbFile::from_database(db))
     }
 
-    fn init(db: Database) -> Result<Self, StoreError> {
-        let txn = db.begin_write()?;
+    fn init(file: DbFile) -> Result<Self, StoreError> {
+        let store = Self {
+            file: Arc::new(file),
+        };
+        let txn = store.begin_write()?;
         {
             txn.open_table(META)?;
             txn.open_table(DOCS)?;
@@ -275,8 +310,24 @@ impl Store {
                 docs.insert(KEY_INSTANCE, id.as_slice())?;
             }
         }
-        txn.commit()?;
-        Ok(Self { db: Arc::new(db) })
+        store.commit(txn, "create the tables of")?;
+        Ok(store)
+    }
+
+    /// Begins a write transaction (reopening the file after a failed write).
+    fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
+        Ok(self.file.begin_write()?)
+    }
+
+    /// Begins a read transaction.
+    fn begin_read(&self) -> Result<redb::ReadTransaction, StoreError> {
+        Ok(self.file.begin_read()?)
+    }
+
+    /// Commits `txn`; `action` says what it writes ("write the outbox to"),
+    /// for the report of a refused write.
+    fn commit(&self, txn: redb::WriteTransaction, action: &str) -> Result<(), StoreError> {
+        Ok(self.file.commit(txn, action)?)
     }
 
     /// This store's instance id: random, made with the store and kept
@@ -291,13 +342,13 @@ impl Store {
     }
 
     fn meta(&self, key: &str) -> Result<Option<u64>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(META)?;
         Ok(table.get(key)?.map(|v| v.value()))
     }
 
     fn doc<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(DOCS)?;
         let Some(v) = table.get(key)? else {
             return Ok(None);
@@ -313,10 +364,10 @@ impl Store {
     /// Records `accepted` as the accepted manifest (committed on return).
     pub fn set_accepted_manifest(&self, accepted: &AcceptedManifest) -> Result<(), StoreError> {
         let bytes = encode("manifest", accepted)?;
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         txn.open_table(DOCS)?
             .insert(KEY_ACCEPTED, bytes.as_slice())?;
-        txn.commit()?;
+        self.commit(txn, "write the accepted manifest to")?;
         Ok(())
     }
 
@@ -327,10 +378,10 @@ impl Store {
 
     /// Records `version` as adopted and clears failed-attempt bookkeeping.
     pub fn set_adopted(&self, version: u64) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         txn.open_table(META)?.insert(KEY_ADOPTED, version)?;
         txn.open_table(DOCS)?.remove(KEY_RETRY)?;
-        txn.commit()?;
+        self.commit(txn, "write the adopted version to")?;
         Ok(())
     }
 
@@ -342,10 +393,10 @@ impl Store {
     /// Records the digest of the capabilities reports just enqueued.
     pub fn set_capabilities_digest(&self, digest: &Digest) -> Result<(), StoreError> {
         let bytes = encode("capabilities digest", digest)?;
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         txn.open_table(DOCS)?
             .insert(KEY_CAPABILITIES, bytes.as_slice())?;
-        txn.commit()?;
+        self.commit(txn, "write the capabilities digest to")?;
         Ok(())
     }
 
@@ -357,10 +408,10 @@ impl Store {
     /// Records `config` as the remote config in force (committed on return).
     pub fn set_remote_config(&self, config: &DeviceConfig) -> Result<(), StoreError> {
         let bytes = encode("remote config", config)?;
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         txn.open_table(DOCS)?
             .insert(KEY_REMOTE_CONFIG, bytes.as_slice())?;
-        txn.commit()?;
+        self.commit(txn, "write the remote config to")?;
         Ok(())
     }
 
@@ -374,10 +425,10 @@ impl Store {
     /// accepted (committed on return).
     pub fn set_http_etag(&self, etag: &str) -> Result<(), StoreError> {
         let bytes = encode("http etag", &etag)?;
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         txn.open_table(DOCS)?
             .insert(KEY_HTTP_ETAG, bytes.as_slice())?;
-        txn.commit()?;
+        self.commit(txn, "write the HTTP ETag to")?;
         Ok(())
     }
 
@@ -388,7 +439,7 @@ impl Store {
 
     /// Replaces the failed-attempt bookkeeping.
     pub fn set_retry_state(&self, retry: Option<&RetryState>) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         {
             let mut table = txn.open_table(DOCS)?;
             match retry {
@@ -401,7 +452,7 @@ impl Store {
                 }
             }
         }
-        txn.commit()?;
+        self.commit(txn, "write the retry state to")?;
         Ok(())
     }
 
@@ -414,23 +465,23 @@ impl Store {
                 cached_at_ms: now_ms,
             },
         )?;
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         txn.open_table(CACHE)?
             .insert(doc.digest().as_bytes().as_slice(), bytes.as_slice())?;
-        txn.commit()?;
+        self.commit(txn, "cache a deployment document in")?;
         Ok(())
     }
 
     /// Whether a document with `digest` is cached.
     pub fn cache_contains(&self, digest: &Digest) -> Result<bool, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(CACHE)?;
         Ok(table.get(digest.as_bytes().as_slice())?.is_some())
     }
 
     /// The cached document with `digest`, parsed and re-verified.
     pub fn cache_get(&self, digest: &Digest) -> Result<Option<ApplicationDeployment>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(CACHE)?;
         let Some(v) = table.get(digest.as_bytes().as_slice())? else {
             return Ok(None);
@@ -463,16 +514,16 @@ impl Store {
                 refused_at_ms: now_ms,
             },
         )?;
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         txn.open_table(REFUSED)?
             .insert(digest.as_bytes().as_slice(), bytes.as_slice())?;
-        txn.commit()?;
+        self.commit(txn, "record a refused document in")?;
         Ok(())
     }
 
     /// The verdict on the document with `digest`, if it was judged unusable.
     pub fn refused_get(&self, digest: &Digest) -> Result<Option<RefusedDoc>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(REFUSED)?;
         let Some(v) = table.get(digest.as_bytes().as_slice())? else {
             return Ok(None);
@@ -493,7 +544,7 @@ impl Store {
         keep: &BTreeSet<Digest>,
         older_than_ms: u64,
     ) -> Result<usize, StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         let mut removed = 0;
         {
             let mut table = txn.open_table(CACHE)?;
@@ -537,13 +588,13 @@ impl Store {
                 refused.remove(key.as_slice())?;
             }
         }
-        txn.commit()?;
+        self.commit(txn, "prune the document cache in")?;
         Ok(removed)
     }
 
     /// Applied state of every deployment the agent holds.
     pub fn applied(&self) -> Result<BTreeMap<DeploymentId, AppliedRecord>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(APPLIED)?;
         let mut out = BTreeMap::new();
         for item in table.iter()? {
@@ -561,7 +612,7 @@ impl Store {
 
     /// Applied state of one deployment.
     pub fn applied_get(&self, id: &DeploymentId) -> Result<Option<AppliedRecord>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(APPLIED)?;
         let Some(v) = table.get(id.as_str())? else {
             return Ok(None);
@@ -572,24 +623,24 @@ impl Store {
     /// Writes the applied state of one deployment (committed on return).
     pub fn put_applied(&self, id: &DeploymentId, record: &AppliedRecord) -> Result<(), StoreError> {
         let bytes = encode("applied", record)?;
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         txn.open_table(APPLIED)?
             .insert(id.as_str(), bytes.as_slice())?;
-        txn.commit()?;
+        self.commit(txn, "write applied state to")?;
         Ok(())
     }
 
     /// Forgets a deployment (after its removal is recorded).
     pub fn remove_applied(&self, id: &DeploymentId) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         txn.open_table(APPLIED)?.remove(id.as_str())?;
-        txn.commit()?;
+        self.commit(txn, "remove applied state from")?;
         Ok(())
     }
 
     /// The outbox: next seq to assign (≥ 1) and every pending entry in seq order.
     pub fn outbox_load(&self) -> Result<(u64, Vec<(u64, OutboxRecord)>), StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let next = txn
             .open_table(META)?
             .get(KEY_NEXT_SEQ)?
@@ -608,7 +659,7 @@ impl Store {
 
     /// One pending outbox entry.
     pub fn outbox_get(&self, seq: u64) -> Result<Option<OutboxRecord>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(OUTBOX)?;
         let Some(v) = table.get(seq)? else {
             return Ok(None);
@@ -623,7 +674,7 @@ impl Store {
         remove: &[u64],
         next_seq: u64,
     ) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         {
             let mut table = txn.open_table(OUTBOX)?;
             for seq in remove {
@@ -635,7 +686,7 @@ impl Store {
             }
             txn.open_table(META)?.insert(KEY_NEXT_SEQ, next_seq)?;
         }
-        txn.commit()?;
+        self.commit(txn, "write the outbox to")?;
         Ok(())
     }
 }

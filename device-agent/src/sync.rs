@@ -128,6 +128,15 @@ impl DownlinkError {
     pub fn is_rejection(&self) -> bool {
         !matches!(self, Self::Store(_) | Self::Outbox(_))
     }
+
+    /// Whether the store refused a write (full, read-only): the manager's
+    /// message is not acknowledged and comes again.
+    pub fn is_storage_failure(&self) -> bool {
+        match self {
+            Self::Store(e) | Self::Outbox(OutboxError::Store(e)) => e.is_unavailable(),
+            _ => false,
+        }
+    }
 }
 
 /// What a handled publish did.
@@ -510,6 +519,9 @@ impl DesiredStateSync {
                 warn!(client_id = %self.client, topic, %error, "security event: message rejected");
             } else if error.is_rejection() {
                 warn!(client_id = %self.client, topic, %error, "message rejected");
+            } else if error.is_storage_failure() {
+                // The store logs a refused write once; not every message.
+                debug!(client_id = %self.client, topic, %error, "could not handle message");
             } else {
                 warn!(client_id = %self.client, topic, %error, "could not handle message");
             }
@@ -635,7 +647,7 @@ impl DesiredStateSync {
         }
         self.schedule.tx.send_replace(active);
         let state = crate::reconcile::state_report(&self.store, report)?;
-        self.uplink.send(Message::State(state))?;
+        self.uplink.post(Message::State(state))?;
         Ok(Handled::Configured(version))
     }
 
@@ -761,13 +773,13 @@ impl DesiredStateSync {
             }
         }
         let adopted = self.store.adopted_version()?;
-        let seq = self.uplink.send(Message::Sync(SyncRequest {
+        let seq = self.uplink.post(Message::Sync(SyncRequest {
             reason,
             adopted_manifest_version: adopted,
         }))?;
         self.last_sync = Some(now);
         AgentStats::bump(&self.stats.syncs);
-        info!(client_id = %self.client, seq, ?reason, "sync requested");
+        info!(client_id = %self.client, ?seq, ?reason, "sync requested");
         Ok(true)
     }
 

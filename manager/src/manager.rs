@@ -47,7 +47,7 @@ pub enum ManagerError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// The data directory could not be prepared.
-    #[error("data directory {path}: {source}")]
+    #[error("data directory {path} (`data_dir` in the configuration file): {source}")]
     DataDir {
         /// The directory.
         path: PathBuf,
@@ -57,6 +57,18 @@ pub enum ManagerError {
     /// The store could not be opened.
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// The database file could not be opened at start (a full or read-only
+    /// file system, ...): nothing was changed in it.
+    #[error(
+        "cannot open the store {path}: {source}; it lives in `data_dir` of the configuration \
+         file: free space or make the directory writable (or move `data_dir`), then start again"
+    )]
+    StoreOpen {
+        /// The database file.
+        path: PathBuf,
+        /// Why.
+        source: StoreError,
+    },
     /// The PKI could not be created or loaded.
     #[error("PKI: {0}")]
     Pki(#[from] CaError),
@@ -191,7 +203,10 @@ pub fn init(config: &ManagerConfig) -> Result<InitReport, ManagerError> {
     config.validate()?;
     prepare_data_dir(config)?;
     let pki = load_pki(config)?;
-    let store = Store::open(&config.store_path())?;
+    let store = Store::open(&config.store_path()).map_err(|source| ManagerError::StoreOpen {
+        path: config.store_path(),
+        source,
+    })?;
     let crl = pki
         .paths()
         .dir
@@ -263,9 +278,14 @@ impl Manager {
         margo_schemas::pki::install_crypto_provider();
         prepare_data_dir(&config)?;
         let store_path = config.store_path();
-        let store = tokio::task::spawn_blocking(move || Store::open_with_clock(&store_path, clock))
+        let opening = store_path.clone();
+        let store = tokio::task::spawn_blocking(move || Store::open_with_clock(&opening, clock))
             .await
-            .map_err(|e| StoreError::Task(e.to_string()))??
+            .map_err(|e| StoreError::Task(e.to_string()))?
+            .map_err(|source| ManagerError::StoreOpen {
+                path: store_path,
+                source,
+            })?
             .with_clone_rule(config.broker.clone_detection);
         let pki = Arc::new(load_pki(&config)?);
 

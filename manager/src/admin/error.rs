@@ -1,7 +1,8 @@
 //! The admin API's errors: a handler that fails answers [`ApiError`], an
 //! `about:blank` problem body ([`crate::problem`]) whose status says what
 //! kind of failure it was (400 malformed, 404 unknown, 409 conflict, 422
-//! invalid, 500 the manager's fault, logged).
+//! invalid, 500 the manager's fault, logged; 503 when the store's file
+//! system refuses the write, naming the storage error).
 
 use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
@@ -40,6 +41,8 @@ impl From<StoreError> for ApiError {
             StoreError::InvalidName(_) | StoreError::TooManyDeployments { .. } => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
+            // Full or read-only: reported once by the store; the operator retries.
+            other if other.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {

@@ -74,6 +74,14 @@ pub enum FleetError {
     Task(String),
 }
 
+impl FleetError {
+    /// Whether the store's file system refused the call (full, read-only):
+    /// it may work later ([`StoreError::is_unavailable`]).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Store(e) if e.is_unavailable())
+    }
+}
+
 /// Result of a [`Fleet`] operation.
 pub type FleetResult<T> = Result<T, FleetError>;
 

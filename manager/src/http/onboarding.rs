@@ -231,6 +231,9 @@ fn decision_refusal(error: OnboardingError, request_id: &str) -> Refusal {
             ),
         )
         .retry_after(300),
+        OnboardingError::Store(e) if e.is_unavailable() => {
+            Refusal::storage(&e.storage_failure().unwrap_or_default())
+        }
         other => {
             error!(request_id, error = %other, "onboarding decision failed");
             Refusal::internal()
@@ -362,6 +365,9 @@ async fn decide(
         .await
         .map_err(|e| match e {
             FleetError::Onboarding(e) => decision_refusal(e, &request_id),
+            FleetError::Store(e) if e.is_unavailable() => {
+                Refusal::storage(&e.storage_failure().unwrap_or_default()).for_request(&request_id)
+            }
             e => {
                 error!(request_id, error = %e, "onboarding store call failed");
                 Refusal::internal().for_request(&request_id)

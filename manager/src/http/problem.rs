@@ -154,6 +154,9 @@ pub struct Refusal {
     pub error: Option<String>,
 }
 
+/// `Retry-After` of a [`Refusal::storage`].
+const STORAGE_RETRY_SECS: u64 = 10;
+
 impl Refusal {
     /// A refusal with `status` and `detail`.
     pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
@@ -205,6 +208,17 @@ impl Refusal {
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal error; the manager logged the cause",
         )
+    }
+
+    /// 503 for a write the store's file system refused (full, read-only):
+    /// the detail names the storage error (the store logged the file), and
+    /// the client retries.
+    pub fn storage(failure: &str) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the manager cannot store this now: {failure}; retry later"),
+        )
+        .retry_after(STORAGE_RETRY_SECS)
     }
 
     /// Sets `Retry-After`.

@@ -146,10 +146,14 @@ fn store_refusal(client: &ClientId, error: ReportError) -> Refusal {
             ProblemType::DeploymentNotFound,
             error.to_string(),
         ),
-        ReportError::Store(e) => {
-            error!(client_id = %client, error = %e, "storing an HTTP report failed");
-            Refusal::internal()
-        }
+        ReportError::Store(e) => match e.storage_failure() {
+            // Logged once by the store.
+            Some(failure) => Refusal::storage(&failure),
+            None => {
+                error!(client_id = %client, error = %e, "storing an HTTP report failed");
+                Refusal::internal()
+            }
+        },
     }
 }
 

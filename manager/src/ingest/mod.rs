@@ -430,7 +430,12 @@ impl Committer {
             Ok(ingested) => ingested,
             Err(error) => {
                 self.stats.inc(IngestMetric::StoreErrors);
-                error!(%error, "storing an uplink batch failed; devices will resend");
+                if error.is_unavailable() {
+                    // Full or read-only: the store logs it once, not per batch.
+                    debug!(%error, "storing an uplink batch failed; devices will resend");
+                } else {
+                    error!(%error, "storing an uplink batch failed; devices will resend");
+                }
                 return;
             }
         };

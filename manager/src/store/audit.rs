@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::{decode, encode, Result, Store};
@@ -44,7 +44,7 @@ impl Store {
         if events.is_empty() {
             return Ok(());
         }
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         {
             let mut audit = txn.open_table(AUDIT)?;
             let mut counts = txn.open_table(AUDIT_COUNTS)?;
@@ -63,13 +63,13 @@ impl Store {
                 }
             }
         }
-        txn.commit()?;
+        self.commit(txn, "write security events to")?;
         Ok(())
     }
 
     /// The most recent `limit` audit events, oldest first, and the counters by kind.
     pub fn audit(&self, limit: usize) -> Result<(Vec<AuditEvent>, BTreeMap<String, u64>)> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let audit = txn.open_table(AUDIT)?;
         let mut events = Vec::new();
         for row in audit.iter()?.rev().take(limit) {

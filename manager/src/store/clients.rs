@@ -4,7 +4,7 @@
 use margo_schemas::digest::Digest;
 use margo_schemas::ids::ClientId;
 use margo_schemas::pki::cert_info;
-use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::{decode, encode, ReadTxn, Result, Store, StoreError, WriteTxn};
@@ -99,20 +99,20 @@ pub fn key_id_of_cert(cert_der: &[u8]) -> Option<String> {
 impl Store {
     /// Adds a client. Fails if the id exists or the name is taken.
     pub fn add_client(&self, id: &ClientId, name: &str, cert_der: &[u8]) -> Result<ClientRecord> {
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         let record = Self::insert_client(&txn, id, name, cert_der, self.clock.now_ms())?;
-        txn.commit()?;
+        self.commit(txn, "add a client to")?;
         Ok(record)
     }
 
     /// Adds many clients in one transaction (bulk provisioning): all or none.
     pub fn add_clients(&self, clients: &[(ClientId, String, Vec<u8>)]) -> Result<()> {
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         let now = self.clock.now_ms();
         for (id, name, cert_der) in clients {
             Self::insert_client(&txn, id, name, cert_der, now)?;
         }
-        txn.commit()?;
+        self.commit(txn, "add clients to")?;
         Ok(())
     }
 
@@ -196,7 +196,7 @@ impl Store {
     /// The client registered with exactly this certificate (DER), with its
     /// record (revoked ones included: the caller decides).
     pub fn client_by_certificate(&self, cert_der: &[u8]) -> Result<Option<ClientEntry>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let found = txn
             .open_table(CLIENT_CERTS)?
             .get(Digest::of(cert_der).hex().as_str())?
@@ -243,13 +243,13 @@ impl Store {
 
     /// Whether `name` is already used.
     pub fn name_taken(&self, name: &str) -> Result<bool> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         Ok(txn.open_table(NAMES)?.get(name)?.is_some())
     }
 
     /// The client with this id.
     pub fn client(&self, id: &ClientId) -> Result<Option<ClientRecord>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(CLIENTS)?;
         let found = table.get(id.as_str())?;
         found.map(|v| decode("clients", v.value())).transpose()
@@ -257,7 +257,7 @@ impl Store {
 
     /// Resolves a client id or unique name.
     pub fn resolve(&self, id_or_name: &str) -> Result<ClientId> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         if let Ok(id) = ClientId::new(id_or_name) {
             if txn.open_table(CLIENTS)?.get(id.as_str())?.is_some() {
                 return Ok(id);
@@ -278,7 +278,7 @@ impl Store {
 
     /// Every client, sorted by id.
     pub fn clients(&self) -> Result<Vec<ClientEntry>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(CLIENTS)?;
         let mut out = Vec::new();
         for row in table.iter()? {
@@ -298,7 +298,7 @@ impl Store {
     /// Marks a client revoked (or not). Returns the updated record.
     pub fn set_revoked(&self, id: &ClientId, revoked: bool) -> Result<ClientRecord> {
         let now = self.clock.now_ms();
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         let record = {
             let mut clients = txn.open_table(CLIENTS)?;
             let found = clients.get(id.as_str())?.map(|v| v.value().to_vec());
@@ -315,7 +315,7 @@ impl Store {
             clients.insert(id.as_str(), encode("clients", &record)?.as_slice())?;
             record
         };
-        txn.commit()?;
+        self.commit(txn, "record a revocation in")?;
         Ok(record)
     }
 
@@ -334,7 +334,7 @@ impl Store {
 
     /// The live (not revoked) clients whose name starts with `prefix`, sorted by name.
     pub fn clients_with_name_prefix(&self, prefix: &str) -> Result<Vec<ClientId>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let names = txn.open_table(NAMES)?;
         let clients = txn.open_table(CLIENTS)?;
         let mut out = Vec::new();

@@ -7,7 +7,7 @@ use margo_schemas::digest::Digest;
 use margo_schemas::ids::{ClientId, DeploymentId};
 use margo_schemas::messages::Ack;
 use margo_schemas::schedule::{Schedule, ValidSchedule};
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::instances::{self, INSTANCES};
@@ -133,9 +133,9 @@ impl Store {
         client: &ClientId,
         docs: &[ApplicationDeployment],
     ) -> Result<DeployOutcome> {
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         let outcome = Self::deploy_in(&txn, client, docs)?;
-        txn.commit()?;
+        self.commit(txn, "write a deployment to")?;
         Ok(outcome)
     }
 
@@ -146,12 +146,12 @@ impl Store {
         clients: &[ClientId],
         docs: &[ApplicationDeployment],
     ) -> Result<Vec<DeployOutcome>> {
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         let outcomes = clients
             .iter()
             .map(|client| Self::deploy_in(&txn, client, docs))
             .collect::<Result<Vec<_>>>()?;
-        txn.commit()?;
+        self.commit(txn, "write deployments to")?;
         Ok(outcomes)
     }
 
@@ -224,7 +224,7 @@ impl Store {
 
     /// Removes one deployment from `client` and bumps the version. Returns the new version.
     pub fn undeploy(&self, client: &ClientId, deployment: &DeploymentId) -> Result<u64> {
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         let version = {
             Self::live_client(&txn, client)?;
             let mut deployments = txn.open_table(DEPLOYMENTS)?;
@@ -245,13 +245,13 @@ impl Store {
             versions.insert(client.as_str(), next)?;
             next
         };
-        txn.commit()?;
+        self.commit(txn, "write an undeploy to")?;
         Ok(version)
     }
 
     /// The complete desired state of `client` and its current ack.
     pub fn desired_state(&self, client: &ClientId) -> Result<DesiredState> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let deployments = txn.open_table(DEPLOYMENTS)?;
         let blobs = txn.open_table(BLOBS)?;
         let mut out = Vec::new();
@@ -300,7 +300,7 @@ impl Store {
 
     /// The ack `client` should see now.
     pub fn ack_for(&self, client: &ClientId) -> Result<Ack> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let manifest_version = desired_version(
             txn.open_table(MANIFEST_VERSIONS)?
                 .get(client.as_str())?
@@ -322,7 +322,7 @@ impl Store {
 
     /// The acks `clients` should see now, in one read transaction.
     pub fn acks_for(&self, clients: &[ClientId]) -> Result<Vec<Ack>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let versions = txn.open_table(MANIFEST_VERSIONS)?;
         let hwm = txn.open_table(HWM)?;
         let tracks = txn.open_table(INSTANCES)?;
@@ -352,7 +352,7 @@ impl Store {
         client: &ClientId,
         schedule: Option<ValidSchedule>,
     ) -> Result<RemoteConfig> {
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         let config = {
             Self::live_client(&txn, client)?;
             let mut table = txn.open_table(REMOTE_CONFIG)?;
@@ -372,13 +372,13 @@ impl Store {
             )?;
             config
         };
-        txn.commit()?;
+        self.commit(txn, "write a schedule to")?;
         Ok(config)
     }
 
     /// `client`'s remote settings; `None` if none were ever set.
     pub fn remote_config(&self, client: &ClientId) -> Result<Option<RemoteConfig>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(REMOTE_CONFIG)?;
         let found = table.get(client.as_str())?;
         found

@@ -12,12 +12,19 @@
 //! Synchronous (redb is); async code calls it through [`Store::run`], which
 //! moves the work onto tokio's blocking pool. Every mutating call is one
 //! write transaction; ingest writes a whole batch in one transaction.
+//!
+//! A write the file system refuses (no space left, read-only, I/O error)
+//! fails as [`StoreError::Unavailable`], is logged once (with the first
+//! thing that could not be written) until writes work again, and the
+//! database file is reopened by the next call once it can be
+//! ([`margo_schemas::db_file`]): callers acknowledge nothing that failed and
+//! their senders retry.
 
 use std::path::Path;
 use std::sync::Arc;
 
+use margo_schemas::db_file::{self, DbFile};
 use margo_schemas::ids::{ClientId, DeploymentId};
-use redb::{Database, ReadableDatabase};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::clock::Clock;
@@ -46,9 +53,14 @@ pub use uplink::{BatchResult, IngestOutcome, StoredUplink, UplinkItem, UplinkSum
 /// Everything the store can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// redb failed (I/O, corruption, ...).
+    /// redb failed (corruption, a bug, ...; see [`StoreError::Unavailable`] for I/O).
     #[error("database: {0}")]
     Database(#[from] redb::Error),
+    /// The database file cannot be written (or read) now: no space left on
+    /// the device, a read-only file system, an I/O error. Nothing was
+    /// written; the same call may succeed later.
+    #[error(transparent)]
+    Unavailable(#[from] db_file::Unavailable),
     /// A stored record does not decode (corruption or an incompatible version).
     #[error("stored {table} record is unreadable: {detail}")]
     Corrupt {
@@ -112,6 +124,15 @@ macro_rules! from_redb {
         }
     )*};
 }
+impl From<db_file::DbError> for StoreError {
+    fn from(e: db_file::DbError) -> Self {
+        match e {
+            db_file::DbError::Unavailable(u) => Self::Unavailable(u),
+            db_file::DbError::Other(e) => Self::Database(e),
+        }
+    }
+}
+
 from_redb!(
     redb::DatabaseError,
     redb::TransactionError,
@@ -119,6 +140,24 @@ from_redb!(
     redb::StorageError,
     redb::CommitError
 );
+
+impl StoreError {
+    /// Whether the storage refused the call (full, read-only, I/O error)
+    /// rather than the data or the request being wrong: it may work later.
+    pub fn is_unavailable(&self) -> bool {
+        self.storage_failure().is_some()
+    }
+
+    /// The storage error in words ("no space left on the device", ...) when
+    /// [`Self::is_unavailable`], without the file's path.
+    pub fn storage_failure(&self) -> Option<String> {
+        match self {
+            Self::Unavailable(u) => Some(u.detail.clone()),
+            Self::Database(e) if db_file::is_storage_failure(e) => Some(db_file::describe(e)),
+            _ => None,
+        }
+    }
+}
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -145,7 +184,7 @@ pub fn now_ms() -> u64 {
 /// The store. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    file: Arc<DbFile>,
     /// Stamps every timestamp the store writes; decisions on time (token
     /// expiry, availability) read it too.
     clock: Clock,
@@ -175,8 +214,13 @@ impl Store {
                 format!("{}: {e}", path.display()),
             ))
         })?;
-        let db = Database::create(path)?;
-        let txn = db.begin_write()?;
+        let file = DbFile::open(path, None)?;
+        let store = Self {
+            file: Arc::new(file),
+            clock,
+            clone_rule: margo_broker::CloneRule::default(),
+        };
+        let txn = store.begin_write()?;
         {
             clients::open_tables(&txn)?;
             desired::open_tables(&txn)?;
@@ -187,12 +231,8 @@ impl Store {
             onboarding::open_tables(&txn)?;
             Self::rebuild_certificate_index(&txn)?;
         }
-        txn.commit()?;
-        Ok(Self {
-            db: Arc::new(db),
-            clock,
-            clone_rule: margo_broker::CloneRule::default(),
-        })
+        store.commit(txn, "create the tables of")?;
+        Ok(store)
     }
 
     /// The rule uplink instance switches are judged by.
@@ -214,7 +254,7 @@ impl Store {
     pub async fn wait_until_sole_handle(&self, timeout: std::time::Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if Arc::strong_count(&self.db) == 1 {
+            if Arc::strong_count(&self.file) == 1 {
                 return true;
             }
             if tokio::time::Instant::now() >= deadline {
@@ -249,9 +289,9 @@ impl Store {
         &self,
         f: impl FnOnce(&WriteTxn<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
-        let txn = self.db.begin_write().map_err(StoreError::from)?;
+        let txn = self.begin_write()?;
         let out = f(&WriteTxn(&txn))?;
-        txn.commit().map_err(StoreError::from)?;
+        self.commit(txn, "write an onboarding decision to")?;
         Ok(out)
     }
 
@@ -260,8 +300,24 @@ impl Store {
         &self,
         f: impl FnOnce(&ReadTxn<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
-        let txn = self.db.begin_read().map_err(StoreError::from)?;
+        let txn = self.begin_read()?;
         f(&ReadTxn(&txn))
+    }
+
+    /// Begins a write transaction (reopening the file after a failed write).
+    fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
+        Ok(self.file.begin_write()?)
+    }
+
+    /// Begins a read transaction.
+    fn begin_read(&self) -> Result<redb::ReadTransaction, StoreError> {
+        Ok(self.file.begin_read()?)
+    }
+
+    /// Commits `txn`; `action` says what it writes ("write the outbox to"),
+    /// for the report of a refused write.
+    fn commit(&self, txn: redb::WriteTransaction, action: &str) -> Result<(), StoreError> {
+        Ok(self.file.commit(txn, action)?)
     }
 }
 

@@ -8,7 +8,7 @@
 
 use margo_schemas::ids::ClientId;
 use margo_schemas::onboarding::OnboardingState;
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::{decode, encode, ReadTxn, Result, Store, WriteTxn};
@@ -236,7 +236,7 @@ impl ReadTxn<'_> {
 impl Store {
     /// Every onboarding request with its id, in id order.
     pub(crate) fn onboarding_request_records(&self) -> Result<Vec<(String, RequestRecord)>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(REQUESTS)?;
         let mut out = Vec::new();
         for row in table.iter()? {
@@ -251,7 +251,7 @@ impl Store {
 
     /// Every enrollment token with its id, in id order.
     pub(crate) fn token_records(&self) -> Result<Vec<(String, TokenRecord)>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(TOKENS)?;
         let mut out = Vec::new();
         for row in table.iter()? {

@@ -7,7 +7,7 @@ use margo_schemas::capabilities::DeviceCapabilitiesManifest;
 use margo_schemas::ids::{ClientId, DeploymentId, DeviceId};
 use margo_schemas::messages::StatusReport;
 use margo_schemas::status::DeploymentStatus;
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::clients::{ClientRecord, CLIENTS};
@@ -219,7 +219,7 @@ impl Store {
         let received_ms = self.clock.now_ms();
         let c = client.as_str();
         let dep = status.deployment_id.as_str();
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         let outcome = {
             // The client first (unknown 404, revoked 403), then the
             // deployment; an error drops the whole transaction.
@@ -273,7 +273,7 @@ impl Store {
                 ReportOutcome::Created
             }
         };
-        txn.commit()?;
+        self.commit(txn, "write an HTTP status report to")?;
         Ok(outcome)
     }
 
@@ -288,7 +288,7 @@ impl Store {
     ) -> Result<ReportOutcome, ReportError> {
         let received_ms = self.clock.now_ms();
         let c = client.as_str();
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         let outcome = {
             Self::http_reporter(&txn, client, received_ms, |_| {})?;
             let mut caps_latest = txn.open_table(CAPS_LATEST)?;
@@ -311,7 +311,7 @@ impl Store {
                 ReportOutcome::Created
             }
         };
-        txn.commit()?;
+        self.commit(txn, "write an HTTP capabilities report to")?;
         Ok(outcome)
     }
 
@@ -325,7 +325,7 @@ impl Store {
         let received_ms = self.clock.now_ms();
         let c = client.as_str();
         let d = device.as_str();
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         {
             Self::http_reporter(&txn, client, received_ms, |_| {})?;
             let mut caps_latest = txn.open_table(CAPS_LATEST)?;
@@ -355,13 +355,13 @@ impl Store {
                 caps_history.remove((c, d, seq))?;
             }
         }
-        txn.commit()?;
+        self.commit(txn, "delete capabilities from")?;
         Ok(())
     }
 
     /// The latest capabilities reports of `client` as JSON values, by device id.
     pub fn capabilities(&self, client: &ClientId) -> Result<BTreeMap<String, serde_json::Value>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(CAPS_LATEST)?;
         let c = client.as_str();
         let mut out = BTreeMap::new();
@@ -381,7 +381,7 @@ impl Store {
     /// The latest capabilities of `client` per device id, with when they
     /// arrived, and how many reports of each device are kept in the history.
     pub fn capabilities_detail(&self, client: &ClientId) -> Result<Vec<CapabilitiesEntry>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(CAPS_LATEST)?;
         let history = txn.open_table(CAPS_HISTORY)?;
         let c = client.as_str();

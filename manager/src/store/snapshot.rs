@@ -4,7 +4,7 @@
 //! The joining itself (the fleet view) is `crate::status_view`'s.
 
 use margo_schemas::ids::{ClientId, DeploymentId};
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 
 use super::clients::{ClientRecord, CLIENTS};
 use super::desired::{desired_version, DeploymentEntry, DEPLOYMENTS, MANIFEST_VERSIONS};
@@ -37,13 +37,13 @@ pub(crate) struct ClientSnapshot {
 impl Store {
     /// What is stored about `client`.
     pub(crate) fn client_snapshot(&self, client: &ClientId) -> Result<ClientSnapshot> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         snapshot_in(&txn, client)
     }
 
     /// What is stored about every client, sorted by id, in one transaction.
     pub(crate) fn client_snapshots(&self) -> Result<Vec<ClientSnapshot>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let ids: Vec<ClientId> = {
             let table = txn.open_table(CLIENTS)?;
             let mut ids = Vec::new();

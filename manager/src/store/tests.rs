@@ -57,7 +57,7 @@ fn certificate_index_is_kept_and_rebuilt_for_older_databases() {
     assert!(found(&store, b"cert-c").is_none());
     // A database from before the index: the table is empty.
     {
-        let txn = store.db.begin_write().expect("txn");
+        let txn = store.begin_write().expect("txn");
         txn.delete_table(CLIENT_CERTS).expect("drop the index");
         txn.commit().expect("commit");
     }
@@ -370,7 +370,7 @@ fn high_water_mark_follows_gaps_and_low() {
 /// The seq window as the tables hold it: the mark in `uplink_hwm`, one
 /// `(clientId, seq)` row per settled seq above it in `uplink_above_hwm`.
 fn stored_window(store: &Store, client: &ClientId) -> (Option<u64>, Vec<u64>) {
-    let txn = store.db.begin_read().expect("read");
+    let txn = store.begin_read().expect("read");
     let c = client.as_str();
     let hwm = txn
         .open_table(HWM)

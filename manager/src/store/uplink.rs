@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use margo_schemas::ids::{ClientId, DeploymentId};
 use margo_schemas::messages::{Envelope, Message, ScheduleInForce, StatusReport};
 use margo_schemas::status::{ComponentStatus, DeploymentState, StatusError};
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::clients::{ClientRecord, CLIENTS};
@@ -178,7 +178,7 @@ impl Store {
     /// [`ingest`](Self::ingest) with the receive time given (tests).
     pub(crate) fn ingest_at(&self, items: &[UplinkItem], received_ms: u64) -> Result<BatchResult> {
         let started = std::time::Instant::now();
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         let mut result = BatchResult::default();
         {
             let clients = txn.open_table(CLIENTS)?;
@@ -400,14 +400,14 @@ impl Store {
         }
         let committing = std::time::Instant::now();
         result.write_time = committing - started;
-        txn.commit()?;
+        self.commit(txn, "write an uplink batch to")?;
         result.commit_time = committing.elapsed();
         Ok(result)
     }
 
     /// Stored uplink seqs of `client`, ascending.
     pub fn uplink(&self, client: &ClientId) -> Result<Vec<UplinkSummary>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let log = txn.open_table(UPLINK_LOG)?;
         let c = client.as_str();
         let mut out = Vec::new();
