@@ -23,6 +23,8 @@ use crate::fleetsim::harness::BrokerKind;
 const PREFIX: &str = "camp-";
 /// How often the end phase polls the manager.
 const POLL: Duration = Duration::from_secs(1);
+/// How often a line of progress is printed while the schedule plays.
+const PROGRESS: Duration = Duration::from_secs(60);
 
 /// One device: its agent process, its link and what its runtime recorded.
 struct Device {
@@ -214,6 +216,7 @@ async fn carry_out(opts: &CampaignOptions, dir: &Path, schedule: &Schedule) -> R
     // The schedule.
     let mut executed: BTreeMap<&'static str, usize> = BTreeMap::new();
     let t0 = tokio::time::Instant::now();
+    let mut last_progress = Instant::now();
     for (at, action) in &schedule.events {
         tokio::time::sleep_until(t0 + *at).await;
         if opts.verbose {
@@ -225,8 +228,23 @@ async fn carry_out(opts: &CampaignOptions, dir: &Path, schedule: &Schedule) -> R
         }
         step(&dir, &mut brokers, &mut devices, *action).await?;
         *executed.entry(action.kind().as_str()).or_insert(0) += 1;
+        if last_progress.elapsed() >= PROGRESS {
+            last_progress = Instant::now();
+            let done: usize = executed.values().sum();
+            println!(
+                "  +{:>5.0}s {done}/{} steps, {} manager kills, {} agents up",
+                t0.elapsed().as_secs_f64(),
+                schedule.events.len(),
+                executed.get("manager-kill").unwrap_or(&0),
+                devices.iter().filter(|d| d.up).count()
+            );
+        }
     }
     let faults_over = Instant::now();
+    println!(
+        "faults over after {:.0} s; waiting for the fleet to converge",
+        t0.elapsed().as_secs_f64()
+    );
 
     // Settle: clean links, every agent running, then wait for the fleet.
     for d in &mut devices {
