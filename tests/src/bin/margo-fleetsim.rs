@@ -18,6 +18,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 use margo_tests::campaign::{self, CampaignOptions};
+use margo_tests::faultproxy::{FaultKind, Timeline, TimelineSpec};
 use margo_tests::fleetsim::fanout::{self, FanoutOptions};
 use margo_tests::fleetsim::footprint::{self, FootprintOptions};
 use margo_tests::fleetsim::harness::{BrokerKind, Harness};
@@ -88,6 +89,13 @@ struct RunArgs {
     /// How long to keep the fleet running once connected (then stop).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     hold: Duration,
+    /// Connect every device through one fault-injecting proxy that plays
+    /// this many link faults (cut, reset, half-open, latency, bandwidth)
+    /// drawn from --link-seed over the hold time.
+    #[arg(long)]
+    link_faults: Option<usize>,
+    #[arg(long, default_value_t = 1)]
+    link_seed: u64,
 }
 
 #[derive(Args)]
@@ -288,11 +296,21 @@ async fn main() -> Result<()> {
         Command::Run(args) => {
             prepare_limits_for(args.fleet.devices, args.fleet.broker)?;
             let spec = spec(&args.fleet, args.fleet.devices);
-            let h = Harness::start_with(
+            let link = args.link_faults.map(|faults| TimelineSpec {
+                seed: args.link_seed,
+                span: args.hold,
+                faults,
+                kinds: FaultKind::ALL.to_vec(),
+            });
+            if let Some(l) = &link {
+                print!("link faults (seed {}):\n{}", l.seed, Timeline::seeded(l));
+            }
+            let h = Harness::start_behind(
                 &spec,
                 args.fleet.work_dir.as_deref(),
                 &args.fleet.manager_log,
                 args.fleet.broker,
+                link.as_ref(),
             )
             .await?;
             println!(
@@ -306,6 +324,9 @@ async fn main() -> Result<()> {
                 _ = tokio::signal::ctrl_c() => {}
             }
             println!("{} devices connected; stopping", h.fleet.connected());
+            if let Some(p) = &h.proxy {
+                println!("link faults injected: {:?}", p.counts());
+            }
             h.stop().await;
         }
         Command::Campaign(a) => {
