@@ -50,8 +50,9 @@ impl fmt::Display for Verdict {
     }
 }
 
-/// One line of the recording runtime: `<phase> <action> <deployment> <parameters JSON>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One line of the recording runtime:
+/// `<phase> <action> <deployment> <unix time> <parameters JSON>`.
+#[derive(Debug, Clone, PartialEq)]
 pub struct RuntimeLine {
     /// `start` or `done`.
     pub phase: String,
@@ -60,14 +61,17 @@ pub struct RuntimeLine {
     pub deployment: String,
     /// `ENV.REVISION` of the parameters (None for a remove, or absent).
     pub revision: Option<u64>,
+    /// When the runtime wrote the line (seconds since the Unix epoch).
+    pub at: Option<f64>,
 }
 
 /// Parses the recording runtime's log (lines that do not parse are skipped).
 pub fn parse_runtime_log(text: &str) -> Vec<RuntimeLine> {
     text.lines()
         .filter_map(|l| {
-            let mut w = l.splitn(4, ' ');
+            let mut w = l.splitn(5, ' ');
             let (phase, action, deployment) = (w.next()?, w.next()?, w.next()?);
+            let at = w.next().and_then(|t| t.parse::<f64>().ok());
             let revision = w
                 .next()
                 .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok())
@@ -77,6 +81,7 @@ pub fn parse_runtime_log(text: &str) -> Vec<RuntimeLine> {
                 action: action.to_string(),
                 deployment: deployment.to_string(),
                 revision,
+                at,
             })
         })
         .collect()
@@ -193,10 +198,11 @@ mod tests {
     #[test]
     fn runtime_lines_parse_with_their_revision() {
         let lines = parse_runtime_log(
-            "start install d1 {\"ENV.REVISION\":3}\ndone install d1 {\"ENV.REVISION\":3}\nstart remove d1 {}\n",
+            "start install d1 1.5 {\"ENV.REVISION\":3}\ndone install d1 2.5 {\"ENV.REVISION\":3}\nstart remove d1 3 {}\n",
         );
         assert_eq!(applied_revisions(&lines, "d1", "done"), vec![3]);
         assert_eq!(applied_revisions(&lines, "d1", "start"), vec![3]);
+        assert_eq!(lines[1].at, Some(2.5));
     }
 
     #[test]

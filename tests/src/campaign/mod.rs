@@ -88,6 +88,26 @@ impl CampaignOptions {
     }
 }
 
+/// The median and maximum of some durations.
+#[derive(Debug, Clone, Copy)]
+pub struct Spread {
+    pub count: usize,
+    pub median: Duration,
+    pub max: Duration,
+}
+
+impl Spread {
+    pub fn of(durations: &[Duration]) -> Spread {
+        let mut d = durations.to_vec();
+        d.sort_unstable();
+        Spread {
+            count: d.len(),
+            median: d.get(d.len() / 2).copied().unwrap_or_default(),
+            max: d.last().copied().unwrap_or_default(),
+        }
+    }
+}
+
 /// What a campaign did and found.
 #[derive(Debug, Clone)]
 pub struct CampaignReport {
@@ -98,6 +118,9 @@ pub struct CampaignReport {
     pub link: FaultCounts,
     /// From the last fault to every device converged (None: it did not).
     pub converged_after: Option<Duration>,
+    /// From the deploy of the final revision to each device's runtime
+    /// finishing it, over the devices that did (None: it was not deployed).
+    pub final_rollout: Option<Spread>,
     pub verdicts: Vec<Verdict>,
     /// Where the logs and stores are (kept when an invariant failed).
     pub dir: PathBuf,
@@ -140,6 +163,15 @@ impl CampaignReport {
             None => {
                 let _ = writeln!(s, "did not converge");
             }
+        }
+        if let Some(r) = &self.final_rollout {
+            let _ = writeln!(
+                s,
+                "final revision applied by {} devices: median {:.1} s, max {:.1} s after its deploy",
+                r.count,
+                r.median.as_secs_f64(),
+                r.max.as_secs_f64()
+            );
         }
         let _ = writeln!(s, "invariants:");
         for v in &self.verdicts {

@@ -58,9 +58,9 @@ impl Runtime {
             format!(
                 "#!/bin/sh\n\
                  echo $$ >> {pids:?}\n\
-                 echo \"start $1 $MARGO_DEPLOYMENT_ID $MARGO_PARAMETERS\" >> {log:?}\n\
+                 echo \"start $1 $MARGO_DEPLOYMENT_ID $(date +%s.%N) $MARGO_PARAMETERS\" >> {log:?}\n\
                  sleep 0.2\n\
-                 echo \"done $1 $MARGO_DEPLOYMENT_ID $MARGO_PARAMETERS\" >> {log:?}\n",
+                 echo \"done $1 $MARGO_DEPLOYMENT_ID $(date +%s.%N) $MARGO_PARAMETERS\" >> {log:?}\n",
                 pids = pids.display().to_string(),
                 log = log.display().to_string(),
             ),
@@ -182,6 +182,7 @@ pub async fn run(opts: &CampaignOptions) -> Result<CampaignReport> {
         executed: outcome.executed,
         link: outcome.link,
         converged_after: outcome.converged_after,
+        final_rollout: outcome.final_rollout.map(|t| super::Spread::of(&t)),
         verdicts: outcome.verdicts,
         dir: dir.clone(),
         elapsed: started.elapsed(),
@@ -197,6 +198,7 @@ struct Outcome {
     executed: BTreeMap<&'static str, usize>,
     link: FaultCounts,
     converged_after: Option<Duration>,
+    final_rollout: Option<Vec<Duration>>,
     verdicts: Vec<Verdict>,
 }
 
@@ -217,6 +219,7 @@ async fn carry_out(opts: &CampaignOptions, dir: &Path, schedule: &Schedule) -> R
     let mut executed: BTreeMap<&'static str, usize> = BTreeMap::new();
     let t0 = tokio::time::Instant::now();
     let mut last_progress = Instant::now();
+    let mut final_deploy = None;
     for (at, action) in &schedule.events {
         tokio::time::sleep_until(t0 + *at).await;
         if opts.verbose {
@@ -227,6 +230,13 @@ async fn carry_out(opts: &CampaignOptions, dir: &Path, schedule: &Schedule) -> R
             );
         }
         step(&dir, &mut brokers, &mut devices, *action).await?;
+        if *action
+            == (Action::Deploy {
+                revision: opts.versions,
+            })
+        {
+            final_deploy = Some(unix_now());
+        }
         *executed.entry(action.kind().as_str()).or_insert(0) += 1;
         if last_progress.elapsed() >= PROGRESS {
             last_progress = Instant::now();
@@ -262,6 +272,7 @@ async fn carry_out(opts: &CampaignOptions, dir: &Path, schedule: &Schedule) -> R
     )
     .await;
     let converged_after = converged.is_ok().then(|| faults_over.elapsed());
+    let final_rollout = final_deploy.map(|t| rollout_times(&devices, opts.versions, t));
     let acked = if converged.is_ok() {
         wait_acked(&brokers.manager, &devices, opts.converge_timeout).await
     } else {
@@ -321,6 +332,7 @@ async fn carry_out(opts: &CampaignOptions, dir: &Path, schedule: &Schedule) -> R
         executed,
         link,
         converged_after,
+        final_rollout,
         verdicts,
     })
 }
@@ -429,6 +441,33 @@ async fn restart_manager(manager: &mut ManagerProc) -> Result<()> {
     Err(last
         .unwrap_or_else(|| anyhow::anyhow!("no attempt"))
         .context("restart the manager"))
+}
+
+/// Seconds since the Unix epoch (the runtime programs' `date +%s.%N`).
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// For each device, from the deploy of the final revision (`deployed`,
+/// Unix seconds) to its runtime's first `done` of that revision.
+fn rollout_times(devices: &[Device], versions: u32, deployed: f64) -> Vec<Duration> {
+    devices
+        .iter()
+        .filter_map(|d| {
+            d.runtime
+                .lines()
+                .iter()
+                .find(|l| {
+                    l.phase == "done"
+                        && l.deployment == DEPLOYMENT
+                        && l.revision == Some(u64::from(versions))
+                })
+                .and_then(|l| l.at)
+                .map(|at| Duration::from_secs_f64((at - deployed).max(0.0)))
+        })
+        .collect()
 }
 
 /// Why a device is not (yet) at the final version, or None when it is.
