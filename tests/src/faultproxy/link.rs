@@ -61,7 +61,8 @@ pub(super) async fn serve(
         let (up_ctl, down_ctl) = (ctl.clone(), ctl.clone());
         let pumps = async { tokio::join!(pump(cr, sw, up_ctl, up), pump(sr, cw, down_ctl, down)) };
         tokio::select! {
-            _ = pumps => None,
+            // Pumps also stop on a fault: the mode says which ending it is.
+            _ = pumps => Some(ctl.borrow().mode).filter(|m| matches!(m, Mode::Cut | Mode::Reset)),
             mode = broken(&mut ctl) => Some(mode),
         }
     };
@@ -117,7 +118,9 @@ async fn pump(
     ctl: watch::Receiver<Ctl>,
     counter: &AtomicU64,
 ) {
-    let (tx, mut rx) = mpsc::channel::<(Instant, Vec<u8>)>(IN_FLIGHT);
+    // `None` marks the reader's EOF: only then is the half-close passed on
+    // (a reader stopped by a cut or reset must not send a FIN first).
+    let (tx, mut rx) = mpsc::channel::<Option<(Instant, Vec<u8>)>>(IN_FLIGHT);
     let mut read_ctl = ctl.clone();
     let reader = async move {
         let mut buf = vec![0u8; CHUNK];
@@ -131,20 +134,38 @@ async fn pump(
                 .map_or(CHUNK, |b| (b as usize / 10).clamp(1, CHUNK));
             let n = tokio::select! {
                 r = from.read(&mut buf[..max]) => match r {
-                    Ok(0) | Err(_) => return,
+                    Ok(0) | Err(_) => {
+                        let _ = tx.send(None).await;
+                        return;
+                    }
                     Ok(n) => n,
                 },
                 // A stall or break that comes while waiting for data.
                 _ = read_ctl.changed() => continue,
             };
-            if tx.send((Instant::now(), buf[..n].to_vec())).await.is_err() {
+            if tx
+                .send(Some((Instant::now(), buf[..n].to_vec())))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
     };
     let mut write_ctl = ctl;
     let writer = async {
-        while let Some((read_at, chunk)) = rx.recv().await {
+        loop {
+            let (read_at, chunk) = match rx.recv().await {
+                Some(Some(c)) => c,
+                // The reader saw EOF and everything before it was written:
+                // pass the half-close on.
+                Some(None) => {
+                    let _ = to.shutdown().await;
+                    return;
+                }
+                // The reader stopped on a fault: no FIN before the cut or reset.
+                None => return,
+            };
             let Some(shape) = flowing(&mut write_ctl).await else {
                 return;
             };
@@ -161,8 +182,6 @@ async fn pump(
                 tokio::time::sleep(Duration::from_secs_f64(chunk.len() as f64 / rate as f64)).await;
             }
         }
-        // The reader saw EOF: pass the half-close on.
-        let _ = to.shutdown().await;
     };
     tokio::join!(reader, writer);
 }
