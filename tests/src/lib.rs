@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+pub mod campaign;
 pub mod demo;
+pub mod faultproxy;
 pub mod fleet;
 pub mod fleetsim;
 pub mod proxy;

@@ -5,6 +5,7 @@
 //!     margo-fleetsim bench fanout --devices 1000 [--broker mosquitto] [--quick] [--out target/bench]
 //!     margo-fleetsim bench storm --devices 1000 [--broker mosquitto] [--quick]
 //!     margo-fleetsim bench ingest --devices 100 [--messages M | --duration D] [--quick]
+//!     margo-fleetsim campaign --devices N --versions V --duration D [--seed S] [--broker mosquitto]
 //!
 //! Build the manager with the same profile first: the simulator starts
 //! `margo-manager` (and `margoctl`) from its own directory
@@ -16,6 +17,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
+use margo_tests::campaign::{self, CampaignOptions};
+use margo_tests::faultproxy::{FaultKind, Timeline, TimelineSpec};
 use margo_tests::fleetsim::fanout::{self, FanoutOptions};
 use margo_tests::fleetsim::footprint::{self, FootprintOptions};
 use margo_tests::fleetsim::harness::{BrokerKind, Harness};
@@ -40,6 +43,11 @@ struct Cli {
 enum Command {
     /// Start a manager and N simulated devices, keep them connected for a while.
     Run(RunArgs),
+    /// Randomized crash campaign: real agents behind fault-injecting
+    /// proxies through a rollout while a seeded schedule kills the manager,
+    /// Mosquitto and agents and breaks links; prints each invariant with
+    /// PASS/FAIL and exits 1 on any FAIL.
+    Campaign(CampaignArgs),
     /// Benchmarks: each writes a JSON result and a Markdown table.
     Bench {
         #[command(subcommand)]
@@ -81,6 +89,46 @@ struct RunArgs {
     /// How long to keep the fleet running once connected (then stop).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     hold: Duration,
+    /// Connect every device through one fault-injecting proxy that plays
+    /// this many link faults (cut, reset, half-open, latency, bandwidth)
+    /// drawn from --link-seed over the hold time.
+    #[arg(long)]
+    link_faults: Option<usize>,
+    #[arg(long, default_value_t = 1)]
+    link_seed: u64,
+}
+
+#[derive(Args)]
+struct CampaignArgs {
+    /// Agent processes (each behind its own fault proxy).
+    #[arg(long, default_value_t = 10)]
+    devices: usize,
+    /// Successive versions rolled out.
+    #[arg(long, default_value_t = 20)]
+    versions: u32,
+    /// How long faults are injected.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// The schedule's seed (default: drawn, and printed so it replays).
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long, default_value = "embedded")]
+    broker: BrokerKind,
+    /// Bound on convergence once the faults stop [default: 180 s + 1 s per device].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    converge_timeout: Option<Duration>,
+    /// Parent of the working directory (logs and stores; kept on failure).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Keep the working directory even when every invariant holds.
+    #[arg(long)]
+    keep: bool,
+    /// Print the schedule and exit.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print each step as it is carried out.
+    #[arg(short, long)]
+    verbose: bool,
 }
 
 #[derive(Subcommand)]
@@ -248,11 +296,21 @@ async fn main() -> Result<()> {
         Command::Run(args) => {
             prepare_limits_for(args.fleet.devices, args.fleet.broker)?;
             let spec = spec(&args.fleet, args.fleet.devices);
-            let h = Harness::start_with(
+            let link = args.link_faults.map(|faults| TimelineSpec {
+                seed: args.link_seed,
+                span: args.hold,
+                faults,
+                kinds: FaultKind::ALL.to_vec(),
+            });
+            if let Some(l) = &link {
+                print!("link faults (seed {}):\n{}", l.seed, Timeline::seeded(l));
+            }
+            let h = Harness::start_behind(
                 &spec,
                 args.fleet.work_dir.as_deref(),
                 &args.fleet.manager_log,
                 args.fleet.broker,
+                link.as_ref(),
             )
             .await?;
             println!(
@@ -266,7 +324,37 @@ async fn main() -> Result<()> {
                 _ = tokio::signal::ctrl_c() => {}
             }
             println!("{} devices connected; stopping", h.fleet.connected());
+            if let Some(p) = &h.proxy {
+                println!("link faults injected: {:?}", p.counts());
+            }
             h.stop().await;
+        }
+        Command::Campaign(a) => {
+            let seed = a.seed.unwrap_or_else(|| fastrand::u64(..));
+            let mut opts = CampaignOptions::new(seed, a.devices, a.versions, a.duration);
+            opts.broker = a.broker;
+            opts.work_dir = a.work_dir;
+            (opts.keep, opts.verbose) = (a.keep, a.verbose);
+            if let Some(t) = a.converge_timeout {
+                opts.converge_timeout = t;
+            }
+            if a.dry_run {
+                let schedule = campaign::schedule::Schedule::draw(&opts.schedule_spec());
+                println!("seed {seed}: {}", opts.replay_command());
+                print!("{schedule}");
+                for (kind, n) in schedule.counts() {
+                    println!("{:<16} {n}", kind.as_str());
+                }
+                return Ok(());
+            }
+            // One agent process and one proxy (two sockets) per device here.
+            prepare_limits_for(a.devices, a.broker)?;
+            let report = campaign::run(&opts).await?;
+            println!();
+            print!("{}", report.text());
+            if !report.passed() {
+                std::process::exit(1);
+            }
         }
         Command::Bench { bench } => match bench {
             Bench::Fanout {

@@ -2,6 +2,7 @@
 //! fleet benchmark and `margo-fleetsim run` start from.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -13,6 +14,7 @@ use tempfile::TempDir;
 
 use super::procstat;
 use super::sim::{self, FleetSpec, SimFleet};
+use crate::faultproxy::{FaultProxy, Timeline, TimelineSpec};
 use crate::fleet::ManagerProc;
 use margo_testkit::mosquitto::{self, Mosquitto};
 
@@ -84,6 +86,8 @@ pub struct Harness {
     pub connect_broker_cpu: Option<f64>,
     /// The manager's directory; removed on drop.
     pub work: TempDir,
+    /// The proxy every device connects through, with `link_faults`.
+    pub proxy: Option<FaultProxy>,
 }
 
 impl Harness {
@@ -107,6 +111,19 @@ impl Harness {
         work_dir: Option<&Path>,
         manager_log: &str,
         broker: BrokerKind,
+    ) -> Result<Harness> {
+        Self::start_behind(spec, work_dir, manager_log, broker, None).await
+    }
+
+    /// [`Harness::start_with`] with every device connecting through one
+    /// [`FaultProxy`] that plays the seeded `link_faults` timeline from the
+    /// moment the fleet is connected (`margo-fleetsim run --link-faults N`).
+    pub async fn start_behind(
+        spec: &FleetSpec,
+        work_dir: Option<&Path>,
+        manager_log: &str,
+        broker: BrokerKind,
+        link_faults: Option<&TimelineSpec>,
     ) -> Result<Harness> {
         let work = work_dir_in(work_dir)?;
         let mut extra = String::new();
@@ -162,6 +179,19 @@ impl Harness {
                 (format!("mqtts://localhost:{mosquitto_port}"), Some(m))
             }
         };
+        let (broker_url, proxy) = match link_faults {
+            None => (broker_url, None),
+            Some(_) => {
+                let port = broker_url
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.parse::<u16>().ok())
+                    .context("the broker URL has no port")?;
+                let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+                let url = format!("mqtts://localhost:{}", proxy.addr.port());
+                (url, Some(proxy))
+            }
+        };
         let admin = AdminClient::new(&manager.socket);
         if broker == BrokerKind::Mosquitto {
             // The manager started before Mosquitto and retries with backoff;
@@ -186,7 +216,11 @@ impl Harness {
             (Some(p), Some(before)) => Some(procstat::sample(p)?.cpu_seconds - before.cpu_seconds),
             _ => None,
         };
+        if let (Some(p), Some(timeline)) = (&proxy, link_faults) {
+            let _playing = p.play(&Timeline::seeded(timeline));
+        }
         Ok(Harness {
+            proxy,
             manager,
             admin,
             fleet,
