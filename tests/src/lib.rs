@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 pub mod demo;
 pub mod fleet;
 pub mod fleetsim;
+pub mod fuzz_entries;
 pub mod proxy;
 pub mod simagent;
 pub mod spec_client;
