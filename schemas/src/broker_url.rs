@@ -15,6 +15,8 @@ pub enum BrokerUrlError {
     Ipv6(String),
     #[error("{0:?} has no host")]
     NoHost(String),
+    #[error("{0:?}: the host is not a name or an IPv4 address, nor an IPv6 address in [brackets]")]
+    Host(String),
     #[error("{url:?}: port {port:?} is not a number between 1 and 65535")]
     Port { url: String, port: String },
 }
@@ -68,6 +70,18 @@ impl BrokerUrl {
         };
         if host.is_empty() {
             return Err(BrokerUrlError::NoHost(short()));
+        }
+        // Only an IPv6 address goes in brackets, and a bare host has no
+        // `:`, `[` or `]`: otherwise `Display` writes a URL that does not
+        // parse back (found by the fuzz target `config`).
+        let bracketed = rest.starts_with('[');
+        let bad = if bracketed {
+            host.parse::<std::net::Ipv6Addr>().is_err()
+        } else {
+            host.contains([':', '[', ']'])
+        };
+        if bad {
+            return Err(BrokerUrlError::Host(short()));
         }
         let port =
             match port {
@@ -129,6 +143,11 @@ mod tests {
     #[test]
     fn rejects() {
         for bad in [
+            // Found by the fuzz target `config`: Display wrote these as
+            // URLs that do not parse back.
+            "mqtts://edge.example.com:]888le.com:8883",
+            "mqtts://a:b:8883",
+            "mqtts://[not-v6]:8883",
             "gw:8883",
             "http://gw:80",
             "mqtts://",

@@ -12,6 +12,7 @@ pub mod demo;
 pub mod faultproxy;
 pub mod fleet;
 pub mod fleetsim;
+pub mod fuzz_entries;
 pub mod proxy;
 pub mod simagent;
 pub mod spec_client;

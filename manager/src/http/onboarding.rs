@@ -184,8 +184,10 @@ fn pending_response(state: &ApiState, request_id: &str, status: StatusCode) -> R
 /// ([`DeviceKey`]: ECDSA P-256 or P-384, RSA ≥ 2048, Ed25519), valid now.
 /// Margo states no rule on `basicConstraints`, and we use only the key, so
 /// a certificate marked `CA:TRUE` (what `openssl req -x509` makes) is
-/// accepted with a notice in the log. Returns its key.
-fn check_device_certificate(der: &[u8], peer: SocketAddr) -> Result<DeviceKey, String> {
+/// accepted with a notice in the log. Returns its key. Public for the
+/// fuzz target `onboarding`.
+#[doc(hidden)]
+pub fn check_device_certificate(der: &[u8], peer: SocketAddr) -> Result<DeviceKey, String> {
     let (_, cert) = X509Certificate::from_der(der).map_err(|e| format!("certificate: {e}"))?;
     let key = DeviceKey::of(&cert).map_err(|e| format!("certificate: {e}"))?;
     if cert.is_ca() {
@@ -308,6 +310,19 @@ pub(super) async fn submit(
     }
 }
 
+/// The request body and the DER certificate it carries: the first reading
+/// of untrusted onboarding bytes (the fuzz target `onboarding` runs it).
+#[doc(hidden)]
+pub fn read_request(body: &[u8]) -> Result<(OnboardingRequest, Vec<u8>), Refusal> {
+    let request: OnboardingRequest = serde_json::from_slice(body).map_err(|e| {
+        Refusal::bad_request(format!("request body is not an OnboardingRequest: {e}"))
+    })?;
+    let cert_der = request
+        .certificate_der()
+        .map_err(|e| Refusal::bad_request(e.to_string()))?;
+    Ok((request, cert_der))
+}
+
 async fn decide(
     state: &ApiState,
     peer: SocketAddr,
@@ -318,12 +333,7 @@ async fn decide(
     rate_limit(state, peer)?;
     let body =
         body.map_err(|e| Refusal::new(e.status(), format!("request body: {}", e.body_text())))?;
-    let request: OnboardingRequest = serde_json::from_slice(&body).map_err(|e| {
-        Refusal::bad_request(format!("request body is not an OnboardingRequest: {e}"))
-    })?;
-    let cert_der = request
-        .certificate_der()
-        .map_err(|e| Refusal::bad_request(e.to_string()))?;
+    let (request, cert_der) = read_request(&body)?;
     let request_id = margo_schemas::pki::fingerprint(&cert_der).hex();
     let key = check_device_certificate(&cert_der, peer)
         .map_err(|detail| Refusal::bad_request(detail).for_request(&request_id))?;

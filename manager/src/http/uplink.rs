@@ -64,11 +64,20 @@ pub const RC3_CAPABILITIES_ROUTE: &str = "/api/v1/capabilities/{*deviceId}";
 /// draft's optional `adoptedManifestVersion`.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct StatusBody {
+pub struct StatusBody {
+    /// The manifest version the device is applying, when it says.
     #[serde(default)]
-    adopted_manifest_version: Option<u64>,
+    pub adopted_manifest_version: Option<u64>,
+    /// The status itself.
     #[serde(flatten)]
-    status: DeploymentStatus,
+    pub status: DeploymentStatus,
+}
+
+/// Reads a status body (400 for a syntax error, 422 for the wrong shape);
+/// the fuzz target `status` runs it.
+#[doc(hidden)]
+pub fn parse_status(body: &[u8]) -> Result<StatusBody, Refusal> {
+    parse_json(body, "DeploymentStatusManifest")
 }
 
 /// The checked body bytes: size (413) and content type (415).
@@ -184,7 +193,8 @@ fn caller_name(caller: Option<&ClientId>) -> String {
 
 /// Reads a capabilities body, keeping its exact text: a syntax error is
 /// 400; JSON that is not an object is 422 (the shape is checked by the store).
-pub(crate) fn parse_capabilities(body: &[u8]) -> Result<DeviceCapabilitiesManifest, Refusal> {
+#[doc(hidden)]
+pub fn parse_capabilities(body: &[u8]) -> Result<DeviceCapabilitiesManifest, Refusal> {
     DeviceCapabilitiesManifest::from_json(body).map_err(|e| match e {
         DocumentError::Syntax(_) => Refusal::bad_request(format!("request body is {e}")),
         DocumentError::NotAnObject(_) => {
@@ -246,7 +256,7 @@ async fn store_status(
     deployment: &DeploymentId,
     body: &[u8],
 ) -> Result<ReportOutcome, Refusal> {
-    let parsed: StatusBody = parse_json(body, "DeploymentStatusManifest")?;
+    let parsed = parse_status(body)?;
     if &parsed.status.deployment_id != deployment {
         return Err(Refusal::new(
             StatusCode::UNPROCESSABLE_ENTITY,

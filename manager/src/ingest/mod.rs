@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use margo_schemas::cose::CoseError;
+use margo_schemas::cose::{CoseError, VerifyingKey};
 use margo_schemas::ids::ClientId;
 use margo_schemas::messages::{Envelope, Message, MessageError};
 use margo_schemas::status::StatusErrorKind;
@@ -143,34 +143,57 @@ pub fn verify(
         }));
     }
     let key = keys.get(store, &client).map_err(|e| fail(e.into()))?;
-    if topic == DeviceTopic::Presence {
-        let online = match raw.payload.trim_ascii() {
+    open_uplink(&client, &topic, &raw.payload, &key, max_payload).map_err(fail)
+}
+
+/// The part of [`verify`] after the key lookup: what the payload of an
+/// uplink publish must be. Pure (no store), so the fuzz target
+/// `envelope_*` (tests/fuzz, `margo_tests::fuzz_entries`) runs exactly
+/// this code on hostile bytes.
+#[doc(hidden)]
+pub fn open_uplink(
+    client: &ClientId,
+    topic: &DeviceTopic,
+    payload: &[u8],
+    key: &VerifyingKey,
+    max_payload: usize,
+) -> Result<UplinkItem, IngestError> {
+    if payload.len() > max_payload {
+        return Err(IngestError::TooLarge {
+            len: payload.len(),
+            max: max_payload,
+        });
+    }
+    if *topic == DeviceTopic::Presence {
+        let online = match payload.trim_ascii() {
             b"online" => true,
             b"offline" => false,
-            _ => return Err(fail(IngestError::BadPresence)),
+            _ => return Err(IngestError::BadPresence),
         };
-        return Ok(UplinkItem::Presence { client, online });
+        return Ok(UplinkItem::Presence {
+            client: client.clone(),
+            online,
+        });
     }
-    let env = Envelope::open(&raw.payload, max_payload, &key, &client, &topic)
-        .map_err(|e| fail(e.into()))?;
+    let env = Envelope::open(payload, max_payload, key, client, topic)?;
     if env.seq == 0 {
-        return Err(fail(IngestError::ZeroSeq));
+        return Err(IngestError::ZeroSeq);
     }
     if env.low > env.seq {
-        return Err(fail(IngestError::LowAboveSeq {
+        return Err(IngestError::LowAboveSeq {
             low: env.low,
             seq: env.seq,
-        }));
+        });
     }
     match &env.msg {
-        Message::Status(report) => report.status.validate().map_err(|e| fail(e.into()))?,
+        Message::Status(report) => report.status.validate()?,
         // Checked in the store transaction (`crate::capabilities`): a child
         // needs its parent's stored capabilities, and a refused report is
         // still acknowledged so the device's outbox drains.
         Message::Capabilities(_) | Message::State(_) | Message::Sync(_) => {}
         // `fits_topic` already refuses downlink kinds on uplink topics.
         Message::Manifest(_) | Message::Deployment(_) | Message::Ack(_) | Message::Config(_) => {
-            return Err(fail(IngestError::NotUplink))
+            return Err(IngestError::NotUplink)
         }
     }
     Ok(UplinkItem::Message(Box::new(env)))
