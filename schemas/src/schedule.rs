@@ -34,6 +34,11 @@ pub const DEFAULT_RATE: &str = "15m";
 /// concluding that something never happens again. A year and a bit covers
 /// every yearly DST rule.
 const HORIZON_DAYS: i64 = 400;
+/// Days without a change after which the weekly rules (polling period,
+/// recurring downtime) are known to change nothing: two weeks and a day,
+/// so every weekday's every local time occurred at least once even if a
+/// DST gap skipped an hour of one day.
+const QUIET_DAYS: i64 = 15;
 
 const NANOS_PER_SEC: i128 = 1_000_000_000;
 const NANOS_PER_MIN: i64 = 60_000_000_000;
@@ -664,6 +669,45 @@ impl ValidSchedule {
         first.as_nanosecond() - i128::from(HORIZON_DAYS) * NANOS_PER_DAY
     }
 
+    /// The latest end of the one-off downtimes in force at `t`.
+    fn one_off_end_covering(&self, t: Timestamp) -> Option<Timestamp> {
+        self.downtime
+            .iter()
+            .filter_map(|r| match *r {
+                Rule::OneOff { start, end } if start <= t && t < end => Some(end),
+                _ => None,
+            })
+            .max()
+    }
+
+    /// The first start or end of a one-off downtime after `t`.
+    fn one_off_boundary_after(&self, t: Timestamp) -> Option<Timestamp> {
+        self.one_off_boundaries().filter(|b| *b > t).min()
+    }
+
+    /// The last start or end of a one-off downtime before `t`.
+    fn one_off_boundary_before(&self, t: Timestamp) -> Option<Timestamp> {
+        self.one_off_boundaries().filter(|b| *b < t).max()
+    }
+
+    fn one_off_boundaries(&self) -> impl Iterator<Item = Timestamp> + '_ {
+        self.downtime.iter().flat_map(|r| match *r {
+            Rule::OneOff { start, end } => vec![start, end],
+            Rule::Recurring { .. } => Vec::new(),
+        })
+    }
+
+    /// The earliest start of the one-off downtimes in force at `t`.
+    fn one_off_start_covering(&self, t: Timestamp) -> Option<Timestamp> {
+        self.downtime
+            .iter()
+            .filter_map(|r| match *r {
+                Rule::OneOff { start, end } if start <= t && t < end => Some(start),
+                _ => None,
+            })
+            .min()
+    }
+
     /// The earliest instant `>= t` of the form `window start + k·rate` before
     /// the window's end, ignoring downtime.
     fn raw_check_at_or_after(&self, t: Timestamp) -> Option<Timestamp> {
@@ -806,7 +850,27 @@ impl ValidSchedule {
         let now = self.may_communicate(t);
         let horizon = self.forward_horizon(t);
         let mut lo = t;
+        let mut quiet_days = 0;
         while lo.as_nanosecond() < horizon {
+            // Inside a one-off downtime nothing changes before it ends, and
+            // after a whole week without a change the weekly rules never
+            // change anything: only a one-off boundary can. Skip there
+            // instead of walking day by day (a one-off may be centuries
+            // away or last centuries; found by fuzzing).
+            let skip_to = if quiet_days >= QUIET_DAYS {
+                quiet_days = 0;
+                Some(self.one_off_boundary_after(lo)?)
+            } else if now {
+                None
+            } else {
+                self.one_off_end_covering(lo)
+            };
+            if let Some(to) = skip_to {
+                let before = ts_from_nanos(to.as_nanosecond() - 1)?;
+                if before > lo {
+                    lo = before;
+                }
+            }
             let hi = ts_from_nanos(lo.as_nanosecond() + NANOS_PER_DAY)?;
             for c in self.candidates(lo, hi) {
                 if self.may_communicate(c) != now {
@@ -814,6 +878,7 @@ impl ValidSchedule {
                 }
             }
             lo = hi;
+            quiet_days += 1;
         }
         None
     }
@@ -824,7 +889,21 @@ impl ValidSchedule {
         let horizon = self.backward_horizon(t);
         let mut hi = t;
         let mut since = t;
+        let mut quiet_days = 0;
         while hi.as_nanosecond() > horizon {
+            // Blocked throughout a one-off downtime: go to its start at
+            // once; blocked a whole week: only a one-off boundary can end it.
+            let skip_to = if quiet_days >= QUIET_DAYS {
+                quiet_days = 0;
+                Some(self.one_off_boundary_before(hi)?)
+            } else {
+                self.one_off_start_covering(hi)
+            };
+            if let Some(to) = skip_to {
+                if to < hi {
+                    hi = to;
+                }
+            }
             let lo = ts_from_nanos(hi.as_nanosecond() - NANOS_PER_DAY)?;
             for c in self.candidates(lo, hi).into_iter().rev() {
                 if self.may_communicate(c) {
@@ -833,6 +912,7 @@ impl ValidSchedule {
                 since = c;
             }
             hi = lo;
+            quiet_days += 1;
         }
         None
     }

@@ -432,6 +432,7 @@ mod seeds {
                 Message::Ack(Ack {
                     acked_seq: 5,
                     manifest_version: 3,
+                    instance: None,
                 }),
                 0,
             ),

@@ -424,6 +424,69 @@ end = "2026-07-03T12:00:00+02:00"
     );
 }
 
+/// Found by fuzzing: a one-off downtime lasting a thousand years made every
+/// question about the schedule walk it day by day (365,000 steps, seconds
+/// per call). Inside a one-off the answer is its end (or start).
+#[test]
+fn a_one_off_lasting_centuries_is_skipped_not_walked() {
+    let s = valid(
+        r#"
+time_zone = "UTC"
+connection = "per-check"
+[polling]
+period = [{ start = "08:00", end = "18:00" }]
+rate = "15m"
+[[downtime]]
+kind = "one-off"
+start = "2027-01-19T18:00:00Z"
+end = "3027-01-21T18:00:00Z"
+[[downtime]]
+kind = "one-off"
+start = "2026-12-01T00:00:00Z"
+end = "2027-01-20T00:00:00Z"
+"#,
+    );
+    let inside = utc("2500-06-01T12:00:00Z");
+    // It ends at 18:00, when the polling period has closed: communication
+    // resumes with the period the next morning.
+    let end = utc("3027-01-22T08:00:00Z");
+    assert!(!s.may_communicate(inside));
+    // Both one-offs overlap: blocked from the first start to the last end.
+    assert_eq!(s.next_change_after(inside), Some(end));
+    assert_eq!(
+        s.next_change_after(utc("2026-12-10T00:00:00Z")),
+        Some(end),
+        "the overlapping one-offs are one blocked stretch"
+    );
+    assert_eq!(s.next_check_at_or_after(inside), Some(end));
+    assert_eq!(
+        s.last_expected_check_before(inside),
+        Some(utc("2026-11-30T17:45:00Z"))
+    );
+
+    // Polling all day and a one-off centuries ahead: nothing changes until
+    // it starts, and nothing after it ends.
+    let far = valid(
+        r#"
+time_zone = "Europe/Berlin"
+[[downtime]]
+kind = "one-off"
+start = "2900-03-01T00:00:00Z"
+end = "2900-03-02T00:00:00Z"
+"#,
+    );
+    let now = utc("2026-12-03T12:00:00Z");
+    assert_eq!(
+        far.next_change_after(now),
+        Some(utc("2900-03-01T00:00:00Z"))
+    );
+    assert_eq!(
+        far.next_change_after(utc("2900-03-01T06:00:00Z")),
+        Some(utc("2900-03-02T00:00:00Z"))
+    );
+    assert_eq!(far.next_change_after(utc("2900-03-02T00:00:00Z")), None);
+}
+
 // ----- DST ---------------------------------------------------------------
 
 fn berlin_night() -> ValidSchedule {
