@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::accept;
 use crate::clones;
 use crate::config::GatewayConfig;
 use crate::error::{BrokerError, Listener};
@@ -33,8 +34,6 @@ use crate::revocation::{LiveRefusal, Revocations};
 use crate::slots::{Slot, SlotRefusal, SourceSlots};
 use crate::stats::{GatewayMetric, GatewayStats, HandshakeOutcome, Refusal};
 use crate::tls::{self, accept_with_deadline, Handshake};
-/// Pause after a failed `accept` (e.g. out of file descriptors).
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
 /// A bound device gateway, not yet serving. Build with [`Gateway::bind`],
 /// read [`Gateway::local_addr`], then [`Gateway::run`] it.
@@ -128,16 +127,10 @@ impl Gateway {
         info!(listen = %self.local_addr, upstream = %self.shared.upstream.addr, "device gateway serving");
         let tracker = TaskTracker::new();
         loop {
-            let (socket, peer) = tokio::select! {
-                () = shutdown.cancelled() => break,
-                accepted = self.listener.accept() => match accepted {
-                    Ok(pair) => pair,
-                    Err(error) => {
-                        warn!(%error, "accept failed");
-                        tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                        continue;
-                    }
-                },
+            let Some((socket, peer)) =
+                accept::next(&self.listener, &shutdown, "device gateway").await
+            else {
+                break;
             };
             self.shared.stats.inc(GatewayMetric::Accepted);
             if !self.shared.fd_reserve.admits(fd_of(&socket), peer.ip()) {

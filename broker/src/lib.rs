@@ -21,6 +21,7 @@
 
 #![warn(missing_docs)]
 
+pub mod accept;
 pub mod clones;
 mod config;
 mod embedded;

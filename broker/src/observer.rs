@@ -20,14 +20,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::accept;
 use crate::error::{BrokerError, Listener};
 use crate::inspect::Inspector;
 use crate::relay::{End, Relay, SessionError, Upstream};
 use crate::slots::{Slot, SourceSlots};
 use crate::stats::{GatewayMetric, GatewayStats};
-
-/// Pause after a failed `accept` (e.g. out of file descriptors).
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
 /// The bound read-only listener.
 pub(crate) struct ObserverListener {
@@ -94,16 +92,10 @@ impl ObserverListener {
         info!(listen = %self.local_addr, "read-only MQTT listener for operators serving");
         let tracker = TaskTracker::new();
         loop {
-            let (socket, peer) = tokio::select! {
-                () = shutdown.cancelled() => break,
-                accepted = self.listener.accept() => match accepted {
-                    Ok(pair) => pair,
-                    Err(error) => {
-                        warn!(%error, "accept failed on the read-only listener");
-                        tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                        continue;
-                    }
-                },
+            let Some((socket, peer)) =
+                accept::next(&self.listener, &shutdown, "read-only MQTT").await
+            else {
+                break;
             };
             let slots = self
                 .shared

@@ -56,8 +56,6 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long shutdown lets a connection finish its request in flight.
 const DRAIN: Duration = Duration::from_secs(5);
-/// Pause after a failed `accept` (e.g. out of file descriptors).
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Why the HTTPS listener could not start.
 #[derive(Debug, thiserror::Error)]
@@ -381,16 +379,10 @@ impl HttpsServer {
         info!(listen = %self.local_addr, "HTTPS API serving");
         let tracker = TaskTracker::new();
         loop {
-            let (socket, peer) = tokio::select! {
-                () = shutdown.cancelled() => break,
-                accepted = self.listener.accept() => match accepted {
-                    Ok(pair) => pair,
-                    Err(error) => {
-                        warn!(%error, "HTTPS accept failed");
-                        tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                        continue;
-                    }
-                },
+            let Some((socket, peer)) =
+                margo_broker::accept::next(&self.listener, &shutdown, "HTTPS API").await
+            else {
+                break;
             };
             self.stats.inc(HttpMetric::Accepted);
             if !self.fd_reserve.admits(fd_of(&socket), peer.ip()) {
