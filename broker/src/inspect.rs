@@ -110,8 +110,10 @@ impl std::fmt::Debug for Login {
 enum Role {
     /// A device authenticated (by its certificate) as this identity.
     Device(ClientId),
-    /// A read-only observer on the operator's loopback listener.
-    Observer,
+    /// A read-only observer on the operator's loopback listener; the id
+    /// it gets when its CONNECT has none (MQTT 3.1.1 lets a clean session
+    /// leave it empty, and all such observers must not share one id).
+    Observer { anonymous_id: String },
 }
 
 /// Per-connection inspector of the client → broker byte stream.
@@ -131,9 +133,10 @@ impl Inspector {
     }
 
     /// An inspector for a read-only observer: no publish, no will, a clean
-    /// session, and its client id put under [`OBSERVER_PREFIX`].
-    pub fn observer(max_packet_bytes: usize) -> Self {
-        Self::with_role(Role::Observer, max_packet_bytes)
+    /// session, and its client id put under [`OBSERVER_PREFIX`]
+    /// (`anonymous_id` when its CONNECT names none).
+    pub fn observer(anonymous_id: String, max_packet_bytes: usize) -> Self {
+        Self::with_role(Role::Observer { anonymous_id }, max_packet_bytes)
     }
 
     fn with_role(role: Role, max_packet_bytes: usize) -> Self {
@@ -225,7 +228,7 @@ impl Inspector {
             }
             PacketType::PubRel => {
                 // Only the sender of a QoS 2 PUBLISH sends PUBREL.
-                if matches!(self.role, Role::Observer) {
+                if matches!(self.role, Role::Observer { .. }) {
                     return Err(Violation::ReadOnly("pubrel"));
                 }
                 PubRel::read(header, frame.clone()).map_err(malformed)?;
@@ -263,14 +266,19 @@ impl Inspector {
                 }
                 connect.client_id = identity.to_string();
             }
-            Role::Observer => {
+            Role::Observer { anonymous_id } => {
                 if connect.last_will.is_some() {
                     return Err(Violation::ReadOnly("last will"));
                 }
                 // Never a persistent session: the broker would queue the
                 // whole fleet's traffic for an observer that went away.
                 connect.clean_session = true;
-                connect.client_id = format!("{OBSERVER_PREFIX}{}", connect.client_id);
+                let given = if connect.client_id.is_empty() {
+                    anonymous_id.as_str()
+                } else {
+                    connect.client_id.as_str()
+                };
+                connect.client_id = format!("{OBSERVER_PREFIX}{given}");
             }
         }
         connect.login = self
@@ -499,6 +507,51 @@ mod tests {
         assert!(matches!(
             Inspector::new(a, MAX).next(&mut buf),
             Err(Violation::Retain(_))
+        ));
+    }
+
+    fn observer_connect(connect: Connect) -> Result<Connect, Violation> {
+        let mut inspector = Inspector::observer("anonymous-7".into(), MAX);
+        let mut buf = encode(Packet::Connect(connect));
+        let out = inspector.next(&mut buf)?.expect("a whole packet");
+        let mut out = BytesMut::from(&out[..]);
+        match Packet::read(&mut out, MAX).expect("re-reads") {
+            Packet::Connect(rewritten) => Ok(rewritten),
+            other => panic!("not a connect: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn observers_get_their_own_ids_a_clean_session_and_no_writes() {
+        let mut named = Connect::new("margo-manager");
+        named.clean_session = false;
+        let rewritten = observer_connect(named).expect("allowed");
+        assert_eq!(rewritten.client_id, "observer-margo-manager");
+        assert!(rewritten.clean_session);
+        let rewritten = observer_connect(Connect::new("")).expect("allowed");
+        assert_eq!(rewritten.client_id, "observer-anonymous-7");
+
+        let mut willing = Connect::new("x");
+        willing.last_will = Some(LastWill::new("t", "w", QoS::AtMostOnce, false));
+        assert!(matches!(
+            observer_connect(willing),
+            Err(Violation::ReadOnly("last will"))
+        ));
+        let mut inspector = Inspector::observer("a".into(), MAX);
+        let mut buf = encode(Packet::Connect(Connect::new("x")));
+        inspector.next(&mut buf).expect("connect");
+        forwarded(
+            &mut inspector,
+            Packet::Subscribe(Subscribe::new("#", QoS::AtLeastOnce)),
+        )
+        .expect("subscribe anywhere");
+        forwarded(&mut inspector, Packet::PubAck(PubAck::new(3))).expect("acks deliveries");
+        assert!(matches!(
+            forwarded(
+                &mut inspector,
+                Packet::Publish(Publish::new("t", QoS::AtMostOnce, b"x".to_vec()))
+            ),
+            Err(Violation::ReadOnly("publish"))
         ));
     }
 

@@ -12,6 +12,7 @@
 //! session.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +43,8 @@ struct Shared {
     pending: SourceSlots,
     /// Connections from accept until they close.
     open: SourceSlots,
+    /// Numbers observers whose CONNECT names no client id.
+    anonymous: AtomicU64,
     stats: Arc<GatewayStats>,
 }
 
@@ -78,6 +81,7 @@ impl ObserverListener {
                 max_packet_bytes: settings.max_packet_bytes,
                 pending: SourceSlots::new(max, max),
                 open: SourceSlots::new(max, max),
+                anonymous: AtomicU64::new(0),
                 stats: settings.stats,
             }),
         })
@@ -133,8 +137,12 @@ async fn observe(
         rate: None,
         stats: None,
     };
-    let inspector =
-        Inspector::observer(shared.max_packet_bytes).with_login(shared.upstream.login.clone());
+    let anonymous_id = format!(
+        "anonymous-{}",
+        shared.anonymous.fetch_add(1, Ordering::Relaxed)
+    );
+    let inspector = Inspector::observer(anonymous_id, shared.max_packet_bytes)
+        .with_login(shared.upstream.login.clone());
     shared.stats.inc(GatewayMetric::ObserverAccepted);
     let result = tokio::select! {
         () = token.cancelled() => Ok(End::Cancelled),
