@@ -110,10 +110,13 @@ impl std::fmt::Debug for Login {
 enum Role {
     /// A device authenticated (by its certificate) as this identity.
     Device(ClientId),
-    /// A read-only observer on the operator's loopback listener; the id
-    /// it gets when its CONNECT has none (MQTT 3.1.1 lets a clean session
-    /// leave it empty, and all such observers must not share one id).
-    Observer { anonymous_id: String },
+    /// A read-only observer on the operator's loopback listener, with a
+    /// tag unique to its connection: its client id at the broker is
+    /// `observer-<tag>-<its own id>`, so no two observer connections share
+    /// an id (a script reconnecting at once under the same id would
+    /// otherwise race its own previous session; clean sessions lose
+    /// nothing by it).
+    Observer { connection: String },
 }
 
 /// Per-connection inspector of the client → broker byte stream.
@@ -133,10 +136,10 @@ impl Inspector {
     }
 
     /// An inspector for a read-only observer: no publish, no will, a clean
-    /// session, and its client id put under [`OBSERVER_PREFIX`]
-    /// (`anonymous_id` when its CONNECT names none).
-    pub fn observer(anonymous_id: String, max_packet_bytes: usize) -> Self {
-        Self::with_role(Role::Observer { anonymous_id }, max_packet_bytes)
+    /// session, and its client id put under [`OBSERVER_PREFIX`] with
+    /// `connection`, a tag unique to this connection.
+    pub fn observer(connection: String, max_packet_bytes: usize) -> Self {
+        Self::with_role(Role::Observer { connection }, max_packet_bytes)
     }
 
     fn with_role(role: Role, max_packet_bytes: usize) -> Self {
@@ -266,19 +269,18 @@ impl Inspector {
                 }
                 connect.client_id = identity.to_string();
             }
-            Role::Observer { anonymous_id } => {
+            Role::Observer { connection } => {
                 if connect.last_will.is_some() {
                     return Err(Violation::ReadOnly("last will"));
                 }
                 // Never a persistent session: the broker would queue the
                 // whole fleet's traffic for an observer that went away.
                 connect.clean_session = true;
-                let given = if connect.client_id.is_empty() {
-                    anonymous_id.as_str()
+                connect.client_id = if connect.client_id.is_empty() {
+                    format!("{OBSERVER_PREFIX}{connection}")
                 } else {
-                    connect.client_id.as_str()
+                    format!("{OBSERVER_PREFIX}{connection}-{}", connect.client_id)
                 };
-                connect.client_id = format!("{OBSERVER_PREFIX}{given}");
             }
         }
         connect.login = self
@@ -511,7 +513,7 @@ mod tests {
     }
 
     fn observer_connect(connect: Connect) -> Result<Connect, Violation> {
-        let mut inspector = Inspector::observer("anonymous-7".into(), MAX);
+        let mut inspector = Inspector::observer("7".into(), MAX);
         let mut buf = encode(Packet::Connect(connect));
         let out = inspector.next(&mut buf)?.expect("a whole packet");
         let mut out = BytesMut::from(&out[..]);
@@ -526,10 +528,10 @@ mod tests {
         let mut named = Connect::new("margo-manager");
         named.clean_session = false;
         let rewritten = observer_connect(named).expect("allowed");
-        assert_eq!(rewritten.client_id, "observer-margo-manager");
+        assert_eq!(rewritten.client_id, "observer-7-margo-manager");
         assert!(rewritten.clean_session);
         let rewritten = observer_connect(Connect::new("")).expect("allowed");
-        assert_eq!(rewritten.client_id, "observer-anonymous-7");
+        assert_eq!(rewritten.client_id, "observer-7");
 
         let mut willing = Connect::new("x");
         willing.last_will = Some(LastWill::new("t", "w", QoS::AtMostOnce, false));

@@ -43,8 +43,8 @@ struct Shared {
     pending: SourceSlots,
     /// Connections from accept until they close.
     open: SourceSlots,
-    /// Numbers observers whose CONNECT names no client id.
-    anonymous: AtomicU64,
+    /// Numbers observer connections (part of their client ids).
+    connections: AtomicU64,
     stats: Arc<GatewayStats>,
 }
 
@@ -81,7 +81,7 @@ impl ObserverListener {
                 max_packet_bytes: settings.max_packet_bytes,
                 pending: SourceSlots::new(max, max),
                 open: SourceSlots::new(max, max),
-                anonymous: AtomicU64::new(0),
+                connections: AtomicU64::new(0),
                 stats: settings.stats,
             }),
         })
@@ -137,11 +137,11 @@ async fn observe(
         rate: None,
         stats: None,
     };
-    let anonymous_id = format!(
-        "anonymous-{}",
-        shared.anonymous.fetch_add(1, Ordering::Relaxed)
-    );
-    let inspector = Inspector::observer(anonymous_id, shared.max_packet_bytes)
+    let connection = shared
+        .connections
+        .fetch_add(1, Ordering::Relaxed)
+        .to_string();
+    let inspector = Inspector::observer(connection, shared.max_packet_bytes)
         .with_login(shared.upstream.login.clone());
     shared.stats.inc(GatewayMetric::ObserverAccepted);
     let result = tokio::select! {
