@@ -742,7 +742,8 @@ pub fn identity(data: &[u8]) {
     }
 }
 
-fn split_all<'a>(data: &'a [u8], sep: &[u8]) -> Vec<&'a [u8]> {
+/// `data` cut at every `sep` (the identity target's file separator).
+pub fn split_all<'a>(data: &'a [u8], sep: &[u8]) -> Vec<&'a [u8]> {
     let mut parts = Vec::new();
     let mut rest = data;
     while let Some(at) = rest.windows(sep.len()).position(|w| w == sep) {

@@ -197,7 +197,7 @@ fn key_seeds_are_accepted() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let data = seed("identity", "bundle");
-    let parts = split(&data, entries::IDENTITY_SEPARATOR);
+    let parts = entries::split_all(&data, entries::IDENTITY_SEPARATOR);
     assert_eq!(parts.len(), entries::IDENTITY_FILES.len());
     for (name, bytes) in entries::IDENTITY_FILES.iter().zip(parts) {
         std::fs::write(dir.path().join(name), bytes).expect("write");
@@ -215,17 +215,6 @@ fn key_seeds_are_accepted() {
         forwarded += 1;
     }
     assert_eq!(forwarded, 7);
-}
-
-fn split<'a>(data: &'a [u8], sep: &[u8]) -> Vec<&'a [u8]> {
-    let mut parts = Vec::new();
-    let mut rest = data;
-    while let Some(at) = rest.windows(sep.len()).position(|w| w == sep) {
-        parts.push(&rest[..at]);
-        rest = &rest[at + sep.len()..];
-    }
-    parts.push(rest);
-    parts
 }
 
 /// Writes the seed corpus from the project's fixtures, config examples
